@@ -1,0 +1,59 @@
+"""A bounded asyncio queue where the newest item wins: when full, the oldest is dropped and counted.
+
+Optionally some items are worth more (a key frame): they are dropped only when nothing else is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class LatestQueue(Generic[T]):
+    """Bounded FIFO for live data: ``put`` never blocks; overflow drops the oldest item."""
+
+    def __init__(self, maxsize: int, precious: Callable[[T], bool] | None = None) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self._items: deque[T] = deque()
+        self._maxsize = maxsize
+        self._precious = precious
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> T | None:
+        """Append ``item``; return the item dropped to make room, if any.
+
+        The oldest item not marked precious goes first; the oldest precious one only if all are.
+        """
+        dropped = None
+        if len(self._items) >= self._maxsize:
+            victim = 0
+            if self._precious is not None:
+                victim = next((i for i, queued in enumerate(self._items) if not self._precious(queued)), 0)
+            dropped = self._items[victim]
+            del self._items[victim]
+            self.dropped += 1
+        self._items.append(item)
+        self._ready.set()
+        return dropped
+
+    async def get(self) -> T:
+        """Wait for and remove the oldest item."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def drain(self) -> list[T]:
+        """Remove and return everything queued."""
+        items = list(self._items)
+        self._items.clear()
+        return items

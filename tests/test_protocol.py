@@ -1,0 +1,139 @@
+"""The wire codec: round trips, and a typed error with a clear message for everything else."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from streaming.protocol import (
+    MAX_FRAME_SIDE,
+    SCHEMA_VERSION,
+    Chunk,
+    ChunkAssembler,
+    ErrorCode,
+    FrameMeta,
+    KeyResult,
+    ProtocolError,
+    StylizeReply,
+    StylizeRequest,
+    chunk_payload,
+    decode,
+    decode_any,
+    encode,
+    stylize_subject,
+    validate_request,
+)
+
+
+def _request(**overrides: object) -> StylizeRequest:
+    values: dict[str, object] = dict(
+        stream_id="s1", frame_id=7, style_id="abc", image=b"\xff\xd8jpeg", out_width=640, out_height=360,
+        budget_ms=500.0, stamps={"gw_decoded": 123},
+    )
+    values.update(overrides)
+    return StylizeRequest(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _request(),
+        StylizeReply(stream_id="s1", frame_id=7, worker_id="w", ok=True, image=b"x" * 10, stamps={"a": 1}),
+        StylizeReply(stream_id="s1", frame_id=7, worker_id="w", ok=False, error_code="deadline", error="late"),
+        FrameMeta(frame_id=3, pts=9000, key=True, capture_ns=5),
+        KeyResult(frame_id=3, ok=True, chunks=2, size=10, worker_id="w", attempts=1, stamps={"x": 2}),
+        Chunk(frame_id=3, index=1, data=b"abc"),
+    ],
+)
+def test_round_trip(message: object) -> None:
+    assert decode(encode(message), type(message)) == message  # type: ignore[arg-type]
+
+
+def _raw(body: dict[str, object]) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _error(data: bytes, expected: type = StylizeRequest) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode(data, expected)
+    return info.value
+
+
+def test_malformed_bytes_are_a_typed_error() -> None:
+    err = _error(b"\xc1\x00garbage")
+    assert err.code == ErrorCode.MALFORMED and "msgpack" in str(err)
+    assert _error(_raw([1, 2, 3])).code == ErrorCode.MALFORMED  # type: ignore[arg-type]
+
+
+def test_unknown_schema_version_is_rejected() -> None:
+    body = msgpack.unpackb(encode(_request()))
+    body["v"] = SCHEMA_VERSION + 1
+    err = _error(_raw(body))
+    assert err.code == ErrorCode.VERSION and str(SCHEMA_VERSION + 1) in str(err)
+
+
+def test_wrong_type_missing_unknown_and_mistyped_fields() -> None:
+    assert _error(encode(FrameMeta(frame_id=1, pts=1, key=False, capture_ns=1))).code == ErrorCode.INVALID
+    body = msgpack.unpackb(encode(_request()))
+    del body["image"]
+    assert "missing field 'image'" in str(_error(_raw(body)))
+    body = msgpack.unpackb(encode(_request()))
+    body["extra"] = 1
+    assert "unknown fields" in str(_error(_raw(body)))
+    body = msgpack.unpackb(encode(_request()))
+    body["frame_id"] = "seven"
+    assert "'frame_id'" in str(_error(_raw(body)))
+    body = msgpack.unpackb(encode(_request()))
+    body["frame_id"] = True  # bool is not an int on the wire
+    assert _error(_raw(body)).code == ErrorCode.INVALID
+
+
+def test_oversize_message_is_rejected_before_parsing() -> None:
+    data = encode(_request(image=b"x" * 2000))
+    with pytest.raises(ProtocolError) as info:
+        decode(data, StylizeRequest, max_bytes=1000)
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
+def test_validate_request_bounds() -> None:
+    validate_request(_request())
+    with pytest.raises(ProtocolError) as info:
+        validate_request(_request(out_width=MAX_FRAME_SIDE + 1))
+    assert info.value.code == ErrorCode.TOO_LARGE
+    with pytest.raises(ProtocolError):
+        validate_request(_request(image=b""))
+    with pytest.raises(ProtocolError) as info:
+        validate_request(_request(budget_ms=0.0))
+    assert info.value.code == ErrorCode.DEADLINE
+
+
+def test_decode_any_picks_the_type() -> None:
+    chunk = Chunk(frame_id=1, index=0, data=b"z")
+    assert decode_any(encode(chunk), (KeyResult, Chunk)) == chunk
+
+
+def test_chunking_reassembles_interleaved_frames() -> None:
+    a, b = bytes(range(256)) * 40, b"second frame" * 300
+    chunks_a, chunks_b = chunk_payload(1, a, chunk_bytes=1000), chunk_payload(2, b, chunk_bytes=1000)
+    assembler = ChunkAssembler()
+    assembler.start(KeyResult(frame_id=1, ok=True, chunks=len(chunks_a), size=len(a)))
+    assembler.start(KeyResult(frame_id=2, ok=True, chunks=len(chunks_b), size=len(b)))
+    done = {}
+    for pair in zip(chunks_a, chunks_b, strict=False):
+        for chunk in pair:
+            out = assembler.add(decode(encode(chunk), Chunk))
+            if out is not None:
+                done[out[0].frame_id] = out[1]
+    for chunk in chunks_a[len(chunks_b):]:
+        out = assembler.add(chunk)
+        if out is not None:
+            done[out[0].frame_id] = out[1]
+    assert done == {1: a, 2: b}
+    assert assembler.add(Chunk(frame_id=9, index=0, data=b"?")) is None and assembler.discarded == 1
+
+
+def test_region_names_are_checked() -> None:
+    assert stylize_subject("eu-west_1") == "mvs.eu-west_1.stylize"
+    for bad in ("", "a.b", "a*", "a b"):
+        with pytest.raises(ValueError):
+            stylize_subject(bad)
