@@ -1,0 +1,109 @@
+"""Frame ids recovered from decoded pts: lost first frames, losses, one-tick truncation, reordering."""
+
+from __future__ import annotations
+
+import random
+
+from streaming.frame_ids import FrameIdMapper
+from streaming.protocol import RTP_TIMESTAMP_MODULUS
+
+PERIOD = 3000  # 30 fps in 90 kHz ticks
+FRAMES = 300
+
+
+def _sender_pts(rng: random.Random) -> list[int]:
+    return [i * PERIOD + rng.randrange(PERIOD // 2) for i in range(FRAMES)]
+
+
+def _receive(pts: list[int], lost: set[int], rng: random.Random, truncate: bool) -> list[tuple[int, int]]:
+    """(frame id, receiver pts) as aiortc yields them: random RTP origin, re-based on the first frame."""
+    origin = rng.randrange(RTP_TIMESTAMP_MODULUS)
+    first = None
+    out = []
+    for i, p in enumerate(pts):
+        if i in lost:
+            continue
+        rtp = (origin + p - (rng.randrange(2) if truncate else 0)) % RTP_TIMESTAMP_MODULUS
+        first = rtp if first is None else first
+        out.append((i, (rtp - first) % RTP_TIMESTAMP_MODULUS))
+    return out
+
+
+def _run(seed: int, lost: set[int], truncate: bool) -> tuple[int, int]:
+    rng = random.Random(seed)
+    pts = _sender_pts(rng)
+    mapper = FrameIdMapper()
+    received = dict(_receive(pts, lost, rng, truncate))
+    correct = wrong = 0
+    for i, p in enumerate(pts):
+        mapper.announce(i, p)
+        if i in received:
+            mapper.observe(received[i])
+            frame_id = mapper.locate(received[i])
+            if frame_id is not None:
+                correct += frame_id == i
+                wrong += frame_id != i
+    return correct, wrong
+
+
+def test_first_frames_lost_and_random_losses_never_mismap() -> None:
+    for seed in range(50):
+        rng = random.Random(1000 + seed)
+        lost = set(rng.sample(range(FRAMES), FRAMES // 10)) | {0, 1, 2}
+        correct, wrong = _run(seed, lost, truncate=True)
+        assert wrong == 0
+        # Everything after the few frames needed to find the offset is mapped.
+        assert correct >= FRAMES - len(lost) - 5
+
+
+def test_without_dither_regular_pts_stay_unlocked_rather_than_guess() -> None:
+    mapper = FrameIdMapper()
+    for i in range(40):
+        mapper.announce(i, i * PERIOD)
+    for i in range(3, 40):  # frames 0-2 lost: every offset that is a multiple of PERIOD fits equally
+        mapper.observe((i - 3) * PERIOD)
+    assert not mapper.locked and mapper.locate(0) is None
+
+
+def test_reordered_frame_wrapped_by_aiortc_still_maps() -> None:
+    rng = random.Random(7)
+    pts = _sender_pts(rng)
+    mapper = FrameIdMapper()
+    for i in range(10):
+        mapper.announce(i, pts[i])
+        mapper.observe(pts[i] - pts[0])
+    # aiortc treats a late (reordered) frame as an RTP wrap and adds 2**32 to its pts.
+    assert mapper.locate(pts[5] - pts[0] + RTP_TIMESTAMP_MODULUS) == 5
+
+
+def test_frame_decoded_before_its_announcement_maps_afterwards() -> None:
+    rng = random.Random(3)
+    pts = _sender_pts(rng)
+    mapper = FrameIdMapper()
+    for i in range(6):
+        mapper.announce(i, pts[i])
+        mapper.observe(pts[i] - pts[0])
+    early = pts[6] - pts[0]
+    mapper.observe(early)
+    assert mapper.locate(early) is None  # not announced yet: unknown, and not counted as a miss
+    mapper.announce(6, pts[6])
+    assert mapper.locate(early) == 6
+
+
+def test_relocks_after_the_stream_is_rebased() -> None:
+    rng = random.Random(5)
+    pts = _sender_pts(rng)
+    mapper = FrameIdMapper()
+    for i in range(10):
+        mapper.announce(i, pts[i])
+        mapper.observe(pts[i] - pts[0])
+        assert mapper.locate(pts[i] - pts[0]) in (None, i)
+    shift = 123_457  # a new origin, e.g. a restarted receiver
+    results = []
+    for i in range(10, 120):
+        mapper.announce(i, pts[i])
+        mapper.observe(pts[i] - shift)
+        results.append((i, mapper.locate(pts[i] - shift)))
+    assert mapper.relocks == 1
+    assert all(got in (None, i) for i, got in results)
+    assert all(got == i for i, got in results[-50:])
