@@ -1,0 +1,1 @@
+"""Edge stylizer service: the DNN, its training and on-edge retraining."""

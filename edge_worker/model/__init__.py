@@ -1,0 +1,1 @@
+"""Stylizer models behind one small interface (:class:`edge_worker.model.base.Stylizer`)."""

@@ -1,0 +1,43 @@
+"""The interface every stylizer implements; the worker service only knows this."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+Size = tuple[int, int]
+"""(width, height) in pixels."""
+
+
+@runtime_checkable
+class Stylizer(Protocol):
+    """Photorealistic style transfer of one content frame with a prepared style.
+
+    Images are numpy ``uint8`` arrays, ``H x W x 3``, RGB. Implementations are not required to be
+    thread-safe: the service calls them from one inference thread.
+    """
+
+    name: str
+
+    def prepare_style(self, style: np.ndarray) -> Any:
+        """Compute whatever the stylizer needs from a style image (cached by style id by the caller)."""
+        ...
+
+    def stylize(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
+        """Stylize ``content`` with a prepared ``style``; return an RGB image of ``out_size``."""
+        ...
+
+
+def check_image(image: np.ndarray, what: str) -> None:
+    """Raise ``ValueError`` unless ``image`` is a non-empty ``uint8`` H x W x 3 array."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{what} must be a uint8 HxWx3 array, got {getattr(image, 'shape', type(image))}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{what} is empty")
+
+
+def check_size(size: Size) -> None:
+    """Raise ``ValueError`` unless ``size`` is a positive (width, height)."""
+    if len(size) != 2 or size[0] <= 0 or size[1] <= 0:
+        raise ValueError(f"output size must be a positive (width, height), got {size}")

@@ -1,0 +1,242 @@
+"""The stylizer worker: a NATS queue-group subscriber on ``mvs.<region>.stylize``.
+
+Each request is decoded and checked on the event loop (bad ones get an error reply at once), then
+queued in a bounded latest-wins queue; one inference thread decodes the JPEG, stylizes and encodes
+the reply, so the loop never blocks. Requests whose budget has passed are answered with
+``deadline`` instead of being computed; requests pushed out of a full queue get ``overloaded`` so
+the gateway can retry elsewhere. Prepared styles are cached by style id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import nats
+import torch
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge, Histogram
+
+from edge_worker.model.base import Stylizer
+from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
+from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image, encode_jpeg
+from streaming.protocol import (
+    DEFAULT_NATS_URL,
+    DEFAULT_REGION,
+    MAX_FRAME_SIDE,
+    MAX_MESSAGE_BYTES,
+    STYLIZE_QUEUE_GROUP,
+    ErrorCode,
+    ProtocolError,
+    StylizeReply,
+    StylizeRequest,
+    decode,
+    encode,
+    stylize_subject,
+    validate_request,
+)
+from streaming.queues import LatestQueue
+from streaming.style_store import StyleStore, UnknownStyleError
+from streaming.telemetry import start_metrics_server
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 4
+DEFAULT_STYLE_CACHE = 32
+REPLY_OVERHEAD_BYTES = 4096
+"""Room left in a reply for everything but the image."""
+
+REQUESTS = Counter("mvs_worker_requests_total", "Stylize requests by outcome", ["region", "outcome"])
+INFERENCE_SECONDS = Histogram(
+    "mvs_worker_inference_seconds", "Stylizer time per key frame", ["region"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+QUEUE_DEPTH = Gauge("mvs_worker_queue_depth", "Requests waiting for the inference thread", ["region"])
+
+
+def default_worker_id() -> str:
+    """host-pid: unique per process on a site."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerConfig:
+    """Settings of one stylizer worker process."""
+
+    nats_url: str = DEFAULT_NATS_URL
+    region: str = DEFAULT_REGION
+    model: str = DEFAULT_STYLIZER
+    worker_id: str = field(default_factory=default_worker_id)
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    style_cache: int = DEFAULT_STYLE_CACHE
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default."""
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    metrics_port: int = 0
+
+
+@dataclass
+class _Job:
+    msg: Msg
+    request: StylizeRequest
+    deadline: float  # time.monotonic() after which the answer is worthless
+
+
+class StylizerWorker:
+    """Serves stylize requests of one region until :meth:`stop`."""
+
+    def __init__(self, config: WorkerConfig, stylizer: Stylizer | None = None) -> None:
+        self.config = config
+        self.stylizer = stylizer if stylizer is not None else load_stylizer(config.model)
+        self._queue: LatestQueue[_Job] = LatestQueue(config.queue_size)
+        self._styles: OrderedDict[str, Any] = OrderedDict()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize")
+        self._nc: NATS | None = None
+        self._style_store: StyleStore | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self.served = 0
+
+    async def start(self) -> None:
+        """Connect, subscribe to the region's subject in the queue group and start serving."""
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        self._nc = await nats.connect(self.config.nats_url, name=f"worker-{self.config.worker_id}")
+        self._style_store = await StyleStore.open(self._nc.jetstream())
+        self._consumer = asyncio.create_task(self._serve(), name="stylize-consumer")
+        await self._nc.subscribe(stylize_subject(self.config.region), queue=STYLIZE_QUEUE_GROUP, cb=self._on_request)
+        await self._nc.flush()
+        log.info(
+            "worker serving",
+            extra={"region": self.config.region, "worker_id": self.config.worker_id, "model": self.stylizer.name},
+        )
+
+    async def stop(self) -> None:
+        """Stop taking requests, tell queued ones to go elsewhere, and disconnect."""
+        if self._nc is None:
+            return
+        await self._nc.drain() if self._nc.is_connected else None
+        if self._consumer is not None:
+            self._consumer.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._nc = None
+        log.info("worker stopped", extra={"worker_id": self.config.worker_id, "served": self.served})
+
+    async def _reply(self, msg: Msg, reply: StylizeReply, outcome: str) -> None:
+        REQUESTS.labels(self.config.region, outcome).inc()
+        reply.stamps["w_sent"] = time.monotonic_ns()
+        if msg.reply:
+            await msg.respond(encode(reply))
+
+    def _error(self, request: StylizeRequest | None, code: str, text: str) -> StylizeReply:
+        return StylizeReply(
+            stream_id=request.stream_id if request else "",
+            frame_id=request.frame_id if request else -1,
+            worker_id=self.config.worker_id,
+            ok=False,
+            error_code=code,
+            error=text,
+            stamps=dict(request.stamps) if request else {},
+        )
+
+    async def _on_request(self, msg: Msg) -> None:
+        received = time.monotonic_ns()
+        try:
+            request = decode(msg.data, StylizeRequest)
+            validate_request(request)
+        except ProtocolError as exc:
+            log.warning("bad stylize request", extra={"code": exc.code, "error": str(exc)})
+            await self._reply(msg, self._error(None, exc.code, str(exc)), exc.code)
+            return
+        request.stamps["w_received"] = received
+        job = _Job(msg, request, deadline=time.monotonic() + request.budget_ms / 1000.0)
+        dropped = self._queue.put(job)
+        QUEUE_DEPTH.labels(self.config.region).set(len(self._queue))
+        if dropped is not None:
+            await self._reply(
+                dropped.msg,
+                self._error(dropped.request, ErrorCode.OVERLOADED, "pushed out of a full queue by a newer frame"),
+                ErrorCode.OVERLOADED,
+            )
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._queue.get()
+            QUEUE_DEPTH.labels(self.config.region).set(len(self._queue))
+            request = job.request
+            if time.monotonic() > job.deadline:
+                await self._reply(job.msg, self._error(request, ErrorCode.DEADLINE, "budget spent while queued"), "deadline")
+                continue
+            try:
+                style = await self._style(request.style_id)
+                reply = await loop.run_in_executor(self._executor, self._stylize, request, style)
+            except UnknownStyleError:
+                reply = self._error(request, ErrorCode.UNKNOWN_STYLE, f"no style with id {request.style_id!r}")
+            except (ImageDecodeError, ValueError) as exc:
+                reply = self._error(request, ErrorCode.INVALID, str(exc))
+            except Exception as exc:  # a worker must survive any single request
+                log.exception("stylize failed", extra={"frame_id": request.frame_id})
+                reply = self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            if reply.ok:
+                self.served += 1
+                INFERENCE_SECONDS.labels(self.config.region).observe(
+                    (reply.stamps["w_infer_end"] - reply.stamps["w_infer_start"]) / 1e9
+                )
+            await self._reply(job.msg, reply, "ok" if reply.ok else reply.error_code)
+
+    async def _style(self, style_id: str) -> Any:
+        cached = self._styles.get(style_id)
+        if cached is not None:
+            self._styles.move_to_end(style_id)
+            return cached
+        assert self._style_store is not None
+        data = await self._style_store.get(style_id)
+        image = decode_image(data, max_side=MAX_FRAME_SIDE)
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(
+            self._executor, self.stylizer.prepare_style, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        )
+        self._styles[style_id] = prepared
+        while len(self._styles) > self.config.style_cache:
+            self._styles.popitem(last=False)
+        return prepared
+
+    def _stylize(self, request: StylizeRequest, style: Any) -> StylizeReply:
+        """Decode, stylize and encode one key frame (runs on the inference thread)."""
+        stamps = dict(request.stamps)
+        stamps["w_start"] = time.monotonic_ns()
+        content = cv2.cvtColor(decode_image(request.image, max_side=MAX_FRAME_SIDE), cv2.COLOR_BGR2RGB)
+        stamps["w_infer_start"] = time.monotonic_ns()
+        out = self.stylizer.stylize(content, style, (request.out_width, request.out_height))
+        stamps["w_infer_end"] = time.monotonic_ns()
+        image = encode_jpeg(
+            cv2.cvtColor(out, cv2.COLOR_RGB2BGR), self.config.jpeg_quality, MAX_MESSAGE_BYTES - REPLY_OVERHEAD_BYTES
+        )
+        return StylizeReply(
+            stream_id=request.stream_id,
+            frame_id=request.frame_id,
+            worker_id=self.config.worker_id,
+            ok=True,
+            image=image,
+            stamps=stamps,
+        )
+
+
+async def run(config: WorkerConfig) -> None:
+    """Run a worker (and its metrics endpoint) until cancelled (SIGINT/SIGTERM in ``python -m edge_worker``)."""
+    start_metrics_server(config.metrics_port)
+    worker = StylizerWorker(config)
+    await worker.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await worker.stop()

@@ -1,0 +1,59 @@
+"""Style images in the JetStream object store, named by content hash (DESIGN: bucket ``mvs-styles``)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from streaming.protocol import STYLE_BUCKET
+
+STYLE_ID_HEX_CHARS = 32
+
+
+class UnknownStyleError(KeyError):
+    """No style with that id is stored."""
+
+
+def style_id_of(data: bytes) -> str:
+    """Content-derived id of an encoded style image."""
+    return hashlib.sha256(data).hexdigest()[:STYLE_ID_HEX_CHARS]
+
+
+async def open_object_store(js: JetStreamContext, bucket: str) -> ObjectStore:
+    """Bind to an object store bucket, creating it (file storage) if it does not exist."""
+    try:
+        return await js.object_store(bucket)
+    except BucketNotFoundError:
+        return await js.create_object_store(bucket)
+
+
+class StyleStore:
+    """Put and get encoded style images by id."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str = STYLE_BUCKET) -> StyleStore:
+        """Open (or create) the style bucket."""
+        return cls(await open_object_store(js, bucket))
+
+    async def put(self, data: bytes) -> str:
+        """Store an encoded style image; return its id (idempotent)."""
+        style_id = style_id_of(data)
+        try:
+            await self._store.get_info(style_id)
+        except ObjectNotFoundError:
+            await self._store.put(style_id, data)
+        return style_id
+
+    async def get(self, style_id: str) -> bytes:
+        """The encoded style image with id ``style_id``."""
+        try:
+            result = await self._store.get(style_id)
+        except ObjectNotFoundError as exc:
+            raise UnknownStyleError(style_id) from exc
+        return bytes(result.data or b"")

@@ -1,0 +1,149 @@
+"""The stylizer worker against a real nats-server: good requests, and every kind of bad one gets an
+error reply while the worker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import cv2
+import msgpack
+import nats
+import numpy as np
+import pytest
+from nats.aio.client import Client as NATS
+
+from deploy.nats import NatsServer
+from edge_worker.model.color_transfer import LinearColorTransfer
+from edge_worker.service import StylizerWorker, WorkerConfig
+from mobile_sim.sources import default_style_photo, sample_photo
+from streaming.images import decode_image, encode_jpeg
+from streaming.protocol import (
+    MAX_FRAME_SIDE,
+    MAX_MESSAGE_BYTES,
+    SCHEMA_VERSION,
+    ErrorCode,
+    StylizeReply,
+    StylizeRequest,
+    decode,
+    encode,
+    stylize_subject,
+)
+from streaming.style_store import StyleStore
+
+TIMEOUT_S = 5.0
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> NATS:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def style_id(nc: NATS) -> str:
+    return await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
+
+
+def _request(style_id: str, **overrides: object) -> StylizeRequest:
+    frame = cv2.resize(sample_photo(), (320, 180))
+    values: dict[str, object] = dict(
+        stream_id="s", frame_id=1, style_id=style_id, image=encode_jpeg(frame), out_width=320, out_height=180,
+        budget_ms=3000.0,
+    )
+    values.update(overrides)
+    return StylizeRequest(**values)  # type: ignore[arg-type]
+
+
+async def _ask(nc: NATS, region: str, data: bytes) -> StylizeReply:
+    msg = await nc.request(stylize_subject(region), data, timeout=TIMEOUT_S)
+    return decode(msg.data, StylizeReply)
+
+
+async def test_stylizes_a_key_frame_with_timings(worker: StylizerWorker, nc: NATS, region: str, style_id: str) -> None:
+    request = _request(style_id)
+    reply = await _ask(nc, region, encode(request))
+    assert reply.ok and reply.frame_id == 1 and reply.worker_id == "w-inproc"
+    out = decode_image(reply.image)
+    assert out.shape == (180, 320, 3)
+    # The same stylizer run locally on the same (decoded) input gives the same picture, up to JPEG loss.
+    content = cv2.cvtColor(decode_image(request.image), cv2.COLOR_BGR2RGB)
+    stylizer = LinearColorTransfer()
+    style = stylizer.prepare_style(cv2.cvtColor(decode_image(encode_jpeg(default_style_photo())), cv2.COLOR_BGR2RGB))
+    expected = cv2.cvtColor(stylizer.stylize(content, style, (320, 180)), cv2.COLOR_RGB2BGR)
+    assert cv2.PSNR(out, expected) > 35
+    assert cv2.PSNR(out, decode_image(request.image)) < 25  # and it is not the input
+    s = reply.stamps
+    assert s["w_received"] <= s["w_start"] <= s["w_infer_start"] <= s["w_infer_end"] <= s["w_sent"]
+
+
+async def _assert_alive(nc: NATS, region: str, style_id: str) -> None:
+    assert (await _ask(nc, region, encode(_request(style_id)))).ok
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\xc1 not msgpack", ErrorCode.MALFORMED),
+        (msgpack.packb({"v": SCHEMA_VERSION + 7, "t": "stylize"}), ErrorCode.VERSION),
+        (msgpack.packb({"v": SCHEMA_VERSION, "t": "stylize", "frame_id": "x"}), ErrorCode.INVALID),
+        (b"", ErrorCode.MALFORMED),
+    ],
+)
+async def test_undecodable_requests_get_error_replies(
+    worker: StylizerWorker, nc: NATS, region: str, style_id: str, payload: bytes, code: str
+) -> None:
+    reply = await _ask(nc, region, payload)
+    assert not reply.ok and reply.error_code == code and reply.error
+    await _assert_alive(nc, region, style_id)
+
+
+async def test_oversize_frame_and_output_are_refused(
+    worker: StylizerWorker, nc: NATS, region: str, style_id: str
+) -> None:
+    huge = encode(_request(style_id, image=b"\xff" * MAX_MESSAGE_BYTES))
+    reply = await _ask(nc, region, huge)
+    assert reply.error_code == ErrorCode.TOO_LARGE
+    reply = await _ask(nc, region, encode(_request(style_id, out_width=MAX_FRAME_SIDE * 2)))
+    assert reply.error_code == ErrorCode.TOO_LARGE
+    big_picture = encode_jpeg(np.zeros((MAX_FRAME_SIDE + 8, 16, 3), np.uint8))
+    reply = await _ask(nc, region, encode(_request(style_id, image=big_picture)))
+    assert reply.error_code == ErrorCode.INVALID and "exceeds" in reply.error
+    await _assert_alive(nc, region, style_id)
+
+
+async def test_bad_image_and_unknown_style(worker: StylizerWorker, nc: NATS, region: str, style_id: str) -> None:
+    reply = await _ask(nc, region, encode(_request(style_id, image=b"not a jpeg")))
+    assert reply.error_code == ErrorCode.INVALID
+    reply = await _ask(nc, region, encode(_request("0" * 32)))
+    assert reply.error_code == ErrorCode.UNKNOWN_STYLE
+    await _assert_alive(nc, region, style_id)
+
+
+async def test_spent_budget_is_not_computed(worker: StylizerWorker, nc: NATS, region: str, style_id: str) -> None:
+    reply = await _ask(nc, region, encode(_request(style_id, budget_ms=-1.0)))
+    assert reply.error_code == ErrorCode.DEADLINE
+    served = worker.served
+    reply = await _ask(nc, region, encode(_request(style_id, budget_ms=0.001)))  # expires while queued
+    assert reply.error_code == ErrorCode.DEADLINE and worker.served == served
+
+
+async def test_full_queue_sheds_the_oldest_with_overloaded(
+    nats_server: NatsServer, nc: NATS, region: str, style_id: str
+) -> None:
+    worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, queue_size=1, threads=1))
+    await worker.start()
+    try:
+        big = cv2.resize(sample_photo(), (1280, 720))
+        requests = [
+            dataclasses.replace(_request(style_id, image=encode_jpeg(big), out_width=1280, out_height=720), frame_id=i)
+            for i in range(6)
+        ]
+        replies = await asyncio.gather(*(_ask(nc, region, encode(r)) for r in requests))
+    finally:
+        await worker.stop()
+    codes = [r.error_code for r in replies]
+    assert codes.count(ErrorCode.OVERLOADED) >= 1, codes
+    assert sum(r.ok for r in replies) >= 1
+    assert replies[-1].ok  # the newest frame always wins
