@@ -1,0 +1,218 @@
+"""The edge gateway: HTTP signaling (``POST /offer``) and one :class:`PhoneSession` per phone.
+
+``POST /offer`` takes JSON ``{"sdp", "type": "offer", "style": <base64 image>, "out_width"?,
+"out_height"?}`` and answers ``{"sdp", "type": "answer", "stream_id", "style_id"}``; anything else
+is a 400 with a message. ``GET /metrics`` is Prometheus, ``GET /healthz`` says how many sessions run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+
+from streaming.ice import restrict_host_candidates, rtc_configuration
+from streaming.images import ImageDecodeError, decode_image
+from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION, MAX_FRAME_SIDE, MAX_STYLE_BYTES, stylize_subject
+from streaming.session import PhoneSession, SessionSettings
+from streaming.style_store import StyleStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_DEADLINE_MS = 2000.0
+DEFAULT_FIRST_ATTEMPT_MS = 1000.0
+DEFAULT_MAX_INFLIGHT = 2
+DEFAULT_MAX_WAITING = 2
+DEFAULT_MAX_SESSIONS = 32
+CODEC_THREADS = 2
+BASE64_OVERHEAD = 4 / 3
+SIGNALING_SLACK_BYTES = 256 * 1024
+
+SESSIONS = Gauge("mvs_gateway_sessions", "Phones connected", ["region"])
+
+
+@dataclass
+class GatewayConfig:
+    """Settings of one edge gateway."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_HTTP_PORT
+    nats_url: str = DEFAULT_NATS_URL
+    region: str = DEFAULT_REGION
+    deadline_ms: float = DEFAULT_DEADLINE_MS
+    first_attempt_ms: float = DEFAULT_FIRST_ATTEMPT_MS
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    """Key frames of one phone being stylized at once."""
+    max_waiting: int = DEFAULT_MAX_WAITING
+    """Key frames of one phone waiting for a dispatcher (the newest win)."""
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    jpeg_quality: int = 90
+    ice_hosts: tuple[str, ...] = field(default_factory=tuple)
+    """Gather ICE host candidates only on these addresses (e.g. 127.0.0.1); empty: all interfaces."""
+
+
+class BadOffer(ValueError):
+    """A signaling request that cannot be served (HTTP 400)."""
+
+
+@dataclass
+class _Offer:
+    description: RTCSessionDescription
+    style: bytes
+    out_size: tuple[int, int] | None
+
+
+def parse_offer(body: bytes) -> _Offer:
+    """Validate a ``POST /offer`` body; raise :class:`BadOffer` with a clear message."""
+    try:
+        data: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadOffer(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadOffer("body must be a JSON object")
+    if data.get("type") != "offer" or not isinstance(data.get("sdp"), str) or not data["sdp"].startswith("v="):
+        raise BadOffer('expected {"type": "offer", "sdp": "v=0...", "style": ...}')
+    try:
+        kinds = [media.kind for media in SessionDescription.parse(data["sdp"]).media]
+    except Exception as exc:  # aiortc's SDP parser raises assorted errors on garbage
+        raise BadOffer(f"unparsable SDP offer: {exc}") from exc
+    if "video" not in kinds or "application" not in kinds:
+        raise BadOffer(f"SDP offer needs a video stream and a data channel, it has {kinds or 'no media'}")
+    if not isinstance(data.get("style"), str):
+        raise BadOffer("missing 'style': a base64-encoded style image")
+    try:
+        style = base64.b64decode(data["style"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadOffer(f"'style' is not base64: {exc}") from exc
+    if len(style) > MAX_STYLE_BYTES:
+        raise BadOffer(f"style image of {len(style)} B exceeds {MAX_STYLE_BYTES} B")
+    try:
+        decode_image(style, max_side=MAX_FRAME_SIDE)
+    except ImageDecodeError as exc:
+        raise BadOffer(f"'style' is not a usable image: {exc}") from exc
+    out_size = None
+    if "out_width" in data or "out_height" in data:
+        w, h = data.get("out_width"), data.get("out_height")
+        if not (isinstance(w, int) and isinstance(h, int) and 0 < w <= MAX_FRAME_SIDE and 0 < h <= MAX_FRAME_SIDE):
+            raise BadOffer(f"out_width/out_height must be integers in 1..{MAX_FRAME_SIDE}")
+        out_size = (w, h)
+    return _Offer(RTCSessionDescription(sdp=data["sdp"], type="offer"), style, out_size)
+
+
+class Gateway:
+    """Signaling server and owner of all phone sessions of one edge site."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.settings = SessionSettings(
+            region=config.region,
+            subject=stylize_subject(config.region),
+            deadline_ms=config.deadline_ms,
+            first_attempt_ms=config.first_attempt_ms,
+            max_inflight=config.max_inflight,
+            max_waiting=config.max_waiting,
+            jpeg_quality=config.jpeg_quality,
+        )
+        self.sessions: dict[str, PhoneSession] = {}
+        self._executor = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="gateway-codec")
+        self._nc: NATS | None = None
+        self._styles: StyleStore | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = config.port
+
+    def app(self) -> web.Application:
+        """The aiohttp application (routes: /offer, /metrics, /healthz)."""
+        app = web.Application(client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES)
+        app.router.add_post("/offer", self._offer)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    async def start(self) -> None:
+        """Connect to NATS and start serving HTTP."""
+        if self.config.ice_hosts:
+            restrict_host_candidates(self.config.ice_hosts)
+        self._nc = await nats.connect(self.config.nats_url, name=f"gateway-{self.config.region}")
+        self._styles = await StyleStore.open(self._nc.jetstream())
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("gateway listening", extra={"url": self.url, "region": self.config.region})
+
+    @property
+    def url(self) -> str:
+        """Base URL of the signaling server."""
+        return f"http://{self.config.host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Close every session, the HTTP server and the NATS connection."""
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._nc is not None:
+            await self._nc.drain()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        try:
+            offer = parse_offer(await request.read())
+        except BadOffer as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if len(self.sessions) >= self.config.max_sessions:
+            return web.json_response({"error": "gateway full"}, status=503)
+        assert self._nc is not None and self._styles is not None
+        style_id = await self._styles.put(offer.style)
+        stream_id = uuid.uuid4().hex[:12]
+        pc = RTCPeerConnection(rtc_configuration())
+        session = PhoneSession(stream_id, pc, self._nc, self._executor, self.settings, style_id, offer.out_size)
+        try:
+            await pc.setRemoteDescription(offer.description)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot use
+            await pc.close()
+            return web.json_response({"error": f"unusable SDP offer: {exc}"}, status=400)
+        self.sessions[stream_id] = session
+        SESSIONS.labels(self.config.region).set(len(self.sessions))
+        asyncio.create_task(self._reap(session))
+        log.info("phone connected", extra={"stream_id": stream_id, "style_id": style_id})
+        answer = pc.localDescription
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": stream_id, "style_id": style_id})
+
+    async def _reap(self, session: PhoneSession) -> None:
+        await session.closed.wait()
+        self.sessions.pop(session.stream_id, None)
+        SESSIONS.labels(self.config.region).set(len(self.sessions))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "region": self.config.region, "sessions": len(self.sessions)})
+
+
+async def run(config: GatewayConfig) -> None:
+    """Run a gateway until cancelled."""
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await gateway.stop()

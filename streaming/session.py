@@ -1,0 +1,285 @@
+"""One phone at the gateway: its peer connection, frame-id mapping and key-frame pipeline.
+
+Decoded frames wait (bounded) until their frame id is known; frames the phone marked as key are
+queued (latest wins) for a few dispatcher tasks that JPEG-encode them off the loop, ask the
+region's workers, and send the outcome back over the data channel, chunked and paced on
+``bufferedAmount``. Announced key frames overtaken by a later decoded frame were lost on the way
+and are reported as failed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import av
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter
+
+from streaming.frame_ids import FrameIdMapper
+from streaming.images import encode_jpeg
+from streaming.protocol import (
+    MAX_MESSAGE_BYTES,
+    ErrorCode,
+    FrameMeta,
+    KeyResult,
+    ProtocolError,
+    StylizeRequest,
+    chunk_payload,
+    decode,
+    encode,
+)
+from streaming.queues import LatestQueue
+from streaming.stylize_client import request_stylize
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_FRAMES = 32
+"""Decoded frames held while their id is unknown (about 1 s at 30 fps)."""
+MAX_REMEMBERED_FRAMES = 256
+"""Announced frames remembered for mapping."""
+BUFFER_HIGH_WATER = 1024 * 1024
+BUFFER_LOW_WATER = 256 * 1024
+REQUEST_OVERHEAD_BYTES = 4096
+
+KEY_FRAMES = Counter("mvs_gateway_key_frames_total", "Key frames by outcome", ["region", "outcome"])
+FRAMES = Counter("mvs_gateway_frames_total", "Decoded video frames by fate", ["region", "fate"])
+BAD_MESSAGES = Counter("mvs_gateway_bad_messages_total", "Undecodable data-channel messages", ["region"])
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What the gateway gives each session."""
+
+    region: str
+    subject: str
+    deadline_ms: float
+    first_attempt_ms: float
+    max_inflight: int
+    max_waiting: int
+    jpeg_quality: int
+
+
+@dataclass
+class _Decoded:
+    pts: int
+    frame: av.VideoFrame
+    decoded_ns: int
+
+
+@dataclass
+class _KeyJob:
+    meta: FrameMeta
+    frame: av.VideoFrame
+    decoded_ns: int
+
+
+class PhoneSession:
+    """Serves one phone's peer connection until it closes."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        pc: RTCPeerConnection,
+        nc: NATS,
+        executor: Executor,
+        settings: SessionSettings,
+        style_id: str,
+        out_size: tuple[int, int] | None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.pc = pc
+        self._nc = nc
+        self._executor = executor
+        self._settings = settings
+        self._style_id = style_id
+        self._out_size = out_size
+        self._mapper = FrameIdMapper()
+        self._meta: OrderedDict[int, FrameMeta] = OrderedDict()
+        self._awaited_keys: set[int] = set()
+        self._pending: deque[_Decoded] = deque()
+        self._newest_mapped = -1
+        self._jobs: LatestQueue[_KeyJob] = LatestQueue(settings.max_waiting)
+        self._channel: RTCDataChannel | None = None
+        self._drained = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+        self.counts: dict[str, int] = {}
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_state)
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    # --- signaling callbacks -------------------------------------------------------------
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        self._channel = channel
+        channel.bufferedAmountLowThreshold = BUFFER_LOW_WATER
+        channel.on("bufferedamountlow", self._drained.set)
+        channel.on("message", self._on_message)
+        for _ in range(self._settings.max_inflight):
+            self._tasks.append(asyncio.create_task(self._dispatch(), name=f"{self.stream_id}-dispatch"))
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            self._tasks.append(asyncio.create_task(self._consume(track), name=f"{self.stream_id}-video"))
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop every task of this session and close its peer connection."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        tasks = [*self._tasks, *self._sends]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pc.close()
+        log.info("session closed", extra={"stream_id": self.stream_id, **self.counts})
+
+    # --- frame ids -----------------------------------------------------------------------
+    def _on_message(self, data: bytes | str) -> None:
+        try:
+            if isinstance(data, str):
+                raise ProtocolError(ErrorCode.MALFORMED, "text message on a binary channel")
+            meta = decode(data, FrameMeta)
+        except ProtocolError as exc:
+            BAD_MESSAGES.labels(self._settings.region).inc()
+            self._count("bad_messages")
+            log.warning("bad data-channel message", extra={"stream_id": self.stream_id, "error": str(exc)})
+            return
+        self._mapper.announce(meta.frame_id, meta.pts)
+        self._meta[meta.frame_id] = meta
+        while len(self._meta) > MAX_REMEMBERED_FRAMES:
+            forgotten, _ = self._meta.popitem(last=False)
+            if forgotten in self._awaited_keys:
+                self._awaited_keys.discard(forgotten)
+                self._fail(forgotten, ErrorCode.LOST, "key frame never matched a decoded frame", 0)
+        if meta.key:
+            self._awaited_keys.add(meta.frame_id)
+        self._match()
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, av.VideoFrame)
+            pts = int(frame.pts or 0)
+            self._mapper.observe(pts)
+            self._pending.append(_Decoded(pts=pts, frame=frame, decoded_ns=time.monotonic_ns()))
+            if len(self._pending) > MAX_PENDING_FRAMES:
+                self._pending.popleft()
+                self._count("unmapped_frames_dropped")
+                FRAMES.labels(self._settings.region, "unmapped").inc()
+            self._match()
+
+    def _match(self) -> None:
+        """Resolve pending decoded frames to frame ids; queue key frames; report lost ones."""
+        still_pending: deque[_Decoded] = deque()
+        for decoded in self._pending:
+            frame_id = self._mapper.locate(decoded.pts)
+            meta = self._meta.get(frame_id) if frame_id is not None else None
+            if meta is None:
+                still_pending.append(decoded)
+                continue
+            log.debug("frame mapped", extra={"stream_id": self.stream_id, "pts": decoded.pts, "frame_id": meta.frame_id})
+            self._newest_mapped = max(self._newest_mapped, meta.frame_id)
+            if meta.key and meta.frame_id in self._awaited_keys:
+                self._awaited_keys.discard(meta.frame_id)
+                FRAMES.labels(self._settings.region, "key").inc()
+                dropped = self._jobs.put(_KeyJob(meta, decoded.frame, decoded.decoded_ns))
+                if dropped is not None:
+                    self._fail(dropped.meta.frame_id, ErrorCode.DROPPED, "replaced by a newer key frame", 0)
+            else:
+                FRAMES.labels(self._settings.region, "intermediate").inc()
+        self._pending = still_pending
+        for frame_id in sorted(k for k in self._awaited_keys if k < self._newest_mapped):
+            self._awaited_keys.discard(frame_id)
+            self._fail(frame_id, ErrorCode.LOST, "key frame never arrived (lost on the way)", 0)
+
+    # --- key frames ----------------------------------------------------------------------
+    def _fail(self, frame_id: int, code: str, text: str, attempts: int) -> None:
+        KEY_FRAMES.labels(self._settings.region, code).inc()
+        self._count(f"key_{code}")
+        result = KeyResult(frame_id=frame_id, ok=False, attempts=attempts, error_code=code, error=text)
+        task = asyncio.create_task(self._send([encode(result)]))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._jobs.get()
+            try:
+                await self._stylize(loop, job)
+            except Exception:  # one bad frame must not end the session
+                log.exception("key frame failed", extra={"stream_id": self.stream_id, "frame_id": job.meta.frame_id})
+                self._fail(job.meta.frame_id, ErrorCode.INTERNAL, "gateway error", 0)
+
+    async def _stylize(self, loop: asyncio.AbstractEventLoop, job: _KeyJob) -> None:
+        frame_id = job.meta.frame_id
+        out_size = self._out_size or (job.frame.width, job.frame.height)
+        jpeg = await loop.run_in_executor(
+            self._executor, _frame_to_jpeg, job.frame, self._settings.jpeg_quality
+        )
+        request = StylizeRequest(
+            stream_id=self.stream_id,
+            frame_id=frame_id,
+            style_id=self._style_id,
+            image=jpeg,
+            out_width=out_size[0],
+            out_height=out_size[1],
+            budget_ms=self._settings.deadline_ms,
+            stamps={"phone_capture": job.meta.capture_ns, "gw_decoded": job.decoded_ns},
+        )
+        outcome = await request_stylize(
+            self._nc, self._settings.subject, request, self._settings.deadline_ms, self._settings.first_attempt_ms
+        )
+        if not outcome.ok or outcome.reply is None:
+            self._fail(frame_id, outcome.error_code, outcome.error, outcome.attempts)
+            return
+        reply = outcome.reply
+        chunks = chunk_payload(frame_id, reply.image)
+        header = KeyResult(
+            frame_id=frame_id,
+            ok=True,
+            chunks=len(chunks),
+            size=len(reply.image),
+            worker_id=reply.worker_id,
+            attempts=outcome.attempts,
+            stamps=reply.stamps,
+        )
+        KEY_FRAMES.labels(self._settings.region, "ok").inc()
+        self._count("key_ok")
+        await self._send([encode(header), *(encode(c) for c in chunks)])
+
+    async def _send(self, messages: list[bytes]) -> None:
+        """Send messages in order, waiting whenever the channel's buffer is above the high-water mark."""
+        channel = self._channel
+        if channel is None:
+            return
+        for message in messages:
+            while channel.bufferedAmount > BUFFER_HIGH_WATER and channel.readyState == "open":
+                self._drained.clear()
+                await self._drained.wait()
+            if channel.readyState != "open":
+                return
+            channel.send(message)
+
+
+def _frame_to_jpeg(frame: av.VideoFrame, quality: int) -> bytes:
+    """Decoded video frame -> JPEG bytes for the request (runs in the executor)."""
+    return encode_jpeg(frame.to_ndarray(format="bgr24"), quality, MAX_MESSAGE_BYTES - REQUEST_OVERHEAD_BYTES)

@@ -1,0 +1,75 @@
+"""Gateway side of ``mvs.<region>.stylize``: one request with a deadline and one retry.
+
+Live frames are worth nothing late. The first attempt gets part of the budget; on a timeout (a
+worker died or stalled), no responders (no worker subscribed at that moment) or a retryable error
+reply (a worker shed the frame), the rest of the budget goes to one more attempt, which the queue
+group routes to any live worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from streaming.protocol import RETRYABLE_CODES, ErrorCode, ProtocolError, StylizeReply, StylizeRequest, decode, encode
+
+MAX_ATTEMPTS = 2
+NO_RESPONDERS_BACKOFF_S = 0.05
+"""Pause before retrying when no worker was subscribed (one may be restarting)."""
+
+
+@dataclass
+class StylizeOutcome:
+    """The reply (ok or a worker's error) or the gateway's own error, and how many attempts it took."""
+
+    reply: StylizeReply | None
+    attempts: int
+    error_code: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when a worker returned a stylized frame."""
+        return self.reply is not None and self.reply.ok
+
+
+async def request_stylize(
+    nc: NATS, subject: str, request: StylizeRequest, budget_ms: float, first_attempt_ms: float
+) -> StylizeOutcome:
+    """Send ``request`` within ``budget_ms``; the first attempt may use ``first_attempt_ms`` of it."""
+    deadline = time.monotonic() + budget_ms / 1000.0
+    outcome = StylizeOutcome(reply=None, attempts=0, error_code=ErrorCode.TIMEOUT, error="budget spent")
+    for attempt in range(MAX_ATTEMPTS):
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            break
+        timeout_s = remaining_s if attempt == MAX_ATTEMPTS - 1 else min(remaining_s, first_attempt_ms / 1000.0)
+        sent = dataclasses.replace(request, attempt=attempt, budget_ms=timeout_s * 1000.0, stamps=dict(request.stamps))
+        sent.stamps["gw_sent"] = time.monotonic_ns()
+        outcome.attempts = attempt + 1
+        try:
+            msg = await nc.request(subject, encode(sent), timeout=timeout_s)
+        except NoRespondersError:
+            outcome.error_code, outcome.error = ErrorCode.NO_WORKERS, f"no worker subscribed to {subject}"
+            await asyncio.sleep(min(NO_RESPONDERS_BACKOFF_S, max(0.0, deadline - time.monotonic())))
+            continue
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            outcome.error_code, outcome.error = ErrorCode.TIMEOUT, f"no reply within {timeout_s * 1000:.0f} ms"
+            continue
+        try:
+            reply = decode(msg.data, StylizeReply)
+        except ProtocolError as exc:
+            outcome.error_code, outcome.error = exc.code, f"bad reply from worker: {exc}"
+            continue
+        reply.stamps["gw_reply"] = time.monotonic_ns()
+        outcome.reply = reply
+        outcome.error_code, outcome.error = reply.error_code, reply.error
+        if reply.ok or reply.error_code not in RETRYABLE_CODES:
+            break
+    return outcome

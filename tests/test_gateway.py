@@ -1,0 +1,79 @@
+"""Gateway signaling: garbage offers are HTTP 400 with a message; health and metrics are served."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection, VideoStreamTrack
+
+from mobile_sim.sources import default_style_photo
+from streaming.gateway import Gateway
+from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
+from streaming.images import encode_jpeg
+
+STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
+
+
+AUDIO_ONLY_SDP = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def video_sdp() -> str:
+    """A genuine aiortc offer with a video track and a data channel (never answered)."""
+
+    async def offer() -> str:
+        restrict_host_candidates(LOOPBACK)
+        pc = RTCPeerConnection(rtc_configuration())
+        pc.createDataChannel("mvs")
+        pc.addTrack(VideoStreamTrack())
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(offer())
+
+
+def _body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    ("make_body", "message"),
+    [
+        (lambda sdp: b"this is not json", "not JSON"),
+        (lambda sdp: b"[1, 2]", "JSON object"),
+        (lambda sdp: _body(type="answer", sdp=sdp, style=STYLE_B64), '"type": "offer"'),
+        (lambda sdp: _body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "SDP"),
+        (lambda sdp: _body(type="offer", sdp=AUDIO_ONLY_SDP, style=STYLE_B64), "video stream"),
+        (lambda sdp: _body(type="offer", sdp=sdp), "style"),
+        (lambda sdp: _body(type="offer", sdp=sdp, style="%%%"), "base64"),
+        (lambda sdp: _body(type="offer", sdp=sdp, style=base64.b64encode(b"abc").decode()), "not a usable image"),
+        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=-3, out_height=2), "out_width"),
+    ],
+)
+async def test_garbage_offers_are_400(
+    gateway: Gateway, video_sdp: str, make_body: Callable[[str], bytes], message: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/offer", data=make_body(video_sdp)) as response:
+            assert response.status == 400
+            assert message in (await response.json())["error"]
+        async with http.get(f"{gateway.url}/healthz") as response:  # still serving, no session leaked
+            assert response.status == 200 and (await response.json())["sessions"] == 0
+
+
+async def test_metrics_endpoint(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/metrics") as response:
+            text = await response.text()
+    assert response.status == 200 and "mvs_gateway_sessions" in text
