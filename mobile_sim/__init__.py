@@ -1,0 +1,1 @@
+"""The phone simulator: frame sources, key-frame policies, optical flow, warping and reconstruction."""

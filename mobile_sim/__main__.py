@@ -1,0 +1,94 @@
+"""``python -m mobile_sim`` / ``mvs phone``: run the simulated phone against a gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from mobile_sim.client import (
+    DEFAULT_FPS,
+    DEFAULT_FRAMES,
+    DEFAULT_GATEWAY_URL,
+    DEFAULT_KEY_INTERVAL,
+    DEFAULT_RESULT_TIMEOUT_MS,
+    DEFAULT_SIZE,
+    PhoneConfig,
+    run_phone,
+)
+from streaming.protocol import DEFAULT_REGION
+from streaming.runtime import run_main
+from streaming.telemetry import setup_logging
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x360' -> (640, 360); even, positive sides (the video encoder needs even sizes)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must look like 640x360, got {text!r}") from exc
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError(f"size sides must be positive and even, got {text!r}")
+    return width, height
+
+
+def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) -> None:
+    """Flags shared by ``mvs phone`` and ``mvs demo``."""
+    p.add_argument("--source", default="synthetic",
+                   help="'synthetic' (camera panning over a bundled photo), 'synthetic:<photo>', "
+                        "a video file path, or 'device:<index>'")
+    p.add_argument("--style", default=None, help="style image path (default: a bundled photo)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames to stream")
+    p.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="capture size WxH (even)")
+    p.add_argument("--fps", type=float, default=DEFAULT_FPS, help="capture rate")
+    p.add_argument("--key-interval", type=int, default=DEFAULT_KEY_INTERVAL, help="a key frame every K frames")
+    p.add_argument("--region", default=DEFAULT_REGION, help="region of the edge site")
+    p.add_argument("--out", type=Path, default=out_default, help="output directory (videos + report.json)")
+    p.add_argument("--result-timeout-ms", type=float, default=DEFAULT_RESULT_TIMEOUT_MS,
+                   help="a key frame with no result after this counts as failed")
+    p.add_argument("--log-level", default="warning")
+
+
+def phone_config_from_args(args: argparse.Namespace, **overrides: object) -> PhoneConfig:
+    """PhoneConfig from parsed flags."""
+    values: dict[str, object] = dict(
+        source=args.source, style=args.style, frames=args.frames, size=args.size, fps=args.fps,
+        key_interval=args.key_interval, region=args.region, out_dir=args.out, result_timeout_ms=args.result_timeout_ms,
+    )
+    values.update(overrides)
+    return PhoneConfig(**values)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of the phone."""
+    p = argparse.ArgumentParser(prog="mvs phone", description="Simulated phone: stream a source, rebuild it stylized.")
+    p.add_argument("--gateway", default=DEFAULT_GATEWAY_URL, help="gateway signaling URL")
+    p.add_argument("--ice-host", action="append", default=[], help="gather ICE candidates only here (repeatable)")
+    add_phone_arguments(p, out_default=Path("out/phone"))
+    return p
+
+
+def summary(report: dict[str, object]) -> str:
+    """A few lines a person reads after a run."""
+    frames = report["frames"]
+    keys = report["key_frames"]
+    latency = report["latency_ms"]
+    return json.dumps({"frames": frames, "key_frames": keys, "latency_ms": latency,
+                       "throughput": report["throughput"]}, indent=2)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    config = phone_config_from_args(args, gateway_url=args.gateway.rstrip("/"), ice_hosts=tuple(args.ice_host))
+    with contextlib.suppress(asyncio.CancelledError):
+        result = run_main(run_phone(config))
+        print(summary(result.report))
+
+
+if __name__ == "__main__":
+    main()

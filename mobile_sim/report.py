@@ -1,0 +1,137 @@
+"""The phone's record of a run and the latency report built from it (JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (50, 95, 99)
+NS_PER_MS = 1e6
+LATENCY_PARTS = ("uplink", "queue", "inference", "downlink", "round_trip")
+
+
+@dataclass
+class FrameRecord:
+    """What happened to one captured frame."""
+
+    frame_id: int
+    capture_ns: int
+    key: bool
+    key_reason: str
+    key_id: int
+    fate: str = "sent"
+    """sent | dropped_before_send (encoder busy) | lost (emulated network loss)."""
+    output: str = ""
+    """key | warped | fallback | failed (from the reconstructor)."""
+
+
+@dataclass
+class KeyRecord:
+    """Outcome of one key frame's round trip."""
+
+    frame_id: int
+    ok: bool = False
+    error_code: str = ""
+    error: str = ""
+    attempts: int = 0
+    worker_id: str = ""
+    bytes: int = 0
+    stamps: dict[str, int] = field(default_factory=dict)
+
+    def latency_ms(self) -> dict[str, float] | None:
+        """Round trip split into uplink, queue, inference and downlink (ms), from the hop stamps.
+
+        uplink: capture -> decoded at the gateway; queue: -> inference starts on a worker (gateway
+        JPEG, NATS hop, worker queue); inference: the stylizer; downlink: -> decoded on the phone.
+        Stamps come from several processes' monotonic clocks, comparable on one host (the demo).
+        """
+        s = self.stamps
+        needed = ("phone_capture", "gw_decoded", "w_infer_start", "w_infer_end", "phone_decoded")
+        if not self.ok or any(k not in s for k in needed):
+            return None
+        parts = {
+            "uplink": s["gw_decoded"] - s["phone_capture"],
+            "queue": s["w_infer_start"] - s["gw_decoded"],
+            "inference": s["w_infer_end"] - s["w_infer_start"],
+            "downlink": s["phone_decoded"] - s["w_infer_end"],
+            "round_trip": s["phone_decoded"] - s["phone_capture"],
+        }
+        return {k: v / NS_PER_MS for k, v in parts.items()}
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """p50/p95/p99, mean and max of a list of numbers (empty dict if none)."""
+    if not values:
+        return {}
+    arr = np.asarray(values, dtype=np.float64)
+    out = {f"p{p}": round(float(np.percentile(arr, p)), 3) for p in PERCENTILES}
+    out["mean"] = round(float(arr.mean()), 3)
+    out["max"] = round(float(arr.max()), 3)
+    return out
+
+
+def build_report(
+    *,
+    region: str,
+    settings: dict[str, Any],
+    frames: list[FrameRecord],
+    keys: dict[int, KeyRecord],
+    duration_s: float,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """The run's report: frame fates, key-frame outcomes, latency percentiles by region, throughput.
+
+    ``duration_s`` runs from the first capture to the last output frame.
+    """
+    latencies = [lat for k in keys.values() if (lat := k.latency_ms()) is not None]
+    outputs = [f for f in frames if f.output]
+    kinds = {kind: sum(1 for f in outputs if f.output == kind) for kind in ("key", "warped", "fallback", "failed")}
+    failures: dict[str, int] = {}
+    for k in keys.values():
+        if not k.ok:
+            failures[k.error_code] = failures.get(k.error_code, 0) + 1
+    return {
+        "region": region,
+        "settings": settings,
+        "frames": {
+            "captured": len(frames),
+            "output": len(outputs),
+            "by_output": kinds,
+            "dropped_before_send": sum(1 for f in frames if f.fate == "dropped_before_send"),
+            "lost_emulated": sum(1 for f in frames if f.fate == "lost"),
+        },
+        "key_frames": {
+            "marked": len(keys),
+            "ok": sum(1 for k in keys.values() if k.ok),
+            "failed": sum(1 for k in keys.values() if not k.ok),
+            "failures_by_code": failures,
+            "retried": sum(1 for k in keys.values() if k.attempts > 1),
+            "workers": sorted({k.worker_id for k in keys.values() if k.worker_id}),
+            "downlink_bytes": sum(k.bytes for k in keys.values()),
+        },
+        "latency_ms": {region: {part: summarize([lat[part] for lat in latencies]) for part in LATENCY_PARTS}},
+        "throughput": {
+            "duration_s": round(duration_s, 3),
+            "output_fps": round(len(outputs) / duration_s, 2) if duration_s > 0 else 0.0,
+            "key_frames_per_s": round(sum(1 for k in keys.values() if k.ok) / duration_s, 2) if duration_s > 0 else 0.0,
+        },
+        "counters": counters,
+        "per_frame": [
+            {"id": f.frame_id, "key": f.key, "reason": f.key_reason, "key_id": f.key_id, "fate": f.fate, "output": f.output}
+            for f in frames
+        ],
+        "per_key": [
+            {**{k: v for k, v in asdict(rec).items() if k != "stamps"}, "latency_ms": rec.latency_ms()}
+            for rec in sorted(keys.values(), key=lambda r: r.frame_id)
+        ],
+    }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    """Write the report as indented JSON (directories created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+
+from mobile_sim.flow import DIS_PRESETS, FlowEstimator
+from mobile_sim.sources import SyntheticCamera, sample_photo
+from mobile_sim.warp import Warper, resize_to
+
+WIDTH, HEIGHT = 160, 96
+MARGIN = 8
+PSNR_MIN_DB = 40.0
+PERIODS = ((23.0, 31.0), (17.0, 41.0), (37.0, 19.0))  # per BGR channel: x and y periods in px
+
+
+def pattern(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """A smooth colour image evaluated exactly at arbitrary (float) pixel coordinates."""
+    channels = [
+        127.5 + 100.0 * np.sin(2 * np.pi * xs / px + c) * np.cos(2 * np.pi * ys / py)
+        for c, (px, py) in enumerate(PERIODS)
+    ]
+    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
+
+
+def grid(width: int = WIDTH, height: int = HEIGHT) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    return xs, ys
+
+
+def psnr(a: np.ndarray, b: np.ndarray, margin: int = MARGIN) -> float:
+    inner = (slice(margin, -margin), slice(margin, -margin))
+    mse = float(np.mean((a[inner].astype(np.float64) - b[inner].astype(np.float64)) ** 2))
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def warp_with(flow: np.ndarray, key: np.ndarray) -> np.ndarray:
+    warper = Warper()
+    return warper.warp(key, warper.maps_from_flow(flow.astype(np.float32), (key.shape[1], key.shape[0])))
+
+
+def test_warp_of_known_translation_and_wrong_flow() -> None:
+    xs, ys = grid()
+    dx, dy = 3.25, -1.5
+    key, frame = pattern(xs, ys), pattern(xs + dx, ys + dy)
+    flow = np.dstack([np.full_like(xs, dx), np.full_like(ys, dy)])
+    good, wrong = psnr(warp_with(flow, key), frame), psnr(warp_with(-flow, key), frame)
+    assert good >= PSNR_MIN_DB, f"{good:.1f} dB"
+    assert wrong < PSNR_MIN_DB, f"wrong flow still gives {wrong:.1f} dB"
+
+
+def test_warp_of_known_zoom() -> None:
+    xs, ys = grid()
+    centre_x, centre_y, scale = (WIDTH - 1) / 2, (HEIGHT - 1) / 2, 0.85
+    key = pattern(xs, ys)
+    frame = pattern(centre_x + scale * (xs - centre_x), centre_y + scale * (ys - centre_y))
+    flow = np.dstack([(scale - 1) * (xs - centre_x), (scale - 1) * (ys - centre_y)])
+    good, no_zoom = psnr(warp_with(flow, key), frame), psnr(key, frame)
+    assert good >= PSNR_MIN_DB, f"{good:.1f} dB"
+    assert no_zoom < PSNR_MIN_DB, f"{no_zoom:.1f} dB"
+
+
+def test_warp_scales_flow_to_a_larger_stylized_key() -> None:
+    xs, ys = grid()
+    dx, dy = -2.6, 1.3  # non-integer source positions in the big key too
+    frame = pattern(xs + dx, ys + dy)
+    big_xs, big_ys = grid(2 * WIDTH, 2 * HEIGHT)
+    big_key = pattern((big_xs + 0.5) / 2 - 0.5, (big_ys + 0.5) / 2 - 0.5)  # same scene, twice the pixels
+    flow = np.dstack([np.full_like(xs, dx), np.full_like(ys, dy)])
+    warped = warp_with(flow, big_key)
+    assert warped.shape == frame.shape
+    assert psnr(warped, frame) >= PSNR_MIN_DB, f"{psnr(warped, frame):.1f} dB"
+
+
+def test_warp_rejects_mismatched_inputs() -> None:
+    warper = Warper()
+    maps = warper.maps_from_flow(np.zeros((HEIGHT, WIDTH, 2), np.float32), (WIDTH, HEIGHT))
+    with pytest.raises(ValueError, match="maps were built for"):
+        warper.warp(np.zeros((HEIGHT, WIDTH + 1, 3), np.uint8), maps)
+    with pytest.raises(ValueError, match="HxWx2"):
+        warper.maps_from_flow(np.zeros((HEIGHT, WIDTH), np.float32), (WIDTH, HEIGHT))
+
+
+def endpoint_error(flow: np.ndarray, truth: np.ndarray, margin: int) -> np.ndarray:
+    inner = (slice(margin, -margin), slice(margin, -margin))
+    error: np.ndarray = np.linalg.norm(flow[inner] - truth[inner], axis=-1)
+    return error
+
+
+def mean_abs_error(a: np.ndarray, b: np.ndarray, margin: int) -> float:
+    inner = (slice(margin, -margin), slice(margin, -margin))
+    return float(np.abs(a[inner].astype(np.float64) - b[inner].astype(np.float64)).mean())
+
+
+def test_dis_flow_matches_true_flow_and_warp_reconstructs() -> None:
+    camera = SyntheticCamera(sample_photo(), size=(640, 360))
+    i, j, margin = 30, 33, 32
+    frame_i, frame_j = camera.render(i), camera.render(j)
+    truth = camera.true_flow(i, j)
+    flow = FlowEstimator().estimate(frame_i, frame_j)
+    assert flow.shape == truth.shape and flow.dtype == np.float32
+    median_epe = float(np.median(endpoint_error(flow, truth, margin)))
+    assert np.median(np.linalg.norm(truth, axis=-1)) > 3, "the test needs real motion"
+    assert median_epe < 0.5, f"median endpoint error {median_epe:.3f} px"
+    warped = mean_abs_error(warp_with(flow, frame_j), frame_i, margin)
+    unwarped = mean_abs_error(frame_j, frame_i, margin)
+    assert warped < 0.25 * unwarped, f"warped {warped:.2f} vs not warped {unwarped:.2f} (mean abs error)"
+
+
+@pytest.mark.parametrize("preset", sorted(DIS_PRESETS))
+def test_every_preset_tracks_a_pan(preset: str) -> None:
+    camera = SyntheticCamera(sample_photo("coffee"), size=(320, 180), zoom_per_frame=0.0)
+    flow = FlowEstimator(preset).estimate(camera.render(20), camera.render(22))
+    median_epe = float(np.median(endpoint_error(flow, camera.true_flow(20, 22), 16)))
+    assert median_epe < 0.5, f"{preset}: median endpoint error {median_epe:.3f} px"
+
+
+def test_flow_rejects_bad_input() -> None:
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    with pytest.raises(ValueError, match="same shape"):
+        FlowEstimator().estimate(image, resize_to(image, (WIDTH // 2, HEIGHT // 2)))
+    with pytest.raises(ValueError, match="unknown DIS preset"):
+        FlowEstimator("slow")
+
+
+def test_flow_does_not_depend_on_earlier_calls() -> None:
+    camera = SyntheticCamera(sample_photo(), size=(320, 180))
+    estimator = FlowEstimator()
+    first = estimator.estimate(camera.render(5), camera.render(8))
+    estimator.estimate(camera.render(40), camera.render(30))
+    assert np.array_equal(estimator.estimate(camera.render(5), camera.render(8)), first)
