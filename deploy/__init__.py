@@ -1,0 +1,1 @@
+"""Topologies: a local nats-server, the whole pipeline on one machine (``mvs demo``), the ``mvs`` CLI."""

@@ -1,0 +1,38 @@
+"""``mvs``: one command for every part (each part is also ``python -m <package>``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("deploy.local", "run the whole pipeline locally on a bundled sample"),
+    "gateway": ("streaming.__main__", "edge gateway: WebRTC signaling, key frames to NATS"),
+    "worker": ("edge_worker.__main__", "stylizer worker on mvs.<region>.stylize"),
+    "phone": ("mobile_sim.__main__", "simulated phone streaming to a gateway"),
+    "nats": ("deploy.nats_cli", "a local nats-server with JetStream"),
+}
+
+
+def _entry(module: str) -> Callable[[Sequence[str]], None]:
+    import importlib
+
+    return importlib.import_module(module).main  # type: ignore[no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Dispatch ``mvs <command> ...`` to the command's own parser."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="mvs", description="MVStylizer: live photorealistic video style transfer.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return
+    _entry(COMMANDS[argv[0]][0])(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

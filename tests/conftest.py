@@ -1,0 +1,41 @@
+"""Shared fixtures: one real nats-server (JetStream, monitoring) for the session; real workers and
+gateways per test, each test on its own region so that tests never see each other's traffic."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from deploy.nats import NatsServer
+from edge_worker.service import StylizerWorker, WorkerConfig
+from streaming.gateway import Gateway, GatewayConfig
+from streaming.ice import LOOPBACK
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer(monitor_port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def region() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def worker(nats_server: NatsServer, region: str) -> AsyncIterator[StylizerWorker]:
+    w = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, worker_id="w-inproc", threads=1))
+    await w.start()
+    yield w
+    await w.stop()
+
+
+@pytest.fixture
+async def gateway(nats_server: NatsServer, region: str) -> AsyncIterator[Gateway]:
+    g = Gateway(GatewayConfig(port=0, nats_url=nats_server.url, region=region, ice_hosts=LOOPBACK))
+    await g.start()
+    yield g
+    await g.stop()

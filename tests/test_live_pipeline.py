@@ -1,0 +1,109 @@
+"""Phone -> WebRTC -> gateway -> NATS -> worker -> data channel -> warping, all real, on loopback."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_worker.model.color_transfer import LinearColorTransfer
+from edge_worker.service import StylizerWorker
+from mobile_sim.client import Phone, PhoneConfig, PhoneResult
+from mobile_sim.sources import default_style_photo
+from streaming.gateway import Gateway
+from streaming.ice import LOOPBACK
+from streaming.images import decode_image, encode_jpeg
+
+SIZE = (320, 180)
+FRAMES = 60
+KEY_INTERVAL = 5
+
+
+def _config(gateway: Gateway, region: str, **overrides: object) -> PhoneConfig:
+    values: dict[str, object] = dict(
+        gateway_url=gateway.url, frames=FRAMES, size=SIZE, key_interval=KEY_INTERVAL, region=region,
+        ice_hosts=LOOPBACK, keep_frames=True,
+    )
+    values.update(overrides)
+    return PhoneConfig(**values)  # type: ignore[arg-type]
+
+
+def _reference_stylizer() -> tuple[LinearColorTransfer, object]:
+    """The worker's model with the style exactly as the worker sees it (after the JPEG hop)."""
+    stylizer = LinearColorTransfer()
+    style = decode_image(encode_jpeg(default_style_photo(), 95))
+    return stylizer, stylizer.prepare_style(cv2.cvtColor(style, cv2.COLOR_BGR2RGB))
+
+
+def _stylize(stylizer: LinearColorTransfer, style: object, bgr: np.ndarray) -> np.ndarray:
+    rgb = stylizer.stylize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), style, (bgr.shape[1], bgr.shape[0]))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def _check_keys_belong_to_their_frames(result: PhoneResult) -> int:
+    """Each stylized key frame is closest to the stylization of the frame the phone marked."""
+    stylizer, style = _reference_stylizer()
+    reference = {i: _stylize(stylizer, style, img) for i, img in result.originals.items()}
+    checked = 0
+    for key_id, stylized in result.stylized_keys.items():
+        own = cv2.PSNR(stylized, reference[key_id])
+        for other in (key_id - 2, key_id - 1, key_id + 1, key_id + 2):
+            if other in reference:
+                assert own > cv2.PSNR(stylized, reference[other]) + 1.0, (key_id, other)
+        checked += 1
+    return checked
+
+
+async def test_every_frame_comes_back_stylized(worker: StylizerWorker, gateway: Gateway, region: str) -> None:
+    result = await Phone(_config(gateway, region)).run()
+    report = result.report
+    assert report["frames"]["captured"] == FRAMES and report["frames"]["output"] == FRAMES
+    assert sorted(result.outputs) == list(range(FRAMES))
+    assert report["key_frames"]["ok"] >= 0.9 * report["key_frames"]["marked"]
+    kinds = report["frames"]["by_output"]
+    assert kinds["key"] >= 1 and kinds["warped"] >= 1 and kinds["failed"] == 0
+    assert _check_keys_belong_to_their_frames(result) == report["key_frames"]["ok"]
+    # Output differs from input: the style's colours, not the camera's.
+    diffs = [cv2.absdiff(result.outputs[i].image, result.originals[i]).mean() for i in range(FRAMES)]
+    assert min(diffs) > 15
+    latency = report["latency_ms"][region]
+    assert latency["round_trip"]["p50"] > 0 and latency["inference"]["p50"] > 0
+    parts = sum(latency[p]["p50"] for p in ("uplink", "queue", "inference", "downlink"))
+    assert parts == pytest.approx(latency["round_trip"]["p50"], rel=0.5)
+    assert report["per_frame"][0]["key"] and report["per_frame"][0]["reason"] == "first"
+
+
+async def test_lost_frames_never_mislabel_key_frames(worker: StylizerWorker, gateway: Gateway, region: str) -> None:
+    # The first frames (the RTP timestamp base), a key frame and scattered frames are lost on the way.
+    lost = frozenset({0, 1, 10, 13, 22, 23, 24, 37, 41})
+    result = await Phone(_config(gateway, region, lose_frames=lost)).run()
+    report = result.report
+    assert report["frames"]["output"] == FRAMES and report["frames"]["lost_emulated"] == len(lost)
+    per_key = {k["frame_id"]: k for k in report["per_key"]}
+    assert per_key[0]["error_code"] == "lost" and per_key[10]["error_code"] == "lost"
+    assert _check_keys_belong_to_their_frames(result) == report["key_frames"]["ok"] >= 6
+    # Frames of a lost key are warped from the previous good key; before any good key they are marked failed.
+    outputs = result.outputs
+    assert all(outputs[i].kind == "failed" for i in range(0, 5))
+    assert all(outputs[i].kind == "fallback" and outputs[i].key_id == 5 for i in range(10, 15))
+
+
+async def test_warped_frames_match_the_stylization_of_the_same_frame(
+    worker: StylizerWorker, gateway: Gateway, region: str
+) -> None:
+    """Algorithm 1 on a camera pan: warping the stylized key by the flow reproduces the stylized frame."""
+    result = await Phone(_config(gateway, region, frames=40, key_interval=10)).run()
+    stylizer, style = _reference_stylizer()
+    warped, unwarped = [], []
+    for i, out in result.outputs.items():
+        if out.kind != "warped":
+            continue
+        truth = _stylize(stylizer, style, result.originals[i])
+        margin = 16  # new content enters at the borders during a pan; compare the interior
+        inner = (slice(margin, -margin), slice(margin, -margin))
+        warped.append(cv2.PSNR(out.image[inner], truth[inner]))
+        key = result.stylized_keys[out.key_id]
+        unwarped.append(cv2.PSNR(key[inner], truth[inner]))  # what a broken (identity) warp would show
+    assert len(warped) >= 20
+    assert np.median(warped) >= 30.0, np.median(warped)
+    assert np.median(unwarped) < 30.0 - 5.0, np.median(unwarped)
