@@ -8,7 +8,6 @@ one simulated phone, streams the source live over WebRTC on loopback, writes
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import subprocess
 import sys
@@ -18,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from deploy.nats import NatsServer
 from edge_worker.model.registry import DEFAULT_STYLIZER
@@ -27,8 +24,8 @@ from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, sum
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
 from streaming.gateway import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
-from streaming.protocol import stylize_subject
 from streaming.runtime import run_main
+from streaming.stylize_client import discover_workers
 from streaming.telemetry import setup_logging
 
 log = logging.getLogger(__name__)
@@ -47,42 +44,54 @@ class LocalTopology:
     model: str = DEFAULT_STYLIZER
     worker_threads: int = 1
     log_level: str = "warning"
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    """Worker processes by worker id."""
 
     def start_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
         """Start one ``python -m edge_worker`` child."""
         cmd = [
-            sys.executable, "-m", "edge_worker", "--nats", self.nats_url, "--region", self.region,
-            "--model", self.model, "--worker-id", worker_id, "--threads", str(self.worker_threads),
-            "--log-level", self.log_level,
+            sys.executable,
+            "-m",
+            "edge_worker",
+            "--nats",
+            self.nats_url,
+            "--region",
+            self.region,
+            "--model",
+            self.model,
+            "--worker-id",
+            worker_id,
+            "--threads",
+            str(self.worker_threads),
+            "--log-level",
+            self.log_level,
         ]
         proc = subprocess.Popen(cmd)
-        self.workers.append(proc)
+        self.workers[worker_id] = proc
         return proc
 
     async def wait_for_workers(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
-        """Wait until a worker answers on the region's subject (an empty request gets an error reply)."""
+        """Wait until every started worker answers on the region's discovery subject."""
         nc = await nats.connect(self.nats_url)
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
-                if any(p.poll() is not None for p in self.workers):
-                    raise RuntimeError("a stylizer worker exited during start-up")
-                try:
-                    await nc.request(stylize_subject(self.region), b"", timeout=WORKER_PROBE_S)
+                exited = [worker_id for worker_id, p in self.workers.items() if p.poll() is not None]
+                if exited:
+                    raise RuntimeError(f"stylizer worker(s) {exited} exited during start-up")
+                found = {info.worker_id for info in await discover_workers(nc, self.region, WORKER_PROBE_S)}
+                if set(self.workers) <= found:
                     return
-                except (NoRespondersError, NatsTimeoutError):
-                    await asyncio.sleep(WORKER_PROBE_S)
-            raise TimeoutError(f"no stylizer worker answered within {timeout_s} s")
+            raise TimeoutError(f"stylizer workers {sorted(self.workers)} did not all answer within {timeout_s} s")
         finally:
             await nc.close()
 
     def stop(self) -> None:
         """Terminate the workers (SIGTERM, then SIGKILL)."""
-        for proc in self.workers:
+        for proc in self.workers.values():
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.workers:
+        for proc in self.workers.values():
             try:
                 proc.wait(timeout=WORKER_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -91,8 +100,9 @@ class LocalTopology:
         self.workers.clear()
 
 
-async def run_demo(phone_config: PhoneConfig, workers: int = 1, model: str = DEFAULT_STYLIZER,
-                   log_level: str = "warning") -> PhoneResult:
+async def run_demo(
+    phone_config: PhoneConfig, workers: int = 1, model: str = DEFAULT_STYLIZER, log_level: str = "warning"
+) -> PhoneResult:
     """Start NATS, workers and a gateway; run the phone against them; stop everything."""
     with NatsServer() as server:
         topology = LocalTopology(server.url, phone_config.region, model=model, log_level=log_level)
@@ -127,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, json_lines=False)
-    result = run_main(run_demo(phone_config_from_args(args), workers=args.workers, model=args.model,
-                               log_level=args.log_level))
+    result = run_main(
+        run_demo(phone_config_from_args(args), workers=args.workers, model=args.model, log_level=args.log_level)
+    )
     print(summary(result.report))
     print(f"wrote {args.out}/stylized.mp4, {args.out}/side_by_side.mp4, {args.out}/report.json")
 

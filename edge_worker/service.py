@@ -39,10 +39,12 @@ from streaming.protocol import (
     ProtocolError,
     StylizeReply,
     StylizeRequest,
+    WorkerInfo,
     decode,
     encode,
     stylize_subject,
     validate_request,
+    workers_subject,
 )
 from streaming.queues import LatestQueue
 from streaming.style_store import StyleStore, UnknownStyleError
@@ -57,7 +59,9 @@ REPLY_OVERHEAD_BYTES = 4096
 
 REQUESTS = Counter("mvs_worker_requests_total", "Stylize requests by outcome", ["region", "outcome"])
 INFERENCE_SECONDS = Histogram(
-    "mvs_worker_inference_seconds", "Stylizer time per key frame", ["region"],
+    "mvs_worker_inference_seconds",
+    "Stylizer time per key frame",
+    ["region"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
 QUEUE_DEPTH = Gauge("mvs_worker_queue_depth", "Requests waiting for the inference thread", ["region"])
@@ -113,6 +117,7 @@ class StylizerWorker:
         self._style_store = await StyleStore.open(self._nc.jetstream())
         self._consumer = asyncio.create_task(self._serve(), name="stylize-consumer")
         await self._nc.subscribe(stylize_subject(self.config.region), queue=STYLIZE_QUEUE_GROUP, cb=self._on_request)
+        await self._nc.subscribe(workers_subject(self.config.region), cb=self._on_discover)
         await self._nc.flush()
         log.info(
             "worker serving",
@@ -147,6 +152,17 @@ class StylizerWorker:
             stamps=dict(request.stamps) if request else {},
         )
 
+    async def _on_discover(self, msg: Msg) -> None:
+        info = WorkerInfo(
+            worker_id=self.config.worker_id,
+            region=self.config.region,
+            model=self.stylizer.name,
+            queue_depth=len(self._queue),
+            served=self.served,
+        )
+        if msg.reply:
+            await msg.respond(encode(info))
+
     async def _on_request(self, msg: Msg) -> None:
         received = time.monotonic_ns()
         try:
@@ -174,7 +190,9 @@ class StylizerWorker:
             QUEUE_DEPTH.labels(self.config.region).set(len(self._queue))
             request = job.request
             if time.monotonic() > job.deadline:
-                await self._reply(job.msg, self._error(request, ErrorCode.DEADLINE, "budget spent while queued"), "deadline")
+                await self._reply(
+                    job.msg, self._error(request, ErrorCode.DEADLINE, "budget spent while queued"), "deadline"
+                )
                 continue
             try:
                 style = await self._style(request.style_id)

@@ -77,6 +77,11 @@ def stylize_subject(region: str) -> str:
     return f"mvs.{region}.stylize"
 
 
+def workers_subject(region: str) -> str:
+    """Discovery subject: every worker of the region (no queue group) answers with a :class:`WorkerInfo`."""
+    return stylize_subject(region).removesuffix(".stylize") + ".workers"
+
+
 Stamps = dict[str, int]
 """Monotonic timestamps (ns) of the hops a message passed, by hop name."""
 
@@ -158,8 +163,20 @@ class Chunk(Message):
     data: bytes
 
 
+@dataclass
+class WorkerInfo(Message):
+    """A worker's answer on ``mvs.<region>.workers``."""
+
+    TYPE: ClassVar[str] = "worker"
+    worker_id: str
+    region: str
+    model: str
+    queue_depth: int
+    served: int
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (StylizeRequest, StylizeReply, FrameMeta, KeyResult, Chunk)
+    cls.TYPE: cls for cls in (StylizeRequest, StylizeReply, FrameMeta, KeyResult, Chunk, WorkerInfo)
 }
 
 M = TypeVar("M", bound=Message)
@@ -206,7 +223,9 @@ def decode_any(data: bytes, expected: tuple[type[Message], ...], max_bytes: int 
         raise ProtocolError(ErrorCode.MALFORMED, f"expected a msgpack map, got {type(body).__name__}")
     version = body.pop("v", None)
     if version != SCHEMA_VERSION:
-        raise ProtocolError(ErrorCode.VERSION, f"schema version {version!r} is not supported (this is {SCHEMA_VERSION})")
+        raise ProtocolError(
+            ErrorCode.VERSION, f"schema version {version!r} is not supported (this is {SCHEMA_VERSION})"
+        )
     kind = body.pop("t", None)
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None or cls not in expected:
@@ -224,7 +243,8 @@ def decode_any(data: bytes, expected: tuple[type[Message], ...], max_bytes: int 
             continue
         if not _check_type(body[name], hints[name]):
             raise ProtocolError(
-                ErrorCode.INVALID, f"{kind}: field {name!r} has type {type(body[name]).__name__}, expected {hints[name]}"
+                ErrorCode.INVALID,
+                f"{kind}: field {name!r} has type {type(body[name]).__name__}, expected {hints[name]}",
             )
     return cls(**body)
 
@@ -279,5 +299,7 @@ class ChunkAssembler:
         del self._pending[chunk.frame_id]
         payload = b"".join(typing.cast(list[bytes], parts))
         if len(payload) != result.size:
-            raise ProtocolError(ErrorCode.INVALID, f"frame {chunk.frame_id}: {len(payload)} B, announced {result.size} B")
+            raise ProtocolError(
+                ErrorCode.INVALID, f"frame {chunk.frame_id}: {len(payload)} B, announced {result.size} B"
+            )
         return result, payload

@@ -17,7 +17,17 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from streaming.protocol import RETRYABLE_CODES, ErrorCode, ProtocolError, StylizeReply, StylizeRequest, decode, encode
+from streaming.protocol import (
+    RETRYABLE_CODES,
+    ErrorCode,
+    ProtocolError,
+    StylizeReply,
+    StylizeRequest,
+    WorkerInfo,
+    decode,
+    encode,
+    workers_subject,
+)
 
 MAX_ATTEMPTS = 2
 NO_RESPONDERS_BACKOFF_S = 0.05
@@ -73,3 +83,25 @@ async def request_stylize(
         if reply.ok or reply.error_code not in RETRYABLE_CODES:
             break
     return outcome
+
+
+async def discover_workers(nc: NATS, region: str, wait_s: float) -> list[WorkerInfo]:
+    """Every worker of ``region`` that answers on ``mvs.<region>.workers`` within ``wait_s``."""
+    inbox = nc.new_inbox()
+    found: list[WorkerInfo] = []
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(workers_subject(region), b"", reply=inbox)
+        deadline = time.monotonic() + wait_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=remaining)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                break
+            try:
+                found.append(decode(msg.data, WorkerInfo))
+            except ProtocolError:
+                continue
+    finally:
+        await sub.unsubscribe()
+    return found

@@ -30,6 +30,7 @@ from streaming.protocol import (
     stylize_subject,
 )
 from streaming.style_store import StyleStore
+from streaming.stylize_client import discover_workers
 
 TIMEOUT_S = 5.0
 
@@ -49,7 +50,12 @@ async def style_id(nc: NATS) -> str:
 def _request(style_id: str, **overrides: object) -> StylizeRequest:
     frame = cv2.resize(sample_photo(), (320, 180))
     values: dict[str, object] = dict(
-        stream_id="s", frame_id=1, style_id=style_id, image=encode_jpeg(frame), out_width=320, out_height=180,
+        stream_id="s",
+        frame_id=1,
+        style_id=style_id,
+        image=encode_jpeg(frame),
+        out_width=320,
+        out_height=180,
         budget_ms=3000.0,
     )
     values.update(overrides)
@@ -147,3 +153,9 @@ async def test_full_queue_sheds_the_oldest_with_overloaded(
     assert codes.count(ErrorCode.OVERLOADED) >= 1, codes
     assert sum(r.ok for r in replies) >= 1
     assert replies[-1].ok  # the newest frame always wins
+
+
+async def test_workers_answer_discovery(worker: StylizerWorker, nc: NATS, region: str) -> None:
+    infos = await discover_workers(nc, region, wait_s=0.5)
+    assert [(i.worker_id, i.region, i.model) for i in infos] == [("w-inproc", region, "color-transfer")]
+    assert await discover_workers(nc, region + "x", wait_s=0.2) == []

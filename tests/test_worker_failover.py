@@ -1,0 +1,97 @@
+"""A stylizer worker process dies mid-stream: the gateway retries on another worker, the stream goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from deploy.local import LocalTopology
+from deploy.nats import NatsServer
+from mobile_sim.client import Phone, PhoneConfig
+from streaming.gateway import Gateway, GatewayConfig
+from streaming.ice import LOOPBACK
+
+FRAMES = 120
+POLL_S = 0.05
+WAIT_S = 20.0
+
+
+async def _connection(monitor_url: str, name: str) -> dict[str, Any] | None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{monitor_url}/connz", params={"subs": "1"}) as response:
+            conns = (await response.json())["connections"] or []
+    return next((c for c in conns if c.get("name") == name), None)
+
+
+async def _wait_for(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(POLL_S)
+    raise TimeoutError(what)
+
+
+@pytest.fixture
+async def topology(nats_server: NatsServer, region: str) -> AsyncIterator[LocalTopology]:
+    topo = LocalTopology(nats_server.url, region)
+    yield topo
+    topo.stop()
+
+
+async def test_gateway_retries_on_another_worker_when_one_is_killed(
+    nats_server: NatsServer, region: str, topology: LocalTopology
+) -> None:
+    doomed, survivor = topology.start_worker("a"), topology.start_worker("b")
+
+    await topology.wait_for_workers()
+    gateway = Gateway(
+        GatewayConfig(
+            port=0, nats_url=nats_server.url, region=region, ice_hosts=LOOPBACK, first_attempt_ms=500, deadline_ms=2500
+        )
+    )
+    await gateway.start()
+    try:
+        phone = asyncio.create_task(
+            Phone(
+                PhoneConfig(
+                    gateway_url=gateway.url,
+                    frames=FRAMES,
+                    size=(320, 180),
+                    key_interval=5,
+                    region=region,
+                    ice_hosts=LOOPBACK,
+                    keep_frames=True,
+                )
+            ).run()
+        )
+        await asyncio.sleep(1.0)  # streaming, both workers serving
+        doomed.send_signal(signal.SIGSTOP)
+        stopped_at = (await _connection(nats_server.monitor_url, "worker-a") or {})["out_msgs"]
+
+        async def request_in_flight_to_doomed() -> bool:
+            conn = await _connection(nats_server.monitor_url, "worker-a")
+            return conn is not None and conn["out_msgs"] > stopped_at
+
+        await _wait_for(request_in_flight_to_doomed, "no key frame was routed to the stopped worker")
+        doomed.kill()  # SIGKILL while it holds a request
+        result = await phone
+    finally:
+        await gateway.stop()
+    assert survivor.poll() is None
+    report = result.report
+    assert report["frames"]["captured"] == FRAMES and report["frames"]["output"] == FRAMES
+    per_key = report["per_key"]
+    rescued = [k for k in per_key if k["ok"] and k["attempts"] == 2]
+    assert rescued and all(k["worker_id"] == "b" for k in rescued)
+    assert set(report["key_frames"]["workers"]) == {"a", "b"}
+    # After the kill every key frame is served by the survivor.
+    last_rescued = max(k["frame_id"] for k in rescued)
+    later = [k for k in per_key if k["frame_id"] > last_rescued]
+    assert later and all(k["ok"] and k["worker_id"] == "b" for k in later)
