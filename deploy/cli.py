@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,9 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _entry(module: str) -> Callable[[Sequence[str]], None]:
-    import importlib
-
-    return importlib.import_module(module).main  # type: ignore[no-any-return]
+    entry: Callable[[Sequence[str]], None] = importlib.import_module(module).main
+    return entry
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -23,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: start, print the URL, wait for SIGINT/SIGTERM."""
     args = build_parser().parse_args(argv)
     with NatsServer(args.host, args.port, args.store_dir) as server:
-        print(f"nats-server listening on {server.url} (JetStream store {server.store_dir}); Ctrl-C stops it", flush=True)
+        print(
+            f"nats-server listening on {server.url} (JetStream store {server.store_dir}); Ctrl-C stops it", flush=True
+        )
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             signal.pause()

@@ -18,7 +18,9 @@ from streaming.telemetry import setup_logging
 def build_parser() -> argparse.ArgumentParser:
     """CLI of the worker."""
     p = argparse.ArgumentParser(prog="mvs worker", description="Stylizer worker: serves mvs.<region>.stylize.")
-    p.add_argument("--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)")
+    p.add_argument(
+        "--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)"
+    )
     p.add_argument("--region", default=os.environ.get("MVS_REGION", DEFAULT_REGION), help="region served")
     p.add_argument("--model", default=DEFAULT_STYLIZER, help="stylizer name or model file")
     p.add_argument("--worker-id", default=None, help="id in replies and logs (default host-pid)")
@@ -33,8 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """WorkerConfig from parsed flags."""
     return WorkerConfig(
-        nats_url=args.nats, region=args.region, model=args.model, worker_id=args.worker_id or default_worker_id(),
-        queue_size=args.queue_size, style_cache=args.style_cache, threads=args.threads, metrics_port=args.metrics_port,
+        nats_url=args.nats,
+        region=args.region,
+        model=args.model,
+        worker_id=args.worker_id or default_worker_id(),
+        queue_size=args.queue_size,
+        style_cache=args.style_cache,
+        threads=args.threads,
+        metrics_port=args.metrics_port,
     )
 
 

@@ -37,9 +37,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) -> None:
     """Flags shared by ``mvs phone`` and ``mvs demo``."""
-    p.add_argument("--source", default="synthetic",
-                   help="'synthetic' (camera panning over a bundled photo), 'synthetic:<photo>', "
-                        "a video file path, or 'device:<index>'")
+    p.add_argument(
+        "--source",
+        default="synthetic",
+        help="'synthetic' (camera panning over a bundled photo), 'synthetic:<photo>', "
+        "a video file path, or 'device:<index>'",
+    )
     p.add_argument("--style", default=None, help="style image path (default: a bundled photo)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames to stream")
     p.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="capture size WxH (even)")
@@ -47,16 +50,27 @@ def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) ->
     p.add_argument("--key-interval", type=int, default=DEFAULT_KEY_INTERVAL, help="a key frame every K frames")
     p.add_argument("--region", default=DEFAULT_REGION, help="region of the edge site")
     p.add_argument("--out", type=Path, default=out_default, help="output directory (videos + report.json)")
-    p.add_argument("--result-timeout-ms", type=float, default=DEFAULT_RESULT_TIMEOUT_MS,
-                   help="a key frame with no result after this counts as failed")
+    p.add_argument(
+        "--result-timeout-ms",
+        type=float,
+        default=DEFAULT_RESULT_TIMEOUT_MS,
+        help="a key frame with no result after this counts as failed",
+    )
     p.add_argument("--log-level", default="warning")
 
 
 def phone_config_from_args(args: argparse.Namespace, **overrides: object) -> PhoneConfig:
     """PhoneConfig from parsed flags."""
     values: dict[str, object] = dict(
-        source=args.source, style=args.style, frames=args.frames, size=args.size, fps=args.fps,
-        key_interval=args.key_interval, region=args.region, out_dir=args.out, result_timeout_ms=args.result_timeout_ms,
+        source=args.source,
+        style=args.style,
+        frames=args.frames,
+        size=args.size,
+        fps=args.fps,
+        key_interval=args.key_interval,
+        region=args.region,
+        out_dir=args.out,
+        result_timeout_ms=args.result_timeout_ms,
     )
     values.update(overrides)
     return PhoneConfig(**values)  # type: ignore[arg-type]
@@ -76,8 +90,9 @@ def summary(report: dict[str, object]) -> str:
     frames = report["frames"]
     keys = report["key_frames"]
     latency = report["latency_ms"]
-    return json.dumps({"frames": frames, "key_frames": keys, "latency_ms": latency,
-                       "throughput": report["throughput"]}, indent=2)
+    return json.dumps(
+        {"frames": frames, "key_frames": keys, "latency_ms": latency, "throughput": report["throughput"]}, indent=2
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -375,11 +375,19 @@ class Phone:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
         settings["lose_frames"] = sorted(cfg.lose_frames)
         settings["size"] = list(source.size)
-        counters = {**self._counters, "send_queue_dropped": self.send_queue.dropped,
-                    "chunks_discarded": self._assembler.discarded, **self._reconstructor.stats}
+        counters = {
+            **self._counters,
+            "send_queue_dropped": self.send_queue.dropped,
+            "chunks_discarded": self._assembler.discarded,
+            **self._reconstructor.stats,
+        }
         report = build_report(
-            region=cfg.region, settings=settings, frames=[self.frames[i] for i in sorted(self.frames)],
-            keys=self.keys, duration_s=duration, counters=counters,
+            region=cfg.region,
+            settings=settings,
+            frames=[self.frames[i] for i in sorted(self.frames)],
+            keys=self.keys,
+            duration_s=duration,
+            counters=counters,
         )
         if cfg.out_dir is not None:
             write_report(report, cfg.out_dir / "report.json")

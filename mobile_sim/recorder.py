@@ -16,7 +16,9 @@ PRESET = "veryfast"
 class _Mp4Writer:
     def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
         self._container = av.open(str(path), mode="w")
-        self._stream = self._container.add_stream(CODEC, rate=Fraction(fps).limit_denominator(1001))
+        stream = self._container.add_stream(CODEC, rate=Fraction(fps).limit_denominator(1001))
+        assert isinstance(stream, av.VideoStream)
+        self._stream = stream
         self._stream.width, self._stream.height = size
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": CRF, "preset": PRESET}

@@ -121,7 +121,14 @@ def build_report(
         },
         "counters": counters,
         "per_frame": [
-            {"id": f.frame_id, "key": f.key, "reason": f.key_reason, "key_id": f.key_id, "fate": f.fate, "output": f.output}
+            {
+                "id": f.frame_id,
+                "key": f.key,
+                "reason": f.key_reason,
+                "key_id": f.key_id,
+                "fate": f.fate,
+                "output": f.output,
+            }
             for f in frames
         ],
         "per_key": [

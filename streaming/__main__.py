@@ -25,12 +25,18 @@ from streaming.telemetry import setup_logging
 
 def build_parser() -> argparse.ArgumentParser:
     """CLI of the gateway."""
-    p = argparse.ArgumentParser(prog="mvs gateway", description="Edge gateway: WebRTC signaling and key frames to NATS.")
-    p.add_argument("--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)")
+    p = argparse.ArgumentParser(
+        prog="mvs gateway", description="Edge gateway: WebRTC signaling and key frames to NATS."
+    )
+    p.add_argument(
+        "--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)"
+    )
     p.add_argument("--region", default=os.environ.get("MVS_REGION", DEFAULT_REGION), help="region this site serves")
     p.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
     p.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP port (0: any free port)")
-    p.add_argument("--deadline-ms", type=float, default=DEFAULT_DEADLINE_MS, help="budget per key frame, retry included")
+    p.add_argument(
+        "--deadline-ms", type=float, default=DEFAULT_DEADLINE_MS, help="budget per key frame, retry included"
+    )
     p.add_argument("--first-attempt-ms", type=float, default=DEFAULT_FIRST_ATTEMPT_MS, help="budget of the first try")
     p.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT, help="key frames per phone in flight")
     p.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING, help="key frames per phone queued")
@@ -43,9 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     """GatewayConfig from parsed flags."""
     return GatewayConfig(
-        host=args.host, port=args.port, nats_url=args.nats, region=args.region, deadline_ms=args.deadline_ms,
-        first_attempt_ms=args.first_attempt_ms, max_inflight=args.max_inflight, max_waiting=args.max_waiting,
-        max_sessions=args.max_sessions, ice_hosts=tuple(args.ice_host),
+        host=args.host,
+        port=args.port,
+        nats_url=args.nats,
+        region=args.region,
+        deadline_ms=args.deadline_ms,
+        first_attempt_ms=args.first_attempt_ms,
+        max_inflight=args.max_inflight,
+        max_waiting=args.max_waiting,
+        max_sessions=args.max_sessions,
+        ice_hosts=tuple(args.ice_host),
     )
 
 

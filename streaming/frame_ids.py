@@ -110,7 +110,9 @@ class FrameIdMapper:
         # An offset's score counts its neighbours within the tolerance (truncated pts vote one low).
         scores = Counter(
             {
-                offset: sum(votes.get((offset + d) % RTP_TIMESTAMP_MODULUS, 0) for d in range(-PTS_TOLERANCE, PTS_TOLERANCE + 1))
+                offset: sum(
+                    votes.get((offset + d) % RTP_TIMESTAMP_MODULUS, 0) for d in range(-PTS_TOLERANCE, PTS_TOLERANCE + 1)
+                )
                 for offset in votes
             }
         )

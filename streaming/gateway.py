@@ -133,6 +133,7 @@ class Gateway:
         self._styles: StyleStore | None = None
         self._runner: web.AppRunner | None = None
         self.port = config.port
+        self._reapers: set[asyncio.Task[None]] = set()
 
     def app(self) -> web.Application:
         """The aiohttp application (routes: /offer, /metrics, /healthz)."""
@@ -150,11 +151,8 @@ class Gateway:
         self._styles = await StyleStore.open(self._nc.jetstream())
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        await web.TCPSite(self._runner, self.config.host, self.config.port).start()
+        self.port = int(self._runner.addresses[0][1])  # the real port when config.port is 0
         log.info("gateway listening", extra={"url": self.url, "region": self.config.region})
 
     @property
@@ -191,7 +189,9 @@ class Gateway:
             return web.json_response({"error": f"unusable SDP offer: {exc}"}, status=400)
         self.sessions[stream_id] = session
         SESSIONS.labels(self.config.region).set(len(self.sessions))
-        asyncio.create_task(self._reap(session))
+        reaper = asyncio.create_task(self._reap(session))
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
         log.info("phone connected", extra={"stream_id": stream_id, "style_id": style_id})
         answer = pc.localDescription
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": stream_id, "style_id": style_id})

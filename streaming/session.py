@@ -195,7 +195,9 @@ class PhoneSession:
             if meta is None:
                 still_pending.append(decoded)
                 continue
-            log.debug("frame mapped", extra={"stream_id": self.stream_id, "pts": decoded.pts, "frame_id": meta.frame_id})
+            log.debug(
+                "frame mapped", extra={"stream_id": self.stream_id, "pts": decoded.pts, "frame_id": meta.frame_id}
+            )
             self._newest_mapped = max(self._newest_mapped, meta.frame_id)
             if meta.key and meta.frame_id in self._awaited_keys:
                 self._awaited_keys.discard(meta.frame_id)
@@ -232,9 +234,7 @@ class PhoneSession:
     async def _stylize(self, loop: asyncio.AbstractEventLoop, job: _KeyJob) -> None:
         frame_id = job.meta.frame_id
         out_size = self._out_size or (job.frame.width, job.frame.height)
-        jpeg = await loop.run_in_executor(
-            self._executor, _frame_to_jpeg, job.frame, self._settings.jpeg_quality
-        )
+        jpeg = await loop.run_in_executor(self._executor, _frame_to_jpeg, job.frame, self._settings.jpeg_quality)
         request = StylizeRequest(
             stream_id=self.stream_id,
             frame_id=frame_id,

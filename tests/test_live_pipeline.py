@@ -21,8 +21,13 @@ KEY_INTERVAL = 5
 
 def _config(gateway: Gateway, region: str, **overrides: object) -> PhoneConfig:
     values: dict[str, object] = dict(
-        gateway_url=gateway.url, frames=FRAMES, size=SIZE, key_interval=KEY_INTERVAL, region=region,
-        ice_hosts=LOOPBACK, keep_frames=True,
+        gateway_url=gateway.url,
+        frames=FRAMES,
+        size=SIZE,
+        key_interval=KEY_INTERVAL,
+        region=region,
+        ice_hosts=LOOPBACK,
+        keep_frames=True,
     )
     values.update(overrides)
     return PhoneConfig(**values)  # type: ignore[arg-type]

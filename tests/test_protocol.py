@@ -27,8 +27,14 @@ from streaming.protocol import (
 
 def _request(**overrides: object) -> StylizeRequest:
     values: dict[str, object] = dict(
-        stream_id="s1", frame_id=7, style_id="abc", image=b"\xff\xd8jpeg", out_width=640, out_height=360,
-        budget_ms=500.0, stamps={"gw_decoded": 123},
+        stream_id="s1",
+        frame_id=7,
+        style_id="abc",
+        image=b"\xff\xd8jpeg",
+        out_width=640,
+        out_height=360,
+        budget_ms=500.0,
+        stamps={"gw_decoded": 123},
     )
     values.update(overrides)
     return StylizeRequest(**values)  # type: ignore[arg-type]
@@ -124,7 +130,7 @@ def test_chunking_reassembles_interleaved_frames() -> None:
             out = assembler.add(decode(encode(chunk), Chunk))
             if out is not None:
                 done[out[0].frame_id] = out[1]
-    for chunk in chunks_a[len(chunks_b):]:
+    for chunk in chunks_a[len(chunks_b) :]:
         out = assembler.add(chunk)
         if out is not None:
             done[out[0].frame_id] = out[1]
