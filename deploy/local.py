@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nats
 
-from deploy.nats import NatsServer
+from deploy.nats import NatsServer, die_with_parent
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
@@ -66,7 +66,7 @@ class LocalTopology:
             "--log-level",
             self.log_level,
         ]
-        proc = subprocess.Popen(cmd)
+        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
         self.workers[worker_id] = proc
         return proc
 

@@ -24,6 +24,7 @@ import nats
 import torch
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 
 from edge_worker.model.base import Stylizer
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 4
 DEFAULT_STYLE_CACHE = 32
+STOP_GRACE_S = 10.0
+"""How long stop() lets the request being computed finish."""
 REPLY_OVERHEAD_BYTES = 4096
 """Room left in a reply for everything but the image."""
 
@@ -108,31 +111,58 @@ class StylizerWorker:
         self._style_store: StyleStore | None = None
         self._consumer: asyncio.Task[None] | None = None
         self.served = 0
+        self._subscriptions: list[Subscription] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closed = asyncio.Event()
+        """Set when the NATS connection is closed for good (stop, or reconnects exhausted)."""
 
     async def start(self) -> None:
         """Connect, subscribe to the region's subject in the queue group and start serving."""
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
-        self._nc = await nats.connect(self.config.nats_url, name=f"worker-{self.config.worker_id}")
+        self._nc = await nats.connect(
+            self.config.nats_url, name=f"worker-{self.config.worker_id}", closed_cb=self._on_closed
+        )
         self._style_store = await StyleStore.open(self._nc.jetstream())
         self._consumer = asyncio.create_task(self._serve(), name="stylize-consumer")
-        await self._nc.subscribe(stylize_subject(self.config.region), queue=STYLIZE_QUEUE_GROUP, cb=self._on_request)
-        await self._nc.subscribe(workers_subject(self.config.region), cb=self._on_discover)
+        self._subscriptions = [
+            await self._nc.subscribe(
+                stylize_subject(self.config.region), queue=STYLIZE_QUEUE_GROUP, cb=self._on_request
+            ),
+            await self._nc.subscribe(workers_subject(self.config.region), cb=self._on_discover),
+        ]
         await self._nc.flush()
         log.info(
             "worker serving",
             extra={"region": self.config.region, "worker_id": self.config.worker_id, "model": self.stylizer.name},
         )
 
+    async def _on_closed(self) -> None:
+        self.closed.set()
+
     async def stop(self) -> None:
-        """Stop taking requests, tell queued ones to go elsewhere, and disconnect."""
-        if self._nc is None:
+        """Stop taking requests, send queued ones elsewhere (``overloaded``), finish the current one, disconnect."""
+        nc, self._nc = self._nc, None
+        if nc is None:
             return
-        await self._nc.drain() if self._nc.is_connected else None
+        if nc.is_connected:
+            for sub in self._subscriptions:
+                await sub.unsubscribe()
+            for job in self._queue.drain():
+                await self._reply(
+                    job.msg, self._error(job.request, ErrorCode.OVERLOADED, "worker shutting down"), "shed"
+                )
+            try:
+                await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                log.warning("stopping with a request still running", extra={"worker_id": self.config.worker_id})
         if self._consumer is not None:
             self._consumer.cancel()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self._nc = None
+            await asyncio.gather(self._consumer, return_exceptions=True)
+        if nc.is_connected:
+            await nc.drain()
+        self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"worker_id": self.config.worker_id, "served": self.served})
 
     async def _reply(self, msg: Msg, reply: StylizeReply, outcome: str) -> None:
@@ -186,7 +216,9 @@ class StylizerWorker:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            self._idle.set()
             job = await self._queue.get()
+            self._idle.clear()
             QUEUE_DEPTH.labels(self.config.region).set(len(self._queue))
             request = job.request
             if time.monotonic() > job.deadline:
@@ -255,6 +287,7 @@ async def run(config: WorkerConfig) -> None:
     worker = StylizerWorker(config)
     await worker.start()
     try:
-        await asyncio.Event().wait()
+        await worker.closed.wait()
+        log.error("NATS connection closed for good; worker exits", extra={"worker_id": config.worker_id})
     finally:
         await worker.stop()

@@ -159,3 +159,19 @@ async def test_workers_answer_discovery(worker: StylizerWorker, nc: NATS, region
     infos = await discover_workers(nc, region, wait_s=0.5)
     assert [(i.worker_id, i.region, i.model) for i in infos] == [("w-inproc", region, "color-transfer")]
     assert await discover_workers(nc, region + "x", wait_s=0.2) == []
+
+
+async def test_stop_hands_queued_requests_back(nats_server: NatsServer, nc: NATS, region: str, style_id: str) -> None:
+    worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, queue_size=8, threads=1))
+    await worker.start()
+    big = encode_jpeg(cv2.resize(sample_photo(), (1920, 1080)))
+    requests = [_request(style_id, frame_id=i, image=big, out_width=1920, out_height=1080) for i in range(4)]
+    pending = [asyncio.ensure_future(_ask(nc, region, encode(r))) for r in requests]
+    await asyncio.sleep(0.05)  # all delivered; the first is being computed
+    await worker.stop()
+    replies = await asyncio.gather(*pending)
+    assert replies[0].ok  # the request in progress finishes
+    assert {r.error_code for r in replies[1:]} <= {ErrorCode.OVERLOADED, ""}
+    assert any(r.error_code == ErrorCode.OVERLOADED for r in replies)
+    with pytest.raises(nats.errors.NoRespondersError):
+        await nc.request(stylize_subject(region), encode(requests[0]), timeout=1)
