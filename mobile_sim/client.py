@@ -34,7 +34,7 @@ from mobile_sim.report import FrameRecord, KeyRecord, build_report, write_report
 from mobile_sim.sources import FrameSource, default_style_photo, open_source
 from mobile_sim.warp import Warper
 from streaming.ice import restrict_host_candidates, rtc_configuration
-from streaming.images import decode_image, encode_jpeg
+from streaming.images import ImageDecodeError, decode_image, encode_jpeg
 from streaming.protocol import (
     DATA_CHANNEL_LABEL,
     DEFAULT_REGION,
@@ -158,6 +158,7 @@ class Phone:
         self._dither = [int(rng.random() * PTS_DITHER_FRACTION * self._period) for _ in range(config.frames)]
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-cpu")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-io")
+        self._recording = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-recorder")
         # Frames wait at most for their key's outcome: a bounded window (each costs ~9 B/pixel).
         max_waiting = int(config.result_timeout_ms / 1000.0 * config.fps) + config.key_interval + WAITING_FRAMES_SLACK
         self._reconstructor = Reconstructor(FlowEstimator(), Warper(), max_frames=max_waiting)
@@ -172,7 +173,7 @@ class Phone:
         self._captured = 0
         self._capture_done = False
         self._counters: dict[str, int] = {}
-        self._work: list[asyncio.Future[None]] = []
+        self._work: set[asyncio.Future[None]] = set()
         self._settled: set[int] = set()  # key frames whose outcome is decided (event-loop side)
         self._last_key = 0
         self._first_capture = self._last_output = 0.0
@@ -218,6 +219,7 @@ class Phone:
             await pc.close()
             self._compute.shutdown(wait=True)
             self._io.shutdown(wait=True)
+            self._recording.shutdown(wait=True)  # every submitted frame is written before the files close
             if self._recorder is not None:
                 self._recorder.close()
         return self._finish(source)
@@ -312,7 +314,12 @@ class Phone:
     def _accept_key(self, header: KeyResult, payload: bytes) -> list[OutputFrame]:
         """Decode a stylized key frame and warp what waits on it (phone CPU thread)."""
         record = self.keys[header.frame_id]
-        stylized = decode_image(payload)
+        try:
+            stylized = decode_image(payload)
+        except ImageDecodeError as exc:
+            record.error_code, record.error = ErrorCode.INVALID, f"undecodable result: {exc}"
+            self._reconstructor.key_failed(header.frame_id, record.error)
+            return self._reconstructor.pop_ready()
         header.stamps["phone_decoded"] = time.monotonic_ns()
         record.ok, record.attempts, record.worker_id = True, header.attempts, header.worker_id
         record.bytes, record.stamps = len(payload), header.stamps
@@ -348,11 +355,13 @@ class Phone:
             return result if isinstance(result, list) else self._reconstructor.pop_ready()
 
         future: Future[list[OutputFrame]] = self._compute.submit(call)
-        self._work.append(asyncio.ensure_future(self._emit(asyncio.wrap_future(future, loop=loop))))
+        task = asyncio.ensure_future(self._emit(asyncio.wrap_future(future, loop=loop)))
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
 
     async def _emit(self, ready: asyncio.Future[list[OutputFrame]]) -> None:
+        """Hand out frames that became ready. Never yields between frames: emits happen in frame order."""
         outputs = await ready
-        loop = asyncio.get_running_loop()
         for out in outputs:
             original = self._originals.pop(out.frame_id)
             self.frames[out.frame_id].output = out.kind
@@ -360,7 +369,7 @@ class Phone:
                 self._result.originals[out.frame_id] = original
                 self._result.outputs[out.frame_id] = out
             if self._recorder is not None:
-                await loop.run_in_executor(self._io, self._recorder.write, original, out.image)
+                self._recording.submit(self._recorder.write, original, out.image)
             self._output_count += 1
             self._last_output = time.monotonic()
         self._check_done()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import av
 import cv2
 import numpy as np
 import pytest
@@ -59,8 +62,15 @@ def _check_keys_belong_to_their_frames(result: PhoneResult) -> int:
     return checked
 
 
-async def test_every_frame_comes_back_stylized(worker: StylizerWorker, gateway: Gateway, region: str) -> None:
-    result = await Phone(_config(gateway, region)).run()
+def _video_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+
+
+async def test_every_frame_comes_back_stylized(
+    worker: StylizerWorker, gateway: Gateway, region: str, tmp_path: Path
+) -> None:
+    result = await Phone(_config(gateway, region, out_dir=tmp_path)).run()
     report = result.report
     assert report["frames"]["captured"] == FRAMES and report["frames"]["output"] == FRAMES
     assert sorted(result.outputs) == list(range(FRAMES))
@@ -76,6 +86,12 @@ async def test_every_frame_comes_back_stylized(worker: StylizerWorker, gateway: 
     parts = sum(latency[p]["p50"] for p in ("uplink", "queue", "inference", "downlink"))
     assert parts == pytest.approx(latency["round_trip"]["p50"], rel=0.5)
     assert report["per_frame"][0]["key"] and report["per_frame"][0]["reason"] == "first"
+    # The recording holds every output frame, in frame order.
+    recorded = _video_frames(tmp_path / "stylized.mp4")
+    assert len(recorded) == FRAMES
+    for i in range(1, FRAMES - 1):
+        own = cv2.PSNR(recorded[i], result.outputs[i].image)
+        assert own > max(cv2.PSNR(recorded[i], result.outputs[j].image) for j in (i - 1, i + 1)), i
 
 
 async def test_lost_frames_never_mislabel_key_frames(worker: StylizerWorker, gateway: Gateway, region: str) -> None:
