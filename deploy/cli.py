@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("streaming.__main__", "edge gateway: WebRTC signaling, key frames to NATS"),
     "worker": ("edge_worker.__main__", "stylizer worker on mvs.<region>.stylize"),
     "phone": ("mobile_sim.__main__", "simulated phone streaming to a gateway"),
+    "aggregator": ("aggregator.__main__", "cloud aggregator: FedAvg rounds into versioned global models"),
     "nats": ("deploy.nats_cli", "a local nats-server with JetStream"),
 }
 

@@ -24,6 +24,19 @@ STYLIZE_QUEUE_GROUP = "stylizers"
 STYLE_BUCKET = "mvs-styles"
 DATA_CHANNEL_LABEL = "mvs"
 
+# Federated learning (DESIGN.md): deltas on a JetStream stream, new versions announced on core NATS.
+FL_DELTA_STREAM = "MVS_FL_DELTAS"
+FL_GLOBAL_SUBJECT = "mvs.fl.global"
+MODEL_BUCKET = "mvs-models"
+MODEL_LATEST_BUCKET = "mvs-model-latest"
+FL_ROUND_BUCKET = "mvs-fl-rounds"
+
+
+def fl_delta_subject(region: str) -> str:
+    """Where a region's workers publish their delta references."""
+    return stylize_subject(region).removesuffix(".stylize").replace("mvs.", "mvs.fl.delta.", 1)
+
+
 # Size limits.
 MAX_MESSAGE_BYTES = 512 * 1024
 """Nothing bigger rides a subject; blobs go to the object store."""
@@ -175,8 +188,58 @@ class WorkerInfo(Message):
     served: int
 
 
+@dataclass
+class DeltaRef(Message):
+    """Worker -> aggregator (``mvs.fl.delta.<region>``): a delta stored in the model bucket."""
+
+    TYPE: ClassVar[str] = "delta"
+    worker_id: str
+    region: str
+    base_version: int
+    samples: int
+    object_name: str
+    loss: float = float("nan")
+
+
+@dataclass
+class ModelVersion(Message):
+    """A global model version: stored as metadata in the KV bucket and announced on ``mvs.fl.global``."""
+
+    TYPE: ClassVar[str] = "version"
+    version: int
+    object_name: str
+    parent: int = -1
+    contributors: list[str] = field(default_factory=list)
+    samples: int = 0
+    loss: float = float("nan")
+    strategy: str = ""
+    created_ns: int = 0
+
+
+@dataclass
+class RoundState(Message):
+    """The aggregator's durable state of the round on ``base_version`` (KV ``mvs-fl-rounds``)."""
+
+    TYPE: ClassVar[str] = "round"
+    base_version: int
+    accepted: list[bytes] = field(default_factory=list)
+    """Encoded :class:`DeltaRef` of every accepted update, in arrival order."""
+    opened_ns: int = 0
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (StylizeRequest, StylizeReply, FrameMeta, KeyResult, Chunk, WorkerInfo)
+    cls.TYPE: cls
+    for cls in (
+        StylizeRequest,
+        StylizeReply,
+        FrameMeta,
+        KeyResult,
+        Chunk,
+        WorkerInfo,
+        DeltaRef,
+        ModelVersion,
+        RoundState,
+    )
 }
 
 M = TypeVar("M", bound=Message)
@@ -194,6 +257,9 @@ def _check_type(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         return any(_check_type(value, arg) for arg in typing.get_args(annotation))
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_check_type(v, item_type) for v in value)
     if origin is dict:
         key_type, value_type = typing.get_args(annotation)
         return isinstance(value, dict) and all(

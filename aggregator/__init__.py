@@ -1,0 +1,1 @@
+"""Cloud aggregator: federated averaging of edge updates into versioned global models."""

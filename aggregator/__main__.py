@@ -1,0 +1,77 @@
+"""``python -m aggregator`` / ``mvs aggregator``: the cloud aggregator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from aggregator.service import (
+    CRASH_POINTS,
+    DEFAULT_MIN_UPDATES,
+    DEFAULT_ROUND_TIMEOUT_S,
+    Aggregator,
+    AggregatorConfig,
+)
+from aggregator.store import DEFAULT_KEEP_VERSIONS
+from aggregator.strategies import STRATEGIES
+from aggregator.validation import DEFAULT_MAX_NORM, DEFAULT_MAX_STALENESS
+from streaming.protocol import DEFAULT_NATS_URL
+from streaming.runtime import run_main
+from streaming.telemetry import setup_logging, start_metrics_server
+from streaming.tensors import NamedArrays, decode_tensors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of the aggregator."""
+    p = argparse.ArgumentParser(prog="mvs aggregator", description="Cloud aggregator: FedAvg rounds over edge deltas.")
+    p.add_argument("--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (hub)")
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="fedavg")
+    p.add_argument("--min-updates", type=int, default=DEFAULT_MIN_UPDATES, help="close a round at this many deltas")
+    p.add_argument("--round-timeout", type=float, default=DEFAULT_ROUND_TIMEOUT_S, help="or when this old (s)")
+    p.add_argument("--keep-versions", type=int, default=DEFAULT_KEEP_VERSIONS, help="global versions kept")
+    p.add_argument("--max-staleness", type=int, default=DEFAULT_MAX_STALENESS, help="versions a delta's base may lag")
+    p.add_argument("--max-norm", type=float, default=DEFAULT_MAX_NORM, help="largest L2 norm of a delta")
+    p.add_argument("--init", type=Path, default=None, help="initial weights (tensor blob) if the store is empty")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument("--crash-after", choices=CRASH_POINTS, default="", help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+async def run(config: AggregatorConfig, initial: NamedArrays | None) -> None:
+    """Run the aggregator until cancelled."""
+    start_metrics_server(config.metrics_port)
+    aggregator = Aggregator(config)
+    await aggregator.start(initial)
+    try:
+        await aggregator.run()
+    finally:
+        await aggregator.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    config = AggregatorConfig(
+        nats_url=args.nats,
+        strategy=args.strategy,
+        min_updates=args.min_updates,
+        round_timeout_s=args.round_timeout,
+        keep_versions=args.keep_versions,
+        max_staleness=args.max_staleness,
+        max_norm=args.max_norm,
+        metrics_port=args.metrics_port,
+        crash_after=args.crash_after,
+    )
+    initial = decode_tensors(args.init.read_bytes()) if args.init is not None else None
+    with contextlib.suppress(asyncio.CancelledError):
+        run_main(run(config, initial))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The aggregator: consumes edge deltas from JetStream, aggregates rounds, publishes global versions.
+
+Crash safety. A delta is acked only after its reference is part of the round state persisted in
+KV (``mvs-fl-rounds``), so a kill at any moment loses no accepted delta: unacked ones are
+redelivered, and redelivered ones already in the state are recognised. Closing a round is
+deterministic (updates sorted by worker id) and idempotent: the new version's weights and metadata
+are written before ``latest`` moves and before the round state is reset, so a restart either
+re-publishes the very same version or finds it published and only resets the round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client import Counter, Gauge, Histogram
+
+from aggregator.store import DEFAULT_KEEP_VERSIONS, ModelStore, open_key_value
+from aggregator.strategies import NamedArrays, Strategy, Update, apply_delta, make_strategy
+from aggregator.validation import (
+    DEFAULT_MAX_NORM,
+    DEFAULT_MAX_STALENESS,
+    Reason,
+    RejectedUpdate,
+    Rules,
+    validate_update,
+)
+from streaming.protocol import (
+    DEFAULT_NATS_URL,
+    FL_DELTA_STREAM,
+    FL_GLOBAL_SUBJECT,
+    FL_ROUND_BUCKET,
+    DeltaRef,
+    ModelVersion,
+    ProtocolError,
+    RoundState,
+    decode,
+    encode,
+)
+from streaming.tensors import decode_tensors
+
+log = logging.getLogger(__name__)
+
+DELTA_SUBJECTS = "mvs.fl.delta.>"
+DURABLE = "aggregator"
+ROUND_KEY = "current"
+DEFAULT_MIN_UPDATES = 2
+DEFAULT_ROUND_TIMEOUT_S = 60.0
+ACK_WAIT_S = 5.0
+"""A delta handed to an aggregator that died unacked is redelivered after this long."""
+FETCH_BATCH = 16
+FETCH_WAIT_S = 0.5
+
+ROUND = Gauge("mvs_aggregator_version", "Newest published global version")
+ACCEPTED = Counter("mvs_aggregator_updates_accepted_total", "Deltas accepted into a round")
+REJECTED = Counter("mvs_aggregator_updates_rejected_total", "Deltas rejected", ["reason"])
+ROUND_SECONDS = Histogram("mvs_aggregator_round_seconds", "Time to aggregate and publish a round")
+
+
+@dataclass
+class AggregatorConfig:
+    """Settings of the cloud aggregator."""
+
+    nats_url: str = DEFAULT_NATS_URL
+    strategy: str = "fedavg"
+    min_updates: int = DEFAULT_MIN_UPDATES
+    """Close a round as soon as this many updates are in."""
+    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
+    """Close a round with at least one update once it is this old."""
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
+    max_staleness: int = DEFAULT_MAX_STALENESS
+    max_norm: float = DEFAULT_MAX_NORM
+    metrics_port: int = 0
+    durable: str = DURABLE
+    crash_after: str = ""
+    """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
+
+
+CRASH_POINTS = ("weights_stored", "latest_moved")
+
+
+async def ensure_delta_stream(js: JetStreamContext) -> None:
+    """Create the delta stream (file storage) if it does not exist."""
+    try:
+        await js.stream_info(FL_DELTA_STREAM)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(name=FL_DELTA_STREAM, subjects=[DELTA_SUBJECTS], storage=StorageType.FILE))
+
+
+class Aggregator:
+    """Rounds of federated averaging over the deltas of every region."""
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.config = config
+        self.strategy: Strategy = make_strategy(config.strategy)
+        self.rules = Rules(max_staleness=config.max_staleness, max_norm=config.max_norm)
+        self._nc: NATS | None = None
+        self.store: ModelStore | None = None
+        self._rounds: KeyValue | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self.current: ModelVersion | None = None
+        self._weights: NamedArrays = {}
+        self.state = RoundState(base_version=-1)
+        self.rejections: dict[str, int] = {}
+
+    async def start(self, initial: NamedArrays | None = None) -> None:
+        """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
+        self._nc = await nats.connect(self.config.nats_url, name="aggregator")
+        js = self._nc.jetstream()
+        await ensure_delta_stream(js)
+        self.store = await ModelStore.open(js, keep=self.config.keep_versions)
+        self._rounds = await open_key_value(js, FL_ROUND_BUCKET)
+        latest = await self.store.latest()
+        if latest is None:
+            if initial is None:
+                raise RuntimeError("the model store is empty: start the aggregator with initial weights (--init)")
+            latest = await self.store.publish(initial, ModelVersion(version=0, object_name="", strategy="init"))
+            log.info("published initial version", extra={"version": 0})
+        await self._load(latest)
+        await self._recover_round()
+        self._sub = await js.pull_subscribe(
+            DELTA_SUBJECTS,
+            durable=self.config.durable,
+            stream=FL_DELTA_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S),
+        )
+        log.info("aggregator ready", extra={"version": latest.version, "pending": len(self.state.accepted)})
+
+    async def stop(self) -> None:
+        """Disconnect. Nothing needs draining: every accepted delta is in the durable round state before its ack.
+
+        (nats-py's drain() hangs on a pull subscription whose fetch was cancelled, so unsubscribe and close.)
+        """
+        if self._nc is None:
+            return
+        if self._sub is not None and self._nc.is_connected:
+            await self._sub.unsubscribe()
+        await self._nc.close()
+        self._nc = None
+
+    async def _load(self, meta: ModelVersion) -> None:
+        assert self.store is not None
+        self.current, self._weights = meta, await self.store.weights(meta)
+        ROUND.set(meta.version)
+
+    async def _recover_round(self) -> None:
+        assert self._rounds is not None and self.current is not None
+        try:
+            entry = await self._rounds.get(ROUND_KEY)
+            state = decode(entry.value or b"", RoundState)
+        except KeyNotFoundError:
+            state = RoundState(base_version=self.current.version)
+        if state.base_version < self.current.version:
+            # That round was published just before a crash: its announcement may never have gone out.
+            await self._finish_published_round([decode(d, DeltaRef) for d in state.accepted])
+            state = RoundState(base_version=self.current.version)
+        self.state = state
+        if not state.opened_ns:
+            self.state.opened_ns = time.monotonic_ns()
+        await self._save_round()
+
+    async def _save_round(self) -> None:
+        assert self._rounds is not None
+        await self._rounds.put(ROUND_KEY, encode(self.state))
+
+    def _refs(self) -> list[DeltaRef]:
+        return [decode(data, DeltaRef) for data in self.state.accepted]
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        while True:
+            await self.step()
+
+    async def step(self) -> ModelVersion | None:
+        """Take what deltas are waiting, then close the round if it is due; return a new version if any."""
+        assert self._sub is not None
+        try:
+            msgs = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            msgs = []
+        for msg in msgs:
+            await self._consume(msg)
+        if self._round_due():
+            return await self.close_round()
+        return None
+
+    def _round_due(self) -> bool:
+        count = len(self.state.accepted)
+        age_s = (time.monotonic_ns() - self.state.opened_ns) / 1e9
+        return count >= self.config.min_updates or (count > 0 and age_s >= self.config.round_timeout_s)
+
+    async def _consume(self, msg: Msg) -> None:
+        """Validate one delta; persist it into the round state, then ack. Rejections are acked and logged."""
+        assert self.store is not None and self.current is not None
+        try:
+            ref = decode(msg.data, DeltaRef)
+            seen = {(r.worker_id, r.base_version) for r in self._refs()}
+            if (ref.worker_id, ref.base_version) in seen and msg.metadata.num_delivered > 1:
+                await msg.ack()  # a redelivery of a delta we already hold
+                return
+            delta = decode_tensors(await self.store.get_blob(ref.object_name))
+            update = Update(ref.worker_id, ref.base_version, ref.samples, delta, ref.loss)
+            validate_update(update, self._weights, self.current.version, seen, self.rules)
+        except (ProtocolError, KeyError) as exc:
+            self._reject(Reason.UNREADABLE, str(exc), msg)
+        except RejectedUpdate as exc:
+            self._reject(exc.reason, str(exc), msg)
+        else:
+            self.state.accepted.append(msg.data)
+            await self._save_round()
+            ACCEPTED.inc()
+            log.info(
+                "delta accepted", extra={"worker_id": ref.worker_id, "base": ref.base_version, "samples": ref.samples}
+            )
+        await msg.ack()
+
+    def _reject(self, reason: str, text: str, msg: Msg) -> None:
+        REJECTED.labels(reason).inc()
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        log.warning("delta rejected", extra={"reason": reason, "error": text, "subject": msg.subject})
+
+    async def close_round(self) -> ModelVersion:
+        """Aggregate the accepted deltas into the next version and publish it."""
+        assert self.store is not None and self.current is not None and self._nc is not None
+        started = time.monotonic()
+        refs = sorted(self._refs(), key=lambda r: (r.worker_id, r.base_version))
+        updates = [
+            Update(
+                r.worker_id, r.base_version, r.samples, decode_tensors(await self.store.get_blob(r.object_name)), r.loss
+            )
+            for r in refs
+        ]
+        weights = apply_delta(self._weights, self.strategy.aggregate(updates))
+        samples = sum(r.samples for r in refs)
+        loss = sum(r.samples * r.loss for r in refs) / samples
+        meta = ModelVersion(
+            version=self.current.version + 1,
+            object_name="",
+            parent=self.current.version,
+            contributors=[r.worker_id for r in refs],
+            samples=samples,
+            loss=loss,
+            strategy=self.strategy.name,
+        )
+        meta = await self.store.put_version(weights, meta)
+        self._maybe_crash("weights_stored")
+        await self.store.set_latest(meta.version)
+        self._maybe_crash("latest_moved")
+        self.current, self._weights = meta, weights
+        self.state = RoundState(base_version=meta.version, opened_ns=time.monotonic_ns())
+        await self._save_round()
+        await self._finish_published_round(refs)
+        ROUND_SECONDS.observe(time.monotonic() - started)
+        log.info("published version", extra={"version": meta.version, "contributors": meta.contributors, "loss": loss})
+        return meta
+
+    async def _finish_published_round(self, refs: list[DeltaRef]) -> None:
+        """Announce the current version and drop the consumed delta blobs."""
+        assert self._nc is not None and self.store is not None and self.current is not None
+        await self._nc.publish(FL_GLOBAL_SUBJECT, encode(self.current))
+        await self._nc.flush()
+        for r in refs:
+            await self.store.delete_blob(r.object_name)
+        ROUND.set(self.current.version)
+
+    def _maybe_crash(self, step: str) -> None:
+        if self.config.crash_after == step:
+            log.warning("fault injection: killing the process", extra={"after": step})
+            os._exit(1)

@@ -1,0 +1,96 @@
+"""Aggregation rules against hand computations, update validation reason by reason, the tensor wire format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aggregator.strategies import CoordinateMedian, FedAvg, TrimmedMean, Update, apply_delta, make_strategy
+from aggregator.validation import Reason, RejectedUpdate, Rules, validate_update
+from streaming.protocol import ProtocolError
+from streaming.tensors import decode_tensors, encode_tensors
+
+
+def _update(worker: str, samples: int, a: list[float], b: float, base: int = 3, dtype: str = "float32") -> Update:
+    delta = {"layer.weight": np.array(a, dtype=dtype).reshape(2, 2), "layer.bias": np.array([b], dtype=dtype)}
+    return Update(worker, base, samples, delta)
+
+
+UPDATES = [
+    _update("w1", 10, [1, 2, 3, 4], 0.5),
+    _update("w2", 30, [5, 6, 7, 8], -0.5),
+    _update("w3", 60, [0, 0, 0, 100], 1.0),
+]
+
+
+def test_fedavg_is_the_sample_weighted_mean() -> None:
+    out = FedAvg().aggregate(UPDATES)
+    # By hand: (10*[1,2,3,4] + 30*[5,6,7,8] + 60*[0,0,0,100]) / 100
+    assert np.allclose(out["layer.weight"], np.array([[1.6, 2.0], [2.4, 62.8]]))
+    assert np.allclose(out["layer.bias"], [(10 * 0.5 - 30 * 0.5 + 60 * 1.0) / 100])
+    assert out["layer.weight"].dtype == np.float32
+
+
+def test_median_and_trimmed_mean_resist_an_outlier() -> None:
+    median = CoordinateMedian().aggregate(UPDATES)
+    assert np.allclose(median["layer.weight"], [[1, 2], [3, 8]])
+    five = [*UPDATES, _update("w4", 1, [2, 2, 2, 2], 0.0), _update("w5", 1, [3, 3, 3, 3], 0.0)]
+    trimmed = TrimmedMean(0.2).aggregate(five)  # drops 1 low and 1 high per coordinate
+    # Last coordinate: values 4, 8, 100, 2, 3 -> sorted 2, 3, 4, 8, 100 -> mean(3, 4, 8)
+    assert trimmed["layer.weight"][1, 1] == pytest.approx(5.0)
+    assert trimmed["layer.weight"][0, 0] == pytest.approx((1 + 2 + 3) / 3)
+
+
+def test_apply_delta_and_strategy_names() -> None:
+    weights = {"layer.weight": np.ones((2, 2), np.float32), "layer.bias": np.zeros(1, np.float32)}
+    out = apply_delta(weights, FedAvg().aggregate(UPDATES[:1]))
+    assert np.allclose(out["layer.weight"], [[2, 3], [4, 5]]) and out["layer.bias"][0] == pytest.approx(0.5)
+    assert make_strategy("median").name == "median"
+    with pytest.raises(ValueError):
+        make_strategy("mean-of-vibes")
+    with pytest.raises(ValueError):
+        FedAvg().aggregate([])
+    with pytest.raises(ValueError):
+        TrimmedMean(0.5)
+
+
+REFERENCE = {"layer.weight": np.zeros((2, 2), np.float32), "layer.bias": np.zeros(1, np.float32)}
+
+
+def _reason(update: Update, current: int = 3, seen: set[tuple[str, int]] | None = None) -> str:
+    with pytest.raises(RejectedUpdate) as info:
+        validate_update(update, REFERENCE, current, seen or set(), Rules())
+    return info.value.reason
+
+
+def test_each_rejection_reason() -> None:
+    good = _update("w1", 5, [0.1, 0.2, 0.3, 0.4], 0.1, dtype="float16")
+    validate_update(good, REFERENCE, 3, set(), Rules())  # accepted as is
+    nan = _update("w1", 5, [0.1, float("nan"), 0.3, 0.4], 0.1)
+    inf = _update("w1", 5, [0.1, float("inf"), 0.3, 0.4], 0.1)
+    assert _reason(nan) == Reason.NON_FINITE and _reason(inf) == Reason.NON_FINITE
+    extra = Update("w1", 3, 5, {**good.delta, "other": np.zeros(1, np.float32)})
+    assert _reason(extra) == Reason.KEYS
+    missing = Update("w1", 3, 5, {"layer.weight": good.delta["layer.weight"]})
+    assert _reason(missing) == Reason.KEYS
+    wrong_shape = Update("w1", 3, 5, {**good.delta, "layer.bias": np.zeros(2, np.float32)})
+    assert _reason(wrong_shape) == Reason.SHAPE
+    assert _reason(_update("w1", 5, [1, 2, 3, 4], 0, dtype="float64")) == Reason.DTYPE
+    assert _reason(_update("w1", 5, [1, 2, 3, 4], 0, base=1)) == Reason.STALE
+    assert _reason(_update("w1", 5, [1, 2, 3, 4], 0, base=4)) == Reason.FUTURE
+    assert _reason(_update("w1", 5, [2e3, 0, 0, 0], 0)) == Reason.NORM
+    validate_update(_update("w1", 5, [1e3, 0, 0, 0], 0), REFERENCE, 3, set(), Rules())  # at the bound: kept
+    assert _reason(good, seen={("w1", 3)}) == Reason.DUPLICATE
+    assert _reason(_update("w1", 0, [1, 2, 3, 4], 0)) == Reason.SAMPLES
+    validate_update(_update("w1", 5, [1, 2, 3, 4], 0, base=2), REFERENCE, 3, set(), Rules(max_staleness=1))
+
+
+def test_tensor_blobs_round_trip_and_refuse_garbage() -> None:
+    tensors = {"a": np.arange(6, dtype=np.float16).reshape(2, 3), "b": np.array([True, False])}
+    out = decode_tensors(encode_tensors(tensors))
+    assert set(out) == {"a", "b"} and out["a"].dtype == np.float16 and np.array_equal(out["a"], tensors["a"])
+    assert encode_tensors(tensors) == encode_tensors(dict(reversed(tensors.items())))
+    with pytest.raises(ProtocolError):
+        decode_tensors(b"\x00garbage")
+    with pytest.raises(ValueError):
+        encode_tensors({"x": np.array(["text"])})

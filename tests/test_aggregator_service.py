@@ -1,0 +1,192 @@
+"""The aggregator on a real nats-server (JetStream): rounds, rejections, and crashes at every step."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import numpy as np
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.store import ModelStore, submit_delta
+from deploy.nats import NatsServer, die_with_parent
+from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, decode
+from streaming.tensors import NamedArrays, encode_tensors
+
+INITIAL: NamedArrays = {"dec.weight": np.ones((3, 2), np.float32), "dec.bias": np.zeros(2, np.float32)}
+STEP_TIMEOUT_S = 30.0
+
+
+def _delta(value: float, dtype: str = "float16") -> NamedArrays:
+    return {"dec.weight": np.full((3, 2), value, dtype), "dec.bias": np.full(2, value / 2, dtype)}
+
+
+@pytest.fixture
+def server() -> NatsServer:
+    """A fresh server per test: the model store and the delta stream are global, not per region."""
+    with NatsServer() as s:
+        yield s
+
+
+@pytest.fixture
+async def nc(server: NatsServer) -> AsyncIterator[NATS]:
+    client = await nats.connect(server.url)
+    yield client
+    await client.close()
+
+
+async def _until_version(aggregator: Aggregator, version: int) -> ModelVersion:
+    async def loop() -> ModelVersion:
+        while True:
+            new = await aggregator.step()
+            if new is not None and new.version >= version:
+                return new
+
+    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+
+
+async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: NatsServer, nc: NATS) -> None:
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable=f"a{uuid.uuid4().hex[:6]}"))
+    await aggregator.start(INITIAL)
+    announced: list[ModelVersion] = []
+
+    async def on_version(msg: Msg) -> None:
+        announced.append(decode(msg.data, ModelVersion))
+
+    sub = await nc.subscribe(FL_GLOBAL_SUBJECT, cb=on_version)
+    js = nc.jetstream()
+    store = await ModelStore.open(js)
+    try:
+        r1 = await submit_delta(
+            js, store, worker_id="eu-1", region="eu", base_version=0, samples=10, delta=_delta(1.0), loss=2.0
+        )
+        await submit_delta(
+            js, store, worker_id="eu-2", region="eu", base_version=0, samples=30, delta=_delta(5.0), loss=1.0
+        )
+        meta = await _until_version(aggregator, 1)
+    finally:
+        await aggregator.stop()
+    weights = await store.weights(await store.latest())  # type: ignore[arg-type]
+    expected = (10 * 1.0 + 30 * 5.0) / 40  # 4.0
+    assert np.allclose(weights["dec.weight"], 1.0 + expected) and np.allclose(weights["dec.bias"], expected / 2)
+    assert meta.contributors == ["eu-1", "eu-2"] and meta.samples == 40 and meta.parent == 0
+    assert meta.loss == pytest.approx((10 * 2.0 + 30 * 1.0) / 40)
+    await asyncio.sleep(0.2)
+    await sub.unsubscribe()
+    assert [m.version for m in announced] == [1]
+    with pytest.raises(KeyError):
+        await store.get_blob(r1.object_name)  # consumed deltas are removed
+
+
+async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -> None:
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, durable="rej"))
+    await aggregator.start(INITIAL)
+    js = nc.jetstream()
+    store = await ModelStore.open(js)
+    try:
+        bad = _delta(1.0, "float32")
+        bad["dec.weight"][0, 0] = np.nan
+        await submit_delta(js, store, worker_id="x", region="eu", base_version=0, samples=5, delta=bad)
+        await submit_delta(
+            js,
+            store,
+            worker_id="y",
+            region="eu",
+            base_version=0,
+            samples=5,
+            delta={"dec.weight": _delta(1.0)["dec.weight"]},
+        )
+        await submit_delta(js, store, worker_id="z", region="eu", base_version=7, samples=5, delta=_delta(1.0))
+        await js.publish("mvs.fl.delta.eu", b"\x00 not a delta")
+        await submit_delta(js, store, worker_id="ok", region="eu", base_version=0, samples=5, delta=_delta(0.5))
+        await submit_delta(js, store, worker_id="ok", region="eu", base_version=0, samples=5, delta=_delta(0.5))
+        meta = await _until_version(aggregator, 1)
+        for _ in range(3):
+            await aggregator.step()
+    finally:
+        await aggregator.stop()
+    assert meta.contributors == ["ok"]
+    weights = await store.weights(await store.latest())  # type: ignore[arg-type]
+    assert np.allclose(weights["dec.weight"], 1.5)
+    assert aggregator.rejections == {"non_finite": 1, "keys": 1, "future_base": 1, "unreadable": 1, "duplicate": 1}
+
+
+def _start_aggregator(server: NatsServer, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    init = tmp_path / "init.bin"
+    init.write_bytes(encode_tensors(INITIAL))
+    cmd = [
+        sys.executable,
+        "-m",
+        "aggregator",
+        "--nats",
+        server.url,
+        "--min-updates",
+        "3",
+        "--init",
+        str(init),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+    return subprocess.Popen(cmd, preexec_fn=die_with_parent)
+
+
+async def _wait_latest(store: ModelStore, version: int) -> ModelVersion:
+    async def loop() -> ModelVersion:
+        while True:
+            latest = await store.latest()
+            if latest is not None and latest.version >= version:
+                return latest
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("crash_after", ["", "weights_stored", "latest_moved"])
+async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
+    server: NatsServer, nc: NATS, tmp_path: Path, crash_after: str
+) -> None:
+    js = nc.jetstream()
+    first = _start_aggregator(server, tmp_path, *(["--crash-after", crash_after] if crash_after else []))
+    try:
+        store = await ModelStore.open(js)
+        await _wait_latest(store, 0)
+        announced: list[int] = []
+
+        async def on_version(msg: Msg) -> None:
+            announced.append(decode(msg.data, ModelVersion).version)
+
+        await nc.subscribe(FL_GLOBAL_SUBJECT, cb=on_version)
+        for i, worker in enumerate(("a", "b")):
+            await submit_delta(
+                js, store, worker_id=worker, region="us", base_version=0, samples=i + 1, delta=_delta(3.0 * (i + 1))
+            )
+        await asyncio.sleep(1.0)  # received and persisted, round not due yet (3 updates needed)
+        if not crash_after:
+            first.kill()  # kill -9 between receiving and publishing
+        await submit_delta(js, store, worker_id="c", region="us", base_version=0, samples=3, delta=_delta(-1.0))
+        first.wait(timeout=STEP_TIMEOUT_S)  # killed, or crashed at the injected step
+        second = _start_aggregator(server, tmp_path)
+        try:
+            latest = await _wait_latest(store, 1)
+            await asyncio.sleep(1.5)  # it must not publish a second version from the same deltas
+            assert (await store.latest()).version == 1  # type: ignore[union-attr]
+        finally:
+            second.terminate()
+            second.wait(timeout=STEP_TIMEOUT_S)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    expected = (1 * 3.0 + 2 * 6.0 + 3 * -1.0) / 6  # every delta exactly once: 2.0
+    weights = await store.weights(latest)
+    assert np.allclose(weights["dec.weight"], 1.0 + expected), weights["dec.weight"]
+    assert sorted(latest.contributors) == ["a", "b", "c"] and latest.samples == 6
+    assert 1 in announced
