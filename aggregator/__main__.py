@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from aggregator.service import (
 from aggregator.store import DEFAULT_KEEP_VERSIONS
 from aggregator.strategies import STRATEGIES
 from aggregator.validation import DEFAULT_MAX_NORM, DEFAULT_MAX_STALENESS
-from streaming.protocol import DEFAULT_NATS_URL
+from streaming.cli import add_service_arguments
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging, start_metrics_server
 from streaming.tensors import NamedArrays, decode_tensors
@@ -28,7 +27,7 @@ from streaming.tensors import NamedArrays, decode_tensors
 def build_parser() -> argparse.ArgumentParser:
     """CLI of the aggregator."""
     p = argparse.ArgumentParser(prog="mvs aggregator", description="Cloud aggregator: FedAvg rounds over edge deltas.")
-    p.add_argument("--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (hub)")
+    add_service_arguments(p, region=False)
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default="fedavg")
     p.add_argument("--min-updates", type=int, default=DEFAULT_MIN_UPDATES, help="close a round at this many deltas")
     p.add_argument("--round-timeout", type=float, default=DEFAULT_ROUND_TIMEOUT_S, help="or when this old (s)")
@@ -38,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None, help="initial weights (tensor blob) if the store is empty")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
     p.add_argument("--crash-after", choices=CRASH_POINTS, default="", help=argparse.SUPPRESS)
-    p.add_argument("--log-level", default="info")
     return p
 
 

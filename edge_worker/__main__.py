@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 from collections.abc import Sequence
 
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from edge_worker.service import DEFAULT_QUEUE_SIZE, DEFAULT_STYLE_CACHE, WorkerConfig, default_worker_id, run
-from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
+from streaming.cli import add_service_arguments
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging
 
@@ -18,17 +17,13 @@ from streaming.telemetry import setup_logging
 def build_parser() -> argparse.ArgumentParser:
     """CLI of the worker."""
     p = argparse.ArgumentParser(prog="mvs worker", description="Stylizer worker: serves mvs.<region>.stylize.")
-    p.add_argument(
-        "--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)"
-    )
-    p.add_argument("--region", default=os.environ.get("MVS_REGION", DEFAULT_REGION), help="region served")
+    add_service_arguments(p)
     p.add_argument("--model", default=DEFAULT_STYLIZER, help="stylizer name or model file")
     p.add_argument("--worker-id", default=None, help="id in replies and logs (default host-pid)")
     p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="requests queued (newest win)")
     p.add_argument("--style-cache", type=int, default=DEFAULT_STYLE_CACHE, help="prepared styles kept")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
-    p.add_argument("--log-level", default="info")
     return p
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 from collections.abc import Sequence
 
+from streaming.cli import add_service_arguments
 from streaming.gateway import (
     DEFAULT_DEADLINE_MS,
     DEFAULT_FIRST_ATTEMPT_MS,
@@ -18,7 +18,6 @@ from streaming.gateway import (
     GatewayConfig,
     run,
 )
-from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging
 
@@ -28,10 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mvs gateway", description="Edge gateway: WebRTC signaling and key frames to NATS."
     )
-    p.add_argument(
-        "--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)"
-    )
-    p.add_argument("--region", default=os.environ.get("MVS_REGION", DEFAULT_REGION), help="region this site serves")
+    add_service_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
     p.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP port (0: any free port)")
     p.add_argument(
@@ -42,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING, help="key frames per phone queued")
     p.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, help="phones at once")
     p.add_argument("--ice-host", action="append", default=[], help="gather ICE candidates only here (repeatable)")
-    p.add_argument("--log-level", default="info")
     return p
 
 

@@ -65,24 +65,25 @@ def test_without_dither_regular_pts_stay_unlocked_rather_than_guess() -> None:
     assert not mapper.locked and mapper.locate(0) is None
 
 
-def test_reordered_frame_wrapped_by_aiortc_still_maps() -> None:
-    rng = random.Random(7)
-    pts = _sender_pts(rng)
+def _locked_on_first(frames: int, seed: int) -> tuple[FrameIdMapper, list[int]]:
+    """A mapper that has seen the first ``frames`` frames announced and decoded (none lost)."""
+    pts = _sender_pts(random.Random(seed))
     mapper = FrameIdMapper()
-    for i in range(10):
+    for i in range(frames):
         mapper.announce(i, pts[i])
         mapper.observe(pts[i] - pts[0])
+    assert mapper.locked
+    return mapper, pts
+
+
+def test_reordered_frame_wrapped_by_aiortc_still_maps() -> None:
+    mapper, pts = _locked_on_first(10, seed=7)
     # aiortc treats a late (reordered) frame as an RTP wrap and adds 2**32 to its pts.
     assert mapper.locate(pts[5] - pts[0] + RTP_TIMESTAMP_MODULUS) == 5
 
 
 def test_frame_decoded_before_its_announcement_maps_afterwards() -> None:
-    rng = random.Random(3)
-    pts = _sender_pts(rng)
-    mapper = FrameIdMapper()
-    for i in range(6):
-        mapper.announce(i, pts[i])
-        mapper.observe(pts[i] - pts[0])
+    mapper, pts = _locked_on_first(6, seed=3)
     early = pts[6] - pts[0]
     mapper.observe(early)
     assert mapper.locate(early) is None  # not announced yet: unknown, and not counted as a miss
@@ -91,13 +92,8 @@ def test_frame_decoded_before_its_announcement_maps_afterwards() -> None:
 
 
 def test_relocks_after_the_stream_is_rebased() -> None:
-    rng = random.Random(5)
-    pts = _sender_pts(rng)
-    mapper = FrameIdMapper()
-    for i in range(10):
-        mapper.announce(i, pts[i])
-        mapper.observe(pts[i] - pts[0])
-        assert mapper.locate(pts[i] - pts[0]) in (None, i)
+    mapper, pts = _locked_on_first(10, seed=5)
+    assert all(mapper.locate(pts[i] - pts[0]) == i for i in range(10))
     shift = 123_457  # a new origin, e.g. a restarted receiver
     results = []
     for i in range(10, 120):

@@ -1,0 +1,18 @@
+"""Flags every service shares, declared once (env fallbacks: MVS_NATS_URL, MVS_REGION)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
+
+
+def add_service_arguments(p: argparse.ArgumentParser, region: bool = True) -> None:
+    """--nats, --region (optional) and --log-level."""
+    p.add_argument(
+        "--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)"
+    )
+    if region:
+        p.add_argument("--region", default=os.environ.get("MVS_REGION", DEFAULT_REGION), help="region (env MVS_REGION)")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
