@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
+from edge_worker.federated import DEFAULT_IDLE_S, DEFAULT_PUBLISH_EVERY, FederatedConfig
+from edge_worker.key_buffer import DEFAULT_CAPACITY
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from edge_worker.service import DEFAULT_QUEUE_SIZE, DEFAULT_STYLE_CACHE, WorkerConfig, default_worker_id, run
 from streaming.cli import add_service_arguments
@@ -24,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-cache", type=int, default=DEFAULT_STYLE_CACHE, help="prepared styles kept")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    fl = p.add_argument_group("federated learning (needs a trainable model)")
+    fl.add_argument("--federated-dir", type=Path, default=None, help="key-frame buffer directory; enables retraining")
+    fl.add_argument("--buffer-size", type=int, default=DEFAULT_CAPACITY, help="key frames kept for retraining")
+    fl.add_argument("--idle-s", type=float, default=DEFAULT_IDLE_S, help="train after this long without requests")
+    fl.add_argument("--publish-every", type=int, default=DEFAULT_PUBLISH_EVERY, help="trained samples per delta")
     return p
 
 
@@ -38,6 +46,14 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         style_cache=args.style_cache,
         threads=args.threads,
         metrics_port=args.metrics_port,
+        federated=None
+        if args.federated_dir is None
+        else FederatedConfig(
+            buffer_dir=args.federated_dir,
+            buffer_size=args.buffer_size,
+            idle_s=args.idle_s,
+            publish_every=args.publish_every,
+        ),
     )
 
 

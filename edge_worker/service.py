@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 
+from edge_worker.federated import FederatedConfig, FederatedLearner, Trainable
 from edge_worker.model.base import Stylizer
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image, encode_jpeg
@@ -89,6 +90,8 @@ class WorkerConfig:
     """torch intra-op threads; 0 keeps torch's default."""
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     metrics_port: int = 0
+    federated: FederatedConfig | None = None
+    """Retrain on served key frames when idle and sync with the cloud; None: serve only."""
 
 
 @dataclass
@@ -112,6 +115,8 @@ class StylizerWorker:
         self._consumer: asyncio.Task[None] | None = None
         self.served = 0
         self._subscriptions: list[Subscription] = []
+        self.learner: FederatedLearner | None = None
+        self._learning: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = asyncio.Event()
@@ -125,6 +130,8 @@ class StylizerWorker:
             self.config.nats_url, name=f"worker-{self.config.worker_id}", closed_cb=self._on_closed
         )
         self._style_store = await StyleStore.open(self._nc.jetstream())
+        if self.config.federated is not None:
+            await self._start_learner(self.config.federated)
         self._consumer = asyncio.create_task(self._serve(), name="stylize-consumer")
         self._subscriptions = [
             await self._nc.subscribe(
@@ -137,6 +144,17 @@ class StylizerWorker:
             "worker serving",
             extra={"region": self.config.region, "worker_id": self.config.worker_id, "model": self.stylizer.name},
         )
+
+    async def _start_learner(self, config: FederatedConfig) -> None:
+        """Load the latest global version before serving, then retrain when idle."""
+        assert self._nc is not None and self._style_store is not None
+        if not isinstance(self.stylizer, Trainable):
+            raise ValueError(f"stylizer {self.stylizer.name!r} has nothing to retrain: federated learning needs a DNN")
+        self.learner = FederatedLearner(
+            config, self.stylizer, self._executor, self._style_store.get, self.config.worker_id, self.config.region
+        )
+        await self.learner.start(self._nc)
+        self._learning = asyncio.create_task(self.learner.run(), name="federated-learning")
 
     async def _on_closed(self) -> None:
         self.closed.set()
@@ -157,9 +175,10 @@ class StylizerWorker:
                 await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
             except asyncio.TimeoutError:
                 log.warning("stopping with a request still running", extra={"worker_id": self.config.worker_id})
-        if self._consumer is not None:
-            self._consumer.cancel()
-            await asyncio.gather(self._consumer, return_exceptions=True)
+        for task in (self._consumer, self._learning):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if nc.is_connected:
             await nc.drain()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -195,6 +214,8 @@ class StylizerWorker:
 
     async def _on_request(self, msg: Msg) -> None:
         received = time.monotonic_ns()
+        if self.learner is not None:
+            self.learner.note_request()
         try:
             request = decode(msg.data, StylizeRequest)
             validate_request(request)
@@ -238,6 +259,8 @@ class StylizerWorker:
                 reply = self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             if reply.ok:
                 self.served += 1
+                if self.learner is not None:
+                    self.learner.record(request.image, request.style_id)
                 INFERENCE_SECONDS.labels(self.config.region).observe(
                     (reply.stamps["w_infer_end"] - reply.stamps["w_infer_start"]) / 1e9
                 )

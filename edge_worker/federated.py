@@ -1,0 +1,194 @@
+"""On-edge retraining and the edge side of federated learning (Algorithm 2 of the paper).
+
+A worker keeps the key frames it served (:class:`KeyFrameBuffer`). When it has been idle for a
+while it trains its model on them, one step at a time on the worker's own inference thread, so a
+stylize request waits for at most one training step. After ``publish_every`` trained samples it
+publishes its delta against the global version it started from, in fp16, through the model store
+(:func:`aggregator.store.submit_delta`), once per base version; it adopts every newer global
+version announced on ``mvs.fl.global``. Before serving, it loads the latest global version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from aggregator.store import ModelStore, submit_delta
+from edge_worker.key_buffer import DEFAULT_CAPACITY, KeyFrameBuffer
+from streaming.images import decode_image
+from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, ProtocolError, decode
+from streaming.tensors import NamedArrays
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDLE_S = 2.0
+DEFAULT_PUBLISH_EVERY = 64
+DEFAULT_BATCH = 2
+POLL_S = 0.1
+DELTA_DTYPE = np.float16
+"""Deltas travel in fp16: half the bytes of fp32 weights."""
+
+TrainingPair = tuple[np.ndarray, np.ndarray]
+"""(content, style), RGB uint8."""
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """A model the edge can retrain and exchange with the cloud."""
+
+    def learned_state(self) -> NamedArrays:
+        """Copies of the learned parameters (float32), by name."""
+        ...
+
+    def load_learned_state(self, state: NamedArrays) -> None:
+        """Replace the learned parameters."""
+        ...
+
+    def train_step(self, pairs: Sequence[TrainingPair]) -> float:
+        """One optimisation step (Eq. 5) on a batch; returns the loss."""
+        ...
+
+
+@dataclass
+class FederatedConfig:
+    """Settings of a worker's federated learning."""
+
+    buffer_dir: Path
+    buffer_size: int = DEFAULT_CAPACITY
+    idle_s: float = DEFAULT_IDLE_S
+    """Train only after this long without a stylize request."""
+    publish_every: int = DEFAULT_PUBLISH_EVERY
+    """Trained samples before a delta is published."""
+    batch_size: int = DEFAULT_BATCH
+    seed: int = 0
+
+
+class FederatedLearner:
+    """Retrains a worker's model when idle and keeps it in sync with the global versions."""
+
+    def __init__(
+        self,
+        config: FederatedConfig,
+        model: Trainable,
+        executor: Executor,
+        fetch_style: Callable[[str], Awaitable[bytes]],
+        worker_id: str,
+        region: str,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.buffer = KeyFrameBuffer(config.buffer_dir, config.buffer_size)
+        self._executor = executor
+        self._fetch_style = fetch_style
+        self._worker_id = worker_id
+        self._region = region
+        self._rng = random.Random(config.seed)
+        self._nc: NATS | None = None
+        self._store: ModelStore | None = None
+        self.base_version = -1
+        self._base_weights: NamedArrays = {}
+        self._published_base = -2
+        self.samples_since_base = 0
+        self.losses: list[float] = []
+        self._last_request = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def start(self, nc: NATS) -> None:
+        """Load the latest global version (before the worker serves) and follow new ones."""
+        self._nc = nc
+        self._store = await ModelStore.open(nc.jetstream())
+        latest = await self._store.latest()
+        if latest is None:
+            self._base_weights = self.model.learned_state()
+            log.warning(
+                "no global model version in the store: serving the bundled model", extra={"worker_id": self._worker_id}
+            )
+        else:
+            await self._adopt(latest)
+        await nc.subscribe(FL_GLOBAL_SUBJECT, cb=self._on_global)
+
+    def note_request(self) -> None:
+        """A stylize request arrived: training waits until the worker is idle again."""
+        self._last_request = time.monotonic()
+
+    def record(self, content_jpeg: bytes, style_id: str) -> None:
+        """Keep a served key frame for retraining."""
+        self.buffer.add(content_jpeg, style_id)
+
+    async def run(self) -> None:
+        """Train while idle and publish deltas, until cancelled."""
+        while True:
+            if time.monotonic() - self._last_request < self.config.idle_s or len(self.buffer) < self.config.batch_size:
+                await asyncio.sleep(POLL_S)
+                continue
+            await self.train_once()
+            if self.samples_since_base >= self.config.publish_every and self._published_base != self.base_version:
+                await self.publish()
+
+    async def train_once(self) -> float:
+        """One training step on frames from the buffer (on the worker's inference thread)."""
+        pairs = [
+            await self._pair(frame.path, frame.style_id)
+            for frame in self.buffer.sample(self.config.batch_size, self._rng)
+        ]
+        async with self._lock:
+            loss = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.train_step, pairs)
+        self.samples_since_base += len(pairs)
+        self.losses.append(loss)
+        return loss
+
+    async def _pair(self, path: Path, style_id: str) -> TrainingPair:
+        content = cv2.cvtColor(decode_image(path.read_bytes()), cv2.COLOR_BGR2RGB)
+        style = cv2.cvtColor(decode_image(await self._fetch_style(style_id)), cv2.COLOR_BGR2RGB)
+        return content, style
+
+    async def publish(self) -> None:
+        """Publish this worker's delta against its base version (fp16)."""
+        assert self._nc is not None and self._store is not None
+        if self.base_version < 0:
+            log.warning("no global version to send a delta against", extra={"worker_id": self._worker_id})
+            return
+        state = self.model.learned_state()
+        delta = {name: (state[name] - self._base_weights[name]).astype(DELTA_DTYPE) for name in state}
+        recent = self.losses[-self.samples_since_base :] or [float("nan")]
+        await submit_delta(
+            self._nc.jetstream(),
+            self._store,
+            worker_id=self._worker_id,
+            region=self._region,
+            base_version=self.base_version,
+            samples=self.samples_since_base,
+            delta=delta,
+            loss=float(np.mean(recent)),
+        )
+        self._published_base = self.base_version
+        log.info("delta published", extra={"base": self.base_version, "samples": self.samples_since_base})
+
+    async def _on_global(self, msg: Msg) -> None:
+        try:
+            meta = decode(msg.data, ModelVersion)
+        except ProtocolError as exc:
+            log.warning("bad global version announcement", extra={"error": str(exc)})
+            return
+        if meta.version > self.base_version:
+            await self._adopt(meta)
+
+    async def _adopt(self, meta: ModelVersion) -> None:
+        assert self._store is not None
+        weights = await self._store.weights(meta)
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.model.load_learned_state, weights)
+        self.base_version, self._base_weights, self.samples_since_base = meta.version, weights, 0
+        log.info("adopted global version", extra={"version": meta.version, "worker_id": self._worker_id})
