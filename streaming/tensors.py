@@ -21,13 +21,13 @@ def encode_tensors(tensors: NamedArrays) -> bytes:
     """Serialize named arrays (names sorted, so equal inputs give equal bytes)."""
     body = {}
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
+        array = np.asarray(tensors[name])  # not ascontiguousarray: it turns 0-d arrays into shape (1,)
         if array.dtype.name not in ALLOWED_DTYPES:
             raise ValueError(f"{name}: dtype {array.dtype} cannot be serialized")
         body[name] = {
             "dtype": array.dtype.name,
             "shape": list(array.shape),
-            "data": array.astype(array.dtype.newbyteorder("<")).tobytes(),
+            "data": array.astype(array.dtype.newbyteorder("<")).tobytes(order="C"),
         }
     return msgpack.packb({"format": TENSORS_FORMAT, "tensors": body}, use_bin_type=True)
 

@@ -86,9 +86,16 @@ def test_each_rejection_reason() -> None:
 
 
 def test_tensor_blobs_round_trip_and_refuse_garbage() -> None:
-    tensors = {"a": np.arange(6, dtype=np.float16).reshape(2, 3), "b": np.array([True, False])}
+    tensors = {
+        "a": np.arange(6, dtype=np.float16).reshape(2, 3),
+        "b": np.array([True, False]),
+        "scalar": np.array(2.5, np.float32),
+        "strided": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2],
+    }
     out = decode_tensors(encode_tensors(tensors))
-    assert set(out) == {"a", "b"} and out["a"].dtype == np.float16 and np.array_equal(out["a"], tensors["a"])
+    assert set(out) == set(tensors) and out["a"].dtype == np.float16
+    for name, value in tensors.items():
+        assert out[name].shape == value.shape and np.array_equal(out[name], value), name
     assert encode_tensors(tensors) == encode_tensors(dict(reversed(tensors.items())))
     with pytest.raises(ProtocolError):
         decode_tensors(b"\x00garbage")
