@@ -1,21 +1,26 @@
 """On-edge retraining and the edge side of federated learning (Algorithm 2 of the paper).
 
 A worker keeps the key frames it served (:class:`KeyFrameBuffer`). When it has been idle for a
-while it trains its model on them, one step at a time on the worker's own inference thread, so a
-stylize request waits for at most one training step. After ``publish_every`` trained samples it
-publishes its delta against the global version it started from, in fp16, through the model store
-(:func:`aggregator.store.submit_delta`), once per base version; it adopts every newer global
-version announced on ``mvs.fl.global``. Before serving, it loads the latest global version.
+while it trains a copy of its model on them, on a training thread of its own running at the lowest
+CPU priority, so serving never waits for a training step and gets the CPU first. The worker keeps
+serving the global version it adopted (local progress reaches the service through the next global
+version, as in FedAvg). After ``publish_every`` trained samples it publishes its delta against that
+base version, in fp16, through the model store (:func:`aggregator.store.submit_delta`), once per
+base version; it adopts every newer global version announced on ``mvs.fl.global``, into the served
+model and the training copy. Before serving, it loads the latest global version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -39,6 +44,17 @@ DEFAULT_BATCH = 2
 POLL_S = 0.1
 DELTA_DTYPE = np.float16
 """Deltas travel in fp16: half the bytes of fp32 weights."""
+TRAINING_NICE = 19
+"""CPU priority of the training thread (and the threads it spawns): serving comes first."""
+
+
+def _lower_thread_priority() -> None:
+    """Renice the calling thread only (Linux schedules threads as tasks; no-op elsewhere)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAINING_NICE)
+    except (AttributeError, OSError):  # not Linux, or not permitted: train at normal priority
+        log.warning("could not lower the training thread's priority")
+
 
 TrainingPair = tuple[np.ndarray, np.ndarray]
 """(content, style), RGB uint8."""
@@ -89,8 +105,12 @@ class FederatedLearner:
     ) -> None:
         self.config = config
         self.model = model
+        self.trainer: Trainable = copy.deepcopy(model)
         self.buffer = KeyFrameBuffer(config.buffer_dir, config.buffer_size)
         self._executor = executor
+        self._training = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fl-train", initializer=_lower_thread_priority
+        )
         self._fetch_style = fetch_style
         self._worker_id = worker_id
         self._region = region
@@ -103,7 +123,6 @@ class FederatedLearner:
         self.samples_since_base = 0
         self.losses: list[float] = []
         self._last_request = time.monotonic()
-        self._lock = asyncio.Lock()
 
     async def start(self, nc: NATS) -> None:
         """Load the latest global version (before the worker serves) and follow new ones."""
@@ -118,6 +137,10 @@ class FederatedLearner:
         else:
             await self._adopt(latest)
         await nc.subscribe(FL_GLOBAL_SUBJECT, cb=self._on_global)
+
+    def close(self) -> None:
+        """Stop the training thread (after the current step)."""
+        self._training.shutdown(wait=True, cancel_futures=True)
 
     def note_request(self) -> None:
         """A stylize request arrived: training waits until the worker is idle again."""
@@ -138,13 +161,12 @@ class FederatedLearner:
                 await self.publish()
 
     async def train_once(self) -> float:
-        """One training step on frames from the buffer (on the worker's inference thread)."""
+        """One step of the training copy on frames from the buffer (on the low-priority training thread)."""
         pairs = [
             await self._pair(frame.path, frame.style_id)
             for frame in self.buffer.sample(self.config.batch_size, self._rng)
         ]
-        async with self._lock:
-            loss = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.train_step, pairs)
+        loss = await asyncio.get_running_loop().run_in_executor(self._training, self.trainer.train_step, pairs)
         self.samples_since_base += len(pairs)
         self.losses.append(loss)
         return loss
@@ -160,7 +182,7 @@ class FederatedLearner:
         if self.base_version < 0:
             log.warning("no global version to send a delta against", extra={"worker_id": self._worker_id})
             return
-        state = self.model.learned_state()
+        state = await asyncio.get_running_loop().run_in_executor(self._training, self.trainer.learned_state)
         delta = {name: (state[name] - self._base_weights[name]).astype(DELTA_DTYPE) for name in state}
         recent = self.losses[-self.samples_since_base :] or [float("nan")]
         await submit_delta(
@@ -188,7 +210,8 @@ class FederatedLearner:
     async def _adopt(self, meta: ModelVersion) -> None:
         assert self._store is not None
         weights = await self._store.weights(meta)
-        async with self._lock:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.model.load_learned_state, weights)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.model.load_learned_state, weights)  # what the worker serves
+        await loop.run_in_executor(self._training, self.trainer.load_learned_state, weights)
         self.base_version, self._base_weights, self.samples_since_base = meta.version, weights, 0
         log.info("adopted global version", extra={"version": meta.version, "worker_id": self._worker_id})

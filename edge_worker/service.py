@@ -179,6 +179,8 @@ class StylizerWorker:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.learner is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.learner.close)
         if nc.is_connected:
             await nc.drain()
         self._executor.shutdown(wait=False, cancel_futures=True)
