@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -92,12 +93,17 @@ def test_tensor_blobs_round_trip_and_refuse_garbage() -> None:
         "scalar": np.array(2.5, np.float32),
         "strided": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2],
     }
-    out = decode_tensors(encode_tensors(tensors))
-    assert set(out) == set(tensors) and out["a"].dtype == np.float16
-    for name, value in tensors.items():
-        assert out[name].shape == value.shape and np.array_equal(out[name], value), name
+    for compress in (True, False):
+        out = decode_tensors(encode_tensors(tensors, compress=compress))
+        assert set(out) == set(tensors) and out["a"].dtype == np.float16
+        for name, value in tensors.items():
+            assert out[name].shape == value.shape and np.array_equal(out[name], value), name
+    smooth = {"w": np.zeros((256, 256), np.float16)}
+    assert len(encode_tensors(smooth)) < len(encode_tensors(smooth, compress=False)) / 10
     assert encode_tensors(tensors) == encode_tensors(dict(reversed(tensors.items())))
     with pytest.raises(ProtocolError):
         decode_tensors(b"\x00garbage")
+    with pytest.raises(ProtocolError):
+        decode_tensors(msgpack.packb({"format": "mvs-tensors/1", "zlib": b"not zlib"}))
     with pytest.raises(ValueError):
         encode_tensors({"x": np.array(["text"])})
