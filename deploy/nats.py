@@ -45,11 +45,17 @@ class NatsServer:
     """A nats-server child process with JetStream (file storage in ``store_dir`` or a temp dir)."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, store_dir: Path | None = None, monitor_port: int | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        store_dir: Path | None = None,
+        monitor_port: int | None = None,
+        jetstream: bool = True,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port
+        self.jetstream = jetstream
         """HTTP monitoring (/varz, /connz); None: off, 0: any free port."""
         if monitor_port == 0:
             self.monitor_port = free_port(host)
@@ -71,7 +77,9 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         """Start the server and wait until it accepts connections."""
-        cmd = [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        cmd = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
+        if self.jetstream:
+            cmd += ["-js", "-sd", str(self.store_dir)]
         if self.monitor_port is not None:
             cmd += ["-m", str(self.monitor_port)]
         self._proc = subprocess.Popen(

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from aggregator.store import ModelStore, submit_delta
 from edge_worker.key_buffer import DEFAULT_CAPACITY, KeyFrameBuffer
@@ -44,6 +45,8 @@ DEFAULT_BATCH = 2
 POLL_S = 0.1
 DELTA_DTYPE = np.float16
 """Deltas travel in fp16: half the bytes of fp32 weights."""
+STORE_TIMEOUT_S = 5.0
+"""How long a starting worker waits for the model store before it serves the bundled model."""
 TRAINING_NICE = 19
 """CPU priority of the training thread (and the threads it spawns): serving comes first."""
 
@@ -127,10 +130,18 @@ class FederatedLearner:
     async def start(self, nc: NATS) -> None:
         """Load the latest global version (before the worker serves) and follow new ones."""
         self._nc = nc
-        self._store = await ModelStore.open(nc.jetstream())
-        latest = await self._store.latest()
+        self._base_weights = self.model.learned_state()
+        try:
+            self._store = await asyncio.wait_for(ModelStore.open(nc.jetstream()), STORE_TIMEOUT_S)
+            latest = await asyncio.wait_for(self._store.latest(), STORE_TIMEOUT_S)
+        except (NatsError, asyncio.TimeoutError) as exc:
+            self._store = None
+            log.warning(
+                "model store unreachable: serving the bundled model, not publishing deltas",
+                extra={"worker_id": self._worker_id, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            return
         if latest is None:
-            self._base_weights = self.model.learned_state()
             log.warning(
                 "no global model version in the store: serving the bundled model", extra={"worker_id": self._worker_id}
             )
@@ -178,8 +189,8 @@ class FederatedLearner:
 
     async def publish(self) -> None:
         """Publish this worker's delta against its base version (fp16)."""
-        assert self._nc is not None and self._store is not None
-        if self.base_version < 0:
+        assert self._nc is not None
+        if self._store is None or self.base_version < 0:
             log.warning("no global version to send a delta against", extra={"worker_id": self._worker_id})
             return
         state = await asyncio.get_running_loop().run_in_executor(self._training, self.trainer.learned_state)
