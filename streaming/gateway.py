@@ -24,6 +24,7 @@ from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from streaming.clock import ClockOffset
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, decode_image
 from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION, MAX_FRAME_SIDE, MAX_STYLE_BYTES, stylize_subject
@@ -128,6 +129,8 @@ class Gateway:
             jpeg_quality=config.jpeg_quality,
         )
         self.sessions: dict[str, PhoneSession] = {}
+        self.worker_clocks: dict[str, ClockOffset] = {}
+        """Clock offset of every worker seen, learnt from request/reply timestamps; shared by sessions."""
         self._executor = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="gateway-codec")
         self._nc: NATS | None = None
         self._styles: StyleStore | None = None
@@ -180,7 +183,9 @@ class Gateway:
         style_id = await self._styles.put(offer.style)
         stream_id = uuid.uuid4().hex[:12]
         pc = RTCPeerConnection(rtc_configuration())
-        session = PhoneSession(stream_id, pc, self._nc, self._executor, self.settings, style_id, offer.out_size)
+        session = PhoneSession(
+            stream_id, pc, self._nc, self._executor, self.settings, style_id, offer.out_size, self.worker_clocks
+        )
         try:
             await pc.setRemoteDescription(offer.description)
             await pc.setLocalDescription(await pc.createAnswer())

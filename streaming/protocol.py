@@ -96,7 +96,10 @@ def workers_subject(region: str) -> str:
 
 
 Stamps = dict[str, int]
-"""Monotonic timestamps (ns) of the hops a message passed, by hop name."""
+"""Monotonic timestamps (ns) of the hops a message passed, by hop name. The prefix names whose clock
+a stamp was read on (:data:`WORKER_STAMP_PREFIX`, ``gw_``, ``phone_``); hops convert stamps they
+forward to their own clock (``streaming.clock``)."""
+WORKER_STAMP_PREFIX = "w_"
 
 
 class Message:

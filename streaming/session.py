@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 
+from streaming.clock import ClockOffset
 from streaming.frame_ids import FrameIdMapper
 from streaming.images import encode_jpeg
 from streaming.protocol import (
@@ -92,6 +93,7 @@ class PhoneSession:
         settings: SessionSettings,
         style_id: str,
         out_size: tuple[int, int] | None,
+        worker_clocks: dict[str, ClockOffset],
     ) -> None:
         self.stream_id = stream_id
         self.pc = pc
@@ -100,6 +102,7 @@ class PhoneSession:
         self._settings = settings
         self._style_id = style_id
         self._out_size = out_size
+        self._worker_clocks = worker_clocks
         self._mapper = FrameIdMapper()
         self._meta: OrderedDict[int, FrameMeta] = OrderedDict()
         self._awaited_keys: set[int] = set()
@@ -246,7 +249,12 @@ class PhoneSession:
             stamps={"phone_capture": job.meta.capture_ns, "gw_decoded": job.decoded_ns},
         )
         outcome = await request_stylize(
-            self._nc, self._settings.subject, request, self._settings.deadline_ms, self._settings.first_attempt_ms
+            self._nc,
+            self._settings.subject,
+            request,
+            self._settings.deadline_ms,
+            self._settings.first_attempt_ms,
+            self._worker_clocks,
         )
         if not outcome.ok or outcome.reply is None:
             self._fail(frame_id, outcome.error_code, outcome.error, outcome.attempts)

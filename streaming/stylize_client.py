@@ -17,8 +17,10 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from streaming.clock import ClockOffset
 from streaming.protocol import (
     RETRYABLE_CODES,
+    WORKER_STAMP_PREFIX,
     ErrorCode,
     ProtocolError,
     StylizeReply,
@@ -49,10 +51,30 @@ class StylizeOutcome:
         return self.reply is not None and self.reply.ok
 
 
+def to_gateway_clock(reply: StylizeReply, clocks: dict[str, ClockOffset]) -> None:
+    """Learn the worker's clock offset from this exchange and move its stamps onto the gateway's clock."""
+    s = reply.stamps
+    if not all(k in s for k in ("gw_sent", "w_received", "w_sent", "gw_reply")):
+        return
+    clock = clocks.setdefault(reply.worker_id, ClockOffset())
+    clock.add(s["gw_sent"], s["w_received"], s["w_sent"], s["gw_reply"])
+    for key in [k for k in s if k.startswith(WORKER_STAMP_PREFIX)]:
+        s[key] = clock.to_local(s[key])
+
+
 async def request_stylize(
-    nc: NATS, subject: str, request: StylizeRequest, budget_ms: float, first_attempt_ms: float
+    nc: NATS,
+    subject: str,
+    request: StylizeRequest,
+    budget_ms: float,
+    first_attempt_ms: float,
+    clocks: dict[str, ClockOffset] | None = None,
 ) -> StylizeOutcome:
-    """Send ``request`` within ``budget_ms``; the first attempt may use ``first_attempt_ms`` of it."""
+    """Send ``request`` within ``budget_ms``; the first attempt may use ``first_attempt_ms`` of it.
+
+    With ``clocks`` (one estimator per worker id, kept by the caller), the reply's worker stamps are
+    converted to this process's clock.
+    """
     deadline = time.monotonic() + budget_ms / 1000.0
     outcome = StylizeOutcome(reply=None, attempts=0, error_code=ErrorCode.TIMEOUT, error="budget spent")
     for attempt in range(MAX_ATTEMPTS):
@@ -78,6 +100,8 @@ async def request_stylize(
             outcome.error_code, outcome.error = exc.code, f"bad reply from worker: {exc}"
             continue
         reply.stamps["gw_reply"] = time.monotonic_ns()
+        if clocks is not None:
+            to_gateway_clock(reply, clocks)
         outcome.reply = reply
         outcome.error_code, outcome.error = reply.error_code, reply.error
         if reply.ok or reply.error_code not in RETRYABLE_CODES:
