@@ -154,6 +154,24 @@ class FrameMeta(Message):
 
 
 @dataclass
+class ClockPing(Message):
+    """Phone -> gateway (data channel): a clock probe sent at ``phone_ns`` (phone clock)."""
+
+    TYPE: ClassVar[str] = "ping"
+    phone_ns: int
+
+
+@dataclass
+class ClockPong(Message):
+    """Gateway -> phone: the probe's send time echoed, with its receive and answer times on the gateway clock."""
+
+    TYPE: ClassVar[str] = "pong"
+    phone_ns: int
+    gw_received_ns: int
+    gw_sent_ns: int
+
+
+@dataclass
 class KeyResult(Message):
     """Gateway -> phone (data channel): outcome of one key frame; ``chunks`` :class:`Chunk` follow if ok."""
 

@@ -27,13 +27,15 @@ from streaming.frame_ids import FrameIdMapper
 from streaming.images import encode_jpeg
 from streaming.protocol import (
     MAX_MESSAGE_BYTES,
+    ClockPing,
+    ClockPong,
     ErrorCode,
     FrameMeta,
     KeyResult,
     ProtocolError,
     StylizeRequest,
     chunk_payload,
-    decode,
+    decode_any,
     encode,
 )
 from streaming.queues import LatestQueue
@@ -156,12 +158,19 @@ class PhoneSession:
         try:
             if isinstance(data, str):
                 raise ProtocolError(ErrorCode.MALFORMED, "text message on a binary channel")
-            meta = decode(data, FrameMeta)
+            message = decode_any(data, (FrameMeta, ClockPing))
         except ProtocolError as exc:
             BAD_MESSAGES.labels(self._settings.region).inc()
             self._count("bad_messages")
             log.warning("bad data-channel message", extra={"stream_id": self.stream_id, "error": str(exc)})
             return
+        if isinstance(message, ClockPing):
+            received = time.monotonic_ns()
+            pong = ClockPong(phone_ns=message.phone_ns, gw_received_ns=received, gw_sent_ns=time.monotonic_ns())
+            self._spawn_send([encode(pong)])
+            return
+        assert isinstance(message, FrameMeta)
+        meta = message
         self._mapper.announce(meta.frame_id, meta.pts)
         self._meta[meta.frame_id] = meta
         while len(self._meta) > MAX_REMEMBERED_FRAMES:
@@ -220,7 +229,11 @@ class PhoneSession:
         KEY_FRAMES.labels(self._settings.region, code).inc()
         self._count(f"key_{code}")
         result = KeyResult(frame_id=frame_id, ok=False, attempts=attempts, error_code=code, error=text)
-        task = asyncio.create_task(self._send([encode(result)]))
+        self._spawn_send([encode(result)])
+
+    def _spawn_send(self, messages: list[bytes]) -> None:
+        """Send in the background (kept referenced until done)."""
+        task = asyncio.create_task(self._send(messages))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
