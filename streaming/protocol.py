@@ -254,6 +254,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         StylizeRequest,
         StylizeReply,
         FrameMeta,
+        ClockPing,
+        ClockPong,
         KeyResult,
         Chunk,
         WorkerInfo,

@@ -147,3 +147,10 @@ def test_region_names_are_checked() -> None:
     for bad in ("", "a.b", "a*", "a b"):
         with pytest.raises(ValueError):
             stylize_subject(bad)
+
+
+def test_every_message_type_is_registered_once() -> None:
+    from streaming.protocol import MESSAGE_TYPES, Message
+
+    assert set(MESSAGE_TYPES.values()) == set(Message.__subclasses__())
+    assert len({cls.TYPE for cls in Message.__subclasses__()}) == len(MESSAGE_TYPES)
