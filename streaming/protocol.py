@@ -40,6 +40,8 @@ def fl_delta_subject(region: str) -> str:
 # Size limits.
 MAX_MESSAGE_BYTES = 512 * 1024
 """Nothing bigger rides a subject; blobs go to the object store."""
+MAX_CONTROL_BYTES = 1024
+"""Largest phone -> gateway data-channel message (frame announcements, clock probes)."""
 MAX_FRAME_SIDE = 4096
 """Largest width or height of a frame the system accepts."""
 MAX_STYLE_BYTES = 8 * 1024 * 1024

@@ -26,6 +26,7 @@ from streaming.clock import ClockOffset
 from streaming.frame_ids import FrameIdMapper
 from streaming.images import encode_jpeg
 from streaming.protocol import (
+    MAX_CONTROL_BYTES,
     MAX_MESSAGE_BYTES,
     ClockPing,
     ClockPong,
@@ -158,7 +159,7 @@ class PhoneSession:
         try:
             if isinstance(data, str):
                 raise ProtocolError(ErrorCode.MALFORMED, "text message on a binary channel")
-            message = decode_any(data, (FrameMeta, ClockPing))
+            message = decode_any(data, (FrameMeta, ClockPing), max_bytes=MAX_CONTROL_BYTES)
         except ProtocolError as exc:
             BAD_MESSAGES.labels(self._settings.region).inc()
             self._count("bad_messages")

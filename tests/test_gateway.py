@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Callable
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection, VideoStreamTrack
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from mobile_sim.sources import default_style_photo
 from streaming.gateway import Gateway
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
 from streaming.images import encode_jpeg
+from streaming.protocol import Chunk, ClockPing, ClockPong, decode, encode
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 
@@ -76,3 +78,32 @@ async def test_metrics_endpoint(gateway: Gateway) -> None:
         async with http.get(f"{gateway.url}/metrics") as response:
             text = await response.text()
     assert response.status == 200 and "mvs_gateway_sessions" in text
+
+
+async def test_garbage_on_the_data_channel_is_counted_and_the_session_lives(gateway: Gateway) -> None:
+    restrict_host_candidates(LOOPBACK)
+    pc = RTCPeerConnection(rtc_configuration())
+    channel = pc.createDataChannel("mvs")
+    opened, pongs = asyncio.Event(), asyncio.Queue[bytes]()
+    channel.on("open", opened.set)
+    channel.on("message", lambda data: pongs.put_nowait(data))
+    pc.addTrack(VideoStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    body = _body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gateway.url}/offer", data=body) as response:
+                answer = await response.json()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await asyncio.wait_for(opened.wait(), 15)
+        junk = [b"\x00\xff junk", "text, not binary", encode(Chunk(frame_id=1, index=0, data=b"x")), b"\x81" * 200_000]
+        for item in junk:
+            channel.send(item)
+        sent_at = time.monotonic_ns()
+        channel.send(encode(ClockPing(phone_ns=sent_at)))
+        pong = decode(await asyncio.wait_for(pongs.get(), 10), ClockPong)
+        assert pong.phone_ns == sent_at and pong.gw_received_ns <= pong.gw_sent_ns
+        session = gateway.sessions[answer["stream_id"]]
+        assert session.counts["bad_messages"] == len(junk) and not session.closed.is_set()
+    finally:
+        await pc.close()
