@@ -1,0 +1,67 @@
+"""Every service exposes Prometheus metrics: scrape a real worker process after it served requests."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import aiohttp
+import nats
+
+from deploy.nats import NatsServer, die_with_parent, free_port
+from mobile_sim.sources import default_style_photo, sample_photo
+from streaming.images import encode_jpeg
+from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.style_store import StyleStore
+from streaming.stylize_client import discover_workers
+
+WAIT_S = 30.0
+
+
+async def test_worker_process_serves_its_metrics(nats_server: NatsServer, region: str) -> None:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_worker",
+        "--nats",
+        nats_server.url,
+        "--region",
+        region,
+        "--worker-id",
+        "m1",
+        "--metrics-port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    nc = await nats.connect(nats_server.url)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not await discover_workers(nc, region, 0.2):
+            assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
+        style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
+        request = StylizeRequest(
+            stream_id="s",
+            frame_id=1,
+            style_id=style_id,
+            image=encode_jpeg(sample_photo()),
+            out_width=64,
+            out_height=64,
+            budget_ms=5000.0,
+        )
+        assert decode((await nc.request(stylize_subject(region), encode(request), timeout=10)).data, StylizeReply).ok
+        await nc.request(stylize_subject(region), b"junk", timeout=10)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+    finally:
+        await nc.close()
+        proc.terminate()
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait, WAIT_S)
+    assert f'mvs_worker_requests_total{{outcome="ok",region="{region}"}} 1.0' in text
+    assert f'mvs_worker_requests_total{{outcome="malformed",region="{region}"}} 1.0' in text
+    assert "mvs_worker_inference_seconds_bucket" in text
