@@ -63,3 +63,20 @@ def test_gateway_moves_worker_stamps_onto_its_own_clock() -> None:
     assert clocks["w1"].best is not None and clocks["w1"].best.offset_ns == skew
     assert {k: reply.stamps[k] for k in worker} == worker
     assert reply.stamps["phone_capture"] == 20 * MS  # other clocks' stamps are not touched here
+
+
+def test_phone_moves_gateway_stamps_onto_its_clock() -> None:
+    from mobile_sim.network import GatewayClock
+    from streaming.protocol import ClockPong
+
+    clock = GatewayClock()
+    assert clock.stats() == {"offset_ms": None, "error_bound_ms": None}
+    skew = -77 * MS  # the gateway's clock reads 77 ms behind the phone's
+    t0 = 1_000 * MS
+    clock.on_pong(
+        ClockPong(phone_ns=t0, gw_received_ns=t0 + 5 * MS + skew, gw_sent_ns=t0 + 6 * MS + skew), t0 + 11 * MS
+    )
+    stamps = {"phone_capture": 900 * MS, "gw_decoded": 950 * MS + skew, "w_infer_end": 990 * MS + skew}
+    clock.to_phone_clock(stamps)
+    assert stamps == {"phone_capture": 900 * MS, "gw_decoded": 950 * MS, "w_infer_end": 990 * MS}
+    assert clock.stats() == {"offset_ms": -77.0, "error_bound_ms": 5.0}

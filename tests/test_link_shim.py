@@ -8,8 +8,9 @@ import time
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from mobile_sim.network import EmulatedLink
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
-from streaming.link_shim import LinkProfile, LinkShim, host_candidates, rewrite_candidates
+from streaming.link_shim import LinkProfile, host_candidates, rewrite_candidates
 
 SDP = (
     "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
@@ -27,11 +28,11 @@ def test_only_host_candidates_are_read_and_rewritten() -> None:
         LinkProfile(loss=1.0)
 
 
-async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, LinkShim | None]:
-    """Median data-channel echo round trip between two real peers, through a shim or directly."""
+async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, EmulatedLink | None]:
+    """Median data-channel echo round trip between two real peers, through an emulated link or directly."""
     restrict_host_candidates(LOOPBACK)
     near, far = RTCPeerConnection(rtc_configuration()), RTCPeerConnection(rtc_configuration())
-    shim = LinkShim(profile) if profile else None
+    link = EmulatedLink(profile) if profile else None
     channel = near.createDataChannel("echo")
     opened, echoes = asyncio.Event(), asyncio.Queue[float]()
     channel.on("open", opened.set)
@@ -39,16 +40,10 @@ async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, LinkShim | N
     far.on("datachannel", lambda ch: ch.on("message", lambda m: ch.send(m)))
     try:
         await near.setLocalDescription(await near.createOffer())
-        offer = near.localDescription.sdp
-        if shim:
-            await shim.start()
-            offer = rewrite_candidates(offer, shim.port("far"))
+        offer = await link.offer(near.localDescription.sdp) if link else near.localDescription.sdp
         await far.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         await far.setLocalDescription(await far.createAnswer())
-        answer = far.localDescription.sdp
-        if shim:
-            shim.connect(host_candidates(near.localDescription.sdp)[0], host_candidates(answer)[0])
-            answer = rewrite_candidates(answer, shim.port("near"))
+        answer = link.answer(far.localDescription.sdp) if link else far.localDescription.sdp
         await near.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         await asyncio.wait_for(opened.wait(), 20)
         rtts = []
@@ -56,17 +51,17 @@ async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, LinkShim | N
             sent = time.perf_counter()
             channel.send(b"ping")
             rtts.append((await asyncio.wait_for(echoes.get(), 10) - sent) * 1000)
-        return sorted(rtts)[ECHOES // 2], shim
+        return sorted(rtts)[ECHOES // 2], link
     finally:
         await near.close()
         await far.close()
-        if shim:
-            shim.close()
+        if link:
+            link.close()
 
 
 async def test_peers_connect_through_the_relay_and_pay_its_delay() -> None:
     direct, _ = await _echo_rtt_ms(None)
-    shimmed, shim = await _echo_rtt_ms(LinkProfile(delay_ms=60))
-    assert shim is not None and shim.forwarded["near"] > ECHOES and shim.forwarded["far"] > ECHOES
+    shimmed, link = await _echo_rtt_ms(LinkProfile(delay_ms=60))
+    assert link is not None and link.shim.forwarded["near"] > ECHOES and link.shim.forwarded["far"] > ECHOES
     assert shimmed >= 2 * 60  # one way out, one way back
     assert direct < 60, direct  # the delay is the shim's, not the peers'
