@@ -83,6 +83,8 @@ class AggregatorConfig:
     max_norm: float = DEFAULT_MAX_NORM
     metrics_port: int = 0
     durable: str = DURABLE
+    js_domain: str | None = None
+    """JetStream domain of the hub (None when connected to the hub itself)."""
     crash_after: str = ""
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
 
@@ -117,7 +119,7 @@ class Aggregator:
     async def start(self, initial: NamedArrays | None = None) -> None:
         """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
         self._nc = await nats.connect(self.config.nats_url, name="aggregator")
-        js = self._nc.jetstream()
+        js = self._nc.jetstream(domain=self.config.js_domain)
         await ensure_delta_stream(js)
         self.store = await ModelStore.open(js, keep=self.config.keep_versions)
         self._rounds = await open_key_value(js, FL_ROUND_BUCKET)

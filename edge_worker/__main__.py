@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     """CLI of the worker."""
     p = argparse.ArgumentParser(prog="mvs worker", description="Stylizer worker: serves mvs.<region>.stylize.")
     add_service_arguments(p)
-    p.add_argument("--model", default=DEFAULT_STYLIZER, help="stylizer name or model file")
+    p.add_argument(
+        "--model", default=DEFAULT_STYLIZER, help="color-transfer, dnn (the bundled paper model) or a model file (.pt)"
+    )
     p.add_argument("--worker-id", default=None, help="id in replies and logs (default host-pid)")
     p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="requests queued (newest win)")
     p.add_argument("--style-cache", type=int, default=DEFAULT_STYLE_CACHE, help="prepared styles kept")
@@ -46,6 +48,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         style_cache=args.style_cache,
         threads=args.threads,
         metrics_port=args.metrics_port,
+        js_domain=args.js_domain,
         federated=None
         if args.federated_dir is None
         else FederatedConfig(

@@ -105,6 +105,7 @@ class FederatedLearner:
         fetch_style: Callable[[str], Awaitable[bytes]],
         worker_id: str,
         region: str,
+        js_domain: str | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -117,6 +118,7 @@ class FederatedLearner:
         self._fetch_style = fetch_style
         self._worker_id = worker_id
         self._region = region
+        self._js_domain = js_domain
         self._rng = random.Random(config.seed)
         self._nc: NATS | None = None
         self._store: ModelStore | None = None
@@ -132,7 +134,7 @@ class FederatedLearner:
         self._nc = nc
         self._base_weights = self.model.learned_state()
         try:
-            self._store = await asyncio.wait_for(ModelStore.open(nc.jetstream()), STORE_TIMEOUT_S)
+            self._store = await asyncio.wait_for(ModelStore.open(nc.jetstream(domain=self._js_domain)), STORE_TIMEOUT_S)
             latest = await asyncio.wait_for(self._store.latest(), STORE_TIMEOUT_S)
         except (NatsError, asyncio.TimeoutError) as exc:
             self._store = None
@@ -197,7 +199,7 @@ class FederatedLearner:
         delta = {name: (state[name] - self._base_weights[name]).astype(DELTA_DTYPE) for name in state}
         recent = self.losses[-self.samples_since_base :] or [float("nan")]
         await submit_delta(
-            self._nc.jetstream(),
+            self._nc.jetstream(domain=self._js_domain),
             self._store,
             worker_id=self._worker_id,
             region=self._region,

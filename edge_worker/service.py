@@ -90,6 +90,8 @@ class WorkerConfig:
     """torch intra-op threads; 0 keeps torch's default."""
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     metrics_port: int = 0
+    js_domain: str | None = None
+    """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
     federated: FederatedConfig | None = None
     """Retrain on served key frames when idle and sync with the cloud; None: serve only."""
 
@@ -129,7 +131,7 @@ class StylizerWorker:
         self._nc = await nats.connect(
             self.config.nats_url, name=f"worker-{self.config.worker_id}", closed_cb=self._on_closed
         )
-        self._style_store = await StyleStore.open(self._nc.jetstream())
+        self._style_store = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         if self.config.federated is not None:
             await self._start_learner(self.config.federated)
         self._consumer = asyncio.create_task(self._serve(), name="stylize-consumer")
@@ -151,7 +153,13 @@ class StylizerWorker:
         if not isinstance(self.stylizer, Trainable):
             raise ValueError(f"stylizer {self.stylizer.name!r} has nothing to retrain: federated learning needs a DNN")
         self.learner = FederatedLearner(
-            config, self.stylizer, self._executor, self._style_store.get, self.config.worker_id, self.config.region
+            config,
+            self.stylizer,
+            self._executor,
+            self._style_store.get,
+            self.config.worker_id,
+            self.config.region,
+            js_domain=self.config.js_domain,
         )
         await self.learner.start(self._nc)
         self._learning = asyncio.create_task(self.learner.run(), name="federated-learning")

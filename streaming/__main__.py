@@ -54,6 +54,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         max_waiting=args.max_waiting,
         max_sessions=args.max_sessions,
         ice_hosts=tuple(args.ice_host),
+        js_domain=args.js_domain,
     )
 
 

@@ -15,4 +15,9 @@ def add_service_arguments(p: argparse.ArgumentParser, region: bool = True) -> No
     )
     if region:
         p.add_argument("--region", default=os.environ.get("MVS_REGION", DEFAULT_REGION), help="region (env MVS_REGION)")
+    p.add_argument(
+        "--js-domain",
+        default=os.environ.get("MVS_JS_DOMAIN") or None,
+        help="JetStream domain of the stores (set when connected to a leaf node; env MVS_JS_DOMAIN)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")

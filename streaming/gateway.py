@@ -62,6 +62,8 @@ class GatewayConfig:
     """Key frames of one phone waiting for a dispatcher (the newest win)."""
     max_sessions: int = DEFAULT_MAX_SESSIONS
     jpeg_quality: int = 90
+    js_domain: str | None = None
+    """JetStream domain of the style store (when this site's NATS is a leaf node of the hub)."""
     ice_hosts: tuple[str, ...] = field(default_factory=tuple)
     """Gather ICE host candidates only on these addresses (e.g. 127.0.0.1); empty: all interfaces."""
 
@@ -151,7 +153,7 @@ class Gateway:
         if self.config.ice_hosts:
             restrict_host_candidates(self.config.ice_hosts)
         self._nc = await nats.connect(self.config.nats_url, name=f"gateway-{self.config.region}")
-        self._styles = await StyleStore.open(self._nc.jetstream())
+        self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port).start()
