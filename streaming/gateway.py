@@ -2,7 +2,8 @@
 
 ``POST /offer`` takes JSON ``{"sdp", "type": "offer", "style": <base64 image>, "out_width"?,
 "out_height"?}`` and answers ``{"sdp", "type": "answer", "stream_id", "style_id"}``; anything else
-is a 400 with a message. ``GET /metrics`` is Prometheus, ``GET /healthz`` says how many sessions run.
+is a 400 with a message. ``GET /metrics`` is Prometheus; ``GET /healthz`` is 200 only when the site
+can stylize (NATS up, a worker of the region answers).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from streaming.images import ImageDecodeError, decode_image
 from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION, MAX_FRAME_SIDE, MAX_STYLE_BYTES, stylize_subject
 from streaming.session import PhoneSession, SessionSettings
 from streaming.style_store import StyleStore
+from streaming.stylize_client import discover_workers
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ DEFAULT_MAX_SESSIONS = 32
 CODEC_THREADS = 2
 BASE64_OVERHEAD = 4 / 3
 SIGNALING_SLACK_BYTES = 256 * 1024
+
+HEALTH_DISCOVERY_S = 0.2
+"""How long /healthz waits for workers to answer discovery."""
 
 SESSIONS = Gauge("mvs_gateway_sessions", "Phones connected", ["region"])
 
@@ -212,7 +217,19 @@ class Gateway:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "region": self.config.region, "sessions": len(self.sessions)})
+        """200 when this site can stylize (NATS connected, at least one worker answers), else 503."""
+        nc = self._nc
+        connected = nc is not None and nc.is_connected
+        workers = await discover_workers(nc, self.config.region, HEALTH_DISCOVERY_S) if nc and connected else []
+        ok = connected and bool(workers)
+        body = {
+            "ok": ok,
+            "region": self.config.region,
+            "sessions": len(self.sessions),
+            "nats_connected": connected,
+            "workers": sorted(w.worker_id for w in workers),
+        }
+        return web.json_response(body, status=200 if ok else 503)
 
 
 async def run(config: GatewayConfig) -> None:

@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
+from deploy.nats import NatsServer
+from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo
 from streaming.gateway import Gateway
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
@@ -70,7 +72,7 @@ async def test_garbage_offers_are_400(
             assert response.status == 400
             assert message in (await response.json())["error"]
         async with http.get(f"{gateway.url}/healthz") as response:  # still serving, no session leaked
-            assert response.status == 200 and (await response.json())["sessions"] == 0
+            assert (await response.json())["sessions"] == 0
 
 
 async def test_metrics_endpoint(gateway: Gateway) -> None:
@@ -107,3 +109,18 @@ async def test_garbage_on_the_data_channel_is_counted_and_the_session_lives(gate
         assert session.counts["bad_messages"] == len(junk) and not session.closed.is_set()
     finally:
         await pc.close()
+
+
+async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_server: NatsServer, region: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/healthz") as response:
+            body = await response.json()
+        assert response.status == 503 and body["nats_connected"] and body["workers"] == []
+        worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, worker_id="h1", threads=1))
+        await worker.start()
+        try:
+            async with http.get(f"{gateway.url}/healthz") as response:
+                body = await response.json()
+        finally:
+            await worker.stop()
+        assert response.status == 200 and body["ok"] and body["workers"] == ["h1"]
