@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.live
+	$(PY) -m bench.interpolation
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

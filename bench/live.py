@@ -76,6 +76,31 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Stacked bars: the key-frame round trip (p50) split into its parts, per key interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = data["runs"]
+    labels = [f"K={row['key_interval']}" for row in runs]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = [0.0] * len(runs)
+    for part in LATENCY_PARTS[:-1]:
+        values = [row["latency_ms"][part]["p50"] for row in runs]
+        ax.bar(labels, values, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    for i, row in enumerate(runs):
+        ax.annotate(f"p95 {row['latency_ms']['round_trip']['p95']:.0f}", (i, bottom[i]), ha="center", va="bottom")
+    ax.set_ylabel("key-frame round trip, p50 (ms)")
+    ax.set_title(f"Live demo {data['size'][0]}x{data['size'][1]} ({data['model']})")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     p = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__)
@@ -95,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     data["runs"] = run_main(measure(size, args.frames, args.intervals, "local"))
     json_path, md_path = write_results("live", data, markdown(data), *([args.out] if args.out else []))
+    png_path = json_path.with_suffix(".png")
+    plot(data, png_path)
     print(markdown(data))
-    print(f"wrote {json_path} and {md_path}")
+    print(f"wrote {json_path}, {md_path} and {png_path}")
 
 
 if __name__ == "__main__":

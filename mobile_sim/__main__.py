@@ -19,6 +19,10 @@ from mobile_sim.client import (
     PhoneConfig,
     run_phone,
 )
+from mobile_sim.flow import DEFAULT_METHOD, FLOW_METHODS
+from mobile_sim.keyframes import DEFAULT_KEY_POLICY, DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, KEY_POLICIES
+from mobile_sim.reconstruct import RECONSTRUCTION_MODES
+from streaming.link_shim import LinkProfile
 from streaming.protocol import DEFAULT_REGION
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging
@@ -47,7 +51,33 @@ def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) ->
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames to stream")
     p.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="capture size WxH (even)")
     p.add_argument("--fps", type=float, default=DEFAULT_FPS, help="capture rate")
-    p.add_argument("--key-interval", type=int, default=DEFAULT_KEY_INTERVAL, help="a key frame every K frames")
+    p.add_argument(
+        "--key-policy",
+        choices=KEY_POLICIES,
+        default=DEFAULT_KEY_POLICY,
+        help="fixed: every --key-interval frames; codec: an encoder's IDR rule (cut vs previous frame); "
+        "scene-cut: content change vs the last key; adaptive: when the warp would fail (occlusion, motion)",
+    )
+    p.add_argument("--key-interval", type=int, default=DEFAULT_KEY_INTERVAL, help="fixed policy: a key every K frames")
+    p.add_argument(
+        "--min-key-interval", type=int, default=DEFAULT_MIN_INTERVAL, help="other policies: fewest frames between keys"
+    )
+    p.add_argument(
+        "--max-key-interval", type=int, default=DEFAULT_MAX_INTERVAL, help="other policies: most frames between keys"
+    )
+    p.add_argument("--flow", choices=FLOW_METHODS, default=DEFAULT_METHOD, help="optical flow method on the phone")
+    p.add_argument(
+        "--mode",
+        choices=RECONSTRUCTION_MODES,
+        default="live",
+        help="live: warp each frame from the previous key; buffered: wait for the next key and blend both",
+    )
+    p.add_argument(
+        "--no-occlusion-fill",
+        dest="fill_occlusions",
+        action="store_false",
+        help="plain warping: do not fill pixels failing the forward-backward check",
+    )
     p.add_argument("--region", default=DEFAULT_REGION, help="region of the edge site")
     p.add_argument("--out", type=Path, default=out_default, help="output directory (videos + report.json)")
     p.add_argument(
@@ -56,6 +86,10 @@ def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) ->
         default=DEFAULT_RESULT_TIMEOUT_MS,
         help="a key frame with no result after this counts as failed",
     )
+    link = p.add_argument_group("emulated network link to the edge (regions on one machine)")
+    link.add_argument("--link-delay-ms", type=float, default=0.0, help="one-way delay")
+    link.add_argument("--link-kbps", type=float, default=0.0, help="bandwidth each way (0: unlimited)")
+    link.add_argument("--link-loss", type=float, default=0.0, help="share of datagrams dropped")
     p.add_argument("--log-level", default="warning")
 
 
@@ -68,9 +102,18 @@ def phone_config_from_args(args: argparse.Namespace, **overrides: object) -> Pho
         size=args.size,
         fps=args.fps,
         key_interval=args.key_interval,
+        key_policy=args.key_policy,
+        min_key_interval=args.min_key_interval,
+        max_key_interval=args.max_key_interval,
+        flow=args.flow,
+        mode=args.mode,
+        fill_occlusions=args.fill_occlusions,
         region=args.region,
         out_dir=args.out,
         result_timeout_ms=args.result_timeout_ms,
+        link=LinkProfile(delay_ms=args.link_delay_ms, kbps=args.link_kbps, loss=args.link_loss)
+        if (args.link_delay_ms or args.link_kbps or args.link_loss)
+        else None,
     )
     values.update(overrides)
     return PhoneConfig(**values)  # type: ignore[arg-type]

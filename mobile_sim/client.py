@@ -26,15 +26,24 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from mobile_sim.flow import FlowEstimator
-from mobile_sim.keyframes import FixedIntervalPolicy, KeyFramePolicy
-from mobile_sim.reconstruct import OutputFrame, Reconstructor
+from mobile_sim.flow import DEFAULT_METHOD, FlowEstimator, MotionProbe
+from mobile_sim.keyframes import (
+    DEFAULT_KEY_POLICY,
+    DEFAULT_MAX_INTERVAL,
+    DEFAULT_MIN_INTERVAL,
+    KeyDecision,
+    KeyFramePolicy,
+    make_policy,
+)
+from mobile_sim.network import EmulatedLink, GatewayClock
+from mobile_sim.reconstruct import OutputFrame, ReconstructionMode, Reconstructor
 from mobile_sim.recorder import VideoRecorder
 from mobile_sim.report import FrameRecord, KeyRecord, build_report, write_report
 from mobile_sim.sources import FrameSource, default_style_photo, open_source
 from mobile_sim.warp import Warper
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, decode_image, encode_jpeg
+from streaming.link_shim import LinkProfile
 from streaming.protocol import (
     DATA_CHANNEL_LABEL,
     DEFAULT_REGION,
@@ -42,6 +51,8 @@ from streaming.protocol import (
     VIDEO_CLOCK_RATE,
     Chunk,
     ChunkAssembler,
+    ClockPing,
+    ClockPong,
     ErrorCode,
     FrameMeta,
     KeyResult,
@@ -69,6 +80,9 @@ PTS_DITHER_FRACTION = 0.5
 CONNECT_TIMEOUT_S = 15.0
 FINISH_GRACE_S = 2.0
 WATCHDOG_PERIOD_S = 0.1
+CLOCK_PROBES_AT_START = 5
+CLOCK_PROBE_PERIOD_S = 1.0
+"""Clock probes to the gateway: a burst at connect, then one a second (the least-delay one counts)."""
 STYLE_JPEG_QUALITY = 95
 
 
@@ -84,8 +98,22 @@ class PhoneConfig:
     size: tuple[int, int] = DEFAULT_SIZE
     fps: float = DEFAULT_FPS
     key_interval: int = DEFAULT_KEY_INTERVAL
+    """The fixed policy's interval."""
+    key_policy: str = DEFAULT_KEY_POLICY
+    """One of mobile_sim.keyframes.KEY_POLICIES."""
+    min_key_interval: int = DEFAULT_MIN_INTERVAL
+    max_key_interval: int = DEFAULT_MAX_INTERVAL
+    """Bounds of the policies other than fixed."""
+    flow: str = DEFAULT_METHOD
+    """One of mobile_sim.flow.FLOW_METHODS."""
+    mode: ReconstructionMode = "live"
+    """live: warp from the previous key; buffered: wait for the next key too and blend."""
+    fill_occlusions: bool = True
+    """Fill pixels failing the forward-backward check from the key's colour map (one more flow per frame)."""
     out_dir: Path | None = None
     """Where videos and report.json go; None: nothing written (the run's report is still returned)."""
+    link: LinkProfile | None = None
+    """Emulated network link to the edge (delay, bandwidth, loss), e.g. for a far region; None: direct."""
     region: str = DEFAULT_REGION
     """The region this phone's gateway serves (a label in the report)."""
     ice_hosts: tuple[str, ...] = ()
@@ -149,7 +177,11 @@ class Phone:
         if config.fps <= 0:
             raise ValueError(f"fps must be > 0, got {config.fps}")
         self.config = config
-        self.policy = policy if policy is not None else FixedIntervalPolicy(config.key_interval)
+        self.policy = (
+            policy
+            if policy is not None
+            else make_policy(config.key_policy, config.key_interval, config.min_key_interval, config.max_key_interval)
+        )
         self.send_queue: LatestQueue[_Outgoing] = LatestQueue(SEND_QUEUE_FRAMES, precious=lambda item: item.key)
         self.frames: dict[int, FrameRecord] = {}
         self.keys: dict[int, KeyRecord] = {}
@@ -159,10 +191,22 @@ class Phone:
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-cpu")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-io")
         self._recording = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-recorder")
-        # Frames wait at most for their key's outcome: a bounded window (each costs ~9 B/pixel).
-        max_waiting = int(config.result_timeout_ms / 1000.0 * config.fps) + config.key_interval + WAITING_FRAMES_SLACK
-        self._reconstructor = Reconstructor(FlowEstimator(), Warper(), max_frames=max_waiting)
+        # Frames wait at most for their key's outcome (buffered: and the next key's): a bounded window
+        # (each costs ~9 B/pixel).
+        interval = config.key_interval if config.key_policy == DEFAULT_KEY_POLICY else config.max_key_interval
+        intervals = 2 if config.mode == "buffered" else 1
+        max_waiting = int(config.result_timeout_ms / 1000.0 * config.fps) + intervals * interval + WAITING_FRAMES_SLACK
+        self._reconstructor = Reconstructor(
+            FlowEstimator(config.flow),
+            Warper(),
+            max_frames=max_waiting,
+            mode=config.mode,
+            occlusion_check=config.fill_occlusions or self.policy.needs_occlusion,
+            fill_occlusions=config.fill_occlusions,
+        )
         self._assembler = ChunkAssembler()
+        self._link = EmulatedLink(config.link) if config.link is not None else None
+        self.gateway_clock = GatewayClock()
         self._channel: Any = None
         self._originals: dict[int, np.ndarray] = {}
         self._outstanding: dict[int, float] = {}  # key frame id -> monotonic deadline
@@ -222,6 +266,8 @@ class Phone:
             self._recording.shutdown(wait=True)  # every submitted frame is written before the files close
             if self._recorder is not None:
                 self._recorder.close()
+            if self._link is not None:
+                self._link.close()
         return self._finish(source)
 
     def _style_bytes(self) -> bytes:
@@ -242,8 +288,9 @@ class Phone:
         self._channel = channel
         pc.addTrack(CameraTrack(self))
         await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
         offer = {
-            "sdp": pc.localDescription.sdp,
+            "sdp": await self._link.offer(sdp) if self._link is not None else sdp,
             "type": pc.localDescription.type,
             "style": base64.b64encode(style).decode("ascii"),
         }
@@ -252,8 +299,11 @@ class Phone:
                 body = await response.json()
                 if response.status != 200:
                     raise ConnectionError(f"gateway refused the offer ({response.status}): {body.get('error')}")
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+        answer = self._link.answer(body["sdp"]) if self._link is not None else body["sdp"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type=body["type"]))
         await asyncio.wait_for(opened.wait(), CONNECT_TIMEOUT_S)
+        for _ in range(CLOCK_PROBES_AT_START):
+            self._probe_clock()
         log.info("phone connected", extra={"stream_id": body.get("stream_id"), "gateway": self.config.gateway_url})
 
     async def _capture(self, source: FrameSource) -> None:
@@ -265,7 +315,10 @@ class Phone:
             if image is None:
                 break
             capture_ns = time.monotonic_ns()
-            decision = self.policy.decide(frame_id, image)
+            if self.policy.looks_at_frames:  # pixels or flow: off the loop, sharing the flow with the warp
+                probe, decision = await loop.run_in_executor(self._compute, self._decide, frame_id, image)
+            else:  # counting frames: decided at once, capture never waits for the phone's compute backlog
+                probe, decision = None, self.policy.decide(frame_id, image)
             key_id = frame_id if decision.is_key else self._last_key
             if decision.is_key:
                 self._last_key = frame_id
@@ -273,22 +326,38 @@ class Phone:
             self.frames[frame_id] = FrameRecord(frame_id, capture_ns, decision.is_key, decision.reason, key_id)
             self._originals[frame_id] = image
             self._captured += 1
-            self._submit(self._reconstructor.add_frame, frame_id, image, key_id)
+            self._submit(self._reconstructor.add_frame, frame_id, image, key_id, probe)
             dropped = self.send_queue.put(_Outgoing(frame_id, image, decision.is_key, capture_ns))
             if dropped is not None:
                 self.frames[dropped.frame_id].fate = "dropped_before_send"
                 if dropped.key:
-                    self.policy.request_key("key frame dropped before send")
+                    self._policy_call(self.policy.request_key, "key frame dropped before send")
                     self._fail_key(dropped.frame_id, ErrorCode.DROPPED, "encoder busy: dropped before send")
+        self._submit(self._reconstructor.finish)
         self._capture_done = True
         self._check_done()
+
+    def _policy_call(self, fn: Any, *args: Any) -> None:
+        """Call the policy on the thread its decide() runs on, so its state is never shared between threads."""
+        if self.policy.looks_at_frames:
+            self._compute.submit(fn, *args)
+        else:
+            fn(*args)
+
+    def _decide(self, frame_id: int, image: np.ndarray) -> tuple[MotionProbe | None, KeyDecision]:
+        """Key-frame decision on the phone CPU thread, with the motion the reconstructor reuses."""
+        probe = self._reconstructor.probe(image)
+        return probe, self.policy.decide(frame_id, image, probe)
 
     # --- results --------------------------------------------------------------------------
     def _on_message(self, data: bytes | str) -> None:
         try:
             if isinstance(data, str):
                 raise ProtocolError(ErrorCode.MALFORMED, "text message on a binary channel")
-            message = decode_any(data, (KeyResult, Chunk))
+            message = decode_any(data, (KeyResult, Chunk, ClockPong))
+            if isinstance(message, ClockPong):
+                self.gateway_clock.on_pong(message, time.monotonic_ns())
+                return
             if isinstance(message, KeyResult):
                 if not message.ok:
                     self._fail_key(message.frame_id, message.error_code, message.error, message.attempts)
@@ -304,6 +373,7 @@ class Phone:
         if complete is not None:
             header, payload = complete
             header.stamps["phone_received"] = time.monotonic_ns()
+            self.gateway_clock.to_phone_clock(header.stamps)  # gateway and worker hops onto the phone's clock
             if header.frame_id in self._settled or header.frame_id not in self.keys:
                 self._count("late_or_unknown_results")
                 return
@@ -338,10 +408,19 @@ class Phone:
         log.info("key frame failed", extra={"frame_id": frame_id, "code": code, "error": text})
         self._submit(self._reconstructor.key_failed, frame_id, code)
 
+    def _probe_clock(self) -> None:
+        """Ask the gateway for its clock (the answer updates :attr:`gateway_clock`)."""
+        if self._channel is not None and self._channel.readyState == "open":
+            self._channel.send(encode(ClockPing(phone_ns=time.monotonic_ns())))
+
     async def _watchdog(self) -> None:
+        last_probe = time.monotonic()
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD_S)
             now = time.monotonic()
+            if now - last_probe >= CLOCK_PROBE_PERIOD_S:
+                self._probe_clock()
+                last_probe = now
             for frame_id, deadline in list(self._outstanding.items()):
                 if now > deadline:
                     self._fail_key(frame_id, ErrorCode.TIMEOUT, "no result before the phone's timeout")
@@ -398,6 +477,10 @@ class Phone:
             duration_s=duration,
             counters=counters,
         )
+        report["network"] = {
+            "link": self._link.stats() if self._link is not None else None,
+            "gateway_clock": self.gateway_clock.stats(),
+        }
         if cfg.out_dir is not None:
             write_report(report, cfg.out_dir / "report.json")
         self._result.report = report

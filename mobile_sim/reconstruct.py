@@ -1,4 +1,9 @@
-"""Rebuilds the stylized video on the phone, in frame order, from stylized key frames (live mode)."""
+"""Rebuilds the stylized video on the phone, in frame order, from stylized key frames.
+
+Live mode warps each frame from the newest key before it as soon as that key is stylized;
+buffered mode waits for the next key too and blends both warps by their forward-backward
+confidence. Pixels no usable warp covers are filled with the key's colour map (ColorMap).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,23 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+import cv2
 import numpy as np
 
-from mobile_sim.flow import FlowEstimator
+from mobile_sim.colormap import ColorMap
+from mobile_sim.flow import FlowEstimator, Motion, MotionProbe
 from mobile_sim.warp import Warper, WarpMaps, image_size, resize_to
 
+ReconstructionMode = Literal["live", "buffered"]
+RECONSTRUCTION_MODES: tuple[ReconstructionMode, ...] = ("live", "buffered")
 OutputKind = Literal["key", "warped", "fallback", "failed"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("key", "warped", "fallback", "failed")
 STAT_EVICTED = "evicted"
 STAT_STALE = "stale_results"
 DEFAULT_MAX_FRAMES = 256
 BGR_CHANNELS = 3
+BLEND_NEAREST = 0.5
+"""Buffered mode fills pixels occluded in both warps from the previous key up to this share of the gap."""
 
 _log = logging.getLogger(__name__)
 
@@ -42,18 +53,30 @@ class _Key:
     original: np.ndarray
     stylized: np.ndarray | None = None
     failed: bool = False
+    color_map: ColorMap | None = None  # fitted when the stylized key arrives, if occlusions are filled
 
     @property
     def resolved(self) -> bool:
         return self.failed or self.stylized is not None
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
+class _Warp:
+    """How one frame is rebuilt from one key: remap maps and the pixels the warp cannot be trusted at."""
+
+    key_id: int
+    maps: WarpMaps
+    occluded: np.ndarray | None
+
+
+@dataclass(eq=False)
 class _Waiting:
     frame_id: int
     key_id: int
     frame: np.ndarray
-    maps: WarpMaps | None  # None for key frames and for frames of a key already known to have failed
+    warp: _Warp | None  # None for key frames and for frames of a key already known to have failed
+    next_warp: _Warp | None = None  # buffered mode: the warp from the next key
+    next_key_id: int | None = None  # buffered mode: the next key, once it is added
 
 
 def _check_bgr(name: str, image: np.ndarray) -> None:
@@ -62,19 +85,41 @@ def _check_bgr(name: str, image: np.ndarray) -> None:
 
 
 class Reconstructor:
-    """Algorithm 1 in live mode: each frame is warped from the newest key frame before it.
+    """Algorithm 1: each intermediate frame is warped from its key frame(s).
 
-    Flow to the key's original is computed when a frame is added, so a stylized key's arrival only
-    costs remaps. Frames come out of `pop_ready` strictly in frame order. Arrays passed in are
-    kept, not copied. Not thread-safe: call it from one thread.
+    mode "live": from the newest key before it, emitted once that key is resolved. mode
+    "buffered": also from the next key (flow computed when that key is added), the two warps
+    blended per pixel by time distance and forward-backward consistency; emitted once both keys are
+    resolved (frames after the last key wait for `finish`). `occlusion_check` computes the
+    forward-backward mask (one more flow per frame); `fill_occlusions` replaces pixels that fail it
+    in every usable warp by the key's colour map applied to the original frame.
+    Flow to a key's original is computed when a frame (or, buffered, the next key) is added, so a
+    stylized key's arrival only costs remaps. Frames come out of `pop_ready` strictly in frame
+    order. Arrays passed in are kept, not copied. Not thread-safe: call it from one thread.
     """
 
-    def __init__(self, flow: FlowEstimator, warper: Warper, max_frames: int = DEFAULT_MAX_FRAMES) -> None:
+    def __init__(
+        self,
+        flow: FlowEstimator,
+        warper: Warper,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        mode: ReconstructionMode = "live",
+        occlusion_check: bool = False,
+        fill_occlusions: bool = False,
+    ) -> None:
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        if mode not in RECONSTRUCTION_MODES:
+            raise ValueError(f"mode must be one of {RECONSTRUCTION_MODES}, got {mode!r}")
+        if fill_occlusions and not occlusion_check:
+            raise ValueError("fill_occlusions needs occlusion_check")
         self._flow = flow
         self._warper = warper
         self._max_frames = max_frames
+        self.mode = mode
+        self._occlusion_check = occlusion_check
+        self._fill = fill_occlusions
+        self._finished = False
         self._waiting: deque[_Waiting] = deque()
         self._keys: dict[int, _Key] = {}
         self._newest_key_id: int | None = None
@@ -90,11 +135,24 @@ class Reconstructor:
         """Frames emitted per kind ("failed" includes evictions), evictions, and ignored key results."""
         return dict(self._stats)
 
-    def add_frame(self, frame_id: int, frame: np.ndarray, key_id: int) -> None:
+    def probe(self, frame: np.ndarray) -> MotionProbe | None:
+        """Lazy motion of `frame` to the newest key (None before the first key): pass it on to add_frame.
+
+        A key-frame policy may look at it first; either way the flow is computed at most once.
+        """
+        if self._newest_key_id is None:
+            return None
+        key = self._keys[self._newest_key_id]
+        return MotionProbe(lambda: self._flow.motion(frame, key.original, self._occlusion_check))
+
+    def add_frame(self, frame_id: int, frame: np.ndarray, key_id: int, probe: MotionProbe | None = None) -> None:
         """Add the next original frame; key_id == frame_id for a key frame, else the newest key.
 
-        Beyond `max_frames` waiting frames, the oldest are emitted as "failed".
+        `probe`: from `probe(frame)` just before, to reuse motion already computed. Beyond
+        `max_frames` waiting frames, the oldest are emitted as "failed".
         """
+        if self._finished:
+            raise ValueError("finish() was called: no more frames")
         _check_bgr("frame", frame)
         if self._frame_shape is not None and frame.shape != self._frame_shape:
             raise ValueError(f"frame shape {frame.shape} differs from earlier frames {self._frame_shape}")
@@ -108,13 +166,16 @@ class Reconstructor:
             )
         self._frame_shape = frame.shape
         self._last_frame_id = frame_id
-        maps = None
+        warp = None
         if key_id == frame_id:
             self._keys[key_id] = _Key(original=frame)
             self._newest_key_id = key_id
+            if self.mode == "buffered":
+                self._link_next_key(key_id)
         elif not self._keys[key_id].failed:
-            maps = self._maps_to_key(frame, self._keys[key_id])
-        self._waiting.append(_Waiting(frame_id, key_id, frame, maps))
+            motion = probe() if probe is not None else None
+            warp = self._warp_to(frame, key_id, motion)
+        self._waiting.append(_Waiting(frame_id, key_id, frame, warp))
         self._drain()
         while len(self._waiting) > self._max_frames:
             evicted = self._waiting.popleft()
@@ -130,6 +191,8 @@ class Reconstructor:
         if key is None:
             return
         key.stylized = stylized
+        if self._fill:
+            key.color_map = ColorMap.fit(key.original, stylized)
         self._expected_key_size = image_size(stylized)
         self._drain()
         self._release_keys()
@@ -141,6 +204,12 @@ class Reconstructor:
             return
         _log.info("key frame %d failed: %s", key_id, reason)
         key.failed = True
+        self._drain()
+        self._release_keys()
+
+    def finish(self) -> None:
+        """No more frames: buffered frames after the last key stop waiting for a next key."""
+        self._finished = True
         self._drain()
         self._release_keys()
 
@@ -163,16 +232,36 @@ class Reconstructor:
         assert self._frame_shape is not None, "no frame added yet"
         return self._frame_shape[1], self._frame_shape[0]
 
-    def _maps_to_key(self, frame: np.ndarray, key: _Key) -> WarpMaps:
+    def _warp_to(self, frame: np.ndarray, key_id: int, motion: Motion | None) -> _Warp:
+        """Maps (and occlusion mask) from `frame` to key `key_id`, from `motion` if already computed."""
+        key = self._keys[key_id]
+        if motion is None:
+            motion = self._flow.motion(frame, key.original, self._occlusion_check)
         if key.stylized is not None:
             key_size = image_size(key.stylized)
         else:
             key_size = self._expected_key_size or self._frame_size()
-        return self._warper.maps_from_flow(self._flow.estimate(frame, key.original), key_size)
+        return _Warp(key_id, self._warper.maps_from_flow(motion.flow, key_size), motion.occluded)
+
+    def _link_next_key(self, key_id: int) -> None:
+        """Buffered mode: frames waiting on the previous key also get a warp from the new key."""
+        for waiting in self._waiting:
+            if waiting.warp is not None and waiting.next_key_id is None:
+                waiting.next_key_id = key_id
+                waiting.next_warp = self._warp_to(waiting.frame, key_id, None)
+
+    def _ready_to_render(self, waiting: _Waiting) -> bool:
+        if not self._keys[waiting.key_id].resolved:
+            return False
+        if self.mode == "live" or waiting.frame_id == waiting.key_id:
+            return True
+        if waiting.next_key_id is None:
+            return self._finished
+        return self._keys[waiting.next_key_id].resolved
 
     def _drain(self) -> None:
-        """Emit waiting frames from the front while their key is resolved."""
-        while self._waiting and self._keys[self._waiting[0].key_id].resolved:
+        """Emit waiting frames from the front while the keys they need are resolved."""
+        while self._waiting and self._ready_to_render(self._waiting[0]):
             waiting = self._waiting.popleft()
             self._render(waiting, self._keys[waiting.key_id])
 
@@ -185,19 +274,48 @@ class Reconstructor:
                 if image is key.stylized:  # the key is kept as fallback: hand out a copy
                     image = image.copy()
                 self._emit(waiting.frame_id, image, "key", waiting.key_id)
-            else:
-                assert waiting.maps is not None, "frames of a good key always have maps"
-                stylized = resize_to(key.stylized, waiting.maps.key_size)
-                self._emit(waiting.frame_id, self._warper.warp(stylized, waiting.maps), "warped", waiting.key_id)
+                return
+            assert waiting.warp is not None, "frames of a good key always have a warp"
+            warps = [(waiting.warp, key)]
+            next_key = self._keys[waiting.next_key_id] if waiting.next_key_id is not None else None
+            if waiting.next_warp is not None and next_key is not None and next_key.stylized is not None:
+                warps.append((waiting.next_warp, next_key))
+            self._emit(waiting.frame_id, self._compose(waiting, warps), "warped", waiting.key_id)
         elif self._fallback is not None:
             fallback_id, fallback = self._fallback
             assert fallback.stylized is not None, "the fallback key was stylized"
-            maps = self._warper.maps_from_flow(
-                self._flow.estimate(waiting.frame, fallback.original), image_size(fallback.stylized)
+            motion = self._flow.motion(waiting.frame, fallback.original, self._occlusion_check)
+            warp = _Warp(
+                fallback_id, self._warper.maps_from_flow(motion.flow, image_size(fallback.stylized)), motion.occluded
             )
-            self._emit(waiting.frame_id, self._warper.warp(fallback.stylized, maps), "fallback", fallback_id)
+            self._emit(waiting.frame_id, self._compose(waiting, [(warp, fallback)]), "fallback", fallback_id)
         else:
             self._emit(waiting.frame_id, waiting.frame, "failed", None)
+
+    def _compose(self, waiting: _Waiting, warps: list[tuple[_Warp, _Key]]) -> np.ndarray:
+        """Warp from one key, or blend two (previous, next) by time distance x consistency; then fill."""
+        images = []
+        for warp, key in warps:
+            assert key.stylized is not None, "only stylized keys are warped"
+            images.append(self._warper.warp(resize_to(key.stylized, warp.maps.key_size), warp.maps))
+        occluded = warps[0][0].occluded
+        nearest = warps[0][1]
+        if len(warps) == 2:
+            (previous, _), (following, _) = warps
+            t = (waiting.frame_id - previous.key_id) / (following.key_id - previous.key_id)
+            weights = [np.full(images[0].shape[:2], w, np.float32) for w in (1.0 - t, t)]
+            if previous.occluded is not None and following.occluded is not None:
+                for weight, warp_mask in zip(weights, (previous.occluded, following.occluded), strict=True):
+                    weight[warp_mask] = 0.0
+                occluded = previous.occluded & following.occluded
+                weights[0][occluded], weights[1][occluded] = 1.0 - t, t
+            images = [cv2.blendLinear(images[0], images[1], weights[0], weights[1])]
+            if t > BLEND_NEAREST:
+                nearest = warps[1][1]
+        image = images[0]
+        if self._fill and occluded is not None and nearest.color_map is not None and occluded.any():
+            image[occluded] = nearest.color_map.apply(waiting.frame[occluded][:, np.newaxis, :])[:, 0, :]
+        return image
 
     def _emit(self, frame_id: int, image: np.ndarray, kind: OutputKind, key_id: int | None) -> None:
         self._ready.append(OutputFrame(frame_id=frame_id, image=image, kind=kind, key_id=key_id))
@@ -206,6 +324,7 @@ class Reconstructor:
     def _release_keys(self) -> None:
         """Forget keys no waiting frame needs, except the newest (later frames use it)."""
         needed = {waiting.key_id for waiting in self._waiting}
+        needed.update(waiting.next_key_id for waiting in self._waiting if waiting.next_key_id is not None)
         if self._newest_key_id is not None:
             needed.add(self._newest_key_id)
         for key_id in [key_id for key_id in self._keys if key_id not in needed]:

@@ -90,6 +90,10 @@ def build_report(
     latencies = [lat for k in keys.values() if (lat := k.latency_ms()) is not None]
     outputs = [f for f in frames if f.output]
     kinds = {kind: sum(1 for f in outputs if f.output == kind) for kind in ("key", "warped", "fallback", "failed")}
+    reasons: dict[str, int] = {}
+    for f in frames:
+        if f.key:
+            reasons[f.key_reason] = reasons.get(f.key_reason, 0) + 1
     failures: dict[str, int] = {}
     for k in keys.values():
         if not k.ok:
@@ -106,6 +110,7 @@ def build_report(
         },
         "key_frames": {
             "marked": len(keys),
+            "by_reason": reasons,
             "ok": sum(1 for k in keys.values() if k.ok),
             "failed": sum(1 for k in keys.values() if not k.ok),
             "failures_by_code": failures,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 PIXEL_CENTER = 0.5  # pixel x covers [x - 0.5, x + 0.5]; cv2.resize uses the same convention
+BASE_GRID_CACHE = 4
+"""Coordinate grids kept (one per frame size / key size pair; 1080p costs 16 MB)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +41,19 @@ def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
+@functools.lru_cache(maxsize=BASE_GRID_CACHE)
+def _base_grid(frame_size: tuple[int, int], key_size: tuple[int, int]) -> np.ndarray:
+    """HxWx2 float32 key coordinates of each frame pixel centre (zero flow), for a key of `key_size`."""
+    (width, height), (key_width, key_height) = frame_size, key_size
+    base_x = ((np.arange(width) + PIXEL_CENTER) * key_width / width - PIXEL_CENTER).astype(np.float32)
+    base_y = ((np.arange(height) + PIXEL_CENTER) * key_height / height - PIXEL_CENTER).astype(np.float32)
+    grid = np.empty((height, width, 2), np.float32)
+    grid[..., 0] = base_x[np.newaxis, :]
+    grid[..., 1] = base_y[:, np.newaxis]
+    grid.setflags(write=False)
+    return grid
+
+
 class Warper:
     """Backward warp î(x) = k̂(x + f(x)) with bilinear sampling (Eq. 1, Algorithm 1)."""
 
@@ -53,12 +69,10 @@ class Warper:
         if key_width < 1 or key_height < 1:
             raise ValueError(f"key size must be positive, got {key_size}")
         height, width = flow.shape[:2]
-        scale_x, scale_y = key_width / width, key_height / height
-        base_x = ((np.arange(width) + PIXEL_CENTER) * scale_x - PIXEL_CENTER).astype(np.float32)
-        base_y = ((np.arange(height) + PIXEL_CENTER) * scale_y - PIXEL_CENTER).astype(np.float32)
-        map_x = flow[..., 0] * np.float32(scale_x) + base_x[np.newaxis, :]
-        map_y = flow[..., 1] * np.float32(scale_y) + base_y[:, np.newaxis]
-        map1, map2 = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
+        if (key_width, key_height) != (width, height):
+            flow = flow * np.array([key_width / width, key_height / height], np.float32)
+        coordinates = cv2.add(flow.astype(np.float32, copy=False), _base_grid((width, height), (key_width, key_height)))
+        map1, map2 = cv2.convertMaps(coordinates, None, cv2.CV_16SC2)  # type: ignore[call-overload]
         return WarpMaps(map1=map1, map2=map2, frame_size=(width, height), key_size=(key_width, key_height))
 
     def warp(self, stylized_key: np.ndarray, maps: WarpMaps) -> np.ndarray:

@@ -16,6 +16,7 @@ from mobile_sim.sources import default_style_photo
 from streaming.gateway import Gateway
 from streaming.ice import LOOPBACK
 from streaming.images import decode_image, encode_jpeg
+from streaming.link_shim import LinkProfile
 
 SIZE = (320, 180)
 FRAMES = 60
@@ -128,3 +129,38 @@ async def test_warped_frames_match_the_stylization_of_the_same_frame(
     assert len(warped) >= 20
     assert np.median(warped) >= 30.0, np.median(warped)
     assert np.median(unwarped) < 30.0 - 5.0, np.median(unwarped)
+
+
+async def test_adaptive_policy_in_buffered_mode_end_to_end(
+    worker: StylizerWorker, gateway: Gateway, region: str
+) -> None:
+    """The warp-confidence policy and buffered blending over the real pipeline: every frame out, in order."""
+    config = _config(gateway, region, frames=40, key_policy="adaptive", max_key_interval=8, mode="buffered")
+    result = await Phone(config).run()
+    report = result.report
+    assert report["frames"]["output"] == 40
+    reasons = report["key_frames"]["by_reason"]
+    assert sum(reasons.values()) == report["key_frames"]["marked"] >= 40 // 8
+    keys = [f["id"] for f in report["per_frame"] if f["key"]]
+    assert max(b - a for a, b in zip(keys, keys[1:], strict=False)) <= 8
+    warped = [out for out in result.outputs.values() if out.kind == "warped"]
+    assert len(warped) >= 20
+
+
+async def test_a_far_region_pays_its_link_delay_and_the_split_stays_consistent(
+    worker: StylizerWorker, gateway: Gateway, region: str
+) -> None:
+    """An emulated 40 ms one-way link: uplink and downlink each carry it, queue and inference do not."""
+    delay_ms = 40.0
+    result = await Phone(_config(gateway, region, frames=30, link=LinkProfile(delay_ms=delay_ms))).run()
+    report = result.report
+    assert report["frames"]["output"] == 30 and report["key_frames"]["ok"] >= 5
+    latency = report["latency_ms"][region]
+    assert latency["uplink"]["p50"] >= delay_ms and latency["downlink"]["p50"] >= delay_ms
+    assert latency["round_trip"]["p50"] >= 2 * delay_ms
+    assert latency["queue"]["p50"] < delay_ms  # the edge-side parts do not see the phone's link
+    link = report["network"]["link"]
+    assert link["delay_ms"] == delay_ms and link["forwarded"]["near"] > 0 and link["forwarded"]["far"] > 0
+    clock = report["network"]["gateway_clock"]
+    # One host, one monotonic clock: the estimate is ~0, within its own error bound (half the best probe's RTT).
+    assert clock["offset_ms"] is not None and abs(clock["offset_ms"]) <= clock["error_bound_ms"] + 1.0

@@ -1,0 +1,101 @@
+"""Frame-quality and temporal-consistency metrics for the interpolation benchmark (numpy + OpenCV only)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from mobile_sim.flow import FlowEstimator
+
+# Wang, Simoncelli & Bovik 2003: 5 scales with these exponents; SSIM constants of Wang et al. 2004.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+SSIM_SIGMA = 1.5
+SSIM_WINDOW = 11
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+DYNAMIC_RANGE = 255.0
+PSNR_IDENTICAL_DB = float("inf")
+CONSISTENCY_FLOW = "dis-medium"
+"""Warping error uses a slower, full-resolution flow unlike the phone's, so it does not grade the phone's own flow."""
+
+
+def _blur(image: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(image, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+
+
+def _ssim_terms(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean luminance term and mean contrast-structure term of SSIM over the image."""
+    c1, c2 = (SSIM_K1 * DYNAMIC_RANGE) ** 2, (SSIM_K2 * DYNAMIC_RANGE) ** 2
+    mu_x, mu_y = _blur(x), _blur(y)
+    var_x = _blur(x * x) - mu_x * mu_x
+    var_y = _blur(y * y) - mu_y * mu_y
+    cov = _blur(x * y) - mu_x * mu_y
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
+    contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
+    return float(luminance.mean()), float(contrast_structure.mean())
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Multi-scale SSIM of two uint8 images, grey or BGR (compared on their luma, BT.601).
+
+    Z. Wang, E. P. Simoncelli, A. C. Bovik, "Multiscale structural similarity for image quality
+    assessment", Asilomar 2003: contrast-structure at 5 dyadic scales (2x2 mean downsampling),
+    luminance at the coarsest, combined with the exponents MS_SSIM_WEIGHTS; SSIM with an 11x11
+    Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03. Negative terms are clamped to 0. Both sides
+    must be >= 11 * 2**4 = 176 pixels, so the coarsest scale still holds one window.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    min_side = SSIM_WINDOW * 2 ** (len(MS_SSIM_WEIGHTS) - 1)
+    if min(a.shape[:2]) < min_side:
+        raise ValueError(f"MS-SSIM needs both sides >= {min_side}, got {a.shape[:2]}")
+    x: np.ndarray = (cv2.cvtColor(a, cv2.COLOR_BGR2GRAY) if a.ndim == 3 else a).astype(np.float32)
+    y: np.ndarray = (cv2.cvtColor(b, cv2.COLOR_BGR2GRAY) if b.ndim == 3 else b).astype(np.float32)
+    score = 1.0
+    for level, weight in enumerate(MS_SSIM_WEIGHTS):
+        luminance, contrast_structure = _ssim_terms(x, y)
+        if level == len(MS_SSIM_WEIGHTS) - 1:
+            score *= max(luminance * contrast_structure, 0.0) ** weight
+        else:
+            score *= max(contrast_structure, 0.0) ** weight
+            x = cv2.resize(x, (x.shape[1] // 2, x.shape[0] // 2), interpolation=cv2.INTER_AREA)
+            y = cv2.resize(y, (y.shape[1] // 2, y.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return score
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio (dB) of two uint8 images; inf when identical."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return PSNR_IDENTICAL_DB if mse == 0 else 10 * np.log10(DYNAMIC_RANGE**2 / mse)
+
+
+class WarpingError:
+    """Temporal warping error (Lai et al., "Learning Blind Video Temporal Consistency", ECCV 2018).
+
+    E = mean over t of  sum_x M_t(x) ||O_t(x) - O_{t-1}(x + f(x))||^2 / sum_x M_t(x), O in [0, 1],
+    f the flow from original frame t to t-1 and M_t the pixels passing the forward-backward check
+    (occlusions excluded). Lai et al. use FlowNet2; we use full-resolution DIS (medium), computed
+    once per pair of originals and shared by every output video graded.
+    """
+
+    def __init__(self, originals: list[np.ndarray]) -> None:
+        estimator = FlowEstimator(CONSISTENCY_FLOW, max_width=None)
+        self._pairs = []
+        for previous, current in zip(originals, originals[1:], strict=False):
+            motion = estimator.motion(current, previous, occlusion=True)
+            assert motion.occluded is not None
+            height, width = current.shape[:2]
+            map_x = motion.flow[..., 0] + np.arange(width, dtype=np.float32)[np.newaxis, :]
+            map_y = motion.flow[..., 1] + np.arange(height, dtype=np.float32)[:, np.newaxis]
+            inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+            self._pairs.append((map_x, map_y, (~motion.occluded & inside).astype(np.float32)))
+
+    def __call__(self, outputs: list[np.ndarray]) -> float:
+        """Warping error of an output video aligned with the originals."""
+        if len(outputs) != len(self._pairs) + 1:
+            raise ValueError(f"expected {len(self._pairs) + 1} frames, got {len(outputs)}")
+        errors = []
+        for (map_x, map_y, mask), previous, current in zip(self._pairs, outputs, outputs[1:], strict=False):
+            warped = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR).astype(np.float32) / DYNAMIC_RANGE
+            squared = np.sum((current.astype(np.float32) / DYNAMIC_RANGE - warped) ** 2, axis=2)
+            errors.append(float(np.sum(squared * mask) / max(float(mask.sum()), 1.0)))
+        return float(np.mean(errors))
