@@ -379,20 +379,31 @@ class Phone:
                 return
             self._settled.add(header.frame_id)
             self._outstanding.pop(header.frame_id, None)
-            self._submit(self._accept_key, header, payload)
+            task = asyncio.ensure_future(self._decode_and_accept(header, payload))
+            self._work.add(task)
+            task.add_done_callback(self._work.discard)
 
-    def _accept_key(self, header: KeyResult, payload: bytes) -> list[OutputFrame]:
-        """Decode a stylized key frame and warp what waits on it (phone CPU thread)."""
-        record = self.keys[header.frame_id]
+    async def _decode_and_accept(self, header: KeyResult, payload: bytes) -> None:
+        """Decode a stylized key frame on the I/O thread (not behind the flow backlog), then hand it over."""
         try:
-            stylized = decode_image(payload)
+            stylized: np.ndarray | None = await asyncio.get_running_loop().run_in_executor(
+                self._io, decode_image, payload
+            )
+            error = ""
         except ImageDecodeError as exc:
-            record.error_code, record.error = ErrorCode.INVALID, f"undecodable result: {exc}"
+            stylized, error = None, f"undecodable result: {exc}"
+        header.stamps["phone_decoded"] = time.monotonic_ns()
+        self._submit(self._accept_key, header, len(payload), stylized, error)
+
+    def _accept_key(self, header: KeyResult, size: int, stylized: np.ndarray | None, error: str) -> list[OutputFrame]:
+        """Warp what waits on a stylized key frame (phone CPU thread)."""
+        record = self.keys[header.frame_id]
+        if stylized is None:
+            record.error_code, record.error = ErrorCode.INVALID, error
             self._reconstructor.key_failed(header.frame_id, record.error)
             return self._reconstructor.pop_ready()
-        header.stamps["phone_decoded"] = time.monotonic_ns()
         record.ok, record.attempts, record.worker_id = True, header.attempts, header.worker_id
-        record.bytes, record.stamps = len(payload), header.stamps
+        record.bytes, record.stamps = size, header.stamps
         if self.config.keep_frames:
             self._result.stylized_keys[header.frame_id] = stylized
         self._reconstructor.add_stylized(header.frame_id, stylized)
