@@ -18,6 +18,8 @@ from aggregator.service import (
 from aggregator.store import DEFAULT_KEEP_VERSIONS
 from aggregator.strategies import STRATEGIES
 from aggregator.validation import DEFAULT_MAX_NORM, DEFAULT_MAX_STALENESS
+from edge_worker.federated import Trainable
+from edge_worker.model.registry import MODEL_SUFFIXES, load_stylizer
 from streaming.cli import add_service_arguments
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging, start_metrics_server
@@ -56,6 +58,16 @@ async def run(config: AggregatorConfig, initial: NamedArrays | None) -> None:
         await aggregator.stop()
 
 
+def initial_weights(path: Path) -> NamedArrays:
+    """Learned weights of a saved stylizer model (.pt/.pth), or a tensor blob as written by streaming.tensors."""
+    if path.suffix in MODEL_SUFFIXES:
+        stylizer = load_stylizer(str(path))
+        if not isinstance(stylizer, Trainable):
+            raise ValueError(f"{path} holds no trainable model")
+        return stylizer.learned_state()
+    return decode_tensors(path.read_bytes())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
@@ -72,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         crash_after=args.crash_after,
         js_domain=args.js_domain,
     )
-    initial = decode_tensors(args.init.read_bytes()) if args.init is not None else None
+    initial = initial_weights(args.init) if args.init is not None else None
     with contextlib.suppress(asyncio.CancelledError):
         run_main(run(config, initial))
 

@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_phone_arguments(p, out_default=Path("out/demo"))
     p.add_argument("--workers", type=int, default=1, help="stylizer worker processes")
-    p.add_argument("--model", default=DEFAULT_STYLIZER, help="stylizer name or model file")
+    p.add_argument(
+        "--model", default=DEFAULT_STYLIZER, help="color-transfer, dnn (the bundled paper model) or a model file (.pt)"
+    )
     return p
 
 

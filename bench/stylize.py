@@ -1,0 +1,187 @@
+"""Table 1 on this machine: seconds per key frame by output size, and stylization quality vs baselines.
+
+``python -m bench.stylize`` writes ``bench/results/stylize.{json,md}`` and ``stylize_grid.jpg``: time per frame at the
+paper's output sizes for the DNN and the WCT baseline (style prepared once, as the worker caches it),
+the quality metrics of :mod:`edge_worker.quality` over every held-out content/style pair for the DNN
+and the baselines, and a grid (content | style | ours | baselines) to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from bench.common import RESULTS_DIR, machine, write_results
+from edge_worker.baselines import ReinhardTransfer, WCTBaseline
+from edge_worker.model.base import Size, Stylizer
+from edge_worker.model.color_transfer import LinearColorTransfer
+from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer, resize
+from edge_worker.quality import gaussian_w2, matting_laplacian_residual, sliced_w2, structure_ssim
+from edge_worker.train import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
+
+logger = logging.getLogger(__name__)
+
+TABLE1_SIZES: tuple[Size, ...] = ((512, 256), (768, 384), (1024, 512), (1920, 1080))
+"""Output sizes of the paper's Table 1, plus full HD."""
+TIMING_REPEATS = 5
+QUALITY_SHORT_SIDE = 512
+"""Content short side in the quality table (the network runs at its own working size, so r ≈ 2)."""
+GRID_HEIGHT = 192
+GRID_JPEG_QUALITY = 90
+MATTING_SCALE = 1e4
+"""The matting-Laplacian residual is reported ×1e4."""
+NAME = "stylize"
+
+
+def _short_side(image: np.ndarray, side: int) -> np.ndarray:
+    scale = side / min(image.shape[:2])
+    return resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)))
+
+
+def time_per_frame(stylizer: Stylizer, content: np.ndarray, style: np.ndarray, size: Size, repeats: int) -> float:
+    """Median seconds of ``stylize`` at ``size`` (style prepared once, one warm-up call)."""
+    frame = resize(content, size)
+    state = stylizer.prepare_style(style)
+    stylizer.stylize(frame, state, size)
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        stylizer.stylize(frame, state, size)
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def quality_rows(
+    methods: Sequence[Stylizer], pairs: Sequence[tuple[str, np.ndarray, str, np.ndarray]]
+) -> tuple[dict[str, dict[str, float]], dict[str, list[np.ndarray]]]:
+    """Mean metrics per method over ``pairs`` and every output (for the grid)."""
+    table: dict[str, dict[str, float]] = {}
+    outputs: dict[str, list[np.ndarray]] = {}
+    for method in methods:
+        rows = []
+        outputs[method.name] = []
+        for _, content, _, style in pairs:
+            out = method.stylize(content, method.prepare_style(style), (content.shape[1], content.shape[0]))
+            outputs[method.name].append(out)
+            rows.append(
+                {
+                    "ssim": structure_ssim(content, out),
+                    "gaussian_w2": gaussian_w2(out, style),
+                    "sliced_w2": sliced_w2(out, style),
+                    "matting_x1e4": matting_laplacian_residual(content, out) * MATTING_SCALE,
+                }
+            )
+        table[method.name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        logger.info("%s: %s", method.name, table[method.name])
+    return table, outputs
+
+
+def grid(pairs: Sequence[tuple[str, np.ndarray, str, np.ndarray]], outputs: dict[str, list[np.ndarray]]) -> np.ndarray:
+    """Rows of content | style | every method's output, each cell ``GRID_HEIGHT`` high (RGB)."""
+
+    def cell(image: np.ndarray) -> np.ndarray:
+        return resize(image, (round(image.shape[1] * GRID_HEIGHT / image.shape[0]), GRID_HEIGHT))
+
+    rows = []
+    for i, (_, content, _, style) in enumerate(pairs):
+        cells = [cell(content), cell(style)] + [cell(outs[i]) for outs in outputs.values()]
+        rows.append(np.concatenate(cells, axis=1))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+
+
+def markdown(timing: dict[str, dict[str, float]], quality: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
+    """The two tables."""
+    sizes = list(next(iter(timing.values())))
+    lines = [
+        "# Stylizer benchmark (Table 1 on this machine)",
+        "",
+        f"{info['machine']['cpus']} CPUs, {info['threads']} torch threads, load {info['machine']['load_avg_1m']}, "
+        f"model `{info['model']}`, commit {info['machine']['commit']}.",
+        "",
+        "Seconds per key frame (style prepared once):",
+        "",
+        "| method | " + " | ".join(sizes) + " | t(1920x1080)/t(512x256) |",
+        "| --- |" + " ---: |" * (len(sizes) + 1),
+    ]
+    for method, row in timing.items():
+        ratio = row["1920x1080"] / row["512x256"]
+        lines.append(f"| {method} | " + " | ".join(f"{row[s]:.3f}" for s in sizes) + f" | {ratio:.2f} |")
+    lines += [
+        "",
+        f"Quality over {info['pairs']} held-out content/style pairs (content short side {QUALITY_SHORT_SIDE}): "
+        "structure SSIM of luminance vs content (higher is better), Gaussian and sliced W2 of Lab colours vs "
+        "style (lower), matting-Laplacian residual ×1e4 (lower = more photorealistic).",
+        "",
+        "| method | SSIM | Gaussian W2 | sliced W2 | matting ×1e4 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for method, row in quality.items():
+        lines.append(
+            f"| {method} | {row['ssim']:.3f} | {row['gaussian_w2']:.2f} | {row['sliced_w2']:.2f} | "
+            f"{row['matting_x1e4']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write JSON, Markdown and the PNG grid."""
+    p = argparse.ArgumentParser(prog="python -m bench.stylize", description=__doc__)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--repeats", type=int, default=TIMING_REPEATS)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    model = PhotoStylizer.load(args.model)
+    wct = WCTBaseline(model)
+    pairs = [
+        (c, _short_side(bundled_photo(c), QUALITY_SHORT_SIDE), s, bundled_photo(s))
+        for c in HELD_OUT_PHOTOS
+        for s in HELD_OUT_STYLES
+    ]
+    timing = {
+        m.name: {f"{w}x{h}": time_per_frame(m, pairs[0][1], pairs[0][3], (w, h), args.repeats) for w, h in TABLE1_SIZES}
+        for m in (model, wct)
+    }
+    quality, outputs = quality_rows([model, ReinhardTransfer(), LinearColorTransfer(), wct], pairs)
+    info = {
+        "machine": machine(),
+        "threads": args.threads,
+        "model": str(args.model),
+        "pairs": len(pairs),
+        "pair_names": [(c, s) for c, _, s, _ in pairs],
+        "config": model.config.__dict__,
+    }
+    write_results(
+        NAME, {**info, "seconds_per_frame": timing, "quality": quality}, markdown(timing, quality, info), args.out_dir
+    )
+    picture = args.out_dir / f"{NAME}_grid.jpg"  # photographs: JPEG is a tenth of the PNG's size
+    cv2.imwrite(
+        str(picture),
+        cv2.cvtColor(grid(pairs, outputs), cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_JPEG_QUALITY, GRID_JPEG_QUALITY],
+    )
+    logger.info(
+        "wrote %s/%s.{json,md} and %s; columns: content | style | %s",
+        args.out_dir,
+        NAME,
+        picture.name,
+        " | ".join(outputs),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

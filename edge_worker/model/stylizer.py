@@ -1,0 +1,214 @@
+"""The edge DNN of the paper (Fig. 4): VGG encoder → colorization → unpooling decoder → meta-smoothing.
+
+:class:`PhotoStylizer` implements :class:`edge_worker.model.base.Stylizer`. The network runs at a
+fixed working size (short side ``config.work_size``); meta-smoothing turns its output into affine
+colour coefficients applied to the content at the requested output size, so the output size costs
+little and the result keeps the content's edges whatever r is.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from edge_worker.model.base import Size, check_image, check_size
+from edge_worker.model.decoder import UnpoolDecoder
+from edge_worker.model.meta_smoothing import LiteralMetaSmoothing, MetaSmoothing, colour_stats
+from edge_worker.model.transform import FeatureStats, LearnedColorization
+from edge_worker.model.vgg import EncoderConfig, VGGEncoder, find_torchvision_vgg19, load_torchvision_vgg19
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = "mvstylizer-photo-stylizer"
+MODEL_VERSION = 1
+"""Bumped whenever the saved layout changes; :meth:`PhotoStylizer.load` refuses other versions."""
+SMOOTHING_KINDS = ("affine", "literal")
+DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "mvstylizer-small.pt"
+"""The bundled default model (trained by ``python -m edge_worker.train``, see README)."""
+UINT8_MAX = 255.0
+
+
+@dataclass(frozen=True)
+class StylizerConfig:
+    """Architecture of a :class:`PhotoStylizer`; saved with its weights."""
+
+    depth: str = "relu4_1"
+    width_divisor: int = 1
+    compressed_channels: int = 32
+    work_size: int = 256
+    smoothing_radius: int = 4
+    smoothing_downsample: int = 1
+    smoothing: str = "affine"
+    colour_alignment: bool = True
+
+    @property
+    def encoder(self) -> EncoderConfig:
+        """The encoder's shape."""
+        return EncoderConfig(depth=self.depth, width_divisor=self.width_divisor)
+
+
+CONFIGS: dict[str, StylizerConfig] = {
+    "tiny": StylizerConfig(width_divisor=8, compressed_channels=8, work_size=32, smoothing_radius=2),
+    "small": StylizerConfig(width_divisor=2, compressed_channels=32, work_size=256, smoothing_downsample=4),
+    "full": StylizerConfig(),
+}
+"""Named configurations: ``tiny`` for tests, ``small`` for the bundled model, ``full`` = VGG19 (ImageNet-loadable)."""
+
+
+@dataclass
+class StyleState:
+    """A prepared style (cache it by style id): statistics of its compressed encoder features and colours."""
+
+    features: FeatureStats
+    colours: FeatureStats
+
+    def to(self, device: torch.device | str) -> StyleState:
+        """The same state on ``device``."""
+        return StyleState(self.features.to(device), self.colours.to(device))
+
+
+def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """RGB uint8 ``H x W x 3`` → float ``(1, 3, H, W)`` in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).unsqueeze(0).float() / UINT8_MAX
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """Float ``(1, 3, H, W)`` → RGB uint8, clipped."""
+    return tensor[0].clamp(0, 1).mul(UINT8_MAX).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def resize(image: np.ndarray, size: Size) -> np.ndarray:
+    """Resize an image to (width, height): area filter when shrinking, bilinear otherwise."""
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    shrink = size[0] < image.shape[1] or size[1] < image.shape[0]
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+class PhotoStylizer(nn.Module):
+    """The whole network; ``stylize(content, prepare_style(style), out_size)`` is all the service needs."""
+
+    name = "mvstylizer-dnn"
+
+    def __init__(self, config: StylizerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or StylizerConfig()
+        if self.config.smoothing not in SMOOTHING_KINDS:
+            raise ValueError(f"smoothing must be one of {SMOOTHING_KINDS}, got {self.config.smoothing!r}")
+        if self.config.colour_alignment and self.config.smoothing != "affine":
+            raise ValueError("colour alignment needs the affine meta-smoothing")
+        self.encoder = VGGEncoder(self.config.encoder)
+        self.encoder.requires_grad_(False)
+        self.colorization = LearnedColorization(self.encoder.out_channels, self.config.compressed_channels)
+        self.decoder = UnpoolDecoder(self.config.encoder)
+        self.smoothing: MetaSmoothing | LiteralMetaSmoothing = (
+            MetaSmoothing(self.config.smoothing_radius, self.config.smoothing_downsample)
+            if self.config.smoothing == "affine"
+            else LiteralMetaSmoothing()
+        )
+
+    @classmethod
+    def from_config(cls, config: StylizerConfig | str, vgg_weights: str | Path | None = None) -> PhotoStylizer:
+        """A fresh model; the encoder takes ImageNet VGG19 weights from ``vgg_weights`` or the torch hub cache
+        when given/present and the shape fits (``full``), else keeps its seeded initialization."""
+        model = cls(CONFIGS[config] if isinstance(config, str) else config)
+        if vgg_weights is not None and model.config.width_divisor != 1:
+            raise ValueError("ImageNet VGG19 weights need the full-width encoder (width_divisor=1)")
+        path = find_torchvision_vgg19(vgg_weights) if model.config.width_divisor == 1 else None
+        if path is not None:
+            load_torchvision_vgg19(model.encoder, path)
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self.encoder.mean.device
+
+    def learned_parameters(self) -> list[nn.Parameter]:
+        """Parameters Eq. 5 trains: everything but the frozen encoder."""
+        return [p for m in (self.colorization, self.decoder, self.smoothing) for p in m.parameters()]
+
+    def network_size(self, width: int, height: int) -> Size:
+        """(width, height) the network runs at for an image of this size: short side ≈ ``work_size``."""
+        step = self.encoder.downsampling
+        scale = self.config.work_size / min(width, height)
+        return (max(step, round(width * scale / step) * step), max(step, round(height * scale / step) * step))
+
+    def style_state(self, style_low: torch.Tensor) -> StyleState:
+        """Compressed feature and colour statistics of a ``(N, 3, h, w)`` style batch at network size."""
+        return StyleState(self.colorization.style_stats(self.encoder(style_low).deepest), colour_stats(style_low))
+
+    def forward(
+        self, content_low: torch.Tensor, style: StyleState, content_full: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stylize a batch: (output at ``content_full``'s size, coefficients, the decoder's low-res image)."""
+        with torch.autocast("cuda", dtype=torch.float16, enabled=content_low.is_cuda):
+            encoded = self.encoder(content_low)
+            decoded = self.decoder(self.colorization(encoded.deepest, style.features), encoded)
+        colours = style.colours if self.config.colour_alignment else None
+        output, coeffs = self.smoothing(content_low, decoded.float(), content_full, colours)
+        return output, coeffs, decoded
+
+    @torch.inference_mode()
+    def prepare_style(self, style: np.ndarray) -> StyleState:
+        """Encode a style image at the working size and keep its statistics."""
+        check_image(style, "style")
+        low = resize(style, self.network_size(style.shape[1], style.shape[0]))
+        return self.style_state(to_tensor(low, self.device))
+
+    @torch.inference_mode()
+    def stylize_with_coefficients(
+        self, content: np.ndarray, style: StyleState, out_size: Size
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stylized frame and its ``h x w x 12`` affine coefficients (A row-major, b) at network size.
+
+        With the literal smoothing there are no coefficients: the second array is empty.
+        """
+        check_image(content, "content")
+        check_size(out_size)
+        low = to_tensor(resize(content, self.network_size(content.shape[1], content.shape[0])), self.device)
+        full = to_tensor(resize(content, out_size), self.device)
+        output, coeffs, _ = self.forward(low, style.to(self.device), full)
+        return to_image(output), coeffs[0].permute(1, 2, 0).float().cpu().numpy() if coeffs.numel() else np.empty(0)
+
+    def stylize(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
+        """Stylize ``content`` with a prepared style; RGB uint8 of ``out_size`` (width, height)."""
+        return self.stylize_with_coefficients(content, style, out_size)[0]
+
+    def save(self, path: str | Path) -> None:
+        """Write weights, config and format version to ``path`` (atomically)."""
+        payload = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "config": asdict(self.config),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(payload, partial)
+        partial.replace(path)  # readers never see a half-written model
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device = "cpu") -> PhotoStylizer:
+        """Read a model written by :meth:`save`."""
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if payload.get("format") != MODEL_FORMAT or payload.get("version") != MODEL_VERSION:
+            raise ValueError(f"{path}: not a {MODEL_FORMAT} v{MODEL_VERSION} file")
+        model = cls(StylizerConfig(**payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        logger.info("loaded %s (%s)", path, payload["config"])
+        return model.to(device).eval()
+
+    def with_config(self, **changes: Any) -> PhotoStylizer:
+        """A copy with config fields changed that leave the weights' shapes alone (e.g. ``work_size``)."""
+        model = type(self)(StylizerConfig(**{**asdict(self.config), **changes}))
+        model.load_state_dict(self.state_dict())
+        return model.to(self.device).eval()

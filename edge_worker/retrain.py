@@ -1,0 +1,114 @@
+"""The paper's stylizer as a federated-learning participant: Eq. 5 on the key frames an edge served.
+
+:class:`RetrainableStylizer` serves like the :class:`PhotoStylizer` it wraps (the worker's
+``Stylizer`` interface) and retrains it (the ``Trainable`` protocol of :mod:`edge_worker.federated`)
+with the paper's optimiser (Adam, β = (0.5, 0.999), lr 1e-4) on (content, style) pairs, each batch
+at its own random upscale factor r, as in offline training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_worker.model.base import Size
+from edge_worker.model.stylizer import PhotoStylizer, resize, to_tensor
+from edge_worker.train import (
+    ADAM_BETAS,
+    DEFAULT_LR,
+    DEFAULT_STYLE_WEIGHT,
+    DEFAULT_TRAIN_SIZE,
+    R_RANGE,
+    Batch,
+    random_crop,
+    stylization_losses,
+)
+from streaming.tensors import NamedArrays
+
+
+def batch_from_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], train_size: int, step: int, rng: np.random.Generator
+) -> Batch:
+    """A training batch from (content, style) RGB pairs: random crops, one random r for the batch."""
+    r = float(math.exp(rng.uniform(math.log(R_RANGE[0]), math.log(R_RANGE[1]))))
+    full = max(step, round(train_size * r / step) * step)
+    low_size, full_size = (train_size, train_size), (full, full)
+    parts: dict[str, list[torch.Tensor]] = {"cl": [], "cf": [], "sl": [], "sf": []}
+    for content, style in pairs:
+        c, s = random_crop(content, full_size, rng), random_crop(style, full_size, rng)
+        parts["cf"].append(to_tensor(c))
+        parts["cl"].append(to_tensor(resize(c, low_size)))
+        parts["sf"].append(to_tensor(s))
+        parts["sl"].append(to_tensor(resize(s, low_size)))
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    return Batch(cat["cl"], cat["cf"], cat["sl"], cat["sf"], full / train_size)
+
+
+class RetrainableStylizer:
+    """A :class:`PhotoStylizer` that serves and retrains; the frozen encoder is never exchanged."""
+
+    def __init__(
+        self,
+        model: PhotoStylizer,
+        lr: float = DEFAULT_LR,
+        style_weight: float = DEFAULT_STYLE_WEIGHT,
+        train_size: int = DEFAULT_TRAIN_SIZE,
+        seed: int = 0,
+    ) -> None:
+        self.model = model.eval()
+        self.name = model.name
+        self._lr, self._style_weight, self._train_size = lr, style_weight, train_size
+        self._rng = np.random.default_rng(seed)
+        learned = {id(p) for p in model.learned_parameters()}
+        self.learned_names = sorted(name for name, p in model.named_parameters() if id(p) in learned)
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    def prepare_style(self, style: np.ndarray) -> Any:
+        """As :meth:`PhotoStylizer.prepare_style`."""
+        return self.model.prepare_style(style)
+
+    def stylize(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
+        """As :meth:`PhotoStylizer.stylize`."""
+        return self.model.stylize(content, style, out_size)
+
+    def learned_state(self) -> NamedArrays:
+        """The learned parameters (colorization, decoder, meta-smoothing) as float32 arrays."""
+        params = dict(self.model.named_parameters())
+        return {name: params[name].detach().cpu().numpy().astype(np.float32, copy=True) for name in self.learned_names}
+
+    def load_learned_state(self, state: NamedArrays) -> None:
+        """Replace the learned parameters (names must match exactly)."""
+        if sorted(state) != self.learned_names:
+            raise ValueError("learned state does not match this model's parameters")
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(torch.from_numpy(np.asarray(value, np.float32)))
+
+    def train_step(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+        """One Adam step of Eq. 5 on the pairs; returns the total loss."""
+        if self._optimizer is None:  # created on first use: a serving-only worker never pays for Adam's state
+            self._optimizer = torch.optim.Adam(self.model.learned_parameters(), lr=self._lr, betas=ADAM_BETAS)
+        batch = batch_from_pairs(pairs, self._train_size, self.model.encoder.downsampling, self._rng)
+        self.model.train()
+        try:
+            losses = stylization_losses(self.model, batch, self._style_weight)
+            self._optimizer.zero_grad()
+            losses["total"].backward()
+            self._optimizer.step()
+        finally:
+            self.model.eval()
+        return float(losses["total"].detach())
+
+    @torch.no_grad()
+    def evaluate(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict[str, float]:
+        """Eq. 5 losses (content, style, total) on fixed pairs, with crops and r drawn from ``seed``: comparable
+        across calls and models."""
+        rng = np.random.default_rng(seed)
+        batch = batch_from_pairs(pairs, self._train_size, self.model.encoder.downsampling, rng)
+        losses = stylization_losses(self.model.eval(), batch, self._style_weight)
+        return {name: float(value) for name, value in losses.items()}
