@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.live
 	$(PY) -m bench.interpolation
+	$(PY) -m bench.stylize
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache
