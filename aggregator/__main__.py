@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,9 +18,8 @@ from aggregator.strategies import STRATEGIES
 from aggregator.validation import DEFAULT_MAX_NORM, DEFAULT_MAX_STALENESS
 from edge_worker.federated import Trainable
 from edge_worker.model.registry import MODEL_SUFFIXES, load_stylizer
-from streaming.cli import add_service_arguments
-from streaming.runtime import run_main
-from streaming.telemetry import setup_logging, start_metrics_server
+from streaming.cli import add_service_arguments, service_main
+from streaming.telemetry import start_metrics_server
 from streaming.tensors import NamedArrays, decode_tensors
 
 
@@ -68,11 +65,9 @@ def initial_weights(path: Path) -> NamedArrays:
     return decode_tensors(path.read_bytes())
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    config = AggregatorConfig(
+def config_from_args(args: argparse.Namespace) -> AggregatorConfig:
+    """AggregatorConfig from parsed flags."""
+    return AggregatorConfig(
         nats_url=args.nats,
         strategy=args.strategy,
         min_updates=args.min_updates,
@@ -84,9 +79,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         crash_after=args.crash_after,
         js_domain=args.js_domain,
     )
-    initial = initial_weights(args.init) if args.init is not None else None
-    with contextlib.suppress(asyncio.CancelledError):
-        run_main(run(config, initial))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    service_main(
+        argv,
+        build_parser(),
+        lambda args: run(config_from_args(args), initial_weights(args.init) if args.init is not None else None),
+    )
 
 
 if __name__ == "__main__":

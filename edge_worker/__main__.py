@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,9 +10,7 @@ from edge_worker.federated import DEFAULT_IDLE_S, DEFAULT_PUBLISH_EVERY, Federat
 from edge_worker.key_buffer import DEFAULT_CAPACITY
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from edge_worker.service import DEFAULT_QUEUE_SIZE, DEFAULT_STYLE_CACHE, WorkerConfig, default_worker_id, run
-from streaming.cli import add_service_arguments
-from streaming.runtime import run_main
-from streaming.telemetry import setup_logging
+from streaming.cli import add_service_arguments, service_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +58,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    with contextlib.suppress(asyncio.CancelledError):
-        run_main(run(config_from_args(args)))
+    service_main(argv, build_parser(), lambda args: run(config_from_args(args)))
 
 
 if __name__ == "__main__":

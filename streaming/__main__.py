@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 from collections.abc import Sequence
 
-from streaming.cli import add_service_arguments
+from streaming.cli import add_service_arguments, service_main
 from streaming.gateway import (
     DEFAULT_DEADLINE_MS,
     DEFAULT_FIRST_ATTEMPT_MS,
@@ -18,8 +16,6 @@ from streaming.gateway import (
     GatewayConfig,
     run,
 )
-from streaming.runtime import run_main
-from streaming.telemetry import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +56,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    with contextlib.suppress(asyncio.CancelledError):
-        run_main(run(config_from_args(args)))
+    service_main(argv, build_parser(), lambda args: run(config_from_args(args)))
 
 
 if __name__ == "__main__":

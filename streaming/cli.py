@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
+from streaming.runtime import run_main
+from streaming.telemetry import setup_logging
 
 
 def add_service_arguments(p: argparse.ArgumentParser, region: bool = True) -> None:
@@ -21,3 +27,15 @@ def add_service_arguments(p: argparse.ArgumentParser, region: bool = True) -> No
         help="JetStream domain of the stores (set when connected to a leaf node; env MVS_JS_DOMAIN)",
     )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+
+
+def service_main(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    service: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> None:
+    """Parse flags, set up logging, run the service until SIGINT/SIGTERM."""
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    with contextlib.suppress(asyncio.CancelledError):
+        run_main(service(args))
