@@ -45,7 +45,7 @@ CODEC_THREADS = 2
 BASE64_OVERHEAD = 4 / 3
 SIGNALING_SLACK_BYTES = 256 * 1024
 
-HEALTH_DISCOVERY_S = 0.2
+HEALTH_DISCOVERY_S = 0.5
 """How long /healthz waits for workers to answer discovery."""
 
 SESSIONS = Gauge("mvs_gateway_sessions", "Phones connected", ["region"])

@@ -23,6 +23,7 @@ from streaming.protocol import Chunk, ClockPing, ClockPong, decode, encode
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 
 
+HEALTHY_WITHIN_S = 5.0
 AUDIO_ONLY_SDP = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n"
     "a=rtpmap:0 PCMU/8000\r\n"
@@ -119,8 +120,12 @@ async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_s
         worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, worker_id="h1", threads=1))
         await worker.start()
         try:
-            async with http.get(f"{gateway.url}/healthz") as response:
-                body = await response.json()
+            deadline = time.monotonic() + HEALTHY_WITHIN_S  # a busy machine may miss one discovery window
+            while True:
+                async with http.get(f"{gateway.url}/healthz") as response:
+                    body = await response.json()
+                if response.status == 200 or time.monotonic() > deadline:
+                    break
         finally:
             await worker.stop()
         assert response.status == 200 and body["ok"] and body["workers"] == ["h1"]
