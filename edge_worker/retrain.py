@@ -8,7 +8,6 @@ at its own random upscale factor r, as in offline training.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,15 +15,16 @@ import numpy as np
 import torch
 
 from edge_worker.model.base import Size
-from edge_worker.model.stylizer import PhotoStylizer, resize, to_tensor
+from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.train import (
     ADAM_BETAS,
     DEFAULT_LR,
     DEFAULT_STYLE_WEIGHT,
     DEFAULT_TRAIN_SIZE,
-    R_RANGE,
     Batch,
+    batch_from_crops,
     random_crop,
+    random_output_side,
     stylization_losses,
 )
 from streaming.tensors import NamedArrays
@@ -34,18 +34,12 @@ def batch_from_pairs(
     pairs: Sequence[tuple[np.ndarray, np.ndarray]], train_size: int, step: int, rng: np.random.Generator
 ) -> Batch:
     """A training batch from (content, style) RGB pairs: random crops, one random r for the batch."""
-    r = float(math.exp(rng.uniform(math.log(R_RANGE[0]), math.log(R_RANGE[1]))))
-    full = max(step, round(train_size * r / step) * step)
-    low_size, full_size = (train_size, train_size), (full, full)
-    parts: dict[str, list[torch.Tensor]] = {"cl": [], "cf": [], "sl": [], "sf": []}
+    full = random_output_side(train_size, step, rng)
+    contents, styles = [], []
     for content, style in pairs:
-        c, s = random_crop(content, full_size, rng), random_crop(style, full_size, rng)
-        parts["cf"].append(to_tensor(c))
-        parts["cl"].append(to_tensor(resize(c, low_size)))
-        parts["sf"].append(to_tensor(s))
-        parts["sl"].append(to_tensor(resize(s, low_size)))
-    cat = {k: torch.cat(v) for k, v in parts.items()}
-    return Batch(cat["cl"], cat["cf"], cat["sl"], cat["sf"], full / train_size)
+        contents.append(random_crop(content, (full, full), rng))
+        styles.append(random_crop(style, (full, full), rng))
+    return batch_from_crops(contents, styles, train_size)
 
 
 class RetrainableStylizer:

@@ -147,24 +147,37 @@ class Batch:
     r: float
 
 
+def random_output_side(train_size: int, step: int, rng: np.random.Generator) -> int:
+    """Side of a batch's full-resolution crops: ``train_size`` times a random r in :data:`R_RANGE` (log-uniform),
+    rounded to the encoder's ``step``."""
+    r = float(math.exp(rng.uniform(math.log(R_RANGE[0]), math.log(R_RANGE[1]))))
+    return max(step, round(train_size * r / step) * step)
+
+
+def batch_from_crops(contents: Sequence[np.ndarray], styles: Sequence[np.ndarray], train_size: int) -> Batch:
+    """A batch from full-resolution (square) content and style crops; the network-size copies are made here."""
+    full = contents[0].shape[0]
+    low_size = (train_size, train_size)
+    return Batch(
+        content_low=torch.cat([to_tensor(resize(c, low_size)) for c in contents]),
+        content_full=torch.cat([to_tensor(c) for c in contents]),
+        style_low=torch.cat([to_tensor(resize(s, low_size)) for s in styles]),
+        style_full=torch.cat([to_tensor(s) for s in styles]),
+        r=full / train_size,
+    )
+
+
 def sample_batch(
     photos: Sequence[np.ndarray], batch: int, train_size: int, step: int, rng: np.random.Generator
 ) -> Batch:
     """Content crops and colour-jittered style crops of other photos, with a random r for the batch."""
-    r = float(math.exp(rng.uniform(math.log(R_RANGE[0]), math.log(R_RANGE[1]))))
-    full = max(step, round(train_size * r / step) * step)
-    low_size, full_size = (train_size, train_size), (full, full)
-    tensors: dict[str, list[torch.Tensor]] = {"cl": [], "cf": [], "sl": [], "sf": []}
+    full = random_output_side(train_size, step, rng)
+    contents, styles = [], []
     for _ in range(batch):
         i, j = rng.choice(len(photos), size=2, replace=len(photos) < 2)
-        content = colour_jitter(random_crop(photos[i], full_size, rng), CONTENT_JITTER, rng)
-        style = colour_jitter(random_crop(photos[j], full_size, rng), STYLE_JITTER, rng)
-        tensors["cf"].append(to_tensor(content))
-        tensors["cl"].append(to_tensor(resize(content, low_size)))
-        tensors["sf"].append(to_tensor(style))
-        tensors["sl"].append(to_tensor(resize(style, low_size)))
-    cat = {k: torch.cat(v) for k, v in tensors.items()}
-    return Batch(cat["cl"], cat["cf"], cat["sl"], cat["sf"], full / train_size)
+        contents.append(colour_jitter(random_crop(photos[i], (full, full), rng), CONTENT_JITTER, rng))
+        styles.append(colour_jitter(random_crop(photos[j], (full, full), rng), STYLE_JITTER, rng))
+    return batch_from_crops(contents, styles, train_size)
 
 
 def _mean_std(feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
