@@ -69,6 +69,12 @@ class RetrainableStylizer:
         """As :meth:`PhotoStylizer.stylize`."""
         return self.model.stylize(content, style, out_size)
 
+    def stylize_with_coefficients(
+        self, content: np.ndarray, style: Any, out_size: Size
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`PhotoStylizer.stylize_with_coefficients`."""
+        return self.model.stylize_with_coefficients(content, style, out_size)
+
     def learned_state(self) -> NamedArrays:
         """The learned parameters (colorization, decoder, meta-smoothing) as float32 arrays."""
         params = dict(self.model.named_parameters())

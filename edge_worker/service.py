@@ -28,14 +28,17 @@ from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 
 from edge_worker.federated import FederatedConfig, FederatedLearner, Trainable
-from edge_worker.model.base import Stylizer
+from edge_worker.model.base import CoefficientStylizer, Stylizer
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
+from streaming.coefficients import encode_coefficients
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image, encode_jpeg
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
     MAX_FRAME_SIDE,
     MAX_MESSAGE_BYTES,
+    RESULT_COEFFICIENTS,
+    RESULT_FRAME,
     STYLIZE_QUEUE_GROUP,
     ErrorCode,
     ProtocolError,
@@ -299,17 +302,25 @@ class StylizerWorker:
         stamps["w_start"] = time.monotonic_ns()
         content = cv2.cvtColor(decode_image(request.image, max_side=MAX_FRAME_SIDE), cv2.COLOR_BGR2RGB)
         stamps["w_infer_start"] = time.monotonic_ns()
-        out = self.stylizer.stylize(content, style, (request.out_width, request.out_height))
-        stamps["w_infer_end"] = time.monotonic_ns()
-        image = encode_jpeg(
-            cv2.cvtColor(out, cv2.COLOR_RGB2BGR), self.config.jpeg_quality, MAX_MESSAGE_BYTES - REPLY_OVERHEAD_BYTES
-        )
+        out_size = (request.out_width, request.out_height)
+        if request.result == RESULT_COEFFICIENTS and isinstance(self.stylizer, CoefficientStylizer):
+            _, coeffs = self.stylizer.stylize_with_coefficients(content, style, out_size)
+            stamps["w_infer_end"] = time.monotonic_ns()
+            payload, kind = encode_coefficients(coeffs), RESULT_COEFFICIENTS
+        else:  # a stylizer without coefficients answers a coefficient request with the frame
+            out = self.stylizer.stylize(content, style, out_size)
+            stamps["w_infer_end"] = time.monotonic_ns()
+            payload = encode_jpeg(
+                cv2.cvtColor(out, cv2.COLOR_RGB2BGR), self.config.jpeg_quality, MAX_MESSAGE_BYTES - REPLY_OVERHEAD_BYTES
+            )
+            kind = RESULT_FRAME
         return StylizeReply(
             stream_id=request.stream_id,
             frame_id=request.frame_id,
             worker_id=self.config.worker_id,
             ok=True,
-            image=image,
+            image=payload,
+            kind=kind,
             stamps=stamps,
         )
 

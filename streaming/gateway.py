@@ -1,9 +1,9 @@
 """The edge gateway: HTTP signaling (``POST /offer``) and one :class:`PhoneSession` per phone.
 
 ``POST /offer`` takes JSON ``{"sdp", "type": "offer", "style": <base64 image>, "out_width"?,
-"out_height"?}`` and answers ``{"sdp", "type": "answer", "stream_id", "style_id"}``; anything else
-is a 400 with a message. ``GET /metrics`` is Prometheus; ``GET /healthz`` is 200 only when the site
-can stylize (NATS up, a worker of the region answers).
+"out_height"?, "result"?: "frame" | "coefficients"}`` and answers ``{"sdp", "type": "answer",
+"stream_id", "style_id"}``; anything else is a 400 with a message. ``GET /metrics`` is Prometheus;
+``GET /healthz`` is 200 only when the site can stylize (NATS up, a worker of the region answers).
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from streaming.clock import ClockOffset
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, decode_image
-from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION, MAX_FRAME_SIDE, MAX_STYLE_BYTES, stylize_subject
+from streaming.protocol import (
+    DEFAULT_NATS_URL,
+    DEFAULT_REGION,
+    MAX_FRAME_SIDE,
+    MAX_STYLE_BYTES,
+    RESULT_FRAME,
+    RESULT_KINDS,
+    stylize_subject,
+)
 from streaming.session import PhoneSession, SessionSettings
 from streaming.style_store import StyleStore
 from streaming.stylize_client import discover_workers
@@ -82,6 +90,7 @@ class _Offer:
     description: RTCSessionDescription
     style: bytes
     out_size: tuple[int, int] | None
+    result: str
 
 
 def parse_offer(body: bytes) -> _Offer:
@@ -118,7 +127,10 @@ def parse_offer(body: bytes) -> _Offer:
         if not (isinstance(w, int) and isinstance(h, int) and 0 < w <= MAX_FRAME_SIDE and 0 < h <= MAX_FRAME_SIDE):
             raise BadOffer(f"out_width/out_height must be integers in 1..{MAX_FRAME_SIDE}")
         out_size = (w, h)
-    return _Offer(RTCSessionDescription(sdp=data["sdp"], type="offer"), style, out_size)
+    result = data.get("result", RESULT_FRAME)
+    if result not in RESULT_KINDS:
+        raise BadOffer(f"'result' must be one of {list(RESULT_KINDS)}, got {result!r}")
+    return _Offer(RTCSessionDescription(sdp=data["sdp"], type="offer"), style, out_size, result)
 
 
 class Gateway:
@@ -191,7 +203,15 @@ class Gateway:
         stream_id = uuid.uuid4().hex[:12]
         pc = RTCPeerConnection(rtc_configuration())
         session = PhoneSession(
-            stream_id, pc, self._nc, self._executor, self.settings, style_id, offer.out_size, self.worker_clocks
+            stream_id,
+            pc,
+            self._nc,
+            self._executor,
+            self.settings,
+            style_id,
+            offer.out_size,
+            self.worker_clocks,
+            offer.result,
         )
         try:
             await pc.setRemoteDescription(offer.description)

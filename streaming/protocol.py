@@ -15,7 +15,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: stylize requests, replies and key results name their result kind (a frame or affine coefficients)."""
 
 # Subjects and stores (DESIGN.md, "Subjects and stores").
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -52,6 +53,11 @@ DATA_CHANNEL_CHUNK_BYTES = 48 * 1024
 RTP_TIMESTAMP_MODULUS = 1 << 32
 VIDEO_CLOCK_RATE = 90_000
 """RTP clock of video streams (RFC 3551); the phone stamps pts in this unit."""
+RESULT_FRAME = "frame"
+"""A key's result is the stylized frame (JPEG)."""
+RESULT_COEFFICIENTS = "coefficients"
+"""A key's result is the stylizer's local affine colour coefficients (``streaming.coefficients``)."""
+RESULT_KINDS = (RESULT_FRAME, RESULT_COEFFICIENTS)
 EXACT_PTS_QUANTUM = 9
 """90 kHz pts that are multiples of this survive aiortc's VP8 encoder exactly (9 ticks = 100 us)."""
 
@@ -124,13 +130,15 @@ class StylizeRequest(Message):
     out_height: int
     budget_ms: float
     """Time left for this attempt when sent; the worker drops the request once it has passed."""
+    result: str = RESULT_FRAME
+    """What the phone wants back (one of :data:`RESULT_KINDS`); a stylizer without coefficients sends a frame."""
     attempt: int = 0
     stamps: Stamps = field(default_factory=dict)
 
 
 @dataclass
 class StylizeReply(Message):
-    """Worker -> gateway: the stylized frame (JPEG) or an error."""
+    """Worker -> gateway: the stylized frame (JPEG), its affine coefficients, or an error."""
 
     TYPE: ClassVar[str] = "stylized"
     stream_id: str
@@ -138,6 +146,8 @@ class StylizeReply(Message):
     worker_id: str
     ok: bool
     image: bytes = b""
+    """The result, of kind ``kind``: a JPEG or a coefficient blob."""
+    kind: str = RESULT_FRAME
     error_code: str = ""
     error: str = ""
     stamps: Stamps = field(default_factory=dict)
@@ -182,6 +192,8 @@ class KeyResult(Message):
     ok: bool
     chunks: int = 0
     size: int = 0
+    kind: str = RESULT_FRAME
+    """What the chunks hold: a JPEG (:data:`RESULT_FRAME`) or a coefficient blob (:data:`RESULT_COEFFICIENTS`)."""
     worker_id: str = ""
     attempts: int = 0
     error_code: str = ""
@@ -191,7 +203,7 @@ class KeyResult(Message):
 
 @dataclass
 class Chunk(Message):
-    """One piece of a stylized key frame (JPEG) on the data channel."""
+    """One piece of a key's result (JPEG or coefficient blob) on the data channel."""
 
     TYPE: ClassVar[str] = "chunk"
     frame_id: int
@@ -349,6 +361,8 @@ def validate_request(request: StylizeRequest) -> None:
         )
     if not request.image:
         raise ProtocolError(ErrorCode.INVALID, "empty key frame image")
+    if request.result not in RESULT_KINDS:
+        raise ProtocolError(ErrorCode.INVALID, f"result must be one of {RESULT_KINDS}, got {request.result!r}")
     if request.budget_ms <= 0:
         raise ProtocolError(ErrorCode.DEADLINE, f"budget {request.budget_ms} ms already spent")
 

@@ -28,6 +28,7 @@ from streaming.images import encode_jpeg
 from streaming.protocol import (
     MAX_CONTROL_BYTES,
     MAX_MESSAGE_BYTES,
+    RESULT_FRAME,
     ClockPing,
     ClockPong,
     ErrorCode,
@@ -97,6 +98,7 @@ class PhoneSession:
         style_id: str,
         out_size: tuple[int, int] | None,
         worker_clocks: dict[str, ClockOffset],
+        result: str = RESULT_FRAME,
     ) -> None:
         self.stream_id = stream_id
         self.pc = pc
@@ -105,6 +107,7 @@ class PhoneSession:
         self._settings = settings
         self._style_id = style_id
         self._out_size = out_size
+        self._result = result
         self._worker_clocks = worker_clocks
         self._mapper = FrameIdMapper()
         self._meta: OrderedDict[int, FrameMeta] = OrderedDict()
@@ -260,6 +263,7 @@ class PhoneSession:
             out_width=out_size[0],
             out_height=out_size[1],
             budget_ms=self._settings.deadline_ms,
+            result=self._result,
             stamps={"phone_capture": job.meta.capture_ns, "gw_decoded": job.decoded_ns},
         )
         outcome = await request_stylize(
@@ -280,6 +284,7 @@ class PhoneSession:
             ok=True,
             chunks=len(chunks),
             size=len(reply.image),
+            kind=reply.kind,
             worker_id=reply.worker_id,
             attempts=outcome.attempts,
             stamps=reply.stamps,

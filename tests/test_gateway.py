@@ -63,6 +63,7 @@ def _body(**fields: object) -> bytes:
         (lambda sdp: _body(type="offer", sdp=sdp, style="%%%"), "base64"),
         (lambda sdp: _body(type="offer", sdp=sdp, style=base64.b64encode(b"abc").decode()), "not a usable image"),
         (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=-3, out_height=2), "out_width"),
+        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, result="pixels"), "'result'"),
     ],
 )
 async def test_garbage_offers_are_400(

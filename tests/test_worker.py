@@ -17,10 +17,13 @@ from deploy.nats import NatsServer
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
+from streaming.coefficients import decode_coefficients
 from streaming.images import decode_image, encode_jpeg
 from streaming.protocol import (
     MAX_FRAME_SIDE,
     MAX_MESSAGE_BYTES,
+    RESULT_COEFFICIENTS,
+    RESULT_FRAME,
     SCHEMA_VERSION,
     ErrorCode,
     StylizeReply,
@@ -82,6 +85,26 @@ async def test_stylizes_a_key_frame_with_timings(worker: StylizerWorker, nc: NAT
     assert cv2.PSNR(out, decode_image(request.image)) < 25  # and it is not the input
     s = reply.stamps
     assert s["w_received"] <= s["w_start"] <= s["w_infer_start"] <= s["w_infer_end"] <= s["w_sent"]
+
+
+async def test_coefficient_request_gets_the_colour_map(
+    worker: StylizerWorker, nc: NATS, region: str, style_id: str
+) -> None:
+    request = _request(style_id, result=RESULT_COEFFICIENTS)
+    reply = await _ask(nc, region, encode(request))
+    assert reply.ok and reply.kind == RESULT_COEFFICIENTS
+    coeffs = decode_coefficients(reply.image)
+    assert coeffs.shape == (1, 1, 12)  # colour transfer is one global affine map
+    # Applied to the key frame, the map gives what a frame request returns, up to quantization and JPEG.
+    content = cv2.cvtColor(decode_image(request.image), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    a, b = coeffs[0, 0, :9].reshape(3, 3), coeffs[0, 0, 9:]
+    restyled = np.clip(content @ a.T + b, 0, 1) * 255
+    framed = await _ask(nc, region, encode(_request(style_id)))
+    assert framed.kind == RESULT_FRAME
+    expected = cv2.cvtColor(decode_image(framed.image), cv2.COLOR_BGR2RGB)
+    assert cv2.PSNR(restyled.round().astype(np.uint8), expected) > 35
+    bad = await _ask(nc, region, encode(_request(style_id, result="pixels")))
+    assert not bad.ok and bad.error_code == ErrorCode.INVALID and "result" in bad.error
 
 
 async def _assert_alive(nc: NATS, region: str, style_id: str) -> None:

@@ -29,6 +29,22 @@ class Stylizer(Protocol):
         ...
 
 
+@runtime_checkable
+class CoefficientStylizer(Stylizer, Protocol):
+    """A stylizer whose output is a local affine colour map of the content: it can return the maps.
+
+    Coefficients are ``h x w x 12`` float32 (a 3x3 matrix row-major, then the offset) on RGB in [0, 1];
+    resampled bilinearly (pixel centres aligned) to the output size and applied to the resized content,
+    then clipped to [0, 1], they give the output. Any ``h x w`` works, ``1 x 1`` for a global map.
+    """
+
+    def stylize_with_coefficients(
+        self, content: np.ndarray, style: Any, out_size: Size
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stylized image (as ``stylize``) and its affine coefficients."""
+        ...
+
+
 def check_image(image: np.ndarray, what: str) -> None:
     """Raise ``ValueError`` unless ``image`` is a non-empty ``uint8`` H x W x 3 array."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

@@ -81,8 +81,10 @@ class LinearColorTransfer(nn.Module):
         return (content @ a.T + b).clamp(0.0, 1.0)
 
     @torch.inference_mode()
-    def stylize(self, content: np.ndarray, style: ColorStats, out_size: Size) -> np.ndarray:
-        """Resize ``content`` to ``out_size`` and give it the style's colour distribution."""
+    def stylize_with_coefficients(
+        self, content: np.ndarray, style: ColorStats, out_size: Size
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stylized frame and its global colour map as ``1 x 1 x 12`` coefficients (A row-major, b)."""
         check_image(content, "content")
         check_size(out_size)
         a, b = monge_kantorovich_map(color_stats(content), style)
@@ -90,4 +92,9 @@ class LinearColorTransfer(nn.Module):
             content = cv2.resize(content, tuple(out_size), interpolation=cv2.INTER_LINEAR)
         pixels = torch.from_numpy(content).float().div_(255.0)
         out = self.forward(pixels, a.float(), b.float())
-        return out.mul_(255.0).round_().to(torch.uint8).numpy()
+        coeffs = torch.cat([a.flatten(), b]).float().numpy().reshape(1, 1, -1)
+        return out.mul_(255.0).round_().to(torch.uint8).numpy(), coeffs
+
+    def stylize(self, content: np.ndarray, style: ColorStats, out_size: Size) -> np.ndarray:
+        """Resize ``content`` to ``out_size`` and give it the style's colour distribution."""
+        return self.stylize_with_coefficients(content, style, out_size)[0]
