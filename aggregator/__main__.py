@@ -14,7 +14,7 @@ from aggregator.service import (
     AggregatorConfig,
 )
 from aggregator.store import DEFAULT_KEEP_VERSIONS
-from aggregator.strategies import STRATEGIES
+from aggregator.strategies import DEFAULT_SERVER_LR, STRATEGIES
 from aggregator.validation import DEFAULT_MAX_NORM, DEFAULT_MAX_STALENESS
 from edge_worker.federated import Trainable
 from edge_worker.model.registry import MODEL_SUFFIXES, load_stylizer
@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mvs aggregator", description="Cloud aggregator: FedAvg rounds over edge deltas.")
     add_service_arguments(p, region=False)
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default="fedavg")
+    p.add_argument(
+        "--server-lr",
+        type=float,
+        default=DEFAULT_SERVER_LR,
+        help="multiply the aggregated delta by this (server SGD, Reddi et al. 2021; 1: plain average)",
+    )
     p.add_argument("--min-updates", type=int, default=DEFAULT_MIN_UPDATES, help="close a round at this many deltas")
     p.add_argument("--round-timeout", type=float, default=DEFAULT_ROUND_TIMEOUT_S, help="or when this old (s)")
     p.add_argument("--keep-versions", type=int, default=DEFAULT_KEEP_VERSIONS, help="global versions kept")
@@ -70,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> AggregatorConfig:
     return AggregatorConfig(
         nats_url=args.nats,
         strategy=args.strategy,
+        server_lr=args.server_lr,
         min_updates=args.min_updates,
         round_timeout_s=args.round_timeout,
         keep_versions=args.keep_versions,

@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
 from aggregator.store import DEFAULT_KEEP_VERSIONS, ModelStore, open_key_value
-from aggregator.strategies import NamedArrays, Strategy, Update, apply_delta, make_strategy
+from aggregator.strategies import DEFAULT_SERVER_LR, NamedArrays, Strategy, Update, apply_delta, make_strategy
 from aggregator.validation import (
     DEFAULT_MAX_NORM,
     DEFAULT_MAX_STALENESS,
@@ -74,6 +74,8 @@ class AggregatorConfig:
 
     nats_url: str = DEFAULT_NATS_URL
     strategy: str = "fedavg"
+    server_lr: float = DEFAULT_SERVER_LR
+    """Scale of the aggregated delta (server SGD; 1 is the paper's average)."""
     min_updates: int = DEFAULT_MIN_UPDATES
     """Close a round as soon as this many updates are in."""
     round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
@@ -105,7 +107,7 @@ class Aggregator:
 
     def __init__(self, config: AggregatorConfig) -> None:
         self.config = config
-        self.strategy: Strategy = make_strategy(config.strategy)
+        self.strategy: Strategy = make_strategy(config.strategy, config.server_lr)
         self.rules = Rules(max_staleness=config.max_staleness, max_norm=config.max_norm)
         self._nc: NATS | None = None
         self.store: ModelStore | None = None

@@ -3,6 +3,7 @@
 Each strategy turns the deltas of one round into the delta applied to the global model. FedAvg
 is the paper's cloud update (Algorithm 2, as a sample-weighted average; McMahan et al. 2017);
 the coordinate-wise median and trimmed mean (Yin et al., ICML 2018) resist a few bad edges.
+:class:`ServerLearningRate` scales any of them by a server learning rate (Reddi et al., ICLR 2021).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 NamedArrays = dict[str, np.ndarray]
 
 DEFAULT_TRIM_FRACTION = 0.2
+DEFAULT_SERVER_LR = 1.0
+"""Server learning rate of the paper's plain average."""
 
 
 @dataclass(frozen=True)
@@ -109,16 +112,37 @@ class TrimmedMean:
         return _cast_like(out, updates)
 
 
+class ServerLearningRate:
+    """Another strategy's delta times a server learning rate η.
+
+    Server SGD of "Adaptive Federated Optimization" (Reddi et al., ICLR 2021), i.e. FedAvgM (Hsu et al.
+    2019) without momentum; η = 1 is the wrapped strategy itself. Stateless, so a round closed again
+    after a crash gives the same version.
+    """
+
+    def __init__(self, inner: Strategy, server_lr: float) -> None:
+        if not server_lr > 0:
+            raise ValueError(f"server learning rate must be positive, got {server_lr}")
+        self.inner, self.server_lr = inner, server_lr
+        self.name = f"{inner.name}@server-lr-{server_lr:g}"
+
+    def aggregate(self, updates: Sequence[Update]) -> NamedArrays:
+        """η · inner(updates)."""
+        out = self.inner.aggregate(updates)
+        return _cast_like({name: self.server_lr * value.astype(np.float64) for name, value in out.items()}, updates)
+
+
 STRATEGIES: dict[str, type[FedAvg] | type[CoordinateMedian] | type[TrimmedMean]] = {
     cls.name: cls for cls in (FedAvg, CoordinateMedian, TrimmedMean)
 }
 
 
-def make_strategy(name: str) -> Strategy:
-    """A strategy by name (see :data:`STRATEGIES`)."""
+def make_strategy(name: str, server_lr: float = DEFAULT_SERVER_LR) -> Strategy:
+    """A strategy by name (see :data:`STRATEGIES`), scaled by ``server_lr`` unless it is 1."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name]()
+    strategy = STRATEGIES[name]()
+    return strategy if server_lr == DEFAULT_SERVER_LR else ServerLearningRate(strategy, server_lr)
 
 
 def apply_delta(weights: NamedArrays, delta: NamedArrays) -> NamedArrays:

@@ -6,7 +6,15 @@ import msgpack
 import numpy as np
 import pytest
 
-from aggregator.strategies import CoordinateMedian, FedAvg, TrimmedMean, Update, apply_delta, make_strategy
+from aggregator.strategies import (
+    CoordinateMedian,
+    FedAvg,
+    ServerLearningRate,
+    TrimmedMean,
+    Update,
+    apply_delta,
+    make_strategy,
+)
 from aggregator.validation import Reason, RejectedUpdate, Rules, validate_update
 from streaming.protocol import ProtocolError
 from streaming.tensors import decode_tensors, encode_tensors
@@ -30,6 +38,18 @@ def test_fedavg_is_the_sample_weighted_mean() -> None:
     assert np.allclose(out["layer.weight"], np.array([[1.6, 2.0], [2.4, 62.8]]))
     assert np.allclose(out["layer.bias"], [(10 * 0.5 - 30 * 0.5 + 60 * 1.0) / 100])
     assert out["layer.weight"].dtype == np.float32
+
+
+def test_server_learning_rate_scales_the_average() -> None:
+    out = make_strategy("fedavg", server_lr=2.0).aggregate(UPDATES)
+    # By hand: 2 * (10*[1,2,3,4] + 30*[5,6,7,8] + 60*[0,0,0,100]) / 100, and 2 * 0.5 for the bias
+    assert np.allclose(out["layer.weight"], np.array([[3.2, 4.0], [4.8, 125.6]]))
+    assert np.allclose(out["layer.bias"], [1.0])
+    assert out["layer.weight"].dtype == np.float32
+    assert make_strategy("fedavg", server_lr=2.0).name == "fedavg@server-lr-2"
+    assert isinstance(make_strategy("fedavg"), FedAvg)
+    with pytest.raises(ValueError):
+        ServerLearningRate(FedAvg(), 0.0)
 
 
 def test_median_and_trimmed_mean_resist_an_outlier() -> None:
