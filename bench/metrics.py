@@ -1,37 +1,20 @@
-"""Frame-quality and temporal-consistency metrics for the interpolation benchmark (numpy + OpenCV only)."""
+"""Frame-quality and temporal-consistency metrics for the interpolation benchmark (SSIM from edge_worker.quality)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from edge_worker.quality import SSIM_RADIUS, ssim_terms
 from mobile_sim.flow import FlowEstimator
 
-# Wang, Simoncelli & Bovik 2003: 5 scales with these exponents; SSIM constants of Wang et al. 2004.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-SSIM_SIGMA = 1.5
-SSIM_WINDOW = 11
-SSIM_K1, SSIM_K2 = 0.01, 0.03
+"""Wang, Simoncelli & Bovik 2003: 5 scales with these exponents."""
+SSIM_WINDOW = 2 * SSIM_RADIUS + 1
 DYNAMIC_RANGE = 255.0
 PSNR_IDENTICAL_DB = float("inf")
 CONSISTENCY_FLOW = "dis-medium"
 """Warping error uses a slower, full-resolution flow unlike the phone's, so it does not grade the phone's own flow."""
-
-
-def _blur(image: np.ndarray) -> np.ndarray:
-    return cv2.GaussianBlur(image, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
-
-
-def _ssim_terms(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Mean luminance term and mean contrast-structure term of SSIM over the image."""
-    c1, c2 = (SSIM_K1 * DYNAMIC_RANGE) ** 2, (SSIM_K2 * DYNAMIC_RANGE) ** 2
-    mu_x, mu_y = _blur(x), _blur(y)
-    var_x = _blur(x * x) - mu_x * mu_x
-    var_y = _blur(y * y) - mu_y * mu_y
-    cov = _blur(x * y) - mu_x * mu_y
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-    contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
-    return float(luminance.mean()), float(contrast_structure.mean())
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,7 +35,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     y: np.ndarray = (cv2.cvtColor(b, cv2.COLOR_BGR2GRAY) if b.ndim == 3 else b).astype(np.float32)
     score = 1.0
     for level, weight in enumerate(MS_SSIM_WEIGHTS):
-        luminance, contrast_structure = _ssim_terms(x, y)
+        luminance_map, contrast_structure_map = ssim_terms(x, y, DYNAMIC_RANGE)
+        luminance, contrast_structure = float(luminance_map.mean()), float(contrast_structure_map.mean())
         if level == len(MS_SSIM_WEIGHTS) - 1:
             score *= max(luminance * contrast_structure, 0.0) ** weight
         else:

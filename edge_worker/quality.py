@@ -7,6 +7,7 @@ photorealism (:func:`matting_laplacian_residual`).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,31 +39,33 @@ def luminance(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float64) @ np.array(LUMA) / 255.0
 
 
-def _gaussian_blur(x: torch.Tensor) -> torch.Tensor:
-    r = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=x.dtype)
-    g = torch.exp(-(r**2) / (2 * SSIM_SIGMA**2))
-    g = g / g.sum()
-    x = F.conv2d(x, g.view(1, 1, 1, -1))
-    return F.conv2d(x, g.view(1, 1, -1, 1))
+def ssim_terms(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel luminance and contrast-structure terms of SSIM for two grey images (Wang, Bovik, Sheikh,
+    Simoncelli, "Image quality assessment: from error visibility to structural similarity", IEEE TIP 2004):
+    11x11 Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03, borders reflected. SSIM is their product."""
+    window = 2 * SSIM_RADIUS + 1
+
+    def blur(image: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(image, (window, window), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    return (2 * mx * my + c1) / (mx * mx + my * my + c1), (2 * cxy + c2) / (vx + vy + c2)
 
 
 def structure_ssim(content: np.ndarray, output: np.ndarray) -> float:
-    """Mean SSIM of the luminances (Wang, Bovik, Sheikh, Simoncelli, "Image quality assessment: from error
-    visibility to structural similarity", IEEE TIP 2004); the output is resized to the content if needed.
+    """Mean SSIM of the luminances (:func:`ssim_terms`); the output is resized to the content if needed.
 
-    Gaussian window, valid region only (as scikit-image with ``gaussian_weights=True``).
+    Valid region only, as scikit-image with ``gaussian_weights=True``.
     """
     if output.shape != content.shape:
         output = _resize(output, content.shape[1], content.shape[0])
-    x = torch.from_numpy(luminance(content))[None, None]
-    y = torch.from_numpy(luminance(output))[None, None]
-    c1, c2 = SSIM_K1**2, SSIM_K2**2
-    mx, my = _gaussian_blur(x), _gaussian_blur(y)
-    vx = _gaussian_blur(x * x) - mx * mx
-    vy = _gaussian_blur(y * y) - my * my
-    cxy = _gaussian_blur(x * y) - mx * my
-    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(ssim.mean())
+    lum, cs = ssim_terms(luminance(content), luminance(output), data_range=1.0)
+    r = SSIM_RADIUS
+    return float((lum * cs)[r:-r, r:-r].mean())
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
