@@ -134,7 +134,7 @@ def time_interpolation(stylize: TimedStylizer, size: tuple[int, int]) -> dict[st
         motion = estimator.motion(frame, key, occlusion=True)
         parts["flow_fb"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        out = warper.warp(stylized, warper.maps_from_flow(motion.flow, size))
+        out = warper.warp(stylized, warper.maps_from_flow(motion.small_flow, size, size))
         parts["warp"].append(time.perf_counter() - start)
         assert motion.occluded is not None
         start = time.perf_counter()

@@ -8,6 +8,7 @@ per-frame budget (bench/interpolation.py measures both).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,16 +113,24 @@ def forward_backward_occlusion(forward: np.ndarray, backward: np.ndarray) -> np.
 
 @dataclass(frozen=True, eq=False)
 class Motion:
-    """Frame->key flow at frame resolution, and optionally where the warp cannot be trusted.
+    """Frame->key flow, as estimated (at most the estimator's max width), and where the warp cannot be trusted.
 
+    small_flow: h x w x 2 float32 flow at the working size, in working-size pixels, covering the frame.
+    frame_size: (width, height) of the frame.
     occluded: HxW bool at frame resolution, pixels that fail the forward-backward check and whose
     warped key differs visibly from the frame; None when only the forward flow was computed.
     mean_magnitude: mean flow length in frame pixels.
     """
 
-    flow: np.ndarray
+    small_flow: np.ndarray
+    frame_size: tuple[int, int]
     occluded: np.ndarray | None
     mean_magnitude: float
+
+    @functools.cached_property
+    def flow(self) -> np.ndarray:
+        """The flow at frame resolution, in frame pixels (resampled on first use; the warp does not need it)."""
+        return resize_flow(self.small_flow, self.frame_size)
 
     @property
     def occluded_share(self) -> float:
@@ -182,7 +191,6 @@ class FlowEstimator:
         small_frame, small_key = self._shrink(frame, key)
         size = (frame.shape[1], frame.shape[0])
         small_flow = self._flow(small_frame, small_key)
-        flow = resize_flow(small_flow, size)
         occluded = None
         if occlusion:
             backward = self._flow(small_key, small_frame)
@@ -197,7 +205,7 @@ class FlowEstimator:
             small_mask &= _warp_error(check_frame, check_key, forward) > PHOTOMETRIC_MIN_ERROR
             occluded = cv2.resize(small_mask.view(np.uint8), size, interpolation=cv2.INTER_NEAREST).view(bool)
         magnitude = float(np.mean(np.sqrt(_squared_norm(small_flow)))) * size[0] / small_flow.shape[1]
-        return Motion(flow=flow, occluded=occluded, mean_magnitude=magnitude)
+        return Motion(small_flow=small_flow, frame_size=size, occluded=occluded, mean_magnitude=magnitude)
 
     def _shrink(self, frame: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if frame.shape != key.shape:

@@ -241,7 +241,11 @@ class Reconstructor:
             key_size = image_size(key.stylized)
         else:
             key_size = self._expected_key_size or self._frame_size()
-        return _Warp(key_id, self._warper.maps_from_flow(motion.flow, key_size), motion.occluded)
+        return _Warp(key_id, self._maps(motion, key_size), motion.occluded)
+
+    def _maps(self, motion: Motion, key_size: tuple[int, int]) -> WarpMaps:
+        """Remap maps straight from the motion's working-size flow."""
+        return self._warper.maps_from_flow(motion.small_flow, key_size, motion.frame_size)
 
     def _link_next_key(self, key_id: int) -> None:
         """Buffered mode: frames waiting on the previous key also get a warp from the new key."""
@@ -285,9 +289,7 @@ class Reconstructor:
             fallback_id, fallback = self._fallback
             assert fallback.stylized is not None, "the fallback key was stylized"
             motion = self._flow.motion(waiting.frame, fallback.original, self._occlusion_check)
-            warp = _Warp(
-                fallback_id, self._warper.maps_from_flow(motion.flow, image_size(fallback.stylized)), motion.occluded
-            )
+            warp = _Warp(fallback_id, self._maps(motion, image_size(fallback.stylized)), motion.occluded)
             self._emit(waiting.frame_id, self._compose(waiting, [(warp, fallback)]), "fallback", fallback_id)
         else:
             self._emit(waiting.frame_id, waiting.frame, "failed", None)

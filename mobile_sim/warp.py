@@ -10,7 +10,9 @@ import numpy as np
 
 PIXEL_CENTER = 0.5  # pixel x covers [x - 0.5, x + 0.5]; cv2.resize uses the same convention
 BASE_GRID_CACHE = 4
-"""Coordinate grids kept (one per frame size / key size pair; 1080p costs 16 MB)."""
+"""Coordinate grids and border corrections kept (one per flow size / key size pair)."""
+BORDER_TOLERANCE_PX = 1e-4
+"""Upsampled coordinates closer than this to the exact ones need no border correction."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,39 +43,84 @@ def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
+def _centres(count: int, source_count: int, target_count: int) -> np.ndarray:
+    """Target coordinates (float64) of the centres of `count` cells spanning a `source_count`-pixel
+    axis, for a `target_count`-pixel image of the same extent."""
+    return (np.arange(count) + PIXEL_CENTER) * target_count / source_count - PIXEL_CENTER
+
+
 @functools.lru_cache(maxsize=BASE_GRID_CACHE)
-def _base_grid(frame_size: tuple[int, int], key_size: tuple[int, int]) -> np.ndarray:
-    """HxWx2 float32 key coordinates of each frame pixel centre (zero flow), for a key of `key_size`."""
-    (width, height), (key_width, key_height) = frame_size, key_size
-    base_x = ((np.arange(width) + PIXEL_CENTER) * key_width / width - PIXEL_CENTER).astype(np.float32)
-    base_y = ((np.arange(height) + PIXEL_CENTER) * key_height / height - PIXEL_CENTER).astype(np.float32)
+def _base_grid(flow_size: tuple[int, int], key_size: tuple[int, int]) -> np.ndarray:
+    """hxwx2 float32 key coordinates of the flow's cell centres (zero flow), for a key of `key_size`."""
+    (width, height), (key_width, key_height) = flow_size, key_size
     grid = np.empty((height, width, 2), np.float32)
-    grid[..., 0] = base_x[np.newaxis, :]
-    grid[..., 1] = base_y[:, np.newaxis]
+    grid[..., 0] = _centres(width, width, key_width)[np.newaxis, :]
+    grid[..., 1] = _centres(height, height, key_height)[:, np.newaxis]
     grid.setflags(write=False)
     return grid
+
+
+@functools.lru_cache(maxsize=BASE_GRID_CACHE)
+def _border_corrections(
+    flow_size: tuple[int, int], frame_size: tuple[int, int], key_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per column (x) and per row (y): exact key coordinate of each frame pixel minus what bilinear
+    upsampling of the flow-resolution coordinate grid gives (it clamps beyond the outer cell centres).
+
+    Zero inside, so only the few border columns and rows need adding; float32.
+    """
+    corrections = []
+    for axis in (0, 1):
+        cells, pixels, key = flow_size[axis], frame_size[axis], key_size[axis]
+        exact = _centres(pixels, pixels, key)
+        source = np.clip(_centres(pixels, pixels, cells), 0, cells - 1)  # cv2.resize's clamped sample positions
+        upsampled = (source + PIXEL_CENTER) * key / cells - PIXEL_CENTER
+        corrections.append((exact - upsampled).astype(np.float32))
+    return corrections[0], corrections[1]
+
+
+def _border_width(correction: np.ndarray) -> tuple[int, int]:
+    """How many leading and trailing entries of a correction vector are non-zero."""
+    inside = np.flatnonzero(np.abs(correction) < BORDER_TOLERANCE_PX)
+    if len(inside) == 0:
+        return len(correction), 0
+    return int(inside[0]), len(correction) - 1 - int(inside[-1])
 
 
 class Warper:
     """Backward warp î(x) = k̂(x + f(x)) with bilinear sampling (Eq. 1, Algorithm 1)."""
 
-    def maps_from_flow(self, flow: np.ndarray, key_size: tuple[int, int]) -> WarpMaps:
-        """Build remap maps once from a frame→key flow (HxWx2, frame pixels).
+    def maps_from_flow(
+        self, flow: np.ndarray, key_size: tuple[int, int], frame_size: tuple[int, int] | None = None
+    ) -> WarpMaps:
+        """Build fixed-point remap maps once from a frame→key flow (hxwx2, in its own pixels).
 
-        Source coordinates are scaled to a stylized key of `key_size` (width, height), which may
-        differ from the frame size.
+        `flow` may be coarser than the frame (`frame_size`, default the flow's size): it covers the
+        whole frame, and the absolute key coordinates are upsampled bilinearly straight into the
+        frame's grid (one full-resolution pass before convertMaps). Source coordinates are scaled to
+        a stylized key of `key_size` (width, height), which may differ from the frame size.
         """
         if flow.ndim != 3 or flow.shape[2] != 2:
             raise ValueError(f"flow must be HxWx2, got shape {flow.shape}")
         key_width, key_height = key_size
         if key_width < 1 or key_height < 1:
             raise ValueError(f"key size must be positive, got {key_size}")
-        height, width = flow.shape[:2]
-        if (key_width, key_height) != (width, height):
-            flow = flow * np.array([key_width / width, key_height / height], np.float32)
-        coordinates = cv2.add(flow.astype(np.float32, copy=False), _base_grid((width, height), (key_width, key_height)))
+        flow_size = image_size(flow)
+        frame_size = frame_size or flow_size
+        scale = (key_width / flow_size[0], key_height / flow_size[1])
+        if scale != (1.0, 1.0):
+            flow = cv2.multiply(flow.astype(np.float32, copy=False), scale)  # type: ignore[call-overload]
+        coordinates = cv2.add(flow.astype(np.float32, copy=False), _base_grid(flow_size, key_size))
+        if frame_size != flow_size:
+            coordinates = cv2.resize(coordinates, frame_size, interpolation=cv2.INTER_LINEAR)
+            for axis, correction in enumerate(_border_corrections(flow_size, frame_size, key_size)):
+                leading, trailing = _border_width(correction)
+                view = coordinates[..., axis] if axis == 1 else coordinates[..., axis].T
+                view[:leading] += correction[:leading, np.newaxis]
+                if trailing:
+                    view[-trailing:] += correction[-trailing:, np.newaxis]
         map1, map2 = cv2.convertMaps(coordinates, None, cv2.CV_16SC2)  # type: ignore[call-overload]
-        return WarpMaps(map1=map1, map2=map2, frame_size=(width, height), key_size=(key_width, key_height))
+        return WarpMaps(map1=map1, map2=map2, frame_size=frame_size, key_size=(key_width, key_height))
 
     def warp(self, stylized_key: np.ndarray, maps: WarpMaps) -> np.ndarray:
         """Warp the stylized key frame to the frame's geometry; output has the frame's size."""

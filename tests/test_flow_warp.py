@@ -1,9 +1,10 @@
+import cv2
 import numpy as np
 import pytest
 
-from mobile_sim.flow import FLOW_METHODS, FlowEstimator
+from mobile_sim.flow import FLOW_METHODS, FlowEstimator, resize_flow
 from mobile_sim.sources import SyntheticCamera, sample_photo
-from mobile_sim.warp import Warper, resize_to
+from mobile_sim.warp import Warper, WarpMaps, resize_to
 
 WIDTH, HEIGHT = 160, 96
 MARGIN = 8
@@ -126,3 +127,21 @@ def test_flow_does_not_depend_on_earlier_calls() -> None:
     first = estimator.estimate(camera.render(5), camera.render(8))
     estimator.estimate(camera.render(40), camera.render(30))
     assert np.array_equal(estimator.estimate(camera.render(5), camera.render(8)), first)
+
+
+@pytest.mark.parametrize(("frame_size", "key_size"), [((320, 192), (320, 192)), ((333, 201), (500, 300))])
+def test_maps_from_a_coarse_flow_match_maps_from_the_upsampled_flow(
+    frame_size: tuple[int, int], key_size: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(0)
+    coarse = cv2.GaussianBlur(rng.normal(0, 3, (HEIGHT, WIDTH, 2)).astype(np.float32), (0, 0), 3)
+    warper = Warper()
+    direct = warper.maps_from_flow(coarse, key_size, frame_size)
+    upsampled = warper.maps_from_flow(resize_flow(coarse, frame_size), key_size)
+    assert direct.frame_size == upsampled.frame_size == frame_size
+
+    def coordinates(maps: WarpMaps) -> np.ndarray:
+        return cv2.convertMaps(maps.map1, maps.map2, cv2.CV_32FC2)[0]  # type: ignore[call-overload,no-any-return]
+
+    fixed_point_step = 1 / 32
+    assert np.abs(coordinates(direct) - coordinates(upsampled)).max() <= fixed_point_step + 1e-6
