@@ -3,6 +3,8 @@
 Live mode warps each frame from the newest key before it as soon as that key is stylized;
 buffered mode waits for the next key too and blends both warps by their forward-backward
 confidence. Pixels no usable warp covers are filled with the key's colour map (ColorMap).
+Render "affine"/"affine-flow" (live only) instead applies the stylizer's local affine colour maps,
+sent with the key, to each frame itself (moved along the flow to the key with "affine-flow").
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from mobile_sim.affine import AffineCoefficients, AffineRenderer
 from mobile_sim.colormap import ColorMap
 from mobile_sim.flow import FlowEstimator, Motion, MotionProbe
 from mobile_sim.warp import Warper, WarpMaps, image_size, resize_to
 
 ReconstructionMode = Literal["live", "buffered"]
 RECONSTRUCTION_MODES: tuple[ReconstructionMode, ...] = ("live", "buffered")
-OutputKind = Literal["key", "warped", "fallback", "failed"]
-OUTPUT_KINDS: tuple[OutputKind, ...] = ("key", "warped", "fallback", "failed")
+IntermediateRender = Literal["warp", "affine", "affine-flow"]
+INTERMEDIATE_RENDERS: tuple[IntermediateRender, ...] = ("warp", "affine", "affine-flow")
+OutputKind = Literal["key", "warped", "affine", "fallback", "failed"]
+OUTPUT_KINDS: tuple[OutputKind, ...] = ("key", "warped", "affine", "fallback", "failed")
 STAT_EVICTED = "evicted"
 STAT_STALE = "stale_results"
 DEFAULT_MAX_FRAMES = 256
@@ -37,8 +42,9 @@ _log = logging.getLogger(__name__)
 class OutputFrame:
     """One reconstructed frame.
 
-    kind: "key" (the stylized key frame), "warped" (from its own key), "fallback" (from an earlier
-    key because its own failed) or "failed" (no stylized key available: `image` is the original).
+    kind: "key" (the stylized key frame), "warped" (warped from its own key), "affine" (its own
+    key's colour maps applied to it), "fallback" (from an earlier key because its own failed) or
+    "failed" (no stylized key available: `image` is the original).
     key_id: the key whose stylized frame `image` comes from; None when kind is "failed".
     """
 
@@ -54,6 +60,7 @@ class _Key:
     stylized: np.ndarray | None = None
     failed: bool = False
     color_map: ColorMap | None = None  # fitted when the stylized key arrives, if occlusions are filled
+    coefficients: AffineCoefficients | None = None  # the stylizer's colour maps, in the affine renders
 
     @property
     def resolved(self) -> bool:
@@ -74,7 +81,8 @@ class _Waiting:
     frame_id: int
     key_id: int
     frame: np.ndarray
-    warp: _Warp | None  # None for key frames and for frames of a key already known to have failed
+    warp: _Warp | None  # None for key frames, frames of a key known to have failed, and affine renders
+    motion: Motion | None = None  # render "affine-flow": flow to the key, for moving its colour maps
     next_warp: _Warp | None = None  # buffered mode: the warp from the next key
     next_key_id: int | None = None  # buffered mode: the next key, once it is added
 
@@ -92,7 +100,10 @@ class Reconstructor:
     blended per pixel by time distance and forward-backward consistency; emitted once both keys are
     resolved (frames after the last key wait for `finish`). `occlusion_check` computes the
     forward-backward mask (one more flow per frame); `fill_occlusions` replaces pixels that fail it
-    in every usable warp by the key's colour map applied to the original frame.
+    in every usable warp by the key's colour map applied to the original frame. `render` "affine"
+    (live mode only) applies the colour maps the stylizer sent with a key (`add_stylized(...,
+    coefficients)`) to each of its frames, with no flow at all; "affine-flow" first moves them along
+    the frame's flow to the key. Frames of a key that came without coefficients are warped.
     Flow to a key's original is computed when a frame (or, buffered, the next key) is added, so a
     stylized key's arrival only costs remaps. Frames come out of `pop_ready` strictly in frame
     order. Arrays passed in are kept, not copied. Not thread-safe: call it from one thread.
@@ -106,6 +117,7 @@ class Reconstructor:
         mode: ReconstructionMode = "live",
         occlusion_check: bool = False,
         fill_occlusions: bool = False,
+        render: IntermediateRender = "warp",
     ) -> None:
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -113,6 +125,12 @@ class Reconstructor:
             raise ValueError(f"mode must be one of {RECONSTRUCTION_MODES}, got {mode!r}")
         if fill_occlusions and not occlusion_check:
             raise ValueError("fill_occlusions needs occlusion_check")
+        if render not in INTERMEDIATE_RENDERS:
+            raise ValueError(f"render must be one of {INTERMEDIATE_RENDERS}, got {render!r}")
+        if render != "warp" and mode != "live":
+            raise ValueError(f"render {render!r} needs mode 'live'")
+        self.render = render
+        self._affine = AffineRenderer()
         self._flow = flow
         self._warper = warper
         self._max_frames = max_frames
@@ -166,16 +184,19 @@ class Reconstructor:
             )
         self._frame_shape = frame.shape
         self._last_frame_id = frame_id
-        warp = None
+        warp, motion = None, None
         if key_id == frame_id:
             self._keys[key_id] = _Key(original=frame)
             self._newest_key_id = key_id
             if self.mode == "buffered":
                 self._link_next_key(key_id)
-        elif not self._keys[key_id].failed:
-            motion = probe() if probe is not None else None
-            warp = self._warp_to(frame, key_id, motion)
-        self._waiting.append(_Waiting(frame_id, key_id, frame, warp))
+        elif self._keys[key_id].failed:
+            pass
+        elif self.render == "warp":
+            warp = self._warp_to(frame, key_id, probe() if probe is not None else None)
+        elif self.render == "affine-flow":
+            motion = probe() if probe is not None else self._flow.motion(frame, self._keys[key_id].original, False)
+        self._waiting.append(_Waiting(frame_id, key_id, frame, warp, motion))
         self._drain()
         while len(self._waiting) > self._max_frames:
             evicted = self._waiting.popleft()
@@ -184,13 +205,20 @@ class Reconstructor:
             self._drain()
         self._release_keys()
 
-    def add_stylized(self, key_id: int, stylized: np.ndarray) -> None:
-        """The stylized key frame (any size) arrived; results for keys no longer tracked are ignored."""
+    def add_stylized(self, key_id: int, stylized: np.ndarray, coefficients: np.ndarray | None = None) -> None:
+        """The stylized key frame (any size) arrived; results for keys no longer tracked are ignored.
+
+        coefficients: the stylizer's h x w x 12 colour maps of this key (RGB [0, 1], A row-major
+        then b; see mobile_sim.affine), used by the affine renders and otherwise ignored.
+        """
         _check_bgr("stylized key frame", stylized)
+        maps = AffineCoefficients.from_model(coefficients) if coefficients is not None else None
         key = self._open_key(key_id)
         if key is None:
             return
         key.stylized = stylized
+        if self.render != "warp":
+            key.coefficients = maps
         if self._fill:
             key.color_map = ColorMap.fit(key.original, stylized)
         self._expected_key_size = image_size(stylized)
@@ -279,7 +307,13 @@ class Reconstructor:
                     image = image.copy()
                 self._emit(waiting.frame_id, image, "key", waiting.key_id)
                 return
-            assert waiting.warp is not None, "frames of a good key always have a warp"
+            if key.coefficients is not None:
+                self._emit(
+                    waiting.frame_id, self._recolour(waiting.frame, key, waiting.motion), "affine", waiting.key_id
+                )
+                return
+            if waiting.warp is None:  # an affine render, but this key came without coefficients
+                waiting.warp = self._warp_to(waiting.frame, waiting.key_id, waiting.motion)
             warps = [(waiting.warp, key)]
             next_key = self._keys[waiting.next_key_id] if waiting.next_key_id is not None else None
             if waiting.next_warp is not None and next_key is not None and next_key.stylized is not None:
@@ -288,11 +322,23 @@ class Reconstructor:
         elif self._fallback is not None:
             fallback_id, fallback = self._fallback
             assert fallback.stylized is not None, "the fallback key was stylized"
+            if fallback.coefficients is not None:
+                motion = (
+                    self._flow.motion(waiting.frame, fallback.original, False) if self.render == "affine-flow" else None
+                )
+                self._emit(waiting.frame_id, self._recolour(waiting.frame, fallback, motion), "fallback", fallback_id)
+                return
             motion = self._flow.motion(waiting.frame, fallback.original, self._occlusion_check)
             warp = _Warp(fallback_id, self._maps(motion, image_size(fallback.stylized)), motion.occluded)
             self._emit(waiting.frame_id, self._compose(waiting, [(warp, fallback)]), "fallback", fallback_id)
         else:
             self._emit(waiting.frame_id, waiting.frame, "failed", None)
+
+    def _recolour(self, frame: np.ndarray, key: _Key, motion: Motion | None) -> np.ndarray:
+        """The key's colour maps (moved along `motion` when given) applied to the frame."""
+        assert key.coefficients is not None, "only keys with coefficients are applied"
+        maps = key.coefficients.moved(motion.small_flow) if motion is not None else key.coefficients
+        return self._affine.apply(frame, maps)
 
     def _compose(self, waiting: _Waiting, warps: list[tuple[_Warp, _Key]]) -> np.ndarray:
         """Warp from one key, or blend two (previous, next) by time distance x consistency; then fill."""

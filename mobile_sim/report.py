@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from mobile_sim.reconstruct import OUTPUT_KINDS
+
 PERCENTILES = (50, 95, 99)
 NS_PER_MS = 1e6
 LATENCY_PARTS = ("uplink", "queue", "inference", "downlink", "round_trip")
@@ -89,7 +91,7 @@ def build_report(
     """
     latencies = [lat for k in keys.values() if (lat := k.latency_ms()) is not None]
     outputs = [f for f in frames if f.output]
-    kinds = {kind: sum(1 for f in outputs if f.output == kind) for kind in ("key", "warped", "fallback", "failed")}
+    kinds = {kind: sum(1 for f in outputs if f.output == kind) for kind in OUTPUT_KINDS}
     reasons: dict[str, int] = {}
     for f in frames:
         if f.key:

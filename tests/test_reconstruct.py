@@ -72,7 +72,8 @@ def test_frames_come_out_in_order_as_soon_as_their_key_is_stylized() -> None:
     rec.add_stylized(9, stylize(FRAMES[9]))
     add_frames(rec, range(11, 12))
     assert summary(rec.pop_ready()) == [(9, "key", 9), (10, "warped", 9), (11, "warped", 9)]
-    assert rec.stats == {"key": 4, "warped": 8, "fallback": 0, "failed": 0, "evicted": 0, "stale_results": 0}
+    expected_stats = {"key": 4, "warped": 8, "affine": 0, "fallback": 0, "failed": 0, "evicted": 0, "stale_results": 0}
+    assert rec.stats == expected_stats
 
 
 def test_key_output_is_the_stylized_frame_resized_to_frame_size() -> None:
@@ -181,3 +182,30 @@ def test_rejects_bad_frame_ids_and_keys() -> None:
         rec.add_stylized(9, stylize(FRAMES[9]))
     with pytest.raises(ValueError, match="max_frames"):
         reconstructor(max_frames=0)
+
+
+def stylize_coefficients() -> np.ndarray:
+    """`stylize` as the model's colour maps (RGB in [0, 1]): out R, G, B = 1 - in B, G, R; on a 4x6 grid."""
+    matrix = -np.eye(3, dtype=np.float32)[::-1]
+    return np.tile(np.concatenate([matrix.ravel(), np.ones(3, np.float32)]), (4, 6, 1))
+
+
+@pytest.mark.parametrize("render", ["affine", "affine-flow"])
+def test_affine_render_applies_the_keys_colour_maps_to_each_frame(render: str) -> None:
+    rec = Reconstructor(FlowEstimator(), Warper(), render=render)  # type: ignore[arg-type]
+    add_frames(rec, range(6))
+    rec.add_stylized(0, stylize(FRAMES[0]), stylize_coefficients())
+    rec.add_stylized(3, stylize(FRAMES[3]))  # no coefficients: its frames are warped
+    outputs = rec.pop_ready()
+    assert summary(outputs) == [
+        (i, "key" if i % INTERVAL == 0 else "affine" if i < 3 else "warped", key_of(i)) for i in range(6)
+    ]
+    for out in outputs[1:3]:
+        np.testing.assert_array_equal(out.image, stylize(FRAMES[out.frame_id]))
+    for out in outputs[4:]:
+        assert_like_stylized_frame(out)
+
+
+def test_affine_render_needs_live_mode() -> None:
+    with pytest.raises(ValueError, match="needs mode 'live'"):
+        Reconstructor(FlowEstimator(), Warper(), mode="buffered", render="affine")
