@@ -21,7 +21,7 @@ from mobile_sim.client import (
 )
 from mobile_sim.flow import DEFAULT_METHOD, FLOW_METHODS
 from mobile_sim.keyframes import DEFAULT_KEY_POLICY, DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, KEY_POLICIES
-from mobile_sim.reconstruct import RECONSTRUCTION_MODES
+from mobile_sim.reconstruct import INTERMEDIATE_RENDERS, RECONSTRUCTION_MODES
 from streaming.link_shim import LinkProfile
 from streaming.protocol import DEFAULT_REGION
 from streaming.runtime import run_main
@@ -73,6 +73,13 @@ def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) ->
         help="live: warp each frame from the previous key; buffered: wait for the next key and blend both",
     )
     p.add_argument(
+        "--render",
+        choices=INTERMEDIATE_RENDERS,
+        default="warp",
+        help="warp: warp the stylized key to each frame; affine: ask the edge for the stylizer's colour maps "
+        "instead and apply them to every frame (affine-flow: moved along the flow first); live mode only",
+    )
+    p.add_argument(
         "--no-occlusion-fill",
         dest="fill_occlusions",
         action="store_false",
@@ -108,6 +115,7 @@ def phone_config_from_args(args: argparse.Namespace, **overrides: object) -> Pho
         flow=args.flow,
         mode=args.mode,
         fill_occlusions=args.fill_occlusions,
+        render=args.render,
         region=args.region,
         out_dir=args.out,
         result_timeout_ms=args.result_timeout_ms,

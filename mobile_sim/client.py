@@ -36,11 +36,12 @@ from mobile_sim.keyframes import (
     make_policy,
 )
 from mobile_sim.network import EmulatedLink, GatewayClock
-from mobile_sim.reconstruct import OutputFrame, ReconstructionMode, Reconstructor
+from mobile_sim.reconstruct import IntermediateRender, OutputFrame, ReconstructionMode, Reconstructor
 from mobile_sim.recorder import VideoRecorder
 from mobile_sim.report import FrameRecord, KeyRecord, build_report, write_report
 from mobile_sim.sources import FrameSource, default_style_photo, open_source
 from mobile_sim.warp import Warper
+from streaming.coefficients import decode_coefficients
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, decode_image, encode_jpeg
 from streaming.link_shim import LinkProfile
@@ -48,6 +49,8 @@ from streaming.protocol import (
     DATA_CHANNEL_LABEL,
     DEFAULT_REGION,
     EXACT_PTS_QUANTUM,
+    RESULT_COEFFICIENTS,
+    RESULT_FRAME,
     VIDEO_CLOCK_RATE,
     Chunk,
     ChunkAssembler,
@@ -110,6 +113,9 @@ class PhoneConfig:
     """live: warp from the previous key; buffered: wait for the next key too and blend."""
     fill_occlusions: bool = True
     """Fill pixels failing the forward-backward check from the key's colour map (one more flow per frame)."""
+    render: IntermediateRender = "warp"
+    """warp: warp the stylized key; affine / affine-flow: ask the edge for the stylizer's colour maps instead of
+    the stylized key and apply them to every frame (affine-flow moves them along the flow first; live mode)."""
     out_dir: Path | None = None
     """Where videos and report.json go; None: nothing written (the run's report is still returned)."""
     link: LinkProfile | None = None
@@ -203,6 +209,7 @@ class Phone:
             mode=config.mode,
             occlusion_check=config.fill_occlusions or self.policy.needs_occlusion,
             fill_occlusions=config.fill_occlusions,
+            render=config.render,
         )
         self._assembler = ChunkAssembler()
         self._link = EmulatedLink(config.link) if config.link is not None else None
@@ -293,6 +300,7 @@ class Phone:
             "sdp": await self._link.offer(sdp) if self._link is not None else sdp,
             "type": pc.localDescription.type,
             "style": base64.b64encode(style).decode("ascii"),
+            "result": RESULT_FRAME if self.config.render == "warp" else RESULT_COEFFICIENTS,
         }
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{self.config.gateway_url}/offer", json=offer) as response:
@@ -384,29 +392,32 @@ class Phone:
             task.add_done_callback(self._work.discard)
 
     async def _decode_and_accept(self, header: KeyResult, payload: bytes) -> None:
-        """Decode a stylized key frame on the I/O thread (not behind the flow backlog), then hand it over."""
+        """Decode a key's result on the I/O thread (not behind the flow backlog), then hand it over."""
+        decoder = decode_coefficients if header.kind == RESULT_COEFFICIENTS else decode_image
         try:
-            stylized: np.ndarray | None = await asyncio.get_running_loop().run_in_executor(
-                self._io, decode_image, payload
-            )
+            result: np.ndarray | None = await asyncio.get_running_loop().run_in_executor(self._io, decoder, payload)
             error = ""
-        except ImageDecodeError as exc:
-            stylized, error = None, f"undecodable result: {exc}"
+        except (ImageDecodeError, ProtocolError) as exc:
+            result, error = None, f"undecodable {header.kind} result: {exc}"
         header.stamps["phone_decoded"] = time.monotonic_ns()
-        self._submit(self._accept_key, header, len(payload), stylized, error)
+        self._submit(self._accept_key, header, len(payload), result, error)
 
-    def _accept_key(self, header: KeyResult, size: int, stylized: np.ndarray | None, error: str) -> list[OutputFrame]:
-        """Warp what waits on a stylized key frame (phone CPU thread)."""
+    def _accept_key(self, header: KeyResult, size: int, result: np.ndarray | None, error: str) -> list[OutputFrame]:
+        """Rebuild what waits on a key's stylized frame or colour maps (phone CPU thread)."""
         record = self.keys[header.frame_id]
-        if stylized is None:
+        if result is None:
             record.error_code, record.error = ErrorCode.INVALID, error
             self._reconstructor.key_failed(header.frame_id, record.error)
             return self._reconstructor.pop_ready()
         record.ok, record.attempts, record.worker_id = True, header.attempts, header.worker_id
         record.bytes, record.stamps = size, header.stamps
-        if self.config.keep_frames:
+        if header.kind == RESULT_COEFFICIENTS:
+            stylized = self._reconstructor.add_coefficients(header.frame_id, result)
+        else:
+            stylized = result
+            self._reconstructor.add_stylized(header.frame_id, stylized)
+        if self.config.keep_frames and stylized is not None:
             self._result.stylized_keys[header.frame_id] = stylized
-        self._reconstructor.add_stylized(header.frame_id, stylized)
         return self._reconstructor.pop_ready()
 
     def _fail_key(self, frame_id: int, code: str, text: str, attempts: int = 0) -> None:

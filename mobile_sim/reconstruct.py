@@ -214,8 +214,24 @@ class Reconstructor:
         _check_bgr("stylized key frame", stylized)
         maps = AffineCoefficients.from_model(coefficients) if coefficients is not None else None
         key = self._open_key(key_id)
+        if key is not None:
+            self._resolve(key, stylized, maps)
+
+    def add_coefficients(self, key_id: int, coefficients: np.ndarray) -> np.ndarray | None:
+        """The stylizer's colour maps of a key arrived instead of its stylized frame (see `add_stylized`).
+
+        The key frame is rendered from its original, which is what the stylizer output up to the maps'
+        quantization. Returns that frame, or None when the key is no longer tracked.
+        """
+        maps = AffineCoefficients.from_model(coefficients)
+        key = self._open_key(key_id)
         if key is None:
-            return
+            return None
+        stylized = self._affine.apply(key.original, maps)
+        self._resolve(key, stylized, maps)
+        return stylized
+
+    def _resolve(self, key: _Key, stylized: np.ndarray, maps: AffineCoefficients | None) -> None:
         key.stylized = stylized
         if self.render != "warp":
             key.coefficients = maps

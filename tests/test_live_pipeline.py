@@ -131,6 +131,31 @@ async def test_warped_frames_match_the_stylization_of_the_same_frame(
     assert np.median(unwarped) < 30.0 - 5.0, np.median(unwarped)
 
 
+async def test_affine_render_restyles_each_frame_from_its_keys_colour_map(
+    worker: StylizerWorker, gateway: Gateway, region: str
+) -> None:
+    """render="affine": the edge sends the stylizer's colour map instead of the stylized key, and the phone
+    applies it to every frame, so each output is (nearly) the stylization of that very frame."""
+    frames = 30
+    affine = await Phone(_config(gateway, region, frames=frames, render="affine")).run()
+    warped = await Phone(_config(gateway, region, frames=frames)).run()
+    report = affine.report
+    assert report["frames"]["output"] == frames and report["frames"]["by_output"]["failed"] == 0
+    assert report["frames"]["by_output"]["affine"] >= frames // 2
+    assert _check_keys_belong_to_their_frames(affine) == report["key_frames"]["ok"] >= frames // KEY_INTERVAL - 1
+    stylizer, style = _reference_stylizer()
+    scores = [
+        cv2.PSNR(out.image, _stylize(stylizer, style, affine.originals[i]))
+        for i, out in affine.outputs.items()
+        if out.kind == "affine"
+    ]
+    assert np.median(scores) >= 30.0, np.median(scores)
+    # Colour transfer is one global map: a 1x1 grid on the downlink instead of a JPEG per key.
+    per_key = report["key_frames"]["downlink_bytes"] / report["key_frames"]["ok"]
+    frame_keys = warped.report["key_frames"]
+    assert per_key * 20 < frame_keys["downlink_bytes"] / frame_keys["ok"], per_key
+
+
 async def test_adaptive_policy_in_buffered_mode_end_to_end(
     worker: StylizerWorker, gateway: Gateway, region: str
 ) -> None:
