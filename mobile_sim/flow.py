@@ -119,13 +119,17 @@ class Motion:
     frame_size: (width, height) of the frame.
     occluded: HxW bool at frame resolution, pixels that fail the forward-backward check and whose
     warped key differs visibly from the frame; None when only the forward flow was computed.
-    mean_magnitude: mean flow length in frame pixels.
     """
 
     small_flow: np.ndarray
     frame_size: tuple[int, int]
     occluded: np.ndarray | None
-    mean_magnitude: float
+
+    @functools.cached_property
+    def mean_magnitude(self) -> float:
+        """Mean flow length in frame pixels (computed on first use: only the adaptive policy reads it)."""
+        norm = np.mean(np.sqrt(_squared_norm(self.small_flow)))
+        return float(norm) * self.frame_size[0] / self.small_flow.shape[1]
 
     @functools.cached_property
     def flow(self) -> np.ndarray:
@@ -204,8 +208,7 @@ class FlowEstimator:
             small_mask = forward_backward_occlusion(forward, backward)
             small_mask &= _warp_error(check_frame, check_key, forward) > PHOTOMETRIC_MIN_ERROR
             occluded = cv2.resize(small_mask.view(np.uint8), size, interpolation=cv2.INTER_NEAREST).view(bool)
-        magnitude = float(np.mean(np.sqrt(_squared_norm(small_flow)))) * size[0] / small_flow.shape[1]
-        return Motion(small_flow=small_flow, frame_size=size, occluded=occluded, mean_magnitude=magnitude)
+        return Motion(small_flow=small_flow, frame_size=size, occluded=occluded)
 
     def _shrink(self, frame: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if frame.shape != key.shape:

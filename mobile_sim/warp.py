@@ -107,10 +107,13 @@ class Warper:
             raise ValueError(f"key size must be positive, got {key_size}")
         flow_size = image_size(flow)
         frame_size = frame_size or flow_size
-        scale = (key_width / flow_size[0], key_height / flow_size[1])
-        if scale != (1.0, 1.0):
-            flow = cv2.multiply(flow.astype(np.float32, copy=False), scale)  # type: ignore[call-overload]
-        coordinates = cv2.add(flow.astype(np.float32, copy=False), _base_grid(flow_size, key_size))
+        flow = flow.astype(np.float32, copy=False)
+        scale_x, scale_y = key_width / flow_size[0], key_height / flow_size[1]
+        if scale_x == scale_y:  # key and flow share the aspect ratio: scale and add the grid in one pass
+            coordinates = cv2.scaleAdd(flow, scale_x, _base_grid(flow_size, key_size))
+        else:
+            scaled = cv2.multiply(flow, (scale_x, scale_y, 0.0, 0.0))  # type: ignore[call-overload]
+            coordinates = cv2.add(scaled, _base_grid(flow_size, key_size))
         if frame_size != flow_size:
             coordinates = cv2.resize(coordinates, frame_size, interpolation=cv2.INTER_LINEAR)
             for axis, correction in enumerate(_border_corrections(flow_size, frame_size, key_size)):
