@@ -1,8 +1,8 @@
 """On-edge retraining and the edge side of federated learning (Algorithm 2 of the paper).
 
 A worker keeps the key frames it served (:class:`KeyFrameBuffer`). When it has been idle for a
-while it trains a copy of its model on them, on a training thread of its own running at the lowest
-CPU priority, so serving never waits for a training step and gets the CPU first. The worker keeps
+while it trains a copy of its model on them in a child process (:mod:`edge_worker.trainer_process`) that is
+frozen the moment a stylize request arrives, so serving never shares the CPU with a training step. The worker keeps
 serving the global version it adopted (local progress reaches the service through the next global
 version, as in FedAvg). After ``publish_every`` trained samples it publishes its delta against that
 base version, in fp16, through the model store (:func:`aggregator.store.submit_delta`), once per
@@ -13,11 +13,8 @@ model and the training copy. Before serving, it loads the latest global version.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-import os
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -33,6 +30,7 @@ from nats.errors import Error as NatsError
 
 from aggregator.store import ModelStore, submit_delta
 from edge_worker.key_buffer import DEFAULT_CAPACITY, KeyFrameBuffer
+from edge_worker.trainer_process import TrainerProcess
 from streaming.images import decode_image
 from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, ProtocolError, decode
 from streaming.tensors import NamedArrays
@@ -47,18 +45,6 @@ DELTA_DTYPE = np.float16
 """Deltas travel in fp16: half the bytes of fp32 weights."""
 STORE_TIMEOUT_S = 5.0
 """How long a starting worker waits for the model store before it serves the bundled model."""
-TRAINING_NICE = 19
-"""CPU priority of the training thread (and the threads it spawns): serving comes first."""
-
-
-def _lower_thread_priority() -> None:
-    """Renice the calling thread only (Linux schedules threads as tasks; no-op elsewhere)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAINING_NICE)
-    except (AttributeError, OSError):  # not Linux, or not permitted: train at normal priority
-        log.warning("could not lower the training thread's priority")
-
-
 TrainingPair = tuple[np.ndarray, np.ndarray]
 """(content, style), RGB uint8."""
 
@@ -106,15 +92,14 @@ class FederatedLearner:
         worker_id: str,
         region: str,
         js_domain: str | None = None,
+        threads: int = 1,
     ) -> None:
         self.config = config
         self.model = model
-        self.trainer: Trainable = copy.deepcopy(model)
+        self.trainer = TrainerProcess(model, threads)  # a copy, in a process serving can freeze
         self.buffer = KeyFrameBuffer(config.buffer_dir, config.buffer_size)
         self._executor = executor
-        self._training = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="fl-train", initializer=_lower_thread_priority
-        )
+        self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-train")  # waits on the child
         self._fetch_style = fetch_style
         self._worker_id = worker_id
         self._region = region
@@ -152,12 +137,25 @@ class FederatedLearner:
         await nc.subscribe(FL_GLOBAL_SUBJECT, cb=self._on_global)
 
     def close(self) -> None:
-        """Stop the training thread (after the current step)."""
+        """Stop training (after the current step) and the trainer process."""
+        self.trainer.resume()
         self._training.shutdown(wait=True, cancel_futures=True)
+        self.trainer.close()
 
-    def note_request(self) -> None:
-        """A stylize request arrived: training waits until the worker is idle again."""
+    def note_activity(self) -> None:
+        """A stylize request arrived or was answered: training is frozen until the worker has been idle for
+        ``idle_s`` (a step in progress stops at once and resumes later)."""
         self._last_request = time.monotonic()
+        self.trainer.pause()
+
+    def _idle(self) -> bool:
+        return time.monotonic() - self._last_request >= self.config.idle_s
+
+    async def _thaw_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            if self.trainer.paused and self._idle():
+                self.trainer.resume()
 
     def record(self, content_jpeg: bytes, style_id: str) -> None:
         """Keep a served key frame for retraining."""
@@ -165,16 +163,20 @@ class FederatedLearner:
 
     async def run(self) -> None:
         """Train while idle and publish deltas, until cancelled."""
-        while True:
-            if time.monotonic() - self._last_request < self.config.idle_s or len(self.buffer) < self.config.batch_size:
-                await asyncio.sleep(POLL_S)
-                continue
-            await self.train_once()
-            if self.samples_since_base >= self.config.publish_every and self._published_base != self.base_version:
-                await self.publish()
+        thaw = asyncio.create_task(self._thaw_when_idle(), name="fl-thaw")
+        try:
+            while True:
+                if not self._idle() or len(self.buffer) < self.config.batch_size:
+                    await asyncio.sleep(POLL_S)
+                    continue
+                await self.train_once()
+                if self.samples_since_base >= self.config.publish_every and self._published_base != self.base_version:
+                    await self.publish()
+        finally:
+            thaw.cancel()
 
     async def train_once(self) -> float:
-        """One step of the training copy on frames from the buffer (on the low-priority training thread)."""
+        """One step of the training copy on frames from the buffer (in the trainer process)."""
         pairs = [
             await self._pair(frame.path, frame.style_id)
             for frame in self.buffer.sample(self.config.batch_size, self._rng)

@@ -163,6 +163,7 @@ class StylizerWorker:
             self.config.worker_id,
             self.config.region,
             js_domain=self.config.js_domain,
+            threads=self.config.threads,
         )
         await self.learner.start(self._nc)
         self._learning = asyncio.create_task(self.learner.run(), name="federated-learning")
@@ -228,7 +229,7 @@ class StylizerWorker:
     async def _on_request(self, msg: Msg) -> None:
         received = time.monotonic_ns()
         if self.learner is not None:
-            self.learner.note_request()
+            self.learner.note_activity()
         try:
             request = decode(msg.data, StylizeRequest)
             validate_request(request)
@@ -270,6 +271,8 @@ class StylizerWorker:
             except Exception as exc:  # a worker must survive any single request
                 log.exception("stylize failed", extra={"frame_id": request.frame_id})
                 reply = self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            if self.learner is not None:
+                self.learner.note_activity()  # idle time counts from the end of serving
             if reply.ok:
                 self.served += 1
                 if self.learner is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,7 @@ from edge_worker.key_buffer import KeyFrameBuffer
 from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
+from edge_worker.trainer_process import TrainerProcess
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.images import encode_jpeg
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
@@ -55,6 +58,40 @@ def test_interim_colour_transfer_cannot_join_federated_learning() -> None:
     from edge_worker.model.color_transfer import LinearColorTransfer
 
     assert isinstance(_tiny_dnn(), Trainable) and not isinstance(LinearColorTransfer(), Trainable)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (R, S, T for stopped, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
+    model = _tiny_dnn()
+    trainer = TrainerProcess(model, threads=1)
+    try:
+        start = trainer.learned_state()
+        assert all(np.array_equal(start[k], v) for k, v in model.learned_state().items())
+        assert trainer.pid is not None
+        trainer.pause()
+        deadline = time.monotonic() + 1.0  # SIGSTOP lands asynchronously
+        while _process_state(trainer.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert trainer.paused and _process_state(trainer.pid) == "T"
+        photo = cv2.cvtColor(sample_photo(), cv2.COLOR_BGR2RGB)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            step = pool.submit(trainer.train_step, [(photo, photo), (photo, photo)])
+            time.sleep(0.5)
+            assert not step.done()  # a stopped child computes nothing
+            trainer.resume()
+            assert np.isfinite(step.result(timeout=WAIT_S))
+        assert any(not np.array_equal(start[k], v) for k, v in trainer.learned_state().items())
+        with pytest.raises(RuntimeError, match="does not match"):
+            trainer.load_learned_state({"nope": np.zeros(1, np.float32)})
+        trainer.load_learned_state(start)  # the child survived the bad call
+        assert all(np.array_equal(start[k], v) for k, v in trainer.learned_state().items())
+    finally:
+        trainer.close()
+    assert not Path(f"/proc/{trainer.pid}").exists() or _process_state(trainer.pid) in ("Z", "X")
 
 
 async def _until(predicate: object, what: str) -> None:
