@@ -31,8 +31,9 @@ from nats.errors import Error as NatsError
 from aggregator.store import ModelStore, submit_delta
 from edge_worker.key_buffer import DEFAULT_CAPACITY, KeyFrameBuffer
 from edge_worker.trainer_process import TrainerProcess
-from streaming.images import decode_image
+from streaming.images import ImageDecodeError, decode_image
 from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, ProtocolError, decode
+from streaming.style_store import UnknownStyleError
 from streaming.tensors import NamedArrays
 
 log = logging.getLogger(__name__)
@@ -169,22 +170,41 @@ class FederatedLearner:
                 if not self._idle() or len(self.buffer) < self.config.batch_size:
                     await asyncio.sleep(POLL_S)
                     continue
-                await self.train_once()
-                if self.samples_since_base >= self.config.publish_every and self._published_base != self.base_version:
-                    await self.publish()
+                try:
+                    await self.train_once()
+                    if (
+                        self.samples_since_base >= self.config.publish_every
+                        and self._published_base != self.base_version
+                    ):
+                        await self.publish()
+                except Exception:  # a failed step or publish must not end retraining: retry after a pause
+                    log.exception("retraining step failed", extra={"worker_id": self._worker_id})
+                    await asyncio.sleep(self.config.idle_s)
         finally:
             thaw.cancel()
 
-    async def train_once(self) -> float:
-        """One step of the training copy on frames from the buffer (in the trainer process)."""
-        pairs = [
-            await self._pair(frame.path, frame.style_id)
-            for frame in self.buffer.sample(self.config.batch_size, self._rng)
-        ]
+    async def train_once(self) -> float | None:
+        """One step of the training copy on frames from the buffer (in the trainer process); None if no buffered
+        frame was usable."""
+        pairs = await self._pairs()
+        if not pairs:
+            return None
         loss = await asyncio.get_running_loop().run_in_executor(self._training, self.trainer.train_step, pairs)
         self.samples_since_base += len(pairs)
         self.losses.append(loss)
         return loss
+
+    async def _pairs(self) -> list[TrainingPair]:
+        """A batch from the buffer; frames that can no longer be used (their style gone from the store, an
+        unreadable file) are dropped from the buffer."""
+        pairs = []
+        for frame in self.buffer.sample(self.config.batch_size, self._rng):
+            try:
+                pairs.append(await self._pair(frame.path, frame.style_id))
+            except (UnknownStyleError, ImageDecodeError, OSError) as exc:
+                log.warning("dropping a buffered key frame", extra={"frame": frame.path.name, "error": str(exc)})
+                self.buffer.discard(frame)
+        return pairs
 
     async def _pair(self, path: Path, style_id: str) -> TrainingPair:
         content = cv2.cvtColor(decode_image(path.read_bytes()), cv2.COLOR_BGR2RGB)

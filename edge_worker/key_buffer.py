@@ -54,6 +54,12 @@ class KeyFrameBuffer:
         while len(self._entries) > self.capacity:
             self._entries.pop(0).unlink(missing_ok=True)
 
+    def discard(self, frame: BufferedFrame) -> None:
+        """Forget a stored frame that can no longer be trained on (and delete its file)."""
+        if frame.path in self._entries:
+            self._entries.remove(frame.path)
+        frame.path.unlink(missing_ok=True)
+
     def sample(self, count: int, rng: random.Random) -> list[BufferedFrame]:
         """Up to ``count`` distinct stored frames, uniformly at random."""
         chosen = rng.sample(self._entries, min(count, len(self._entries)))

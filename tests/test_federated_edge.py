@@ -183,3 +183,54 @@ async def test_without_a_model_store_the_worker_keeps_the_bundled_model(
             await nc.close()
     assert learner.base_version == -1 and "model store unreachable" in caplog.text
     assert all(np.array_equal(model.learned_state()[k], bundled[k]) for k in bundled)
+
+
+async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes_on(tmp_path: Path) -> None:
+    """A restarted worker's buffer may hold frames of styles the store no longer has: they are dropped, the
+    learner keeps training on the others and is never left frozen."""
+    stale = KeyFrameBuffer(tmp_path / "buffer")
+    for _ in range(3):
+        stale.add(encode_jpeg(cv2.resize(sample_photo(), (64, 36))), "deadbeef")
+    with NatsServer() as server:
+        model = _tiny_dnn()
+        aggregator = Aggregator(AggregatorConfig(nats_url=server.url))
+        await aggregator.start(model.learned_state())
+        await aggregator.stop()
+        worker = StylizerWorker(
+            WorkerConfig(
+                nats_url=server.url,
+                region="fl",
+                threads=1,
+                federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.2, publish_every=10**6),
+            ),
+            stylizer=model,
+        )
+        nc = await nats.connect(server.url)
+        try:
+            await worker.start()
+            assert worker.learner is not None
+            style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
+            frame = encode_jpeg(cv2.resize(sample_photo(), (64, 36)))
+            for i in range(2):
+                request = StylizeRequest(
+                    stream_id="s",
+                    frame_id=i,
+                    style_id=style_id,
+                    image=frame,
+                    out_width=64,
+                    out_height=36,
+                    budget_ms=2e3,
+                )
+                assert decode(
+                    (await nc.request(stylize_subject("fl"), encode(request), timeout=5)).data, StylizeReply
+                ).ok
+            learner = worker.learner
+
+            def stale_left() -> bool:
+                return any(p.name.endswith("-deadbeef.jpg") for p in (tmp_path / "buffer").iterdir())
+
+            await _until(lambda: not stale_left() and len(learner.losses) >= 2, "stale frames kept or training stopped")
+            assert len(learner.buffer) == 2 and not learner.trainer.paused
+        finally:
+            await worker.stop()
+            await nc.close()
