@@ -94,6 +94,18 @@ def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
     assert not Path(f"/proc/{trainer.pid}").exists() or _process_state(trainer.pid) in ("Z", "X")
 
 
+async def _serve_key_frames(nc: nats.NATS, count: int) -> None:
+    """Store the default style and have region "fl" stylize `count` small key frames; each must succeed."""
+    style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
+    frame = encode_jpeg(cv2.resize(sample_photo(), (64, 36)))
+    for i in range(count):
+        request = StylizeRequest(
+            stream_id="s", frame_id=i, style_id=style_id, image=frame, out_width=64, out_height=36, budget_ms=2000.0
+        )
+        reply = decode((await nc.request(stylize_subject("fl"), encode(request), timeout=5)).data, StylizeReply)
+        assert reply.ok
+
+
 async def _until(predicate: object, what: str) -> None:
     async def loop() -> None:
         while not predicate():  # type: ignore[operator]
@@ -125,20 +137,7 @@ async def test_worker_adopts_trains_when_idle_publishes_and_follows(tmp_path: Pa
             # Adopted v0 before serving anything.
             assert worker.learner is not None and worker.learner.base_version == 0
             assert all(np.array_equal(model.learned_state()[k], initial[k]) for k in initial)
-            style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
-            frame = encode_jpeg(cv2.resize(sample_photo(), (64, 36)))
-            for i in range(4):
-                request = StylizeRequest(
-                    stream_id="s",
-                    frame_id=i,
-                    style_id=style_id,
-                    image=frame,
-                    out_width=64,
-                    out_height=36,
-                    budget_ms=2000.0,
-                )
-                reply = decode((await nc.request(stylize_subject("fl"), encode(request), timeout=5)).data, StylizeReply)
-                assert reply.ok
+            await _serve_key_frames(nc, 4)
             assert len(worker.learner.buffer) == 4 and not worker.learner.losses  # no training while busy
             await _until(lambda: worker.learner.base_version == 1, "worker never adopted v1")
             store = await ModelStore.open(nc.jetstream())
@@ -209,21 +208,7 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
         try:
             await worker.start()
             assert worker.learner is not None
-            style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
-            frame = encode_jpeg(cv2.resize(sample_photo(), (64, 36)))
-            for i in range(2):
-                request = StylizeRequest(
-                    stream_id="s",
-                    frame_id=i,
-                    style_id=style_id,
-                    image=frame,
-                    out_width=64,
-                    out_height=36,
-                    budget_ms=2e3,
-                )
-                assert decode(
-                    (await nc.request(stylize_subject("fl"), encode(request), timeout=5)).data, StylizeReply
-                ).ok
+            await _serve_key_frames(nc, 2)
             learner = worker.learner
 
             def stale_left() -> bool:
