@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from edge_worker.model.base import Stylizer
-from edge_worker.model.meta_smoothing import LiteralMetaSmoothing, MetaSmoothing, apply_affine, resample
+from edge_worker.model.meta_smoothing import (
+    LiteralMetaSmoothing,
+    MetaSmoothing,
+    apply_affine,
+    local_affine_fit,
+    resample,
+)
 from edge_worker.model.stylizer import CONFIGS, DEFAULT_MODEL_PATH, MODEL_VERSION, PhotoStylizer, StylizerConfig
 from edge_worker.model.vgg import EncoderConfig, VGGEncoder, load_torchvision_vgg19
 from edge_worker.quality import gaussian_w2, matting_laplacian_residual, structure_ssim
@@ -81,6 +87,25 @@ def test_global_colour_map_is_reproduced_exactly_at_any_r(r: float, downsample: 
     error = (out - apply_affine(coeffs.expand(1, 12, *full.shape[-2:]), full)).abs()
     assert error.median() < 1e-3  # exact away from edges
     assert error.max() < HALO_TOLERANCE  # guided upsampling's halo within a low-res pixel of an edge
+
+
+def test_gain_prior_keeps_detail_where_the_decoder_output_is_flat() -> None:
+    """Fitted on a flat target, gains shrink to zero (detail lost) or, with a prior, to the prior's map; a
+    target that is the prior's map of the guide is fitted whatever the prior's weight."""
+    torch.manual_seed(2)
+    guide = torch.rand(1, 3, 24, 32)  # local colour variance ~1/12
+    prior = torch.tensor([[[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.7]]])
+    mapped = apply_affine(torch.cat([prior.flatten(), torch.zeros(3)]).view(1, 12, 1, 1).expand(1, 12, 24, 32), guide)
+
+    def gains(target: torch.Tensor, eps: float = 1e-4, **prior_args) -> torch.Tensor:
+        return local_affine_fit(guide, target, radius=2, eps=eps, **prior_args)[:, :9].permute(0, 2, 3, 1)
+
+    flat = torch.full_like(guide, 0.5)
+    assert gains(flat).abs().max() < 1e-6
+    expected = prior.view(1, 1, 1, 9).expand(1, 24, 32, 9)
+    torch.testing.assert_close(gains(flat, prior=prior, prior_weight=10.0), expected, atol=0.02, rtol=0)
+    for weight in (1e-3, 1e-1, 10.0):
+        torch.testing.assert_close(gains(mapped, 1e-7, prior=prior, prior_weight=weight), expected, atol=1e-4, rtol=0)
 
 
 def test_output_is_locally_affine_in_the_content_but_literal_upscaling_is_not(photos) -> None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_worker.model.transform import FeatureStats, sqrtm_newton_schulz
+from edge_worker.model.transform import FeatureStats, monge_kantorovich, sqrtm_newton_schulz
 
 FILTER_SIZE = 5
 """H_u = W_u = H_s = W_s = 5 (Sec. 4.2)."""
@@ -45,6 +45,11 @@ COLOUR_RIDGE = 1e-5
 Chroma variances of photos are ~1e-3, so a larger ridge leaves outputs desaturated: on the held-out pairs of
 ``bench.stylize`` the bundled model's Gaussian W2 was 10.5 at 1e-3, 8.1 at 1e-4, 6.9 at 3e-5, 5.9 at 1e-5 with
 the same SSIM (0.574-0.578). An output direction's variance never exceeds the style's along it plus the ridge."""
+GAIN_PRIOR_WEIGHT = 1e-3
+"""Ridge pulling each window's colour gain A toward the global Monge-Kantorovich map of the content onto the style
+instead of toward zero. The decoder's output is smoother than the content, so a fit shrunk toward zero loses the
+content's local contrast (flat irises, hazy texture); shrunk toward the global map, detail keeps the style's gain.
+On the held-out pairs of ``bench.stylize`` (radius 8): SSIM 0.574 → 0.605, Gaussian W2 5.92 → 4.02."""
 
 
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -52,10 +57,18 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
 
 
-def local_affine_fit(guide: torch.Tensor, target: torch.Tensor, radius: int, eps: torch.Tensor | float) -> torch.Tensor:
+def local_affine_fit(
+    guide: torch.Tensor,
+    target: torch.Tensor,
+    radius: int,
+    eps: torch.Tensor | float,
+    prior: torch.Tensor | None = None,
+    prior_weight: float = 0.0,
+) -> torch.Tensor:
     """Per-window ridge regression ``target ≈ A guide + b`` (colour guided filter, He et al. 2013, Eq. 19).
 
-    ``guide`` and ``target`` are ``(N, 3, h, w)``; returns ``(N, 12, h, w)``: A row-major, then b.
+    ``guide`` and ``target`` are ``(N, 3, h, w)``; returns ``(N, 12, h, w)``: A row-major, then b. The ridge
+    ``eps`` pulls A toward zero; with a ``prior`` ``(N, 3, 3)`` the ridge ``prior_weight`` pulls A toward it.
     """
     n, _, h, w = guide.shape
     gi, gj = torch.triu_indices(3, 3, device=guide.device)
@@ -69,8 +82,11 @@ def local_affine_fit(guide: torch.Tensor, target: torch.Tensor, radius: int, eps
     sigma = torch.zeros(n, 3, 3, h, w, dtype=guide.dtype, device=guide.device)
     sigma[:, gi, gj] = gg - mean_g[:, gi] * mean_g[:, gj]
     sigma[:, gj, gi] = sigma[:, gi, gj]
-    sigma = sigma + eps * torch.eye(3, dtype=guide.dtype, device=guide.device).view(1, 3, 3, 1, 1)
+    ridge = eps + prior_weight if prior is not None else eps
+    sigma = sigma + ridge * torch.eye(3, dtype=guide.dtype, device=guide.device).view(1, 3, 3, 1, 1)
     cross = tg - mean_t.unsqueeze(2) * mean_g.unsqueeze(1)
+    if prior is not None:
+        cross = cross + prior_weight * prior.to(guide.dtype).view(n, 3, 3, 1, 1)
     # A Σ = cross  <=>  Σ Aᵀ = crossᵀ (Σ symmetric)
     a_t = torch.linalg.solve(sigma.permute(0, 3, 4, 1, 2), cross.permute(0, 3, 4, 2, 1))
     a = a_t.transpose(-1, -2)  # (N, h, w, out, in)
@@ -154,10 +170,11 @@ def _depthwise(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 class MetaSmoothing(nn.Module):
     """Guided affine meta-smoothing: ``out = A↑ · content_full + b↑`` with A, b fitted at low resolution."""
 
-    def __init__(self, radius: int, downsample: int = 1) -> None:
+    def __init__(self, radius: int, downsample: int = 1, gain_prior: float = 0.0) -> None:
         super().__init__()
         self.radius = radius
         self.downsample = downsample
+        self.gain_prior = gain_prior
         self.log_eps = nn.Parameter(torch.tensor(math.log(EPS_INIT)))
         self.meta_kernel = nn.Parameter(_gaussian_logits(FILTER_SIZE, META_KERNEL_SIGMA))  # log W_u^1
         delta = torch.full((FILTER_SIZE, FILTER_SIZE), SMOOTH_KERNEL_OFF_CENTER)
@@ -171,15 +188,21 @@ class MetaSmoothing(nn.Module):
         w_s = torch.softmax(self.smooth_kernel.flatten(), 0).view_as(self.smooth_kernel)
         return w_u / w_u.sum(), w_s
 
-    def coefficients(self, content_low: torch.Tensor, stylized_low: torch.Tensor, r: float) -> torch.Tensor:
+    def coefficients(
+        self, content_low: torch.Tensor, stylized_low: torch.Tensor, r: float, style_colours: FeatureStats | None = None
+    ) -> torch.Tensor:
         """Smoothed ``(N, 12, h/d, w/d)`` affine coefficients, fitted ``d = downsample`` times below the network's
         resolution: the decoder's output is blurrier than the content at its finest scale, and fitting both at
-        a scale where they agree avoids shrinking the content's detail (regression dilution)."""
+        a scale where they agree avoids shrinking the content's detail (regression dilution). With
+        ``style_colours`` and a ``gain_prior``, gains shrink toward the content→style Monge-Kantorovich map."""
         eps = EPS_FLOOR + self.log_eps.exp()
+        prior = None
+        if style_colours is not None and self.gain_prior > 0:
+            prior = monge_kantorovich(colour_stats(content_low), style_colours)
         if self.downsample > 1:
             content_low = F.avg_pool2d(content_low, self.downsample, ceil_mode=True)
             stylized_low = F.avg_pool2d(stylized_low, self.downsample, ceil_mode=True)
-        coeffs = local_affine_fit(content_low, stylized_low, self.radius, eps)
+        coeffs = local_affine_fit(content_low, stylized_low, self.radius, eps, prior, self.gain_prior)
         w_u, w_s = self.kernels(r)
         return _depthwise(_depthwise(coeffs, w_u), w_s)
 
@@ -192,10 +215,11 @@ class MetaSmoothing(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Output at ``content_full``'s size and the low-resolution coefficients it came from.
 
-        With ``style_colours`` the coefficients are composed with :func:`align_colours`.
+        With ``style_colours`` the gains are fitted toward the style's global map (``gain_prior``) and the
+        coefficients are composed with :func:`align_colours`.
         """
         r = content_full.shape[-1] * self.downsample / content_low.shape[-1]
-        coeffs = self.coefficients(content_low, stylized_low, r)
+        coeffs = self.coefficients(content_low, stylized_low, r, style_colours)
         if style_colours is not None:
             coeffs = align_colours(coeffs, content_low, style_colours)
         return apply_affine(resample(coeffs, tuple(content_full.shape[-2:])), content_full), coeffs

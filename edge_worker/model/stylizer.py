@@ -20,7 +20,7 @@ from torch import nn
 
 from edge_worker.model.base import Size, check_image, check_size
 from edge_worker.model.decoder import UnpoolDecoder
-from edge_worker.model.meta_smoothing import LiteralMetaSmoothing, MetaSmoothing, colour_stats
+from edge_worker.model.meta_smoothing import GAIN_PRIOR_WEIGHT, LiteralMetaSmoothing, MetaSmoothing, colour_stats
 from edge_worker.model.transform import FeatureStats, LearnedColorization
 from edge_worker.model.vgg import EncoderConfig, VGGEncoder, find_torchvision_vgg19, load_torchvision_vgg19
 
@@ -45,6 +45,7 @@ class StylizerConfig:
     work_size: int = 256
     smoothing_radius: int = 4
     smoothing_downsample: int = 1
+    smoothing_gain_prior: float = 0.0
     smoothing: str = "affine"
     colour_alignment: bool = True
 
@@ -56,7 +57,14 @@ class StylizerConfig:
 
 CONFIGS: dict[str, StylizerConfig] = {
     "tiny": StylizerConfig(width_divisor=8, compressed_channels=8, work_size=32, smoothing_radius=2),
-    "small": StylizerConfig(width_divisor=2, compressed_channels=32, work_size=256, smoothing_downsample=4),
+    "small": StylizerConfig(
+        width_divisor=2,
+        compressed_channels=32,
+        work_size=256,
+        smoothing_radius=8,
+        smoothing_downsample=4,
+        smoothing_gain_prior=GAIN_PRIOR_WEIGHT,
+    ),
     "full": StylizerConfig(),
 }
 """Named configurations: ``tiny`` for tests, ``small`` for the bundled model, ``full`` = VGG19 (ImageNet-loadable)."""
@@ -109,7 +117,9 @@ class PhotoStylizer(nn.Module):
         self.colorization = LearnedColorization(self.encoder.out_channels, self.config.compressed_channels)
         self.decoder = UnpoolDecoder(self.config.encoder)
         self.smoothing: MetaSmoothing | LiteralMetaSmoothing = (
-            MetaSmoothing(self.config.smoothing_radius, self.config.smoothing_downsample)
+            MetaSmoothing(
+                self.config.smoothing_radius, self.config.smoothing_downsample, self.config.smoothing_gain_prior
+            )
             if self.config.smoothing == "affine"
             else LiteralMetaSmoothing()
         )
