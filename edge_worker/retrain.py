@@ -75,6 +75,10 @@ class RetrainableStylizer:
         """As :meth:`PhotoStylizer.stylize_with_coefficients`."""
         return self.model.stylize_with_coefficients(content, style, out_size)
 
+    def coefficients(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
+        """As :meth:`PhotoStylizer.coefficients`."""
+        return self.model.coefficients(content, style, out_size)
+
     def learned_state(self) -> NamedArrays:
         """The learned parameters (colorization, decoder, meta-smoothing) as float32 arrays."""
         params = dict(self.model.named_parameters())

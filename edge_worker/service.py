@@ -307,7 +307,7 @@ class StylizerWorker:
         stamps["w_infer_start"] = time.monotonic_ns()
         out_size = (request.out_width, request.out_height)
         if request.result == RESULT_COEFFICIENTS and isinstance(self.stylizer, CoefficientStylizer):
-            _, coeffs = self.stylizer.stylize_with_coefficients(content, style, out_size)
+            coeffs = self.stylizer.coefficients(content, style, out_size)
             stamps["w_infer_end"] = time.monotonic_ns()
             payload, kind = encode_coefficients(coeffs), RESULT_COEFFICIENTS
         else:  # a stylizer without coefficients answers a coefficient request with the frame

@@ -44,6 +44,11 @@ class CoefficientStylizer(Stylizer, Protocol):
         """The stylized image (as ``stylize``) and its affine coefficients."""
         ...
 
+    def coefficients(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
+        """The coefficients ``stylize_with_coefficients`` returns, without rendering the image: cheaper when only
+        the maps are sent. ``out_size`` stays an argument because a model may fit its maps for the upscale factor."""
+        ...
+
 
 def check_image(image: np.ndarray, what: str) -> None:
     """Raise ``ValueError`` unless ``image`` is a non-empty ``uint8`` H x W x 3 array."""

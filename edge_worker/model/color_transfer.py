@@ -81,18 +81,24 @@ class LinearColorTransfer(nn.Module):
         return (content @ a.T + b).clamp(0.0, 1.0)
 
     @torch.inference_mode()
-    def stylize_with_coefficients(
-        self, content: np.ndarray, style: ColorStats, out_size: Size
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The stylized frame and its global colour map as ``1 x 1 x 12`` coefficients (A row-major, b)."""
+    def coefficients(self, content: np.ndarray, style: ColorStats, out_size: Size) -> np.ndarray:
+        """The global colour map as ``1 x 1 x 12`` float32 coefficients (A row-major, b); the same at any size."""
         check_image(content, "content")
         check_size(out_size)
         a, b = monge_kantorovich_map(color_stats(content), style)
+        return torch.cat([a.flatten(), b]).float().numpy().reshape(1, 1, -1)
+
+    @torch.inference_mode()
+    def stylize_with_coefficients(
+        self, content: np.ndarray, style: ColorStats, out_size: Size
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stylized frame and its global colour map (as :meth:`coefficients`)."""
+        coeffs = self.coefficients(content, style, out_size)
         if (content.shape[1], content.shape[0]) != tuple(out_size):
             content = cv2.resize(content, tuple(out_size), interpolation=cv2.INTER_LINEAR)
         pixels = torch.from_numpy(content).float().div_(255.0)
-        out = self.forward(pixels, a.float(), b.float())
-        coeffs = torch.cat([a.flatten(), b]).float().numpy().reshape(1, 1, -1)
+        a, b = torch.from_numpy(coeffs[0, 0, :9]).view(3, 3), torch.from_numpy(coeffs[0, 0, 9:])
+        out = self.forward(pixels, a, b)
         return out.mul_(255.0).round_().to(torch.uint8).numpy(), coeffs
 
     def stylize(self, content: np.ndarray, style: ColorStats, out_size: Size) -> np.ndarray:

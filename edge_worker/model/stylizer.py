@@ -20,7 +20,13 @@ from torch import nn
 
 from edge_worker.model.base import Size, check_image, check_size
 from edge_worker.model.decoder import UnpoolDecoder
-from edge_worker.model.meta_smoothing import GAIN_PRIOR_WEIGHT, LiteralMetaSmoothing, MetaSmoothing, colour_stats
+from edge_worker.model.meta_smoothing import (
+    GAIN_PRIOR_WEIGHT,
+    LiteralMetaSmoothing,
+    MetaSmoothing,
+    align_colours,
+    colour_stats,
+)
 from edge_worker.model.transform import FeatureStats, LearnedColorization
 from edge_worker.model.vgg import EncoderConfig, VGGEncoder, find_torchvision_vgg19, load_torchvision_vgg19
 
@@ -92,6 +98,11 @@ def to_image(tensor: torch.Tensor) -> np.ndarray:
     return tensor[0].clamp(0, 1).mul(UINT8_MAX).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+def to_maps(coeffs: torch.Tensor) -> np.ndarray:
+    """Coefficients ``(1, 12, h, w)`` → float32 ``h x w x 12``."""
+    return coeffs[0].permute(1, 2, 0).float().cpu().numpy()
+
+
 def resize(image: np.ndarray, size: Size) -> np.ndarray:
     """Resize an image to (width, height): area filter when shrinking, bilinear otherwise."""
     if (image.shape[1], image.shape[0]) == tuple(size):
@@ -155,13 +166,17 @@ class PhotoStylizer(nn.Module):
         """Compressed feature and colour statistics of a ``(N, 3, h, w)`` style batch at network size."""
         return StyleState(self.colorization.style_stats(self.encoder(style_low).deepest), colour_stats(style_low))
 
+    def decode(self, content_low: torch.Tensor, style: StyleState) -> torch.Tensor:
+        """The decoder's stylized image of a batch at network size (what meta-smoothing fits to)."""
+        with torch.autocast("cuda", dtype=torch.float16, enabled=content_low.is_cuda):
+            encoded = self.encoder(content_low)
+            return self.decoder(self.colorization(encoded.deepest, style.features), encoded)
+
     def forward(
         self, content_low: torch.Tensor, style: StyleState, content_full: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stylize a batch: (output at ``content_full``'s size, coefficients, the decoder's low-res image)."""
-        with torch.autocast("cuda", dtype=torch.float16, enabled=content_low.is_cuda):
-            encoded = self.encoder(content_low)
-            decoded = self.decoder(self.colorization(encoded.deepest, style.features), encoded)
+        decoded = self.decode(content_low, style)
         colours = style.colours if self.config.colour_alignment else None
         output, coeffs = self.smoothing(content_low, decoded.float(), content_full, colours)
         return output, coeffs, decoded
@@ -183,10 +198,27 @@ class PhotoStylizer(nn.Module):
         """
         check_image(content, "content")
         check_size(out_size)
-        low = to_tensor(resize(content, self.network_size(content.shape[1], content.shape[0])), self.device)
         full = to_tensor(resize(content, out_size), self.device)
-        output, coeffs, _ = self.forward(low, style.to(self.device), full)
-        return to_image(output), coeffs[0].permute(1, 2, 0).float().cpu().numpy() if coeffs.numel() else np.empty(0)
+        output, coeffs, _ = self.forward(self._network_input(content), style.to(self.device), full)
+        return to_image(output), to_maps(coeffs) if coeffs.numel() else np.empty(0)
+
+    @torch.inference_mode()
+    def coefficients(self, content: np.ndarray, style: StyleState, out_size: Size) -> np.ndarray:
+        """The coefficients of :meth:`stylize_with_coefficients` without rendering the frame: nothing runs at
+        ``out_size``, which only sets the upscale factor r of the meta kernel. Empty with the literal smoothing."""
+        check_image(content, "content")
+        check_size(out_size)
+        if not isinstance(self.smoothing, MetaSmoothing):
+            return np.empty(0)
+        low, style = self._network_input(content), style.to(self.device)
+        colours = style.colours if self.config.colour_alignment else None
+        r = out_size[0] * self.smoothing.downsample / low.shape[-1]  # as in MetaSmoothing.forward
+        coeffs = self.smoothing.coefficients(low, self.decode(low, style).float(), r, colours)
+        return to_maps(coeffs if colours is None else align_colours(coeffs, low, colours))
+
+    def _network_input(self, content: np.ndarray) -> torch.Tensor:
+        """``content`` resized to network size, as a ``(1, 3, h, w)`` tensor on the model's device."""
+        return to_tensor(resize(content, self.network_size(content.shape[1], content.shape[0])), self.device)
 
     def stylize(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
         """Stylize ``content`` with a prepared style; RGB uint8 of ``out_size`` (width, height)."""
