@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-cache", type=int, default=DEFAULT_STYLE_CACHE, help="prepared styles kept")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stylize a synthetic frame before serving (default) so no request pays the model's one-time set-up",
+    )
     fl = p.add_argument_group("federated learning (needs a trainable model)")
     fl.add_argument("--federated-dir", type=Path, default=None, help="key-frame buffer directory; enables retraining")
     fl.add_argument("--buffer-size", type=int, default=DEFAULT_CAPACITY, help="key frames kept for retraining")
@@ -45,6 +51,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         threads=args.threads,
         metrics_port=args.metrics_port,
         js_domain=args.js_domain,
+        warmup=args.warmup,
         federated=None
         if args.federated_dir is None
         else FederatedConfig(

@@ -4,7 +4,8 @@ Each request is decoded and checked on the event loop (bad ones get an error rep
 queued in a bounded latest-wins queue; one inference thread decodes the JPEG, stylizes and encodes
 the reply, so the loop never blocks. Requests whose budget has passed are answered with
 ``deadline`` instead of being computed; requests pushed out of a full queue get ``overloaded`` so
-the gateway can retry elsewhere. Prepared styles are cached by style id.
+the gateway can retry elsewhere. Prepared styles are cached by style id. Before subscribing, the worker
+stylizes one synthetic frame so that no request pays the model's one-time set-up.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import cv2
 import nats
+import numpy as np
 import torch
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -28,7 +30,7 @@ from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 
 from edge_worker.federated import FederatedConfig, FederatedLearner, Trainable
-from edge_worker.model.base import CoefficientStylizer, Stylizer
+from edge_worker.model.base import CoefficientStylizer, Size, Stylizer
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
 from streaming.coefficients import encode_coefficients
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image, encode_jpeg
@@ -63,6 +65,8 @@ STOP_GRACE_S = 10.0
 """How long stop() lets the request being computed finish."""
 REPLY_OVERHEAD_BYTES = 4096
 """Room left in a reply for everything but the image."""
+WARMUP_SIZE: Size = (640, 360)
+"""Frame of the start-up warm-up: 16:9 like the phones' key frames (the DNN runs every 16:9 frame at one size)."""
 
 REQUESTS = Counter("mvs_worker_requests_total", "Stylize requests by outcome", ["region", "outcome"])
 INFERENCE_SECONDS = Histogram(
@@ -77,6 +81,24 @@ QUEUE_DEPTH = Gauge("mvs_worker_queue_depth", "Requests waiting for the inferenc
 def default_worker_id() -> str:
     """host-pid: unique per process on a site."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def warm_up(stylizer: Stylizer, size: Size = WARMUP_SIZE) -> dict[str, float]:
+    """Prepare a style and stylize a synthetic frame of ``size`` the way requests do (the frame, then the
+    coefficients when the stylizer has them), so that one-time set-up happens now; seconds per step."""
+    frame = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    style = stylizer.prepare_style(frame)
+    seconds["style"] = time.perf_counter() - start
+    start = time.perf_counter()
+    stylizer.stylize(frame, style, size)
+    seconds["frame"] = time.perf_counter() - start
+    if isinstance(stylizer, CoefficientStylizer):
+        start = time.perf_counter()
+        stylizer.coefficients(frame, style, size)
+        seconds["coefficients"] = time.perf_counter() - start
+    return seconds
 
 
 @dataclass
@@ -97,6 +119,8 @@ class WorkerConfig:
     """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
     federated: FederatedConfig | None = None
     """Retrain on served key frames when idle and sync with the cloud; None: serve only."""
+    warmup: bool = True
+    """Stylize one synthetic frame before serving, else the first request pays the one-time set-up (oneDNN's)."""
 
 
 @dataclass
@@ -126,17 +150,39 @@ class StylizerWorker:
         self._idle.set()
         self.closed = asyncio.Event()
         """Set when the NATS connection is closed for good (stop, or reconnects exhausted)."""
+        self.warmup_seconds: dict[str, float] = {}
+        """Seconds per warm-up step (see :func:`warm_up`); empty without warm-up or before :meth:`start`."""
+        self.warmed_up_ns: int | None = None
+        """``time.monotonic_ns()`` when the warm-up ended (before the worker subscribed); None without warm-up."""
 
     async def start(self) -> None:
-        """Connect, subscribe to the region's subject in the queue group and start serving."""
+        """Warm the stylizer up (while connecting), subscribe to the region's subject in the queue group, serve."""
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
+        warming = (
+            asyncio.get_running_loop().run_in_executor(self._executor, warm_up, self.stylizer)
+            if self.config.warmup
+            else None
+        )
         self._nc = await nats.connect(
             self.config.nats_url, name=f"worker-{self.config.worker_id}", closed_cb=self._on_closed
         )
         self._style_store = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         if self.config.federated is not None:
             await self._start_learner(self.config.federated)
+        if warming is not None:
+            self.warmup_seconds = await warming
+            self.warmed_up_ns = time.monotonic_ns()
+            log.info(
+                "worker warmed up",
+                extra={
+                    "worker_id": self.config.worker_id,
+                    "model": self.stylizer.name,
+                    "size": "x".join(map(str, WARMUP_SIZE)),
+                    "seconds": round(sum(self.warmup_seconds.values()), 3),
+                    **{f"{step}_s": round(s, 3) for step, s in self.warmup_seconds.items()},
+                },
+            )
         self._consumer = asyncio.create_task(self._serve(), name="stylize-consumer")
         self._subscriptions = [
             await self._nc.subscribe(
