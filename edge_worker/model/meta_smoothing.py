@@ -218,11 +218,23 @@ class MetaSmoothing(nn.Module):
         With ``style_colours`` the gains are fitted toward the style's global map (``gain_prior``) and the
         coefficients are composed with :func:`align_colours`.
         """
-        r = content_full.shape[-1] * self.downsample / content_low.shape[-1]
+        coeffs = self.maps(content_low, stylized_low, content_full.shape[-1], style_colours)
+        return apply_affine(resample(coeffs, tuple(content_full.shape[-2:])), content_full), coeffs
+
+    def maps(
+        self,
+        content_low: torch.Tensor,
+        stylized_low: torch.Tensor,
+        out_width: int,
+        style_colours: FeatureStats | None = None,
+    ) -> torch.Tensor:
+        """The low-resolution coefficients :meth:`forward` applies for an output ``out_width`` pixels wide (it
+        only sets r), without rendering the output."""
+        r = out_width * self.downsample / content_low.shape[-1]
         coeffs = self.coefficients(content_low, stylized_low, r, style_colours)
         if style_colours is not None:
             coeffs = align_colours(coeffs, content_low, style_colours)
-        return apply_affine(resample(coeffs, tuple(content_full.shape[-2:])), content_full), coeffs
+        return coeffs
 
 
 class LiteralMetaSmoothing(nn.Module):

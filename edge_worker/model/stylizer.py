@@ -24,7 +24,6 @@ from edge_worker.model.meta_smoothing import (
     GAIN_PRIOR_WEIGHT,
     LiteralMetaSmoothing,
     MetaSmoothing,
-    align_colours,
     colour_stats,
 )
 from edge_worker.model.transform import FeatureStats, LearnedColorization
@@ -212,9 +211,7 @@ class PhotoStylizer(nn.Module):
             return np.empty(0)
         low, style = self._network_input(content), style.to(self.device)
         colours = style.colours if self.config.colour_alignment else None
-        r = out_size[0] * self.smoothing.downsample / low.shape[-1]  # as in MetaSmoothing.forward
-        coeffs = self.smoothing.coefficients(low, self.decode(low, style).float(), r, colours)
-        return to_maps(coeffs if colours is None else align_colours(coeffs, low, colours))
+        return to_maps(self.smoothing.maps(low, self.decode(low, style).float(), out_size[0], colours))
 
     def _network_input(self, content: np.ndarray) -> torch.Tensor:
         """``content`` resized to network size, as a ``(1, 3, h, w)`` tensor on the model's device."""
