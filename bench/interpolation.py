@@ -81,8 +81,9 @@ VARIANTS: tuple[Variant, ...] = (
     ("buffered", "buffered", True, "warp"),
     ("affine", "live", False, "affine"),
     ("affine-flow", "live", False, "affine-flow"),
+    ("buffered affine-flow", "buffered", False, "affine-flow"),
 )
-AFFINE_VARIANTS = ("affine", "affine-flow")
+AFFINE_VARIANTS = ("affine", "affine-flow", "buffered affine-flow")
 SPEEDUP_VARIANTS = ("occlusion-aware", "affine")
 
 
@@ -427,7 +428,14 @@ def plot_speedup(timing: list[dict[str, Any]], clips: list[dict[str, Any]], path
 
 def plot_quality(clips: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    styles = {"plain": "--", "occlusion-aware": "-", "buffered": ":", "affine": "-.", "affine-flow": (0, (1, 3))}
+    styles = {
+        "plain": "--",
+        "occlusion-aware": "-",
+        "buffered": ":",
+        "affine": "-.",
+        "affine-flow": (0, (1, 3)),
+        "buffered affine-flow": (0, (3, 1, 1, 1)),
+    }
     for ax, source in zip(axes, ("real", "pan"), strict=True):
         for clip in (c for c in clips if c["source"] == source):
             for variant, style in styles.items():

@@ -77,7 +77,8 @@ def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) ->
         choices=INTERMEDIATE_RENDERS,
         default="warp",
         help="warp: warp the stylized key to each frame; affine: ask the edge for the stylizer's colour maps "
-        "instead and apply them to every frame (affine-flow: moved along the flow first); live mode only",
+        "instead and apply them to every frame (affine-flow: moved along the flow first; buffered: both keys' "
+        "maps blended by time distance)",
     )
     p.add_argument(
         "--no-occlusion-fill",

@@ -70,6 +70,16 @@ class AffineCoefficients:
         moved = cv2.remap(stacked, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return AffineCoefficients(tuple(cv2.split(moved)))
 
+    def blended(self, other: AffineCoefficients, t: float) -> AffineCoefficients:
+        """``(1 - t) · self + t · other`` plane by plane (same grid): still one affine map per pixel."""
+        if other.grid_size != self.grid_size:
+            raise ValueError(f"grids differ: {self.grid_size} and {other.grid_size}")
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"t must be in [0, 1], got {t}")
+        return AffineCoefficients(
+            tuple(cv2.addWeighted(a, 1.0 - t, b, t, 0.0) for a, b in zip(self.planes, other.planes, strict=True))
+        )
+
 
 class AffineRenderer:
     """Applies AffineCoefficients to BGR uint8 frames at full resolution, with cv2 operations only.

@@ -3,8 +3,9 @@
 Live mode warps each frame from the newest key before it as soon as that key is stylized;
 buffered mode waits for the next key too and blends both warps by their forward-backward
 confidence. Pixels no usable warp covers are filled with the key's colour map (ColorMap).
-Render "affine"/"affine-flow" (live only) instead applies the stylizer's local affine colour maps,
-sent with the key, to each frame itself (moved along the flow to the key with "affine-flow").
+Render "affine"/"affine-flow" instead applies the stylizer's local affine colour maps, sent with
+the key, to each frame itself (moved along the flow to the key with "affine-flow"); buffered, the
+maps of both keys are blended by time distance.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class _Waiting:
     warp: _Warp | None  # None for key frames, frames of a key known to have failed, and affine renders
     motion: Motion | None = None  # render "affine-flow": flow to the key, for moving its colour maps
     next_warp: _Warp | None = None  # buffered mode: the warp from the next key
+    next_motion: Motion | None = None  # buffered "affine-flow": flow to the next key
     next_key_id: int | None = None  # buffered mode: the next key, once it is added
 
 
@@ -101,9 +103,10 @@ class Reconstructor:
     resolved (frames after the last key wait for `finish`). `occlusion_check` computes the
     forward-backward mask (one more flow per frame); `fill_occlusions` replaces pixels that fail it
     in every usable warp by the key's colour map applied to the original frame. `render` "affine"
-    (live mode only) applies the colour maps the stylizer sent with a key (`add_stylized(...,
-    coefficients)`) to each of its frames, with no flow at all; "affine-flow" first moves them along
-    the frame's flow to the key. Frames of a key that came without coefficients are warped.
+    applies the colour maps the stylizer sent with a key (`add_stylized(..., coefficients)`) to each
+    of its frames, with no flow at all; "affine-flow" first moves them along the frame's flow to the
+    key. Buffered, the maps of both keys are blended by time distance (a blend of affine maps is
+    affine) and applied once. Frames of a key that came without coefficients are warped.
     Flow to a key's original is computed when a frame (or, buffered, the next key) is added, so a
     stylized key's arrival only costs remaps. Frames come out of `pop_ready` strictly in frame
     order. Arrays passed in are kept, not copied. Not thread-safe: call it from one thread.
@@ -127,8 +130,6 @@ class Reconstructor:
             raise ValueError("fill_occlusions needs occlusion_check")
         if render not in INTERMEDIATE_RENDERS:
             raise ValueError(f"render must be one of {INTERMEDIATE_RENDERS}, got {render!r}")
-        if render != "warp" and mode != "live":
-            raise ValueError(f"render {render!r} needs mode 'live'")
         self.render = render
         self._affine = AffineRenderer()
         self._flow = flow
@@ -292,16 +293,24 @@ class Reconstructor:
         return self._warper.maps_from_flow(motion.small_flow, key_size, motion.frame_size)
 
     def _link_next_key(self, key_id: int) -> None:
-        """Buffered mode: frames waiting on the previous key also get a warp from the new key."""
+        """Buffered mode: frames waiting on the previous key also get a warp (or, "affine-flow", the flow)
+        from the new key."""
         for waiting in self._waiting:
-            if waiting.warp is not None and waiting.next_key_id is None:
-                waiting.next_key_id = key_id
+            if waiting.next_key_id is not None or waiting.frame_id == waiting.key_id:
+                continue
+            if self._keys[waiting.key_id].failed:
+                continue
+            waiting.next_key_id = key_id
+            if self.render == "warp":
                 waiting.next_warp = self._warp_to(waiting.frame, key_id, None)
+            elif self.render == "affine-flow":
+                waiting.next_motion = self._flow.motion(waiting.frame, self._keys[key_id].original, False)
 
     def _ready_to_render(self, waiting: _Waiting) -> bool:
-        if not self._keys[waiting.key_id].resolved:
+        key = self._keys[waiting.key_id]
+        if not key.resolved:
             return False
-        if self.mode == "live" or waiting.frame_id == waiting.key_id:
+        if self.mode == "live" or waiting.frame_id == waiting.key_id or key.failed:
             return True
         if waiting.next_key_id is None:
             return self._finished
@@ -325,7 +334,10 @@ class Reconstructor:
                 return
             if key.coefficients is not None:
                 self._emit(
-                    waiting.frame_id, self._recolour(waiting.frame, key, waiting.motion), "affine", waiting.key_id
+                    waiting.frame_id,
+                    self._affine.apply(waiting.frame, self._blend(waiting, key)),
+                    "affine",
+                    waiting.key_id,
                 )
                 return
             if waiting.warp is None:  # an affine render, but this key came without coefficients
@@ -349,6 +361,22 @@ class Reconstructor:
             self._emit(waiting.frame_id, self._compose(waiting, [(warp, fallback)]), "fallback", fallback_id)
         else:
             self._emit(waiting.frame_id, waiting.frame, "failed", None)
+
+    def _blend(self, waiting: _Waiting, key: _Key) -> AffineCoefficients:
+        """The colour maps for a frame of `key`: moved along its flow ("affine-flow"), and buffered, blended with
+        the next key's by time distance when that key has maps of the same grid."""
+        assert key.coefficients is not None, "only keys with coefficients are applied"
+        maps = key.coefficients.moved(waiting.motion.small_flow) if waiting.motion is not None else key.coefficients
+        if waiting.next_key_id is None:
+            return maps
+        following = self._keys[waiting.next_key_id]
+        if following.coefficients is None or following.coefficients.grid_size != maps.grid_size:
+            return maps
+        next_maps = following.coefficients
+        if waiting.next_motion is not None:
+            next_maps = next_maps.moved(waiting.next_motion.small_flow)
+        t = (waiting.frame_id - waiting.key_id) / (waiting.next_key_id - waiting.key_id)
+        return maps.blended(next_maps, t)
 
     def _recolour(self, frame: np.ndarray, key: _Key, motion: Motion | None) -> np.ndarray:
         """The key's colour maps (moved along `motion` when given) applied to the frame."""

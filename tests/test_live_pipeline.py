@@ -131,13 +131,15 @@ async def test_warped_frames_match_the_stylization_of_the_same_frame(
     assert np.median(unwarped) < 30.0 - 5.0, np.median(unwarped)
 
 
+@pytest.mark.parametrize("mode", ["live", "buffered"])
 async def test_affine_render_restyles_each_frame_from_its_keys_colour_map(
-    worker: StylizerWorker, gateway: Gateway, region: str
+    worker: StylizerWorker, gateway: Gateway, region: str, mode: str
 ) -> None:
     """render="affine": the edge sends the stylizer's colour map instead of the stylized key, and the phone
-    applies it to every frame, so each output is (nearly) the stylization of that very frame."""
+    applies it (buffered: blended with the next key's) to every frame, so each output is (nearly) the
+    stylization of that very frame."""
     frames = 30
-    affine = await Phone(_config(gateway, region, frames=frames, render="affine")).run()
+    affine = await Phone(_config(gateway, region, frames=frames, render="affine", mode=mode)).run()
     warped = await Phone(_config(gateway, region, frames=frames)).run()
     report = affine.report
     assert report["frames"]["output"] == frames and report["frames"]["by_output"]["failed"] == 0

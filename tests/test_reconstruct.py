@@ -206,6 +206,32 @@ def test_affine_render_applies_the_keys_colour_maps_to_each_frame(render: str) -
         assert_like_stylized_frame(out)
 
 
-def test_affine_render_needs_live_mode() -> None:
-    with pytest.raises(ValueError, match="needs mode 'live'"):
-        Reconstructor(FlowEstimator(), Warper(), mode="buffered", render="affine")
+def offset_coefficients(offset: float) -> np.ndarray:
+    """Colour maps that add `offset` (in [0, 1] units) to every channel, on a 4x6 grid."""
+    return np.tile(np.concatenate([np.eye(3, dtype=np.float32).ravel(), np.full(3, offset, np.float32)]), (4, 6, 1))
+
+
+def test_buffered_affine_render_blends_both_keys_maps_by_time_distance() -> None:
+    rec = Reconstructor(FlowEstimator(), Warper(), mode="buffered", render="affine")
+    add_frames(rec, range(4))
+    rec.add_stylized(0, FRAMES[0], offset_coefficients(0.0))
+    assert summary(rec.pop_ready()) == [(0, "key", 0)]  # frames 1, 2 wait for key 3
+    rec.add_stylized(3, FRAMES[3], offset_coefficients(0.3))
+    outputs = rec.pop_ready()
+    assert summary(outputs) == [(1, "affine", 0), (2, "affine", 0), (3, "key", 3)]
+    for out in outputs[:2]:
+        t = out.frame_id / INTERVAL
+        expected = np.clip(FRAMES[out.frame_id].astype(np.float64) + t * 0.3 * 255, 0, 255)
+        assert np.abs(out.image - expected).max() <= 1.0
+
+
+def test_buffered_frames_of_a_failed_key_do_not_wait_for_the_next_key() -> None:
+    rec = Reconstructor(FlowEstimator(), Warper(), mode="buffered")
+    add_frames(rec, range(6))
+    rec.add_stylized(0, stylize(FRAMES[0]))
+    rec.add_stylized(3, stylize(FRAMES[3]))
+    rec.pop_ready()
+    rec.add_frame(6, FRAMES[6], 6)
+    rec.add_frame(7, FRAMES[7], 6)
+    rec.key_failed(6, "timeout")
+    assert summary(rec.pop_ready()) == [(4, "warped", 3), (5, "warped", 3), (6, "fallback", 3), (7, "fallback", 3)]
