@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
@@ -12,8 +13,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from deploy.nats_auth import APP_ACCOUNT, LEAF_URL_ENV, Credentials, ServerAuth, indent, leaf_user
 
 STARTUP_TIMEOUT_S = 10.0
 POLL_S = 0.02
@@ -44,12 +47,51 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def server_config(
+    name: str,
+    listen: str,
+    *,
+    monitor: str | None = None,
+    store_dir: str | None = None,
+    js_domain: str | None = None,
+    leaf_listen: str | None = None,
+    leaf_remote: str | None = None,
+    auth: ServerAuth | None = None,
+) -> str:
+    """A nats-server config: JetStream when ``store_dir`` is set, leaf-node listener and/or remote, accounts.
+
+    With ``auth``, a leaf's remote URL (which must carry the leaf user's password) is read from the
+    environment variable ``MVS_NATS_LEAF_URL``, not written here: ``leaf_remote`` only says there is one.
+    """
+    lines = [f"server_name: {json.dumps(name)}", f"listen: {json.dumps(listen)}"]
+    if monitor is not None:
+        lines.append(f"http: {json.dumps(monitor)}")
+    if store_dir is not None:
+        domain = f", domain: {json.dumps(js_domain)}" if js_domain else ""
+        lines.append(f"jetstream {{ store_dir: {json.dumps(store_dir)}{domain} }}")
+    if auth is not None:
+        lines.append(auth.accounts(jetstream=store_dir is not None))
+    leaf = []
+    if leaf_listen is not None:
+        leaf.append(f"listen: {json.dumps(leaf_listen)}")
+        if auth is not None and auth.leaf_users:
+            leaf.append(auth.leaf_authorization())
+    if leaf_remote is not None:
+        url = f"${LEAF_URL_ENV}" if auth else json.dumps(leaf_remote)
+        account = f", account: {json.dumps(APP_ACCOUNT)}" if auth else ""
+        leaf.append(f"remotes: [ {{ url: {url}{account} }} ]")
+    if leaf:
+        lines.append("leafnodes {\n" + "\n".join(indent(block, 1) for block in leaf) + "\n}")
+    return "\n".join(lines) + "\n"
+
+
 class NatsServer:
     """A nats-server child process, configured through a generated config file.
 
     JetStream (on by default) keeps file storage in ``store_dir`` or a temp dir. A hub names its
     JetStream ``js_domain`` and accepts leaf nodes on ``leaf_port``; a leaf node (``leaf_remote``)
-    has no JetStream of its own and reaches the hub's through the domain.
+    has no JetStream of its own and reaches the hub's through the domain. With ``auth``, clients log in
+    as the users of :mod:`deploy.nats_auth`, whose passwords come from ``env``.
     """
 
     def __init__(
@@ -63,6 +105,8 @@ class NatsServer:
         leaf_port: int | None = None,
         leaf_remote: str | None = None,
         name: str = "mvs",
+        auth: ServerAuth | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -73,6 +117,10 @@ class NatsServer:
         self.leaf_port = free_port(host) if leaf_port == 0 else leaf_port
         self.leaf_remote = leaf_remote
         self.name = name
+        self.auth = auth
+        """Accounts and users; None: no authentication (everyone may do everything)."""
+        self._env = {**os.environ, **(env or {})}
+        """The server's environment: with ``auth``, the passwords its config names (and a leaf's remote URL)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="mvs-nats-")
         self.store_dir = store_dir if store_dir is not None else Path(self._tmp.name) / "jetstream"
         self.log_path = Path(self._tmp.name) / "nats-server.log"
@@ -92,29 +140,26 @@ class NatsServer:
 
     def config(self) -> str:
         """The server's config file."""
-        lines = [f"server_name: {json.dumps(self.name)}", f'listen: "{self.host}:{self.port}"']
-        if self.monitor_port is not None:
-            lines.append(f'http: "{self.host}:{self.monitor_port}"')
-        if self.jetstream:
-            domain = f", domain: {json.dumps(self.js_domain)}" if self.js_domain else ""
-            lines.append(f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))}{domain} }}")
-        leaf = []
-        if self.leaf_port is not None:
-            leaf.append(f'listen: "{self.host}:{self.leaf_port}"')
-        if self.leaf_remote is not None:
-            leaf.append(f"remotes = [ {{ url: {json.dumps(self.leaf_remote)} }} ]")
-        if leaf:
-            lines.append("leafnodes { " + " ".join(leaf) + " }")
-        return "\n".join(lines) + "\n"
+        return server_config(
+            self.name,
+            f"{self.host}:{self.port}",
+            monitor=None if self.monitor_port is None else f"{self.host}:{self.monitor_port}",
+            store_dir=str(self.store_dir) if self.jetstream else None,
+            js_domain=self.js_domain,
+            leaf_listen=None if self.leaf_port is None else f"{self.host}:{self.leaf_port}",
+            leaf_remote=self.leaf_remote,
+            auth=self.auth,
+        )
 
     def start(self) -> NatsServer:
         """Start the server and wait until it accepts connections."""
         config_path = Path(self._tmp.name) / "nats.conf"
         config_path.write_text(self.config())
         cmd = [nats_server_binary(), "-c", str(config_path), "-l", str(self.log_path)]
-        self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
-        )
+        with self.log_path.open("ab") as early_errors:  # config errors go to stderr before the log is open
+            self._proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=early_errors, env=self._env, preexec_fn=die_with_parent
+            )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -160,15 +205,44 @@ class NatsHubAndLeaves:
     """The cloud hub (JetStream: styles, models, deltas) and one leaf node per region (edge sites).
 
     Stylize traffic stays on a region's leaf (NATS serves local queue-group members first); store
-    traffic crosses to the hub through the JetStream domain :data:`HUB_DOMAIN`.
+    traffic crosses to the hub through the JetStream domain :data:`HUB_DOMAIN`. ``cloud_regions`` have
+    no leaf: their services connect to the hub. With ``secure``, every server requires the users and
+    permissions of :mod:`deploy.nats_auth` (fresh random passwords in :attr:`credentials`); connect
+    with :meth:`client_url`.
     """
 
-    def __init__(self, regions: Sequence[str], host: str = "127.0.0.1") -> None:
-        if not regions or len(set(regions)) != len(regions):
-            raise ValueError(f"regions must be distinct and non-empty, got {list(regions)}")
-        self.hub = NatsServer(host, js_domain=HUB_DOMAIN, leaf_port=0, monitor_port=0, name="hub")
+    def __init__(
+        self, regions: Sequence[str], host: str = "127.0.0.1", secure: bool = False, cloud_regions: Sequence[str] = ()
+    ) -> None:
+        every = [*regions, *cloud_regions]
+        if not every or len(set(every)) != len(every):
+            raise ValueError(f"regions must be distinct and non-empty, got {every}")
+        hub_auth = ServerAuth.hub(every, regions, HUB_DOMAIN) if secure else None
+        self.credentials = Credentials.generate(hub_auth.user_names()) if hub_auth else None
+        env = self.credentials.env() if self.credentials else {}
+        self.hub = NatsServer(
+            host, js_domain=HUB_DOMAIN, leaf_port=0, monitor_port=0, name="hub", auth=hub_auth, env=env
+        )
         remote = f"nats-leaf://{host}:{self.hub.leaf_port}"
-        self.leaves = {r: NatsServer(host, jetstream=False, leaf_remote=remote, name=f"leaf-{r}") for r in regions}
+        self.leaves = {
+            r: NatsServer(
+                host,
+                jetstream=False,
+                leaf_remote=remote,
+                name=f"leaf-{r}",
+                auth=ServerAuth.leaf(r, HUB_DOMAIN) if secure else None,
+                env={**env, LEAF_URL_ENV: self.credentials.url(remote, leaf_user(r))} if self.credentials else None,
+            )
+            for r in regions
+        }
+
+    def server(self, region: str) -> NatsServer:
+        """The server a region's services connect to: its leaf, or the hub for a cloud region."""
+        return self.leaves.get(region, self.hub)
+
+    def client_url(self, server: NatsServer, user: str) -> str:
+        """URL of ``server`` for ``user`` (with its password when secure; the plain URL otherwise)."""
+        return self.credentials.url(server.url, user) if self.credentials else server.url
 
     def start(self) -> NatsHubAndLeaves:
         """Start the hub, then the leaves, and wait until every leaf is connected to the hub."""
