@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 WORKER_READY_TIMEOUT_S = 60.0
 WORKER_PROBE_S = 0.2
 WORKER_STOP_TIMEOUT_S = 10.0
+NATS_URL_ENV = "MVS_NATS_URL"
+"""What services read when ``--nats`` is not given (streaming.cli)."""
 
 
 @dataclass
@@ -44,17 +47,21 @@ class LocalTopology:
     model: str = DEFAULT_STYLIZER
     worker_threads: int = 1
     log_level: str = "warning"
+    js_domain: str | None = None
+    """JetStream domain of the stores (workers on a leaf node of the hub)."""
+    discovery_url: str | None = None
+    """URL :meth:`wait_for_workers` connects with (a user allowed to discover); None: ``nats_url``."""
+    federated_dir: Path | None = None
+    """With a directory, workers retrain and join federated learning (a key-frame buffer each, inside it)."""
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """Worker processes by worker id."""
 
     def start_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
-        """Start one ``python -m edge_worker`` child."""
+        """Start one ``python -m edge_worker`` child (the NATS URL, which may hold a password, in its environment)."""
         cmd = [
             sys.executable,
             "-m",
             "edge_worker",
-            "--nats",
-            self.nats_url,
             "--region",
             self.region,
             "--model",
@@ -66,13 +73,19 @@ class LocalTopology:
             "--log-level",
             self.log_level,
         ]
-        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+        if self.js_domain is not None:
+            cmd += ["--js-domain", self.js_domain]
+        if self.federated_dir is not None:
+            cmd += ["--federated-dir", str(self.federated_dir / worker_id)]
+        env = {**os.environ, NATS_URL_ENV: self.nats_url}
+        # Own session: Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent, start_new_session=True)
         self.workers[worker_id] = proc
         return proc
 
     async def wait_for_workers(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Wait until every started worker answers on the region's discovery subject."""
-        nc = await nats.connect(self.nats_url)
+        nc = await nats.connect(self.discovery_url or self.nats_url)
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:

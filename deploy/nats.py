@@ -158,7 +158,12 @@ class NatsServer:
         cmd = [nats_server_binary(), "-c", str(config_path), "-l", str(self.log_path)]
         with self.log_path.open("ab") as early_errors:  # config errors go to stderr before the log is open
             self._proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=early_errors, env=self._env, preexec_fn=die_with_parent
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=early_errors,
+                env=self._env,
+                preexec_fn=die_with_parent,
+                start_new_session=True,  # Ctrl-C reaches the parent only, which stops its clients first
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:

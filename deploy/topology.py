@@ -1,0 +1,251 @@
+"""``mvs local``: a whole multi-region deployment on one machine, until Ctrl-C.
+
+A NATS hub (JetStream in domain ``hub``: styles, models, deltas) and one leaf node per edge region;
+per region, its stylizer workers (child processes) and its gateway (in this process); with
+``--federated``, the aggregator (in this process) and retraining workers. Regions come from
+``--regions FILE`` (``deploy/regions.toml``) or ``--region NAME`` flags. ``--secure`` turns on the
+per-role NATS users and permissions of :mod:`deploy.nats_auth`; it is off by default, like ``mvs nats``.
+Phones are run separately: the summary prints each region's ``mvs phone`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aggregator.__main__ import initial_weights
+from aggregator.service import Aggregator, AggregatorConfig
+from deploy.local import LocalTopology
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
+from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
+from deploy.regions import Region, load_regions
+from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
+from streaming.gateway import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
+from streaming.ice import LOOPBACK
+from streaming.runtime import run_main
+from streaming.telemetry import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalConfig:
+    """What ``mvs local`` starts."""
+
+    regions: list[Region]
+    model: str = DEFAULT_STYLIZER
+    worker_threads: int = 1
+    secure: bool = False
+    federated: bool = False
+    """Start the aggregator and let the workers retrain (needs a trainable model)."""
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.federated:
+            federated_init(self.model)  # ValueError now rather than after NATS started
+
+
+def federated_init(model: str) -> Path:
+    """The initial global weights of federated learning: the model the workers serve."""
+    if model == DNN_NAME:
+        from edge_worker.model.stylizer import DEFAULT_MODEL_PATH
+
+        return DEFAULT_MODEL_PATH
+    if model.endswith(MODEL_SUFFIXES):
+        return Path(model)
+    raise ValueError(f"federated learning needs a trainable model ({DNN_NAME!r} or a model file), not {model!r}")
+
+
+@dataclass
+class LocalDeployment:
+    """The running parts of ``mvs local``; :meth:`start` then :meth:`stop`."""
+
+    config: LocalConfig
+    nats: NatsHubAndLeaves | None = None
+    sites: dict[str, LocalTopology] = field(default_factory=dict)
+    """Workers by region."""
+    gateways: dict[str, Gateway] = field(default_factory=dict)
+    aggregator: Aggregator | None = None
+    _rounds: asyncio.Task[None] | None = None
+    _buffers: tempfile.TemporaryDirectory[str] | None = None
+
+    async def start(self) -> None:
+        """Start NATS, the aggregator (federated), every region's workers, then its gateway."""
+        regions = self.config.regions
+        init = federated_init(self.config.model) if self.config.federated else None
+        self.nats = NatsHubAndLeaves(
+            [r.name for r in regions if r.nats == "leaf"],
+            secure=self.config.secure,
+            cloud_regions=[r.name for r in regions if r.nats == "hub"],
+        ).start()
+        try:
+            if init is not None:
+                await self._start_aggregator(init)
+            for region in regions:
+                self.sites[region.name] = self._start_workers(region)
+            await asyncio.gather(*(site.wait_for_workers() for site in self.sites.values()))
+            for region in regions:
+                gateway = Gateway(
+                    GatewayConfig(
+                        port=region.gateway_port,
+                        nats_url=self.url(region.name, gateway_user(region.name)),
+                        region=region.name,
+                        js_domain=HUB_DOMAIN,
+                        ice_hosts=LOOPBACK,
+                    )
+                )
+                await gateway.start()
+                self.gateways[region.name] = gateway
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("local deployment up", extra={"regions": [r.name for r in regions], "secure": self.config.secure})
+
+    def url(self, region: str | None, user: str) -> str:
+        """NATS URL for ``user`` at ``region``'s server (the hub for None)."""
+        assert self.nats is not None
+        server = self.nats.hub if region is None else self.nats.server(region)
+        return self.nats.client_url(server, user)
+
+    async def _start_aggregator(self, init: Path) -> None:
+        self.aggregator = Aggregator(AggregatorConfig(nats_url=self.url(None, AGGREGATOR_USER)))
+        await self.aggregator.start(initial_weights(init))  # v0 is in the store before any worker asks for it
+        self._rounds = asyncio.create_task(self.aggregator.run(), name="aggregator")
+        self._buffers = tempfile.TemporaryDirectory(prefix="mvs-fl-")
+
+    def _start_workers(self, region: Region) -> LocalTopology:
+        site = LocalTopology(
+            self.url(region.name, worker_user(region.name)),
+            region.name,
+            model=self.config.model,
+            worker_threads=self.config.worker_threads,
+            log_level=self.config.log_level,
+            js_domain=HUB_DOMAIN,
+            discovery_url=self.url(region.name, gateway_user(region.name)),
+            federated_dir=Path(self._buffers.name) if self._buffers is not None else None,
+        )
+        for i in range(region.workers):
+            site.start_worker(f"{region.name}-worker-{i}")
+        return site
+
+    def summary(self) -> str:
+        """What runs where, and how to stream a phone to each region."""
+        assert self.nats is not None
+        lines = [f"NATS hub {self.nats.hub.url} (JetStream domain {HUB_DOMAIN}; secure: {self.config.secure})"]
+        if self.aggregator is not None:
+            lines.append("aggregator: federated learning on, v0 published")
+        for region in self.config.regions:
+            gateway, site = self.gateways[region.name], self.sites[region.name]
+            server = self.nats.server(region.name)
+            where = "hub" if server is self.nats.hub else f"leaf {server.url}"
+            lines.append(f"region {region.name}: gateway {gateway.url}, {len(site.workers)} worker(s) on NATS {where}")
+            phone = ["mvs", "phone", "--gateway", gateway.url, "--region", region.name, "--ice-host", LOOPBACK[0]]
+            lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
+            worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN]
+            env = f"MVS_NATS_URL={shlex.quote(self.url(region.name, worker_user(region.name)))}"
+            lines.append(f"  more worker: {env} {shlex.join(worker)}")
+        return "\n".join(lines)
+
+    async def stop(self) -> None:
+        """Stop gateways, workers, the aggregator and NATS."""
+        for gateway in self.gateways.values():
+            await gateway.stop()
+        for site in self.sites.values():
+            site.stop()
+        if self._rounds is not None:
+            self._rounds.cancel()
+            await asyncio.gather(self._rounds, return_exceptions=True)
+        if self.aggregator is not None:
+            await self.aggregator.stop()
+        if self._buffers is not None:
+            self._buffers.cleanup()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+async def run_local(config: LocalConfig) -> None:
+    """Start the deployment, print its summary, serve until cancelled (Ctrl-C), stop."""
+    deployment = LocalDeployment(config)
+    await deployment.start()
+    try:
+        print(deployment.summary(), flush=True)
+        await asyncio.Event().wait()
+    finally:
+        await deployment.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of ``mvs local``."""
+    p = argparse.ArgumentParser(
+        prog="mvs local",
+        description="Run a multi-region deployment on this machine until Ctrl-C: NATS hub + a leaf node per region, "
+        "each region's stylizer workers and gateway, optionally the aggregator. Phones run separately (mvs phone).",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--regions", type=Path, default=None, help="regions file (TOML, e.g. deploy/regions.toml)")
+    where.add_argument(
+        "--region", action="append", default=None, help="an edge region with its own leaf node (repeatable)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="workers per --region region (a regions file sets its own)")
+    p.add_argument(
+        "--gateway-port",
+        type=int,
+        default=DEFAULT_HTTP_PORT,
+        help="gateway port of the first --region region, the next get the following ports (0: any free port)",
+    )
+    p.add_argument(
+        "--model", default=DEFAULT_STYLIZER, help="color-transfer, dnn (the bundled paper model) or a model file (.pt)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument(
+        "--secure",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="per-role NATS users and subject permissions (default: off, anyone may do anything)",
+    )
+    p.add_argument("--federated", action="store_true", help="run the aggregator; workers retrain (trainable model)")
+    p.add_argument("--log-level", default="warning")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LocalConfig:
+    """LocalConfig from parsed flags (regions from the file, or one leaf region per --region)."""
+    if args.regions is not None:
+        regions = load_regions(args.regions)
+    else:
+        names = args.region or ["local"]
+        port = args.gateway_port
+        regions = [
+            Region(name, gateway_port=port + i if port else 0, workers=args.workers) for i, name in enumerate(names)
+        ]
+    return LocalConfig(
+        regions=regions,
+        model=args.model,
+        worker_threads=args.threads,
+        secure=args.secure,
+        federated=args.federated,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, json_lines=False)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # RegionsError included: the file and the problem, not a traceback
+        raise SystemExit(f"mvs local: {exc}") from exc
+    with contextlib.suppress(asyncio.CancelledError):
+        run_main(run_local(config))
+
+
+if __name__ == "__main__":
+    main()

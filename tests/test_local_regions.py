@@ -1,0 +1,82 @@
+"""deploy/regions.toml and ``mvs local``: the regions file parses, bad files are clear errors, and a
+file's regions start (leaf and hub regions, permissions on) with every gateway able to stylize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from deploy.regions import DEFAULT_REGIONS_FILE, RegionsError, load_regions, parse_regions
+from deploy.topology import LocalDeployment, build_parser, config_from_args
+from streaming.link_shim import LinkProfile
+
+REGIONS = """
+[[regions]]
+name = "edge"
+link = { delay_ms = 20, kbps = 8000 }
+
+[[regions]]
+name = "cloud"
+nats = "hub"
+workers = 1
+"""
+
+
+def test_the_deployment_regions_file_parses() -> None:
+    regions = load_regions(DEFAULT_REGIONS_FILE)
+    assert [r.name for r in regions] == ["eu", "us"] and {r.nats for r in regions} == {"leaf"}
+    assert all(r.gateway_port > 0 and r.workers >= 1 and r.link is not None for r in regions)
+    assert regions[1].phone_link_flags()[:2] == ["--link-delay-ms", "45"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[regions]]\nname = 'eu'\ngateway = 8080\n", "unknown key(s) ['gateway']"),
+        ("[[regions]]\nname = 'eu'\n[[regions]]\nname = 'eu'\n", "distinct"),
+        ("", "at least one"),
+        ("[[regions]]\nname = 'eu'\nnats = 'cluster'\n", "nats must be one of"),
+        ("[[regions]]\nname = 'e.u'\n", "region must be"),
+        ("[[regions]]\nname = 'eu'\nworkers = '2'\n", "workers must be an integer"),
+        ("[[regions]]\nname = 'eu'\nlink = { delay = 5 }\n", "link: unknown key(s) ['delay']"),
+        ("[[regions]]\nname = 'eu'\nlink = { loss = 1.5 }\n", "invalid link profile"),
+        ("[[regions]\nname = 'eu'\n", "test.toml"),
+    ],
+)
+def test_bad_regions_files_are_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(RegionsError, match="test.toml") as error:
+        parse_regions(text, "test.toml")
+    assert message in str(error.value)
+
+
+def test_region_flags_are_the_other_input() -> None:
+    config = config_from_args(build_parser().parse_args(["--region", "a", "--region", "b", "--gateway-port", "9000"]))
+    assert [(r.name, r.gateway_port, r.nats) for r in config.regions] == [("a", 9000, "leaf"), ("b", 9001, "leaf")]
+    assert not config.secure  # permissions are opt-in
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--region", "a", "--regions", "deploy/regions.toml"])
+    with pytest.raises(ValueError, match="trainable model"):  # before anything starts
+        config_from_args(build_parser().parse_args(["--federated", "--model", "color-transfer"]))
+
+
+async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "regions.toml"
+    path.write_text(REGIONS)
+    config = config_from_args(build_parser().parse_args(["--regions", str(path), "--secure"]))
+    assert config.regions[0].link == LinkProfile(delay_ms=20, kbps=8000)
+    deployment = LocalDeployment(config)
+    await deployment.start()
+    try:
+        assert deployment.nats is not None and set(deployment.nats.leaves) == {"edge"}  # "cloud" is on the hub
+        async with aiohttp.ClientSession() as http:
+            for name, gateway in deployment.gateways.items():
+                async with http.get(f"{gateway.url}/healthz") as response:
+                    assert response.status == 200 and (await response.json())["workers"] == [f"{name}-worker-0"]
+        summary = deployment.summary()
+        assert "--region edge --ice-host 127.0.0.1 --link-delay-ms 20 --link-kbps 8000" in summary
+        servers = [deployment.nats.hub, *deployment.nats.leaves.values()]
+        assert not [line for s in servers for line in s.log_path.read_text().splitlines() if "Violation" in line]
+    finally:
+        await deployment.stop()
