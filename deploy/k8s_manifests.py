@@ -27,7 +27,7 @@ from deploy.nats_config import (
     STORE_DIR,
     deployment_configs,
     hub_auth,
-    stale_files,
+    write_generated,
 )
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
 from streaming.gateway import DEFAULT_HTTP_PORT
@@ -306,15 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     files = {name: render(m) for name, m in manifests(load_regions(args.regions), args.regions.name).items()}
-    if args.check:
-        stale = stale_files(files, args.out, ".yaml")
-        if stale:
-            raise SystemExit(f"stale manifests in {args.out}: {stale}; run python -m deploy.k8s_manifests")
-        return
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (args.out / name).write_text(text)
-    print(f"wrote {len(files)} manifests to {args.out}")
+    write_generated(files, args.out, ".yaml", "python -m deploy.k8s_manifests", args.check)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,19 @@ def stale_files(files: dict[str, str], out: Path, suffix: str) -> list[str]:
     return sorted(differ) + sorted(present - set(files))
 
 
+def write_generated(files: dict[str, str], out: Path, suffix: str, command: str, check: bool) -> None:
+    """Write generated ``files`` into ``out``; with ``check``, write nothing and exit 1 if ``out`` is stale."""
+    if check:
+        stale = stale_files(files, out, suffix)
+        if stale:
+            raise SystemExit(f"stale files in {out}: {stale}; run {command}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    print(f"wrote {', '.join(sorted(files))} to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI of the config writer."""
     p = argparse.ArgumentParser(prog="python -m deploy.nats_config", description=__doc__.splitlines()[0])
@@ -104,15 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print()
         return
     configs = deployment_configs(regions, args.regions.name)
-    if args.check:
-        stale = stale_files(configs, args.out, ".conf")
-        if stale:
-            raise SystemExit(f"stale NATS configs in {args.out}: {stale}; run python -m deploy.nats_config")
-        return
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, text in configs.items():
-        (args.out / name).write_text(text)
-    print(f"wrote {', '.join(sorted(configs))} to {args.out}")
+    write_generated(configs, args.out, ".conf", "python -m deploy.nats_config", args.check)
 
 
 if __name__ == "__main__":
