@@ -19,7 +19,7 @@ from aggregator.validation import DEFAULT_MAX_NORM, DEFAULT_MAX_STALENESS
 from edge_worker.federated import Trainable
 from edge_worker.model.registry import MODEL_SUFFIXES, load_stylizer
 from streaming.cli import add_service_arguments, service_main
-from streaming.telemetry import start_metrics_server
+from streaming.telemetry import DEFAULT_METRICS_HOST, start_metrics_server
 from streaming.tensors import NamedArrays, decode_tensors
 
 
@@ -46,13 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial weights if the store is empty: a stylizer model file or a tensor blob",
     )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, help="address the metrics listen on")
     p.add_argument("--crash-after", choices=CRASH_POINTS, default="", help=argparse.SUPPRESS)
     return p
 
 
 async def run(config: AggregatorConfig, initial: NamedArrays | None) -> None:
     """Run the aggregator until cancelled."""
-    start_metrics_server(config.metrics_port)
+    start_metrics_server(config.metrics_port, config.metrics_host)
     aggregator = Aggregator(config)
     await aggregator.start(initial)
     try:
@@ -83,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> AggregatorConfig:
         max_staleness=args.max_staleness,
         max_norm=args.max_norm,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         crash_after=args.crash_after,
         js_domain=args.js_domain,
     )

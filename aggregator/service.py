@@ -48,6 +48,7 @@ from streaming.protocol import (
     decode,
     encode,
 )
+from streaming.telemetry import DEFAULT_METRICS_HOST
 from streaming.tensors import decode_tensors
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class AggregatorConfig:
     max_staleness: int = DEFAULT_MAX_STALENESS
     max_norm: float = DEFAULT_MAX_NORM
     metrics_port: int = 0
+    metrics_host: str = DEFAULT_METRICS_HOST
     durable: str = DURABLE
     js_domain: str | None = None
     """JetStream domain of the hub (None when connected to the hub itself)."""

@@ -69,10 +69,8 @@ def _nats_url(user: str, service: str) -> list[Manifest]:
 
 
 def _metrics_probe() -> Manifest:
-    """Services bind their metrics to 127.0.0.1 only (streaming.telemetry), so the probe runs in the pod."""
-    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
-    command = ["python", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=2)"]
-    return {"exec": {"command": command}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
+    """Metrics listen on the pod's address (``--metrics-host 0.0.0.0``); a worker's come up once it serves."""
+    return {**_http_probe("/metrics", METRICS_PORT), "failureThreshold": 6}
 
 
 def _http_probe(path: str, port: int) -> Manifest:
@@ -189,6 +187,8 @@ def workers(region: str) -> Manifest:
             "1",
             "--metrics-port",
             str(METRICS_PORT),
+            "--metrics-host",
+            "0.0.0.0",
             "--federated-dir",
             BUFFER_DIR,
             "--log-level",
@@ -256,6 +256,8 @@ def aggregator() -> Manifest:
             "2",
             "--metrics-port",
             str(METRICS_PORT),
+            "--metrics-host",
+            "0.0.0.0",
             "--log-level",
             "info",
         ],

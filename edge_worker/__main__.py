@@ -11,6 +11,7 @@ from edge_worker.key_buffer import DEFAULT_CAPACITY
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from edge_worker.service import DEFAULT_QUEUE_SIZE, DEFAULT_STYLE_CACHE, WorkerConfig, default_worker_id, run
 from streaming.cli import add_service_arguments, service_main
+from streaming.telemetry import DEFAULT_METRICS_HOST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="requests queued (newest win)")
     p.add_argument("--style-cache", type=int, default=DEFAULT_STYLE_CACHE, help="prepared styles kept")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off); up once the worker serves")
+    p.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, help="address the metrics listen on")
     p.add_argument(
         "--warmup",
         action=argparse.BooleanOptionalAction,
@@ -50,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         style_cache=args.style_cache,
         threads=args.threads,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         js_domain=args.js_domain,
         warmup=args.warmup,
         federated=None

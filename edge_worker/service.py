@@ -55,7 +55,7 @@ from streaming.protocol import (
 )
 from streaming.queues import LatestQueue
 from streaming.style_store import StyleStore, UnknownStyleError
-from streaming.telemetry import start_metrics_server
+from streaming.telemetry import DEFAULT_METRICS_HOST, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class WorkerConfig:
     """torch intra-op threads; 0 keeps torch's default."""
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     metrics_port: int = 0
+    metrics_host: str = DEFAULT_METRICS_HOST
     js_domain: str | None = None
     """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
     federated: FederatedConfig | None = None
@@ -375,10 +376,12 @@ class StylizerWorker:
 
 
 async def run(config: WorkerConfig) -> None:
-    """Run a worker (and its metrics endpoint) until cancelled (SIGINT/SIGTERM in ``python -m edge_worker``)."""
-    start_metrics_server(config.metrics_port)
+    """Run a worker (and its metrics endpoint) until cancelled (SIGINT/SIGTERM in ``python -m edge_worker``).
+
+    Metrics come up once the worker serves (warmed up, subscribed): a probe on them is a readiness check."""
     worker = StylizerWorker(config)
     await worker.start()
+    start_metrics_server(config.metrics_port, config.metrics_host)
     try:
         await worker.closed.wait()
         log.error("NATS connection closed for good; worker exits", extra={"worker_id": config.worker_id})

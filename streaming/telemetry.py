@@ -60,7 +60,11 @@ def setup_logging(level: str = "info", json_lines: bool = True) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+DEFAULT_METRICS_HOST = "127.0.0.1"
+"""Metrics listen on loopback unless told otherwise (``--metrics-host 0.0.0.0`` in a cluster)."""
+
+
+def start_metrics_server(port: int, host: str = DEFAULT_METRICS_HOST) -> None:
     """Expose Prometheus metrics on ``http://host:port/metrics`` (no-op for port 0)."""
     if port:
         start_http_server(port, addr=host)

@@ -95,8 +95,12 @@ def test_service_containers_use_only_flags_the_real_clis_accept() -> None:
                 container["livenessProbe"]["httpGet"]["port"],
             }
             assert probe_ports == {args.port} == {p["containerPort"] for p in container["ports"]}
-        else:  # metrics bind to 127.0.0.1: probed from inside the pod, on the port the flags give
-            assert f"127.0.0.1:{args.metrics_port}/metrics" in " ".join(container["livenessProbe"]["exec"]["command"])
+        else:  # metrics listen on the pod's address and are probed on the port the flags give
+            assert args.metrics_host == "0.0.0.0"
+            probes = [
+                container[k]["httpGet"] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in container
+            ]
+            assert probes and all(p == {"path": "/metrics", "port": args.metrics_port} for p in probes)
     assert seen == {"worker", "gateway", "aggregator"}
 
 

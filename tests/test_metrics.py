@@ -1,4 +1,5 @@
-"""Every service exposes Prometheus metrics: scrape a real worker process after it served requests."""
+"""Every service exposes Prometheus metrics: scrape a real worker process after it served requests; a worker's
+metrics come up only once it serves (readiness)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,16 @@ async def test_worker_process_serves_its_metrics(nats_server: NatsServer, region
     nc = await nats.connect(nats_server.url)
     try:
         deadline = time.monotonic() + WAIT_S
-        while not await discover_workers(nc, region, 0.2):
-            assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
+        async with aiohttp.ClientSession() as http:
+            while True:  # metrics are the readiness signal: up only once the worker serves
+                assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+        assert await discover_workers(nc, region, 0.2), "metrics were up before the worker served"
         style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
         request = StylizeRequest(
             stream_id="s",
