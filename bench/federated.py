@@ -123,19 +123,31 @@ def images_to_reach(curve: Sequence[dict[str, float]], target: float) -> float |
     return None
 
 
-def reach(curves: dict[str, list[dict[str, float]]], reference: str) -> dict[str, Any]:
-    """Images per edge each setup needs to reach the ``reference`` run's final total loss, and the ratio to the
-    reference's own (same rule)."""
-    target = curves[reference][-1]["total"]
+def _reach_target(curves: dict[str, list[dict[str, float]]], reference: str, target: float) -> dict[str, Any]:
     base = images_to_reach(curves[reference], target)
-    out: dict[str, Any] = {"target_total": target, "reference": reference, "setups": {}}
+    out: dict[str, Any] = {}
     for label, curve in curves.items():
         images = images_to_reach(curve, target)
-        out["setups"][label] = {
+        out[label] = {
             "images_per_edge": images,
             "ratio_to_reference": images / base if images is not None and base else None,
         }
     return out
+
+
+def reach(curves: dict[str, list[dict[str, float]]], reference: str) -> dict[str, Any]:
+    """Images per edge each setup needs to reach the ``reference`` run's final total loss, and the ratio to the
+    reference's own (same rule); the same for half the reference's drop (start to final), which a plateau's
+    point-to-point noise does not decide."""
+    start, target = curves[reference][0]["total"], curves[reference][-1]["total"]
+    half = start - (start - target) / 2
+    return {
+        "target_total": target,
+        "reference": reference,
+        "setups": _reach_target(curves, reference, target),
+        "half_drop_total": half,
+        "half_drop": _reach_target(curves, reference, half),
+    }
 
 
 async def run_setup(
@@ -359,6 +371,19 @@ def markdown(data: dict[str, Any]) -> str:
             f"{cost['delta_bytes_mean']:.0f} | {100 * cost['delta_bytes_mean'] / c['weights_fp32_bytes']:.1f} % | "
             f"{1000 * cost['round_s_median']:.0f} |"
         )
+    if "half_drop" in r:
+        lines += [
+            "",
+            f"Images per edge to first get halfway from the start to the {r['reference']} final loss "
+            f"({r['half_drop_total']:.4f}):",
+            "",
+            "| setup | images per edge | ratio to 1 edge |",
+            "| --- | --- | --- |",
+        ]
+        for label, row in r["half_drop"].items():
+            lines.append(
+                f"| {label} | {_fmt_images(row['images_per_edge'])} | {_fmt_ratio(row['ratio_to_reference'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
