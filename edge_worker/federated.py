@@ -196,11 +196,14 @@ class FederatedLearner:
 
     async def _pairs(self) -> list[TrainingPair]:
         """A batch from the buffer; frames that can no longer be used (their style gone from the store, an
-        unreadable file) are dropped from the buffer."""
+        unreadable file) are dropped from the buffer. A style fetch that times out (a busy store) keeps its frame:
+        ``TimeoutError`` is an ``OSError``, and catching it as one dropped good frames under load."""
         pairs = []
         for frame in self.buffer.sample(self.config.batch_size, self._rng):
             try:
                 pairs.append(await self._pair(frame.path, frame.style_id))
+            except TimeoutError:
+                log.warning("style fetch timed out; frame kept for a later step", extra={"frame": frame.path.name})
             except (UnknownStyleError, ImageDecodeError, OSError) as exc:
                 log.warning("dropping a buffered key frame", extra={"frame": frame.path.name, "error": str(exc)})
                 self.buffer.discard(frame)

@@ -219,3 +219,29 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
         finally:
             await worker.stop()
             await nc.close()
+
+
+async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) -> None:
+    """A busy store is not a missing style: the frame stays for a later step (TimeoutError is an OSError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_worker.federated import FederatedLearner
+
+    async def busy_store(style_id: str) -> bytes:
+        raise TimeoutError(f"style {style_id} not fetched in time")
+
+    learner = FederatedLearner(
+        FederatedConfig(buffer_dir=tmp_path, batch_size=2),
+        _tiny_dnn(),
+        ThreadPoolExecutor(1),
+        fetch_style=busy_store,
+        worker_id="edge-t",
+        region="fl",
+    )
+    try:
+        for _ in range(2):
+            learner.record(encode_jpeg(cv2.resize(sample_photo(), (64, 36))), "abc123")
+        assert await learner.train_once() is None  # nothing usable this time
+        assert len(learner.buffer) == 2 and len(list(tmp_path.glob("*.jpg"))) == 2
+    finally:
+        learner.close()
