@@ -296,9 +296,11 @@ class Reconstructor:
         """Buffered mode: frames waiting on the previous key also get a warp (or, "affine-flow", the flow)
         from the new key."""
         for waiting in self._waiting:
-            if waiting.next_key_id is not None or waiting.frame_id == waiting.key_id:
-                continue
-            if self._keys[waiting.key_id].failed:
+            if (
+                waiting.next_key_id is not None
+                or waiting.frame_id == waiting.key_id
+                or self._keys[waiting.key_id].failed
+            ):
                 continue
             waiting.next_key_id = key_id
             if self.render == "warp":
@@ -354,7 +356,8 @@ class Reconstructor:
                 motion = (
                     self._flow.motion(waiting.frame, fallback.original, False) if self.render == "affine-flow" else None
                 )
-                self._emit(waiting.frame_id, self._recolour(waiting.frame, fallback, motion), "fallback", fallback_id)
+                recoloured = self._affine.apply(waiting.frame, self._key_maps(fallback, motion))
+                self._emit(waiting.frame_id, recoloured, "fallback", fallback_id)
                 return
             motion = self._flow.motion(waiting.frame, fallback.original, self._occlusion_check)
             warp = _Warp(fallback_id, self._maps(motion, image_size(fallback.stylized)), motion.occluded)
@@ -365,24 +368,20 @@ class Reconstructor:
     def _blend(self, waiting: _Waiting, key: _Key) -> AffineCoefficients:
         """The colour maps for a frame of `key`: moved along its flow ("affine-flow"), and buffered, blended with
         the next key's by time distance when that key has maps of the same grid."""
-        assert key.coefficients is not None, "only keys with coefficients are applied"
-        maps = key.coefficients.moved(waiting.motion.small_flow) if waiting.motion is not None else key.coefficients
+        maps = self._key_maps(key, waiting.motion)
         if waiting.next_key_id is None:
             return maps
         following = self._keys[waiting.next_key_id]
         if following.coefficients is None or following.coefficients.grid_size != maps.grid_size:
             return maps
-        next_maps = following.coefficients
-        if waiting.next_motion is not None:
-            next_maps = next_maps.moved(waiting.next_motion.small_flow)
         t = (waiting.frame_id - waiting.key_id) / (waiting.next_key_id - waiting.key_id)
-        return maps.blended(next_maps, t)
+        return maps.blended(self._key_maps(following, waiting.next_motion), t)
 
-    def _recolour(self, frame: np.ndarray, key: _Key, motion: Motion | None) -> np.ndarray:
-        """The key's colour maps (moved along `motion` when given) applied to the frame."""
+    @staticmethod
+    def _key_maps(key: _Key, motion: Motion | None) -> AffineCoefficients:
+        """The key's colour maps, moved along `motion` (frame -> key flow) when given."""
         assert key.coefficients is not None, "only keys with coefficients are applied"
-        maps = key.coefficients.moved(motion.small_flow) if motion is not None else key.coefficients
-        return self._affine.apply(frame, maps)
+        return key.coefficients.moved(motion.small_flow) if motion is not None else key.coefficients
 
     def _compose(self, waiting: _Waiting, warps: list[tuple[_Warp, _Key]]) -> np.ndarray:
         """Warp from one key, or blend two (previous, next) by time distance x consistency; then fill."""
