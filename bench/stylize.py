@@ -1,9 +1,11 @@
 """Table 1 on this machine: seconds per key frame by output size, and stylization quality vs baselines.
 
-``python -m bench.stylize`` writes ``bench/results/stylize.{json,md}`` and ``stylize_grid.jpg``: time per frame at the
-paper's output sizes for the DNN and the WCT baseline (style prepared once, as the worker caches it),
-the quality metrics of :mod:`edge_worker.quality` over every held-out content/style pair for the DNN
-and the baselines, and a grid (content | style | ours | baselines) to look at.
+``python -m bench.stylize`` writes ``bench/results/stylize.{json,md}``, ``stylize_grid.jpg`` and
+``stylize_strength.png``: time per frame at the paper's output sizes for the DNN and the WCT baseline (style
+prepared once, as the worker caches it), the quality metrics of :mod:`edge_worker.quality` over every held-out
+content/style pair for the DNN and the baselines, a grid (content | style | ours | baselines) to look at, and
+the structure/style trade-off over the stylization strength on the held-out pairs and on tuning pairs (training
+photos and a video frame) where the bundled strength is chosen.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from bench.common import RESULTS_DIR, machine, write_results
+from bench.interpolation import real_clip_path
 from edge_worker.baselines import ReinhardTransfer, WCTBaseline
 from edge_worker.model.base import Size, Stylizer
 from edge_worker.model.color_transfer import LinearColorTransfer
@@ -40,6 +43,13 @@ GRID_JPEG_QUALITY = 90
 MATTING_SCALE = 1e4
 """The matting-Laplacian residual is reported ×1e4."""
 NAME = "stylize"
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+TUNING_CONTENTS = ("astronaut.png", "motorcycle_left.png")
+TUNING_STYLES = ("retina.jpg", "ihc.png", "hubble_deep_field.jpg")
+TUNING_FRAME = 100
+"""A frame of the bench's real clip, a third tuning content."""
+
+Pair = tuple[str, np.ndarray, str, np.ndarray]
 
 
 def _short_side(image: np.ndarray, side: int) -> np.ndarray:
@@ -60,8 +70,36 @@ def time_per_frame(stylizer: Stylizer, content: np.ndarray, style: np.ndarray, s
     return statistics.median(times)
 
 
+def held_out_pairs() -> list[Pair]:
+    """Every held-out photo (short side ``QUALITY_SHORT_SIDE``) with every held-out style."""
+    return [
+        (c, _short_side(bundled_photo(c), QUALITY_SHORT_SIDE), s, bundled_photo(s))
+        for c in HELD_OUT_PHOTOS
+        for s in HELD_OUT_STYLES
+    ]
+
+
+def tuning_pairs() -> list[Pair]:
+    """Pairs the bundled strength is chosen on, none with a held-out content: training photos and a frame of
+    the real clip, each with every tuning style."""
+    clip = cv2.VideoCapture(str(real_clip_path()))
+    clip.set(cv2.CAP_PROP_POS_FRAMES, TUNING_FRAME)
+    ok, frame = clip.read()
+    clip.release()
+    if not ok:
+        raise OSError(f"cannot read frame {TUNING_FRAME} of {real_clip_path()}")
+    contents = [(c, bundled_photo(c)) for c in TUNING_CONTENTS] + [
+        (f"{real_clip_path().name}#{TUNING_FRAME}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    ]
+    return [
+        (name, _short_side(image, QUALITY_SHORT_SIDE), s, bundled_photo(s))
+        for name, image in contents
+        for s in TUNING_STYLES
+    ]
+
+
 def quality_rows(
-    methods: Sequence[Stylizer], pairs: Sequence[tuple[str, np.ndarray, str, np.ndarray]]
+    methods: Sequence[Stylizer], pairs: Sequence[Pair]
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[np.ndarray]]]:
     """Mean metrics per method over ``pairs`` and every output (for the grid)."""
     table: dict[str, dict[str, float]] = {}
@@ -85,7 +123,53 @@ def quality_rows(
     return table, outputs
 
 
-def grid(pairs: Sequence[tuple[str, np.ndarray, str, np.ndarray]], outputs: dict[str, list[np.ndarray]]) -> np.ndarray:
+def strength_sweep(model: PhotoStylizer, pairs: Sequence[Pair]) -> dict[str, Any]:
+    """Quality of the DNN and the WCT baseline at every strength in ``STRENGTHS``, and of the classic
+    baselines, over ``pairs``."""
+    sweep: dict[str, Any] = {"dnn": {}, "wct": {}}
+    for strength in STRENGTHS:
+        at = model.with_config(strength=strength)
+        table, _ = quality_rows([at, WCTBaseline(at)], pairs)
+        sweep["dnn"][str(strength)] = table[at.name]
+        sweep["wct"][str(strength)] = table[WCTBaseline.name]
+    sweep["baselines"], _ = quality_rows([ReinhardTransfer(), LinearColorTransfer()], pairs)
+    return sweep
+
+
+def chosen_strength(tuning: dict[str, Any]) -> float:
+    """The largest strength at which the DNN keeps Reinhard's structure SSIM on the tuning pairs (0 if none)."""
+    floor = tuning["baselines"][ReinhardTransfer.name]["ssim"]
+    kept = [float(s) for s, row in tuning["dnn"].items() if row["ssim"] >= floor]
+    return max(kept, default=0.0)
+
+
+def plot_strength(sweeps: dict[str, dict[str, Any]], path: Path) -> None:
+    """Structure SSIM vs Gaussian W2 along the strength, per pair set, with the classic baselines as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.2), squeeze=False)
+    for ax, (title, sweep) in zip(axes[0], sweeps.items(), strict=True):
+        for method in ("dnn", "wct"):
+            rows = sweep[method]
+            ax.plot([r["ssim"] for r in rows.values()], [r["gaussian_w2"] for r in rows.values()], "o-", label=method)
+            for strength, r in rows.items():
+                point = (r["ssim"], r["gaussian_w2"])
+                ax.annotate(strength, point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for name, r in sweep["baselines"].items():
+            ax.plot(r["ssim"], r["gaussian_w2"], "s", label=name)
+        ax.set(title=title, xlabel="structure SSIM (higher is better)", ylabel="Gaussian W2 to the style (lower)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Stylization strength: local DNN maps (1) ... global colour map only (0)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def grid(pairs: Sequence[Pair], outputs: dict[str, list[np.ndarray]]) -> np.ndarray:
     """Rows of content | style | every method's output, each cell ``GRID_HEIGHT`` high (RGB)."""
 
     def cell(image: np.ndarray) -> np.ndarray:
@@ -99,14 +183,20 @@ def grid(pairs: Sequence[tuple[str, np.ndarray, str, np.ndarray]], outputs: dict
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
 
 
-def markdown(timing: dict[str, dict[str, float]], quality: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
-    """The two tables."""
+def markdown(
+    timing: dict[str, dict[str, float]],
+    quality: dict[str, dict[str, float]],
+    sweeps: dict[str, dict[str, Any]],
+    info: dict[str, Any],
+) -> str:
+    """The tables."""
     sizes = list(next(iter(timing.values())))
     lines = [
         "# Stylizer benchmark (Table 1 on this machine)",
         "",
         f"{info['machine']['cpus']} CPUs, {info['threads']} torch threads, load {info['machine']['load_avg_1m']}, "
-        f"model `{info['model']}`, commit {info['machine']['commit']}.",
+        f"model `{info['model']}` (stylization strength {info['config']['strength']}), "
+        f"commit {info['machine']['commit']}.",
         "",
         "Seconds per key frame (style prepared once):",
         "",
@@ -130,6 +220,25 @@ def markdown(timing: dict[str, dict[str, float]], quality: dict[str, dict[str, f
             f"| {method} | {row['ssim']:.3f} | {row['gaussian_w2']:.2f} | {row['sliced_w2']:.2f} | "
             f"{row['matting_x1e4']:.3f} |"
         )
+    lines += [
+        "",
+        "Stylization strength (0 = the global colour map alone, 1 = the DNN's full local maps); the classic "
+        "baselines do not depend on it. Tuning pairs: "
+        + ", ".join(sorted({c for c, _ in info["tuning_pair_names"]}))
+        + f" × {', '.join(TUNING_STYLES)}. Largest strength keeping Reinhard's SSIM on the tuning pairs: "
+        f"**{info['chosen_strength']}**.",
+        "",
+        "| pairs | method | strength | SSIM | Gaussian W2 | sliced W2 | matting ×1e4 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for title, sweep in sweeps.items():
+        rows = [(m, s, r) for m in ("dnn", "wct") for s, r in sweep[m].items()]
+        rows += [(name, "", r) for name, r in sweep["baselines"].items()]
+        for method, strength, r in rows:
+            lines.append(
+                f"| {title} | {method} | {strength} | {r['ssim']:.3f} | {r['gaussian_w2']:.2f} | "
+                f"{r['sliced_w2']:.2f} | {r['matting_x1e4']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -146,27 +255,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = PhotoStylizer.load(args.model)
     wct = WCTBaseline(model)
-    pairs = [
-        (c, _short_side(bundled_photo(c), QUALITY_SHORT_SIDE), s, bundled_photo(s))
-        for c in HELD_OUT_PHOTOS
-        for s in HELD_OUT_STYLES
-    ]
+    pairs = held_out_pairs()
+    tuning = tuning_pairs()
     timing = {
         m.name: {f"{w}x{h}": time_per_frame(m, pairs[0][1], pairs[0][3], (w, h), args.repeats) for w, h in TABLE1_SIZES}
         for m in (model, wct)
     }
     quality, outputs = quality_rows([model, ReinhardTransfer(), LinearColorTransfer(), wct], pairs)
+    sweeps = {"held-out": strength_sweep(model, pairs), "tuning": strength_sweep(model, tuning)}
     info = {
         "machine": machine(),
         "threads": args.threads,
         "model": str(args.model),
         "pairs": len(pairs),
         "pair_names": [(c, s) for c, _, s, _ in pairs],
+        "tuning_pair_names": [(c, s) for c, _, s, _ in tuning],
+        "chosen_strength": chosen_strength(sweeps["tuning"]),
         "config": model.config.__dict__,
     }
     write_results(
-        NAME, {**info, "seconds_per_frame": timing, "quality": quality}, markdown(timing, quality, info), args.out_dir
+        NAME,
+        {**info, "seconds_per_frame": timing, "quality": quality, "strength_sweep": sweeps},
+        markdown(timing, quality, sweeps, info),
+        args.out_dir,
     )
+    plot_strength(sweeps, args.out_dir / f"{NAME}_strength.png")
     picture = args.out_dir / f"{NAME}_grid.jpg"  # photographs: JPEG is a tenth of the PNG's size
     cv2.imwrite(
         str(picture),
@@ -174,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [cv2.IMWRITE_JPEG_QUALITY, GRID_JPEG_QUALITY],
     )
     logger.info(
-        "wrote %s/%s.{json,md} and %s; columns: content | style | %s",
+        "wrote %s/%s.{json,md,_strength.png} and %s; columns: content | style | %s",
         args.out_dir,
         NAME,
         picture.name,

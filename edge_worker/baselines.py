@@ -78,7 +78,8 @@ class WCTBaseline:
         full = to_tensor(resize(content, out_size), m.device)
         encoded = m.encoder(low)
         decoded = m.decoder(wct(encoded.deepest, style.features), encoded)
-        output, _ = m.smoothing(low, decoded.float(), full, style.colours if m.config.colour_alignment else None)
+        colours = style.colours if m.config.colour_alignment else None
+        output, _ = m.smoothing(low, decoded.float(), full, colours, m.config.strength)
         return to_image(output)
 
 

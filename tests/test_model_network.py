@@ -17,6 +17,7 @@ from edge_worker.model.meta_smoothing import (
     apply_affine,
     local_affine_fit,
     resample,
+    toward_identity,
 )
 from edge_worker.model.stylizer import CONFIGS, DEFAULT_MODEL_PATH, MODEL_VERSION, PhotoStylizer, StylizerConfig
 from edge_worker.model.vgg import EncoderConfig, VGGEncoder, load_torchvision_vgg19
@@ -232,3 +233,39 @@ def test_returned_coefficients_rebuild_the_output(tiny: PhotoStylizer, photos) -
 def test_imagenet_weights_need_the_full_width_encoder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="full-width"):
         PhotoStylizer.from_config("small", vgg_weights=tmp_path / "vgg19.pth")
+
+
+def test_strength_moves_the_maps_toward_the_identity() -> None:
+    coeffs = torch.randn(2, 12, 5, 7)
+    identity = torch.cat([torch.eye(3).flatten(), torch.zeros(3)]).view(1, 12, 1, 1).expand_as(coeffs)
+    torch.testing.assert_close(toward_identity(coeffs, 0.0), identity)
+    torch.testing.assert_close(toward_identity(coeffs, 0.25), 0.75 * identity + 0.25 * coeffs)
+    assert toward_identity(coeffs, 1.0) is coeffs
+    with pytest.raises(ValueError, match="strength"):
+        toward_identity(coeffs, 1.5)
+
+
+def test_strength_zero_leaves_one_global_colour_map(tiny: PhotoStylizer, photos) -> None:
+    """At strength 0 only the colour alignment is left: the same affine map at every pixel."""
+    content, style = photos
+    size = (content.shape[1], content.shape[0])
+    full = tiny.coefficients(content, tiny.prepare_style(style), size)
+    weak = tiny.with_config(strength=0.0)
+    flat = weak.coefficients(content, weak.prepare_style(style), size)
+    assert np.ptp(flat.reshape(-1, 12), axis=0).max() < 1e-5
+    assert np.ptp(full.reshape(-1, 12), axis=0).max() > 1e-2
+
+
+def test_strength_is_checked_and_does_not_change_training(photos) -> None:
+    with pytest.raises(ValueError, match="strength"):
+        PhotoStylizer(StylizerConfig(strength=1.5))
+    with pytest.raises(ValueError, match="strength"):
+        PhotoStylizer(StylizerConfig(smoothing="literal", colour_alignment=False, strength=0.5))
+    torch.manual_seed(3)
+    model = PhotoStylizer.from_config("tiny")
+    weak = model.with_config(strength=0.2).train()
+    content = torch.rand(1, 3, 32, 32)
+    style = model.style_state(torch.rand(1, 3, 32, 32))
+    full_out, _, _ = model.train()(content, style, content)
+    weak_out, _, _ = weak(content, style, content)
+    torch.testing.assert_close(weak_out, full_out)  # Eq. 5 fits the full maps; strength is for inference

@@ -128,6 +128,19 @@ def align_colours(coeffs: torch.Tensor, content: torch.Tensor, style: FeatureSta
     return torch.cat([a, b], 1)
 
 
+def toward_identity(coeffs: torch.Tensor, strength: float) -> torch.Tensor:
+    """``strength`` × the maps + (1 − ``strength``) × the identity map: the stylization strength, WCT's α (Li et
+    al., NeurIPS 2017) taken on the affine maps. Before :func:`align_colours`, 0 leaves only the global
+    content→style map (Monge-Kantorovich colour transfer) and 1 the DNN's full local maps."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    if strength == 1.0:
+        return coeffs
+    identity = torch.eye(3, dtype=coeffs.dtype, device=coeffs.device).flatten()
+    offset = torch.cat([identity, identity.new_zeros(3)]).view(1, AFFINE_COEFFS, 1, 1)
+    return torch.lerp(offset.expand_as(coeffs), coeffs, strength)
+
+
 def resample(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Bilinear resampling to ``size`` = (H, W); antialiased when shrinking."""
     if tuple(x.shape[-2:]) == tuple(size):
@@ -212,13 +225,15 @@ class MetaSmoothing(nn.Module):
         stylized_low: torch.Tensor,
         content_full: torch.Tensor,
         style_colours: FeatureStats | None = None,
+        strength: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Output at ``content_full``'s size and the low-resolution coefficients it came from.
 
         With ``style_colours`` the gains are fitted toward the style's global map (``gain_prior``) and the
-        coefficients are composed with :func:`align_colours`.
+        coefficients are composed with :func:`align_colours`; ``strength`` < 1 first moves them toward the
+        identity (:func:`toward_identity`).
         """
-        coeffs = self.maps(content_low, stylized_low, content_full.shape[-1], style_colours)
+        coeffs = self.maps(content_low, stylized_low, content_full.shape[-1], style_colours, strength)
         return apply_affine(resample(coeffs, tuple(content_full.shape[-2:])), content_full), coeffs
 
     def maps(
@@ -227,11 +242,12 @@ class MetaSmoothing(nn.Module):
         stylized_low: torch.Tensor,
         out_width: int,
         style_colours: FeatureStats | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """The low-resolution coefficients :meth:`forward` applies for an output ``out_width`` pixels wide (it
         only sets r), without rendering the output."""
         r = out_width * self.downsample / content_low.shape[-1]
-        coeffs = self.coefficients(content_low, stylized_low, r, style_colours)
+        coeffs = toward_identity(self.coefficients(content_low, stylized_low, r, style_colours), strength)
         if style_colours is not None:
             coeffs = align_colours(coeffs, content_low, style_colours)
         return coeffs
@@ -255,13 +271,16 @@ class LiteralMetaSmoothing(nn.Module):
         stylized_low: torch.Tensor,
         content_full: torch.Tensor,
         style_colours: FeatureStats | None = None,
+        strength: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Upscaled, smoothed stylized image at ``content_full``'s size (no coefficients: an empty tensor).
 
-        ``style_colours`` must be None: without coefficients there is nothing to align.
+        ``style_colours`` must be None and ``strength`` 1: without coefficients there is nothing to align or blend.
         """
         if style_colours is not None:
             raise ValueError("the literal meta-smoothing has no colour alignment")
+        if strength != 1.0:
+            raise ValueError("the literal meta-smoothing has no stylization strength")
         r = content_full.shape[-1] / content_low.shape[-1]
         up = resample(stylized_low, tuple(content_full.shape[-2:]))
         w_u = self.scale_kernel(r) * self.meta_kernel

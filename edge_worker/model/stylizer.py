@@ -53,6 +53,9 @@ class StylizerConfig:
     smoothing_gain_prior: float = 0.0
     smoothing: str = "affine"
     colour_alignment: bool = True
+    strength: float = 1.0
+    """Stylization strength at inference (:func:`~edge_worker.model.meta_smoothing.toward_identity`); training
+    (Eq. 5) always fits the full maps."""
 
     @property
     def encoder(self) -> EncoderConfig:
@@ -69,6 +72,7 @@ CONFIGS: dict[str, StylizerConfig] = {
         smoothing_radius=8,
         smoothing_downsample=4,
         smoothing_gain_prior=GAIN_PRIOR_WEIGHT,
+        strength=0.5,  # bench.stylize's choice for the bundled weights: Reinhard's SSIM kept on its tuning pairs
     ),
     "full": StylizerConfig(),
 }
@@ -122,6 +126,9 @@ class PhotoStylizer(nn.Module):
             raise ValueError(f"smoothing must be one of {SMOOTHING_KINDS}, got {self.config.smoothing!r}")
         if self.config.colour_alignment and self.config.smoothing != "affine":
             raise ValueError("colour alignment needs the affine meta-smoothing")
+        strength = self.config.strength
+        if not 0.0 <= strength <= 1.0 or (strength != 1.0 and self.config.smoothing != "affine"):
+            raise ValueError(f"strength must be in [0, 1], and 1 with the literal smoothing; got {strength}")
         self.encoder = VGGEncoder(self.config.encoder)
         self.encoder.requires_grad_(False)
         self.colorization = LearnedColorization(self.encoder.out_channels, self.config.compressed_channels)
@@ -172,12 +179,14 @@ class PhotoStylizer(nn.Module):
             return self.decoder(self.colorization(encoded.deepest, style.features), encoded)
 
     def forward(
-        self, content_low: torch.Tensor, style: StyleState, content_full: torch.Tensor
+        self, content_low: torch.Tensor, style: StyleState, content_full: torch.Tensor, strength: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stylize a batch: (output at ``content_full``'s size, coefficients, the decoder's low-res image)."""
+        """Stylize a batch: (output at ``content_full``'s size, coefficients, the decoder's low-res image).
+
+        ``strength`` defaults to the full maps, which training fits; inference passes ``config.strength``."""
         decoded = self.decode(content_low, style)
         colours = style.colours if self.config.colour_alignment else None
-        output, coeffs = self.smoothing(content_low, decoded.float(), content_full, colours)
+        output, coeffs = self.smoothing(content_low, decoded.float(), content_full, colours, strength)
         return output, coeffs, decoded
 
     @torch.inference_mode()
@@ -198,7 +207,9 @@ class PhotoStylizer(nn.Module):
         check_image(content, "content")
         check_size(out_size)
         full = to_tensor(resize(content, out_size), self.device)
-        output, coeffs, _ = self.forward(self._network_input(content), style.to(self.device), full)
+        output, coeffs, _ = self.forward(
+            self._network_input(content), style.to(self.device), full, self.config.strength
+        )
         return to_image(output), to_maps(coeffs) if coeffs.numel() else np.empty(0)
 
     @torch.inference_mode()
@@ -211,7 +222,8 @@ class PhotoStylizer(nn.Module):
             return np.empty(0)
         low, style = self._network_input(content), style.to(self.device)
         colours = style.colours if self.config.colour_alignment else None
-        return to_maps(self.smoothing.maps(low, self.decode(low, style).float(), out_size[0], colours))
+        decoded = self.decode(low, style).float()
+        return to_maps(self.smoothing.maps(low, decoded, out_size[0], colours, self.config.strength))
 
     def _network_input(self, content: np.ndarray) -> torch.Tensor:
         """``content`` resized to network size, as a ``(1, 3, h, w)`` tensor on the model's device."""
