@@ -8,7 +8,8 @@ Loss (Eq. 5): ``D(R^r(I_c), I^r_cs) + λ D(R^r(I_s), I^r_cs)`` with D a perceptu
 frozen encoder's features: feature MSE at the deepest layer for content, MSE of channel means and
 standard deviations at every ``reluN_1`` for style (Huang & Belongie 2017). ``--recon-weight`` adds
 PhotoWCT's decoder reconstruction term (pixels + deepest features) so the decoder learns to invert
-the encoder; ``--mode autoencoder`` trains encoder and decoder on pixel reconstruction alone.
+the encoder; ``--mode autoencoder`` trains encoder and decoder on pixel reconstruction alone, ``--mode decoder``
+the decoder alone on that term with the encoder frozen (PhotoWCT's decoder training, e.g. on ImageNet VGG19).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ HELD_OUT_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
 HELD_OUT_STYLES = ("astronaut.png", "hubble_deep_field.jpg", "ihc.png")
 """Styles of the held-out stylization pairs (every held-out photo with every one of these)."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+TRAIN_MODES = ("stylizer", "autoencoder", "decoder")
+"""What ``--mode`` trains: Eq. 5, the encoder and decoder on reconstruction, or the decoder alone on it."""
 ADAM_BETAS = (0.5, 0.999)
 DEFAULT_LR = 1e-4
 DEFAULT_BATCH = 2
@@ -271,9 +274,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--mode",
-        choices=("stylizer", "autoencoder"),
+        choices=TRAIN_MODES,
         default="stylizer",
-        help="stylizer: Eq. 5 with the encoder frozen; autoencoder: encoder+decoder on reconstruction",
+        help="stylizer: Eq. 5 with the encoder frozen; autoencoder: encoder+decoder on pixel reconstruction; "
+        "decoder: the decoder alone on reconstruction (pixels + deepest features), encoder frozen",
     )
     p.add_argument("--out", type=Path, required=True, help="run directory (model, checkpoint, loss log)")
     p.add_argument("--data", type=Path, help="folder of training images (default: scikit-image's photos)")
@@ -326,10 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = PhotoStylizer.from_config(config, args.vgg_weights)
     if args.init:
         _load_init(model, args.init)
-    autoencoder = args.mode == "autoencoder"
-    if autoencoder:
+    if args.mode == "autoencoder":
         model.encoder.requires_grad_(True)
         params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    elif args.mode == "decoder":
+        params = list(model.decoder.parameters())
     else:
         params = model.learned_parameters()
     optimizer = torch.optim.Adam(params, lr=args.lr, betas=ADAM_BETAS)
@@ -370,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sums: dict[str, float] = {}
     for step in range(start + 1, args.steps + 1):
         batch = sample_batch(photos, args.batch_size, args.train_size, model.encoder.downsampling, rng)
-        if autoencoder:  # pixels only: a feature term would let the trained encoder shape its own target
-            total, pixel = reconstruction_loss(model, batch.content_low, feature_term=False)
+        if args.mode != "stylizer":  # pixels only when the encoder learns: else it would shape its own target
+            total, pixel = reconstruction_loss(model, batch.content_low, feature_term=args.mode == "decoder")
             losses = {"total": total, "recon_pixel": pixel}
         else:
             losses = stylization_losses(model, batch, args.style_weight)

@@ -97,3 +97,23 @@ def test_trains_on_a_folder_of_images(tmp_path: Path) -> None:
     assert len(train.load_folder(data)) == 2
     assert train.main(_tiny_args(tmp_path / "run", 2, "--data", str(data))) == 0
     assert (tmp_path / "run" / train.MODEL_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    ("mode", "trained"),
+    [("decoder", {"decoder"}), ("autoencoder", {"encoder", "decoder"}), ("stylizer", {"colorization", "decoder"})],
+)
+def test_each_mode_trains_only_its_modules(tmp_path: Path, mode: str, trained: set[str]) -> None:
+    assert train.main(_tiny_args(tmp_path, 2, "--mode", mode, "--lr", str(TEST_LR))) == 0
+    torch.manual_seed(7)  # the run's --seed: the same initial weights
+    before = PhotoStylizer.from_config("tiny")
+    after = PhotoStylizer.load(tmp_path / train.MODEL_FILE)
+    changed = {
+        name
+        for name in ("encoder", "colorization", "decoder")
+        if any(
+            not torch.equal(x, y)
+            for x, y in zip(getattr(before, name).parameters(), getattr(after, name).parameters(), strict=True)
+        )
+    }
+    assert changed == trained
