@@ -74,16 +74,20 @@ MS_PER_S = 1000.0
 
 log = logging.getLogger("bench.interpolation")
 
-Variant = tuple[str, ReconstructionMode, bool, IntermediateRender]
+TEMPORAL_WEIGHT = 0.5
+"""Weight of the previous output in the smoothed variant (mobile_sim.temporal)."""
+Variant = tuple[str, ReconstructionMode, bool, IntermediateRender, float]
+"""name, mode, occlusion fill, render, temporal smoothing weight."""
 VARIANTS: tuple[Variant, ...] = (
-    ("plain", "live", False, "warp"),
-    ("occlusion-aware", "live", True, "warp"),
-    ("buffered", "buffered", True, "warp"),
-    ("affine", "live", False, "affine"),
-    ("affine-flow", "live", False, "affine-flow"),
-    ("buffered affine-flow", "buffered", False, "affine-flow"),
+    ("plain", "live", False, "warp", 0.0),
+    ("occlusion-aware", "live", True, "warp", 0.0),
+    ("buffered", "buffered", True, "warp", 0.0),
+    ("affine", "live", False, "affine", 0.0),
+    ("affine-flow", "live", False, "affine-flow", 0.0),
+    ("buffered affine-flow", "buffered", False, "affine-flow", 0.0),
+    ("affine-flow smoothed", "live", False, "affine-flow", TEMPORAL_WEIGHT),
 )
-AFFINE_VARIANTS = ("affine", "affine-flow", "buffered affine-flow")
+AFFINE_VARIANTS = ("affine", "affine-flow", "buffered affine-flow", "affine-flow smoothed")
 SPEEDUP_VARIANTS = ("occlusion-aware", "affine")
 
 
@@ -219,7 +223,7 @@ def reconstruct(
     frames: list[np.ndarray], stylized: list[Stylized], policy: BaseKeyFramePolicy, variant: Variant
 ) -> Run:
     """Run the phone's policy + Reconstructor offline, each key's stylization arriving at once."""
-    _, mode, fill, render = variant
+    _, mode, fill, render, temporal_weight = variant
     rec = Reconstructor(
         FlowEstimator(),
         Warper(),
@@ -228,6 +232,7 @@ def reconstruct(
         occlusion_check=fill or policy.needs_occlusion,
         fill_occlusions=fill,
         render=render,
+        temporal_weight=temporal_weight,
     )
     outputs: dict[int, OutputFrame] = {}
     keys: list[int] = []

@@ -39,6 +39,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def parse_smoothing_weight(text: str) -> float:
+    """A temporal smoothing weight in [0, 1); 0 turns it off."""
+    try:
+        weight = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"smoothing weight must be a number, got {text!r}") from exc
+    if not 0.0 <= weight < 1.0:
+        raise argparse.ArgumentTypeError(f"smoothing weight must be in [0, 1), got {text!r}")
+    return weight
+
+
 def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) -> None:
     """Flags shared by ``mvs phone`` and ``mvs demo``."""
     p.add_argument(
@@ -81,6 +92,14 @@ def add_phone_arguments(p: argparse.ArgumentParser, out_default: Path | None) ->
         "maps blended by time distance)",
     )
     p.add_argument(
+        "--temporal-smoothing",
+        type=parse_smoothing_weight,
+        default=0.0,
+        metavar="W",
+        help="blend each output frame with the previous one warped along the flow, weight W in (0, 1) "
+        "(less flicker at key changes, one more flow pair per frame; 0: off)",
+    )
+    p.add_argument(
         "--no-occlusion-fill",
         dest="fill_occlusions",
         action="store_false",
@@ -117,6 +136,7 @@ def phone_config_from_args(args: argparse.Namespace, **overrides: object) -> Pho
         mode=args.mode,
         fill_occlusions=args.fill_occlusions,
         render=args.render,
+        temporal_smoothing=args.temporal_smoothing,
         region=args.region,
         out_dir=args.out,
         result_timeout_ms=args.result_timeout_ms,

@@ -116,6 +116,8 @@ class PhoneConfig:
     render: IntermediateRender = "warp"
     """warp: warp the stylized key; affine / affine-flow: ask the edge for the stylizer's colour maps instead of
     the stylized key and apply them to every frame (affine-flow moves them along the flow first; live mode)."""
+    temporal_smoothing: float = 0.0
+    """Weight of the previous output, warped along the flow, in each output frame (mobile_sim.temporal); 0: off."""
     out_dir: Path | None = None
     """Where videos and report.json go; None: nothing written (the run's report is still returned)."""
     link: LinkProfile | None = None
@@ -210,6 +212,7 @@ class Phone:
             occlusion_check=config.fill_occlusions or self.policy.needs_occlusion,
             fill_occlusions=config.fill_occlusions,
             render=config.render,
+            temporal_weight=config.temporal_smoothing,
         )
         self._assembler = ChunkAssembler()
         self._link = EmulatedLink(config.link) if config.link is not None else None

@@ -21,6 +21,7 @@ import numpy as np
 from mobile_sim.affine import AffineCoefficients, AffineRenderer
 from mobile_sim.colormap import ColorMap
 from mobile_sim.flow import FlowEstimator, Motion, MotionProbe
+from mobile_sim.temporal import TemporalFilter
 from mobile_sim.warp import Warper, WarpMaps, image_size, resize_to
 
 ReconstructionMode = Literal["live", "buffered"]
@@ -107,6 +108,8 @@ class Reconstructor:
     of its frames, with no flow at all; "affine-flow" first moves them along the frame's flow to the
     key. Buffered, the maps of both keys are blended by time distance (a blend of affine maps is
     affine) and applied once. Frames of a key that came without coefficients are warped.
+    `temporal_weight` > 0 blends every stylized output with the previous one warped along the flow
+    (mobile_sim.temporal); "failed" frames (originals) pass unfiltered and restart it.
     Flow to a key's original is computed when a frame (or, buffered, the next key) is added, so a
     stylized key's arrival only costs remaps. Frames come out of `pop_ready` strictly in frame
     order. Arrays passed in are kept, not copied. Not thread-safe: call it from one thread.
@@ -121,6 +124,7 @@ class Reconstructor:
         occlusion_check: bool = False,
         fill_occlusions: bool = False,
         render: IntermediateRender = "warp",
+        temporal_weight: float = 0.0,
     ) -> None:
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -130,7 +134,10 @@ class Reconstructor:
             raise ValueError("fill_occlusions needs occlusion_check")
         if render not in INTERMEDIATE_RENDERS:
             raise ValueError(f"render must be one of {INTERMEDIATE_RENDERS}, got {render!r}")
+        if not 0.0 <= temporal_weight < 1.0:
+            raise ValueError(f"temporal_weight must be in [0, 1), got {temporal_weight}")
         self.render = render
+        self._temporal = TemporalFilter(flow, warper, temporal_weight) if temporal_weight > 0 else None
         self._affine = AffineRenderer()
         self._flow = flow
         self._warper = warper
@@ -332,7 +339,7 @@ class Reconstructor:
                 image = resize_to(key.stylized, self._frame_size())
                 if image is key.stylized:  # the key is kept as fallback: hand out a copy
                     image = image.copy()
-                self._emit(waiting.frame_id, image, "key", waiting.key_id)
+                self._emit(waiting.frame_id, image, "key", waiting.key_id, waiting.frame)
                 return
             if key.coefficients is not None:
                 self._emit(
@@ -340,6 +347,7 @@ class Reconstructor:
                     self._affine.apply(waiting.frame, self._blend(waiting, key)),
                     "affine",
                     waiting.key_id,
+                    waiting.frame,
                 )
                 return
             if waiting.warp is None:  # an affine render, but this key came without coefficients
@@ -348,7 +356,7 @@ class Reconstructor:
             next_key = self._keys[waiting.next_key_id] if waiting.next_key_id is not None else None
             if waiting.next_warp is not None and next_key is not None and next_key.stylized is not None:
                 warps.append((waiting.next_warp, next_key))
-            self._emit(waiting.frame_id, self._compose(waiting, warps), "warped", waiting.key_id)
+            self._emit(waiting.frame_id, self._compose(waiting, warps), "warped", waiting.key_id, waiting.frame)
         elif self._fallback is not None:
             fallback_id, fallback = self._fallback
             assert fallback.stylized is not None, "the fallback key was stylized"
@@ -357,11 +365,12 @@ class Reconstructor:
                     self._flow.motion(waiting.frame, fallback.original, False) if self.render == "affine-flow" else None
                 )
                 recoloured = self._affine.apply(waiting.frame, self._key_maps(fallback, motion))
-                self._emit(waiting.frame_id, recoloured, "fallback", fallback_id)
+                self._emit(waiting.frame_id, recoloured, "fallback", fallback_id, waiting.frame)
                 return
             motion = self._flow.motion(waiting.frame, fallback.original, self._occlusion_check)
             warp = _Warp(fallback_id, self._maps(motion, image_size(fallback.stylized)), motion.occluded)
-            self._emit(waiting.frame_id, self._compose(waiting, [(warp, fallback)]), "fallback", fallback_id)
+            composed = self._compose(waiting, [(warp, fallback)])
+            self._emit(waiting.frame_id, composed, "fallback", fallback_id, waiting.frame)
         else:
             self._emit(waiting.frame_id, waiting.frame, "failed", None)
 
@@ -408,7 +417,15 @@ class Reconstructor:
             image[occluded] = nearest.color_map.apply(waiting.frame[occluded][:, np.newaxis, :])[:, 0, :]
         return image
 
-    def _emit(self, frame_id: int, image: np.ndarray, kind: OutputKind, key_id: int | None) -> None:
+    def _emit(
+        self, frame_id: int, image: np.ndarray, kind: OutputKind, key_id: int | None, original: np.ndarray | None = None
+    ) -> None:
+        """Queue an output frame; stylized ones (with their `original`) go through the temporal filter."""
+        if self._temporal is not None:
+            if original is None:
+                self._temporal.reset()
+            else:
+                image = self._temporal(original, image)
         self._ready.append(OutputFrame(frame_id=frame_id, image=image, kind=kind, key_id=key_id))
         self._stats[kind] += 1
 

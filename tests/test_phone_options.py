@@ -42,7 +42,22 @@ def test_flags_reach_the_config_and_the_policy() -> None:
     assert (policy.min_interval, policy.max_interval) == (3, 12)
 
 
-@pytest.mark.parametrize("argv", [["--key-policy", "often"], ["--flow", "magic"], ["--mode", "later"]])
+def test_temporal_smoothing_reaches_the_config() -> None:
+    assert parse().temporal_smoothing == 0.0
+    assert parse("--temporal-smoothing", "0.5").temporal_smoothing == 0.5
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--key-policy", "often"],
+        ["--flow", "magic"],
+        ["--mode", "later"],
+        ["--temporal-smoothing", "1.5"],
+        ["--temporal-smoothing", "-0.1"],
+        ["--temporal-smoothing", "lots"],
+    ],
+)
 def test_unknown_choices_are_rejected(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse(*argv)
