@@ -359,6 +359,7 @@ def evaluate_clip(stylized: list[Stylized], frames: list[np.ndarray], source: st
         "quality": rows,
         "measured_speedup": speedups,
         "warping_error": warping_error,
+        "warping_error_cuts_skipped": consistency.cuts,
         "downlink": downlink(stylized),
     }
 
@@ -573,6 +574,11 @@ def markdown(data: dict[str, Any]) -> str:
             rows.append([policy, next(iter(variants.values()))["mean_interval"], *cells])
         lines += _table(["policy", "mean interval", *names], rows)
     lines += ["## Temporal consistency: warping error (Lai et al. 2018), lower is better", ""]
+    lines += [
+        "Pairs of frames across a cut are not graded: "
+        + ", ".join(f"{c['source']} {_size(c['size'])}: {c['warping_error_cuts_skipped']}" for c in data["clips"]),
+        "",
+    ]
     rows = [
         [f"{clip['source']} {_size(clip['size'])}", name, value]
         for clip in data["clips"]

@@ -14,6 +14,8 @@ SSIM_WINDOW = 2 * SSIM_RADIUS + 1
 DYNAMIC_RANGE = 255.0
 PSNR_IDENTICAL_DB = float("inf")
 CONSISTENCY_FLOW = "dis-medium"
+MIN_VALID_SHARE = 0.5
+"""Pairs of frames with fewer pixels passing the forward-backward check are cuts and are not graded."""
 """Warping error uses a slower, full-resolution flow unlike the phone's, so it does not grade the phone's own flow."""
 
 
@@ -57,28 +59,36 @@ class WarpingError:
 
     E = mean over t of  sum_x M_t(x) ||O_t(x) - O_{t-1}(x + f(x))||^2 / sum_x M_t(x), O in [0, 1],
     f the flow from original frame t to t-1 and M_t the pixels passing the forward-backward check
-    (occlusions excluded). Lai et al. use FlowNet2; we use full-resolution DIS (medium), computed
+    (occlusions excluded); pairs across a cut (under ``MIN_VALID_SHARE`` of the pixels pass) are skipped and
+    counted in ``cuts``. Lai et al. use FlowNet2; we use full-resolution DIS (medium), computed
     once per pair of originals and shared by every output video graded.
     """
 
     def __init__(self, originals: list[np.ndarray]) -> None:
         estimator = FlowEstimator(CONSISTENCY_FLOW, max_width=None)
-        self._pairs = []
-        for previous, current in zip(originals, originals[1:], strict=False):
+        self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
+        self.cuts = 0
+        self._frames = len(originals)
+        for t, (previous, current) in enumerate(zip(originals, originals[1:], strict=False), start=1):
             motion = estimator.motion(current, previous, occlusion=True)
             assert motion.occluded is not None
             height, width = current.shape[:2]
             map_x = motion.flow[..., 0] + np.arange(width, dtype=np.float32)[np.newaxis, :]
             map_y = motion.flow[..., 1] + np.arange(height, dtype=np.float32)[:, np.newaxis]
             inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
-            self._pairs.append((map_x, map_y, (~motion.occluded & inside).astype(np.float32)))
+            mask = ~motion.occluded & inside
+            if mask.mean() < MIN_VALID_SHARE:
+                self.cuts += 1  # a cut: no correspondence, and a few stray pixels would decide the pair's mean
+                continue
+            self._pairs.append((map_x, map_y, mask.astype(np.float32), t))
 
     def __call__(self, outputs: list[np.ndarray]) -> float:
         """Warping error of an output video aligned with the originals."""
-        if len(outputs) != len(self._pairs) + 1:
-            raise ValueError(f"expected {len(self._pairs) + 1} frames, got {len(outputs)}")
+        if len(outputs) != self._frames:
+            raise ValueError(f"expected {self._frames} frames, got {len(outputs)}")
         errors = []
-        for (map_x, map_y, mask), previous, current in zip(self._pairs, outputs, outputs[1:], strict=False):
+        for map_x, map_y, mask, t in self._pairs:
+            previous, current = outputs[t - 1], outputs[t]
             warped = cv2.remap(previous, map_x, map_y, cv2.INTER_LINEAR).astype(np.float32) / DYNAMIC_RANGE
             squared = np.sum((current.astype(np.float32) / DYNAMIC_RANGE - warped) ** 2, axis=2)
             errors.append(float(np.sum(squared * mask) / max(float(mask.sum()), 1.0)))

@@ -19,6 +19,8 @@ from mobile_sim.warp import Warper, image_size
 
 MAX_MISMATCH = 20
 """Largest channel difference (of 255) between the warped previous original and this one where frames blend."""
+CUT_SHARE = 0.5
+"""Above this share of pixels that cannot blend the frame is taken as a cut: it passes unchanged."""
 
 
 class TemporalFilter:
@@ -49,9 +51,14 @@ class TemporalFilter:
         assert motion.occluded is not None, "asked for the forward-backward check"
         maps = self._warper.maps_from_flow(motion.small_flow, image_size(previous_output), motion.frame_size)
         warped = self._warper.warp(previous_output, maps)
-        mismatch = cv2.absdiff(self._warper.warp(previous_original, maps), original).max(axis=2) > MAX_MISMATCH
+        difference = cv2.split(cv2.absdiff(self._warper.warp(previous_original, maps), original))
+        mismatch = cv2.max(cv2.max(difference[0], difference[1]), difference[2]) > MAX_MISMATCH
+        unusable = np.logical_or(mismatch, motion.occluded, out=mismatch)
+        if np.count_nonzero(unusable) > CUT_SHARE * unusable.size:
+            self._previous = (original, output)
+            return output
         weight = np.full(output.shape[:2], self.weight, np.float32)
-        weight[motion.occluded | mismatch] = 0.0
+        weight[unusable] = 0.0
         filtered = cv2.blendLinear(warped, output, weight, 1.0 - weight)
         self._previous = (original, filtered)
         return filtered

@@ -1,5 +1,6 @@
 """MS-SSIM, PSNR and warping error used by bench/interpolation.py."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -47,3 +48,14 @@ def test_warping_error_is_low_for_the_video_itself_and_high_for_flicker() -> Non
     consistent, flickering = error(frames), error(flicker)
     # Measured: 0.00004 vs 1.25.
     assert consistent < 0.002 and flickering > 100 * consistent, (consistent, flickering)
+
+
+def test_warping_error_skips_pairs_across_a_cut() -> None:
+    other = cv2.resize(sample_photo("coffee"), (256, 192), interpolation=cv2.INTER_AREA)
+    frames = [CAMERA.render(0), CAMERA.render(1), other, other]
+    error = WarpingError(frames)
+    assert error.cuts == 1
+    # Only the pairs inside a shot count: frames that jump at the cut are not penalized there...
+    assert error(frames) < 0.002
+    # ...while a jump inside a shot is.
+    assert error([frames[0], 255 - frames[1], other, other]) > 0.05
