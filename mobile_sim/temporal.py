@@ -3,10 +3,11 @@ to it along the flow between their original frames.
 
 A recursive, flow-guided filter in the spirit of blind video temporal consistency (Bonneel et al., SIGGRAPH Asia
 2015; Lai et al., ECCV 2018, whose warping error it lowers): ``out_t = w W(out_{t-1}) + (1 - w) render_t`` where
-``W`` warps along the flow from original frame t to t-1 and ``w`` is zero at pixels that fail the
-forward-backward check (occlusions, scene cuts), so new content is never ghosted. It spreads the colour jump of a
-new key (and a stylizer's flicker) over several frames; the price is one flow pair, one remap and one blend per
-frame, and a colour lag of about ``w / (1 - w)`` frames.
+``W`` warps along the flow from original frame t to t-1 and ``w`` is zero at pixels that fail the forward-backward
+check (occlusions) or where the warped previous original does not match this one (wrong flow), so new content is
+not ghosted; a frame where over ``CUT_SHARE`` of the pixels are such is a cut and passes unchanged. It spreads the
+colour jump of a new key (and a stylizer's flicker) over several frames; the price is one flow pair, two remaps
+and one blend per frame, and a colour lag of about ``w / (1 - w)`` frames.
 """
 
 from __future__ import annotations
