@@ -83,14 +83,15 @@ def tuning_pairs() -> list[Pair]:
     content, no training photo) with every tuning style."""
     clip = cv2.VideoCapture(str(real_clip_path()))
     contents = []
-    for index in TUNING_FRAMES:
-        clip.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, frame = clip.read()
-        if not ok:
-            clip.release()
-            raise OSError(f"cannot read frame {index} of {real_clip_path()}")
-        contents.append((f"{real_clip_path().name}#{index}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-    clip.release()
+    try:
+        for index in TUNING_FRAMES:
+            clip.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, frame = clip.read()
+            if not ok:
+                raise OSError(f"cannot read frame {index} of {real_clip_path()}")
+            contents.append((f"{real_clip_path().name}#{index}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+    finally:
+        clip.release()
     return [
         (name, _short_side(image, QUALITY_SHORT_SIDE), s, bundled_photo(s))
         for name, image in contents
