@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("deploy.local", "run the whole pipeline locally on a bundled sample"),
     "local": ("deploy.topology", "a multi-region deployment on this machine: NATS hub + leaf nodes, gateways, workers"),
-    "gateway": ("streaming.__main__", "edge gateway: WebRTC signaling, key frames to NATS"),
+    "gateway": ("streaming.gateway.__main__", "edge gateway: WebRTC signaling, key frames to NATS"),
     "worker": ("edge_worker.__main__", "stylizer worker on mvs.<region>.stylize"),
     "phone": ("mobile_sim.__main__", "simulated phone streaming to a gateway"),
     "aggregator": ("aggregator.__main__", "cloud aggregator: FedAvg rounds into versioned global models"),

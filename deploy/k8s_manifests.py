@@ -30,7 +30,7 @@ from deploy.nats_config import (
     write_generated,
 )
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
-from streaming.gateway import DEFAULT_HTTP_PORT
+from streaming.gateway.server import DEFAULT_HTTP_PORT
 
 DEFAULT_OUT = Path(__file__).with_name("k8s")
 IMAGE = "mvstylizer:0.1.0"

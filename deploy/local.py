@@ -19,14 +19,14 @@ from pathlib import Path
 
 import nats
 
-from deploy.nats import NatsServer, die_with_parent
+from deploy.nats import NatsServer
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
-from streaming.gateway import Gateway, GatewayConfig
+from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
-from streaming.runtime import run_main
-from streaming.stylize_client import discover_workers
+from streaming.runtime import die_with_parent, run_main
 from streaming.telemetry import setup_logging
 
 log = logging.getLogger(__name__)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,16 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy.nats_auth import APP_ACCOUNT, LEAF_URL_ENV, Credentials, ServerAuth, indent, leaf_user
+from streaming.runtime import die_with_parent
 
 STARTUP_TIMEOUT_S = 10.0
 POLL_S = 0.02
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for child processes: SIGTERM when the parent dies (Linux), so a crash leaves no orphan."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def nats_server_binary() -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streaming.link_shim import LinkProfile
+from mobile_sim.link_shim import LinkProfile
 from streaming.protocol import stylize_subject
 
 DEFAULT_REGIONS_FILE = Path(__file__).with_name("regions.toml")

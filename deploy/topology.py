@@ -27,7 +27,7 @@ from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from deploy.regions import Region, load_regions
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
-from streaming.gateway import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
+from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deploy.nats import die_with_parent
+from streaming.runtime import die_with_parent
 from streaming.tensors import NamedArrays
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from mobile_sim.client import (
 )
 from mobile_sim.flow import DEFAULT_METHOD, FLOW_METHODS
 from mobile_sim.keyframes import DEFAULT_KEY_POLICY, DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL, KEY_POLICIES
+from mobile_sim.link_shim import LinkProfile
 from mobile_sim.reconstruct import INTERMEDIATE_RENDERS, RECONSTRUCTION_MODES
-from streaming.link_shim import LinkProfile
 from streaming.protocol import DEFAULT_REGION
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging

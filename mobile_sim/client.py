@@ -5,7 +5,7 @@ frames go to the video track through a latest-wins queue (frames the encoder cou
 counted), and to the :class:`Reconstructor` on one "phone CPU" thread, which computes optical
 flow at capture time so that a stylized key frame only costs a remap per frame when it arrives.
 Every frame announced on the data channel carries its frame id and a dithered pts, from which the
-gateway recovers frame ids even when frames are lost (see ``streaming.frame_ids``).
+gateway recovers frame ids even when frames are lost (see ``streaming.gateway.frame_ids``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from mobile_sim.keyframes import (
     KeyFramePolicy,
     make_policy,
 )
+from mobile_sim.link_shim import LinkProfile
 from mobile_sim.network import EmulatedLink, GatewayClock
 from mobile_sim.reconstruct import IntermediateRender, OutputFrame, ReconstructionMode, Reconstructor
 from mobile_sim.recorder import VideoRecorder
@@ -44,7 +45,6 @@ from mobile_sim.warp import Warper
 from streaming.coefficients import decode_coefficients
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, decode_image, encode_jpeg
-from streaming.link_shim import LinkProfile
 from streaming.protocol import (
     DATA_CHANNEL_LABEL,
     DEFAULT_REGION,

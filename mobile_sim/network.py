@@ -1,14 +1,14 @@
 """The phone's view of its network: an optional emulated link to the edge, and the edge's clock.
 
-:class:`EmulatedLink` puts a :class:`streaming.link_shim.LinkShim` between the phone and the
+:class:`EmulatedLink` puts a :class:`mobile_sim.link_shim.LinkShim` between the phone and the
 gateway by rewriting the offer and the answer. :class:`GatewayClock` estimates the gateway's clock
 offset from probes on the data channel, so the key-frame latency split holds across hosts.
 """
 
 from __future__ import annotations
 
+from mobile_sim.link_shim import LinkProfile, LinkShim, host_candidates, rewrite_candidates
 from streaming.clock import ClockOffset
-from streaming.link_shim import LinkProfile, LinkShim, host_candidates, rewrite_candidates
 from streaming.protocol import ClockPong, Stamps
 
 PHONE_STAMP_PREFIX = "phone_"

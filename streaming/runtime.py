@@ -1,13 +1,16 @@
-"""Process entry: event loop (uvloop where available) and clean shutdown on SIGINT/SIGTERM."""
+"""Process entry: event loop (uvloop where available), clean shutdown on SIGINT/SIGTERM, children that die with us."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+PR_SET_PDEATHSIG = 1
 
 
 def run_main(main: Coroutine[Any, Any, T]) -> T:
@@ -29,3 +32,9 @@ def run_main(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # uvloop is not available on every platform
         return asyncio.run(guarded())
     return uvloop.run(guarded())
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: SIGTERM when the parent dies (Linux), so a crash leaves no orphan."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -11,7 +11,7 @@ import torch
 
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
-from streaming.gateway import Gateway, GatewayConfig
+from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 
 # One intra-op thread: tests run real models beside real servers on 2 cores; more threads only contend.

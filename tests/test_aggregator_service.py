@@ -17,8 +17,9 @@ from nats.aio.msg import Msg
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.store import ModelStore, submit_delta
-from deploy.nats import NatsServer, die_with_parent
+from deploy.nats import NatsServer
 from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, decode
+from streaming.runtime import die_with_parent
 from streaming.tensors import NamedArrays, encode_tensors
 
 INITIAL: NamedArrays = {"dec.weight": np.ones((3, 2), np.float32), "dec.bias": np.zeros(2, np.float32)}

@@ -40,8 +40,8 @@ def test_least_delay_sample_wins_and_converts_remote_stamps() -> None:
 
 
 def test_gateway_moves_worker_stamps_onto_its_own_clock() -> None:
+    from streaming.gateway.stylize_client import to_gateway_clock
     from streaming.protocol import StylizeReply
-    from streaming.stylize_client import to_gateway_clock
 
     skew = 3_600_000 * MS  # the worker's host booted an hour earlier
     gw_sent, nats_hop = 100 * MS, 1 * MS

@@ -56,7 +56,7 @@ def test_mvs_lists_every_command() -> None:
     [
         (("-m", "deploy.cli", "demo"), DEMO_FLAGS),
         (("-m", "mobile_sim"), (*DEMO_FLAGS, "--gateway")),
-        (("-m", "streaming"), ("--nats", "--region", "--port", "--deadline-ms")),
+        (("-m", "streaming.gateway"), ("--nats", "--region", "--port", "--deadline-ms")),
         (("-m", "edge_worker"), ("--nats", "--region", "--model", "--threads", "--no-warmup")),
         (("-m", "deploy.cli", "nats"), ("--port", "--store-dir")),
     ],

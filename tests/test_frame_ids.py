@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streaming.frame_ids import FrameIdMapper
+from streaming.gateway.frame_ids import FrameIdMapper
 from streaming.protocol import RTP_TIMESTAMP_MODULUS
 
 PERIOD = 3000  # 30 fps in 90 kHz ticks

@@ -15,7 +15,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo
-from streaming.gateway import Gateway
+from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
 from streaming.images import encode_jpeg
 from streaming.protocol import Chunk, ClockPing, ClockPong, decode, encode

@@ -8,9 +8,9 @@ import time
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from mobile_sim.link_shim import LinkProfile, host_candidates, rewrite_candidates
 from mobile_sim.network import EmulatedLink
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
-from streaming.link_shim import LinkProfile, host_candidates, rewrite_candidates
 
 SDP = (
     "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"

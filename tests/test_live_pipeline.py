@@ -12,11 +12,11 @@ import pytest
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.service import StylizerWorker
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
+from mobile_sim.link_shim import LinkProfile
 from mobile_sim.sources import default_style_photo
-from streaming.gateway import Gateway
+from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK
 from streaming.images import decode_image, encode_jpeg
-from streaming.link_shim import LinkProfile
 
 SIZE = (320, 180)
 FRAMES = 60

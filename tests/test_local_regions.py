@@ -10,7 +10,7 @@ import pytest
 
 from deploy.regions import DEFAULT_REGIONS_FILE, RegionsError, load_regions, parse_regions
 from deploy.topology import LocalDeployment, build_parser, config_from_args
-from streaming.link_shim import LinkProfile
+from mobile_sim.link_shim import LinkProfile
 
 REGIONS = """
 [[regions]]

@@ -11,12 +11,13 @@ import time
 import aiohttp
 import nats
 
-from deploy.nats import NatsServer, die_with_parent, free_port
+from deploy.nats import NatsServer, free_port
 from mobile_sim.sources import default_style_photo, sample_photo
+from streaming.gateway.stylize_client import discover_workers
 from streaming.images import encode_jpeg
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.runtime import die_with_parent
 from streaming.style_store import StyleStore
-from streaming.stylize_client import discover_workers
 
 WAIT_S = 30.0
 

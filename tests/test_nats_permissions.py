@@ -26,7 +26,7 @@ from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from edge_worker.federated import FederatedConfig
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
-from streaming.gateway import Gateway, GatewayConfig
+from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.protocol import (
     FL_GLOBAL_SUBJECT,

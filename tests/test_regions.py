@@ -9,7 +9,7 @@ import pytest
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
-from streaming.gateway import Gateway, GatewayConfig
+from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 
 FRAMES = 30

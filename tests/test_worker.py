@@ -18,6 +18,7 @@ from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.coefficients import decode_coefficients
+from streaming.gateway.stylize_client import discover_workers
 from streaming.images import decode_image, encode_jpeg
 from streaming.protocol import (
     MAX_FRAME_SIDE,
@@ -33,7 +34,6 @@ from streaming.protocol import (
     stylize_subject,
 )
 from streaming.style_store import StyleStore
-from streaming.stylize_client import discover_workers
 
 TIMEOUT_S = 5.0
 

@@ -14,7 +14,7 @@ import pytest
 from deploy.local import LocalTopology
 from deploy.nats import NatsServer
 from mobile_sim.client import Phone, PhoneConfig
-from streaming.gateway import Gateway, GatewayConfig
+from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 
 FRAMES = 120

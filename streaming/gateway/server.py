@@ -26,6 +26,8 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from streaming.clock import ClockOffset
+from streaming.gateway.session import PhoneSession, SessionSettings
+from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, decode_image
 from streaming.protocol import (
@@ -37,9 +39,7 @@ from streaming.protocol import (
     RESULT_KINDS,
     stylize_subject,
 )
-from streaming.session import PhoneSession, SessionSettings
 from streaming.style_store import StyleStore
-from streaming.stylize_client import discover_workers
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``python -m streaming`` / ``mvs gateway``: run an edge gateway."""
+"""``python -m streaming.gateway`` / ``mvs gateway``: run an edge gateway."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from streaming.cli import add_service_arguments, service_main
-from streaming.gateway import (
+from streaming.gateway.server import (
     DEFAULT_DEADLINE_MS,
     DEFAULT_FIRST_ATTEMPT_MS,
     DEFAULT_HTTP_PORT,

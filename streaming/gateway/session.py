@@ -23,7 +23,8 @@ from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 
 from streaming.clock import ClockOffset
-from streaming.frame_ids import FrameIdMapper
+from streaming.gateway.frame_ids import FrameIdMapper
+from streaming.gateway.stylize_client import request_stylize
 from streaming.images import encode_jpeg
 from streaming.protocol import (
     MAX_CONTROL_BYTES,
@@ -41,7 +42,6 @@ from streaming.protocol import (
     encode,
 )
 from streaming.queues import LatestQueue
-from streaming.stylize_client import request_stylize
 
 log = logging.getLogger(__name__)
 
