@@ -39,11 +39,11 @@ from streaming.protocol import (
     DEFAULT_REGION,
     MAX_FRAME_SIDE,
     MAX_MESSAGE_BYTES,
-    RESULT_COEFFICIENTS,
-    RESULT_FRAME,
     STYLIZE_QUEUE_GROUP,
     ErrorCode,
     ProtocolError,
+    ResultKind,
+    Stamp,
     StylizeReply,
     StylizeRequest,
     WorkerInfo,
@@ -247,7 +247,7 @@ class StylizerWorker:
 
     async def _reply(self, msg: Msg, reply: StylizeReply, outcome: str) -> None:
         REQUESTS.labels(self.config.region, outcome).inc()
-        reply.stamps["w_sent"] = time.monotonic_ns()
+        reply.stamps[Stamp.W_SENT] = time.monotonic_ns()
         if msg.reply:
             await msg.respond(encode(reply))
 
@@ -284,7 +284,7 @@ class StylizerWorker:
             log.warning("bad stylize request", extra={"code": exc.code, "error": str(exc)})
             await self._reply(msg, self._error(None, exc.code, str(exc)), exc.code)
             return
-        request.stamps["w_received"] = received
+        request.stamps[Stamp.W_RECEIVED] = received
         job = _Job(msg, request, deadline=time.monotonic() + request.budget_ms / 1000.0)
         dropped = self._queue.put(job)
         QUEUE_DEPTH.labels(self.config.region).set(len(self._queue))
@@ -325,7 +325,7 @@ class StylizerWorker:
                 if self.learner is not None:
                     self.learner.record(request.image, request.style_id)
                 INFERENCE_SECONDS.labels(self.config.region).observe(
-                    (reply.stamps["w_infer_end"] - reply.stamps["w_infer_start"]) / 1e9
+                    (reply.stamps[Stamp.W_INFER_END] - reply.stamps[Stamp.W_INFER_START]) / 1e9
                 )
             await self._reply(job.msg, reply, "ok" if reply.ok else reply.error_code)
 
@@ -349,21 +349,21 @@ class StylizerWorker:
     def _stylize(self, request: StylizeRequest, style: Any) -> StylizeReply:
         """Decode, stylize and encode one key frame (runs on the inference thread)."""
         stamps = dict(request.stamps)
-        stamps["w_start"] = time.monotonic_ns()
+        stamps[Stamp.W_START] = time.monotonic_ns()
         content = cv2.cvtColor(decode_image(request.image, max_side=MAX_FRAME_SIDE), cv2.COLOR_BGR2RGB)
-        stamps["w_infer_start"] = time.monotonic_ns()
+        stamps[Stamp.W_INFER_START] = time.monotonic_ns()
         out_size = (request.out_width, request.out_height)
-        if request.result == RESULT_COEFFICIENTS and isinstance(self.stylizer, CoefficientStylizer):
+        if request.result == ResultKind.COEFFICIENTS and isinstance(self.stylizer, CoefficientStylizer):
             coeffs = self.stylizer.coefficients(content, style, out_size)
-            stamps["w_infer_end"] = time.monotonic_ns()
-            payload, kind = encode_coefficients(coeffs), RESULT_COEFFICIENTS
+            stamps[Stamp.W_INFER_END] = time.monotonic_ns()
+            payload, kind = encode_coefficients(coeffs), ResultKind.COEFFICIENTS
         else:  # a stylizer without coefficients answers a coefficient request with the frame
             out = self.stylizer.stylize(content, style, out_size)
-            stamps["w_infer_end"] = time.monotonic_ns()
+            stamps[Stamp.W_INFER_END] = time.monotonic_ns()
             payload = encode_jpeg(
                 cv2.cvtColor(out, cv2.COLOR_RGB2BGR), self.config.jpeg_quality, MAX_MESSAGE_BYTES - REPLY_OVERHEAD_BYTES
             )
-            kind = RESULT_FRAME
+            kind = ResultKind.FRAME
         return StylizeReply(
             stream_id=request.stream_id,
             frame_id=request.frame_id,

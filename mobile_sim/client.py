@@ -11,7 +11,6 @@ gateway recovers frame ids even when frames are lost (see ``streaming.gateway.fr
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import time
@@ -49,8 +48,6 @@ from streaming.protocol import (
     DATA_CHANNEL_LABEL,
     DEFAULT_REGION,
     EXACT_PTS_QUANTUM,
-    RESULT_COEFFICIENTS,
-    RESULT_FRAME,
     VIDEO_CLOCK_RATE,
     Chunk,
     ChunkAssembler,
@@ -59,9 +56,14 @@ from streaming.protocol import (
     ErrorCode,
     FrameMeta,
     KeyResult,
+    Offer,
     ProtocolError,
+    ResultKind,
+    Stamp,
+    decode_answer,
     decode_any,
     encode,
+    encode_offer,
 )
 from streaming.queues import LatestQueue
 
@@ -299,23 +301,24 @@ class Phone:
         pc.addTrack(CameraTrack(self))
         await pc.setLocalDescription(await pc.createOffer())
         sdp = pc.localDescription.sdp
-        offer = {
-            "sdp": await self._link.offer(sdp) if self._link is not None else sdp,
-            "type": pc.localDescription.type,
-            "style": base64.b64encode(style).decode("ascii"),
-            "result": RESULT_FRAME if self.config.render == "warp" else RESULT_COEFFICIENTS,
-        }
+        offer = Offer(
+            sdp=await self._link.offer(sdp) if self._link is not None else sdp,
+            style=style,
+            result=ResultKind.FRAME if self.config.render == "warp" else ResultKind.COEFFICIENTS,
+        )
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.config.gateway_url}/offer", json=offer) as response:
-                body = await response.json()
+            headers = {"Content-Type": "application/json"}
+            async with http.post(f"{self.config.gateway_url}/offer", data=encode_offer(offer), headers=headers) as response:
+                body = await response.read()
                 if response.status != 200:
-                    raise ConnectionError(f"gateway refused the offer ({response.status}): {body.get('error')}")
-        answer = self._link.answer(body["sdp"]) if self._link is not None else body["sdp"]
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type=body["type"]))
+                    raise ConnectionError(f"gateway refused the offer ({response.status}): {body[:200]!r}")
+        answer = decode_answer(body)
+        sdp_answer = self._link.answer(answer.sdp) if self._link is not None else answer.sdp
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp_answer, type="answer"))
         await asyncio.wait_for(opened.wait(), CONNECT_TIMEOUT_S)
         for _ in range(CLOCK_PROBES_AT_START):
             self._probe_clock()
-        log.info("phone connected", extra={"stream_id": body.get("stream_id"), "gateway": self.config.gateway_url})
+        log.info("phone connected", extra={"stream_id": answer.stream_id, "gateway": self.config.gateway_url})
 
     async def _capture(self, source: FrameSource) -> None:
         loop = asyncio.get_running_loop()
@@ -383,7 +386,7 @@ class Phone:
             return
         if complete is not None:
             header, payload = complete
-            header.stamps["phone_received"] = time.monotonic_ns()
+            header.stamps[Stamp.PHONE_RECEIVED] = time.monotonic_ns()
             self.gateway_clock.to_phone_clock(header.stamps)  # gateway and worker hops onto the phone's clock
             if header.frame_id in self._settled or header.frame_id not in self.keys:
                 self._count("late_or_unknown_results")
@@ -396,13 +399,13 @@ class Phone:
 
     async def _decode_and_accept(self, header: KeyResult, payload: bytes) -> None:
         """Decode a key's result on the I/O thread (not behind the flow backlog), then hand it over."""
-        decoder = decode_coefficients if header.kind == RESULT_COEFFICIENTS else decode_image
+        decoder = decode_coefficients if header.kind == ResultKind.COEFFICIENTS else decode_image
         try:
             result: np.ndarray | None = await asyncio.get_running_loop().run_in_executor(self._io, decoder, payload)
             error = ""
         except (ImageDecodeError, ProtocolError) as exc:
             result, error = None, f"undecodable {header.kind} result: {exc}"
-        header.stamps["phone_decoded"] = time.monotonic_ns()
+        header.stamps[Stamp.PHONE_DECODED] = time.monotonic_ns()
         self._submit(self._accept_key, header, len(payload), result, error)
 
     def _accept_key(self, header: KeyResult, size: int, result: np.ndarray | None, error: str) -> list[OutputFrame]:
@@ -414,7 +417,7 @@ class Phone:
             return self._reconstructor.pop_ready()
         record.ok, record.attempts, record.worker_id = True, header.attempts, header.worker_id
         record.bytes, record.stamps = size, header.stamps
-        if header.kind == RESULT_COEFFICIENTS:
+        if header.kind == ResultKind.COEFFICIENTS:
             stylized = self._reconstructor.add_coefficients(header.frame_id, result)
         else:
             stylized = result

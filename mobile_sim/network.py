@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from mobile_sim.link_shim import LinkProfile, LinkShim, host_candidates, rewrite_candidates
 from streaming.clock import ClockOffset
-from streaming.protocol import ClockPong, Stamps
-
-PHONE_STAMP_PREFIX = "phone_"
+from streaming.protocol import PHONE_STAMP_PREFIX, ClockPong, Stamps
 
 
 class EmulatedLink:

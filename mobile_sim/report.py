@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mobile_sim.reconstruct import OUTPUT_KINDS
+from streaming.protocol import Stamp
 
 PERCENTILES = (50, 95, 99)
 NS_PER_MS = 1e6
@@ -52,15 +53,15 @@ class KeyRecord:
         Stamps come from several processes' monotonic clocks, comparable on one host (the demo).
         """
         s = self.stamps
-        needed = ("phone_capture", "gw_decoded", "w_infer_start", "w_infer_end", "phone_decoded")
+        needed = (Stamp.PHONE_CAPTURE, Stamp.GW_DECODED, Stamp.W_INFER_START, Stamp.W_INFER_END, Stamp.PHONE_DECODED)
         if not self.ok or any(k not in s for k in needed):
             return None
         parts = {
-            "uplink": s["gw_decoded"] - s["phone_capture"],
-            "queue": s["w_infer_start"] - s["gw_decoded"],
-            "inference": s["w_infer_end"] - s["w_infer_start"],
-            "downlink": s["phone_decoded"] - s["w_infer_end"],
-            "round_trip": s["phone_decoded"] - s["phone_capture"],
+            "uplink": s[Stamp.GW_DECODED] - s[Stamp.PHONE_CAPTURE],
+            "queue": s[Stamp.W_INFER_START] - s[Stamp.GW_DECODED],
+            "inference": s[Stamp.W_INFER_END] - s[Stamp.W_INFER_START],
+            "downlink": s[Stamp.PHONE_DECODED] - s[Stamp.W_INFER_END],
+            "round_trip": s[Stamp.PHONE_DECODED] - s[Stamp.PHONE_CAPTURE],
         }
         return {k: v / NS_PER_MS for k, v in parts.items()}
 

@@ -1,16 +1,28 @@
-"""The bytes on the wire: subjects, message dataclasses and their msgpack codec.
+"""The bytes on the wire: subjects, message dataclasses, their msgpack codec and the signaling JSON.
 
-This module is the only place that knows the encoding. Every message is a msgpack map with the
+This module is the only place that knows the encodings. Every message is a msgpack map with the
 schema version ``v`` and the message type ``t``; :func:`decode` checks both and the field types,
 and raises :class:`ProtocolError` (with a machine-readable ``code``) on anything else.
+
+Unknown fields: within one schema version a decoder ignores fields it does not know, so a newer sender
+can add optional information, except for the messages marked ``STRICT``: a :class:`StylizeRequest` asks for
+work (ignoring a field could silently compute something other than what was asked), and the federated
+records (:class:`DeltaRef`, :class:`ModelVersion`, :class:`RoundState`) are persisted and rewritten, so an
+ignored field would be lost on the next write. Those reject unknown fields. The signaling bodies
+(``POST /offer`` and its answer) are JSON: :func:`encode_offer` / :func:`decode_offer` and
+:func:`encode_answer` / :func:`decode_answer`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
@@ -53,16 +65,33 @@ DATA_CHANNEL_CHUNK_BYTES = 48 * 1024
 RTP_TIMESTAMP_MODULUS = 1 << 32
 VIDEO_CLOCK_RATE = 90_000
 """RTP clock of video streams (RFC 3551); the phone stamps pts in this unit."""
-RESULT_FRAME = "frame"
-"""A key's result is the stylized frame (JPEG)."""
-RESULT_COEFFICIENTS = "coefficients"
-"""A key's result is the stylizer's local affine colour coefficients (``streaming.coefficients``)."""
-RESULT_KINDS = (RESULT_FRAME, RESULT_COEFFICIENTS)
+
+
+class WireEnum(str, Enum):
+    """A string enum whose members are their wire value everywhere (msgpack, JSON, logs, f-strings)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class ResultKind(WireEnum):
+    """What a key's result holds."""
+
+    FRAME = "frame"
+    """The stylized frame (JPEG)."""
+    COEFFICIENTS = "coefficients"
+    """The stylizer's local affine colour coefficients (``streaming.coefficients``)."""
+
+
+RESULT_KIND_VALUES = tuple(kind.value for kind in ResultKind)
 EXACT_PTS_QUANTUM = 9
 """90 kHz pts that are multiples of this survive aiortc's VP8 encoder exactly (9 ticks = 100 us)."""
 
 
-class ErrorCode:
+class ErrorCode(WireEnum):
     """Error codes carried by :class:`StylizeReply` and :class:`KeyResult`."""
 
     MALFORMED = "malformed"
@@ -104,16 +133,45 @@ def workers_subject(region: str) -> str:
 
 
 Stamps = dict[str, int]
-"""Monotonic timestamps (ns) of the hops a message passed, by hop name. The prefix names whose clock
-a stamp was read on (:data:`WORKER_STAMP_PREFIX`, ``gw_``, ``phone_``); hops convert stamps they
-forward to their own clock (``streaming.clock``)."""
+"""Monotonic timestamps (ns) of the hops a message passed, by hop name (:class:`Stamp`). The prefix names
+whose clock a stamp was read on (:data:`WORKER_STAMP_PREFIX`, ``gw_``,
+:data:`PHONE_STAMP_PREFIX`); hops convert stamps they forward to their own clock (``streaming.clock``)."""
 WORKER_STAMP_PREFIX = "w_"
+PHONE_STAMP_PREFIX = "phone_"
+
+
+class Stamp(WireEnum):
+    """The hop timestamps of a key frame, in the order it passes them."""
+
+    PHONE_CAPTURE = "phone_capture"
+    """The phone captured the frame."""
+    GW_DECODED = "gw_decoded"
+    """The gateway decoded it from the video stream."""
+    GW_SENT = "gw_sent"
+    """The gateway sent the stylize request (each attempt)."""
+    W_RECEIVED = "w_received"
+    """A worker received the request."""
+    W_START = "w_start"
+    """The worker's inference thread took it from the queue."""
+    W_INFER_START = "w_infer_start"
+    """The stylizer started (JPEG decoded)."""
+    W_INFER_END = "w_infer_end"
+    """The stylizer finished."""
+    W_SENT = "w_sent"
+    """The worker sent the reply."""
+    GW_REPLY = "gw_reply"
+    """The gateway received the reply."""
+    PHONE_RECEIVED = "phone_received"
+    """The phone received the result header."""
+    PHONE_DECODED = "phone_decoded"
+    """The phone decoded the result."""
 
 
 class Message:
-    """Base of every wire message; ``TYPE`` names it on the wire."""
+    """Base of every wire message; ``TYPE`` names it on the wire; ``STRICT`` ones reject unknown fields."""
 
     TYPE: ClassVar[str]
+    STRICT: ClassVar[bool] = False
 
 
 @dataclass
@@ -121,6 +179,7 @@ class StylizeRequest(Message):
     """Gateway -> worker: stylize one key frame before ``budget_ms`` runs out."""
 
     TYPE: ClassVar[str] = "stylize"
+    STRICT: ClassVar[bool] = True
     stream_id: str
     frame_id: int
     style_id: str
@@ -130,8 +189,8 @@ class StylizeRequest(Message):
     out_height: int
     budget_ms: float
     """Time left for this attempt when sent; the worker drops the request once it has passed."""
-    result: str = RESULT_FRAME
-    """What the phone wants back (one of :data:`RESULT_KINDS`); a stylizer without coefficients sends a frame."""
+    result: str = ResultKind.FRAME
+    """What the phone wants back (a :class:`ResultKind` value); a stylizer without coefficients sends a frame."""
     attempt: int = 0
     stamps: Stamps = field(default_factory=dict)
 
@@ -147,7 +206,7 @@ class StylizeReply(Message):
     ok: bool
     image: bytes = b""
     """The result, of kind ``kind``: a JPEG or a coefficient blob."""
-    kind: str = RESULT_FRAME
+    kind: str = ResultKind.FRAME
     error_code: str = ""
     error: str = ""
     stamps: Stamps = field(default_factory=dict)
@@ -192,8 +251,8 @@ class KeyResult(Message):
     ok: bool
     chunks: int = 0
     size: int = 0
-    kind: str = RESULT_FRAME
-    """What the chunks hold: a JPEG (:data:`RESULT_FRAME`) or a coefficient blob (:data:`RESULT_COEFFICIENTS`)."""
+    kind: str = ResultKind.FRAME
+    """What the chunks hold: a JPEG (:attr:`ResultKind.FRAME`) or coefficients (:attr:`ResultKind.COEFFICIENTS`)."""
     worker_id: str = ""
     attempts: int = 0
     error_code: str = ""
@@ -228,6 +287,7 @@ class DeltaRef(Message):
     """Worker -> aggregator (``mvs.fl.delta.<region>``): a delta stored in the model bucket."""
 
     TYPE: ClassVar[str] = "delta"
+    STRICT: ClassVar[bool] = True
     worker_id: str
     region: str
     base_version: int
@@ -241,6 +301,7 @@ class ModelVersion(Message):
     """A global model version: stored as metadata in the KV bucket and announced on ``mvs.fl.global``."""
 
     TYPE: ClassVar[str] = "version"
+    STRICT: ClassVar[bool] = True
     version: int
     object_name: str
     parent: int = -1
@@ -256,6 +317,7 @@ class RoundState(Message):
     """The aggregator's durable state of the round on ``base_version`` (KV ``mvs-fl-rounds``)."""
 
     TYPE: ClassVar[str] = "round"
+    STRICT: ClassVar[bool] = True
     base_version: int
     accepted: list[bytes] = field(default_factory=list)
     """Encoded :class:`DeltaRef` of every accepted update, in arrival order."""
@@ -337,8 +399,10 @@ def decode_any(data: bytes, expected: tuple[type[Message], ...], max_bytes: int 
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(body) - set(fields)
-    if unknown:
+    if unknown and cls.STRICT:
         raise ProtocolError(ErrorCode.INVALID, f"{kind}: unknown fields {sorted(unknown)}")
+    for name in unknown:
+        del body[name]
     for name, f in fields.items():
         if name not in body:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -361,8 +425,8 @@ def validate_request(request: StylizeRequest) -> None:
         )
     if not request.image:
         raise ProtocolError(ErrorCode.INVALID, "empty key frame image")
-    if request.result not in RESULT_KINDS:
-        raise ProtocolError(ErrorCode.INVALID, f"result must be one of {RESULT_KINDS}, got {request.result!r}")
+    if request.result not in RESULT_KIND_VALUES:
+        raise ProtocolError(ErrorCode.INVALID, f"result must be one of {RESULT_KIND_VALUES}, got {request.result!r}")
     if request.budget_ms <= 0:
         raise ProtocolError(ErrorCode.DEADLINE, f"budget {request.budget_ms} ms already spent")
 
@@ -408,3 +472,99 @@ class ChunkAssembler:
                 ErrorCode.INVALID, f"frame {chunk.frame_id}: {len(payload)} B, announced {result.size} B"
             )
         return result, payload
+
+
+@dataclass
+class Offer:
+    """Phone -> gateway, ``POST /offer`` (JSON): the phone's SDP offer and what it wants stylized.
+
+    JSON body: ``{"type": "offer", "sdp": "v=0...", "style": <base64 image>, "result"?: "frame" |
+    "coefficients", "out_width"?, "out_height"?}``; unknown keys are ignored.
+    """
+
+    sdp: str
+    style: bytes
+    """The style image (JPEG or PNG), at most :data:`MAX_STYLE_BYTES`."""
+    result: str = ResultKind.FRAME
+    out_size: tuple[int, int] | None = None
+    """(width, height) of the results; None: the key frames' own size."""
+
+
+@dataclass
+class Answer:
+    """Gateway -> phone, the ``POST /offer`` reply (JSON ``{"type": "answer", "sdp", "stream_id", "style_id"}``)."""
+
+    sdp: str
+    stream_id: str
+    style_id: str
+
+
+def encode_offer(offer: Offer) -> bytes:
+    """The JSON body of ``POST /offer``."""
+    body: dict[str, Any] = {
+        "type": "offer",
+        "sdp": offer.sdp,
+        "style": base64.b64encode(offer.style).decode("ascii"),
+        "result": str(offer.result),
+    }
+    if offer.out_size is not None:
+        body["out_width"], body["out_height"] = offer.out_size
+    return json.dumps(body).encode()
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "body must be a JSON object")
+    return data
+
+
+def decode_offer(body: bytes) -> Offer:
+    """Parse a ``POST /offer`` body; :class:`ProtocolError` with a clear message if it is not one.
+
+    Checks the JSON shape, the base64 and size of the style and the result options; what the SDP and
+    the style image contain is checked by the gateway, which owns the WebRTC stack and the image codecs.
+    """
+    data = _json_object(body)
+    if data.get("type") != "offer" or not isinstance(data.get("sdp"), str) or not data["sdp"].startswith("v="):
+        raise ProtocolError(ErrorCode.INVALID, 'expected {"type": "offer", "sdp": "v=0...", "style": ...}')
+    if not isinstance(data.get("style"), str):
+        raise ProtocolError(ErrorCode.INVALID, "missing 'style': a base64-encoded style image")
+    if len(data["style"]) > 4 * (MAX_STYLE_BYTES // 3 + 1):
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"style image exceeds {MAX_STYLE_BYTES} B")
+    try:
+        style = base64.b64decode(data["style"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INVALID, f"'style' is not base64: {exc}") from exc
+    if len(style) > MAX_STYLE_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"style image of {len(style)} B exceeds {MAX_STYLE_BYTES} B")
+    out_size = None
+    if "out_width" in data or "out_height" in data:
+        w, h = data.get("out_width"), data.get("out_height")
+        valid = all(type(v) is int and 0 < v <= MAX_FRAME_SIDE for v in (w, h))
+        if not valid:
+            raise ProtocolError(ErrorCode.INVALID, f"out_width/out_height must be integers in 1..{MAX_FRAME_SIDE}")
+        out_size = (typing.cast(int, w), typing.cast(int, h))
+    result = data.get("result", ResultKind.FRAME.value)
+    if result not in RESULT_KIND_VALUES:
+        raise ProtocolError(ErrorCode.INVALID, f"'result' must be one of {list(RESULT_KIND_VALUES)}, got {result!r}")
+    return Offer(sdp=data["sdp"], style=style, result=ResultKind(result), out_size=out_size)
+
+
+def encode_answer(answer: Answer) -> bytes:
+    """The JSON body of a ``POST /offer`` reply."""
+    return json.dumps(
+        {"type": "answer", "sdp": answer.sdp, "stream_id": answer.stream_id, "style_id": answer.style_id}
+    ).encode()
+
+
+def decode_answer(body: bytes) -> Answer:
+    """Parse the gateway's answer; :class:`ProtocolError` if it is not one."""
+    data = _json_object(body)
+    fields = ("sdp", "stream_id", "style_id")
+    if data.get("type") != "answer" or not all(isinstance(data.get(name), str) for name in fields):
+        raise ProtocolError(ErrorCode.INVALID, 'expected {"type": "answer", "sdp", "stream_id", "style_id"}')
+    return Answer(sdp=data["sdp"], stream_id=data["stream_id"], style_id=data["style_id"])

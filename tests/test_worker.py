@@ -23,10 +23,9 @@ from streaming.images import decode_image, encode_jpeg
 from streaming.protocol import (
     MAX_FRAME_SIDE,
     MAX_MESSAGE_BYTES,
-    RESULT_COEFFICIENTS,
-    RESULT_FRAME,
     SCHEMA_VERSION,
     ErrorCode,
+    ResultKind,
     StylizeReply,
     StylizeRequest,
     decode,
@@ -90,9 +89,9 @@ async def test_stylizes_a_key_frame_with_timings(worker: StylizerWorker, nc: NAT
 async def test_coefficient_request_gets_the_colour_map(
     worker: StylizerWorker, nc: NATS, region: str, style_id: str
 ) -> None:
-    request = _request(style_id, result=RESULT_COEFFICIENTS)
+    request = _request(style_id, result=ResultKind.COEFFICIENTS)
     reply = await _ask(nc, region, encode(request))
-    assert reply.ok and reply.kind == RESULT_COEFFICIENTS
+    assert reply.ok and reply.kind == ResultKind.COEFFICIENTS
     coeffs = decode_coefficients(reply.image)
     assert coeffs.shape == (1, 1, 12)  # colour transfer is one global affine map
     # Applied to the key frame, the map gives what a frame request returns, up to quantization and JPEG.
@@ -100,7 +99,7 @@ async def test_coefficient_request_gets_the_colour_map(
     a, b = coeffs[0, 0, :9].reshape(3, 3), coeffs[0, 0, 9:]
     restyled = np.clip(content @ a.T + b, 0, 1) * 255
     framed = await _ask(nc, region, encode(_request(style_id)))
-    assert framed.kind == RESULT_FRAME
+    assert framed.kind == ResultKind.FRAME
     expected = cv2.cvtColor(decode_image(framed.image), cv2.COLOR_BGR2RGB)
     assert cv2.PSNR(restyled.round().astype(np.uint8), expected) > 35
     bad = await _ask(nc, region, encode(_request(style_id, result="pixels")))

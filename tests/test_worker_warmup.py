@@ -19,7 +19,7 @@ from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.coefficients import decode_coefficients, encode_coefficients
 from streaming.images import decode_image, encode_jpeg
-from streaming.protocol import RESULT_COEFFICIENTS, StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.protocol import ResultKind, StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.style_store import StyleStore
 
 TIMEOUT_S = 10.0
@@ -52,7 +52,7 @@ async def test_worker_warms_up_before_serving_its_first_request(
             out_width=1280,
             out_height=720,
             budget_ms=5000.0,
-            result=RESULT_COEFFICIENTS,
+            result=ResultKind.COEFFICIENTS,
         )
         msg = await nc.request(stylize_subject(region), encode(request), timeout=TIMEOUT_S)
         reply = decode(msg.data, StylizeReply)
@@ -67,7 +67,7 @@ async def test_worker_warms_up_before_serving_its_first_request(
     warmed = next(r for r in caplog.records if r.getMessage() == "worker warmed up")
     assert warmed.__dict__["size"] == "640x360" and warmed.__dict__["seconds"] >= 0
     # The first request, a coefficient one, gets exactly the maps of the model run here on the same inputs.
-    assert reply.ok and reply.kind == RESULT_COEFFICIENTS
+    assert reply.ok and reply.kind == ResultKind.COEFFICIENTS
     rgb = [cv2.cvtColor(decode_image(jpeg), cv2.COLOR_BGR2RGB) for jpeg in (image, style_jpeg)]
     expected = model.stylize_with_coefficients(rgb[0], model.prepare_style(rgb[1]), (1280, 720))[1]
     np.testing.assert_array_equal(decode_coefficients(reply.image), decode_coefficients(encode_coefficients(expected)))

@@ -1,7 +1,7 @@
 """The edge gateway: HTTP signaling (``POST /offer``) and one :class:`PhoneSession` per phone.
 
-``POST /offer`` takes JSON ``{"sdp", "type": "offer", "style": <base64 image>, "out_width"?,
-"out_height"?, "result"?: "frame" | "coefficients"}`` and answers ``{"sdp", "type": "answer",
+``POST /offer`` takes an :class:`streaming.protocol.Offer` (JSON ``{"sdp", "type": "offer", "style": <base64 image>,
+"out_width"?, "out_height"?, "result"?: "frame" | "coefficients"}``) and answers ``{"sdp", "type": "answer",
 "stream_id", "style_id"}``; anything else is a 400 with a message. ``GET /metrics`` is Prometheus;
 ``GET /healthz`` is 200 only when the site can stylize (NATS up, a worker of the region answers).
 """
@@ -9,14 +9,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import nats
 from aiohttp import web
@@ -35,8 +31,11 @@ from streaming.protocol import (
     DEFAULT_REGION,
     MAX_FRAME_SIDE,
     MAX_STYLE_BYTES,
-    RESULT_FRAME,
-    RESULT_KINDS,
+    Answer,
+    Offer,
+    ProtocolError,
+    decode_offer,
+    encode_answer,
     stylize_subject,
 )
 from streaming.style_store import StyleStore
@@ -85,52 +84,25 @@ class BadOffer(ValueError):
     """A signaling request that cannot be served (HTTP 400)."""
 
 
-@dataclass
-class _Offer:
-    description: RTCSessionDescription
-    style: bytes
-    out_size: tuple[int, int] | None
-    result: str
-
-
-def parse_offer(body: bytes) -> _Offer:
-    """Validate a ``POST /offer`` body; raise :class:`BadOffer` with a clear message."""
+def parse_offer(body: bytes) -> Offer:
+    """Decode a ``POST /offer`` body (``streaming.protocol``) and check what only the gateway can: that the SDP
+    parses and offers a video stream and a data channel, and that the style is an image it can decode;
+    raise :class:`BadOffer` with a clear message."""
     try:
-        data: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadOffer(f"body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadOffer("body must be a JSON object")
-    if data.get("type") != "offer" or not isinstance(data.get("sdp"), str) or not data["sdp"].startswith("v="):
-        raise BadOffer('expected {"type": "offer", "sdp": "v=0...", "style": ...}')
+        offer = decode_offer(body)
+    except ProtocolError as exc:
+        raise BadOffer(str(exc)) from exc
     try:
-        kinds = [media.kind for media in SessionDescription.parse(data["sdp"]).media]
+        kinds = [media.kind for media in SessionDescription.parse(offer.sdp).media]
     except Exception as exc:  # aiortc's SDP parser raises assorted errors on garbage
         raise BadOffer(f"unparsable SDP offer: {exc}") from exc
     if "video" not in kinds or "application" not in kinds:
         raise BadOffer(f"SDP offer needs a video stream and a data channel, it has {kinds or 'no media'}")
-    if not isinstance(data.get("style"), str):
-        raise BadOffer("missing 'style': a base64-encoded style image")
     try:
-        style = base64.b64decode(data["style"], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadOffer(f"'style' is not base64: {exc}") from exc
-    if len(style) > MAX_STYLE_BYTES:
-        raise BadOffer(f"style image of {len(style)} B exceeds {MAX_STYLE_BYTES} B")
-    try:
-        decode_image(style, max_side=MAX_FRAME_SIDE)
+        decode_image(offer.style, max_side=MAX_FRAME_SIDE)
     except ImageDecodeError as exc:
         raise BadOffer(f"'style' is not a usable image: {exc}") from exc
-    out_size = None
-    if "out_width" in data or "out_height" in data:
-        w, h = data.get("out_width"), data.get("out_height")
-        if not (isinstance(w, int) and isinstance(h, int) and 0 < w <= MAX_FRAME_SIDE and 0 < h <= MAX_FRAME_SIDE):
-            raise BadOffer(f"out_width/out_height must be integers in 1..{MAX_FRAME_SIDE}")
-        out_size = (w, h)
-    result = data.get("result", RESULT_FRAME)
-    if result not in RESULT_KINDS:
-        raise BadOffer(f"'result' must be one of {list(RESULT_KINDS)}, got {result!r}")
-    return _Offer(RTCSessionDescription(sdp=data["sdp"], type="offer"), style, out_size, result)
+    return offer
 
 
 class Gateway:
@@ -214,7 +186,7 @@ class Gateway:
             offer.result,
         )
         try:
-            await pc.setRemoteDescription(offer.description)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot use
             await pc.close()
@@ -225,8 +197,8 @@ class Gateway:
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
         log.info("phone connected", extra={"stream_id": stream_id, "style_id": style_id})
-        answer = pc.localDescription
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": stream_id, "style_id": style_id})
+        answer = Answer(sdp=pc.localDescription.sdp, stream_id=stream_id, style_id=style_id)
+        return web.Response(body=encode_answer(answer), content_type="application/json")
 
     async def _reap(self, session: PhoneSession) -> None:
         await session.closed.wait()

@@ -29,13 +29,14 @@ from streaming.images import encode_jpeg
 from streaming.protocol import (
     MAX_CONTROL_BYTES,
     MAX_MESSAGE_BYTES,
-    RESULT_FRAME,
     ClockPing,
     ClockPong,
     ErrorCode,
     FrameMeta,
     KeyResult,
     ProtocolError,
+    ResultKind,
+    Stamp,
     StylizeRequest,
     chunk_payload,
     decode_any,
@@ -98,7 +99,7 @@ class PhoneSession:
         style_id: str,
         out_size: tuple[int, int] | None,
         worker_clocks: dict[str, ClockOffset],
-        result: str = RESULT_FRAME,
+        result: str = ResultKind.FRAME,
     ) -> None:
         self.stream_id = stream_id
         self.pc = pc
@@ -264,7 +265,7 @@ class PhoneSession:
             out_height=out_size[1],
             budget_ms=self._settings.deadline_ms,
             result=self._result,
-            stamps={"phone_capture": job.meta.capture_ns, "gw_decoded": job.decoded_ns},
+            stamps={Stamp.PHONE_CAPTURE: job.meta.capture_ns, Stamp.GW_DECODED: job.decoded_ns},
         )
         outcome = await request_stylize(
             self._nc,

@@ -23,6 +23,7 @@ from streaming.protocol import (
     WORKER_STAMP_PREFIX,
     ErrorCode,
     ProtocolError,
+    Stamp,
     StylizeReply,
     StylizeRequest,
     WorkerInfo,
@@ -54,10 +55,10 @@ class StylizeOutcome:
 def to_gateway_clock(reply: StylizeReply, clocks: dict[str, ClockOffset]) -> None:
     """Learn the worker's clock offset from this exchange and move its stamps onto the gateway's clock."""
     s = reply.stamps
-    if not all(k in s for k in ("gw_sent", "w_received", "w_sent", "gw_reply")):
+    if not all(k in s for k in (Stamp.GW_SENT, Stamp.W_RECEIVED, Stamp.W_SENT, Stamp.GW_REPLY)):
         return
     clock = clocks.setdefault(reply.worker_id, ClockOffset())
-    clock.add(s["gw_sent"], s["w_received"], s["w_sent"], s["gw_reply"])
+    clock.add(s[Stamp.GW_SENT], s[Stamp.W_RECEIVED], s[Stamp.W_SENT], s[Stamp.GW_REPLY])
     for key in [k for k in s if k.startswith(WORKER_STAMP_PREFIX)]:
         s[key] = clock.to_local(s[key])
 
@@ -83,7 +84,7 @@ async def request_stylize(
             break
         timeout_s = remaining_s if attempt == MAX_ATTEMPTS - 1 else min(remaining_s, first_attempt_ms / 1000.0)
         sent = dataclasses.replace(request, attempt=attempt, budget_ms=timeout_s * 1000.0, stamps=dict(request.stamps))
-        sent.stamps["gw_sent"] = time.monotonic_ns()
+        sent.stamps[Stamp.GW_SENT] = time.monotonic_ns()
         outcome.attempts = attempt + 1
         try:
             msg = await nc.request(subject, encode(sent), timeout=timeout_s)
@@ -99,7 +100,7 @@ async def request_stylize(
         except ProtocolError as exc:
             outcome.error_code, outcome.error = exc.code, f"bad reply from worker: {exc}"
             continue
-        reply.stamps["gw_reply"] = time.monotonic_ns()
+        reply.stamps[Stamp.GW_REPLY] = time.monotonic_ns()
         if clocks is not None:
             to_gateway_clock(reply, clocks)
         outcome.reply = reply
