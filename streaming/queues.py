@@ -52,6 +52,31 @@ class LatestQueue(Generic[T]):
             await self._ready.wait()
         return self._items.popleft()
 
+    async def get_batch(self, max_items: int, max_wait_s: float) -> list[T]:
+        """A dynamic batch: wait for the oldest item, then at most ``max_wait_s`` for more, up to ``max_items``.
+
+        Items already queued are taken at once; the wait only covers items that have not arrived yet
+        (Triton's dynamic batcher: a batch leaves when full or when its first item has waited long enough).
+        """
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        batch = [await self.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_s
+        while len(batch) < max_items:
+            if self._items:
+                batch.append(self._items.popleft())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
     def drain(self) -> list[T]:
         """Remove and return everything queued."""
         items = list(self._items)

@@ -39,3 +39,29 @@ async def test_get_waits_for_put() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         LatestQueue(0)
+
+
+async def test_a_full_batch_leaves_at_once_with_what_is_queued() -> None:
+    q: LatestQueue[int] = LatestQueue(8)
+    for i in range(5):
+        q.put(i)
+    assert await asyncio.wait_for(q.get_batch(3, max_wait_s=60), 1) == [0, 1, 2]
+    assert await asyncio.wait_for(q.get_batch(3, max_wait_s=0), 1) == [3, 4]
+
+
+async def test_a_lone_item_leaves_after_the_wait() -> None:
+    q: LatestQueue[int] = LatestQueue(8)
+    q.put(7)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await q.get_batch(4, max_wait_s=0.05) == [7]
+    assert loop.time() - start >= 0.05
+
+
+async def test_items_arriving_within_the_wait_join_the_batch() -> None:
+    q: LatestQueue[int] = LatestQueue(8)
+    batch = asyncio.create_task(q.get_batch(3, max_wait_s=60))
+    for i in range(3):
+        await asyncio.sleep(0)
+        q.put(i)
+    assert await asyncio.wait_for(batch, 5) == [0, 1, 2]  # full: it does not wait out the 60 s
