@@ -1,10 +1,15 @@
-"""``python -m aggregator`` / ``mvs aggregator``: the cloud aggregator."""
+"""``python -m aggregator`` / ``mvs aggregator``: the cloud aggregator.
+
+It never loads torch or the stylizer's code: ``--init`` takes a tensor blob (:mod:`streaming.tensors`), which
+``mvs export-weights MODEL OUT`` writes from a stylizer model file on the edge side.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from aggregator.service import (
     CRASH_POINTS,
@@ -13,12 +18,11 @@ from aggregator.service import (
     Aggregator,
     AggregatorConfig,
 )
-from aggregator.store import DEFAULT_KEEP_VERSIONS
 from aggregator.strategies import DEFAULT_SERVER_LR, STRATEGIES
 from aggregator.validation import DEFAULT_MAX_NORM, DEFAULT_MAX_STALENESS
-from edge_worker.federated import Trainable
-from edge_worker.model.registry import MODEL_SUFFIXES, load_stylizer
 from streaming.cli import add_service_arguments, service_main
+from streaming.model_store import DEFAULT_KEEP_VERSIONS
+from streaming.protocol import ProtocolError
 from streaming.telemetry import DEFAULT_METRICS_HOST, start_metrics_server
 from streaming.tensors import NamedArrays, decode_tensors
 
@@ -43,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         type=Path,
         default=None,
-        help="initial weights if the store is empty: a stylizer model file or a tensor blob",
+        help="initial weights if the store is empty: a tensor blob (convert a model file with mvs export-weights)",
     )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
     p.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, help="address the metrics listen on")
@@ -63,13 +67,17 @@ async def run(config: AggregatorConfig, initial: NamedArrays | None) -> None:
 
 
 def initial_weights(path: Path) -> NamedArrays:
-    """Learned weights of a saved stylizer model (.pt/.pth), or a tensor blob as written by streaming.tensors."""
-    if path.suffix in MODEL_SUFFIXES:
-        stylizer = load_stylizer(str(path))
-        if not isinstance(stylizer, Trainable):
-            raise ValueError(f"{path} holds no trainable model")
-        return stylizer.learned_state()
-    return decode_tensors(path.read_bytes())
+    """The weights in a tensor blob as written by :mod:`streaming.tensors` (``mvs export-weights``).
+
+    ``ValueError`` for anything else, a stylizer model file included, naming the command that converts it.
+    """
+    try:
+        return decode_tensors(path.read_bytes())
+    except ProtocolError as exc:
+        raise ValueError(
+            f"{path}: {exc}. A stylizer model file must be converted first: "
+            f"mvs export-weights {path} OUT, then --init OUT"
+        ) from exc
 
 
 def config_from_args(args: argparse.Namespace) -> AggregatorConfig:
@@ -90,13 +98,17 @@ def config_from_args(args: argparse.Namespace) -> AggregatorConfig:
     )
 
 
+def _service(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    try:
+        initial = initial_weights(args.init) if args.init is not None else None
+    except (OSError, ValueError) as exc:  # a wrong --init: say so, not a traceback
+        raise SystemExit(f"mvs aggregator: --init: {exc}") from exc
+    return run(config_from_args(args), initial)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
-    service_main(
-        argv,
-        build_parser(),
-        lambda args: run(config_from_args(args), initial_weights(args.init) if args.init is not None else None),
-    )
+    service_main(argv, build_parser(), _service)
 
 
 if __name__ == "__main__":

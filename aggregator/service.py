@@ -26,8 +26,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
-from aggregator.store import DEFAULT_KEEP_VERSIONS, ModelStore, open_key_value
-from aggregator.strategies import DEFAULT_SERVER_LR, NamedArrays, Strategy, Update, apply_delta, make_strategy
+from aggregator.strategies import DEFAULT_SERVER_LR, Strategy, Update, apply_delta, make_strategy
 from aggregator.validation import (
     DEFAULT_MAX_NORM,
     DEFAULT_MAX_STALENESS,
@@ -36,6 +35,8 @@ from aggregator.validation import (
     Rules,
     validate_update,
 )
+from streaming.buckets import open_key_value
+from streaming.model_store import DEFAULT_KEEP_VERSIONS, ModelStore
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     FL_DELTA_STREAM,
@@ -49,7 +50,7 @@ from streaming.protocol import (
     encode,
 )
 from streaming.telemetry import DEFAULT_METRICS_HOST
-from streaming.tensors import decode_tensors
+from streaming.tensors import NamedArrays, decode_tensors
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-NamedArrays = dict[str, np.ndarray]
+from streaming.tensors import NamedArrays
 
 DEFAULT_TRIM_FRACTION = 0.2
 DEFAULT_SERVER_LR = 1.0

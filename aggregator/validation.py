@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggregator.strategies import NamedArrays, Update
+from aggregator.strategies import Update
+from streaming.tensors import NamedArrays
 
 DELTA_DTYPES = frozenset({"float16", "float32"})
 DEFAULT_MAX_STALENESS = 1

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from aggregator.service import Aggregator, AggregatorConfig
-from aggregator.store import ModelStore, submit_delta
 from aggregator.strategies import DEFAULT_SERVER_LR, FedAvg, Update
 from bench.common import RESULTS_DIR, machine, write_results
 from deploy.nats import NatsServer
@@ -36,7 +35,7 @@ from edge_worker.federated import DELTA_DTYPE, FederatedConfig
 from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
-from edge_worker.train import (
+from edge_worker.training import (
     BUNDLED_PHOTOS,
     HELD_OUT_PHOTOS,
     HELD_OUT_STYLES,
@@ -45,6 +44,7 @@ from edge_worker.train import (
     colour_jitter,
 )
 from streaming.images import encode_jpeg
+from streaming.model_store import ModelStore, submit_delta
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.runtime import run_main
 from streaming.style_store import StyleStore

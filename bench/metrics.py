@@ -1,4 +1,5 @@
-"""Frame-quality and temporal-consistency metrics for the interpolation benchmark (SSIM from edge_worker.quality)."""
+"""Frame-quality and temporal-consistency metrics for the interpolation benchmark (SSIM and PSNR from
+edge_worker.quality)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Wang, Simoncelli & Bovik 2003: 5 scales with these exponents."""
 SSIM_WINDOW = 2 * SSIM_RADIUS + 1
 DYNAMIC_RANGE = 255.0
-PSNR_IDENTICAL_DB = float("inf")
 CONSISTENCY_FLOW = "dis-medium"
 MIN_VALID_SHARE = 0.5
 """Pairs of frames with fewer pixels passing the forward-backward check are cuts and are not graded."""
@@ -46,12 +46,6 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
             x = cv2.resize(x, (x.shape[1] // 2, x.shape[0] // 2), interpolation=cv2.INTER_AREA)
             y = cv2.resize(y, (y.shape[1] // 2, y.shape[0] // 2), interpolation=cv2.INTER_AREA)
     return score
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio (dB) of two uint8 images; inf when identical."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_IDENTICAL_DB if mse == 0 else 10 * np.log10(DYNAMIC_RANGE**2 / mse)
 
 
 class WarpingError:

@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("edge_worker.__main__", "stylizer worker on mvs.<region>.stylize"),
     "phone": ("mobile_sim.__main__", "simulated phone streaming to a gateway"),
     "aggregator": ("aggregator.__main__", "cloud aggregator: FedAvg rounds into versioned global models"),
+    "export-weights": ("edge_worker.export_weights", "a model's learned weights as a tensor blob (aggregator --init)"),
+    "train": ("edge_worker.train", "offline training of the edge DNN (Eq. 5)"),
     "nats": ("deploy.nats_cli", "a local nats-server with JetStream"),
 }
 

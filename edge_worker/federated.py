@@ -5,7 +5,7 @@ while it trains a copy of its model on them in a child process (:mod:`edge_worke
 frozen the moment a stylize request arrives, so serving never shares the CPU with a training step. The worker keeps
 serving the global version it adopted (local progress reaches the service through the next global
 version, as in FedAvg). After ``publish_every`` trained samples it publishes its delta against that
-base version, in fp16, through the model store (:func:`aggregator.store.submit_delta`), once per
+base version, in fp16, through the model store (:func:`streaming.model_store.submit_delta`), once per
 base version; it adopts every newer global version announced on ``mvs.fl.global``, into the served
 model and the training copy. Before serving, it loads the latest global version.
 """
@@ -16,11 +16,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -28,10 +27,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from aggregator.store import ModelStore, submit_delta
 from edge_worker.key_buffer import DEFAULT_CAPACITY, KeyFrameBuffer
+from edge_worker.model.base import Trainable, TrainingPair
 from edge_worker.trainer_process import TrainerProcess
+from streaming.config import flag
 from streaming.images import ImageDecodeError, decode_image
+from streaming.model_store import ModelStore, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, ProtocolError, decode
 from streaming.style_store import UnknownStyleError
 from streaming.tensors import NamedArrays
@@ -46,36 +47,17 @@ DELTA_DTYPE = np.float16
 """Deltas travel in fp16: half the bytes of fp32 weights."""
 STORE_TIMEOUT_S = 5.0
 """How long a starting worker waits for the model store before it serves the bundled model."""
-TrainingPair = tuple[np.ndarray, np.ndarray]
-"""(content, style), RGB uint8."""
-
-
-@runtime_checkable
-class Trainable(Protocol):
-    """A model the edge can retrain and exchange with the cloud."""
-
-    def learned_state(self) -> NamedArrays:
-        """Copies of the learned parameters (float32), by name."""
-        ...
-
-    def load_learned_state(self, state: NamedArrays) -> None:
-        """Replace the learned parameters."""
-        ...
-
-    def train_step(self, pairs: Sequence[TrainingPair]) -> float:
-        """One optimisation step (Eq. 5) on a batch; returns the loss."""
-        ...
 
 
 @dataclass
 class FederatedConfig:
     """Settings of a worker's federated learning."""
 
-    buffer_dir: Path
-    buffer_size: int = DEFAULT_CAPACITY
-    idle_s: float = DEFAULT_IDLE_S
+    buffer_dir: Path = field(metadata=flag("key-frame buffer directory; enables retraining", name="federated-dir"))
+    buffer_size: int = field(default=DEFAULT_CAPACITY, metadata=flag("key frames kept for retraining"))
+    idle_s: float = field(default=DEFAULT_IDLE_S, metadata=flag("train after this long without requests"))
     """Train only after this long without a stylize request."""
-    publish_every: int = DEFAULT_PUBLISH_EVERY
+    publish_every: int = field(default=DEFAULT_PUBLISH_EVERY, metadata=flag("trained samples per delta"))
     """Trained samples before a delta is published."""
     batch_size: int = DEFAULT_BATCH
     seed: int = 0

@@ -2,10 +2,13 @@
 
 Images are RGB ``uint8`` arrays ``H x W x 3``. Three questions, one metric each (two for style):
 structure kept (:func:`structure_ssim`), style matched (:func:`gaussian_w2`, :func:`sliced_w2`),
-photorealism (:func:`matting_laplacian_residual`).
+photorealism (:func:`matting_laplacian_residual`); and fidelity to a reference image (:func:`psnr`), the one
+PSNR of the code base (training's reconstruction PSNR and the benchmarks' use it too).
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -32,6 +35,20 @@ MATTING_RADIUS = 1
 """3x3 windows, as Levin et al. and Luan et al."""
 MATTING_EPS = 1e-7
 SQRT_FLOOR = 1e-12
+UINT8_PEAK = 255.0
+"""Largest value of a uint8 image: the default peak of :func:`psnr`."""
+
+
+def psnr_from_mse(mse: float, peak: float) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(peak² / mse)``, of a mean squared error on a scale whose
+    largest value is ``peak``; inf for ``mse == 0``."""
+    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = UINT8_PEAK) -> float:
+    """Peak signal-to-noise ratio (dB) of two images of one shape (:func:`psnr_from_mse`; uint8 by default); inf
+    when identical."""
+    return psnr_from_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)), peak)
 
 
 def luminance(image: np.ndarray) -> np.ndarray:

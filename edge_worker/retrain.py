@@ -1,7 +1,7 @@
 """The paper's stylizer as a federated-learning participant: Eq. 5 on the key frames an edge served.
 
 :class:`RetrainableStylizer` serves like the :class:`PhotoStylizer` it wraps (the worker's
-``Stylizer`` interface) and retrains it (the ``Trainable`` protocol of :mod:`edge_worker.federated`)
+``Stylizer`` interface) and retrains it (the ``Trainable`` protocol of :mod:`edge_worker.model.base`)
 with the paper's optimiser (Adam, β = (0.5, 0.999), lr 1e-4) on (content, style) pairs, each batch
 at its own random upscale factor r, as in offline training.
 """
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_worker.model.base import Size
+from edge_worker.model.base import Size, TrainingPair
 from edge_worker.model.stylizer import PhotoStylizer
-from edge_worker.train import (
+from edge_worker.training import (
     ADAM_BETAS,
     DEFAULT_LR,
     DEFAULT_STYLE_WEIGHT,
@@ -30,9 +30,7 @@ from edge_worker.train import (
 from streaming.tensors import NamedArrays
 
 
-def batch_from_pairs(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], train_size: int, step: int, rng: np.random.Generator
-) -> Batch:
+def batch_from_pairs(pairs: Sequence[TrainingPair], train_size: int, step: int, rng: np.random.Generator) -> Batch:
     """A training batch from (content, style) RGB pairs: random crops, one random r for the batch."""
     full = random_output_side(train_size, step, rng)
     contents, styles = [], []
@@ -93,7 +91,7 @@ class RetrainableStylizer:
             for name, value in state.items():
                 params[name].copy_(torch.from_numpy(np.asarray(value, np.float32)))
 
-    def train_step(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    def train_step(self, pairs: Sequence[TrainingPair]) -> float:
         """One Adam step of Eq. 5 on the pairs; returns the total loss."""
         if self._optimizer is None:  # created on first use: a serving-only worker never pays for Adam's state
             self._optimizer = torch.optim.Adam(self.model.learned_parameters(), lr=self._lr, betas=ADAM_BETAS)
@@ -109,7 +107,7 @@ class RetrainableStylizer:
         return float(losses["total"].detach())
 
     @torch.no_grad()
-    def evaluate(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict[str, float]:
+    def evaluate(self, pairs: Sequence[TrainingPair], seed: int = 0) -> dict[str, float]:
         """Eq. 5 losses (content, style, total) on fixed pairs, with crops and r drawn from ``seed``: comparable
         across calls and models."""
         rng = np.random.default_rng(seed)

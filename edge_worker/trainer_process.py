@@ -17,15 +17,13 @@ import os
 import signal
 import threading
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from edge_worker.model.base import Trainable, TrainingPair
 from streaming.runtime import die_with_parent
 from streaming.tensors import NamedArrays
-
-if TYPE_CHECKING:
-    from edge_worker.federated import Trainable, TrainingPair
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +53,7 @@ def _serve(conn: Connection, model_bytes: bytes, threads: int) -> None:
 
 
 class TrainerProcess:
-    """A :class:`~edge_worker.federated.Trainable` whose work runs in a child process (``pause``/``resume``).
+    """A :class:`~edge_worker.model.base.Trainable` whose work runs in a child process (``pause``/``resume``).
 
     Calls block until the child answers, so make them off the event loop; a paused child answers after
     ``resume``. Thread-safe (one call at a time).

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from streaming.buckets import open_object_store
 from streaming.protocol import STYLE_BUCKET
 
 STYLE_ID_HEX_CHARS = 32
@@ -20,14 +21,6 @@ class UnknownStyleError(KeyError):
 def style_id_of(data: bytes) -> str:
     """Content-derived id of an encoded style image."""
     return hashlib.sha256(data).hexdigest()[:STYLE_ID_HEX_CHARS]
-
-
-async def open_object_store(js: JetStreamContext, bucket: str) -> ObjectStore:
-    """Bind to an object store bucket, creating it (file storage) if it does not exist."""
-    try:
-        return await js.object_store(bucket)
-    except BucketNotFoundError:
-        return await js.create_object_store(bucket)
 
 
 class StyleStore:

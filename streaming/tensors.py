@@ -24,6 +24,7 @@ MAX_TENSOR_BYTES = 1 << 30
 """Largest uncompressed tensor map accepted (guards against decompression bombs)."""
 
 NamedArrays = dict[str, np.ndarray]
+"""Arrays by name (model weights, deltas): the one definition every package uses."""
 
 
 def encode_tensors(tensors: NamedArrays, compress: bool = True) -> bytes:

@@ -16,8 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from aggregator.service import Aggregator, AggregatorConfig
-from aggregator.store import ModelStore, submit_delta
 from deploy.nats import NatsServer
+from streaming.model_store import ModelStore, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, decode
 from streaming.runtime import die_with_parent
 from streaming.tensors import NamedArrays, encode_tensors

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.metrics import WarpingError, ms_ssim, psnr
+from bench.metrics import WarpingError, ms_ssim
+from edge_worker.quality import psnr
 from mobile_sim.sources import SyntheticCamera, sample_photo
 
 CAMERA = SyntheticCamera(sample_photo(), size=(256, 192), pan_px_per_frame=2.0)

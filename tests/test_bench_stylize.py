@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.stylize import TUNING_FRAMES, TUNING_STYLES, chosen_strength, tuning_pairs
-from edge_worker.train import BUNDLED_PHOTOS, HELD_OUT_PHOTOS
+from edge_worker.training import BUNDLED_PHOTOS, HELD_OUT_PHOTOS
 
 
 def _sweep(dnn_ssims: dict[str, float], reinhard_ssim: float) -> dict[str, Any]:

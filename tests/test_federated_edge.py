@@ -16,16 +16,17 @@ import pytest
 import torch
 
 from aggregator.service import Aggregator, AggregatorConfig
-from aggregator.store import ModelStore
 from deploy.nats import NatsServer
-from edge_worker.federated import FederatedConfig, Trainable
+from edge_worker.federated import FederatedConfig
 from edge_worker.key_buffer import KeyFrameBuffer
+from edge_worker.model.base import Trainable
 from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from edge_worker.trainer_process import TrainerProcess
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.images import encode_jpeg
+from streaming.model_store import ModelStore
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.style_store import StyleStore
 

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_worker.quality import psnr as image_psnr
 from mobile_sim.flow import FLOW_METHODS, FlowEstimator, resize_flow
 from mobile_sim.sources import SyntheticCamera, sample_photo
 from mobile_sim.warp import Warper, WarpMaps, resize_to
@@ -28,8 +29,7 @@ def grid(width: int = WIDTH, height: int = HEIGHT) -> tuple[np.ndarray, np.ndarr
 
 def psnr(a: np.ndarray, b: np.ndarray, margin: int = MARGIN) -> float:
     inner = (slice(margin, -margin), slice(margin, -margin))
-    mse = float(np.mean((a[inner].astype(np.float64) - b[inner].astype(np.float64)) ** 2))
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+    return image_psnr(a[inner], b[inner])
 
 
 def warp_with(flow: np.ndarray, key: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_worker import train
+from edge_worker import train, training
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
 
 TINY_TRAIN_SIZE = 32
@@ -40,13 +40,13 @@ def _tiny_args(out: Path, steps: int, *extra: str) -> list[str]:
 def test_a_few_steps_lower_the_loss_on_a_tiny_batch() -> None:
     torch.manual_seed(0)
     model = PhotoStylizer(CONFIGS["tiny"]).train()
-    photos = [train.bundled_photo(name) for name in ("astronaut.png", "ihc.png")]
-    batch = train.sample_batch(photos, 2, TINY_TRAIN_SIZE, model.encoder.downsampling, np.random.default_rng(0))
-    optimizer = torch.optim.Adam(model.learned_parameters(), lr=TEST_LR, betas=train.ADAM_BETAS)
+    photos = [training.bundled_photo(name) for name in ("astronaut.png", "ihc.png")]
+    batch = training.sample_batch(photos, 2, TINY_TRAIN_SIZE, model.encoder.downsampling, np.random.default_rng(0))
+    optimizer = torch.optim.Adam(model.learned_parameters(), lr=TEST_LR, betas=training.ADAM_BETAS)
 
     def loss() -> torch.Tensor:
-        recon, _ = train.reconstruction_loss(model, batch.content_low)
-        return train.stylization_losses(model, batch, train.DEFAULT_STYLE_WEIGHT)["total"] + recon
+        recon, _ = training.reconstruction_loss(model, batch.content_low)
+        return training.stylization_losses(model, batch, training.DEFAULT_STYLE_WEIGHT)["total"] + recon
 
     first = loss().item()
     for _ in range(STEPS):
@@ -58,14 +58,14 @@ def test_a_few_steps_lower_the_loss_on_a_tiny_batch() -> None:
 
 def test_batches_draw_r_and_sizes_consistently() -> None:
     rng = np.random.default_rng(1)
-    photos = [train.bundled_photo("astronaut.png")]
+    photos = [training.bundled_photo("astronaut.png")]
     rs = set()
     for _ in range(5):
-        batch = train.sample_batch(photos, 2, TINY_TRAIN_SIZE, 8, rng)
+        batch = training.sample_batch(photos, 2, TINY_TRAIN_SIZE, 8, rng)
         assert batch.content_low.shape == batch.style_low.shape == (2, 3, TINY_TRAIN_SIZE, TINY_TRAIN_SIZE)
         assert batch.content_full.shape == batch.style_full.shape
         assert batch.content_full.shape[-1] == round(TINY_TRAIN_SIZE * batch.r)
-        assert train.R_RANGE[0] - 0.2 <= batch.r <= train.R_RANGE[1] + 0.2
+        assert training.R_RANGE[0] - 0.2 <= batch.r <= training.R_RANGE[1] + 0.2
         rs.add(batch.r)
     assert len(rs) > 1
 
@@ -93,8 +93,8 @@ def test_trains_on_a_folder_of_images(tmp_path: Path) -> None:
     data = tmp_path / "images"
     (data / "sub").mkdir(parents=True)
     for i, name in enumerate(("astronaut.png", "ihc.png")):
-        cv2.imwrite(str(data / "sub" / f"{i}.jpg"), cv2.cvtColor(train.bundled_photo(name), cv2.COLOR_RGB2BGR))
-    assert len(train.load_folder(data)) == 2
+        cv2.imwrite(str(data / "sub" / f"{i}.jpg"), cv2.cvtColor(training.bundled_photo(name), cv2.COLOR_RGB2BGR))
+    assert len(training.load_folder(data)) == 2
     assert train.main(_tiny_args(tmp_path / "run", 2, "--data", str(data))) == 0
     assert (tmp_path / "run" / train.MODEL_FILE).is_file()
 

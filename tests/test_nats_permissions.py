@@ -20,7 +20,6 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from test_federated_edge import _serve_key_frames, _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
-from aggregator.store import ModelStore
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from edge_worker.federated import FederatedConfig
@@ -28,6 +27,7 @@ from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
+from streaming.model_store import ModelStore
 from streaming.protocol import (
     FL_GLOBAL_SUBJECT,
     MODEL_BUCKET,

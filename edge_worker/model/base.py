@@ -1,13 +1,19 @@
-"""The interface every stylizer implements; the worker service only knows this."""
+"""The interfaces of a model: every stylizer implements :class:`Stylizer` (the worker service only knows this),
+a retrainable one also :class:`Trainable` (what federated learning knows)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from streaming.tensors import NamedArrays
+
 Size = tuple[int, int]
 """(width, height) in pixels."""
+TrainingPair = tuple[np.ndarray, np.ndarray]
+"""(content, style), RGB uint8."""
 
 
 @runtime_checkable
@@ -47,6 +53,23 @@ class CoefficientStylizer(Stylizer, Protocol):
     def coefficients(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
         """The coefficients ``stylize_with_coefficients`` returns, without rendering the image: cheaper when only
         the maps are sent. ``out_size`` stays an argument because a model may fit its maps for the upscale factor."""
+        ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """A model the edge can retrain and exchange with the cloud."""
+
+    def learned_state(self) -> NamedArrays:
+        """Copies of the learned parameters (float32), by name."""
+        ...
+
+    def load_learned_state(self, state: NamedArrays) -> None:
+        """Replace the learned parameters."""
+        ...
+
+    def train_step(self, pairs: Sequence[TrainingPair]) -> float:
+        """One optimisation step (Eq. 5) on a batch; returns the loss."""
         ...
 
 

@@ -3,6 +3,9 @@
 Bucket ``mvs-models`` holds ``global/v<N>`` (weights) and ``delta/...`` (edge deltas); KV
 ``mvs-model-latest`` holds ``v<N>`` (a :class:`ModelVersion`) and ``latest`` (the newest N). Both use
 file storage, so versions survive a crash of the server's clients.
+
+Shared by both ends of federated learning: the aggregator publishes versions, an edge reads them and
+submits its deltas (:func:`submit_delta`).
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ import time
 import uuid
 
 from nats.js import JetStreamContext
-from nats.js.api import StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from streaming.buckets import open_key_value, open_object_store
 from streaming.protocol import (
     MODEL_BUCKET,
     MODEL_LATEST_BUCKET,
@@ -25,7 +28,6 @@ from streaming.protocol import (
     encode,
     fl_delta_subject,
 )
-from streaming.style_store import open_object_store
 from streaming.tensors import NamedArrays, decode_tensors, encode_tensors
 
 DEFAULT_KEEP_VERSIONS = 5
@@ -35,14 +37,6 @@ LATEST_KEY = "latest"
 def version_object(version: int) -> str:
     """Object name of a global version's weights."""
     return f"global/v{version}"
-
-
-async def open_key_value(js: JetStreamContext, bucket: str) -> KeyValue:
-    """Bind to a KV bucket, creating it (file storage, history 1) if needed."""
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, storage=StorageType.FILE)
 
 
 class ModelStore:
