@@ -14,9 +14,9 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -26,7 +26,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
-from aggregator.strategies import DEFAULT_SERVER_LR, Strategy, Update, apply_delta, make_strategy
+from aggregator.strategies import DEFAULT_SERVER_LR, STRATEGIES, Strategy, Update, apply_delta, make_strategy
 from aggregator.validation import (
     DEFAULT_MAX_NORM,
     DEFAULT_MAX_STALENESS,
@@ -36,7 +36,9 @@ from aggregator.validation import (
     validate_update,
 )
 from streaming.buckets import open_key_value
+from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, flag
 from streaming.model_store import DEFAULT_KEEP_VERSIONS, ModelStore
+from streaming.nats_connect import connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     FL_DELTA_STREAM,
@@ -59,6 +61,7 @@ DURABLE = "aggregator"
 ROUND_KEY = "current"
 DEFAULT_MIN_UPDATES = 2
 DEFAULT_ROUND_TIMEOUT_S = 60.0
+CRASH_POINTS = ("weights_stored", "latest_moved")
 ACK_WAIT_S = 5.0
 """A delta handed to an aggregator that died unacked is redelivered after this long."""
 FETCH_BATCH = 16
@@ -74,27 +77,35 @@ ROUND_SECONDS = Histogram("mvs_aggregator_round_seconds", "Time to aggregate and
 class AggregatorConfig:
     """Settings of the cloud aggregator."""
 
-    nats_url: str = DEFAULT_NATS_URL
-    strategy: str = "fedavg"
-    server_lr: float = DEFAULT_SERVER_LR
-    """Scale of the aggregated delta (server SGD; 1 is the paper's average)."""
-    min_updates: int = DEFAULT_MIN_UPDATES
-    """Close a round as soon as this many updates are in."""
-    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S
-    """Close a round with at least one update once it is this old."""
-    keep_versions: int = DEFAULT_KEEP_VERSIONS
-    max_staleness: int = DEFAULT_MAX_STALENESS
-    max_norm: float = DEFAULT_MAX_NORM
-    metrics_port: int = 0
-    metrics_host: str = DEFAULT_METRICS_HOST
-    durable: str = DURABLE
-    js_domain: str | None = None
+    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the hub (None when connected to the hub itself)."""
-    crash_after: str = ""
+    strategy: str = field(default="fedavg", metadata=flag("aggregation rule", choices=sorted(STRATEGIES)))
+    server_lr: float = field(
+        default=DEFAULT_SERVER_LR,
+        metadata=flag("multiply the aggregated delta by this (server SGD, Reddi et al. 2021; 1: plain average)"),
+    )
+    """Scale of the aggregated delta (server SGD; 1 is the paper's average)."""
+    min_updates: int = field(default=DEFAULT_MIN_UPDATES, metadata=flag("close a round at this many deltas"))
+    """Close a round as soon as this many updates are in."""
+    round_timeout_s: float = field(
+        default=DEFAULT_ROUND_TIMEOUT_S, metadata=flag("or when this old (s)", name="round-timeout")
+    )
+    """Close a round with at least one update once it is this old."""
+    keep_versions: int = field(default=DEFAULT_KEEP_VERSIONS, metadata=flag("global versions kept"))
+    max_staleness: int = field(default=DEFAULT_MAX_STALENESS, metadata=flag("versions a delta's base may lag"))
+    max_norm: float = field(default=DEFAULT_MAX_NORM, metadata=flag("largest L2 norm of a delta"))
+    init: Path | None = field(
+        default=None,
+        metadata=flag("initial weights if the store is empty: a tensor blob (from a model file: mvs export-weights)"),
+    )
+    """Tensor blob (``streaming.tensors``) stored as version 0 when the store has no version yet."""
+    metrics_port: int = field(default=0, metadata=flag("Prometheus port (0: off)"))
+    metrics_host: str = field(default=DEFAULT_METRICS_HOST, metadata=flag("address the metrics listen on"))
+    durable: str = DURABLE
+    crash_after: str = field(default="", metadata=flag("fault injection", choices=("", *CRASH_POINTS), hidden=True))
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
 
-
-CRASH_POINTS = ("weights_stored", "latest_moved")
 
 
 async def ensure_delta_stream(js: JetStreamContext) -> None:
@@ -123,7 +134,7 @@ class Aggregator:
 
     async def start(self, initial: NamedArrays | None = None) -> None:
         """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
-        self._nc = await nats.connect(self.config.nats_url, name="aggregator")
+        self._nc = await connect_nats(self.config.nats_url, "aggregator", service="aggregator")
         js = self._nc.jetstream(domain=self.config.js_domain)
         await ensure_delta_stream(js)
         self.store = await ModelStore.open(js, keep=self.config.keep_versions)

@@ -23,6 +23,7 @@ from deploy.nats import NatsServer
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
+from streaming.config import NATS_URL_ENV
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 WORKER_READY_TIMEOUT_S = 60.0
 WORKER_PROBE_S = 0.2
 WORKER_STOP_TIMEOUT_S = 10.0
-NATS_URL_ENV = "MVS_NATS_URL"
-"""What services read when ``--nats`` is not given (streaming.cli)."""
 
 
 @dataclass

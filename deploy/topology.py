@@ -20,13 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aggregator.__main__ import initial_weights
 from aggregator.service import Aggregator, AggregatorConfig
 from deploy.local import LocalTopology
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from deploy.regions import Region, load_regions
+from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
+from streaming.config import NATS_URL_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.runtime import run_main
@@ -116,7 +117,8 @@ class LocalDeployment:
 
     async def _start_aggregator(self, init: Path) -> None:
         self.aggregator = Aggregator(AggregatorConfig(nats_url=self.url(None, AGGREGATOR_USER)))
-        await self.aggregator.start(initial_weights(init))  # v0 is in the store before any worker asks for it
+        # The aggregator runs in this process: the model file's weights go to it directly, no blob needed.
+        await self.aggregator.start(learned_weights(str(init)))  # v0 is in the store before any worker asks for it
         self._rounds = asyncio.create_task(self.aggregator.run(), name="aggregator")
         self._buffers = tempfile.TemporaryDirectory(prefix="mvs-fl-")
 
@@ -149,7 +151,7 @@ class LocalDeployment:
             phone = ["mvs", "phone", "--gateway", gateway.url, "--region", region.name, "--ice-host", LOOPBACK[0]]
             lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
             worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN]
-            env = f"MVS_NATS_URL={shlex.quote(self.url(region.name, worker_user(region.name)))}"
+            env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(region.name)))}"
             lines.append(f"  more worker: {env} {shlex.join(worker)}")
         return "\n".join(lines)
 

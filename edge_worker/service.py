@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
-import nats
 import numpy as np
 import torch
 from nats.aio.client import Client as NATS
@@ -29,11 +28,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge_worker.federated import FederatedConfig, FederatedLearner, Trainable
-from edge_worker.model.base import CoefficientStylizer, Size, Stylizer
+from edge_worker.federated import FederatedConfig, FederatedLearner
+from edge_worker.model.base import CoefficientStylizer, Size, Stylizer, Trainable
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
 from streaming.coefficients import encode_coefficients
+from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image, encode_jpeg
+from streaming.nats_connect import connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
@@ -103,25 +104,35 @@ def warm_up(stylizer: Stylizer, size: Size = WARMUP_SIZE) -> dict[str, float]:
 
 @dataclass
 class WorkerConfig:
-    """Settings of one stylizer worker process."""
+    """Settings of one stylizer worker process (each field with a ``flag`` is a ``mvs worker`` flag)."""
 
-    nats_url: str = DEFAULT_NATS_URL
-    region: str = DEFAULT_REGION
-    model: str = DEFAULT_STYLIZER
-    worker_id: str = field(default_factory=default_worker_id)
-    queue_size: int = DEFAULT_QUEUE_SIZE
-    style_cache: int = DEFAULT_STYLE_CACHE
-    threads: int = 0
+    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
+    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
+    """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
+    model: str = field(
+        default=DEFAULT_STYLIZER,
+        metadata=flag("color-transfer, dnn (the bundled paper model) or a model file (.pt)"),
+    )
+    worker_id: str = field(
+        default_factory=default_worker_id, metadata=flag("id in replies and logs (default: host-pid)")
+    )
+    queue_size: int = field(default=DEFAULT_QUEUE_SIZE, metadata=flag("requests queued (newest win)"))
+    style_cache: int = field(default=DEFAULT_STYLE_CACHE, metadata=flag("prepared styles kept"))
+    threads: int = field(default=0, metadata=flag("torch threads (0: torch default)"))
     """torch intra-op threads; 0 keeps torch's default."""
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
-    metrics_port: int = 0
-    metrics_host: str = DEFAULT_METRICS_HOST
-    js_domain: str | None = None
-    """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
-    federated: FederatedConfig | None = None
-    """Retrain on served key frames when idle and sync with the cloud; None: serve only."""
-    warmup: bool = True
+    metrics_port: int = field(default=0, metadata=flag("Prometheus port (0: off); up once the worker serves"))
+    metrics_host: str = field(default=DEFAULT_METRICS_HOST, metadata=flag("address the metrics listen on"))
+    warmup: bool = field(
+        default=True,
+        metadata=flag("stylize a synthetic frame before serving so no request pays the model's one-time set-up"),
+    )
     """Stylize one synthetic frame before serving, else the first request pays the one-time set-up (oneDNN's)."""
+    federated: FederatedConfig | None = field(
+        default=None, metadata=flag("retrain when idle", group="federated learning (needs a trainable model)")
+    )
+    """Retrain on served key frames when idle and sync with the cloud; None: serve only (no ``--federated-dir``)."""
 
 
 @dataclass
@@ -165,8 +176,8 @@ class StylizerWorker:
             if self.config.warmup
             else None
         )
-        self._nc = await nats.connect(
-            self.config.nats_url, name=f"worker-{self.config.worker_id}", closed_cb=self._on_closed
+        self._nc = await connect_nats(
+            self.config.nats_url, f"worker-{self.config.worker_id}", service="worker", closed_cb=self._on_closed
         )
         self._style_store = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         if self.config.federated is not None:

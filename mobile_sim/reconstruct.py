@@ -6,12 +6,19 @@ confidence. Pixels no usable warp covers are filled with the key's colour map (C
 Render "affine"/"affine-flow" instead applies the stylizer's local affine colour maps, sent with
 the key, to each frame itself (moved along the flow to the key with "affine-flow"); buffered, the
 maps of both keys are blended by time distance.
+
+The :class:`Reconstructor` keeps frames in order and decides which key(s) each one is rebuilt from;
+how a frame is made from them is one :class:`FrameRender` per render kind (:class:`WarpRender`,
+:class:`AffineRender`, :class:`AffineFlowRender`), chosen once at construction. Occlusion fill
+(:class:`OcclusionFill`) and temporal smoothing (mobile_sim.temporal) are steps composed around it.
 """
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,9 +80,16 @@ class _Key:
 class _Warp:
     """How one frame is rebuilt from one key: remap maps and the pixels the warp cannot be trusted at."""
 
-    key_id: int
     maps: WarpMaps
     occluded: np.ndarray | None
+
+
+@dataclass(eq=False)
+class _Toward:
+    """What a render computed toward a key as soon as the frame and the key were both known."""
+
+    warp: _Warp | None = None  # render "warp"
+    motion: Motion | None = None  # render "affine-flow": frame -> key flow, for moving the key's colour maps
 
 
 @dataclass(eq=False)
@@ -83,16 +97,202 @@ class _Waiting:
     frame_id: int
     key_id: int
     frame: np.ndarray
-    warp: _Warp | None  # None for key frames, frames of a key known to have failed, and affine renders
-    motion: Motion | None = None  # render "affine-flow": flow to the key, for moving its colour maps
-    next_warp: _Warp | None = None  # buffered mode: the warp from the next key
-    next_motion: Motion | None = None  # buffered "affine-flow": flow to the next key
+    toward: _Toward | None  # None for key frames and frames of a key known to have failed
     next_key_id: int | None = None  # buffered mode: the next key, once it is added
+    next_toward: _Toward | None = None  # buffered mode: toward the next key
+
+
+@dataclass(frozen=True, eq=False)
+class _Source:
+    """A key a frame is rebuilt from, with what was computed toward it (None: nothing, e.g. a fallback key)."""
+
+    key_id: int
+    key: _Key
+    toward: _Toward | None
 
 
 def _check_bgr(name: str, image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != BGR_CHANNELS or image.dtype != np.uint8:
         raise ValueError(f"{name} must be BGR uint8 HxWx3, got {image.shape} {image.dtype}")
+
+
+def _time_share(frame_id: int, previous: _Source, following: _Source) -> float:
+    """Where the frame lies between two keys: 0 at the previous, 1 at the following."""
+    return (frame_id - previous.key_id) / (following.key_id - previous.key_id)
+
+
+class OcclusionFill:
+    """Pixels no warp can be trusted at get the key's colour map (ColorMap) applied to the original frame."""
+
+    def fit(self, key: _Key) -> None:
+        """Fit the key's colour map once its stylized frame arrived."""
+        assert key.stylized is not None, "only stylized keys have a colour map"
+        key.color_map = ColorMap.fit(key.original, key.stylized)
+
+    def apply(self, image: np.ndarray, frame: np.ndarray, occluded: np.ndarray | None, key: _Key) -> np.ndarray:
+        """`image` (changed in place) with the `occluded` pixels of `frame` recoloured by `key`'s colour map."""
+        if occluded is not None and key.color_map is not None and occluded.any():
+            image[occluded] = key.color_map.apply(frame[occluded][:, np.newaxis, :])[:, 0, :]
+        return image
+
+
+class FrameRender(ABC):
+    """How a frame between keys is made from stylized keys: one subclass per IntermediateRender, chosen once.
+
+    `prepare` runs as soon as a frame and a key it may be rebuilt from are both known (the frame is
+    added, or, buffered, the next key is), so that `render` only costs remaps when the stylized key
+    arrives. Not thread-safe, like the Reconstructor that owns it.
+    """
+
+    uses_coefficients = False
+    """Whether keys keep the colour maps the stylizer sent with them."""
+
+    def prepare(self, frame: np.ndarray, key: _Key, key_size: tuple[int, int], probe: MotionProbe | None) -> _Toward:
+        """What to compute now toward `key`, whose stylized frame has (or is expected to have) `key_size`.
+
+        `probe`: the lazy motion of `frame` to `key`, if the caller has one. Default: nothing.
+        """
+        return _Toward()
+
+    @abstractmethod
+    def render(self, frame_id: int, frame: np.ndarray, sources: Sequence[_Source]) -> tuple[np.ndarray, OutputKind]:
+        """The frame rebuilt from a stylized key (`sources[0]`) and its output kind ("warped" or "affine").
+
+        Buffered, `sources[1]` is the next key (resolved: stylized or failed); each render decides
+        whether it can use it.
+        """
+
+
+class WarpRender(FrameRender):
+    """Render "warp": the stylized key warped to the frame along the flow; buffered, the warps of both keys
+    blended per pixel by time distance and forward-backward consistency; then the occlusion fill, if any."""
+
+    def __init__(self, flow: FlowEstimator, warper: Warper, occlusion_check: bool, fill: OcclusionFill | None) -> None:
+        self._flow = flow
+        self._warper = warper
+        self._occlusion_check = occlusion_check
+        self._fill = fill
+
+    def prepare(self, frame: np.ndarray, key: _Key, key_size: tuple[int, int], probe: MotionProbe | None) -> _Toward:
+        return _Toward(warp=self.warp(frame, key, key_size, probe() if probe is not None else None))
+
+    def render(self, frame_id: int, frame: np.ndarray, sources: Sequence[_Source]) -> tuple[np.ndarray, OutputKind]:
+        own = sources[0]
+        warps = [(own, self._warp_of(frame, own))]
+        if len(sources) > 1:
+            following = sources[1]
+            if (
+                following.toward is not None
+                and following.toward.warp is not None
+                and following.key.stylized is not None
+            ):
+                warps.append((following, following.toward.warp))
+        return self._compose(frame_id, frame, warps), "warped"
+
+    def warp(self, frame: np.ndarray, key: _Key, key_size: tuple[int, int], motion: Motion | None) -> _Warp:
+        """Maps (and occlusion mask) from `frame` to `key`, from `motion` if already computed."""
+        if motion is None:
+            motion = self._flow.motion(frame, key.original, self._occlusion_check)
+        return _Warp(self._warper.maps_from_flow(motion.small_flow, key_size, motion.frame_size), motion.occluded)
+
+    def _warp_of(self, frame: np.ndarray, source: _Source) -> _Warp:
+        """The warp prepared toward a stylized key, else one computed now (from the prepared flow, if any)."""
+        toward = source.toward if source.toward is not None else _Toward()
+        if toward.warp is not None:
+            return toward.warp
+        assert source.key.stylized is not None, "only stylized keys are warped"
+        return self.warp(frame, source.key, image_size(source.key.stylized), toward.motion)
+
+    def _compose(self, frame_id: int, frame: np.ndarray, warps: list[tuple[_Source, _Warp]]) -> np.ndarray:
+        """Warp from one key, or blend two (previous, next) by time distance x consistency; then fill."""
+        images = []
+        for source, warp in warps:
+            assert source.key.stylized is not None, "only stylized keys are warped"
+            images.append(self._warper.warp(resize_to(source.key.stylized, warp.maps.key_size), warp.maps))
+        occluded = warps[0][1].occluded
+        nearest = warps[0][0]
+        if len(warps) == 2:
+            (previous, previous_warp), (following, following_warp) = warps
+            t = _time_share(frame_id, previous, following)
+            weights = [np.full(images[0].shape[:2], w, np.float32) for w in (1.0 - t, t)]
+            if previous_warp.occluded is not None and following_warp.occluded is not None:
+                for weight, warp_mask in zip(weights, (previous_warp.occluded, following_warp.occluded), strict=True):
+                    weight[warp_mask] = 0.0
+                occluded = previous_warp.occluded & following_warp.occluded
+                weights[0][occluded], weights[1][occluded] = 1.0 - t, t
+            images = [cv2.blendLinear(images[0], images[1], weights[0], weights[1])]
+            if t > BLEND_NEAREST:
+                nearest = following
+        image = images[0]
+        if self._fill is not None:
+            image = self._fill.apply(image, frame, occluded, nearest.key)
+        return image
+
+
+class AffineRender(FrameRender):
+    """Render "affine": the stylizer's colour maps of the key applied to the frame, with no flow at all.
+
+    Buffered, the maps of both keys are blended by time distance (a blend of affine maps is affine) and
+    applied once. Frames of a key that came without maps are warped (`warped`).
+    """
+
+    uses_coefficients = True
+
+    def __init__(self, affine: AffineRenderer, warped: WarpRender) -> None:
+        self._affine = affine
+        self._warped = warped
+
+    def render(self, frame_id: int, frame: np.ndarray, sources: Sequence[_Source]) -> tuple[np.ndarray, OutputKind]:
+        own = sources[0]
+        if own.key.coefficients is None:
+            return self._warped.render(frame_id, frame, sources)
+        maps = self._maps(frame, own)
+        if len(sources) > 1:
+            following = sources[1]
+            if following.key.coefficients is not None and following.key.coefficients.grid_size == maps.grid_size:
+                maps = maps.blended(self._maps(frame, following), _time_share(frame_id, own, following))
+        return self._affine.apply(frame, maps), "affine"
+
+    def _maps(self, frame: np.ndarray, source: _Source) -> AffineCoefficients:
+        """The key's colour maps as applied to `frame`."""
+        assert source.key.coefficients is not None, "only keys with coefficients are applied"
+        return source.key.coefficients
+
+
+class AffineFlowRender(AffineRender):
+    """Render "affine-flow": as "affine", each key's colour maps first moved along the frame's flow to that key."""
+
+    def __init__(self, affine: AffineRenderer, warped: WarpRender, flow: FlowEstimator) -> None:
+        super().__init__(affine, warped)
+        self._flow = flow
+
+    def prepare(self, frame: np.ndarray, key: _Key, key_size: tuple[int, int], probe: MotionProbe | None) -> _Toward:
+        return _Toward(motion=probe() if probe is not None else self._flow.motion(frame, key.original, False))
+
+    def _maps(self, frame: np.ndarray, source: _Source) -> AffineCoefficients:
+        maps = super()._maps(frame, source)
+        if source.toward is None:
+            motion: Motion | None = self._flow.motion(frame, source.key.original, False)
+        else:
+            motion = source.toward.motion
+        return maps.moved(motion.small_flow) if motion is not None else maps
+
+
+def make_render(
+    render: IntermediateRender,
+    flow: FlowEstimator,
+    warper: Warper,
+    affine: AffineRenderer,
+    occlusion_check: bool,
+    fill: OcclusionFill | None,
+) -> FrameRender:
+    """The FrameRender of a render kind (the affine ones warp keys that came without colour maps)."""
+    warped = WarpRender(flow, warper, occlusion_check, fill)
+    if render == "warp":
+        return warped
+    if render == "affine":
+        return AffineRender(affine, warped)
+    return AffineFlowRender(affine, warped, flow)
 
 
 class Reconstructor:
@@ -137,14 +337,14 @@ class Reconstructor:
         if not 0.0 <= temporal_weight < 1.0:
             raise ValueError(f"temporal_weight must be in [0, 1), got {temporal_weight}")
         self.render = render
-        self._temporal = TemporalFilter(flow, warper, temporal_weight) if temporal_weight > 0 else None
-        self._affine = AffineRenderer()
-        self._flow = flow
-        self._warper = warper
-        self._max_frames = max_frames
         self.mode = mode
+        self._temporal = TemporalFilter(flow, warper, temporal_weight) if temporal_weight > 0 else None
+        self._fill = OcclusionFill() if fill_occlusions else None
+        self._affine = AffineRenderer()
+        self._renderer = make_render(render, flow, warper, self._affine, occlusion_check, self._fill)
+        self._flow = flow
+        self._max_frames = max_frames
         self._occlusion_check = occlusion_check
-        self._fill = fill_occlusions
         self._finished = False
         self._waiting: deque[_Waiting] = deque()
         self._keys: dict[int, _Key] = {}
@@ -192,19 +392,16 @@ class Reconstructor:
             )
         self._frame_shape = frame.shape
         self._last_frame_id = frame_id
-        warp, motion = None, None
+        toward = None
         if key_id == frame_id:
             self._keys[key_id] = _Key(original=frame)
             self._newest_key_id = key_id
             if self.mode == "buffered":
                 self._link_next_key(key_id)
-        elif self._keys[key_id].failed:
-            pass
-        elif self.render == "warp":
-            warp = self._warp_to(frame, key_id, probe() if probe is not None else None)
-        elif self.render == "affine-flow":
-            motion = probe() if probe is not None else self._flow.motion(frame, self._keys[key_id].original, False)
-        self._waiting.append(_Waiting(frame_id, key_id, frame, warp, motion))
+        elif not self._keys[key_id].failed:
+            key = self._keys[key_id]
+            toward = self._renderer.prepare(frame, key, self._key_size(key), probe)
+        self._waiting.append(_Waiting(frame_id, key_id, frame, toward))
         self._drain()
         while len(self._waiting) > self._max_frames:
             evicted = self._waiting.popleft()
@@ -241,10 +438,10 @@ class Reconstructor:
 
     def _resolve(self, key: _Key, stylized: np.ndarray, maps: AffineCoefficients | None) -> None:
         key.stylized = stylized
-        if self.render != "warp":
+        if self._renderer.uses_coefficients:
             key.coefficients = maps
-        if self._fill:
-            key.color_map = ColorMap.fit(key.original, stylized)
+        if self._fill is not None:
+            self._fill.fit(key)
         self._expected_key_size = image_size(stylized)
         self._drain()
         self._release_keys()
@@ -284,24 +481,16 @@ class Reconstructor:
         assert self._frame_shape is not None, "no frame added yet"
         return self._frame_shape[1], self._frame_shape[0]
 
-    def _warp_to(self, frame: np.ndarray, key_id: int, motion: Motion | None) -> _Warp:
-        """Maps (and occlusion mask) from `frame` to key `key_id`, from `motion` if already computed."""
-        key = self._keys[key_id]
-        if motion is None:
-            motion = self._flow.motion(frame, key.original, self._occlusion_check)
+    def _key_size(self, key: _Key) -> tuple[int, int]:
+        """Size of the key's stylized frame: as received, else as the last key received, else the frames'."""
         if key.stylized is not None:
-            key_size = image_size(key.stylized)
-        else:
-            key_size = self._expected_key_size or self._frame_size()
-        return _Warp(key_id, self._maps(motion, key_size), motion.occluded)
-
-    def _maps(self, motion: Motion, key_size: tuple[int, int]) -> WarpMaps:
-        """Remap maps straight from the motion's working-size flow."""
-        return self._warper.maps_from_flow(motion.small_flow, key_size, motion.frame_size)
+            return image_size(key.stylized)
+        return self._expected_key_size or self._frame_size()
 
     def _link_next_key(self, key_id: int) -> None:
-        """Buffered mode: frames waiting on the previous key also get a warp (or, "affine-flow", the flow)
-        from the new key."""
+        """Buffered mode: frames waiting on the previous key are also prepared toward the new key."""
+        key = self._keys[key_id]
+        key_size = self._key_size(key)
         for waiting in self._waiting:
             if (
                 waiting.next_key_id is not None
@@ -310,10 +499,7 @@ class Reconstructor:
             ):
                 continue
             waiting.next_key_id = key_id
-            if self.render == "warp":
-                waiting.next_warp = self._warp_to(waiting.frame, key_id, None)
-            elif self.render == "affine-flow":
-                waiting.next_motion = self._flow.motion(waiting.frame, self._keys[key_id].original, False)
+            waiting.next_toward = self._renderer.prepare(waiting.frame, key, key_size, None)
 
     def _ready_to_render(self, waiting: _Waiting) -> bool:
         key = self._keys[waiting.key_id]
@@ -332,90 +518,33 @@ class Reconstructor:
             self._render(waiting, self._keys[waiting.key_id])
 
     def _render(self, waiting: _Waiting, key: _Key) -> None:
-        if key.stylized is not None:
-            if self._fallback is None or self._fallback[0] < waiting.key_id:
-                self._fallback = (waiting.key_id, key)
-            if waiting.frame_id == waiting.key_id:
-                image = resize_to(key.stylized, self._frame_size())
-                if image is key.stylized:  # the key is kept as fallback: hand out a copy
-                    image = image.copy()
-                self._emit(waiting.frame_id, image, "key", waiting.key_id, waiting.frame)
-                return
-            if key.coefficients is not None:
-                self._emit(
-                    waiting.frame_id,
-                    self._affine.apply(waiting.frame, self._blend(waiting, key)),
-                    "affine",
-                    waiting.key_id,
-                    waiting.frame,
-                )
-                return
-            if waiting.warp is None:  # an affine render, but this key came without coefficients
-                waiting.warp = self._warp_to(waiting.frame, waiting.key_id, waiting.motion)
-            warps = [(waiting.warp, key)]
-            next_key = self._keys[waiting.next_key_id] if waiting.next_key_id is not None else None
-            if waiting.next_warp is not None and next_key is not None and next_key.stylized is not None:
-                warps.append((waiting.next_warp, next_key))
-            self._emit(waiting.frame_id, self._compose(waiting, warps), "warped", waiting.key_id, waiting.frame)
-        elif self._fallback is not None:
-            fallback_id, fallback = self._fallback
-            assert fallback.stylized is not None, "the fallback key was stylized"
-            if fallback.coefficients is not None:
-                motion = (
-                    self._flow.motion(waiting.frame, fallback.original, False) if self.render == "affine-flow" else None
-                )
-                recoloured = self._affine.apply(waiting.frame, self._key_maps(fallback, motion))
-                self._emit(waiting.frame_id, recoloured, "fallback", fallback_id, waiting.frame)
-                return
-            motion = self._flow.motion(waiting.frame, fallback.original, self._occlusion_check)
-            warp = _Warp(fallback_id, self._maps(motion, image_size(fallback.stylized)), motion.occluded)
-            composed = self._compose(waiting, [(warp, fallback)])
-            self._emit(waiting.frame_id, composed, "fallback", fallback_id, waiting.frame)
-        else:
-            self._emit(waiting.frame_id, waiting.frame, "failed", None)
+        """The frame as its key itself, rebuilt from its key(s) by the render, or from the fallback key."""
+        frame_id, frame = waiting.frame_id, waiting.frame
+        if key.stylized is None:
+            self._render_fallback(frame_id, frame)
+            return
+        if self._fallback is None or self._fallback[0] < waiting.key_id:
+            self._fallback = (waiting.key_id, key)
+        if frame_id == waiting.key_id:
+            image = resize_to(key.stylized, self._frame_size())
+            if image is key.stylized:  # the key is kept as fallback: hand out a copy
+                image = image.copy()
+            self._emit(frame_id, image, "key", waiting.key_id, frame)
+            return
+        sources = [_Source(waiting.key_id, key, waiting.toward)]
+        if waiting.next_key_id is not None:
+            sources.append(_Source(waiting.next_key_id, self._keys[waiting.next_key_id], waiting.next_toward))
+        image, kind = self._renderer.render(frame_id, frame, sources)
+        self._emit(frame_id, image, kind, waiting.key_id, frame)
 
-    def _blend(self, waiting: _Waiting, key: _Key) -> AffineCoefficients:
-        """The colour maps for a frame of `key`: moved along its flow ("affine-flow"), and buffered, blended with
-        the next key's by time distance when that key has maps of the same grid."""
-        maps = self._key_maps(key, waiting.motion)
-        if waiting.next_key_id is None:
-            return maps
-        following = self._keys[waiting.next_key_id]
-        if following.coefficients is None or following.coefficients.grid_size != maps.grid_size:
-            return maps
-        t = (waiting.frame_id - waiting.key_id) / (waiting.next_key_id - waiting.key_id)
-        return maps.blended(self._key_maps(following, waiting.next_motion), t)
-
-    @staticmethod
-    def _key_maps(key: _Key, motion: Motion | None) -> AffineCoefficients:
-        """The key's colour maps, moved along `motion` (frame -> key flow) when given."""
-        assert key.coefficients is not None, "only keys with coefficients are applied"
-        return key.coefficients.moved(motion.small_flow) if motion is not None else key.coefficients
-
-    def _compose(self, waiting: _Waiting, warps: list[tuple[_Warp, _Key]]) -> np.ndarray:
-        """Warp from one key, or blend two (previous, next) by time distance x consistency; then fill."""
-        images = []
-        for warp, key in warps:
-            assert key.stylized is not None, "only stylized keys are warped"
-            images.append(self._warper.warp(resize_to(key.stylized, warp.maps.key_size), warp.maps))
-        occluded = warps[0][0].occluded
-        nearest = warps[0][1]
-        if len(warps) == 2:
-            (previous, _), (following, _) = warps
-            t = (waiting.frame_id - previous.key_id) / (following.key_id - previous.key_id)
-            weights = [np.full(images[0].shape[:2], w, np.float32) for w in (1.0 - t, t)]
-            if previous.occluded is not None and following.occluded is not None:
-                for weight, warp_mask in zip(weights, (previous.occluded, following.occluded), strict=True):
-                    weight[warp_mask] = 0.0
-                occluded = previous.occluded & following.occluded
-                weights[0][occluded], weights[1][occluded] = 1.0 - t, t
-            images = [cv2.blendLinear(images[0], images[1], weights[0], weights[1])]
-            if t > BLEND_NEAREST:
-                nearest = warps[1][1]
-        image = images[0]
-        if self._fill and occluded is not None and nearest.color_map is not None and occluded.any():
-            image[occluded] = nearest.color_map.apply(waiting.frame[occluded][:, np.newaxis, :])[:, 0, :]
-        return image
+    def _render_fallback(self, frame_id: int, frame: np.ndarray) -> None:
+        """A frame of a failed key: rebuilt from the newest good key emitted so far, else the original."""
+        if self._fallback is None:
+            self._emit(frame_id, frame, "failed", None)
+            return
+        fallback_id, fallback = self._fallback
+        image, _ = self._renderer.render(frame_id, frame, [_Source(fallback_id, fallback, None)])
+        self._emit(frame_id, image, "fallback", fallback_id, frame)
 
     def _emit(
         self, frame_id: int, image: np.ndarray, kind: OutputKind, key_id: int | None, original: np.ndarray | None = None

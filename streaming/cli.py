@@ -1,32 +1,35 @@
-"""Flags every service shares, declared once (env fallbacks: MVS_NATS_URL, MVS_REGION)."""
+"""The command line of a service: flags derived from its config dataclass (:mod:`streaming.config`) plus
+``--log-level``, then run it until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
+from streaming.config import add_config_arguments, flag
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging
 
+DEFAULT_LOG_LEVEL = "info"
 
-def add_service_arguments(p: argparse.ArgumentParser, region: bool = True) -> None:
-    """--nats, --region (optional) and --log-level."""
-    p.add_argument(
-        "--nats", default=os.environ.get("MVS_NATS_URL", DEFAULT_NATS_URL), help="NATS URL (env MVS_NATS_URL)"
-    )
-    if region:
-        p.add_argument("--region", default=os.environ.get("MVS_REGION", DEFAULT_REGION), help="region (env MVS_REGION)")
-    p.add_argument(
-        "--js-domain",
-        default=os.environ.get("MVS_JS_DOMAIN") or None,
-        help="JetStream domain of the stores (set when connected to a leaf node; env MVS_JS_DOMAIN)",
-    )
-    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+
+@dataclass
+class ServiceOptions:
+    """What every service process takes besides its config."""
+
+    log_level: str = field(default=DEFAULT_LOG_LEVEL, metadata=flag("debug, info, warning or error"))
+
+
+def service_parser(prog: str, description: str, config: type) -> argparse.ArgumentParser:
+    """The CLI of a service: the flags of its ``config`` dataclass, then ``--log-level``."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_arguments(p, config)
+    add_config_arguments(p, ServiceOptions)
+    return p
 
 
 def service_main(

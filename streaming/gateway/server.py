@@ -14,7 +14,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import nats
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
@@ -22,10 +21,12 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from streaming.clock import ClockOffset
+from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, REGION_FLAG, flag
 from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, decode_image
+from streaming.nats_connect import connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
@@ -60,23 +61,25 @@ SESSIONS = Gauge("mvs_gateway_sessions", "Phones connected", ["region"])
 
 @dataclass
 class GatewayConfig:
-    """Settings of one edge gateway."""
+    """Settings of one edge gateway (each field with a ``flag`` is a ``mvs gateway`` flag)."""
 
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_HTTP_PORT
-    nats_url: str = DEFAULT_NATS_URL
-    region: str = DEFAULT_REGION
-    deadline_ms: float = DEFAULT_DEADLINE_MS
-    first_attempt_ms: float = DEFAULT_FIRST_ATTEMPT_MS
-    max_inflight: int = DEFAULT_MAX_INFLIGHT
-    """Key frames of one phone being stylized at once."""
-    max_waiting: int = DEFAULT_MAX_WAITING
-    """Key frames of one phone waiting for a dispatcher (the newest win)."""
-    max_sessions: int = DEFAULT_MAX_SESSIONS
-    jpeg_quality: int = 90
-    js_domain: str | None = None
+    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
+    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the style store (when this site's NATS is a leaf node of the hub)."""
-    ice_hosts: tuple[str, ...] = field(default_factory=tuple)
+    host: str = field(default="127.0.0.1", metadata=flag("HTTP listen address"))
+    port: int = field(default=DEFAULT_HTTP_PORT, metadata=flag("HTTP port (0: any free port)"))
+    deadline_ms: float = field(default=DEFAULT_DEADLINE_MS, metadata=flag("budget per key frame, retry included"))
+    first_attempt_ms: float = field(default=DEFAULT_FIRST_ATTEMPT_MS, metadata=flag("budget of the first try"))
+    max_inflight: int = field(default=DEFAULT_MAX_INFLIGHT, metadata=flag("key frames per phone in flight"))
+    """Key frames of one phone being stylized at once."""
+    max_waiting: int = field(default=DEFAULT_MAX_WAITING, metadata=flag("key frames per phone queued"))
+    """Key frames of one phone waiting for a dispatcher (the newest win)."""
+    max_sessions: int = field(default=DEFAULT_MAX_SESSIONS, metadata=flag("phones at once"))
+    jpeg_quality: int = 90
+    ice_hosts: tuple[str, ...] = field(
+        default_factory=tuple, metadata=flag("gather ICE candidates only here (repeatable)", name="ice-host")
+    )
     """Gather ICE host candidates only on these addresses (e.g. 127.0.0.1); empty: all interfaces."""
 
 
@@ -141,7 +144,7 @@ class Gateway:
         """Connect to NATS and start serving HTTP."""
         if self.config.ice_hosts:
             restrict_host_candidates(self.config.ice_hosts)
-        self._nc = await nats.connect(self.config.nats_url, name=f"gateway-{self.config.region}")
+        self._nc = await connect_nats(self.config.nats_url, f"gateway-{self.config.region}", service="gateway")
         self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()

@@ -1,0 +1,215 @@
+"""A service's config is a dataclass; its command-line flags are derived from it, so a setting is written once.
+
+A field becomes a flag when its metadata comes from :func:`flag`::
+
+    @dataclass
+    class AggregatorConfig:
+        nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)  # --nats, env MVS_NATS_URL
+        round_timeout_s: float = field(
+            default=DEFAULT_ROUND_TIMEOUT_S, metadata=flag("close a round when this old (s)", name="round-timeout")
+        )
+        crash_after: str = field(default="", metadata=flag("fault injection", choices=CRASH_POINTS, hidden=True))
+        durable: str = DURABLE  # no metadata: not a flag, always the default
+
+    parser = argparse.ArgumentParser(prog="mvs aggregator")
+    add_config_arguments(parser, AggregatorConfig)  # --nats, --round-timeout, --crash-after
+    config = config_from_args(AggregatorConfig, parser.parse_args(argv))
+
+(``streaming.cli.service_parser`` does the first two lines and adds ``--log-level``.)
+
+Derivation rules:
+
+- flag ``--field-name`` (or ``--{name}``); its argparse ``dest`` is the flag name with ``_`` for ``-``
+  (``--nats`` lands in ``args.nats``), the type is the annotation's: ``int``, ``float``, ``str``, ``Path``
+  or ``X | None`` of one of them;
+- ``bool`` gives ``--field`` / ``--no-field``; ``tuple[str, ...]`` a repeatable flag;
+- ``env="MVS_..."``: the variable, when set, replaces the field's default;
+- a field without a default is a required flag; one whose default comes from a ``default_factory``
+  defaults to "not given", and :func:`config_from_args` leaves it to the factory;
+- a field typed as a dataclass (or ``X | None`` of one) whose metadata is ``flag(..., group=TITLE)`` puts the
+  nested config's flags in an argument group; an optional nested config is None unless all its required flags
+  are given (``--federated-dir`` turns on a worker's federated learning).
+
+This module is the shared layer: it imports no process package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+NATS_URL_ENV = "MVS_NATS_URL"
+"""Environment variable with the NATS URL every service connects to (when ``--nats`` is not given)."""
+REGION_ENV = "MVS_REGION"
+"""Environment variable with the edge region of a gateway or worker (when ``--region`` is not given)."""
+JS_DOMAIN_ENV = "MVS_JS_DOMAIN"
+"""Environment variable with the JetStream domain of the stores (when ``--js-domain`` is not given)."""
+
+_FLAG_KEY = "mvs.flag"
+"""Key of a :class:`Flag` in a dataclass field's metadata."""
+
+ConfigT = TypeVar("ConfigT")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How a config field appears on the command line (see :func:`flag`)."""
+
+    help: str
+    name: str | None = None
+    env: str | None = None
+    choices: Sequence[str] | None = None
+    metavar: str | None = None
+    hidden: bool = False
+    group: str | None = None
+
+
+def flag(
+    help: str,
+    *,
+    name: str | None = None,
+    env: str | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    hidden: bool = False,
+    group: str | None = None,
+) -> dict[str, Any]:
+    """Field metadata that makes a config field a command-line flag: ``field(default=X, metadata=flag("..."))``.
+
+    ``name``: the flag without ``--`` (default: the field name with ``-`` for ``_``); ``env``: an environment
+    variable whose value, when set, is the default; ``hidden``: accepted but left out of ``--help``;
+    ``group``: on a nested config field, the title of the argument group of its flags."""
+    return {_FLAG_KEY: Flag(help, name, env, choices, metavar, hidden, group)}
+
+
+NATS_FLAG = flag("NATS URL", name="nats", env=NATS_URL_ENV)
+"""Metadata of every config's ``nats_url`` field: ``--nats``, env MVS_NATS_URL."""
+REGION_FLAG = flag("region", env=REGION_ENV)
+"""Metadata of every config's ``region`` field: ``--region``, env MVS_REGION."""
+JS_DOMAIN_FLAG = flag("JetStream domain of the stores (set when connected to a leaf node)", env=JS_DOMAIN_ENV)
+"""Metadata of every config's ``js_domain`` field: ``--js-domain``, env MVS_JS_DOMAIN."""
+
+
+def _flag_of(f: dataclasses.Field[Any]) -> Flag | None:
+    found = f.metadata.get(_FLAG_KEY)
+    return found if isinstance(found, Flag) else None
+
+
+def _flag_name(f: dataclasses.Field[Any], spec: Flag) -> str:
+    return spec.name or f.name.replace("_", "-")
+
+
+def _dest(f: dataclasses.Field[Any], spec: Flag) -> str:
+    return _flag_name(f, spec).replace("-", "_")
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """(X, True) for ``X | None``, else (hint, False)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _has_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _is_str_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, ...)
+
+
+def _flagged_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Flag, Any]]:
+    """(field, flag, resolved annotation) of every field of ``cls`` that is a flag."""
+    hints = typing.get_type_hints(cls)
+    return [(f, spec, hints[f.name]) for f in dataclasses.fields(cls) if (spec := _flag_of(f)) is not None]
+
+
+def _help(spec: Flag, default: Any) -> str:
+    if spec.hidden:
+        return argparse.SUPPRESS
+    notes = []
+    if default is not None and default != [] and default != "":
+        notes.append("default: %(default)s")
+    if spec.env:
+        notes.append(f"env {spec.env}")
+    text = spec.help.replace("%", "%%")
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    exclude: Collection[str] = (),
+    required: bool = True,
+) -> None:
+    """Add a flag for every field of the dataclass ``cls`` that carries :func:`flag` metadata (rules in the module
+    docstring), in field order; fields named in ``exclude`` are left out. ``required=False`` (used for an optional
+    nested config) makes no flag required."""
+    for f, spec, hint in _flagged_fields(cls):
+        if f.name in exclude:
+            continue
+        inner, optional = _unwrap_optional(hint)
+        if dataclasses.is_dataclass(inner):
+            if not isinstance(parser, argparse.ArgumentParser):
+                raise TypeError(f"{cls.__name__}.{f.name}: nested configs nest one level only")
+            group = parser.add_argument_group(spec.group or spec.help)
+            add_config_arguments(group, typing.cast(type, inner), required=required and not optional)
+            continue
+        options: dict[str, Any] = {"dest": _dest(f, spec)}
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        else:  # from a default_factory (left to the factory) or required
+            default = None
+            if f.default_factory is dataclasses.MISSING and required:
+                options["required"] = True
+        if spec.env:
+            from_env = os.environ.get(spec.env)
+            if from_env is not None and (from_env or not optional):  # an empty variable means None, not ""
+                default = from_env
+        if inner is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif _is_str_tuple(inner):
+            options["action"] = "append"
+            default = [default] if isinstance(default, str) else list(default or ())
+        elif inner in (int, float, Path):
+            options["type"] = inner
+        elif inner is not str:
+            raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {hint!r}")
+        if spec.choices is not None:
+            options["choices"] = spec.choices
+        if spec.metavar is not None:
+            options["metavar"] = spec.metavar
+        parser.add_argument(f"--{_flag_name(f, spec)}", default=default, help=_help(spec, default), **options)
+
+
+def config_from_args(cls: type[ConfigT], args: argparse.Namespace, **overrides: Any) -> ConfigT:
+    """Build the dataclass ``cls`` from flags added by :func:`add_config_arguments`; ``overrides`` (by field name)
+    win over the flags. A flag left at None (not given, no default) leaves the field to its dataclass default."""
+    return typing.cast(ConfigT, _build(typing.cast(type, cls), args, overrides, optional=False))
+
+
+def _build(cls: type, args: argparse.Namespace, overrides: Mapping[str, Any], optional: bool) -> Any:
+    values: dict[str, Any] = {}
+    for f, spec, hint in _flagged_fields(cls):
+        if f.name in overrides:
+            continue
+        inner, inner_optional = _unwrap_optional(hint)
+        if dataclasses.is_dataclass(inner):
+            values[f.name] = _build(typing.cast(type, inner), args, {}, optional=inner_optional)
+            continue
+        value = getattr(args, _dest(f, spec), None)
+        if value is None:
+            if not _has_default(f) and optional:
+                return None  # an optional nested config without one of its required flags: off
+            continue
+        values[f.name] = tuple(value) if _is_str_tuple(inner) else value
+    return cls(**values, **overrides)

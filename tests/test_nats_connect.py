@@ -1,0 +1,54 @@
+"""streaming.nats_connect: connection events of a real client against a real nats-server that goes away and back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY
+
+from deploy.nats import NatsServer, free_port
+from streaming.nats_connect import connect_nats
+
+WAIT_S = 10.0
+
+
+def _events(service: str, event: str) -> float:
+    return REGISTRY.get_sample_value("mvs_nats_connection_events_total", {"service": service, "event": event}) or 0.0
+
+
+def _connected(service: str) -> float | None:
+    return REGISTRY.get_sample_value("mvs_nats_connected", {"service": service})
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_events_are_counted_and_closed_cb_runs() -> None:
+    service = f"s{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    server = NatsServer(port=port)
+    server.__enter__()
+    try:
+        nc = await connect_nats(server.url, "test-client", service=service, closed_cb=on_closed, reconnect_wait_s=1)
+        assert _events(service, "connected") == 1 and _connected(service) == 1
+    finally:
+        server.__exit__(None, None, None)
+    await _until(lambda: _events(service, "disconnected") >= 1)
+    assert _connected(service) == 0
+    with NatsServer(port=port):
+        await _until(lambda: _events(service, "reconnected") >= 1)
+        assert _connected(service) == 1
+        await nc.close()
+    assert closed.is_set() and _events(service, "closed") == 1 and _connected(service) == 0
