@@ -30,14 +30,14 @@ import msgpack
 SCHEMA_VERSION = 2
 """2: stylize requests, replies and key results name their result kind (a frame or affine coefficients)."""
 
-# Subjects and stores (DESIGN.md, "Subjects and stores").
+# Subjects and stores (ARCHITECTURE.md, "Subjects and stores").
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_REGION = "local"
 STYLIZE_QUEUE_GROUP = "stylizers"
 STYLE_BUCKET = "mvs-styles"
 DATA_CHANNEL_LABEL = "mvs"
 
-# Federated learning (DESIGN.md): deltas on a JetStream stream, new versions announced on core NATS.
+# Federated learning (ARCHITECTURE.md): deltas on a JetStream stream, new versions announced on core NATS.
 FL_DELTA_STREAM = "MVS_FL_DELTAS"
 FL_GLOBAL_SUBJECT = "mvs.fl.global"
 MODEL_BUCKET = "mvs-models"

@@ -1,4 +1,4 @@
-"""Style images in the JetStream object store, named by content hash (DESIGN: bucket ``mvs-styles``)."""
+"""Style images in the JetStream object store, named by content hash (bucket ``mvs-styles``, ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""The edge gateway process: WebRTC signaling, sessions, key frames to NATS (``python -m streaming.gateway.server``)."""
+"""The edge gateway process: WebRTC signaling, sessions, key frames to NATS (``python -m streaming.gateway``)."""
