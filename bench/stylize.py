@@ -28,7 +28,7 @@ from edge_worker.model.base import Size, Stylizer
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer, resize
 from edge_worker.quality import gaussian_w2, matting_laplacian_residual, sliced_w2, structure_ssim
-from edge_worker.train import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
+from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,11 @@ little and the result keeps the content's edges whatever r is.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -20,11 +22,14 @@ from torch import nn
 
 from edge_worker.model.base import Size, check_image, check_size
 from edge_worker.model.decoder import UnpoolDecoder
+from edge_worker.model.device import CPU, CUDA, resolve_device
 from edge_worker.model.meta_smoothing import (
     GAIN_PRIOR_WEIGHT,
     LiteralMetaSmoothing,
     MetaSmoothing,
+    apply_affine,
     colour_stats,
+    resample,
 )
 from edge_worker.model.transform import FeatureStats, LearnedColorization
 from edge_worker.model.vgg import EncoderConfig, VGGEncoder, find_torchvision_vgg19, load_torchvision_vgg19
@@ -38,6 +43,7 @@ SMOOTHING_KINDS = ("affine", "literal")
 DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "mvstylizer-small.pt"
 """The bundled default model (trained by ``python -m edge_worker.train``, see README)."""
 UINT8_MAX = 255.0
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,39 @@ class StyleState:
         """The same state on ``device``."""
         return StyleState(self.features.to(device), self.colours.to(device))
 
+    @staticmethod
+    def concat(states: Sequence[StyleState]) -> StyleState:
+        """One state for a batch: the samples of ``states`` in order (each its own statistics)."""
+        return StyleState(
+            FeatureStats(torch.cat([s.features.mean for s in states]), torch.cat([s.features.cov for s in states])),
+            FeatureStats(torch.cat([s.colours.mean for s in states]), torch.cat([s.colours.cov for s in states])),
+        )
 
-def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """RGB uint8 ``H x W x 3`` → float ``(1, 3, H, W)`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).unsqueeze(0).float() / UINT8_MAX
+    def select(self, index: torch.Tensor) -> StyleState:
+        """The samples at ``index`` (a 1-D index tensor)."""
+        return StyleState(
+            FeatureStats(self.features.mean[index], self.features.cov[index]),
+            FeatureStats(self.colours.mean[index], self.colours.cov[index]),
+        )
+
+
+def _upload(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``host`` on ``device``: on CUDA copied from pinned memory without blocking the host (the copy is queued
+    on the current stream, so kernels that read it wait for it)."""
+    if torch.device(device).type == CUDA:
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def to_tensor(image: np.ndarray, device: torch.device | str = CPU) -> torch.Tensor:
+    """RGB uint8 ``H x W x 3`` → float ``(1, 3, H, W)`` in [0, 1] (copied as uint8, converted on the device)."""
+    pixels = _upload(torch.from_numpy(np.ascontiguousarray(image)), device)
+    return pixels.permute(2, 0, 1).unsqueeze(0).float() / UINT8_MAX
+
+
+def to_batch(images: Sequence[np.ndarray], device: torch.device | str = CPU) -> torch.Tensor:
+    """RGB uint8 images of one size → float ``(N, 3, H, W)`` in [0, 1]; one host→device copy for the batch."""
+    return _upload(torch.from_numpy(np.stack(images)), device).permute(0, 3, 1, 2).float() / UINT8_MAX
 
 
 def to_image(tensor: torch.Tensor) -> np.ndarray:
@@ -106,6 +141,24 @@ def to_maps(coeffs: torch.Tensor) -> np.ndarray:
     return coeffs[0].permute(1, 2, 0).float().cpu().numpy()
 
 
+def download_maps(coeffs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """:func:`to_maps` of each ``(1, 12, h, w)`` tensor with one device→host copy per map shape, not per item."""
+    maps: list[np.ndarray] = [np.empty(0)] * len(coeffs)
+    for items in group_by([tuple(c.shape) for c in coeffs]).values():
+        host = torch.cat([coeffs[i] for i in items]).permute(0, 2, 3, 1).float().cpu().numpy()
+        for j, i in enumerate(items):
+            maps[i] = host[j]
+    return maps
+
+
+def group_by(keys: Sequence[K]) -> dict[K, list[int]]:
+    """Indices of ``keys`` grouped by value, groups in order of first appearance."""
+    groups: dict[K, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
+    return dict(groups)
+
+
 def resize(image: np.ndarray, size: Size) -> np.ndarray:
     """Resize an image to (width, height): area filter when shrinking, bilinear otherwise."""
     if (image.shape[1], image.shape[0]) == tuple(size):
@@ -115,9 +168,21 @@ def resize(image: np.ndarray, size: Size) -> np.ndarray:
 
 
 class PhotoStylizer(nn.Module):
-    """The whole network; ``stylize(content, prepare_style(style), out_size)`` is all the service needs."""
+    """The whole network; ``stylize(content, prepare_style(style), out_size)`` is all the service needs.
+
+    Served on a device with :meth:`to_device` (or ``load(path, device=...)``). On CUDA the network runs under
+    fp16 autocast (:attr:`half_precision`) with channels-last weights and activations (:attr:`channels_last`);
+    a prepared style stays on the model's device, so the caller's style cache is a device cache; frames go up
+    from pinned memory as uint8. On the CPU nothing changes: fp32, the layout it always had.
+    ``*_batch`` methods run the network once for a batch (frames of one network size stacked, each with its own
+    style statistics), then fit each item's maps.
+    """
 
     name = "mvstylizer-dnn"
+    half_precision: bool
+    """Run the network under fp16 autocast on CUDA (the served path); no effect on the CPU."""
+    channels_last: bool
+    """Weights and network inputs in channels-last memory format (set by :meth:`to_device`; on for CUDA)."""
 
     def __init__(self, config: StylizerConfig | None = None) -> None:
         super().__init__()
@@ -129,6 +194,8 @@ class PhotoStylizer(nn.Module):
         strength = self.config.strength
         if not 0.0 <= strength <= 1.0 or (strength != 1.0 and self.config.smoothing != "affine"):
             raise ValueError(f"strength must be in [0, 1], and 1 with the literal smoothing; got {strength}")
+        self.half_precision = True
+        self.channels_last = False
         self.encoder = VGGEncoder(self.config.encoder)
         self.encoder.requires_grad_(False)
         self.colorization = LearnedColorization(self.encoder.out_channels, self.config.compressed_channels)
@@ -173,8 +240,9 @@ class PhotoStylizer(nn.Module):
         return StyleState(self.colorization.style_stats(self.encoder(style_low).deepest), colour_stats(style_low))
 
     def decode(self, content_low: torch.Tensor, style: StyleState) -> torch.Tensor:
-        """The decoder's stylized image of a batch at network size (what meta-smoothing fits to)."""
-        with torch.autocast("cuda", dtype=torch.float16, enabled=content_low.is_cuda):
+        """The decoder's stylized image of a batch at network size (what meta-smoothing fits to); fp16 on CUDA
+        unless :attr:`half_precision` is off."""
+        with torch.autocast(CUDA, dtype=torch.float16, enabled=content_low.is_cuda and self.half_precision):
             encoded = self.encoder(content_low)
             return self.decoder(self.colorization(encoded.deepest, style.features), encoded)
 
@@ -191,10 +259,9 @@ class PhotoStylizer(nn.Module):
 
     @torch.inference_mode()
     def prepare_style(self, style: np.ndarray) -> StyleState:
-        """Encode a style image at the working size and keep its statistics."""
+        """Encode a style image at the working size and keep its statistics (on the model's device)."""
         check_image(style, "style")
-        low = resize(style, self.network_size(style.shape[1], style.shape[0]))
-        return self.style_state(to_tensor(low, self.device))
+        return self.style_state(self._network_input([style]))
 
     @torch.inference_mode()
     def stylize_with_coefficients(
@@ -206,28 +273,90 @@ class PhotoStylizer(nn.Module):
         """
         check_image(content, "content")
         check_size(out_size)
+        if isinstance(self.smoothing, MetaSmoothing):
+            coeffs = self._maps([content], [style], [out_size])[0]
+            return self._render(coeffs, content, out_size), to_maps(coeffs)
         full = to_tensor(resize(content, out_size), self.device)
-        output, coeffs, _ = self.forward(
-            self._network_input(content), style.to(self.device), full, self.config.strength
-        )
-        return to_image(output), to_maps(coeffs) if coeffs.numel() else np.empty(0)
+        output, _, _ = self.forward(self._network_input([content]), style.to(self.device), full, self.config.strength)
+        return to_image(output), np.empty(0)
 
     @torch.inference_mode()
     def coefficients(self, content: np.ndarray, style: StyleState, out_size: Size) -> np.ndarray:
         """The coefficients of :meth:`stylize_with_coefficients` without rendering the frame: nothing runs at
         ``out_size``, which only sets the upscale factor r of the meta kernel. Empty with the literal smoothing."""
-        check_image(content, "content")
-        check_size(out_size)
-        if not isinstance(self.smoothing, MetaSmoothing):
-            return np.empty(0)
-        low, style = self._network_input(content), style.to(self.device)
-        colours = style.colours if self.config.colour_alignment else None
-        decoded = self.decode(low, style).float()
-        return to_maps(self.smoothing.maps(low, decoded, out_size[0], colours, self.config.strength))
+        return self.coefficients_batch([content], [style], [out_size])[0]
 
-    def _network_input(self, content: np.ndarray) -> torch.Tensor:
-        """``content`` resized to network size, as a ``(1, 3, h, w)`` tensor on the model's device."""
-        return to_tensor(resize(content, self.network_size(content.shape[1], content.shape[0])), self.device)
+    @torch.inference_mode()
+    def coefficients_batch(
+        self, contents: Sequence[np.ndarray], styles: Sequence[StyleState], out_sizes: Sequence[Size]
+    ) -> list[np.ndarray]:
+        """:meth:`coefficients` of every (content, style, out_size), the network run once per network size.
+
+        Frames whose network sizes agree (all frames of one camera) go through encoder, colorization and decoder
+        as one batch, each with its own style's statistics; the maps are then fitted per output width (r), again
+        batched. Equal to the item-by-item results up to float reassociation (``tests/test_model_batch.py``).
+        """
+        self._check_batch(contents, styles, out_sizes)
+        if not isinstance(self.smoothing, MetaSmoothing):
+            return [np.empty(0) for _ in contents]
+        return download_maps(self._maps(contents, styles, out_sizes))
+
+    @torch.inference_mode()
+    def stylize_batch(
+        self, contents: Sequence[np.ndarray], styles: Sequence[StyleState], out_sizes: Sequence[Size]
+    ) -> list[np.ndarray]:
+        """:meth:`stylize` of every (content, style, out_size), the network batched as in :meth:`coefficients_batch`;
+        each frame is rendered at its own output size."""
+        self._check_batch(contents, styles, out_sizes)
+        if not isinstance(self.smoothing, MetaSmoothing):
+            return [self.stylize(c, s, o) for c, s, o in zip(contents, styles, out_sizes, strict=True)]
+        maps = self._maps(contents, styles, out_sizes)
+        return [self._render(m, c, o) for m, c, o in zip(maps, contents, out_sizes, strict=True)]
+
+    @staticmethod
+    def _check_batch(contents: Sequence[np.ndarray], styles: Sequence[Any], out_sizes: Sequence[Size]) -> None:
+        if not len(contents) == len(styles) == len(out_sizes):
+            raise ValueError(
+                f"batch lengths differ: {len(contents)} contents, {len(styles)} styles, {len(out_sizes)} sizes"
+            )
+        for content, out_size in zip(contents, out_sizes, strict=True):
+            check_image(content, "content")
+            check_size(out_size)
+
+    def _maps(
+        self, contents: Sequence[np.ndarray], styles: Sequence[StyleState], out_sizes: Sequence[Size]
+    ) -> list[torch.Tensor]:
+        """Each item's ``(1, 12, h, w)`` coefficients on the device (affine smoothing only)."""
+        assert isinstance(self.smoothing, MetaSmoothing)
+        maps: list[torch.Tensor] = [torch.empty(0)] * len(contents)
+        sizes = [self.network_size(c.shape[1], c.shape[0]) for c in contents]
+        for items in group_by(sizes).values():
+            low = self._network_input([contents[i] for i in items])
+            style = StyleState.concat([styles[i].to(self.device) for i in items])
+            decoded = self.decode(low, style).float()
+            for rows in group_by([out_sizes[i][0] for i in items]).values():  # one r per smoothing call
+                sub_low, sub_decoded, sub_style = low, decoded, style
+                if len(rows) < len(items):
+                    index = torch.tensor(rows, device=self.device)
+                    sub_low, sub_decoded, sub_style = low[index], decoded[index], style.select(index)
+                colours = sub_style.colours if self.config.colour_alignment else None
+                width = out_sizes[items[rows[0]]][0]
+                fitted = self.smoothing.maps(sub_low, sub_decoded, width, colours, self.config.strength)
+                for j, row in enumerate(rows):
+                    maps[items[row]] = fitted[j : j + 1]
+        return maps
+
+    def _render(self, coeffs: torch.Tensor, content: np.ndarray, out_size: Size) -> np.ndarray:
+        """The frame ``coeffs`` give: resampled to ``out_size`` and applied to the resized content."""
+        full = to_tensor(resize(content, out_size), self.device)
+        return to_image(apply_affine(resample(coeffs, (out_size[1], out_size[0])), full))
+
+    def _network_input(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """``images`` (one network size) resized to network size, as an ``(N, 3, h, w)`` tensor on the device."""
+        size = self.network_size(images[0].shape[1], images[0].shape[0])
+        batch = to_batch([resize(image, size) for image in images], self.device)
+        # NCHW unless channels-last was asked for: the layout single frames always had on the CPU (bit-for-bit)
+        return batch.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def stylize(self, content: np.ndarray, style: Any, out_size: Size) -> np.ndarray:
         """Stylize ``content`` with a prepared style; RGB uint8 of ``out_size`` (width, height)."""
@@ -247,19 +376,35 @@ class PhotoStylizer(nn.Module):
         torch.save(payload, partial)
         partial.replace(path)  # readers never see a half-written model
 
+    def to_device(
+        self, device: str | torch.device, *, half_precision: bool = True, channels_last: bool | None = None
+    ) -> PhotoStylizer:
+        """Serve on ``device`` (a :func:`~edge_worker.model.device.resolve_device` spec or a device), in eval mode.
+
+        ``half_precision``: fp16 autocast on CUDA. ``channels_last``: channels-last weights and inputs; by default
+        on CUDA only (cuDNN's fast convolutions are NHWC; on the CPU eager torch gains little and results would
+        change)."""
+        target = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.half_precision = half_precision
+        self.channels_last = target.type == CUDA if channels_last is None else channels_last
+        self.to(target)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.to(memory_format=layout)  # type: ignore[call-overload]  # documented keyword, missing from the stubs
+        return self.eval()
+
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device = "cpu") -> PhotoStylizer:
-        """Read a model written by :meth:`save`."""
+    def load(cls, path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device = CPU) -> PhotoStylizer:
+        """Read a model written by :meth:`save`, served on ``device`` (:meth:`to_device`)."""
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
         if payload.get("format") != MODEL_FORMAT or payload.get("version") != MODEL_VERSION:
             raise ValueError(f"{path}: not a {MODEL_FORMAT} v{MODEL_VERSION} file")
         model = cls(StylizerConfig(**payload["config"]))
         model.load_state_dict(payload["state_dict"])
         logger.info("loaded %s (%s)", path, payload["config"])
-        return model.to(device).eval()
+        return model.to_device(device)
 
     def with_config(self, **changes: Any) -> PhotoStylizer:
         """A copy with config fields changed that leave the weights' shapes alone (e.g. ``work_size``)."""
         model = type(self)(StylizerConfig(**{**asdict(self.config), **changes}))
         model.load_state_dict(self.state_dict())
-        return model.to(self.device).eval()
+        return model.to_device(self.device, half_precision=self.half_precision, channels_last=self.channels_last)
