@@ -77,6 +77,18 @@ class RetrainableStylizer:
         """As :meth:`PhotoStylizer.coefficients`."""
         return self.model.coefficients(content, style, out_size)
 
+    def coefficients_batch(
+        self, contents: Sequence[np.ndarray], styles: Sequence[Any], out_sizes: Sequence[Size]
+    ) -> list[np.ndarray]:
+        """As :meth:`PhotoStylizer.coefficients_batch`."""
+        return self.model.coefficients_batch(contents, styles, out_sizes)
+
+    def stylize_batch(
+        self, contents: Sequence[np.ndarray], styles: Sequence[Any], out_sizes: Sequence[Size]
+    ) -> list[np.ndarray]:
+        """As :meth:`PhotoStylizer.stylize_batch`."""
+        return self.model.stylize_batch(contents, styles, out_sizes)
+
     def learned_state(self) -> NamedArrays:
         """The learned parameters (colorization, decoder, meta-smoothing) as float32 arrays."""
         params = dict(self.model.named_parameters())

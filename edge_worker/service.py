@@ -1,11 +1,13 @@
 """The stylizer worker: a NATS queue-group subscriber on ``mvs.<region>.stylize``.
 
 Each request is decoded and checked on the event loop (bad ones get an error reply at once), then
-queued in a bounded latest-wins queue; one inference thread decodes the JPEG, stylizes and encodes
-the reply, so the loop never blocks. Requests whose budget has passed are answered with
-``deadline`` instead of being computed; requests pushed out of a full queue get ``overloaded`` so
-the gateway can retry elsewhere. Prepared styles are cached by style id. Before subscribing, the worker
-stylizes one synthetic frame so that no request pays the model's one-time set-up.
+queued in a bounded latest-wins queue. The serving loop takes a dynamic batch from it (Triton's dynamic
+batcher: up to ``max_batch`` requests, waiting at most ``batch_wait_ms`` after the first), answers those whose
+budget has passed with ``deadline`` instead of computing them, and hands the rest to one inference thread
+(:mod:`edge_worker.inference`: decode, stylize once for the batch, encode), so the loop never blocks. Requests
+pushed out of a full queue get ``overloaded`` so the gateway can retry elsewhere. Prepared styles are cached by
+style id (on the model's device). Before subscribing, the worker stylizes a synthetic frame (and a full batch)
+so that no request pays the model's one-time set-up.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import cv2
-import numpy as np
 import torch
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,21 +31,21 @@ from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 
 from edge_worker.federated import FederatedConfig, FederatedLearner
-from edge_worker.model.base import CoefficientStylizer, Size, Stylizer, Trainable
+from edge_worker.inference import WARMUP_SIZE, Inference, Item, error_reply, warm_up
+from edge_worker.model.base import Stylizer, Trainable
+from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve_device
+from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
-from streaming.coefficients import encode_coefficients
 from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, REGION_FLAG, flag
-from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image, encode_jpeg
+from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image
 from streaming.nats_connect import connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
     MAX_FRAME_SIDE,
-    MAX_MESSAGE_BYTES,
     STYLIZE_QUEUE_GROUP,
     ErrorCode,
     ProtocolError,
-    ResultKind,
     Stamp,
     StylizeReply,
     StylizeRequest,
@@ -64,42 +66,34 @@ DEFAULT_QUEUE_SIZE = 4
 DEFAULT_STYLE_CACHE = 32
 STOP_GRACE_S = 10.0
 """How long stop() lets the request being computed finish."""
-REPLY_OVERHEAD_BYTES = 4096
-"""Room left in a reply for everything but the image."""
-WARMUP_SIZE: Size = (640, 360)
-"""Frame of the start-up warm-up: 16:9 like the phones' key frames (the DNN runs every 16:9 frame at one size)."""
+DEFAULT_MAX_BATCH = 1
+"""Requests run together at most; 1 turns batching off (on a CPU a batch gains nothing and multiplies latency)."""
+DEFAULT_BATCH_WAIT_MS = 2.0
+"""How long a batch waits for more requests after its first (only with max_batch > 1)."""
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 
 REQUESTS = Counter("mvs_worker_requests_total", "Stylize requests by outcome", ["region", "outcome"])
 INFERENCE_SECONDS = Histogram(
     "mvs_worker_inference_seconds",
     "Stylizer time per key frame",
     ["region"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+    buckets=LATENCY_BUCKETS,
 )
 QUEUE_DEPTH = Gauge("mvs_worker_queue_depth", "Requests waiting for the inference thread", ["region"])
+QUEUE_WAIT_SECONDS = Histogram(
+    "mvs_worker_queue_wait_seconds",
+    "Time from a request's arrival to the start of its batch",
+    ["region"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "mvs_worker_batch_size", "Requests per batch run by the stylizer", ["region"], buckets=(1, 2, 4, 8, 16, 32, 64)
+)
 
 
 def default_worker_id() -> str:
     """host-pid: unique per process on a site."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def warm_up(stylizer: Stylizer, size: Size = WARMUP_SIZE) -> dict[str, float]:
-    """Prepare a style and stylize a synthetic frame of ``size`` the way requests do (the frame, then the
-    coefficients when the stylizer has them), so that one-time set-up happens now; seconds per step."""
-    frame = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    style = stylizer.prepare_style(frame)
-    seconds["style"] = time.perf_counter() - start
-    start = time.perf_counter()
-    stylizer.stylize(frame, style, size)
-    seconds["frame"] = time.perf_counter() - start
-    if isinstance(stylizer, CoefficientStylizer):
-        start = time.perf_counter()
-        stylizer.coefficients(frame, style, size)
-        seconds["coefficients"] = time.perf_counter() - start
-    return seconds
 
 
 @dataclass
@@ -112,7 +106,29 @@ class WorkerConfig:
     """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
     model: str = field(
         default=DEFAULT_STYLIZER,
-        metadata=flag("color-transfer, dnn (the bundled paper model) or a model file (.pt)"),
+        metadata=flag(
+            "color-transfer, dnn (the bundled paper model), emulated (a stand-in for a GPU: sleeps a service time, "
+            "for scaling experiments) or a model file (.pt)"
+        ),
+    )
+    device: str = field(
+        default=DEFAULT_DEVICE,
+        metadata=flag(f"where the DNN runs: {', '.join(DEVICE_SPECS)} (auto: CUDA when available, fp16 there)"),
+    )
+    work_size: int = field(
+        default=0, metadata=flag("the DNN's network working size, short side in pixels (0: the model file's own)")
+    )
+    max_batch: int = field(
+        default=DEFAULT_MAX_BATCH, metadata=flag("dynamic batching: requests run together at most (1: off)")
+    )
+    batch_wait_ms: float = field(
+        default=DEFAULT_BATCH_WAIT_MS, metadata=flag("dynamic batching: wait at most this long after a batch's first")
+    )
+    emulated_fixed_ms: float = field(
+        default=DEFAULT_FIXED_MS, metadata=flag("--model emulated (a GPU stand-in): service time per batch (ms)")
+    )
+    emulated_per_item_ms: float = field(
+        default=DEFAULT_PER_ITEM_MS, metadata=flag("--model emulated (a GPU stand-in): service time per item (ms)")
     )
     worker_id: str = field(
         default_factory=default_worker_id, metadata=flag("id in replies and logs (default: host-pid)")
@@ -134,6 +150,14 @@ class WorkerConfig:
     )
     """Retrain on served key frames when idle and sync with the cloud; None: serve only (no ``--federated-dir``)."""
 
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.batch_wait_ms < 0:
+            raise ValueError(
+                f"--max-batch must be >= 1 and --batch-wait-ms >= 0, got {self.max_batch}, {self.batch_wait_ms}"
+            )
+        if self.queue_size < self.max_batch:
+            raise ValueError(f"--queue-size ({self.queue_size}) must be at least --max-batch ({self.max_batch})")
+
 
 @dataclass
 class _Job:
@@ -147,7 +171,18 @@ class StylizerWorker:
 
     def __init__(self, config: WorkerConfig, stylizer: Stylizer | None = None) -> None:
         self.config = config
-        self.stylizer = stylizer if stylizer is not None else load_stylizer(config.model)
+        self.device = resolve_device(config.device)
+        self.stylizer = (
+            stylizer
+            if stylizer is not None
+            else load_stylizer(
+                config.model,
+                device=str(self.device),
+                work_size=config.work_size,
+                profile=ServiceTimeProfile(config.emulated_fixed_ms, config.emulated_per_item_ms),
+            )
+        )
+        self._inference = Inference(self.stylizer, config.worker_id, config.jpeg_quality)
         self._queue: LatestQueue[_Job] = LatestQueue(config.queue_size)
         self._styles: OrderedDict[str, Any] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize")
@@ -171,8 +206,12 @@ class StylizerWorker:
         """Warm the stylizer up (while connecting), subscribe to the region's subject in the queue group, serve."""
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
+        if self.device.type == CUDA:
+            torch.backends.cudnn.benchmark = True  # frames of one size: let cuDNN pick its fastest kernels once
         warming = (
-            asyncio.get_running_loop().run_in_executor(self._executor, warm_up, self.stylizer)
+            asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(warm_up, self.stylizer, batch=self.config.max_batch)
+            )
             if self.config.warmup
             else None
         )
@@ -263,15 +302,7 @@ class StylizerWorker:
             await msg.respond(encode(reply))
 
     def _error(self, request: StylizeRequest | None, code: str, text: str) -> StylizeReply:
-        return StylizeReply(
-            stream_id=request.stream_id if request else "",
-            frame_id=request.frame_id if request else -1,
-            worker_id=self.config.worker_id,
-            ok=False,
-            error_code=code,
-            error=text,
-            stamps=dict(request.stamps) if request else {},
-        )
+        return error_reply(request, self.config.worker_id, code, text)
 
     async def _on_discover(self, msg: Msg) -> None:
         info = WorkerInfo(
@@ -308,37 +339,50 @@ class StylizerWorker:
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
+        region = self.config.region
         while True:
             self._idle.set()
-            job = await self._queue.get()
+            jobs = await self._queue.get_batch(self.config.max_batch, self.config.batch_wait_ms / 1000.0)
             self._idle.clear()
-            QUEUE_DEPTH.labels(self.config.region).set(len(self._queue))
-            request = job.request
-            if time.monotonic() > job.deadline:
-                await self._reply(
-                    job.msg, self._error(request, ErrorCode.DEADLINE, "budget spent while queued"), "deadline"
-                )
+            QUEUE_DEPTH.labels(region).set(len(self._queue))
+            items: list[tuple[_Job, Item]] = []
+            now = time.monotonic()
+            for job in jobs:
+                if now > job.deadline:
+                    reply = self._error(job.request, ErrorCode.DEADLINE, "budget spent while queued")
+                    await self._reply(job.msg, reply, "deadline")
+                    continue
+                try:
+                    items.append((job, Item(job.request, await self._style(job.request.style_id))))
+                except Exception as exc:
+                    await self._reply(job.msg, self._style_error(job.request, exc), "style")
+            if not items:
                 continue
-            try:
-                style = await self._style(request.style_id)
-                reply = await loop.run_in_executor(self._executor, self._stylize, request, style)
-            except UnknownStyleError:
-                reply = self._error(request, ErrorCode.UNKNOWN_STYLE, f"no style with id {request.style_id!r}")
-            except (ImageDecodeError, ValueError) as exc:
-                reply = self._error(request, ErrorCode.INVALID, str(exc))
-            except Exception as exc:  # a worker must survive any single request
-                log.exception("stylize failed", extra={"frame_id": request.frame_id})
-                reply = self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            start_ns = time.monotonic_ns()
+            BATCH_SIZE.labels(region).observe(len(items))
+            for job, _ in items:
+                QUEUE_WAIT_SECONDS.labels(region).observe((start_ns - job.request.stamps[Stamp.W_RECEIVED]) / 1e9)
+            replies = await loop.run_in_executor(self._executor, self._inference.run, [item for _, item in items])
             if self.learner is not None:
                 self.learner.note_activity()  # idle time counts from the end of serving
-            if reply.ok:
-                self.served += 1
-                if self.learner is not None:
-                    self.learner.record(request.image, request.style_id)
-                INFERENCE_SECONDS.labels(self.config.region).observe(
-                    (reply.stamps[Stamp.W_INFER_END] - reply.stamps[Stamp.W_INFER_START]) / 1e9
-                )
-            await self._reply(job.msg, reply, "ok" if reply.ok else reply.error_code)
+            for (job, _), reply in zip(items, replies, strict=True):
+                if reply.ok:
+                    self.served += 1
+                    if self.learner is not None:
+                        self.learner.record(job.request.image, job.request.style_id)
+                    INFERENCE_SECONDS.labels(region).observe(
+                        (reply.stamps[Stamp.W_INFER_END] - reply.stamps[Stamp.W_INFER_START]) / 1e9
+                    )
+                await self._reply(job.msg, reply, "ok" if reply.ok else reply.error_code)
+
+    def _style_error(self, request: StylizeRequest, exc: Exception) -> StylizeReply:
+        """The reply to a request whose style could not be had."""
+        if isinstance(exc, UnknownStyleError):
+            return self._error(request, ErrorCode.UNKNOWN_STYLE, f"no style with id {request.style_id!r}")
+        if isinstance(exc, ImageDecodeError | ValueError):
+            return self._error(request, ErrorCode.INVALID, f"style {request.style_id!r}: {exc}")
+        log.error("style failed", exc_info=exc, extra={"style_id": request.style_id})
+        return self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     async def _style(self, style_id: str) -> Any:
         cached = self._styles.get(style_id)
@@ -356,34 +400,6 @@ class StylizerWorker:
         while len(self._styles) > self.config.style_cache:
             self._styles.popitem(last=False)
         return prepared
-
-    def _stylize(self, request: StylizeRequest, style: Any) -> StylizeReply:
-        """Decode, stylize and encode one key frame (runs on the inference thread)."""
-        stamps = dict(request.stamps)
-        stamps[Stamp.W_START] = time.monotonic_ns()
-        content = cv2.cvtColor(decode_image(request.image, max_side=MAX_FRAME_SIDE), cv2.COLOR_BGR2RGB)
-        stamps[Stamp.W_INFER_START] = time.monotonic_ns()
-        out_size = (request.out_width, request.out_height)
-        if request.result == ResultKind.COEFFICIENTS and isinstance(self.stylizer, CoefficientStylizer):
-            coeffs = self.stylizer.coefficients(content, style, out_size)
-            stamps[Stamp.W_INFER_END] = time.monotonic_ns()
-            payload, kind = encode_coefficients(coeffs), ResultKind.COEFFICIENTS
-        else:  # a stylizer without coefficients answers a coefficient request with the frame
-            out = self.stylizer.stylize(content, style, out_size)
-            stamps[Stamp.W_INFER_END] = time.monotonic_ns()
-            payload = encode_jpeg(
-                cv2.cvtColor(out, cv2.COLOR_RGB2BGR), self.config.jpeg_quality, MAX_MESSAGE_BYTES - REPLY_OVERHEAD_BYTES
-            )
-            kind = ResultKind.FRAME
-        return StylizeReply(
-            stream_id=request.stream_id,
-            frame_id=request.frame_id,
-            worker_id=self.config.worker_id,
-            ok=True,
-            image=payload,
-            kind=kind,
-            stamps=stamps,
-        )
 
 
 async def run(config: WorkerConfig) -> None:

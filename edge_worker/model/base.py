@@ -73,6 +73,23 @@ class Trainable(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchStylizer(Stylizer, Protocol):
+    """A stylizer that serves several requests in one call: its network runs once for the batch."""
+
+    def coefficients_batch(
+        self, contents: Sequence[np.ndarray], styles: Sequence[Any], out_sizes: Sequence[Size]
+    ) -> list[np.ndarray]:
+        """``coefficients`` of every item, in order."""
+        ...
+
+    def stylize_batch(
+        self, contents: Sequence[np.ndarray], styles: Sequence[Any], out_sizes: Sequence[Size]
+    ) -> list[np.ndarray]:
+        """``stylize`` of every item, in order."""
+        ...
+
+
 def check_image(image: np.ndarray, what: str) -> None:
     """Raise ``ValueError`` unless ``image`` is a non-empty ``uint8`` H x W x 3 array."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
