@@ -52,6 +52,8 @@ class LocalTopology:
     """URL :meth:`wait_for_workers` connects with (a user allowed to discover); None: ``nats_url``."""
     federated_dir: Path | None = None
     """With a directory, workers retrain and join federated learning (a key-frame buffer each, inside it)."""
+    worker_args: tuple[str, ...] = ()
+    """More ``mvs worker`` flags for every worker (e.g. ``--work-size 192``)."""
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """Worker processes by worker id."""
 
@@ -76,6 +78,7 @@ class LocalTopology:
             cmd += ["--js-domain", self.js_domain]
         if self.federated_dir is not None:
             cmd += ["--federated-dir", str(self.federated_dir / worker_id)]
+        cmd += self.worker_args
         env = {**os.environ, NATS_URL_ENV: self.nats_url}
         # Own session: Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
         proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent, start_new_session=True)
@@ -113,11 +116,23 @@ class LocalTopology:
 
 
 async def run_demo(
-    phone_config: PhoneConfig, workers: int = 1, model: str = DEFAULT_STYLIZER, log_level: str = "warning"
+    phone_config: PhoneConfig,
+    workers: int = 1,
+    model: str = DEFAULT_STYLIZER,
+    log_level: str = "warning",
+    worker_threads: int = 1,
+    worker_args: Sequence[str] = (),
 ) -> PhoneResult:
     """Start NATS, workers and a gateway; run the phone against them; stop everything."""
     with NatsServer() as server:
-        topology = LocalTopology(server.url, phone_config.region, model=model, log_level=log_level)
+        topology = LocalTopology(
+            server.url,
+            phone_config.region,
+            model=model,
+            log_level=log_level,
+            worker_threads=worker_threads,
+            worker_args=tuple(worker_args),
+        )
         gateway = Gateway(GatewayConfig(port=0, nats_url=server.url, region=phone_config.region, ice_hosts=LOOPBACK))
         try:
             for i in range(workers):
@@ -142,7 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_phone_arguments(p, out_default=Path("out/demo"))
     p.add_argument("--workers", type=int, default=1, help="stylizer worker processes")
     p.add_argument(
-        "--model", default=DEFAULT_STYLIZER, help="color-transfer, dnn (the bundled paper model) or a model file (.pt)"
+        "--model",
+        default=DEFAULT_STYLIZER,
+        help="color-transfer, dnn (the bundled paper model) or a model file (.pt) (default: %(default)s)",
+    )
+    p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker (default: %(default)s)")
+    p.add_argument(
+        "--work-size",
+        type=int,
+        default=0,
+        help="the DNN's working size, short side in pixels (0: the model file's own) (default: %(default)s)",
     )
     return p
 
@@ -152,7 +176,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, json_lines=False)
     result = run_main(
-        run_demo(phone_config_from_args(args), workers=args.workers, model=args.model, log_level=args.log_level)
+        run_demo(
+            phone_config_from_args(args),
+            workers=args.workers,
+            model=args.model,
+            log_level=args.log_level,
+            worker_threads=args.worker_threads,
+            worker_args=("--work-size", str(args.work_size)),
+        )
     )
     print(summary(result.report))
     print(f"wrote {args.out}/stylized.mp4, {args.out}/side_by_side.mp4, {args.out}/report.json")

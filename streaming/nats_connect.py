@@ -65,7 +65,8 @@ async def connect_nats(
 
     async def on_disconnected() -> None:
         event("disconnected", connected=False)
-        log.warning("nats disconnected", extra=fields)
+        closing = nc.is_closed or nc.is_draining  # our own close or drain: expected, not worth a warning
+        log.log(logging.INFO if closing else logging.WARNING, "nats disconnected", extra=fields)
 
     async def on_reconnected() -> None:
         event("reconnected", connected=True)
