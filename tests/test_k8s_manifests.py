@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib
 import json
 import os
@@ -359,3 +360,32 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     heavy = [".venv/bin/python", ".git/HEAD", "bench/results/live.png", "out/x", "mvstylizer.egg-info/PKG-INFO"]
     for path in [*heavy, "edge_worker/__pycache__/service.cpython-311.pyc", "deploy/nats.pyc"]:
         assert _docker_ignored(path, patterns), path
+
+
+def test_a_gpu_region_runs_its_workers_on_gpus_with_the_gpu_image() -> None:
+    regions = [*load_regions(DEFAULT_REGIONS_FILE)]
+    gpu = dataclasses.replace(regions[0], gpu=True)
+    files = k8s_manifests.manifests([gpu, *regions[1:]], "test.toml", gpu_image="registry.example/mvs-gpu:1")
+    (deployment,) = files[f"workers-{gpu.name}.yaml"]
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/mvs-gpu:1"
+    assert container["resources"]["limits"][k8s_manifests.GPU_RESOURCE] == 1
+    assert any(t["key"] == k8s_manifests.GPU_RESOURCE for t in pod["tolerations"])
+    command, args = _parse(container)
+    config = importlib.import_module(COMMANDS[command][0]).config_from_args(args)
+    assert (config.device, config.max_batch) == ("cuda", 8) and config.queue_size >= config.max_batch
+    for region in regions[1:]:  # CPU regions keep the CPU image and ask for no GPU
+        (cpu,) = files[f"workers-{region.name}.yaml"]
+        (cpu_container,) = cpu["spec"]["template"]["spec"]["containers"]
+        assert cpu_container["image"] == k8s_manifests.IMAGE
+        assert k8s_manifests.GPU_RESOURCE not in cpu_container["resources"]["limits"]
+
+
+def test_the_gpu_dockerfile_copies_what_the_cpu_one_does() -> None:
+    def copies(name: str) -> list[str]:
+        return [line for line in (K8S / name).read_text().splitlines() if line.startswith("COPY ")]
+
+    assert copies("Dockerfile.gpu") == copies("Dockerfile")
+    assert "download.pytorch.org/whl/cpu" not in (K8S / "Dockerfile.gpu").read_text()  # PyPI's CUDA build
