@@ -1,0 +1,680 @@
+"""Horizontal scaling of the stylizer workers, open loop (``python -m bench.scaling``; issue 13, item 6).
+
+Four measurements, written to ``bench/results/scaling.{json,md,png}``:
+
+1. **Emulated workers, K = 1 … 32, batching off and on.** A real nats-server, K emulated accelerators
+   (``--model emulated``: a stand-in for a GPU that sleeps its service time) in the region's queue group, and the
+   load generator of :mod:`bench.loadgen` offering Poisson key frames of virtual streams (K=5 at 30 fps: 6 keys/s
+   each, one pre-encoded 640x360 JPEG, a stored style, colour maps back). Per K the offered rate is searched
+   (:func:`find_max`) for the **max sustainable throughput**: a step is *sustained* when at least
+   :data:`SUSTAINED_OK` of the requests sent in it are answered ok within their budget (the reply reached the
+   generator at most ``budget_ms`` after the send; overloaded, deadline, no-responders and unanswered requests all
+   count against it); the max is the ok rate (keys/s) of the highest sustained step. Scaling efficiency =
+   max(K) / (K x max(1)).
+   The emulated service time is the emulated default profile stretched :data:`TIME_SCALE` times (budget and
+   batch wait too), so that 32 workers' key frames (decode, JPEG, NATS) fit this machine's CPUs: the bench
+   measures the queue group's fan-out, not the CPU. Workers run :data:`WORKERS_PER_PROCESS` to a process
+   (:mod:`bench.worker_host`), each with its own NATS connection; :func:`placement_check` measures that the
+   sharing does not change the result.
+2. **Generator ceiling**: the rate the generator offers to a subject nobody serves (every request answered by the
+   server's no-responders status), to show it can offer more than the workers take.
+3. **The real DNN on this CPU**, 1 and 2 workers (one torch thread each): the streams at K=5 one CPU edge box
+   sustains, by the same rule.
+4. **The gateway's own cost per stream**: CPU seconds of the gateway process (VP8 decode, frame mapping, JPEG
+   encode of keys) per stream-second with 1…4 real aiortc phones at 640x360, 30 fps, K=5 (``/proc/<pid>/stat``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import nats
+import numpy as np
+from nats.aio.client import Client as NATS
+
+from bench.common import machine, write_results
+from bench.loadgen import KEY_INTERVAL, KEYS_PER_STREAM_S, STREAM_FPS, Arrivals, LoadGenerator, LoadSpec
+from bench.worker_host import worker_ids
+from deploy.nats import NatsServer, free_port
+from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS
+from edge_worker.service import DEFAULT_QUEUE_SIZE
+from mobile_sim.sources import default_style_photo, sample_photo
+from streaming.gateway.server import DEFAULT_FIRST_ATTEMPT_MS
+from streaming.gateway.stylize_client import discover_workers
+from streaming.images import encode_jpeg
+from streaming.protocol import Stamp
+from streaming.runtime import die_with_parent, run_main
+from streaming.style_store import StyleStore
+
+FRAME_SIZE = (640, 360)
+WORKER_COUNTS = (1, 2, 4, 8, 16, 32)
+QUICK_WORKER_COUNTS = (1, 2)
+WORKERS_PER_PROCESS = 8
+"""Emulated workers sharing one process (each with its own NATS connection and inference thread)."""
+TIME_SCALE = 40.0
+"""How many times slower than the emulated default profile the bench's emulated accelerator is (budget and batch
+wait likewise): 32 workers at the default 5.5 ms a key would need ~6000 keys/s, far beyond what 2 CPUs decode."""
+GPU_BUDGET_MS = 100.0
+"""Key-frame budget of a GPU worker before scaling (issue 13: p95 <= 100 ms per key)."""
+MAX_BATCH = 4
+"""Batching on: requests per batch at most."""
+BATCH_WAIT_MS = 2.0
+"""Batching on: wait after a batch's first request, before scaling."""
+SUSTAINED_OK = 0.99
+"""A load step is sustained when at least this share of its requests are answered ok within their budget."""
+SEARCH_LOW, SEARCH_HIGH = 0.5, 1.0
+"""Initial bracket of the search, as fractions of the workers' nominal capacity."""
+SEARCH_STEPS = 4
+QUICK_SEARCH_STEPS = 2
+STEP_REQUESTS = 200
+"""A search step lasts long enough for about this many requests, within the step bounds."""
+STEP_S = (4.0, 15.0)
+QUICK_STEP_S = (1.5, 2.0)
+MAX_EXTRA_LOW_STEPS = 3
+"""Halvings below the bracket when no step in it was sustained."""
+CEILING_KEYS_S = 2000.0
+"""Rate offered to nobody to measure the generator's own ceiling."""
+DNN_WORKERS = (1, 2)
+DNN_BUDGET_MS = DEFAULT_FIRST_ATTEMPT_MS
+"""The DNN's budget: the gateway's first attempt (the generator does not retry)."""
+DNN_STEP_S = 15.0
+DNN_SEARCH_STEPS = 3
+GATEWAY_STREAMS = (1, 2, 3, 4)
+GATEWAY_FRAMES = 150
+WORKER_READY_S = 120.0
+GATEWAY_READY_S = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """A batching setting of the workers, before :data:`TIME_SCALE`."""
+
+    name: str
+    max_batch: int
+    batch_wait_ms: float
+    queue_size: int
+
+    def worker_flags(self, scale: float) -> list[str]:
+        """``mvs worker`` flags."""
+        return [
+            f"--max-batch={self.max_batch}",
+            f"--batch-wait-ms={self.batch_wait_ms * scale}",
+            f"--queue-size={self.queue_size}",
+        ]
+
+
+BATCHING = (
+    Batching("off", 1, 0.0, DEFAULT_QUEUE_SIZE),
+    Batching("on", MAX_BATCH, BATCH_WAIT_MS, max(DEFAULT_QUEUE_SIZE, 2 * MAX_BATCH)),
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The bench's emulated service time: ``fixed_ms + n * per_item_ms`` for a batch of ``n``."""
+
+    fixed_ms: float
+    per_item_ms: float
+
+    def capacity_keys_s(self, workers: int, max_batch: int) -> float:
+        """Keys a second ``workers`` workers serve at most (full batches back to back)."""
+        return workers * 1000.0 * max_batch / (self.fixed_ms + max_batch * self.per_item_ms)
+
+    def worker_flags(self) -> list[str]:
+        """``mvs worker`` flags."""
+        return [
+            "--model=emulated",
+            f"--emulated-fixed-ms={self.fixed_ms}",
+            f"--emulated-per-item-ms={self.per_item_ms}",
+        ]
+
+
+def bench_profile(scale: float = TIME_SCALE) -> Profile:
+    """The emulated default profile, ``scale`` times slower."""
+    return Profile(DEFAULT_FIXED_MS * scale, DEFAULT_PER_ITEM_MS * scale)
+
+
+def key_frame_jpeg(size: tuple[int, int] = FRAME_SIZE) -> bytes:
+    """The bundled sample photo, cropped to the aspect of ``size`` and scaled to it, as a JPEG."""
+    photo = sample_photo()
+    h, w = photo.shape[:2]
+    crop_h = min(h, round(w * size[1] / size[0]))
+    top = (h - crop_h) // 2
+    return encode_jpeg(cv2.resize(photo[top : top + crop_h], size, interpolation=cv2.INTER_AREA))
+
+
+# --- processes --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerFleet:
+    """``count`` workers in child processes of :mod:`bench.worker_host`, at most ``per_process`` to a process."""
+
+    nats_url: str
+    region: str
+    count: int
+    flags: Sequence[str]
+    per_process: int = WORKERS_PER_PROCESS
+    prefix: str = "w"
+
+    def __post_init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ids: list[str] = []
+
+    def start(self) -> None:
+        """Start the child processes."""
+        remaining, host = self.count, 0
+        while remaining > 0:
+            count = min(self.per_process, remaining)
+            prefix = f"{self.prefix}{host}"
+            cmd = [sys.executable, "-m", "bench.worker_host", f"--count={count}", f"--id-prefix={prefix}"]
+            cmd += [f"--nats={self.nats_url}", f"--region={self.region}", "--threads=1", "--log-level=warning"]
+            cmd += list(self.flags)
+            self.procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent, start_new_session=True))
+            self.ids += worker_ids(prefix, count)
+            remaining -= count
+            host += 1
+
+    async def wait_ready(self, nc: NATS, timeout_s: float = WORKER_READY_S) -> None:
+        """Until every worker answers discovery."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("a worker host exited during start-up")
+            found = {info.worker_id for info in await discover_workers(nc, self.region, 0.3)}
+            if set(self.ids) <= found:
+                return
+        raise TimeoutError(f"{self.count} workers not ready within {timeout_s} s")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the worker processes have used so far."""
+        return sum(_proc_cpu_s(p.pid) for p in self.procs)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+@contextmanager
+def fleet(nats_url: str, region: str, count: int, flags: Sequence[str], per_process: int) -> Iterator[WorkerFleet]:
+    """A started :class:`WorkerFleet`, stopped on exit."""
+    workers = WorkerFleet(nats_url, region, count, flags, per_process)
+    try:
+        workers.start()
+        yield workers
+    finally:
+        workers.stop()
+
+
+# --- the search -------------------------------------------------------------------------------------------------
+
+
+def step_seconds(rate: float, bounds: tuple[float, float]) -> float:
+    """A step's duration: about :data:`STEP_REQUESTS` requests, within ``bounds``."""
+    return min(bounds[1], max(bounds[0], STEP_REQUESTS / rate))
+
+
+def sustained(step: dict[str, Any]) -> bool:
+    """The rule: at least :data:`SUSTAINED_OK` of the step's requests ok within their budget."""
+    return bool(step["requests"] > 0 and step["ok_fraction"] >= SUSTAINED_OK)
+
+
+async def find_max(
+    gen: LoadGenerator,
+    capacity_keys_s: float,
+    budget_ms: float,
+    steps: int,
+    bounds: tuple[float, float],
+    fixed_duration_s: float | None = None,
+    arrivals: Arrivals = "poisson",
+) -> dict[str, Any]:
+    """Bisect the offered rate between :data:`SEARCH_LOW` and :data:`SEARCH_HIGH` of ``capacity_keys_s`` (halving
+    below when nothing there is sustained); the highest sustained step is the max sustainable throughput."""
+    lo, hi = SEARCH_LOW, SEARCH_HIGH
+    tried: list[dict[str, Any]] = []
+    fraction = (lo + hi) / 2
+    for index in range(steps + MAX_EXTRA_LOW_STEPS):
+        if index >= steps and any(sustained(s) for s in tried):
+            break
+        rate = fraction * capacity_keys_s
+        duration = fixed_duration_s or step_seconds(rate, bounds)
+        spec = LoadSpec(
+            streams=rate / KEYS_PER_STREAM_S, duration_s=duration, budget_ms=budget_ms, arrivals=arrivals, seed=index
+        )
+        step = (await gen.run(spec)).summary()
+        step = {"fraction_of_capacity": round(fraction, 4), "duration_s": round(duration, 2), **step}
+        step.pop("by_stream")
+        tried.append(step)
+        if sustained(step):
+            lo = fraction
+        else:
+            hi = fraction
+        fraction = (lo + hi) / 2 if index + 1 < steps else hi / 2
+    best = max((s for s in tried if sustained(s)), key=lambda s: s["sent_keys_s"], default=None)
+    return {
+        "capacity_keys_s": round(capacity_keys_s, 2),
+        "max_sustained_keys_s": best["throughput_keys_s"] if best else 0.0,
+        "max_sustained_offered_keys_s": best["sent_keys_s"] if best else 0.0,
+        "at_max": best,
+        "steps": tried,
+    }
+
+
+# --- the four measurements -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """Where the bench runs: a NATS server, a client, a stored style, the key frame."""
+
+    server: NatsServer
+    nc: NATS
+    style_id: str
+    image: bytes
+
+    def generator(self, region: str) -> LoadGenerator:
+        return LoadGenerator(self.nc, region, self.image, self.style_id)
+
+
+async def emulated_scaling(
+    setup: Setup, counts: Sequence[int], profile: Profile, scale: float, steps: int, bounds: tuple[float, float]
+) -> list[dict[str, Any]]:
+    """Max sustainable throughput per worker count, batching off and on."""
+    rows = []
+    for batching in BATCHING:
+        for count in counts:
+            region = f"em{batching.name}{count}"
+            flags = profile.worker_flags() + batching.worker_flags(scale)
+            with fleet(setup.server.url, region, count, flags, WORKERS_PER_PROCESS) as workers:
+                await workers.wait_ready(setup.nc)
+                processes = len(workers.procs)
+                capacity = profile.capacity_keys_s(count, batching.max_batch)
+                workers_cpu, own_cpu = workers.cpu_s(), time.process_time()
+                found = await find_max(setup.generator(region), capacity, GPU_BUDGET_MS * scale, steps, bounds)
+                workers_cpu, own_cpu = workers.cpu_s() - workers_cpu, time.process_time() - own_cpu
+            requests = sum(step["requests"] for step in found["steps"]) or 1
+            cpu = {"workers_ms_per_key": round(1000 * workers_cpu / requests, 3)}
+            cpu["generator_ms_per_key"] = round(1000 * own_cpu / requests, 3)
+            rows.append({"batching": batching.name, "workers": count, "processes": processes, "cpu": cpu, **found})
+            print(_row_line(rows[-1]), flush=True)
+    for batching in BATCHING:
+        one = next((r for r in rows if r["batching"] == batching.name and r["workers"] == 1), None)
+        for row in rows:
+            if row["batching"] == batching.name:
+                ideal = row["workers"] * one["max_sustained_keys_s"] if one else 0.0
+                row["efficiency"] = round(row["max_sustained_keys_s"] / ideal, 3) if ideal > 0 else None
+    return rows
+
+
+async def placement_check(setup: Setup, profile: Profile, scale: float, count: int, seconds: float) -> dict[str, Any]:
+    """The same ``count`` workers and load (0.8 of capacity, batching off) in one process and one per process."""
+    out: dict[str, Any] = {"workers": count, "fraction_of_capacity": 0.8}
+    capacity = profile.capacity_keys_s(count, 1)
+    for per_process in (count, 1):
+        region = f"place{per_process}"
+        flags = profile.worker_flags() + BATCHING[0].worker_flags(scale)
+        with fleet(setup.server.url, region, count, flags, per_process) as workers:
+            await workers.wait_ready(setup.nc)
+            spec = LoadSpec(
+                streams=0.8 * capacity / KEYS_PER_STREAM_S, duration_s=seconds, budget_ms=GPU_BUDGET_MS * scale
+            )
+            summary = (await setup.generator(region).run(spec)).summary()
+        out[f"{per_process}_per_process"] = {
+            k: summary[k] for k in ("sent_keys_s", "throughput_keys_s", "ok_fraction", "latency_ms", "outcomes")
+        }
+    return out
+
+
+async def generator_ceiling(setup: Setup, seconds: float) -> dict[str, Any]:
+    """What the generator offers when nothing limits it but itself (no workers: 503s come back at once)."""
+    spec = LoadSpec(streams=CEILING_KEYS_S / KEYS_PER_STREAM_S, duration_s=seconds, budget_ms=1000.0)
+    summary = (await setup.generator("nobody").run(spec)).summary()
+    return {k: summary[k] for k in ("offered_keys_s", "sent_keys_s", "publish_lag_ms", "outcomes")} | {
+        "request_bytes": len(setup.image)
+    }
+
+
+async def dnn_capacity(setup: Setup, counts: Sequence[int], steps: int, work_size: int) -> list[dict[str, Any]]:
+    """The real DNN, one torch thread per worker process: max sustainable keys/s and streams at K=5."""
+    rows = []
+    for count in counts:
+        region = f"dnn{count}"
+        flags = ["--model=dnn", f"--work-size={work_size}"]
+        with fleet(setup.server.url, region, count, flags, per_process=1) as workers:
+            await workers.wait_ready(setup.nc)
+            gen = setup.generator(region)
+            probe = await gen.run(LoadSpec(streams=0.2, duration_s=5.0, budget_ms=DNN_BUDGET_MS, arrivals="paced"))
+            infer_ms = [
+                (r.stamps[Stamp.W_INFER_END] - r.stamps[Stamp.W_INFER_START]) / 1e6
+                for r in probe.records
+                if Stamp.W_INFER_END in r.stamps
+            ]
+            key_ms = float(np.median(infer_ms)) if infer_ms else 500.0
+            capacity = count * 1000.0 / key_ms
+            found = await find_max(gen, capacity, DNN_BUDGET_MS, steps, (DNN_STEP_S, DNN_STEP_S), DNN_STEP_S, "paced")
+        rows.append(
+            {
+                "workers": count,
+                "inference_ms_p50_alone": round(key_ms, 1),
+                **found,
+                "streams_at_k5": round(found["max_sustained_keys_s"] / KEYS_PER_STREAM_S, 2),
+            }
+        )
+        print(f"dnn workers={count}: {rows[-1]['max_sustained_keys_s']} keys/s", flush=True)
+    return rows
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (``/proc/<pid>/stat``, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def gateway_cost(setup: Setup, counts: Sequence[int], frames: int) -> list[dict[str, Any]]:
+    """CPU seconds of a real gateway process per stream-second, with ``n`` real phones (aiortc) at once."""
+    from mobile_sim.client import Phone, PhoneConfig
+    from streaming.ice import LOOPBACK
+
+    region = "gw"
+    rows = []
+    with fleet(setup.server.url, region, 1, ["--model=color-transfer"], per_process=1) as workers:
+        await workers.wait_ready(setup.nc)
+        port = free_port()
+        cmd = [sys.executable, "-m", "streaming.gateway", f"--port={port}", f"--nats={setup.server.url}"]
+        cmd += [f"--region={region}", f"--ice-host={LOOPBACK[0]}", "--log-level=warning"]
+        gateway = subprocess.Popen(cmd, preexec_fn=die_with_parent, start_new_session=True)
+        try:
+            await _wait_healthy(f"http://127.0.0.1:{port}/healthz")
+            for n in counts:
+                config = PhoneConfig(
+                    gateway_url=f"http://127.0.0.1:{port}",
+                    frames=frames,
+                    size=FRAME_SIZE,
+                    fps=STREAM_FPS,
+                    key_interval=KEY_INTERVAL,
+                    render="affine",
+                    fill_occlusions=False,
+                    region=region,
+                    ice_hosts=LOOPBACK,
+                )
+                before, start = _proc_cpu_s(gateway.pid), time.monotonic()
+                results = await asyncio.gather(*(Phone(dataclasses.replace(config, seed=i)).run() for i in range(n)))
+                cpu, wall = _proc_cpu_s(gateway.pid) - before, time.monotonic() - start
+                stream_s = n * frames / STREAM_FPS
+                reports = [r.report for r in results]
+                rows.append(
+                    {
+                        "streams": n,
+                        "gateway_cpu_s": round(cpu, 3),
+                        "wall_s": round(wall, 2),
+                        "cpu_s_per_stream_s": round(cpu / stream_s, 4),
+                        "streams_per_core": round(stream_s / cpu, 2) if cpu > 0 else None,
+                        "phone_output_fps": [r["throughput"]["output_fps"] for r in reports],
+                        "keys_ok": sum(r["key_frames"]["ok"] for r in reports),
+                        "keys_marked": sum(r["key_frames"]["marked"] for r in reports),
+                    }
+                )
+                print(f"gateway streams={n}: {rows[-1]['cpu_s_per_stream_s']} cpu-s per stream-s", flush=True)
+        finally:
+            gateway.terminate()
+            try:
+                gateway.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+                gateway.wait()
+    return rows
+
+
+async def _wait_healthy(url: str, timeout_s: float = GATEWAY_READY_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < deadline:
+        try:
+            status = await loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=2).status)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"gateway not healthy at {url} within {timeout_s} s")
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    best = row["at_max"] or {}
+    return (
+        f"batching {row['batching']} workers={row['workers']}: {row['max_sustained_keys_s']} keys/s "
+        f"(capacity {row['capacity_keys_s']}, p95 {best.get('latency_ms', {}).get('p95')} ms)"
+    )
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float | int) else str(value)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The results as Markdown tables."""
+    m, cfg = data["machine"], data["config"]
+    lines = [
+        "# Horizontal scaling of the stylizer workers (open loop, NATS queue group)",
+        "",
+        f"{m['when']}, commit {m['commit']}, {m['cpus']} CPUs, load {m['load_avg_1m']} at start; everything "
+        "(nats-server, load generator, workers) on this one machine.",
+        "",
+        f"Emulated accelerator (a stand-in for a GPU, not one): {cfg['profile']['fixed_ms']:g} ms per batch + "
+        f"{cfg['profile']['per_item_ms']:g} ms per key, the emulated default profile x{cfg['time_scale']:g} (budget "
+        f"{cfg['budget_ms']:g} ms, batch wait x{cfg['time_scale']:g} too) so that 32 workers' key frames fit "
+        f"{m['cpus']} CPUs; {cfg['workers_per_process']} workers per process, each with its own NATS connection. "
+        f"Load: Poisson key frames of virtual streams (K={KEY_INTERVAL} at {STREAM_FPS:g} fps = "
+        f"{KEYS_PER_STREAM_S:g} keys/s each), a {cfg['frame_size'][0]}x{cfg['frame_size'][1]} JPEG of "
+        f"{cfg['request_bytes']} B, colour maps back, no retries. **Rule**: a load step is sustained when >= "
+        f"{SUSTAINED_OK:.0%} of its requests are answered ok within their budget (send -> reply at the generator); "
+        "max = ok keys/s of the highest sustained step of a bisection on the offered rate; "
+        "efficiency = max(K) / (K x max(1)).",
+        "",
+        "| batching | workers | capacity (keys/s) | max sustained (keys/s) | = streams at K=5 | efficiency | "
+        "ok at max | latency p50 / p95 / p99 at max (ms) | mean batch | deadline misses at max | "
+        "CPU ms per key (workers / generator) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in data["emulated"]:
+        best = row["at_max"] or {}
+        lat = best.get("latency_ms", {})
+        lines.append(
+            f"| {row['batching']} | {row['workers']} | {row['capacity_keys_s']:.1f} | "
+            f"{row['max_sustained_keys_s']:.1f} | {row['max_sustained_keys_s'] / KEYS_PER_STREAM_S:.1f} | "
+            f"{_fmt(row.get('efficiency'), 2)} | {_fmt(best.get('ok_fraction'), 3)} | "
+            f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))} | "
+            f"{_fmt(best.get('mean_batch'), 2)} | {_fmt(best.get('deadline_misses'))} | "
+            f"{row['cpu']['workers_ms_per_key']:.2f} / {row['cpu']['generator_ms_per_key']:.2f} |"
+        )
+    ceiling = data.get("generator_ceiling")
+    if ceiling:
+        lines += [
+            "",
+            f"Generator ceiling (requests of {ceiling['request_bytes']} B to a subject nobody serves): "
+            f"{ceiling['sent_keys_s']:.0f} keys/s sent of {ceiling['offered_keys_s']:.0f} offered, publish lag p99 "
+            f"{ceiling['publish_lag_ms']['p99']:.1f} ms.",
+        ]
+    placement = data.get("placement")
+    if placement:
+        n = placement["workers"]
+        one, many = placement[f"{n}_per_process"], placement["1_per_process"]
+        lines += [
+            "",
+            f"Placement check ({n} workers, batching off, {placement['fraction_of_capacity']:.0%} of capacity): "
+            f"all in one process {one['throughput_keys_s']:.1f} keys/s ok ({one['ok_fraction']:.3f}, p95 "
+            f"{_fmt(one['latency_ms']['p95'])} ms) vs one per process {many['throughput_keys_s']:.1f} keys/s "
+            f"({many['ok_fraction']:.3f}, p95 {_fmt(many['latency_ms']['p95'])} ms).",
+        ]
+    if data.get("dnn"):
+        lines += [
+            "",
+            f"## The paper's DNN on this CPU (one torch thread per worker process, budget {DNN_BUDGET_MS:g} ms)",
+            "",
+            "| workers | inference p50 alone (ms) | max sustained (keys/s) | streams at K=5 | "
+            "latency p50 / p95 at max (ms) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in data["dnn"]:
+            lat = (row["at_max"] or {}).get("latency_ms", {})
+            lines.append(
+                f"| {row['workers']} | {row['inference_ms_p50_alone']:.0f} | {row['max_sustained_keys_s']:.2f} | "
+                f"{row['streams_at_k5']:.2f} | {_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} |"
+            )
+    if data.get("gateway"):
+        lines += [
+            "",
+            f"## Gateway cost per stream (real aiortc phones, {FRAME_SIZE[0]}x{FRAME_SIZE[1]} at {STREAM_FPS:g} fps, "
+            f"K={KEY_INTERVAL}, {GATEWAY_FRAMES} frames each; gateway CPU from /proc)",
+            "",
+            "| streams | gateway CPU s per stream-s | streams per gateway core | phone output fps | keys ok |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in data["gateway"]:
+            fps = ", ".join(f"{v:.1f}" for v in row["phone_output_fps"])
+            lines.append(
+                f"| {row['streams']} | {row['cpu_s_per_stream_s']:.3f} | {_fmt(row['streams_per_core'], 1)} | {fps} | "
+                f"{row['keys_ok']}/{row['keys_marked']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Max sustainable throughput against workers (log-log), with the ideal K x max(1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for batching in BATCHING:
+        rows = [r for r in data["emulated"] if r["batching"] == batching.name]
+        if not rows:
+            continue
+        ks = [r["workers"] for r in rows]
+        (line,) = ax.plot(ks, [r["max_sustained_keys_s"] for r in rows], "o-", label=f"batching {batching.name}")
+        one = rows[0]["max_sustained_keys_s"] / rows[0]["workers"]
+        ax.plot(ks, [k * one for k in ks], "--", color=line.get_color(), alpha=0.5, label=f"ideal ({batching.name})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("emulated workers")
+    ax.set_ylabel("max sustained key frames/s (>= 99 % ok)")
+    ax.set_title("Stylizer workers behind one NATS queue group")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- entry point ------------------------------------------------------------------------------------------------
+
+
+async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement the flags ask for."""
+    profile = bench_profile(args.time_scale)
+    counts = tuple(args.workers or (QUICK_WORKER_COUNTS if args.quick else WORKER_COUNTS))
+    steps = QUICK_SEARCH_STEPS if args.quick else SEARCH_STEPS
+    bounds = QUICK_STEP_S if args.quick else STEP_S
+    image = key_frame_jpeg()
+    data: dict[str, Any] = {
+        "machine": machine(),
+        "config": {
+            "quick": args.quick,
+            "time_scale": args.time_scale,
+            "profile": dataclasses.asdict(profile),
+            "budget_ms": GPU_BUDGET_MS * args.time_scale,
+            "batching": [dataclasses.asdict(b) for b in BATCHING],
+            "workers_per_process": WORKERS_PER_PROCESS,
+            "sustained_ok": SUSTAINED_OK,
+            "search_steps": steps,
+            "step_s": list(bounds),
+            "frame_size": list(FRAME_SIZE),
+            "request_bytes": len(image),
+            "keys_per_stream_s": KEYS_PER_STREAM_S,
+            "arrivals": "poisson",
+        },
+    }
+    with NatsServer() as server:
+        nc = await nats.connect(server.url)
+        try:
+            style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
+            setup = Setup(server, nc, style_id, image)
+            data["generator_ceiling"] = await generator_ceiling(setup, bounds[0])
+            data["emulated"] = await emulated_scaling(setup, counts, profile, args.time_scale, steps, bounds)
+            sections: dict[str, tuple[bool, Callable[[], Awaitable[Any]]]] = {
+                "placement": (args.no_placement, lambda: placement_check(setup, profile, args.time_scale, 8, 8.0)),
+                "dnn": (args.no_dnn, lambda: dnn_capacity(setup, DNN_WORKERS, DNN_SEARCH_STEPS, args.dnn_work_size)),
+                "gateway": (args.no_gateway, lambda: gateway_cost(setup, GATEWAY_STREAMS, GATEWAY_FRAMES)),
+            }
+            for name, (skip, measure) in sections.items():
+                data[name] = None
+                if args.quick or skip:
+                    continue
+                try:  # one failing section must not lose the others' results
+                    data[name] = await measure()
+                except Exception as exc:
+                    data[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+                    print(f"{name} failed: {data[name + '_error']}", flush=True)
+        finally:
+            await nc.close()
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of the bench."""
+    p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="K=1,2 only, short steps, no DNN/gateway/placement (a test)")
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=None, help=f"emulated worker counts (default {WORKER_COUNTS})"
+    )
+    p.add_argument("--time-scale", type=float, default=TIME_SCALE, help="emulated service time x this")
+    p.add_argument("--dnn-work-size", type=int, default=0, help="the DNN's working size (0: the model file's own)")
+    p.add_argument("--no-dnn", action="store_true", help="skip the real DNN")
+    p.add_argument("--no-gateway", action="store_true", help="skip the gateway cost")
+    p.add_argument("--no-placement", action="store_true", help="skip the placement check")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    data = run_main(run_bench(args))
+    json_path, md_path = write_results("scaling", data, markdown(data), *([args.out] if args.out else []))
+    png_path = json_path.with_suffix(".png")
+    plot(data, png_path)
+    print(markdown(data))
+    print(f"wrote {json_path}, {md_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    main()
