@@ -6,6 +6,15 @@ redelivered, and redelivered ones already in the state are recognised. Closing a
 deterministic (updates sorted by worker id) and idempotent: the new version's weights and metadata
 are written before ``latest`` moves and before the round state is reset, so a restart either
 re-publishes the very same version or finds it published and only resets the round.
+
+When a round closes. With ``min_updates`` accepted deltas, at once. With fewer (but at least one), once
+``round_timeout_s`` has passed since the round's *first accepted delta* (persisted in the round state, so a
+restart does not reset it): a round never closes on its age alone, and a lone delta always waits a full timeout
+for company. An empty round never closes.
+
+Announcements. Every version the aggregator stores is announced on ``mvs.fl.global``, the initial version 0
+too, and the current version again whenever the aggregator starts; a worker that started first (and found no
+version in the store) joins on that announcement.
 """
 
 from __future__ import annotations
@@ -89,9 +98,10 @@ class AggregatorConfig:
     min_updates: int = field(default=DEFAULT_MIN_UPDATES, metadata=flag("close a round at this many deltas"))
     """Close a round as soon as this many updates are in."""
     round_timeout_s: float = field(
-        default=DEFAULT_ROUND_TIMEOUT_S, metadata=flag("or when this old (s)", name="round-timeout")
+        default=DEFAULT_ROUND_TIMEOUT_S,
+        metadata=flag("or this long (s) after its first delta, with fewer", name="round-timeout"),
     )
-    """Close a round with at least one update once it is this old."""
+    """Close a round with fewer than ``min_updates`` (at least one) this long after its first accepted delta."""
     keep_versions: int = field(default=DEFAULT_KEEP_VERSIONS, metadata=flag("global versions kept"))
     max_staleness: int = field(default=DEFAULT_MAX_STALENESS, metadata=flag("versions a delta's base may lag"))
     max_norm: float = field(default=DEFAULT_MAX_NORM, metadata=flag("largest L2 norm of a delta"))
@@ -105,7 +115,6 @@ class AggregatorConfig:
     durable: str = DURABLE
     crash_after: str = field(default="", metadata=flag("fault injection", choices=("", *CRASH_POINTS), hidden=True))
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
-
 
 
 async def ensure_delta_stream(js: JetStreamContext) -> None:
@@ -147,6 +156,7 @@ class Aggregator:
             log.info("published initial version", extra={"version": 0})
         await self._load(latest)
         await self._recover_round()
+        await self._announce()  # v0, or the current version again: workers that started first join on it
         self._sub = await js.pull_subscribe(
             DELTA_SUBJECTS,
             durable=self.config.durable,
@@ -186,6 +196,8 @@ class Aggregator:
         self.state = state
         if not state.opened_ns:
             self.state.opened_ns = time.monotonic_ns()
+        if state.accepted and not state.first_update_ns:  # a state written before first_update_ns existed
+            self.state.first_update_ns = time.time_ns()
         await self._save_round()
 
     async def _save_round(self) -> None:
@@ -214,9 +226,12 @@ class Aggregator:
         return None
 
     def _round_due(self) -> bool:
+        """``min_updates`` deltas in, or at least one and ``round_timeout_s`` since the first (module docstring)."""
         count = len(self.state.accepted)
-        age_s = (time.monotonic_ns() - self.state.opened_ns) / 1e9
-        return count >= self.config.min_updates or (count > 0 and age_s >= self.config.round_timeout_s)
+        if count >= self.config.min_updates:
+            return True
+        waited_s = (time.time_ns() - self.state.first_update_ns) / 1e9
+        return count > 0 and waited_s >= self.config.round_timeout_s
 
     async def _consume(self, msg: Msg) -> None:
         """Validate one delta; persist it into the round state, then ack. Rejections are acked and logged."""
@@ -236,6 +251,8 @@ class Aggregator:
             self._reject(exc.reason, str(exc), msg)
         else:
             self.state.accepted.append(msg.data)
+            if not self.state.first_update_ns:
+                self.state.first_update_ns = time.time_ns()
             await self._save_round()
             ACCEPTED.inc()
             log.info(
@@ -283,11 +300,16 @@ class Aggregator:
         log.info("published version", extra={"version": meta.version, "contributors": meta.contributors, "loss": loss})
         return meta
 
-    async def _finish_published_round(self, refs: list[DeltaRef]) -> None:
-        """Announce the current version and drop the consumed delta blobs."""
-        assert self._nc is not None and self.store is not None and self.current is not None
+    async def _announce(self) -> None:
+        """Tell the workers the current version (``mvs.fl.global``)."""
+        assert self._nc is not None and self.current is not None
         await self._nc.publish(FL_GLOBAL_SUBJECT, encode(self.current))
         await self._nc.flush()
+
+    async def _finish_published_round(self, refs: list[DeltaRef]) -> None:
+        """Announce the current version and drop the consumed delta blobs."""
+        assert self.store is not None and self.current is not None
+        await self._announce()
         for r in refs:
             await self.store.delete_blob(r.object_name)
         ROUND.set(self.current.version)

@@ -20,17 +20,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: start, print the URL, wait for SIGINT/SIGTERM."""
+    """Entry point: start, print the URL, wait for SIGINT/SIGTERM.
+
+    Both signals are handled whatever the process inherited: a shell script's background job (``mvs nats &``)
+    starts with SIGINT ignored, and it must still stop on ``kill -INT`` like every other service."""
     args = build_parser().parse_args(argv)
-    with NatsServer(args.host, args.port, args.store_dir) as server:
-        print(
-            f"nats-server listening on {server.url} (JetStream store {server.store_dir}); Ctrl-C stops it", flush=True
-        )
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        try:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        with NatsServer(args.host, args.port, args.store_dir) as server:
+            print(
+                f"nats-server listening on {server.url} (JetStream store {server.store_dir}); Ctrl-C stops it",
+                flush=True,
+            )
             signal.pause()
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:  # SIGINT or SIGTERM, at any moment (the server is stopped on the way out)
+        pass
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from edge_worker.federated import NotTrainableError
 from edge_worker.service import WorkerConfig, run
 from streaming import config
 from streaming.cli import service_main, service_parser
@@ -22,7 +23,10 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
-    service_main(argv, build_parser(), lambda args: run(config_from_args(args)))
+    try:
+        service_main(argv, build_parser(), lambda args: run(config_from_args(args)))
+    except NotTrainableError as exc:  # a colour-transfer worker with --federated-dir: say so, not a traceback
+        raise SystemExit(f"mvs worker: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ version, as in FedAvg). After ``publish_every`` trained samples it publishes its
 base version, in fp16, through the model store (:func:`streaming.model_store.submit_delta`), once per
 base version; it adopts every newer global version announced on ``mvs.fl.global``, into the served
 model and the training copy. Before serving, it loads the latest global version.
+
+Joining. A worker may start before the aggregator has stored version 0, or while the model store is
+unreachable: it then serves the bundled model and keeps looking for a global version, on the aggregator's
+announcements and by reading the store again with a backoff (:data:`JOIN_RETRY_S` doubling up to
+:data:`JOIN_RETRY_MAX_S`), and joins (adopts the version) as soon as one is there. It trains only once it has
+joined: a delta means something only against a global version.
 """
 
 from __future__ import annotations
@@ -47,6 +53,23 @@ DELTA_DTYPE = np.float16
 """Deltas travel in fp16: half the bytes of fp32 weights."""
 STORE_TIMEOUT_S = 5.0
 """How long a starting worker waits for the model store before it serves the bundled model."""
+JOIN_RETRY_S = 0.5
+"""First pause before a worker without a global version reads the store again (then doubled)."""
+JOIN_RETRY_MAX_S = 10.0
+"""Longest pause between two reads of the store while a worker waits to join."""
+
+
+class NotTrainableError(ValueError):
+    """Federated learning was asked of a stylizer that has nothing to retrain (the colour transfer)."""
+
+
+def require_trainable(stylizer: object, name: str) -> Trainable:
+    """``stylizer`` as a :class:`Trainable`, or :class:`NotTrainableError` naming the models that are."""
+    if not isinstance(stylizer, Trainable):
+        raise NotTrainableError(
+            f"--federated-dir needs a trainable model (--model dnn or a model file); {name!r} has nothing to retrain"
+        )
+    return stylizer
 
 
 @dataclass
@@ -90,6 +113,10 @@ class FederatedLearner:
         self._rng = random.Random(config.seed)
         self._nc: NATS | None = None
         self._store: ModelStore | None = None
+        self._adopting = asyncio.Lock()
+        self._joining: asyncio.Task[None] | None = None
+        self.joined = asyncio.Event()
+        """Set once a global version is adopted (the learner trains and publishes only after that)."""
         self.base_version = -1
         self._base_weights: NamedArrays = {}
         self._published_base = -2
@@ -98,29 +125,61 @@ class FederatedLearner:
         self._last_request = time.monotonic()
 
     async def start(self, nc: NATS) -> None:
-        """Load the latest global version (before the worker serves) and follow new ones."""
+        """Load the latest global version (before the worker serves) and follow new ones; without one (none stored
+        yet, or the store unreachable) serve the bundled model and keep looking in the background."""
         self._nc = nc
         self._base_weights = self.model.learned_state()
+        await nc.subscribe(FL_GLOBAL_SUBJECT, cb=self._on_global)  # before reading the store: no version missed
+        if not await self._join_once(warn=True):
+            self._joining = asyncio.create_task(self._keep_joining(), name="fl-join")
+
+    async def _join_once(self, *, warn: bool = False) -> bool:
+        """Open the store if need be and adopt its latest version; False if there is none or the store is out of
+        reach."""
+        assert self._nc is not None
         try:
-            self._store = await asyncio.wait_for(ModelStore.open(nc.jetstream(domain=self._js_domain)), STORE_TIMEOUT_S)
+            if self._store is None:
+                js = self._nc.jetstream(domain=self._js_domain)
+                self._store = await asyncio.wait_for(ModelStore.open(js), STORE_TIMEOUT_S)
             latest = await asyncio.wait_for(self._store.latest(), STORE_TIMEOUT_S)
         except (NatsError, asyncio.TimeoutError) as exc:
             self._store = None
-            log.warning(
-                "model store unreachable: serving the bundled model, not publishing deltas",
-                extra={"worker_id": self._worker_id, "error": f"{type(exc).__name__}: {exc}"},
-            )
-            return
+            if warn:
+                log.warning(
+                    "model store unreachable: serving the bundled model until a global version can be read",
+                    extra={"worker_id": self._worker_id, "error": f"{type(exc).__name__}: {exc}"},
+                )
+            return False
         if latest is None:
-            log.warning(
-                "no global model version in the store: serving the bundled model", extra={"worker_id": self._worker_id}
-            )
-        else:
-            await self._adopt(latest)
-        await nc.subscribe(FL_GLOBAL_SUBJECT, cb=self._on_global)
+            if warn:
+                log.warning(
+                    "no global model version in the store yet: serving the bundled model, joining when one appears",
+                    extra={"worker_id": self._worker_id},
+                )
+            return False
+        await self._adopt(latest)
+        return True
+
+    async def _keep_joining(self) -> None:
+        """Read the store again, with a backoff, until a global version is adopted (here or on an announcement)."""
+        pause = JOIN_RETRY_S
+        while not self.joined.is_set():
+            try:
+                await asyncio.wait_for(self.joined.wait(), pause)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                if await self._join_once():
+                    return
+            except Exception:  # a damaged version must not end the search: log, retry later
+                log.exception("reading the global version failed", extra={"worker_id": self._worker_id})
+            pause = min(pause * 2, JOIN_RETRY_MAX_S)
 
     def close(self) -> None:
-        """Stop training (after the current step) and the trainer process."""
+        """Stop looking for a global version, training (after the current step) and the trainer process."""
+        if self._joining is not None:
+            self._joining.cancel()
         self.trainer.resume()
         self._training.shutdown(wait=True, cancel_futures=True)
         self.trainer.close()
@@ -149,7 +208,7 @@ class FederatedLearner:
         thaw = asyncio.create_task(self._thaw_when_idle(), name="fl-thaw")
         try:
             while True:
-                if not self._idle() or len(self.buffer) < self.config.batch_size:
+                if not self.joined.is_set() or not self._idle() or len(self.buffer) < self.config.batch_size:
                     await asyncio.sleep(POLL_S)
                     continue
                 try:
@@ -224,14 +283,23 @@ class FederatedLearner:
         except ProtocolError as exc:
             log.warning("bad global version announcement", extra={"error": str(exc)})
             return
-        if meta.version > self.base_version:
-            await self._adopt(meta)
+        if meta.version <= self.base_version:
+            return
+        if self._store is None:  # not joined yet: the store was out of reach until now
+            await self._join_once()
+            return
+        await self._adopt(meta)
 
     async def _adopt(self, meta: ModelVersion) -> None:
+        """Load a global version into the served model and the training copy (one at a time, never older)."""
         assert self._store is not None
-        weights = await self._store.weights(meta)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.model.load_learned_state, weights)  # what the worker serves
-        await loop.run_in_executor(self._training, self.trainer.load_learned_state, weights)
-        self.base_version, self._base_weights, self.samples_since_base = meta.version, weights, 0
+        async with self._adopting:
+            if meta.version <= self.base_version:
+                return  # adopted meanwhile (an announcement and a store read may race)
+            weights = await self._store.weights(meta)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self.model.load_learned_state, weights)  # served model
+            await loop.run_in_executor(self._training, self.trainer.load_learned_state, weights)
+            self.base_version, self._base_weights, self.samples_since_base = meta.version, weights, 0
+            self.joined.set()
         log.info("adopted global version", extra={"version": meta.version, "worker_id": self._worker_id})

@@ -30,9 +30,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge_worker.federated import FederatedConfig, FederatedLearner
+from edge_worker.federated import FederatedConfig, FederatedLearner, require_trainable
 from edge_worker.inference import WARMUP_SIZE, Inference, Item, error_reply, warm_up
-from edge_worker.model.base import Stylizer, Trainable
+from edge_worker.model.base import Stylizer
 from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve_device
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
@@ -250,11 +250,9 @@ class StylizerWorker:
     async def _start_learner(self, config: FederatedConfig) -> None:
         """Load the latest global version before serving, then retrain when idle."""
         assert self._nc is not None and self._style_store is not None
-        if not isinstance(self.stylizer, Trainable):
-            raise ValueError(f"stylizer {self.stylizer.name!r} has nothing to retrain: federated learning needs a DNN")
         self.learner = FederatedLearner(
             config,
-            self.stylizer,
+            require_trainable(self.stylizer, self.stylizer.name),
             self._executor,
             self._style_store.get,
             self.config.worker_id,

@@ -34,10 +34,12 @@ _CLOSE = "close"
 
 
 def _serve(conn: Connection, model_bytes: bytes, threads: int) -> None:
-    """Child process: answer (method, args) calls on the model until told to close."""
+    """Child process: answer (method, args) calls on the model until told to close. ``threads``: torch intra-op
+    threads; 0 keeps torch's default (as ``mvs worker --threads 0``)."""
     die_with_parent()
     os.nice(TRAINING_NICE)
-    torch.set_num_threads(threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
     model = torch.load(io.BytesIO(model_bytes), weights_only=False)  # our own bytes, from the parent
     while True:
         try:
@@ -60,6 +62,8 @@ class TrainerProcess:
     """
 
     def __init__(self, model: Trainable, threads: int) -> None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {threads}")
         buffer = io.BytesIO()
         torch.save(model, buffer)
         context = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads

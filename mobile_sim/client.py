@@ -63,13 +63,45 @@ FINISH_GRACE_S = 2.0
 STYLE_JPEG_QUALITY = 95
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x360' -> (640, 360); even, positive sides (the video encoder needs even sizes)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise ValueError(f"size must look like 640x360, got {text!r}") from exc
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise ValueError(f"size sides must be positive and even, got {text!r}")
+    return width, height
+
+
+def parse_smoothing_weight(text: str) -> float:
+    """A temporal smoothing weight in [0, 1); 0 turns it off."""
+    try:
+        weight = float(text)
+    except ValueError as exc:
+        raise ValueError(f"smoothing weight must be a number, got {text!r}") from exc
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {text!r}")
+    return weight
+
+
+def parse_style_path(text: str) -> str:
+    """A style image path that exists and decodes (checked when the flag is parsed, before anything starts)."""
+    try:
+        load_style(text)
+    except (OSError, ImageDecodeError) as exc:
+        raise ValueError(f"{exc}") from exc
+    return text
+
+
 @dataclass
 class PhoneConfig:
     """Settings of one simulated phone run.
 
     Fields with :func:`streaming.config.flag` metadata are the phone's command-line flags (``mobile_sim.__main__``
-    derives them); size, mode, render, temporal smoothing and the link profile have hand-written flags there (a
-    WxH parser, Literal choices, a bounded weight, and a profile that is None unless one of its flags is set).
+    derives them): ``--size`` and ``--temporal-smoothing`` parse and check their values here, ``--mode`` and
+    ``--render`` take their choices from the Literal types, and the link profile is None unless one of its
+    ``--link-*`` flags is non-zero.
     """
 
     gateway_url: str = field(default=DEFAULT_GATEWAY_URL, metadata=flag("gateway signaling URL", name="gateway"))
@@ -80,10 +112,14 @@ class PhoneConfig:
             "a video file path, or 'device:<index>'"
         ),
     )
-    style: str | None = field(default=None, metadata=flag("style image path (default: a bundled photo)"))
+    style: str | None = field(
+        default=None, metadata=flag("style image path (default: a bundled photo)", parse=parse_style_path)
+    )
     """Path of the style image; None: the bundled default style photo."""
     frames: int = field(default=DEFAULT_FRAMES, metadata=flag("frames to stream"))
-    size: tuple[int, int] = DEFAULT_SIZE
+    size: tuple[int, int] = field(
+        default=DEFAULT_SIZE, metadata=flag("capture size WxH (even sides)", parse=parse_size, metavar="WxH")
+    )
     fps: float = field(default=DEFAULT_FPS, metadata=flag("capture rate"))
     key_interval: int = field(default=DEFAULT_KEY_INTERVAL, metadata=flag("fixed policy: a key every K frames"))
     """The fixed policy's interval."""
@@ -105,7 +141,10 @@ class PhoneConfig:
     """Bounds of the policies other than fixed."""
     flow: str = field(default=DEFAULT_METHOD, metadata=flag("optical flow method on the phone", choices=FLOW_METHODS))
     """One of mobile_sim.flow.FLOW_METHODS."""
-    mode: ReconstructionMode = "live"
+    mode: ReconstructionMode = field(
+        default="live",
+        metadata=flag("live: warp each frame from the previous key; buffered: wait for the next key and blend both"),
+    )
     """live: warp from the previous key; buffered: wait for the next key too and blend."""
     fill_occlusions: bool = field(
         default=True,
@@ -116,14 +155,31 @@ class PhoneConfig:
         ),
     )
     """Fill pixels failing the forward-backward check from the key's colour map (one more flow per frame)."""
-    render: IntermediateRender = "warp"
+    render: IntermediateRender = field(
+        default="warp",
+        metadata=flag(
+            "warp: warp the stylized key to each frame; affine: ask the edge for the stylizer's colour maps "
+            "instead and apply them to every frame (affine-flow: moved along the flow first; buffered: both keys' "
+            "maps blended by time distance)"
+        ),
+    )
     """warp: warp the stylized key; affine / affine-flow: ask the edge for the stylizer's colour maps instead of
     the stylized key and apply them to every frame (affine-flow moves them along the flow first; live mode)."""
-    temporal_smoothing: float = 0.0
+    temporal_smoothing: float = field(
+        default=0.0,
+        metadata=flag(
+            "blend each output frame with the previous one warped along the flow, weight W in [0, 1) "
+            "(less flicker at key changes, one more flow pair per frame; 0: off)",
+            parse=parse_smoothing_weight,
+            metavar="W",
+        ),
+    )
     """Weight of the previous output, warped along the flow, in each output frame (mobile_sim.temporal); 0: off."""
     out_dir: Path | None = field(default=None, metadata=flag("output directory (videos + report.json)", name="out"))
     """Where videos and report.json go; None: nothing written (the run's report is still returned)."""
-    link: LinkProfile | None = None
+    link: LinkProfile | None = field(
+        default=None, metadata=flag("link", group="emulated network link to the edge (regions on one machine)")
+    )
     """Emulated network link to the edge (delay, bandwidth, loss), e.g. for a far region; None: direct."""
     region: str = field(default=DEFAULT_REGION, metadata=flag("region of the edge site"))
     """The region this phone's gateway serves (a label in the report)."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+
+from streaming.config import flag
 
 RELAY_ADDRESS = "127.0.0.1"
 BITS_PER_BYTE = 8
@@ -22,13 +24,13 @@ CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+) (\d+)( typ host.*)
 
 @dataclass(frozen=True)
 class LinkProfile:
-    """One direction's impairments (the same both ways)."""
+    """One direction's impairments (the same both ways); its flags are the phone's ``--link-*``."""
 
-    delay_ms: float = 0.0
+    delay_ms: float = field(default=0.0, metadata=flag("one-way delay", name="link-delay-ms"))
     """One-way propagation delay."""
-    kbps: float = 0.0
+    kbps: float = field(default=0.0, metadata=flag("bandwidth each way (0: unlimited)", name="link-kbps"))
     """Bandwidth in kbit/s; 0: unlimited."""
-    loss: float = 0.0
+    loss: float = field(default=0.0, metadata=flag("share of datagrams dropped", name="link-loss"))
     """Probability of dropping a datagram."""
     seed: int = 0
 

@@ -22,13 +22,20 @@ Derivation rules:
 - flag ``--field-name`` (or ``--{name}``); its argparse ``dest`` is the flag name with ``_`` for ``-``
   (``--nats`` lands in ``args.nats``), the type is the annotation's: ``int``, ``float``, ``str``, ``Path``
   or ``X | None`` of one of them;
+- ``Literal["a", "b"]`` (or an alias of one) gives ``choices`` ("a", "b");
+- ``parse=fn`` replaces the type: ``fn(text)`` makes the value (``--size 640x360`` -> (640, 360)), and a
+  ``ValueError`` it raises is a usage error (exit status 2) with its message, so a check on the value (a range,
+  a file that must decode) sits next to the field;
 - ``bool`` gives ``--field`` / ``--no-field``; ``tuple[str, ...]`` a repeatable flag;
 - ``env="MVS_..."``: the variable, when set, replaces the field's default;
 - a field without a default is a required flag; one whose default comes from a ``default_factory``
-  defaults to "not given", and :func:`config_from_args` leaves it to the factory;
+  defaults to "not given", and :func:`config_from_args` leaves it to the factory, also when it is given as an
+  empty string (``--worker-id ""`` is the default id, not an empty one);
 - a field typed as a dataclass (or ``X | None`` of one) whose metadata is ``flag(..., group=TITLE)`` puts the
-  nested config's flags in an argument group; an optional nested config is None unless all its required flags
-  are given (``--federated-dir`` turns on a worker's federated learning).
+  nested config's flags in an argument group. An optional nested config (``X | None``) is built only when it is
+  asked for: if it has required flags, when they are all given (``--federated-dir`` turns on a worker's
+  federated learning); if it has none, when one of its flags has a value other than its default (``--link-loss
+  0.01`` turns on the phone's emulated link; ``--link-loss 0`` alone leaves it None). Otherwise it is None.
 
 This module is the shared layer: it imports no process package.
 """
@@ -40,7 +47,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +75,7 @@ class Flag:
     metavar: str | None = None
     hidden: bool = False
     group: str | None = None
+    parse: Callable[[str], Any] | None = None
 
 
 def flag(
@@ -79,13 +87,16 @@ def flag(
     metavar: str | None = None,
     hidden: bool = False,
     group: str | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Field metadata that makes a config field a command-line flag: ``field(default=X, metadata=flag("..."))``.
 
     ``name``: the flag without ``--`` (default: the field name with ``-`` for ``_``); ``env``: an environment
     variable whose value, when set, is the default; ``hidden``: accepted but left out of ``--help``;
-    ``group``: on a nested config field, the title of the argument group of its flags."""
-    return {_FLAG_KEY: Flag(help, name, env, choices, metavar, hidden, group)}
+    ``group``: on a nested config field, the title of the argument group of its flags; ``parse``: turns the
+    flag's text into the field's value (instead of the annotation's type), raising ``ValueError`` with a message
+    for a person when the text is not acceptable."""
+    return {_FLAG_KEY: Flag(help, name, env, choices, metavar, hidden, group, parse)}
 
 
 NATS_FLAG = flag("NATS URL", name="nats", env=NATS_URL_ENV)
@@ -124,6 +135,25 @@ def _has_default(f: dataclasses.Field[Any]) -> bool:
 
 def _is_str_tuple(hint: Any) -> bool:
     return typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, ...)
+
+
+def _literal_choices(hint: Any) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` annotation, or None for any other."""
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse ``type``: its ``ValueError`` becomes a usage error that shows its message (argparse
+    itself would print only "invalid <function name> value")."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
 def _flagged_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Flag, Any]]:
@@ -175,13 +205,20 @@ def add_config_arguments(
             from_env = os.environ.get(spec.env)
             if from_env is not None and (from_env or not optional):  # an empty variable means None, not ""
                 default = from_env
-        if inner is bool:
+        literal = _literal_choices(inner)
+        if spec.parse is not None:
+            options["type"] = _argparse_type(spec.parse)
+        elif inner is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif _is_str_tuple(inner):
             options["action"] = "append"
             default = [default] if isinstance(default, str) else list(default or ())
         elif inner in (int, float, Path):
             options["type"] = inner
+        elif literal is not None:
+            options["choices"] = literal
+            if not all(isinstance(v, str) for v in literal):
+                options["type"] = type(literal[0])
         elif inner is not str:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {hint!r}")
         if spec.choices is not None:
@@ -198,7 +235,10 @@ def config_from_args(cls: type[ConfigT], args: argparse.Namespace, **overrides: 
 
 
 def _build(cls: type, args: argparse.Namespace, overrides: Mapping[str, Any], optional: bool) -> Any:
+    """``cls`` from the flags; with ``optional`` (a nested ``X | None``), None unless it is asked for (rules in
+    the module docstring)."""
     values: dict[str, Any] = {}
+    asked = False
     for f, spec, hint in _flagged_fields(cls):
         if f.name in overrides:
             continue
@@ -207,9 +247,14 @@ def _build(cls: type, args: argparse.Namespace, overrides: Mapping[str, Any], op
             values[f.name] = _build(typing.cast(type, inner), args, {}, optional=inner_optional)
             continue
         value = getattr(args, _dest(f, spec), None)
+        if value == "" and f.default_factory is not dataclasses.MISSING:
+            value = None  # given empty: the factory's value, as if not given
         if value is None:
             if not _has_default(f) and optional:
                 return None  # an optional nested config without one of its required flags: off
             continue
         values[f.name] = tuple(value) if _is_str_tuple(inner) else value
+        asked = asked or f.default is dataclasses.MISSING or values[f.name] != f.default
+    if optional and not asked:
+        return None  # an optional nested config whose flags are all at their defaults: off
     return cls(**values, **overrides)

@@ -322,6 +322,11 @@ class RoundState(Message):
     accepted: list[bytes] = field(default_factory=list)
     """Encoded :class:`DeltaRef` of every accepted update, in arrival order."""
     opened_ns: int = 0
+    """``time.monotonic_ns()`` of the aggregator process when the round opened (informational)."""
+    first_update_ns: int = 0
+    """Wall-clock ``time.time_ns()`` when the round's first delta was accepted (0: none yet); the round timeout
+    counts from here. Wall clock, not monotonic: the state outlives the process and may be resumed on another
+    host."""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

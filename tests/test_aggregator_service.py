@@ -196,3 +196,36 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     weights = await store.weights(latest)
     assert np.allclose(weights["dec.weight"], 1.0 + expected), weights["dec.weight"]
     assert sorted(latest.contributors) == ["a", "b", "c"] and latest.samples == 6
+
+
+async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(server: NatsServer, nc: NATS) -> None:
+    """With fewer than --min-updates deltas a round closes --round-timeout after its first accepted delta, never on
+    its age alone; the initial version is announced like every other."""
+    announced: list[ModelVersion] = []
+
+    async def on_version(msg: Msg) -> None:
+        announced.append(decode(msg.data, ModelVersion))
+
+    sub = await nc.subscribe(FL_GLOBAL_SUBJECT, cb=on_version)
+    await nc.flush()
+    timeout_s = 1.0
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=timeout_s))
+    await aggregator.start(INITIAL)
+    js = nc.jetstream()
+    store = await ModelStore.open(js)
+    try:
+        await asyncio.sleep(timeout_s * 1.5)  # the round is older than the timeout, and empty
+        assert await aggregator.step() is None
+        await submit_delta(js, store, worker_id="late", region="eu", base_version=0, samples=4, delta=_delta(1.0))
+        submitted = asyncio.get_running_loop().time()
+        while not aggregator.state.accepted:
+            assert await aggregator.step() is None  # accepted, but not closed: its timeout starts now
+        assert aggregator.state.first_update_ns > 0
+        meta = await _until_version(aggregator, 1)
+        waited = asyncio.get_running_loop().time() - submitted
+    finally:
+        await aggregator.stop()
+    assert meta.contributors == ["late"] and waited >= timeout_s * 0.9
+    await asyncio.sleep(0.2)
+    await sub.unsubscribe()
+    assert [m.version for m in announced] == [0, 1]

@@ -4,8 +4,10 @@ test_k8s_manifests.py and test_worker_warmup.py)."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -101,3 +103,64 @@ def test_help_shows_defaults_env_and_groups(monkeypatch: pytest.MonkeyPatch) -> 
     assert "a ratio (50% is half) (default: 0.5)" in text
     assert "the inner part:" in text and "--inner-dir" in text and "--log-level" in text
     assert "--secret" not in text and "unflagged" not in text and "--quality" not in text
+
+
+def _even(text: str) -> int:
+    value = int(text)
+    if value % 2:
+        raise ValueError(f"must be even, got {value}")
+    return value
+
+
+@dataclass
+class Link:
+    delay_ms: float = field(default=0.0, metadata=flag("delay", name="link-delay-ms"))
+    loss: float = field(default=0.0, metadata=flag("loss", name="link-loss"))
+
+
+@dataclass
+class Typed:
+    render: Literal["warp", "affine"] = field(default="warp", metadata=flag("how"))
+    size: tuple[int, int] = field(default=(2, 2), metadata=flag("WxH", parse=lambda t: tuple(map(int, t.split("x")))))
+    side: int = field(default=4, metadata=flag("an even side", parse=_even))
+    link: Link | None = field(default=None, metadata=flag("link", group="the link"))
+    ident: str = field(default_factory=_ident, metadata=flag("an id"))
+
+
+def _parse_typed(argv: list[str]) -> Typed:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Typed)
+    return config_from_args(Typed, parser.parse_args(argv))
+
+
+def test_literal_types_give_choices_and_parse_makes_the_value() -> None:
+    assert _parse_typed([]) == Typed()
+    assert _parse_typed(["--render", "affine", "--size", "6x4", "--side", "8"]) == Typed(
+        render="affine", size=(6, 4), side=8
+    )
+    with pytest.raises(SystemExit):
+        _parse_typed(["--render", "blur"])
+
+
+def test_a_value_error_of_parse_is_a_usage_error_with_its_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _parse_typed(["--side", "3"])
+    assert exited.value.code == 2 and "argument --side: must be even, got 3" in capsys.readouterr().err
+
+
+def test_an_optional_nested_config_without_required_flags_is_on_when_a_flag_leaves_its_default() -> None:
+    assert _parse_typed([]).link is None
+    assert _parse_typed(["--link-loss", "0"]).link is None  # given, but the default: still off
+    assert _parse_typed(["--link-delay-ms", "40"]).link == Link(delay_ms=40.0)
+
+
+def test_an_empty_value_of_a_factory_default_is_the_factory_value() -> None:
+    assert _parse_typed(["--ident", ""]).ident == "made"
+    assert _parse_typed(["--ident", "w1"]).ident == "w1"
+
+
+def test_an_empty_worker_id_is_the_default_host_pid_id() -> None:
+    from edge_worker.__main__ import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--worker-id", ""]))
+    assert config.worker_id and config.worker_id.endswith(f"-{os.getpid()}")

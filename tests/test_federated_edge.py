@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -246,3 +248,74 @@ async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) ->
         assert len(learner.buffer) == 2 and len(list(tmp_path.glob("*.jpg"))) == 2
     finally:
         learner.close()
+
+
+def test_zero_threads_means_torch_default_in_the_trainer_process() -> None:
+    """``mvs worker --threads 0`` (the default) with ``--federated-dir``: the trainer must not call
+    ``torch.set_num_threads(0)`` (it raised, and the worker died with "the trainer process is gone")."""
+    model = _tiny_dnn()
+    trainer = TrainerProcess(model, threads=0)
+    try:
+        state = trainer.learned_state()
+        assert state.keys() == model.learned_state().keys()
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="threads"):
+        TrainerProcess(model, threads=-1)
+
+
+async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_path: Path) -> None:
+    """As the README starts the federated pair, worker first (default --threads 0), then the aggregator with
+    --min-updates 2: the worker serves the bundled model, adopts v0 when the aggregator announces it, publishes a
+    delta, and the round closes with that one delta after --round-timeout since it arrived; the worker adopts v1."""
+    with NatsServer() as server:
+        model = _tiny_dnn()
+        bundled = model.learned_state()
+        worker = StylizerWorker(
+            WorkerConfig(
+                nats_url=server.url,
+                region="fl",
+                worker_id="edge-early",
+                warmup=False,
+                federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4),
+            ),
+            stylizer=model,
+        )
+        aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=1.0))
+        agg_task: asyncio.Task[None] | None = None
+        nc = await nats.connect(server.url)
+        try:
+            await worker.start()
+            learner = worker.learner
+            assert learner is not None and learner.base_version == -1 and not learner.joined.is_set()
+            await _serve_key_frames(nc, 4)  # served by the bundled model meanwhile
+            await asyncio.sleep(1.0)  # idle, frames buffered: still no training without a global version
+            assert not learner.losses
+            initial = {name: value + 0.01 for name, value in bundled.items()}
+            await aggregator.start(initial)
+            agg_task = asyncio.create_task(aggregator.run())
+            await _until(lambda: learner.base_version >= 0, "worker never joined")
+            await _until(lambda: learner.base_version == 1, "worker never adopted v1")
+            store = await ModelStore.open(nc.jetstream())
+            v1 = await store.latest()
+            assert v1 is not None and v1.version == 1 and v1.contributors == ["edge-early"]
+        finally:
+            if agg_task is not None:
+                agg_task.cancel()
+                await asyncio.gather(agg_task, return_exceptions=True)
+            await worker.stop()
+            await aggregator.stop()
+            await nc.close()
+
+
+def test_a_colour_transfer_worker_with_federated_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    with NatsServer() as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_worker", "--nats", server.url, "--no-warmup"]
+            + ["--model", "color-transfer", "--federated-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("mvs worker: --federated-dir needs a trainable model")
