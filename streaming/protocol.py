@@ -233,7 +233,8 @@ class FrameMeta(Message):
     TYPE: ClassVar[str] = "frame"
     frame_id: int
     pts: int
-    """Sender pts in 90 kHz units, before the RTP timestamp origin is added."""
+    """Sender pts in 90 kHz units, before the RTP timestamp origin is added (a browser sends its RTP timestamp,
+    origin included, read through Encoded Transform: the gateway needs only differences, modulo 2**32)."""
     key: bool
     capture_ns: int
 

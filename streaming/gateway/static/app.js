@@ -8,6 +8,7 @@ const DATA_CHANNEL_LABEL = "mvs"; // streaming/protocol.py DATA_CHANNEL_LABEL
 const ICE_GATHER_TIMEOUT_MS = 3000; // the gateway does not trickle ICE (streaming/gateway/server.py): wait, bounded
 const RTT_WINDOW = 200; // key round trips kept for the percentiles
 const KEYS_IN_FLIGHT_FORGET_MS = 10000;
+const MAX_QUEUED_ANNOUNCEMENTS = 300; // frames encoded before the data channel opens (~10 s at 30 fps)
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -96,6 +97,13 @@ class Session {
     this.channel = this.pc.createDataChannel(DATA_CHANNEL_LABEL, { ordered: true });
     this.channel.binaryType = "arraybuffer";
     this.channel.onmessage = (event) => this.onMessage(event.data);
+    // Every frame the gateway may decode must be announced (frame_ids.py locks on that), so frames encoded
+    // before the channel opens are announced when it does.
+    this.queued = [];
+    this.channel.onopen = () => {
+      for (const message of this.queued) this.channel.send(message);
+      this.queued = [];
+    };
     const [track] = stream.getVideoTracks();
     const { sender } = this.pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
     // Must be attached before setLocalDescription, or the transform silently sees no frames.
@@ -126,12 +134,14 @@ class Session {
   }
 
   onEncoded(rtp) {
-    if (this.channel.readyState !== "open") return; // unannounced frames are never mapped, so never keys
+    const open = this.channel.readyState === "open";
     const frameId = this.frameId++;
     const interval = Math.max(1, Number(ui.keyInterval.value) || 1);
-    const key = frameId % interval === 0;
+    const key = open && frameId % interval === 0; // no keys before the channel can return them
     const now = performance.now();
-    this.channel.send(encode({ t: "frame", frame_id: frameId, pts: rtp, key, capture_ns: Math.round(now * 1e6) }));
+    const message = encode({ t: "frame", frame_id: frameId, pts: rtp, key, capture_ns: Math.round(now * 1e6) });
+    if (open) this.channel.send(message);
+    else if (this.queued.length < MAX_QUEUED_ANNOUNCEMENTS) this.queued.push(message);
     stats.announced++;
     if (key) {
       stats.keysRequested++;
