@@ -13,7 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-INSTALL_HINT = "apt-get install -y chromium && pip install playwright (no 'playwright install': the system Chromium is used)"
+INSTALL_HINT = (
+    "apt-get install -y chromium && pip install playwright (no 'playwright install': the system Chromium is used)"
+)
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 

@@ -109,7 +109,8 @@ def _chromium_pts(rng: random.Random, frames: int, jitter_ms: float) -> list[int
     """RTP timestamps as Chromium stamps a 30 fps camera: capture times in whole ms times 90 (spacing 2970/3060,
     nearly periodic), jittered by ``jitter_ms``, from a random origin."""
     origin_ms = rng.uniform(0, 1e7)
-    return [int(origin_ms + i * 1000 / 30 + rng.gauss(0, jitter_ms)) * 90 % RTP_TIMESTAMP_MODULUS for i in range(frames)]
+    capture_ms = [int(origin_ms + i * 1000 / 30 + rng.gauss(0, jitter_ms)) for i in range(frames)]
+    return [ms * 90 % RTP_TIMESTAMP_MODULUS for ms in capture_ms]
 
 
 def _replay(pts: list[int], lost_first: int, lag: int) -> tuple[int | None, int]:

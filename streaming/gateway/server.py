@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
@@ -267,7 +268,7 @@ class Gateway:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def cors_middleware(origins: frozenset[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def cors_middleware(origins: frozenset[str]) -> Middleware:
     """CORS for the allow-listed ``origins`` only: preflights answered, ``Access-Control-Allow-Origin`` echoed.
 
     A request from any other origin gets no CORS headers, so the browser keeps its response from the page."""
