@@ -11,6 +11,18 @@ records (:class:`DeltaRef`, :class:`ModelVersion`, :class:`RoundState`) are pers
 ignored field would be lost on the next write. Those reject unknown fields. The signaling bodies
 (``POST /offer`` and its answer) are JSON: :func:`encode_offer` / :func:`decode_offer` and
 :func:`encode_answer` / :func:`decode_answer`.
+
+Browser clients (``streaming/gateway/static/``) speak the same msgpack through the vendored
+``@msgpack/msgpack`` library; what that means in JavaScript, decided here once:
+
+- Integers must be msgpack integers: a JS number encodes as one only when ``Number.isInteger`` holds, so
+  ``performance.now() * 1e6`` is sent as ``Math.round(performance.now() * 1e6)`` (an integer ns count stays
+  exact below 2**53 ns, 104 days of page life). Booleans are ``true``/``false``, never ``0``/``1``.
+- The gateway's own stamps are monotonic ns since its host booted, above 2**53 after 104 days of uptime,
+  and msgpack sends any integer above 2**32 as a 64-bit one: a JS client decodes with ``useBigInt64: true``
+  (such integers arrive as ``BigInt``, exact) and subtracts stamps of one clock before converting to Number.
+- A phone message the gateway rejects (wrong type, wrong field type, text frame, too large) is answered with a
+  :class:`ChannelError` naming the problem, so a client developer sees why instead of a silent drop.
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ MAX_MESSAGE_BYTES = 512 * 1024
 """Nothing bigger rides a subject; blobs go to the object store."""
 MAX_CONTROL_BYTES = 1024
 """Largest phone -> gateway data-channel message (frame announcements, clock probes)."""
+MAX_ERROR_TEXT = 300
+"""Characters of explanation a :class:`ChannelError` carries at most."""
 MAX_FRAME_SIDE = 4096
 """Largest width or height of a frame the system accepts."""
 MAX_STYLE_BYTES = 8 * 1024 * 1024
@@ -219,7 +233,8 @@ class FrameMeta(Message):
     TYPE: ClassVar[str] = "frame"
     frame_id: int
     pts: int
-    """Sender pts in 90 kHz units, before the RTP timestamp origin is added."""
+    """Sender pts in 90 kHz units, before the RTP timestamp origin is added (a browser sends its RTP timestamp,
+    origin included, read through Encoded Transform: the gateway needs only differences, modulo 2**32)."""
     key: bool
     capture_ns: int
 
@@ -240,6 +255,22 @@ class ClockPong(Message):
     phone_ns: int
     gw_received_ns: int
     gw_sent_ns: int
+
+
+@dataclass
+class ChannelError(Message):
+    """Gateway -> phone (data channel): a message from the phone was rejected and ignored (session unchanged)."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    """An :class:`ErrorCode` value."""
+    error: str
+    """What was wrong, at most :data:`MAX_ERROR_TEXT` characters."""
+
+    @classmethod
+    def of(cls, exc: ProtocolError) -> ChannelError:
+        """The answer to a message that raised ``exc`` (text cut to :data:`MAX_ERROR_TEXT`)."""
+        return cls(code=str(exc.code), error=str(exc)[:MAX_ERROR_TEXT])
 
 
 @dataclass
@@ -337,6 +368,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         FrameMeta,
         ClockPing,
         ClockPong,
+        ChannelError,
         KeyResult,
         Chunk,
         WorkerInfo,

@@ -4,6 +4,12 @@ No pickle, so a blob from the network cannot run code; numpy only, so the gatewa
 The tensor map is zlib-compressed (level 1): an fp16 delta of the stylizer shrinks to about a third
 of its fp32 weights instead of a half. Blobs travel through the JetStream object store, never on a
 subject.
+
+Layout, for readers in other languages (the browser phone's ``affine-gl.js`` parses it): a msgpack map
+``{"format": "mvs-tensors/1", "zlib": <bin>}`` (or ``"tensors": <bin>`` uncompressed); ``zlib`` is an RFC 1950
+zlib stream (``DecompressionStream("deflate")`` in a browser) of the tensor map; the tensor map is a msgpack map
+from name (names sorted) to ``{"dtype": <one of ALLOWED_DTYPES>, "shape": [int, ...], "data": <bin>}``, data
+little-endian in C (row-major) order.
 """
 
 from __future__ import annotations

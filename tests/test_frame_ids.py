@@ -103,3 +103,53 @@ def test_relocks_after_the_stream_is_rebased() -> None:
     assert mapper.relocks == 1
     assert all(got in (None, i) for i, got in results)
     assert all(got == i for i, got in results[-50:])
+
+
+def _chromium_pts(rng: random.Random, frames: int, jitter_ms: float) -> list[int]:
+    """RTP timestamps as Chromium stamps a 30 fps camera: capture times in whole ms times 90 (spacing 2970/3060,
+    nearly periodic), jittered by ``jitter_ms``, from a random origin."""
+    origin_ms = rng.uniform(0, 1e7)
+    capture_ms = [int(origin_ms + i * 1000 / 30 + rng.gauss(0, jitter_ms)) for i in range(frames)]
+    return [ms * 90 % RTP_TIMESTAMP_MODULUS for ms in capture_ms]
+
+
+def _replay(pts: list[int], lost_first: int, lag: int) -> tuple[int | None, int]:
+    """Announce every frame, decode all but the first ``lost_first``, each ``lag`` frames after its announcement
+    (negative: before it), pending ones located again after each step as the gateway does; the first frame
+    mapped and how many were mapped wrong."""
+    mapper = FrameIdMapper()
+    first = None
+    locked_at, wrong = None, 0
+    pending: list[tuple[int, int]] = []
+    for step in range(min(0, lag), len(pts) + max(0, lag)):
+        if 0 <= step < len(pts):
+            mapper.announce(step, pts[step])
+        i = step - lag
+        if lost_first <= i < len(pts):
+            first = pts[i] if first is None else first
+            pending.append((i, (pts[i] - first) % RTP_TIMESTAMP_MODULUS))
+            mapper.observe(pending[-1][1])
+        still = []
+        for i, received in pending:
+            frame_id = mapper.locate(received)
+            if frame_id is None:
+                still.append((i, received))
+                continue
+            locked_at = i if locked_at is None else locked_at
+            wrong += frame_id != i
+        pending = still[-32:]  # the gateway holds this many unmapped frames
+    return locked_at, wrong
+
+
+def test_chromium_like_timestamps_with_the_first_30_frames_lost_lock_within_two_seconds() -> None:
+    for seed in range(30):
+        for lag in (-2, 0, 3):  # announcements late by two frames, on time, three frames early
+            locked_at, wrong = _replay(_chromium_pts(random.Random(seed), 400, jitter_ms=0.15), 30, lag)
+            assert wrong == 0
+            assert locked_at is not None and locked_at < 30 + 2 * 30, (seed, lag, locked_at)
+
+
+def test_perfectly_periodic_chromium_timestamps_stay_unlocked_rather_than_guess() -> None:
+    pts = [round(i * 1000 / 30) * 90 for i in range(300)]  # 2970, 3060, 2970, ... and no jitter at all
+    locked_at, wrong = _replay(pts, 30, 0)
+    assert locked_at is None and wrong == 0

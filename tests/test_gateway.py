@@ -15,10 +15,21 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo
-from streaming.gateway.server import Gateway
+from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
 from streaming.images import encode_jpeg
-from streaming.protocol import Chunk, ClockPing, ClockPong, decode, encode
+from streaming.protocol import (
+    MAX_ERROR_TEXT,
+    ChannelError,
+    Chunk,
+    ClockPing,
+    ClockPong,
+    ErrorCode,
+    FrameMeta,
+    decode,
+    decode_any,
+    encode,
+)
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 
@@ -84,7 +95,7 @@ async def test_metrics_endpoint(gateway: Gateway) -> None:
     assert response.status == 200 and "mvs_gateway_sessions" in text
 
 
-async def test_garbage_on_the_data_channel_is_counted_and_the_session_lives(gateway: Gateway) -> None:
+async def test_garbage_on_the_data_channel_is_answered_with_errors_and_the_session_lives(gateway: Gateway) -> None:
     restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     channel = pc.createDataChannel("mvs")
@@ -100,9 +111,25 @@ async def test_garbage_on_the_data_channel_is_counted_and_the_session_lives(gate
                 answer = await response.json()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(opened.wait(), 15)
-        junk = [b"\x00\xff junk", "text, not binary", encode(Chunk(frame_id=1, index=0, data=b"x")), b"\x81" * 200_000]
+        float_capture = encode(FrameMeta(frame_id=1, pts=3000, key=True, capture_ns=1.5e12))  # type: ignore[arg-type]
+        junk = [
+            b"\x00\xff junk",
+            "text, not binary",
+            encode(Chunk(frame_id=1, index=0, data=b"x")),
+            b"\x81" * 200_000,
+            float_capture,
+        ]
         for item in junk:
             channel.send(item)
+        errors = [decode(await asyncio.wait_for(pongs.get(), 10), ChannelError) for _ in junk]
+        assert [e.code for e in errors] == [
+            ErrorCode.MALFORMED,
+            ErrorCode.MALFORMED,
+            ErrorCode.INVALID,
+            ErrorCode.TOO_LARGE,
+            ErrorCode.INVALID,
+        ]
+        assert "capture_ns" in errors[-1].error and all(len(e.error) <= MAX_ERROR_TEXT for e in errors)
         sent_at = time.monotonic_ns()
         channel.send(encode(ClockPing(phone_ns=sent_at)))
         pong = decode(await asyncio.wait_for(pongs.get(), 10), ClockPong)
@@ -130,3 +157,63 @@ async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_s
         finally:
             await worker.stop()
         assert response.status == 200 and body["ok"] and body["workers"] == ["h1"]
+
+
+async def test_a_data_channel_with_another_label_is_refused_with_a_reason(gateway: Gateway) -> None:
+    restrict_host_candidates(LOOPBACK)
+    pc = RTCPeerConnection(rtc_configuration())
+    channel = pc.createDataChannel("video-meta")
+    messages = asyncio.Queue[bytes]()
+    channel.on("message", lambda data: messages.put_nowait(data))
+    pc.addTrack(VideoStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{gateway.url}/offer", data=_body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
+            ) as response:
+                answer = await response.json()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        refusal = decode_any(await asyncio.wait_for(messages.get(), 15), (ChannelError,))
+        assert isinstance(refusal, ChannelError) and "'mvs'" in refusal.error
+        assert gateway.sessions[answer["stream_id"]].counts["refused_channels"] == 1
+    finally:
+        await pc.close()
+
+
+async def test_the_browser_app_and_its_styles_are_served(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/") as response:
+            assert response.status == 200 and "/static/app.js" in await response.text()
+        async with http.get(f"{gateway.url}/styles") as response:
+            styles = (await response.json())["styles"]
+        assert {"rocket", "coffee"} <= {s["name"] for s in styles}
+        for path in (
+            "/static/app.js",
+            "/static/vendor/msgpack/msgpack.min.js",
+            "/static/vendor/msgpack/LICENSE",
+            styles[0]["url"],
+        ):
+            async with http.get(f"{gateway.url}{path}") as response:
+                assert response.status == 200, path
+
+
+async def test_cors_only_for_allow_listed_origins(nats_server: NatsServer, region: str) -> None:
+    allowed, other = "https://app.example", "https://evil.example"
+    gateway = Gateway(GatewayConfig(port=0, nats_url=nats_server.url, region=region, cors_origins=(allowed,)))
+    await gateway.start()
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.options(f"{gateway.url}/offer", headers={"Origin": allowed, **preflight}) as response:
+                assert response.status == 204
+                assert response.headers["Access-Control-Allow-Origin"] == allowed
+                assert "POST" in response.headers["Access-Control-Allow-Methods"]
+            async with http.options(f"{gateway.url}/offer", headers={"Origin": other, **preflight}) as response:
+                assert response.status == 403 and "Access-Control-Allow-Origin" not in response.headers
+            async with http.post(f"{gateway.url}/offer", data=b"{}", headers={"Origin": allowed}) as response:
+                assert response.status == 400 and response.headers["Access-Control-Allow-Origin"] == allowed
+            async with http.post(f"{gateway.url}/offer", data=b"{}", headers={"Origin": other}) as response:
+                assert "Access-Control-Allow-Origin" not in response.headers
+    finally:
+        await gateway.stop()

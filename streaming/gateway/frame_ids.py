@@ -8,11 +8,21 @@ so that their spacing is unique; the constant offset is then the one that maps m
 onto announced ones. Matching tolerates one tick of error: aiortc's VP8 encoder passes pts through
 the codec's microsecond time base and truncates, so a pts that is not a multiple of
 :data:`streaming.protocol.EXACT_PTS_QUANTUM` comes out one tick low. Pure computation: no asyncio, no I/O.
+
+A browser cannot dither: its pts are its RTP timestamps, capture times in whole milliseconds, so at 30 fps
+the spacing repeats 2970, 2970, 3060 ticks with a little jitter. An offset shifted by three frames then
+explains nearly as many decoded frames as the true one, and the plain vote (best twice the runner-up) can
+wait hundreds of frames when the first frames were lost. So an offset also locks when it explains *every*
+recent decoded frame (the newest few held back: their announcements may still be on the way) and beats
+every other offset by :data:`LOCK_MARGIN` frames. The true offset always explains all of them and no
+offset can explain more, so a wrong one can win only where announcements are missing, and then none
+explains all.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 
 from streaming.protocol import RTP_TIMESTAMP_MODULUS
 
@@ -24,6 +34,10 @@ MAX_UNMATCHED = 64
 """Decoded pts kept while searching for the offset."""
 PTS_TOLERANCE = 1
 """Ticks a decoded pts may differ from the announced one (see the module docstring)."""
+LOCK_HOLD_BACK = 3
+"""Newest decoded frames left out of that window: their announcements may not have arrived yet."""
+LOCK_MARGIN = 3
+"""Frames of the window the best offset must explain beyond any other offset."""
 RELOCK_AFTER_MISSES = 30
 """Consecutive decoded frames contradicting the offset before it is searched again."""
 
@@ -101,25 +115,39 @@ class FrameIdMapper:
         return None
 
     def _try_lock(self) -> None:
-        votes: Counter[int] = Counter()
-        for received in self._unmatched:
-            for sent in self._by_pts:
-                votes[(sent - received) % RTP_TIMESTAMP_MODULUS] += 1
-        if not votes:
+        best = _best_offset(self._unmatched, self._by_pts)
+        if best is not None and best[1] >= self._min_votes and best[1] >= 2 * best[2]:
+            self._lock(best[0])
             return
-        # An offset's score counts its neighbours within the tolerance (truncated pts vote one low).
-        scores = Counter(
-            {
-                offset: sum(
-                    votes.get((offset + d) % RTP_TIMESTAMP_MODULUS, 0) for d in range(-PTS_TOLERANCE, PTS_TOLERANCE + 1)
-                )
-                for offset in votes
-            }
-        )
-        (best, count), *rest = scores.most_common()
-        # The runner-up must be a different offset, not a neighbour sharing the best one's votes.
-        runner_up = next((c for o, c in rest if abs(_signed(o - best)) > 2 * PTS_TOLERANCE), 0)
-        if count >= self._min_votes and count >= 2 * runner_up:
-            self._offset = best
-            self._unmatched.clear()
-            self._misses = 0
+        recent = self._unmatched[:-LOCK_HOLD_BACK]
+        best = _best_offset(recent, self._by_pts) if len(recent) >= self._min_votes else None
+        if best is not None and best[1] == len(recent) and best[1] - best[2] >= LOCK_MARGIN:
+            self._lock(best[0])
+
+    def _lock(self, offset: int) -> None:
+        self._offset = offset
+        self._unmatched.clear()
+        self._misses = 0
+
+
+def _best_offset(received_pts: list[int], sent_pts: Iterable[int]) -> tuple[int, int, int] | None:
+    """The offset explaining most ``received_pts``: (offset, frames it explains, frames the runner-up explains)."""
+    votes: Counter[int] = Counter()
+    for received in received_pts:
+        for sent in sent_pts:
+            votes[(sent - received) % RTP_TIMESTAMP_MODULUS] += 1
+    if not votes:
+        return None
+    # An offset's score counts its neighbours within the tolerance (truncated pts vote one low).
+    scores = Counter(
+        {
+            offset: sum(
+                votes.get((offset + d) % RTP_TIMESTAMP_MODULUS, 0) for d in range(-PTS_TOLERANCE, PTS_TOLERANCE + 1)
+            )
+            for offset in votes
+        }
+    )
+    (best, count), *rest = scores.most_common()
+    # The runner-up must be a different offset, not a neighbour sharing the best one's votes.
+    runner_up = next((c for o, c in rest if abs(_signed(o - best)) > 2 * PTS_TOLERANCE), 0)
+    return best, count, runner_up

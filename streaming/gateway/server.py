@@ -4,6 +4,15 @@
 "out_width"?, "out_height"?, "result"?: "frame" | "coefficients"}``) and answers ``{"sdp", "type": "answer",
 "stream_id", "style_id"}``; anything else is a 400 with a message. ``GET /metrics`` is Prometheus;
 ``GET /healthz`` is 200 only when the site can stylize (NATS up, a worker of the region answers).
+
+``GET /`` is the browser phone (``static/``: plain HTML and JavaScript modules, no build step), ``GET /styles``
+lists the bundled style photos it offers. Signaling from another origin is refused by the browser unless that
+origin is in ``--cors-origin`` (none by default: the app is served from here, same origin).
+
+ICE is not trickled: aiortc gathers all its candidates inside ``setLocalDescription`` and has no API to send
+them one by one, so the answer carries them all; the browser waits for its own gathering to complete (bounded
+by a timeout in the app) before posting the offer. With host candidates only (no STUN server configured on
+either side) gathering completes in milliseconds, so trickling would save nothing.
 """
 
 from __future__ import annotations
@@ -11,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
@@ -53,6 +65,12 @@ CODEC_THREADS = 2
 BASE64_OVERHEAD = 4 / 3
 SIGNALING_SLACK_BYTES = 256 * 1024
 
+STATIC_DIR = Path(__file__).with_name("static")
+"""The browser phone: index.html, its modules, the vendored msgpack library and the bundled style photos."""
+STYLES_DIR = STATIC_DIR / "styles"
+STYLE_SUFFIXES = (".jpg", ".png")
+CORS_MAX_AGE_S = 600
+
 HEALTH_DISCOVERY_S = 0.5
 """How long /healthz waits for workers to answer discovery."""
 
@@ -81,6 +99,11 @@ class GatewayConfig:
         default_factory=tuple, metadata=flag("gather ICE candidates only here (repeatable)", name="ice-host")
     )
     """Gather ICE host candidates only on these addresses (e.g. 127.0.0.1); empty: all interfaces."""
+    cors_origins: tuple[str, ...] = field(
+        default_factory=tuple,
+        metadata=flag("let a page from this origin call /offer, e.g. https://app.example (repeatable)"),
+    )
+    """Origins (scheme://host[:port]) whose pages may post offers; empty: only pages served by this gateway."""
 
 
 class BadOffer(ValueError):
@@ -134,10 +157,16 @@ class Gateway:
 
     def app(self) -> web.Application:
         """The aiohttp application (routes: /offer, /metrics, /healthz)."""
-        app = web.Application(client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES)
+        app = web.Application(
+            client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES,
+            middlewares=[cors_middleware(frozenset(self.config.cors_origins))],
+        )
         app.router.add_post("/offer", self._offer)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/styles", self._styles_list)
+        app.router.add_static("/static/", STATIC_DIR)
         return app
 
     async def start(self) -> None:
@@ -208,6 +237,15 @@ class Gateway:
         self.sessions.pop(session.stream_id, None)
         SESSIONS.labels(self.config.region).set(len(self.sessions))
 
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    async def _styles_list(self, request: web.Request) -> web.Response:
+        """The bundled style photos: ``{"styles": [{"name", "url"}]}``."""
+        photos = sorted(p for p in STYLES_DIR.iterdir() if p.suffix in STYLE_SUFFIXES)
+        styles = [{"name": p.stem, "url": f"/static/styles/{p.name}"} for p in photos]
+        return web.json_response({"styles": styles})
+
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -225,6 +263,36 @@ class Gateway:
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def cors_middleware(origins: frozenset[str]) -> Middleware:
+    """CORS for the allow-listed ``origins`` only: preflights answered, ``Access-Control-Allow-Origin`` echoed.
+
+    A request from any other origin gets no CORS headers, so the browser keeps its response from the page."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and origin in origins
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            if not allowed:
+                return web.Response(status=403, text="origin not allowed (gateway flag --cors-origin)")
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+            response.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_S)
+        else:
+            response = await handler(request)
+        if allowed:
+            assert origin is not None
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
 
 
 async def run(config: GatewayConfig) -> None:

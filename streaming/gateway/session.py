@@ -27,8 +27,10 @@ from streaming.gateway.frame_ids import FrameIdMapper
 from streaming.gateway.stylize_client import request_stylize
 from streaming.images import encode_jpeg
 from streaming.protocol import (
+    DATA_CHANNEL_LABEL,
     MAX_CONTROL_BYTES,
     MAX_MESSAGE_BYTES,
+    ChannelError,
     ClockPing,
     ClockPong,
     ErrorCode,
@@ -131,6 +133,17 @@ class PhoneSession:
 
     # --- signaling callbacks -------------------------------------------------------------
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        refusal = None
+        if channel.label != DATA_CHANNEL_LABEL:
+            refusal = f"data channel {channel.label[:40]!r} refused: the protocol's channel is {DATA_CHANNEL_LABEL!r}"
+        elif self._channel is not None:
+            refusal = f"data channel {DATA_CHANNEL_LABEL!r} refused: this session already has one"
+        if refusal is not None:
+            self._count("refused_channels")
+            log.warning("data channel refused", extra={"stream_id": self.stream_id, "error": refusal})
+            channel.send(encode(ChannelError(code=ErrorCode.INVALID, error=refusal)))
+            channel.close()
+            return
         self._channel = channel
         channel.bufferedAmountLowThreshold = BUFFER_LOW_WATER
         channel.on("bufferedamountlow", self._drained.set)
@@ -168,6 +181,7 @@ class PhoneSession:
             BAD_MESSAGES.labels(self._settings.region).inc()
             self._count("bad_messages")
             log.warning("bad data-channel message", extra={"stream_id": self.stream_id, "error": str(exc)})
+            self._spawn_send([encode(ChannelError.of(exc))])
             return
         if isinstance(message, ClockPing):
             received = time.monotonic_ns()
