@@ -348,8 +348,11 @@ window.mvs = {
     const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
     const ctx = canvas.getContext("2d");
     ctx.drawImage(bitmap, 0, 0);
-    const source = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-    renderer.render(bitmap, bitmap.width, bitmap.height);
+    const image = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+    const source = image.data;
+    // The shader gets the very pixels returned as `source` (a video frame uploaded as a texture may be
+    // converted from YUV differently from the 2D canvas's conversion, by a level, which the maps amplify).
+    renderer.render(image, bitmap.width, bitmap.height);
     const output = renderer.pixels();
     return {
       width: bitmap.width, height: bitmap.height, source: await bytesToBase64(source),
