@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +21,8 @@ from streaming.runtime import die_with_parent
 
 STARTUP_TIMEOUT_S = 10.0
 POLL_S = 0.02
+ANY_PORT = -1
+"""nats-server's "any free port" (0 means the default port there): the server binds it and reports it."""
 
 
 def nats_server_binary() -> str:
@@ -33,10 +37,30 @@ def nats_server_binary() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free at the moment of asking."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free at the moment of asking, for a server that cannot bind port 0 and report it.
+
+    Racy by nature (the port is released before the server binds it): prefer servers that pick their own port,
+    as :class:`NatsServer` does. To narrow the race, the port comes from below the kernel's ephemeral range, so
+    no port-0 listener or outgoing connection can be handed it meanwhile.
+    """
+    low = _ephemeral_low()
+    candidates = random.sample(range(20000, low), min(100, low - 20000)) if low > 21000 else []
+    for port in [*candidates, 0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise AssertionError("unreachable: port 0 always binds")
+
+
+def _ephemeral_low() -> int:
+    """Lowest port of the kernel's ephemeral range (Linux; the IANA range elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 def server_config(
@@ -84,6 +108,11 @@ class NatsServer:
     JetStream ``js_domain`` and accepts leaf nodes on ``leaf_port``; a leaf node (``leaf_remote``)
     has no JetStream of its own and reaches the hub's through the domain. With ``auth``, clients log in
     as the users of :mod:`deploy.nats_auth`, whose passwords come from ``env``.
+
+    Port 0 (``port``, ``monitor_port``, ``leaf_port``) means any free port: nats-server binds one itself and
+    :meth:`start` reads it back (client and monitoring ports from the server's ports file, the leaf-node port
+    from ``/varz``, so a random ``leaf_port`` needs monitoring on); the attributes hold the bound ports once
+    started. No port is picked here and released before the server binds it.
     """
 
     def __init__(
@@ -100,13 +129,17 @@ class NatsServer:
         auth: ServerAuth | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        if leaf_port == 0 and monitor_port is None:
+            raise ValueError("a random leaf_port is read back from monitoring: set monitor_port too (0: any)")
         self.host = host
-        self.port = port or free_port(host)
-        self.monitor_port = free_port(host) if monitor_port == 0 else monitor_port
-        """HTTP monitoring (/varz, /connz, /leafz); None: off."""
+        self.port = port
+        """Client port; 0 until started when any free port was asked for."""
+        self.monitor_port = monitor_port
+        """HTTP monitoring (/varz, /connz, /leafz); None: off; 0 until started when any free port was asked for."""
         self.jetstream = jetstream
         self.js_domain = js_domain
-        self.leaf_port = free_port(host) if leaf_port == 0 else leaf_port
+        self.leaf_port = leaf_port
+        """Leaf-node listener; None: off; 0 until started when any free port was asked for."""
         self.leaf_remote = leaf_remote
         self.name = name
         self.auth = auth
@@ -121,33 +154,54 @@ class NatsServer:
     @property
     def url(self) -> str:
         """Client URL."""
-        return f"nats://{self.host}:{self.port}"
+        return f"nats://{self.host}:{self._known(self.port, 'client')}"
 
     @property
     def monitor_url(self) -> str:
         """Base URL of the HTTP monitoring endpoint."""
         if self.monitor_port is None:
             raise RuntimeError("monitoring is off for this server")
-        return f"http://{self.host}:{self.monitor_port}"
+        return f"http://{self.host}:{self._known(self.monitor_port, 'monitoring')}"
+
+    @staticmethod
+    def _known(port: int, what: str) -> int:
+        if port == 0:
+            raise RuntimeError(f"the {what} port is any free port: known once the server has started")
+        return port
+
+    def set_leaf_remote(self, url: str, env_url: str | None = None) -> None:
+        """Connect to the hub at ``url`` once started; with auth, ``env_url`` (the URL with the leaf user's
+        password) goes to the server in :data:`~deploy.nats_auth.LEAF_URL_ENV`. For a hub started after this
+        server was made, on any free leaf-node port."""
+        self.leaf_remote = url
+        if env_url is not None:
+            self._env[LEAF_URL_ENV] = env_url
 
     def config(self) -> str:
-        """The server's config file."""
+        """The server's config file (port 0 written as nats-server's "any free port", -1)."""
+
+        def listen(port: int) -> str:
+            return f"{self.host}:{port or ANY_PORT}"
+
         return server_config(
             self.name,
-            f"{self.host}:{self.port}",
-            monitor=None if self.monitor_port is None else f"{self.host}:{self.monitor_port}",
+            listen(self.port),
+            monitor=None if self.monitor_port is None else listen(self.monitor_port),
             store_dir=str(self.store_dir) if self.jetstream else None,
             js_domain=self.js_domain,
-            leaf_listen=None if self.leaf_port is None else f"{self.host}:{self.leaf_port}",
+            leaf_listen=None if self.leaf_port is None else listen(self.leaf_port),
             leaf_remote=self.leaf_remote,
             auth=self.auth,
         )
 
     def start(self) -> NatsServer:
-        """Start the server and wait until it accepts connections."""
+        """Start the server, learn the ports it bound, and wait until it accepts connections."""
         config_path = Path(self._tmp.name) / "nats.conf"
         config_path.write_text(self.config())
+        ports_dir = Path(self._tmp.name) / "ports"
+        ports_dir.mkdir(exist_ok=True)
         cmd = [nats_server_binary(), "-c", str(config_path), "-l", str(self.log_path)]
+        cmd += ["--ports_file_dir", str(ports_dir)]
         with self.log_path.open("ab") as early_errors:  # config errors go to stderr before the log is open
             self._proc = subprocess.Popen(
                 cmd,
@@ -158,16 +212,48 @@ class NatsServer:
                 start_new_session=True,  # Ctrl-C reaches the parent only, which stops its clients first
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self._proc.returncode}: {self._log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=POLL_S):
-                    return self
-            except OSError:
-                time.sleep(POLL_S)
-        self.stop()
-        raise TimeoutError(f"nats-server did not listen on {self.url} within {STARTUP_TIMEOUT_S} s")
+        try:
+            ports = self._wait_for_ports_file(ports_dir, deadline)
+            self.port = _port_of(ports, "nats")
+            if self.monitor_port is not None:
+                self.monitor_port = _port_of(ports, "monitoring")
+            if self.leaf_port == 0:  # not in the ports file (nats-server 2.15): /varz has the bound one
+                with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=STARTUP_TIMEOUT_S) as response:
+                    self.leaf_port = int(json.load(response)["leaf"]["port"])
+            while True:
+                self._check_running()
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=POLL_S):
+                        return self
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"nats-server did not listen on {self.url} within {STARTUP_TIMEOUT_S} s"
+                        ) from None
+                    time.sleep(POLL_S)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_for_ports_file(self, ports_dir: Path, deadline: float) -> dict[str, list[str]]:
+        """The ports nats-server writes once it listens (``<exe>_<pid>.ports``, JSON lists of URLs)."""
+        while True:
+            self._check_running()
+            for path in ports_dir.glob("*.ports"):
+                try:
+                    ports = json.loads(path.read_text())
+                except (OSError, ValueError):  # being written
+                    continue
+                if isinstance(ports, dict) and ports.get("nats"):
+                    return ports
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server wrote no ports file within {STARTUP_TIMEOUT_S} s: {self._log_tail()}")
+            time.sleep(POLL_S)
+
+    def _check_running(self) -> None:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {self._proc.returncode}: {self._log_tail()}")
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -192,6 +278,15 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _port_of(ports: Mapping[str, list[str]], kind: str) -> int:
+    """The port of the first URL of ``kind`` (``nats``, ``monitoring``) in a nats-server ports file."""
+    urls = ports.get(kind) or []
+    port = urllib.parse.urlsplit(urls[0]).port if urls else None
+    if port is None:
+        raise RuntimeError(f"nats-server's ports file has no {kind} port: {ports}")
+    return port
 
 
 HUB_DOMAIN = "hub"
@@ -220,15 +315,13 @@ class NatsHubAndLeaves:
         self.hub = NatsServer(
             host, js_domain=HUB_DOMAIN, leaf_port=0, monitor_port=0, name="hub", auth=hub_auth, env=env
         )
-        remote = f"nats-leaf://{host}:{self.hub.leaf_port}"
-        self.leaves = {
+        self.leaves = {  # each connects to the hub's leaf-node port, known once the hub has started
             r: NatsServer(
                 host,
                 jetstream=False,
-                leaf_remote=remote,
                 name=f"leaf-{r}",
                 auth=ServerAuth.leaf(r, HUB_DOMAIN) if secure else None,
-                env={**env, LEAF_URL_ENV: self.credentials.url(remote, leaf_user(r))} if self.credentials else None,
+                env=env,
             )
             for r in regions
         }
@@ -245,7 +338,11 @@ class NatsHubAndLeaves:
         """Start the hub, then the leaves, and wait until every leaf is connected to the hub."""
         self.hub.start()
         try:
-            for leaf in self.leaves.values():
+            remote = f"nats-leaf://{self.hub.host}:{self.hub.leaf_port}"
+            for region, leaf in self.leaves.items():
+                leaf.set_leaf_remote(
+                    remote, self.credentials.url(remote, leaf_user(region)) if self.credentials else None
+                )
                 leaf.start()
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while self._connected_leaves() < len(self.leaves):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,6 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _ignore_sigint() -> None:
     """What a non-interactive shell does to a background job (``mvs nats &`` in a script)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -28,11 +20,11 @@ def _ignore_sigint() -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_mvs_nats_stops_on_signals_even_if_started_with_sigint_ignored(tmp_path: Path, sig: signal.Signals) -> None:
-    cmd = [sys.executable, "-m", "deploy.cli", "nats", "--port", str(_free_port()), "--store-dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "deploy.cli", "nats", "--port", "0", "--store-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigint)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # printed once the server listens
+        line = proc.stdout.readline()  # printed once the server listens (port 0: any free one, in the URL)
         assert "nats-server listening" in line
         proc.send_signal(sig)
         assert proc.wait(timeout=STOP_TIMEOUT_S) == 0

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY
 
-from deploy.nats import NatsServer, free_port
+from deploy.nats import NatsServer
 from streaming.nats_connect import connect_nats
 
 WAIT_S = 10.0
@@ -32,14 +32,14 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 async def test_events_are_counted_and_closed_cb_runs() -> None:
     service = f"s{uuid.uuid4().hex[:8]}"
-    port = free_port()
     closed = asyncio.Event()
 
     async def on_closed() -> None:
         closed.set()
 
-    server = NatsServer(port=port)
+    server = NatsServer()
     server.__enter__()
+    port = server.port  # bound by nats-server; the restart below reuses it
     try:
         nc = await connect_nats(server.url, "test-client", service=service, closed_cb=on_closed, reconnect_wait_s=1)
         assert _events(service, "connected") == 1 and _connected(service) == 1
