@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from deploy.backhaul import DelayedTcpRelay
 from deploy.nats_auth import APP_ACCOUNT, LEAF_URL_ENV, Credentials, ServerAuth, indent, leaf_user
 from streaming.runtime import die_with_parent
 
@@ -209,7 +210,12 @@ class NatsHubAndLeaves:
     """
 
     def __init__(
-        self, regions: Sequence[str], host: str = "127.0.0.1", secure: bool = False, cloud_regions: Sequence[str] = ()
+        self,
+        regions: Sequence[str],
+        host: str = "127.0.0.1",
+        secure: bool = False,
+        cloud_regions: Sequence[str] = (),
+        backhaul_delay_ms: float = 0.0,
     ) -> None:
         every = [*regions, *cloud_regions]
         if not every or len(set(every)) != len(every):
@@ -220,15 +226,23 @@ class NatsHubAndLeaves:
         self.hub = NatsServer(
             host, js_domain=HUB_DOMAIN, leaf_port=0, monitor_port=0, name="hub", auth=hub_auth, env=env
         )
-        remote = f"nats-leaf://{host}:{self.hub.leaf_port}"
+        self.backhauls: dict[str, DelayedTcpRelay] = {}
+        """With ``backhaul_delay_ms``: the emulated link between each leaf and the hub (one-way delay)."""
+        if backhaul_delay_ms:
+            assert self.hub.leaf_port is not None
+            self.backhauls = {r: DelayedTcpRelay((host, self.hub.leaf_port), backhaul_delay_ms, host) for r in regions}
+        remotes = {
+            r: f"nats-leaf://{host}:{self.backhauls[r].port if r in self.backhauls else self.hub.leaf_port}"
+            for r in regions
+        }
         self.leaves = {
             r: NatsServer(
                 host,
                 jetstream=False,
-                leaf_remote=remote,
+                leaf_remote=remotes[r],
                 name=f"leaf-{r}",
                 auth=ServerAuth.leaf(r, HUB_DOMAIN) if secure else None,
-                env={**env, LEAF_URL_ENV: self.credentials.url(remote, leaf_user(r))} if self.credentials else None,
+                env={**env, LEAF_URL_ENV: self.credentials.url(remotes[r], leaf_user(r))} if self.credentials else None,
             )
             for r in regions
         }
@@ -245,6 +259,8 @@ class NatsHubAndLeaves:
         """Start the hub, then the leaves, and wait until every leaf is connected to the hub."""
         self.hub.start()
         try:
+            for relay in self.backhauls.values():
+                relay.start()
             for leaf in self.leaves.values():
                 leaf.start()
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -265,6 +281,8 @@ class NatsHubAndLeaves:
         """Stop every server."""
         for leaf in self.leaves.values():
             leaf.stop()
+        for relay in self.backhauls.values():
+            relay.close()
         self.hub.stop()
 
     def __enter__(self) -> NatsHubAndLeaves:

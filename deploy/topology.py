@@ -47,6 +47,8 @@ class LocalConfig:
     federated: bool = False
     """Start the aggregator and let the workers retrain (needs a trainable model)."""
     log_level: str = "warning"
+    backhaul_delay_ms: float = 0.0
+    """Emulated one-way delay between each leaf node and the hub (edge to cloud); 0: none."""
 
     def __post_init__(self) -> None:
         if self.federated:
@@ -85,6 +87,7 @@ class LocalDeployment:
             [r.name for r in regions if r.nats == "leaf"],
             secure=self.config.secure,
             cloud_regions=[r.name for r in regions if r.nats == "hub"],
+            backhaul_delay_ms=self.config.backhaul_delay_ms,
         ).start()
         try:
             if init is not None:
