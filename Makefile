@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m bench.live
 	$(PY) -m bench.interpolation
 	$(PY) -m bench.stylize
+	$(PY) -m bench.regions
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -33,6 +33,7 @@ from deploy.nats_config import (
     hub_auth,
     write_generated,
 )
+from deploy.observability import scrape_annotations
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
 from streaming.config import NATS_URL_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT
@@ -126,9 +127,15 @@ def _http_probe(path: str, port: int) -> Manifest:
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": 10, "timeoutSeconds": 3}
 
 
-def _deployment(name: str, component: str, region: str | None, replicas: int, pod: Manifest) -> Manifest:
+def _deployment(
+    name: str, component: str, region: str | None, replicas: int, pod: Manifest, metrics_port: int | None = None
+) -> Manifest:
+    """A Deployment of ``pod``; with ``metrics_port``, annotated for Prometheus (``deploy/observability``)."""
     if region is not None:
         pod["nodeSelector"] = {REGION_LABEL: region}
+    template: Manifest = {"metadata": {"labels": _pod_labels(name)}, "spec": pod}
+    if metrics_port is not None:
+        template["metadata"]["annotations"] = scrape_annotations(metrics_port)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -136,7 +143,7 @@ def _deployment(name: str, component: str, region: str | None, replicas: int, po
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": _pod_labels(name)},
-            "template": {"metadata": {"labels": _pod_labels(name)}, "spec": pod},
+            "template": template,
         },
     }
 
@@ -238,7 +245,7 @@ def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool =
     name = f"mvs-worker-{region}"
     federated_args = ["--federated-dir", BUFFER_DIR] if federated else []
     device_args = list(GPU_WORKER_ARGS) if gpu else []
-    container = {
+    container: Manifest = {
         "name": "worker",
         "image": image,
         "command": ["mvs", "worker"],
@@ -274,7 +281,7 @@ def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool =
     if federated:
         container["volumeMounts"] = [{"name": "buffer", "mountPath": BUFFER_DIR}]
         pod["volumes"] = [{"name": "buffer", "emptyDir": {}}]
-    return _deployment(name, "worker", region, WORKER_REPLICAS, pod)
+    return _deployment(name, "worker", region, WORKER_REPLICAS, pod, METRICS_PORT)
 
 
 def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
@@ -308,7 +315,7 @@ def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
         "resources": {"requests": {"cpu": "1", "memory": "512Mi"}},
     }
     pod = {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet", "containers": [container]}
-    deployment = _deployment(name, "gateway", region, 1, pod)
+    deployment = _deployment(name, "gateway", region, 1, pod, DEFAULT_HTTP_PORT)  # /metrics beside /offer
     # Two gateways cannot share a node's port: replace in place rather than surge.
     deployment["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     return [_service(name, "gateway", region, {"signaling": DEFAULT_HTTP_PORT}), deployment]
@@ -337,7 +344,7 @@ def aggregator(image: str = IMAGE) -> Manifest:
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "livenessProbe": _metrics_probe(),
     }
-    deployment = _deployment(name, "aggregator", None, 1, {"containers": [container]})
+    deployment = _deployment(name, "aggregator", None, 1, {"containers": [container]}, METRICS_PORT)
     deployment["spec"]["strategy"] = {"type": "Recreate"}
     return deployment
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nats
 
-from deploy.nats import NatsServer
+from deploy.nats import NatsServer, free_port
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
@@ -28,13 +28,14 @@ from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
 from streaming.runtime import die_with_parent, run_main
-from streaming.telemetry import setup_logging
+from streaming.telemetry import DEFAULT_METRICS_HOST, setup_logging
 
 log = logging.getLogger(__name__)
 
 WORKER_READY_TIMEOUT_S = 60.0
 WORKER_PROBE_S = 0.2
 WORKER_STOP_TIMEOUT_S = 10.0
+METRICS_HOST = DEFAULT_METRICS_HOST
 
 
 @dataclass
@@ -54,8 +55,12 @@ class LocalTopology:
     """With a directory, workers retrain and join federated learning (a key-frame buffer each, inside it)."""
     worker_args: tuple[str, ...] = ()
     """More ``mvs worker`` flags for every worker (e.g. ``--work-size 192``)."""
+    metrics: bool = False
+    """Each worker serves Prometheus metrics on a free loopback port (:attr:`metrics_urls`)."""
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """Worker processes by worker id."""
+    metrics_urls: dict[str, str] = field(default_factory=dict)
+    """Metrics URL of each worker started with :attr:`metrics`, by worker id."""
 
     def start_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
         """Start one ``python -m edge_worker`` child (the NATS URL, which may hold a password, in its environment)."""
@@ -78,6 +83,10 @@ class LocalTopology:
             cmd += ["--js-domain", self.js_domain]
         if self.federated_dir is not None:
             cmd += ["--federated-dir", str(self.federated_dir / worker_id)]
+        if self.metrics:
+            port = free_port(METRICS_HOST)
+            cmd += ["--metrics-port", str(port), "--metrics-host", METRICS_HOST]
+            self.metrics_urls[worker_id] = f"http://{METRICS_HOST}:{port}/metrics"
         cmd += self.worker_args
         env = {**os.environ, NATS_URL_ENV: self.nats_url}
         # Own session: Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
@@ -113,6 +122,7 @@ class LocalTopology:
                 proc.kill()
                 proc.wait()
         self.workers.clear()
+        self.metrics_urls.clear()
 
 
 async def run_demo(

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from deploy.backhaul import DelayedTcpRelay
 from deploy.nats_auth import APP_ACCOUNT, LEAF_URL_ENV, Credentials, ServerAuth, indent, leaf_user
 from streaming.runtime import die_with_parent
 
@@ -304,7 +305,12 @@ class NatsHubAndLeaves:
     """
 
     def __init__(
-        self, regions: Sequence[str], host: str = "127.0.0.1", secure: bool = False, cloud_regions: Sequence[str] = ()
+        self,
+        regions: Sequence[str],
+        host: str = "127.0.0.1",
+        secure: bool = False,
+        cloud_regions: Sequence[str] = (),
+        backhaul_delay_ms: float = 0.0,
     ) -> None:
         every = [*regions, *cloud_regions]
         if not every or len(set(every)) != len(every):
@@ -315,6 +321,10 @@ class NatsHubAndLeaves:
         self.hub = NatsServer(
             host, js_domain=HUB_DOMAIN, leaf_port=0, monitor_port=0, name="hub", auth=hub_auth, env=env
         )
+        self.backhaul_delay_ms = backhaul_delay_ms
+        self.backhauls: dict[str, DelayedTcpRelay] = {}
+        """With ``backhaul_delay_ms``: the emulated link between each leaf and the hub (one-way delay), in place
+        once the hub has started."""
         self.leaves = {  # each connects to the hub's leaf-node port, known once the hub has started
             r: NatsServer(
                 host,
@@ -338,8 +348,14 @@ class NatsHubAndLeaves:
         """Start the hub, then the leaves, and wait until every leaf is connected to the hub."""
         self.hub.start()
         try:
-            remote = f"nats-leaf://{self.hub.host}:{self.hub.leaf_port}"
+            assert self.hub.leaf_port is not None
             for region, leaf in self.leaves.items():
+                port = self.hub.leaf_port
+                if self.backhaul_delay_ms:
+                    relay = DelayedTcpRelay((self.hub.host, port), self.backhaul_delay_ms, self.hub.host).start()
+                    self.backhauls[region] = relay
+                    port = relay.port
+                remote = f"nats-leaf://{self.hub.host}:{port}"
                 leaf.set_leaf_remote(
                     remote, self.credentials.url(remote, leaf_user(region)) if self.credentials else None
                 )
@@ -362,6 +378,8 @@ class NatsHubAndLeaves:
         """Stop every server."""
         for leaf in self.leaves.values():
             leaf.stop()
+        for relay in self.backhauls.values():
+            relay.close()
         self.hub.stop()
 
     def __enter__(self) -> NatsHubAndLeaves:

@@ -47,6 +47,8 @@ class LocalConfig:
     federated: bool = False
     """Start the aggregator and let the workers retrain (needs a trainable model)."""
     log_level: str = "warning"
+    backhaul_delay_ms: float = 0.0
+    """Emulated one-way delay between each leaf node and the hub (edge to cloud); 0: none."""
 
     def __post_init__(self) -> None:
         if self.federated:
@@ -85,6 +87,7 @@ class LocalDeployment:
             [r.name for r in regions if r.nats == "leaf"],
             secure=self.config.secure,
             cloud_regions=[r.name for r in regions if r.nats == "hub"],
+            backhaul_delay_ms=self.config.backhaul_delay_ms,
         ).start()
         try:
             if init is not None:
@@ -132,10 +135,15 @@ class LocalDeployment:
             js_domain=HUB_DOMAIN,
             discovery_url=self.url(region.name, gateway_user(region.name)),
             federated_dir=Path(self._buffers.name) if self._buffers is not None else None,
+            metrics=True,
         )
         for i in range(region.workers):
             site.start_worker(f"{region.name}-worker-{i}")
         return site
+
+    def metrics_urls(self, region: str) -> list[str]:
+        """Prometheus endpoints of a region: its gateway's, then each worker's."""
+        return [f"{self.gateways[region].url}/metrics", *self.sites[region].metrics_urls.values()]
 
     def summary(self) -> str:
         """What runs where, and how to stream a phone to each region."""
@@ -153,6 +161,7 @@ class LocalDeployment:
             worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN]
             env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(region.name)))}"
             lines.append(f"  more worker: {env} {shlex.join(worker)}")
+            lines.append(f"  metrics:     {' '.join(self.metrics_urls(region.name))}")
         return "\n".join(lines)
 
     async def stop(self) -> None:

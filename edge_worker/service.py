@@ -58,7 +58,7 @@ from streaming.protocol import (
 )
 from streaming.queues import LatestQueue
 from streaming.style_store import StyleStore, UnknownStyleError
-from streaming.telemetry import DEFAULT_METRICS_HOST, start_metrics_server
+from streaming.telemetry import DEFAULT_METRICS_HOST, LATENCY_BUCKETS_S, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +70,20 @@ DEFAULT_MAX_BATCH = 1
 """Requests run together at most; 1 turns batching off (on a CPU a batch gains nothing and multiplies latency)."""
 DEFAULT_BATCH_WAIT_MS = 2.0
 """How long a batch waits for more requests after its first (only with max_batch > 1)."""
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 
 REQUESTS = Counter("mvs_worker_requests_total", "Stylize requests by outcome", ["region", "outcome"])
 INFERENCE_SECONDS = Histogram(
     "mvs_worker_inference_seconds",
     "Stylizer time per key frame",
     ["region"],
-    buckets=LATENCY_BUCKETS,
+    buckets=LATENCY_BUCKETS_S,
 )
 QUEUE_DEPTH = Gauge("mvs_worker_queue_depth", "Requests waiting for the inference thread", ["region"])
 QUEUE_WAIT_SECONDS = Histogram(
     "mvs_worker_queue_wait_seconds",
     "Time from a request's arrival to the start of its batch",
     ["region"],
-    buckets=LATENCY_BUCKETS,
+    buckets=LATENCY_BUCKETS_S,
 )
 BATCH_SIZE = Histogram(
     "mvs_worker_batch_size", "Requests per batch run by the stylizer", ["region"], buckets=(1, 2, 4, 8, 16, 32, 64)

@@ -39,7 +39,7 @@ from mobile_sim.link import CameraTrack, GatewayLink, Outgoing, SenderPts
 from mobile_sim.link_shim import LinkProfile
 from mobile_sim.reconstruct import IntermediateRender, OutputFrame, ReconstructionMode, Reconstructor
 from mobile_sim.recorder import VideoRecorder
-from mobile_sim.report import FrameRecord, build_report, write_report
+from mobile_sim.report import FrameRecord, build_report, latency_split, write_report
 from mobile_sim.sources import FrameSource, default_style_photo, open_source
 from mobile_sim.warp import Warper
 from streaming.coefficients import decode_coefficients
@@ -373,6 +373,8 @@ class Phone:
         except (ImageDecodeError, ProtocolError) as exc:
             result, error = None, f"undecodable {header.kind} result: {exc}"
         header.stamps[Stamp.PHONE_DECODED] = time.monotonic_ns()
+        if result is not None and (parts := latency_split(header.stamps)) is not None:
+            self._link.report_latency(header.frame_id, parts)  # the site records what its user sees
         self._submit(self._accept_key, header, len(payload), result, error)
 
     def _accept_key(self, header: KeyResult, size: int, result: np.ndarray | None, error: str) -> list[OutputFrame]:

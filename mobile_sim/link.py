@@ -36,6 +36,7 @@ from streaming.protocol import (
     ClockPong,
     ErrorCode,
     FrameMeta,
+    KeyLatency,
     KeyResult,
     Offer,
     ProtocolError,
@@ -186,6 +187,12 @@ class GatewayLink:
         """Tell the gateway which frame is about to be sent."""
         if self._channel is not None and self._channel.readyState == "open":
             self._channel.send(encode(meta))
+
+    def report_latency(self, frame_id: int, parts_ms: dict[str, float]) -> None:
+        """Tell the gateway how long a key took as measured here (negative parts, clock-estimate error, as 0)."""
+        if self._channel is not None and self._channel.readyState == "open":
+            clamped = {part: max(0.0, value) for part, value in parts_ms.items()}
+            self._channel.send(encode(KeyLatency(frame_id=frame_id, parts_ms=clamped)))
 
     def probe_clock(self) -> None:
         """Ask the gateway for its clock (the answer updates :attr:`clock`)."""

@@ -10,11 +10,31 @@ from typing import Any
 import numpy as np
 
 from mobile_sim.reconstruct import OUTPUT_KINDS
-from streaming.protocol import Stamp
+from streaming.protocol import LATENCY_PARTS, Stamp, Stamps
 
 PERCENTILES = (50, 95, 99)
 NS_PER_MS = 1e6
-LATENCY_PARTS = ("uplink", "queue", "inference", "downlink", "round_trip")
+
+
+def latency_split(stamps: Stamps) -> dict[str, float] | None:
+    """A key's round trip split into :data:`LATENCY_PARTS` (ms) from its hop stamps; None if one is missing.
+
+    uplink: capture -> decoded at the gateway; queue: -> inference starts on a worker (gateway JPEG, NATS hop,
+    worker queue); inference: the stylizer; downlink: -> decoded on the phone. Stamps come from several
+    processes' clocks, moved onto the phone's by the gateway and the phone (``streaming.clock``).
+    """
+    s = stamps
+    needed = (Stamp.PHONE_CAPTURE, Stamp.GW_DECODED, Stamp.W_INFER_START, Stamp.W_INFER_END, Stamp.PHONE_DECODED)
+    if any(k not in s for k in needed):
+        return None
+    parts = {
+        "uplink": s[Stamp.GW_DECODED] - s[Stamp.PHONE_CAPTURE],
+        "queue": s[Stamp.W_INFER_START] - s[Stamp.GW_DECODED],
+        "inference": s[Stamp.W_INFER_END] - s[Stamp.W_INFER_START],
+        "downlink": s[Stamp.PHONE_DECODED] - s[Stamp.W_INFER_END],
+        "round_trip": s[Stamp.PHONE_DECODED] - s[Stamp.PHONE_CAPTURE],
+    }
+    return {k: v / NS_PER_MS for k, v in parts.items()}
 
 
 @dataclass
@@ -46,24 +66,8 @@ class KeyRecord:
     stamps: dict[str, int] = field(default_factory=dict)
 
     def latency_ms(self) -> dict[str, float] | None:
-        """Round trip split into uplink, queue, inference and downlink (ms), from the hop stamps.
-
-        uplink: capture -> decoded at the gateway; queue: -> inference starts on a worker (gateway
-        JPEG, NATS hop, worker queue); inference: the stylizer; downlink: -> decoded on the phone.
-        Stamps come from several processes' monotonic clocks, comparable on one host (the demo).
-        """
-        s = self.stamps
-        needed = (Stamp.PHONE_CAPTURE, Stamp.GW_DECODED, Stamp.W_INFER_START, Stamp.W_INFER_END, Stamp.PHONE_DECODED)
-        if not self.ok or any(k not in s for k in needed):
-            return None
-        parts = {
-            "uplink": s[Stamp.GW_DECODED] - s[Stamp.PHONE_CAPTURE],
-            "queue": s[Stamp.W_INFER_START] - s[Stamp.GW_DECODED],
-            "inference": s[Stamp.W_INFER_END] - s[Stamp.W_INFER_START],
-            "downlink": s[Stamp.PHONE_DECODED] - s[Stamp.W_INFER_END],
-            "round_trip": s[Stamp.PHONE_DECODED] - s[Stamp.PHONE_CAPTURE],
-        }
-        return {k: v / NS_PER_MS for k, v in parts.items()}
+        """Round trip split into :data:`LATENCY_PARTS` (ms) if the key succeeded (:func:`latency_split`)."""
+        return latency_split(self.stamps) if self.ok else None
 
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -66,9 +66,11 @@ def fl_delta_subject(region: str) -> str:
 MAX_MESSAGE_BYTES = 512 * 1024
 """Nothing bigger rides a subject; blobs go to the object store."""
 MAX_CONTROL_BYTES = 1024
-"""Largest phone -> gateway data-channel message (frame announcements, clock probes)."""
+"""Largest phone -> gateway data-channel message (frame announcements, clock probes, latency reports)."""
 MAX_ERROR_TEXT = 300
 """Characters of explanation a :class:`ChannelError` carries at most."""
+MAX_REPORTED_LATENCY_MS = 60_000.0
+"""Longest key-frame latency part a phone may report (:class:`KeyLatency`); beyond it the report is invalid."""
 MAX_FRAME_SIDE = 4096
 """Largest width or height of a frame the system accepts."""
 MAX_STYLE_BYTES = 8 * 1024 * 1024
@@ -257,6 +259,32 @@ class ClockPong(Message):
     gw_sent_ns: int
 
 
+LATENCY_PARTS = ("uplink", "queue", "inference", "downlink", "round_trip")
+"""How a key frame's round trip splits (ms, from the hop stamps): uplink, capture -> decoded at the gateway; queue,
+-> inference starts on a worker (gateway JPEG, NATS hop, worker queue); inference, the stylizer; downlink,
+-> result decoded on the phone; round_trip, capture -> result decoded."""
+
+
+@dataclass
+class KeyLatency(Message):
+    """Phone -> gateway (data channel): one key frame's round trip as the phone measured it, split into
+    :data:`LATENCY_PARTS` (ms, each in 0..:data:`MAX_REPORTED_LATENCY_MS`), so the site sees the user's latency."""
+
+    TYPE: ClassVar[str] = "latency"
+    frame_id: int
+    parts_ms: dict[str, float]
+
+
+def validate_key_latency(report: KeyLatency) -> None:
+    """Raise :class:`ProtocolError` unless ``report`` names only :data:`LATENCY_PARTS`, each a bounded time."""
+    unknown = sorted(set(report.parts_ms) - set(LATENCY_PARTS))
+    if unknown:
+        raise ProtocolError(ErrorCode.INVALID, f"latency: unknown parts {unknown} (known: {list(LATENCY_PARTS)})")
+    for part, value in report.parts_ms.items():
+        if not 0.0 <= value <= MAX_REPORTED_LATENCY_MS:
+            raise ProtocolError(ErrorCode.INVALID, f"latency: {part} = {value} ms outside 0..{MAX_REPORTED_LATENCY_MS}")
+
+
 @dataclass
 class ChannelError(Message):
     """Gateway -> phone (data channel): a message from the phone was rejected and ignored (session unchanged)."""
@@ -369,6 +397,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ClockPing,
         ClockPong,
         ChannelError,
+        KeyLatency,
         KeyResult,
         Chunk,
         WorkerInfo,

@@ -76,6 +76,13 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
                     assert response.status == 200 and (await response.json())["workers"] == [f"{name}-worker-0"]
         summary = deployment.summary()
         assert "--region edge --ice-host 127.0.0.1 --link-delay-ms 20 --link-kbps 8000" in summary
+        async with aiohttp.ClientSession() as http:
+            for name in deployment.gateways:  # each region's metrics: its gateway's and each worker's, all live
+                urls = deployment.metrics_urls(name)
+                assert len(urls) == 2 and f"metrics:     {' '.join(urls)}" in summary
+                for url, family in zip(urls, ("mvs_gateway_key_seconds", "mvs_worker_inference_seconds"), strict=True):
+                    async with http.get(url) as response:
+                        assert response.status == 200 and f"# TYPE {family} histogram" in await response.text()
         servers = [deployment.nats.hub, *deployment.nats.leaves.values()]
         assert not [line for s in servers for line in s.log_path.read_text().splitlines() if "Violation" in line]
     finally:

@@ -20,7 +20,7 @@ import av
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from nats.aio.client import Client as NATS
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from streaming.clock import ClockOffset
 from streaming.gateway.frame_ids import FrameIdMapper
@@ -35,6 +35,7 @@ from streaming.protocol import (
     ClockPong,
     ErrorCode,
     FrameMeta,
+    KeyLatency,
     KeyResult,
     ProtocolError,
     ResultKind,
@@ -43,8 +44,10 @@ from streaming.protocol import (
     chunk_payload,
     decode_any,
     encode,
+    validate_key_latency,
 )
 from streaming.queues import LatestQueue
+from streaming.telemetry import LATENCY_BUCKETS_S
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,30 @@ REQUEST_OVERHEAD_BYTES = 4096
 KEY_FRAMES = Counter("mvs_gateway_key_frames_total", "Key frames by outcome", ["region", "outcome"])
 FRAMES = Counter("mvs_gateway_frames_total", "Decoded video frames by fate", ["region", "fate"])
 BAD_MESSAGES = Counter("mvs_gateway_bad_messages_total", "Undecodable data-channel messages", ["region"])
+KEY_SECONDS = Histogram(
+    "mvs_gateway_key_seconds",
+    "Key frames served: time from decoded at the gateway to the result handed to the data channel",
+    ["region"],
+    buckets=LATENCY_BUCKETS_S,
+)
+KEY_HOP_SECONDS = Histogram(
+    "mvs_gateway_key_hop_seconds",
+    "Key frames served, time by hop: queue (decoded -> request sent: dispatcher wait and JPEG), "
+    "nats (request -> reply, retry included), send (reply -> result handed to the data channel)",
+    ["region", "hop"],
+    buckets=LATENCY_BUCKETS_S,
+)
+GATEWAY_HOPS = ("queue", "nats", "send")
+"""The hops of :data:`KEY_HOP_SECONDS`; they add up to :data:`KEY_SECONDS`."""
+PHONE_KEY_SECONDS = Histogram(
+    "mvs_gateway_phone_key_seconds",
+    "Key frames as the phone measured them (KeyLatency over the data channel), by part: uplink, queue, "
+    "inference, downlink and the whole round_trip",
+    ["region", "part"],
+    buckets=LATENCY_BUCKETS_S,
+)
+NS_PER_S = 1e9
+MS_PER_S = 1e3
 
 
 @dataclass(frozen=True)
@@ -176,7 +203,9 @@ class PhoneSession:
         try:
             if isinstance(data, str):
                 raise ProtocolError(ErrorCode.MALFORMED, "text message on a binary channel")
-            message = decode_any(data, (FrameMeta, ClockPing), max_bytes=MAX_CONTROL_BYTES)
+            message = decode_any(data, (FrameMeta, ClockPing, KeyLatency), max_bytes=MAX_CONTROL_BYTES)
+            if isinstance(message, KeyLatency):
+                validate_key_latency(message)
         except ProtocolError as exc:
             BAD_MESSAGES.labels(self._settings.region).inc()
             self._count("bad_messages")
@@ -187,6 +216,10 @@ class PhoneSession:
             received = time.monotonic_ns()
             pong = ClockPong(phone_ns=message.phone_ns, gw_received_ns=received, gw_sent_ns=time.monotonic_ns())
             self._spawn_send([encode(pong)])
+            return
+        if isinstance(message, KeyLatency):
+            for part, ms in message.parts_ms.items():
+                PHONE_KEY_SECONDS.labels(self._settings.region, part).observe(ms / MS_PER_S)
             return
         assert isinstance(message, FrameMeta)
         meta = message
@@ -281,6 +314,7 @@ class PhoneSession:
             result=self._result,
             stamps={Stamp.PHONE_CAPTURE: job.meta.capture_ns, Stamp.GW_DECODED: job.decoded_ns},
         )
+        asked_ns = time.monotonic_ns()
         outcome = await request_stylize(
             self._nc,
             self._settings.subject,
@@ -307,6 +341,14 @@ class PhoneSession:
         KEY_FRAMES.labels(self._settings.region, "ok").inc()
         self._count("key_ok")
         await self._send([encode(header), *(encode(c) for c in chunks)])
+        self._observe(job.decoded_ns, asked_ns, reply.stamps.get(Stamp.GW_REPLY, asked_ns), time.monotonic_ns())
+
+    def _observe(self, decoded_ns: int, asked_ns: int, reply_ns: int, sent_ns: int) -> None:
+        """Record a served key's time at this site and its hops (:data:`GATEWAY_HOPS`)."""
+        region = self._settings.region
+        KEY_SECONDS.labels(region).observe((sent_ns - decoded_ns) / NS_PER_S)
+        for hop, ns in zip(GATEWAY_HOPS, (asked_ns - decoded_ns, reply_ns - asked_ns, sent_ns - reply_ns), strict=True):
+            KEY_HOP_SECONDS.labels(region, hop).observe(ns / NS_PER_S)
 
     async def _send(self, messages: list[bytes]) -> None:
         """Send messages in order, waiting whenever the channel's buffer is above the high-water mark."""
