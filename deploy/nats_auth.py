@@ -10,13 +10,15 @@ checked by ``tests/test_nats_permissions.py`` running the real flows as these us
 - worker ``worker-<r>``: ``mvs.<r>.stylize`` only in queue group ``stylizers``, ``mvs.<r>.workers``,
   answers (``allow_responses``, which also covers the flow-control replies of its object reads); reads
   styles through an ordered consumer (``P.STREAM.NAMES``, ``P.CONSUMER.CREATE.OBJ_mvs-styles``); federated
-  learning: binds (or
-  creates) the model bucket and latest-version KV, reads both, writes delta blobs (``$O.mvs-models.C|M.*``),
-  publishes ``mvs.fl.delta.<r>`` into the JetStream stream, follows ``mvs.fl.global``.
+  learning: binds (never creates: ``STREAM.INFO`` and ``STREAM.MSG.GET`` only) the model bucket and the
+  latest-version KV and reads both, binds or creates its region's delta bucket and writes only there
+  (``$O.mvs-deltas-<r>.C|M.*``), publishes ``mvs.fl.delta.<r>`` into the JetStream stream, follows
+  ``mvs.fl.global``. It cannot write ``mvs-models``: global versions are the aggregator's alone.
 - aggregator: owns the delta stream (durable pull consumer, acks on ``$JS.ACK.MVS_FL_DELTAS.>``), the
   model bucket, both KV buckets (``$KV.mvs-model-latest.>``, ``$KV.mvs-fl-rounds.>``) and announces on
-  ``mvs.fl.global``. Reading an object of a few MB (a model version) needs flow-control replies on
-  ``$JS.FC.OBJ_mvs-models.>``: without them the read stalls for good.
+  ``mvs.fl.global``; reads and deletes the deltas of every region's bucket (the regions it is generated for).
+  Reading an object of a few MB (a model version, a delta) needs flow-control replies on
+  ``$JS.FC.OBJ_<bucket>.>``: without them the read stalls for good.
 - leaf ``leaf-<r>``: a region's leaf node connecting to the hub, bound to the application account.
 
 The phone never touches NATS. Passwords never appear in a config: each user's password is an
@@ -41,6 +43,7 @@ from streaming.protocol import (
     MODEL_LATEST_BUCKET,
     STYLE_BUCKET,
     STYLIZE_QUEUE_GROUP,
+    delta_bucket,
     fl_delta_subject,
     stylize_subject,
     workers_subject,
@@ -96,6 +99,16 @@ def _bind(stream: str) -> tuple[str, str, str]:
     return f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.MSG.GET.{stream}"
 
 
+def _bind_existing(stream: str) -> tuple[str, str]:
+    """Bind to a bucket that must exist, and read its messages (no leave to create it)."""
+    return f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}"
+
+
+def _objects(bucket: str) -> str:
+    """The stream behind an object store bucket."""
+    return f"OBJ_{bucket}"
+
+
 def _read_objects(stream: str) -> tuple[str, str]:
     """Read an object's chunks: nats-py finds the stream by subject and reads with an ordered consumer."""
     return "STREAM.NAMES", f"CONSUMER.CREATE.{stream}"
@@ -126,11 +139,12 @@ def worker_permissions(region: str, js_domain: str | None = None) -> Permissions
                 js_domain,
                 *_bind(STYLE_STREAM),
                 *_read_objects(STYLE_STREAM),
-                *_bind(MODEL_STREAM),
+                *_bind_existing(MODEL_STREAM),
                 *_read_objects(MODEL_STREAM),
-                *_bind(MODEL_LATEST_STREAM),
+                *_bind_existing(MODEL_LATEST_STREAM),
+                *_bind(_objects(delta_bucket(region))),
             ),
-            *_write_objects(MODEL_BUCKET),
+            *_write_objects(delta_bucket(region)),
             fl_delta_subject(region),
         ),
         subscribe=(
@@ -143,8 +157,10 @@ def worker_permissions(region: str, js_domain: str | None = None) -> Permissions
     )
 
 
-def aggregator_permissions(js_domain: str | None = None) -> Permissions:
-    """The cloud aggregator: the delta stream's consumer, the model stores' writer, the version announcer."""
+def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None) -> Permissions:
+    """The cloud aggregator: the delta stream's consumer, ``regions``' delta buckets' reader, the model stores'
+    writer, the version announcer."""
+    delta_streams = [_objects(delta_bucket(region)) for region in regions]
     return Permissions(
         publish=(
             *_api(
@@ -159,10 +175,15 @@ def aggregator_permissions(js_domain: str | None = None) -> Permissions:
                 f"STREAM.PURGE.{MODEL_STREAM}",
                 *_bind(MODEL_LATEST_STREAM),
                 *_bind(ROUND_STREAM),
+                *(call for stream in delta_streams for call in _bind_existing(stream)),
+                *(call for stream in delta_streams for call in _read_objects(stream)),
+                *(f"STREAM.PURGE.{stream}" for stream in delta_streams),
             ),
             f"$JS.ACK.{FL_DELTA_STREAM}.>",
             f"$JS.FC.{MODEL_STREAM}.>",
+            *(f"$JS.FC.{stream}.>" for stream in delta_streams),
             *_write_objects(MODEL_BUCKET),
+            *(subject for region in regions for subject in _write_objects(delta_bucket(region))),
             f"$KV.{MODEL_LATEST_BUCKET}.>",
             f"$KV.{FL_ROUND_BUCKET}.>",
             FL_GLOBAL_SUBJECT,
@@ -233,7 +254,7 @@ class ServerAuth:
     def hub(cls, regions: Sequence[str], leaf_regions: Sequence[str], js_domain: str | None) -> ServerAuth:
         """The hub knows every user: the aggregator, every region's (cloud workers serve overflow) and the
         leaf nodes of ``leaf_regions``."""
-        users = [User(AGGREGATOR_USER, aggregator_permissions(js_domain))]
+        users = [User(AGGREGATOR_USER, aggregator_permissions(regions, js_domain))]
         users += [user for region in regions for user in region_users(region, js_domain)]
         return cls(tuple(users), tuple(leaf_user(region) for region in leaf_regions))
 

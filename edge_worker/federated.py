@@ -8,6 +8,10 @@ version, as in FedAvg). After ``publish_every`` trained samples it publishes its
 base version, in fp16, through the model store (:func:`streaming.model_store.submit_delta`), once per
 base version; it adopts every newer global version announced on ``mvs.fl.global``, into the served
 model and the training copy. Before serving, it loads the latest global version.
+
+A version is adopted only if its weights match the SHA-256 in its metadata (:meth:`ModelStore.weights`): at start
+the worker takes the newest kept version that does, else the bundled model; a refused announcement leaves it serving
+what it has. Either way it logs why and keeps serving.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from edge_worker.model.base import Trainable, TrainingPair
 from edge_worker.trainer_process import TrainerProcess
 from streaming.config import flag
 from streaming.images import ImageDecodeError, decode_image
-from streaming.model_store import ModelStore, submit_delta
+from streaming.model_store import DeltaStore, ModelIntegrityError, ModelStore, StoreMissingError, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, ProtocolError, decode
 from streaming.style_store import UnknownStyleError
 from streaming.tensors import NamedArrays
@@ -90,6 +94,7 @@ class FederatedLearner:
         self._rng = random.Random(config.seed)
         self._nc: NATS | None = None
         self._store: ModelStore | None = None
+        self._deltas: DeltaStore | None = None
         self.base_version = -1
         self._base_weights: NamedArrays = {}
         self._published_base = -2
@@ -101,9 +106,12 @@ class FederatedLearner:
         """Load the latest global version (before the worker serves) and follow new ones."""
         self._nc = nc
         self._base_weights = self.model.learned_state()
+        js = nc.jetstream(domain=self._js_domain)
         try:
-            self._store = await asyncio.wait_for(ModelStore.open(nc.jetstream(domain=self._js_domain)), STORE_TIMEOUT_S)
-            latest = await asyncio.wait_for(self._store.latest(), STORE_TIMEOUT_S)
+            self._deltas = await asyncio.wait_for(DeltaStore.open(js, self._region), STORE_TIMEOUT_S)
+            await nc.subscribe(FL_GLOBAL_SUBJECT, cb=self._on_global)
+            latest = await asyncio.wait_for(self._open_store(), STORE_TIMEOUT_S)
+            good = None if self._store is None or latest is None else await self._store.newest_good(latest)
         except (NatsError, asyncio.TimeoutError) as exc:
             self._store = None
             log.warning(
@@ -111,13 +119,23 @@ class FederatedLearner:
                 extra={"worker_id": self._worker_id, "error": f"{type(exc).__name__}: {exc}"},
             )
             return
-        if latest is None:
+        if good is None:
             log.warning(
-                "no global model version in the store: serving the bundled model", extra={"worker_id": self._worker_id}
+                "no usable global model version in the store: serving the bundled model",
+                extra={"worker_id": self._worker_id, "latest": latest},
             )
         else:
-            await self._adopt(latest)
-        await nc.subscribe(FL_GLOBAL_SUBJECT, cb=self._on_global)
+            await self._adopt(*good)
+
+    async def _open_store(self) -> int | None:
+        """Bind the model store (it is the aggregator's to create); the newest version number, None if none yet."""
+        assert self._nc is not None
+        if self._store is None:
+            try:
+                self._store = await ModelStore.open(self._nc.jetstream(domain=self._js_domain), create=False)
+            except StoreMissingError:
+                return None
+        return await self._store.latest_number()
 
     def close(self) -> None:
         """Stop training (after the current step) and the trainer process."""
@@ -199,7 +217,7 @@ class FederatedLearner:
     async def publish(self) -> None:
         """Publish this worker's delta against its base version (fp16)."""
         assert self._nc is not None
-        if self._store is None or self.base_version < 0:
+        if self._deltas is None or self.base_version < 0:
             log.warning("no global version to send a delta against", extra={"worker_id": self._worker_id})
             return
         state = await asyncio.get_running_loop().run_in_executor(self._training, self.trainer.learned_state)
@@ -207,9 +225,8 @@ class FederatedLearner:
         recent = self.losses[-self.samples_since_base :] or [float("nan")]
         await submit_delta(
             self._nc.jetstream(domain=self._js_domain),
-            self._store,
+            self._deltas,
             worker_id=self._worker_id,
-            region=self._region,
             base_version=self.base_version,
             samples=self.samples_since_base,
             delta=delta,
@@ -219,17 +236,32 @@ class FederatedLearner:
         log.info("delta published", extra={"base": self.base_version, "samples": self.samples_since_base})
 
     async def _on_global(self, msg: Msg) -> None:
+        """A new version was announced: adopt it if its weights match the digest in the store's metadata (the KV
+        entry, not the announcement, is the authority); otherwise keep serving the current one."""
         try:
-            meta = decode(msg.data, ModelVersion)
+            announced = decode(msg.data, ModelVersion)
         except ProtocolError as exc:
             log.warning("bad global version announcement", extra={"error": str(exc)})
             return
-        if meta.version > self.base_version:
-            await self._adopt(meta)
+        if announced.version <= self.base_version:
+            return
+        try:
+            if self._store is None:
+                await self._open_store()
+            if self._store is None:
+                raise ModelIntegrityError(f"model version {announced.version} is refused: no model store")
+            meta = await self._store.version(announced.version)
+            weights = await self._store.weights(meta)
+        except (KeyError, ModelIntegrityError, NatsError, asyncio.TimeoutError) as exc:
+            log.error(
+                "global model version refused: serving the current one",
+                extra={"worker_id": self._worker_id, "serving": self.base_version, "error": str(exc)},
+            )
+            return
+        await self._adopt(meta, weights)
 
-    async def _adopt(self, meta: ModelVersion) -> None:
-        assert self._store is not None
-        weights = await self._store.weights(meta)
+    async def _adopt(self, meta: ModelVersion, weights: NamedArrays) -> None:
+        """Serve and train on ``weights`` (already checked against ``meta``'s digest)."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.model.load_learned_state, weights)  # what the worker serves
         await loop.run_in_executor(self._training, self.trainer.load_learned_state, weights)
