@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
-
 from deploy.nats import NatsServer
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
@@ -27,6 +25,7 @@ from streaming.config import NATS_URL_ENV
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
+from streaming.nats_connect import connect_nats
 from streaming.runtime import die_with_parent, run_main
 from streaming.telemetry import setup_logging
 
@@ -87,7 +86,7 @@ class LocalTopology:
 
     async def wait_for_workers(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Wait until every started worker answers on the region's discovery subject."""
-        nc = await nats.connect(self.discovery_url or self.nats_url)
+        nc = await connect_nats(self.discovery_url or self.nats_url, "mvs-local-discovery", service="local")
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:

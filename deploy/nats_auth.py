@@ -6,7 +6,7 @@ checked by ``tests/test_nats_permissions.py`` running the real flows as these us
 
 - gateway ``gateway-<r>``: requests on ``mvs.<r>.stylize``, discovery on ``mvs.<r>.workers``, style
   store: bind or create (``P.STREAM.INFO|CREATE.OBJ_mvs-styles``), look up (``P.STREAM.MSG.GET``), write
-  (``$O.mvs-styles.C|M.*``); replies on ``_INBOX.>``.
+  (``$O.mvs-styles.C|M.*``); replies on its own inbox prefix ``_INBOX_gateway-<r>.>``.
 - worker ``worker-<r>``: ``mvs.<r>.stylize`` only in queue group ``stylizers``, ``mvs.<r>.workers``,
   answers (``allow_responses``, which also covers the flow-control replies of its object reads); reads
   styles through an ordered consumer (``P.STREAM.NAMES``, ``P.CONSUMER.CREATE.OBJ_mvs-styles``); federated
@@ -20,6 +20,9 @@ checked by ``tests/test_nats_permissions.py`` running the real flows as these us
   Reading an object of a few MB (a model version, a delta) needs flow-control replies on
   ``$JS.FC.OBJ_<bucket>.>``: without them the read stalls for good.
 - leaf ``leaf-<r>``: a region's leaf node connecting to the hub, bound to the application account.
+
+Every user subscribes to replies on its own inbox prefix only (``_INBOX_<user>.>``, set by
+:func:`streaming.nats_connect.connect_nats` from the URL's user): one region's users cannot read another's replies.
 
 The phone never touches NATS. Passwords never appear in a config: each user's password is an
 environment variable of the server (:func:`password_env`, e.g. ``MVS_NATS_PASSWORD_WORKER_EU``), set
@@ -35,6 +38,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from streaming.nats_connect import inbox_prefix
 from streaming.protocol import (
     FL_DELTA_STREAM,
     FL_GLOBAL_SUBJECT,
@@ -51,8 +55,6 @@ from streaming.protocol import (
 
 APP_ACCOUNT = "MVS"
 """The one application account: JetStream on the hub, every service user, the leaf links."""
-INBOX = "_INBOX.>"
-"""nats-py's reply subjects (requests, JetStream API replies, ordered-consumer deliveries)."""
 LEAF_URL_ENV = "MVS_NATS_LEAF_URL"
 """Environment variable holding a leaf node's remote URL with its credentials (remotes take no password field)."""
 AGGREGATOR_USER = "aggregator"
@@ -88,6 +90,11 @@ class Permissions:
 def api_prefixes(js_domain: str | None) -> tuple[str, ...]:
     """JetStream API prefixes a client may use: the local one, and the domain's when there is one."""
     return ("$JS.API",) if js_domain is None else ("$JS.API", f"$JS.{js_domain}.API")
+
+
+def inbox(user: str) -> str:
+    """A user's reply subjects (requests, JetStream API replies, ordered-consumer deliveries, pull fetches)."""
+    return f"{inbox_prefix(user)}.>"
 
 
 def _api(js_domain: str | None, *calls: str) -> list[str]:
@@ -127,7 +134,7 @@ def gateway_permissions(region: str, js_domain: str | None = None) -> Permission
             *_api(js_domain, *_bind(STYLE_STREAM)),
             *_write_objects(STYLE_BUCKET),
         ),
-        subscribe=(INBOX,),
+        subscribe=(inbox(gateway_user(region)),),
     )
 
 
@@ -151,7 +158,7 @@ def worker_permissions(region: str, js_domain: str | None = None) -> Permissions
             f"{stylize_subject(region)} {STYLIZE_QUEUE_GROUP}",
             workers_subject(region),
             FL_GLOBAL_SUBJECT,
-            INBOX,
+            inbox(worker_user(region)),
         ),
         allow_responses=True,
     )
@@ -188,7 +195,7 @@ def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None)
             f"$KV.{FL_ROUND_BUCKET}.>",
             FL_GLOBAL_SUBJECT,
         ),
-        subscribe=(INBOX,),
+        subscribe=(inbox(AGGREGATOR_USER),),
     )
 
 

@@ -15,6 +15,7 @@ import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from test_federated_edge import _serve_key_frames, _tiny_dnn, _until
@@ -29,10 +30,12 @@ from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.model_store import ModelStore
+from streaming.nats_connect import inbox_prefix, url_user
 from streaming.protocol import (
     FL_GLOBAL_SUBJECT,
     MODEL_BUCKET,
     MODEL_LATEST_BUCKET,
+    STYLIZE_QUEUE_GROUP,
     ModelVersion,
     delta_bucket,
     encode,
@@ -42,6 +45,7 @@ from streaming.protocol import (
 from streaming.tensors import encode_tensors
 
 FRAMES = 20
+KEY_FRAMES = 12
 GLOBAL_V0_META = f"$O.{MODEL_BUCKET}.M.Z2xvYmFsL3Yw"
 """The metadata subject of object ``global/v0`` (its name in URL-safe base64)."""
 WEIGHTS = {"dec.weight": np.ones((3, 2), np.float32), "dec.bias": np.zeros(2, np.float32)}
@@ -79,7 +83,7 @@ class Client:
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc))
 
-        await self.nc.connect(url, error_cb=on_error, allow_reconnect=False)
+        await self.nc.connect(url, error_cb=on_error, allow_reconnect=False, inbox_prefix=inbox_prefix(url_user(url)))
         return self
 
     async def refused(self, what: str, subject: str) -> None:
@@ -95,6 +99,11 @@ class Client:
 
     async def close(self) -> None:
         await self.nc.close()
+
+
+async def _user_connection(url: str) -> NATS:
+    """A plain connection as the user in ``url``, replies on that user's inbox prefix (as the services do)."""
+    return await nats.connect(url, inbox_prefix=inbox_prefix(url_user(url)))
 
 
 async def _client(cluster: NatsHubAndLeaves, server: NatsServer, user: str) -> Client:
@@ -156,7 +165,7 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
         stylizer=model,
     )
     # Stores the style and sends key frames (through the hub: the helper uses JetStream without a domain).
-    phone_side = await nats.connect(cluster.client_url(cluster.hub, gateway_user("fl")))
+    phone_side = await _user_connection(cluster.client_url(cluster.hub, gateway_user("fl")))
     try:
         await worker.start()
         assert worker.learner is not None and worker.learner.base_version == 0
@@ -239,7 +248,7 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
         )
 
     serving = federated_worker("edge-1", model)
-    phone_side = await nats.connect(cluster.client_url(cluster.hub, gateway_user("fl")))
+    phone_side = await _user_connection(cluster.client_url(cluster.hub, gateway_user("fl")))
     starting = None
     try:
         await serving.start()
@@ -263,6 +272,39 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
         await serving.stop()
         await aggregator.close()
         await phone_side.close()
+
+
+async def test_a_region_cannot_read_another_regions_replies() -> None:
+    """Issue 14: subscribed to ``_INBOX.>`` as worker-us on the us leaf, an attacker received eu's stylized key frames.
+    Now every user's replies come back on its own prefix and each may subscribe to that prefix only."""
+    with NatsHubAndLeaves(["eu", "us"], secure=True) as c:
+        worker = await _client(c, c.leaves["eu"], worker_user("eu"))
+        gateway = await _client(c, c.leaves["eu"], gateway_user("eu"))
+        sniffer = await _client(c, c.leaves["us"], worker_user("us"))
+        sniffed: list[str] = []
+
+        async def stylize(msg: Msg) -> None:
+            await msg.respond(b"stylized " + msg.data)
+
+        async def sniff(msg: Msg) -> None:
+            sniffed.append(msg.subject)
+
+        try:
+            await worker.nc.subscribe(stylize_subject("eu"), queue=STYLIZE_QUEUE_GROUP, cb=stylize)
+            await worker.nc.flush()
+            for subject in (">", "_INBOX.>", f"{inbox_prefix(gateway_user('eu'))}.>"):
+                await sniffer.nc.subscribe(subject, cb=sniff)
+                await sniffer.nc.flush()
+                await sniffer.refused("subscription", subject)
+            for i in range(KEY_FRAMES):
+                reply = await gateway.nc.request(stylize_subject("eu"), b"key %d" % i, timeout=REFUSAL_WAIT_S)
+                assert reply.data == b"stylized key %d" % i
+                assert reply.subject.startswith(inbox_prefix(gateway_user("eu")) + ".")
+            await asyncio.sleep(SILENCE_S)
+        finally:
+            for client in (worker, gateway, sniffer):
+                await client.close()
+        assert sniffed == [] and gateway.errors == worker.errors == []
 
 
 async def test_only_the_aggregator_announces_global_versions(cluster: NatsHubAndLeaves) -> None:
