@@ -42,7 +42,7 @@ from aggregator.validation import (
     validate_update,
 )
 from streaming.buckets import open_key_value
-from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, flag
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, flag
 from streaming.model_store import (
     DEFAULT_KEEP_VERSIONS,
     DeltaStore,
@@ -90,6 +90,7 @@ class AggregatorConfig:
     """Settings of the cloud aggregator."""
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the hub (None when connected to the hub itself)."""
     strategy: str = field(default="fedavg", metadata=flag("aggregation rule", choices=sorted(STRATEGIES)))
@@ -168,7 +169,9 @@ class Aggregator:
 
     async def start(self, initial: NamedArrays | None = None) -> None:
         """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
-        self._nc = await connect_nats(self.config.nats_url, "aggregator", service="aggregator")
+        self._nc = await connect_nats(
+            self.config.nats_url, "aggregator", service="aggregator", tls_ca=self.config.nats_ca
+        )
         js = self._js = self._nc.jetstream(domain=self.config.js_domain)
         await ensure_delta_stream(js)
         self.store = await ModelStore.open(js, keep=self.config.keep_versions)

@@ -204,9 +204,12 @@ def indent(text: str, levels: int) -> str:
     return "\n".join(INDENT * levels + line for line in text.splitlines())
 
 
+PASSWORD_ENV_PREFIX = "MVS_NATS_PASSWORD_"
+
+
 def password_env(user: str) -> str:
     """Environment variable of a user's password: ``worker-eu`` -> ``MVS_NATS_PASSWORD_WORKER_EU``."""
-    return "MVS_NATS_PASSWORD_" + user.upper().replace("-", "_")
+    return PASSWORD_ENV_PREFIX + user.upper().replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -323,9 +326,11 @@ class Credentials:
         """A fresh random password per user."""
         return cls({user: new_password() for user in users})
 
-    def env(self) -> dict[str, str]:
-        """Environment variables a server's config reads the passwords from."""
-        return {password_env(user): password for user, password in self.passwords.items()}
+    def env(self, users: Iterable[str] | None = None) -> dict[str, str]:
+        """Environment variables a server's config reads the passwords of ``users`` (default: all) from: give each
+        server only the users it authenticates (:meth:`ServerAuth.user_names`)."""
+        wanted = self.passwords if users is None else {user: self.passwords[user] for user in users}
+        return {password_env(user): password for user, password in wanted.items()}
 
     def url(self, url: str, user: str) -> str:
         """``url`` with ``user``'s credentials."""

@@ -15,8 +15,10 @@ so the server can let each user subscribe to its own replies only (``deploy/nats
 from __future__ import annotations
 
 import logging
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
@@ -64,6 +66,7 @@ async def connect_nats(
     max_reconnect_attempts: int = MAX_RECONNECT_ATTEMPTS,
     connect_timeout_s: int = CONNECT_TIMEOUT_S,
     inbox_prefix: str | None = None,
+    tls_ca: Path | None = None,
 ) -> NATS:
     """Connect to ``url`` as client ``name`` (shown by the server's monitoring) with the reconnect policy above.
 
@@ -72,7 +75,8 @@ async def connect_nats(
     follows the connection. ``service`` (default ``name``) is the metrics label: use the process kind
     (``worker``, ``gateway``, ``aggregator``). ``closed_cb`` runs after the connection is closed for good
     (reconnects exhausted, or :meth:`NATS.close` / ``drain``). ``inbox_prefix`` (default: the URL's user's,
-    :func:`inbox_prefix`) is where replies to this connection's requests arrive."""
+    :func:`inbox_prefix`) is where replies to this connection's requests arrive. ``tls_ca``: the CA file the
+    server's certificate is verified against (a ``tls://`` URL; without one, the system's CAs)."""
     label = service or name
     fields = {"service": label, "nats_client": name}
 
@@ -111,10 +115,16 @@ async def connect_nats(
         max_reconnect_attempts=max_reconnect_attempts,
         connect_timeout=connect_timeout_s,
         inbox_prefix=inbox_prefix if inbox_prefix is not None else _user_inbox(url),
+        tls=tls_context(tls_ca),
     )
     event("connected", connected=True)
     log.info("nats connected", extra={**fields, "url": _server_url(nc)})
     return nc
+
+
+def tls_context(ca: Path | None) -> ssl.SSLContext | None:
+    """A client TLS context trusting ``ca`` (hostname checked), or None for nats-py's default."""
+    return None if ca is None else ssl.create_default_context(cafile=str(ca))
 
 
 def _user_inbox(url: str) -> str:
