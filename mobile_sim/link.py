@@ -193,9 +193,8 @@ class GatewayLink:
             sdp=await self._emulated.offer(sdp) if self._emulated is not None else sdp, style=style, result=result
         )
         async with aiohttp.ClientSession() as http:
-            payload = encode_offer(offer)
-            post = http.post(f"{self.gateway_url}/offer", data=payload, headers=self._auth.headers(), ssl=self._auth.ssl())
-            async with post as response:
+            url, payload, auth = f"{self.gateway_url}/offer", encode_offer(offer), self._auth
+            async with http.post(url, data=payload, headers=auth.headers(), ssl=auth.ssl()) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise ConnectionError(f"gateway refused the offer ({response.status}): {body[:200]!r}")
