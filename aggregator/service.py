@@ -20,6 +20,7 @@ version in the store) joins on that announcement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -38,15 +39,26 @@ from prometheus_client import Counter, Gauge, Histogram
 from aggregator.strategies import DEFAULT_SERVER_LR, STRATEGIES, Strategy, Update, apply_delta, make_strategy
 from aggregator.validation import (
     DEFAULT_MAX_NORM,
+    DEFAULT_MAX_RELATIVE_NORM,
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_MAX_SAMPLES_PER_S,
     DEFAULT_MAX_STALENESS,
+    DEFAULT_SAMPLE_BURST,
     Reason,
     RejectedUpdate,
     Rules,
+    validate_ref,
     validate_update,
 )
 from streaming.buckets import open_key_value
-from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, flag
-from streaming.model_store import DEFAULT_KEEP_VERSIONS, ModelStore
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, flag
+from streaming.model_store import (
+    DEFAULT_KEEP_VERSIONS,
+    DeltaStore,
+    ModelIntegrityError,
+    ModelStore,
+    StoreMissingError,
+)
 from streaming.nats_connect import connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -87,6 +99,7 @@ class AggregatorConfig:
     """Settings of the cloud aggregator."""
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the hub (None when connected to the hub itself)."""
     strategy: str = field(default="fedavg", metadata=flag("aggregation rule", choices=sorted(STRATEGIES)))
@@ -105,6 +118,17 @@ class AggregatorConfig:
     keep_versions: int = field(default=DEFAULT_KEEP_VERSIONS, metadata=flag("global versions kept"))
     max_staleness: int = field(default=DEFAULT_MAX_STALENESS, metadata=flag("versions a delta's base may lag"))
     max_norm: float = field(default=DEFAULT_MAX_NORM, metadata=flag("largest L2 norm of a delta"))
+    max_relative_norm: float = field(
+        default=DEFAULT_MAX_RELATIVE_NORM, metadata=flag("largest L2 norm of a delta as a share of the model's")
+    )
+    max_samples: int = field(default=DEFAULT_MAX_SAMPLES, metadata=flag("largest sample count of one delta"))
+    max_samples_per_s: float = field(
+        default=DEFAULT_MAX_SAMPLES_PER_S,
+        metadata=flag("training samples a worker can do per second: bounds the samples claimed on a base version"),
+    )
+    sample_burst: int = field(
+        default=DEFAULT_SAMPLE_BURST, metadata=flag("samples allowed on top of that rate times the base's age")
+    )
     init: Path | None = field(
         default=None,
         metadata=flag("initial weights if the store is empty: a tensor blob (from a model file: mvs export-weights)"),
@@ -131,9 +155,21 @@ class Aggregator:
     def __init__(self, config: AggregatorConfig) -> None:
         self.config = config
         self.strategy: Strategy = make_strategy(config.strategy, config.server_lr)
-        self.rules = Rules(max_staleness=config.max_staleness, max_norm=config.max_norm)
+        self.rules = Rules(
+            max_staleness=config.max_staleness,
+            max_norm=config.max_norm,
+            max_relative_norm=config.max_relative_norm,
+            max_samples=config.max_samples,
+            max_samples_per_s=config.max_samples_per_s,
+            sample_burst=config.sample_burst,
+        )
         self._nc: NATS | None = None
         self.store: ModelStore | None = None
+        self._js: JetStreamContext | None = None
+        self._deltas: dict[str, DeltaStore] = {}
+        """Delta buckets by region, opened on a region's first delta."""
+        self._published_ns: dict[int, int] = {}
+        """When each version a delta may be based on was published (aggregator clock), for the sample bound."""
         self._rounds: KeyValue | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self.current: ModelVersion | None = None
@@ -143,8 +179,10 @@ class Aggregator:
 
     async def start(self, initial: NamedArrays | None = None) -> None:
         """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
-        self._nc = await connect_nats(self.config.nats_url, "aggregator", service="aggregator")
-        js = self._nc.jetstream(domain=self.config.js_domain)
+        self._nc = await connect_nats(
+            self.config.nats_url, "aggregator", service="aggregator", tls_ca=self.config.nats_ca
+        )
+        js = self._js = self._nc.jetstream(domain=self.config.js_domain)
         await ensure_delta_stream(js)
         self.store = await ModelStore.open(js, keep=self.config.keep_versions)
         self._rounds = await open_key_value(js, FL_ROUND_BUCKET)
@@ -178,9 +216,43 @@ class Aggregator:
         self._nc = None
 
     async def _load(self, meta: ModelVersion) -> None:
+        """Make ``meta`` the current version; refuse to go on from weights that fail their digest (an operator must
+        look: rounds built on them would spread them)."""
         assert self.store is not None
-        self.current, self._weights = meta, await self.store.weights(meta)
+        try:
+            weights = await self.store.weights(meta)
+        except ModelIntegrityError as exc:
+            raise RuntimeError(f"the aggregator cannot continue from the latest version: {exc}") from exc
+        self.current, self._weights = meta, weights
+        for older in range(max(0, meta.version - self.rules.max_staleness), meta.version):
+            with contextlib.suppress(KeyError):
+                self._note_published(await self.store.version(older))
+        self._note_published(meta)
         ROUND.set(meta.version)
+
+    def _note_published(self, meta: ModelVersion) -> None:
+        """Remember when ``meta`` was published; forget versions too old to be a delta's base."""
+        self._published_ns[meta.version] = meta.created_ns
+        oldest = meta.version - self.rules.max_staleness
+        self._published_ns = {v: t for v, t in self._published_ns.items() if v >= oldest}
+
+    async def _delta_store(self, region: str) -> DeltaStore:
+        """The region's delta bucket (bound, never created: a region's workers create it on their first delta)."""
+        assert self._js is not None
+        if region not in self._deltas:
+            try:
+                self._deltas[region] = await DeltaStore.open(self._js, region, create=False)
+            except StoreMissingError as exc:
+                raise KeyError(str(exc)) from exc
+        return self._deltas[region]
+
+    async def _delta(self, ref: DeltaRef) -> NamedArrays:
+        return decode_tensors(await (await self._delta_store(ref.region)).get(ref.object_name))
+
+    def _base_age_s(self, base_version: int) -> float:
+        """Seconds since ``base_version`` was published (0 when unknown: the burst alone applies)."""
+        published = self._published_ns.get(base_version, 0)
+        return max(0.0, (time.time_ns() - published) / 1e9) if published else 0.0
 
     async def _recover_round(self) -> None:
         assert self._rounds is not None and self.current is not None
@@ -242,7 +314,8 @@ class Aggregator:
             if (ref.worker_id, ref.base_version) in seen and msg.metadata.num_delivered > 1:
                 await msg.ack()  # a redelivery of a delta we already hold
                 return
-            delta = decode_tensors(await self.store.get_blob(ref.object_name))
+            validate_ref(ref, msg.subject, self._base_age_s(ref.base_version), self.rules)
+            delta = await self._delta(ref)
             update = Update(ref.worker_id, ref.base_version, ref.samples, delta, ref.loss)
             validate_update(update, self._weights, self.current.version, seen, self.rules)
         except (ProtocolError, KeyError) as exc:
@@ -270,12 +343,7 @@ class Aggregator:
         assert self.store is not None and self.current is not None and self._nc is not None
         started = time.monotonic()
         refs = sorted(self._refs(), key=lambda r: (r.worker_id, r.base_version))
-        updates = [
-            Update(
-                r.worker_id, r.base_version, r.samples, decode_tensors(await self.store.get_blob(r.object_name)), r.loss
-            )
-            for r in refs
-        ]
+        updates = [Update(r.worker_id, r.base_version, r.samples, await self._delta(r), r.loss) for r in refs]
         weights = apply_delta(self._weights, self.strategy.aggregate(updates))
         samples = sum(r.samples for r in refs)
         loss = sum(r.samples * r.loss for r in refs) / samples
@@ -293,6 +361,7 @@ class Aggregator:
         await self.store.set_latest(meta.version)
         self._maybe_crash("latest_moved")
         self.current, self._weights = meta, weights
+        self._note_published(meta)
         self.state = RoundState(base_version=meta.version, opened_ns=time.monotonic_ns())
         await self._save_round()
         await self._finish_published_round(refs)
@@ -311,7 +380,8 @@ class Aggregator:
         assert self.store is not None and self.current is not None
         await self._announce()
         for r in refs:
-            await self.store.delete_blob(r.object_name)
+            with contextlib.suppress(KeyError):
+                await (await self._delta_store(r.region)).delete(r.object_name)
         ROUND.set(self.current.version)
 
     def _maybe_crash(self, step: str) -> None:

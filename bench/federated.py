@@ -44,7 +44,7 @@ from edge_worker.training import (
     colour_jitter,
 )
 from streaming.images import encode_jpeg
-from streaming.model_store import ModelStore, submit_delta
+from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.runtime import run_main
 from streaming.style_store import StyleStore
@@ -172,6 +172,7 @@ async def run_setup(
         nc = await nats.connect(server.url)
         js = nc.jetstream()
         store = await ModelStore.open(js)
+        deltas = await DeltaStore.open(js, "bench")
         learners = [RetrainableStylizer(copy.deepcopy(base.model), seed=i) for i in range(setup.edges)]
         splits = [photos[i :: setup.edges] for i in range(setup.edges)]
         rng = np.random.default_rng(0)
@@ -186,9 +187,8 @@ async def run_setup(
                 delta_bytes.append(len(encode_tensors(delta)))
                 await submit_delta(
                     js,
-                    store,
+                    deltas,
                     worker_id=f"edge-{i}",
-                    region="bench",
                     base_version=sync,
                     samples=sync_every,
                     delta=delta,

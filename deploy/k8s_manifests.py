@@ -19,6 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from deploy.certs import CA_FILE
 from deploy.nats import HUB_DOMAIN
 from deploy.nats_auth import AGGREGATOR_USER, LEAF_URL_ENV, gateway_user, leaf_user, password_env, worker_user
 from deploy.nats_config import (
@@ -29,13 +30,16 @@ from deploy.nats_config import (
     NAMESPACE,
     SECRET_NAME,
     STORE_DIR,
+    TLS,
+    TLS_DIR,
+    TLS_SECRET_NAME,
     deployment_configs,
     hub_auth,
     write_generated,
 )
 from deploy.observability import scrape_annotations
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
-from streaming.config import NATS_URL_ENV
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT
 
 DEFAULT_OUT = Path(__file__).with_name("k8s")
@@ -113,9 +117,22 @@ def _password(user: str) -> Manifest:
 
 
 def _nats_url(user: str, service: str) -> list[Manifest]:
-    """The NATS URL variable every service reads, with ``user``'s password expanded by Kubernetes from the Secret."""
-    url = f"nats://{user}:$({password_env(user)})@{service}:{CLIENT_PORT}"
-    return [_password(user), {"name": NATS_URL_ENV, "value": url}]
+    """The NATS URL variable every service reads, with ``user``'s password expanded by Kubernetes from the Secret,
+    over TLS checked against the CA of the Secret ``mvs-tls`` (see :func:`_mount_tls`)."""
+    url = f"tls://{user}:$({password_env(user)})@{service}:{CLIENT_PORT}"
+    return [_password(user), {"name": NATS_URL_ENV, "value": url}, {"name": NATS_CA_ENV, "value": TLS.ca}]
+
+
+def _mount_tls(pod: Manifest, ca_only: bool) -> Manifest:
+    """Mount the Secret ``mvs-tls`` at ``/etc/mvs/tls`` in every container of ``pod``: the CA alone for a client,
+    every file for a server. Returns ``pod``."""
+    secret: Manifest = {"secretName": TLS_SECRET_NAME}
+    if ca_only:
+        secret["items"] = [{"key": CA_FILE, "path": CA_FILE}]
+    pod.setdefault("volumes", []).append({"name": "tls", "secret": secret})
+    for container in pod["containers"]:
+        container.setdefault("volumeMounts", []).append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    return pod
 
 
 def _metrics_probe() -> Manifest:
@@ -199,7 +216,7 @@ def nats_hub(users: Sequence[str]) -> list[Manifest]:
             "selector": {"matchLabels": _pod_labels(HUB_SERVICE)},
             "template": {
                 "metadata": {"labels": _pod_labels(HUB_SERVICE)},
-                "spec": {"containers": [container], "volumes": [_config_volume("hub.conf")]},
+                "spec": _mount_tls({"containers": [container], "volumes": [_config_volume("hub.conf")]}, False),
             },
             "volumeClaimTemplates": [
                 {
@@ -221,7 +238,7 @@ def nats_leaf(region: str) -> list[Manifest]:
     ports = {"client": CLIENT_PORT, "monitor": MONITOR_PORT}
     container = _nats_container(f"leaf-{region}.conf", env, ports)
     container["livenessProbe"] = _http_probe("/healthz", MONITOR_PORT)  # no JetStream on a leaf
-    pod = {"containers": [container], "volumes": [_config_volume(f"leaf-{region}.conf")]}
+    pod = _mount_tls({"containers": [container], "volumes": [_config_volume(f"leaf-{region}.conf")]}, ca_only=False)
     return [_service(name, "nats", region, ports), _deployment(name, "nats", region, 1, pod)]
 
 
@@ -281,7 +298,7 @@ def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool =
     if federated:
         container["volumeMounts"] = [{"name": "buffer", "mountPath": BUFFER_DIR}]
         pod["volumes"] = [{"name": "buffer", "emptyDir": {}}]
-    return _deployment(name, "worker", region, WORKER_REPLICAS, pod, METRICS_PORT)
+    return _deployment(name, "worker", region, WORKER_REPLICAS, _mount_tls(pod, ca_only=True), METRICS_PORT)
 
 
 def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
@@ -314,7 +331,7 @@ def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
         "livenessProbe": _http_probe("/metrics", DEFAULT_HTTP_PORT),
         "resources": {"requests": {"cpu": "1", "memory": "512Mi"}},
     }
-    pod = {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet", "containers": [container]}
+    pod = _mount_tls({"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet", "containers": [container]}, True)
     deployment = _deployment(name, "gateway", region, 1, pod, DEFAULT_HTTP_PORT)  # /metrics beside /offer
     # Two gateways cannot share a node's port: replace in place rather than surge.
     deployment["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
@@ -344,7 +361,8 @@ def aggregator(image: str = IMAGE) -> Manifest:
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "livenessProbe": _metrics_probe(),
     }
-    deployment = _deployment(name, "aggregator", None, 1, {"containers": [container]}, METRICS_PORT)
+    pod = _mount_tls({"containers": [container]}, ca_only=True)
+    deployment = _deployment(name, "aggregator", None, 1, pod, METRICS_PORT)
     deployment["spec"]["strategy"] = {"type": "Recreate"}
     return deployment
 

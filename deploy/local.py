@@ -17,16 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
-
 from deploy.nats import NatsServer, free_port
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
-from streaming.config import NATS_URL_ENV
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
+from streaming.nats_connect import connect_nats
 from streaming.runtime import die_with_parent, run_main
 from streaming.telemetry import DEFAULT_METRICS_HOST, setup_logging
 
@@ -57,6 +56,8 @@ class LocalTopology:
     """More ``mvs worker`` flags for every worker (e.g. ``--work-size 192``)."""
     metrics: bool = False
     """Each worker serves Prometheus metrics on a free loopback port (:attr:`metrics_urls`)."""
+    nats_ca: Path | None = None
+    """CA of the NATS servers' TLS certificates (with ``tls://`` URLs)."""
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """Worker processes by worker id."""
     metrics_urls: dict[str, str] = field(default_factory=dict)
@@ -89,6 +90,8 @@ class LocalTopology:
             self.metrics_urls[worker_id] = f"http://{METRICS_HOST}:{port}/metrics"
         cmd += self.worker_args
         env = {**os.environ, NATS_URL_ENV: self.nats_url}
+        if self.nats_ca is not None:
+            env[NATS_CA_ENV] = str(self.nats_ca)
         # Own session: Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
         proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent, start_new_session=True)
         self.workers[worker_id] = proc
@@ -96,7 +99,8 @@ class LocalTopology:
 
     async def wait_for_workers(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Wait until every started worker answers on the region's discovery subject."""
-        nc = await nats.connect(self.discovery_url or self.nats_url)
+        url = self.discovery_url or self.nats_url
+        nc = await connect_nats(url, "mvs-local-discovery", service="local", tls_ca=self.nats_ca)
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:

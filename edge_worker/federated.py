@@ -14,6 +14,10 @@ unreachable: it then serves the bundled model and keeps looking for a global ver
 announcements and by reading the store again with a backoff (:data:`JOIN_RETRY_S` doubling up to
 :data:`JOIN_RETRY_MAX_S`), and joins (adopts the version) as soon as one is there. It trains only once it has
 joined: a delta means something only against a global version.
+
+A version is adopted only if its weights match the SHA-256 in its metadata (:meth:`ModelStore.weights`): on
+joining the worker takes the newest kept version that does, and a refused announcement leaves it serving what
+it has. Either way it logs why and keeps serving.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from edge_worker.model.base import Trainable, TrainingPair
 from edge_worker.trainer_process import TrainerProcess
 from streaming.config import flag
 from streaming.images import ImageDecodeError, decode_image
-from streaming.model_store import ModelStore, submit_delta
+from streaming.model_store import DeltaStore, ModelIntegrityError, ModelStore, StoreMissingError, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, ProtocolError, decode
 from streaming.style_store import UnknownStyleError
 from streaming.tensors import NamedArrays
@@ -113,6 +117,7 @@ class FederatedLearner:
         self._rng = random.Random(config.seed)
         self._nc: NATS | None = None
         self._store: ModelStore | None = None
+        self._deltas: DeltaStore | None = None
         self._adopting = asyncio.Lock()
         self._joining: asyncio.Task[None] | None = None
         self.joined = asyncio.Event()
@@ -138,10 +143,8 @@ class FederatedLearner:
         reach."""
         assert self._nc is not None
         try:
-            if self._store is None:
-                js = self._nc.jetstream(domain=self._js_domain)
-                self._store = await asyncio.wait_for(ModelStore.open(js), STORE_TIMEOUT_S)
-            latest = await asyncio.wait_for(self._store.latest(), STORE_TIMEOUT_S)
+            latest = await asyncio.wait_for(self._open_stores(), STORE_TIMEOUT_S)
+            good = None if self._store is None or latest is None else await self._store.newest_good(latest)
         except (NatsError, asyncio.TimeoutError) as exc:
             self._store = None
             if warn:
@@ -150,15 +153,30 @@ class FederatedLearner:
                     extra={"worker_id": self._worker_id, "error": f"{type(exc).__name__}: {exc}"},
                 )
             return False
-        if latest is None:
+        if good is None:
             if warn:
                 log.warning(
-                    "no global model version in the store yet: serving the bundled model, joining when one appears",
-                    extra={"worker_id": self._worker_id},
+                    "no usable global model version in the store yet: serving the bundled model, joining when one "
+                    "appears",
+                    extra={"worker_id": self._worker_id, "latest": latest},
                 )
             return False
-        await self._adopt(latest)
+        await self._adopt(*good)
         return True
+
+    async def _open_stores(self) -> int | None:
+        """Bind this region's delta bucket and the model store (the aggregator's to create); the newest version
+        number, None if there is none yet."""
+        assert self._nc is not None
+        js = self._nc.jetstream(domain=self._js_domain)
+        if self._deltas is None:
+            self._deltas = await DeltaStore.open(js, self._region)
+        if self._store is None:
+            try:
+                self._store = await ModelStore.open(js, create=False)
+            except StoreMissingError:
+                return None
+        return await self._store.latest_number()
 
     async def _keep_joining(self) -> None:
         """Read the store again, with a backoff, until a global version is adopted (here or on an announcement)."""
@@ -258,7 +276,7 @@ class FederatedLearner:
     async def publish(self) -> None:
         """Publish this worker's delta against its base version (fp16)."""
         assert self._nc is not None
-        if self._store is None or self.base_version < 0:
+        if self._deltas is None or self.base_version < 0:
             log.warning("no global version to send a delta against", extra={"worker_id": self._worker_id})
             return
         state = await asyncio.get_running_loop().run_in_executor(self._training, self.trainer.learned_state)
@@ -266,9 +284,8 @@ class FederatedLearner:
         recent = self.losses[-self.samples_since_base :] or [float("nan")]
         await submit_delta(
             self._nc.jetstream(domain=self._js_domain),
-            self._store,
+            self._deltas,
             worker_id=self._worker_id,
-            region=self._region,
             base_version=self.base_version,
             samples=self.samples_since_base,
             delta=delta,
@@ -278,25 +295,34 @@ class FederatedLearner:
         log.info("delta published", extra={"base": self.base_version, "samples": self.samples_since_base})
 
     async def _on_global(self, msg: Msg) -> None:
+        """A new version was announced: adopt it if its weights match the digest in the store's metadata (the KV
+        entry, not the announcement, is the authority); otherwise keep serving the current one."""
         try:
-            meta = decode(msg.data, ModelVersion)
+            announced = decode(msg.data, ModelVersion)
         except ProtocolError as exc:
             log.warning("bad global version announcement", extra={"error": str(exc)})
             return
-        if meta.version <= self.base_version:
+        if announced.version <= self.base_version:
             return
         if self._store is None:  # not joined yet: the store was out of reach until now
             await self._join_once()
             return
-        await self._adopt(meta)
+        try:
+            meta = await self._store.version(announced.version)
+            weights = await self._store.weights(meta)
+        except (KeyError, ModelIntegrityError, NatsError, asyncio.TimeoutError) as exc:
+            log.error(
+                "global model version refused: serving the current one",
+                extra={"worker_id": self._worker_id, "serving": self.base_version, "error": str(exc)},
+            )
+            return
+        await self._adopt(meta, weights)
 
-    async def _adopt(self, meta: ModelVersion) -> None:
-        """Load a global version into the served model and the training copy (one at a time, never older)."""
-        assert self._store is not None
+    async def _adopt(self, meta: ModelVersion, weights: NamedArrays) -> None:
+        """Serve and train on ``weights`` (already checked against ``meta``'s digest); one at a time, never older."""
         async with self._adopting:
             if meta.version <= self.base_version:
                 return  # adopted meanwhile (an announcement and a store read may race)
-            weights = await self._store.weights(meta)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self.model.load_learned_state, weights)  # served model
             await loop.run_in_executor(self._training, self.trainer.load_learned_state, weights)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -36,7 +37,7 @@ from edge_worker.model.base import Stylizer
 from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve_device
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
-from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, REGION_FLAG, flag
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image
 from streaming.nats_connect import connect_nats
 from streaming.protocol import (
@@ -100,6 +101,7 @@ class WorkerConfig:
     """Settings of one stylizer worker process (each field with a ``flag`` is a ``mvs worker`` flag)."""
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
@@ -215,7 +217,11 @@ class StylizerWorker:
             else None
         )
         self._nc = await connect_nats(
-            self.config.nats_url, f"worker-{self.config.worker_id}", service="worker", closed_cb=self._on_closed
+            self.config.nats_url,
+            f"worker-{self.config.worker_id}",
+            service="worker",
+            closed_cb=self._on_closed,
+            tls_ca=self.config.nats_ca,
         )
         self._style_store = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         if self.config.federated is not None:

@@ -15,6 +15,7 @@ probes) and the key-frame ledger (``mobile_sim.ledger``: keys in flight, timeout
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ from mobile_sim.keyframes import (
     make_policy,
 )
 from mobile_sim.ledger import KeyLedger
-from mobile_sim.link import CameraTrack, GatewayLink, Outgoing, SenderPts
+from mobile_sim.link import CameraTrack, GatewayLink, Outgoing, SenderPts, SignalingAuth
 from mobile_sim.link_shim import LinkProfile
 from mobile_sim.reconstruct import IntermediateRender, OutputFrame, ReconstructionMode, Reconstructor
 from mobile_sim.recorder import VideoRecorder
@@ -47,6 +48,7 @@ from streaming.config import flag
 from streaming.images import ImageDecodeError, decode_image, encode_jpeg
 from streaming.protocol import DEFAULT_REGION, ErrorCode, FrameMeta, KeyResult, ProtocolError, ResultKind, Stamp
 from streaming.queues import LatestQueue
+from streaming.tokens import TOKEN_ENV
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 DEFAULT_FRAMES = 150
@@ -59,6 +61,8 @@ WAITING_FRAMES_SLACK = 8
 SEND_QUEUE_FRAMES = 2
 """Frames waiting for the video encoder; when it lags, the oldest intermediate frame is dropped (and
 counted) first: the phone rebuilds intermediate frames itself, key frames are what the edge needs."""
+GATEWAY_CA_ENV = "MVS_GATEWAY_CA"
+"""Environment variable with the CA file of an https gateway (when ``--gateway-ca`` is not given)."""
 FINISH_GRACE_S = 2.0
 STYLE_JPEG_QUALITY = 95
 
@@ -105,6 +109,11 @@ class PhoneConfig:
     """
 
     gateway_url: str = field(default=DEFAULT_GATEWAY_URL, metadata=flag("gateway signaling URL", name="gateway"))
+    gateway_ca: Path | None = field(
+        default=None, metadata=flag("CA file of an https gateway's certificate", env=GATEWAY_CA_ENV)
+    )
+    gateway_token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False)
+    """Admission token for a gateway that requires one: from ``$MVS_GATEWAY_TOKEN`` (never a flag: argv is public)."""
     source: str = field(
         default="synthetic",
         metadata=flag(
@@ -260,7 +269,12 @@ class Phone:
         self._send_queue: LatestQueue[Outgoing] = LatestQueue(SEND_QUEUE_FRAMES, precious=lambda item: item.key)
         self._ledger = KeyLedger(config.result_timeout_ms / 1000.0, on_failed=self._key_failed)
         self._link = GatewayLink(
-            config.gateway_url, config.link, config.ice_hosts, on_result=self._on_result, on_failure=self._ledger.fail
+            config.gateway_url,
+            config.link,
+            config.ice_hosts,
+            on_result=self._on_result,
+            on_failure=self._ledger.fail,
+            auth=SignalingAuth(config.gateway_token, config.gateway_ca),
         )
         self._reconstructor = make_reconstructor(config, self.policy)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-cpu")

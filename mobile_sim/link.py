@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import aiohttp
 import av
@@ -124,6 +126,27 @@ class CameraTrack(MediaStreamTrack):
             return frame
 
 
+@dataclass(frozen=True)
+class SignalingAuth:
+    """What the phone shows a secured gateway: an admission token, and the CA its HTTPS certificate is checked with."""
+
+    token: str | None = None
+    """Sent as ``Authorization: Bearer <token>`` (``mvs token``); None: no header."""
+    ca_file: Path | None = None
+    """CA of an https gateway's certificate; None: the system's CAs."""
+
+    def headers(self) -> dict[str, str]:
+        """Headers of ``POST /offer``."""
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def ssl(self) -> ssl.SSLContext | bool:
+        """aiohttp's ``ssl`` argument: a context trusting ``ca_file``, or True (default verification)."""
+        return True if self.ca_file is None else ssl.create_default_context(cafile=str(self.ca_file))
+
+
 class GatewayLink:
     """The phone's connection to one gateway: signaling, data channel, chunk reassembly, clock probes."""
 
@@ -134,8 +157,10 @@ class GatewayLink:
         ice_hosts: tuple[str, ...],
         on_result: ResultHandler,
         on_failure: FailureHandler,
+        auth: SignalingAuth | None = None,
     ) -> None:
         self.gateway_url = gateway_url
+        self._auth = auth or SignalingAuth()
         self.clock = GatewayClock()
         self.counters: dict[str, int] = {}
         self._ice_hosts = ice_hosts
@@ -169,8 +194,8 @@ class GatewayLink:
             sdp=await self._emulated.offer(sdp) if self._emulated is not None else sdp, style=style, result=result
         )
         async with aiohttp.ClientSession() as http:
-            headers = {"Content-Type": "application/json"}
-            async with http.post(f"{self.gateway_url}/offer", data=encode_offer(offer), headers=headers) as response:
+            url, payload, auth = f"{self.gateway_url}/offer", encode_offer(offer), self._auth
+            async with http.post(url, data=payload, headers=auth.headers(), ssl=auth.ssl()) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise ConnectionError(f"gateway refused the offer ({response.status}): {body[:200]!r}")

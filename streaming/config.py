@@ -55,6 +55,8 @@ NATS_URL_ENV = "MVS_NATS_URL"
 """Environment variable with the NATS URL every service connects to (when ``--nats`` is not given)."""
 REGION_ENV = "MVS_REGION"
 """Environment variable with the edge region of a gateway or worker (when ``--region`` is not given)."""
+NATS_CA_ENV = "MVS_NATS_CA"
+"""Environment variable with the CA file a service verifies its NATS server's TLS certificate against."""
 JS_DOMAIN_ENV = "MVS_JS_DOMAIN"
 """Environment variable with the JetStream domain of the stores (when ``--js-domain`` is not given)."""
 
@@ -101,6 +103,8 @@ def flag(
 
 NATS_FLAG = flag("NATS URL", name="nats", env=NATS_URL_ENV)
 """Metadata of every config's ``nats_url`` field: ``--nats``, env MVS_NATS_URL."""
+NATS_CA_FLAG = flag("CA file to verify the NATS server's TLS certificate (with a tls:// URL)", env=NATS_CA_ENV)
+"""Metadata of every config's ``nats_ca`` field: ``--nats-ca``, env MVS_NATS_CA."""
 REGION_FLAG = flag("region", env=REGION_ENV)
 """Metadata of every config's ``region`` field: ``--region``, env MVS_REGION."""
 JS_DOMAIN_FLAG = flag("JetStream domain of the stores (set when connected to a leaf node)", env=JS_DOMAIN_ENV)

@@ -1,8 +1,13 @@
 """Versioned global models in JetStream: weights in the object store, metadata and the latest pointer in KV.
 
-Bucket ``mvs-models`` holds ``global/v<N>`` (weights) and ``delta/...`` (edge deltas); KV
-``mvs-model-latest`` holds ``v<N>`` (a :class:`ModelVersion`) and ``latest`` (the newest N). Both use
-file storage, so versions survive a crash of the server's clients.
+Bucket ``mvs-models`` holds ``global/v<N>`` (weights); KV ``mvs-model-latest`` holds ``v<N>`` (a
+:class:`ModelVersion`, with the SHA-256 of the weights blob) and ``latest`` (the newest N). Deltas go to their
+region's bucket ``mvs-deltas-<region>`` (:class:`DeltaStore`), under ``delta/<region>/<worker id>/``. All use file
+storage, so versions survive a crash of the server's clients.
+
+Who writes what is NATS's business (``deploy/nats_auth.py``): the aggregator alone writes ``mvs-models`` and the
+KV, a region's workers write only their region's delta bucket. The digest is the second lock: weights whose
+SHA-256 differs from their metadata's are refused (:class:`ModelIntegrityError`), whoever wrote them.
 
 Shared by both ends of federated learning: the aggregator publishes versions, an edge reads them and
 submits its deltas (:func:`submit_delta`).
@@ -10,11 +15,13 @@ submits its deltas (:func:`submit_delta`).
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 import uuid
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -24,11 +31,16 @@ from streaming.protocol import (
     MODEL_LATEST_BUCKET,
     DeltaRef,
     ModelVersion,
+    ProtocolError,
     decode,
+    delta_bucket,
+    delta_object_prefix,
     encode,
     fl_delta_subject,
 )
 from streaming.tensors import NamedArrays, decode_tensors, encode_tensors
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_VERSIONS = 5
 LATEST_KEY = "latest"
@@ -39,8 +51,21 @@ def version_object(version: int) -> str:
     return f"global/v{version}"
 
 
+def digest(blob: bytes) -> str:
+    """Hex SHA-256 of a weights blob, as kept in :attr:`ModelVersion.sha256`."""
+    return hashlib.sha256(blob).hexdigest()
+
+
+class ModelIntegrityError(ValueError):
+    """A version's weights are missing, unreadable or do not match the digest in its metadata."""
+
+
+class StoreMissingError(LookupError):
+    """The model buckets do not exist yet (a worker does not create them: only the aggregator may)."""
+
+
 class ModelStore:
-    """Global versions (keep the newest N) and delta blobs."""
+    """Global versions (keep the newest N): weights in the object store, metadata and ``latest`` in KV."""
 
     def __init__(self, objects: ObjectStore, kv: KeyValue, keep: int = DEFAULT_KEEP_VERSIONS) -> None:
         if keep < 1:
@@ -50,17 +75,28 @@ class ModelStore:
         self.keep = keep
 
     @classmethod
-    async def open(cls, js: JetStreamContext, keep: int = DEFAULT_KEEP_VERSIONS) -> ModelStore:
-        """Open (or create) the buckets."""
-        return cls(await open_object_store(js, MODEL_BUCKET), await open_key_value(js, MODEL_LATEST_BUCKET), keep)
+    async def open(cls, js: JetStreamContext, keep: int = DEFAULT_KEEP_VERSIONS, create: bool = True) -> ModelStore:
+        """Open the buckets, creating them with ``create`` (the aggregator); else :class:`StoreMissingError` when
+        they do not exist yet (a worker: it may read them, not create them)."""
+        if create:
+            return cls(await open_object_store(js, MODEL_BUCKET), await open_key_value(js, MODEL_LATEST_BUCKET), keep)
+        try:
+            return cls(await js.object_store(MODEL_BUCKET), await js.key_value(MODEL_LATEST_BUCKET), keep)
+        except BucketNotFoundError as exc:
+            raise StoreMissingError(f"no model store yet ({MODEL_BUCKET}): the aggregator creates it") from exc
 
-    async def latest(self) -> ModelVersion | None:
-        """The newest published version, or None for an empty store."""
+    async def latest_number(self) -> int | None:
+        """The number ``latest`` points at, or None for an empty store."""
         try:
             entry = await self._kv.get(LATEST_KEY)
         except KeyNotFoundError:
             return None
-        return await self.version(int((entry.value or b"-1").decode()))
+        return int((entry.value or b"-1").decode())
+
+    async def latest(self) -> ModelVersion | None:
+        """The newest published version, or None for an empty store."""
+        number = await self.latest_number()
+        return None if number is None else await self.version(number)
 
     async def version(self, version: int) -> ModelVersion:
         """Metadata of a version (KeyError if unknown or pruned)."""
@@ -71,14 +107,44 @@ class ModelStore:
         return decode(entry.value or b"", ModelVersion)
 
     async def weights(self, meta: ModelVersion) -> NamedArrays:
-        """The weights of a version."""
-        return decode_tensors(await self.get_blob(meta.object_name))
+        """The weights of a version, checked against the digest in ``meta``: :class:`ModelIntegrityError` when they
+        are missing, differ from the digest, have none, or do not decode."""
+        what = f"model version {meta.version} ({meta.object_name!r})"
+        if not meta.sha256:
+            raise ModelIntegrityError(f"{what} is refused: its metadata has no SHA-256 digest")
+        try:
+            blob = await self.get_blob(meta.object_name)
+        except KeyError as exc:
+            raise ModelIntegrityError(f"{what} is refused: its weights are missing from {MODEL_BUCKET}") from exc
+        found = digest(blob)
+        if found != meta.sha256:
+            raise ModelIntegrityError(
+                f"{what} is refused: its {len(blob)} bytes have SHA-256 {found[:16]}..., "
+                f"the version's metadata says {meta.sha256[:16]}..."
+            )
+        try:
+            return decode_tensors(blob)
+        except ProtocolError as exc:
+            raise ModelIntegrityError(f"{what} is refused: {exc}") from exc
+
+    async def newest_good(self, newest: int) -> tuple[ModelVersion, NamedArrays] | None:
+        """The newest version at or below ``newest`` (among the kept ones) whose weights pass :meth:`weights`, or
+        None. Each refused version is skipped with a warning naming why."""
+        for version in range(newest, max(-1, newest - self.keep - 1), -1):
+            try:
+                meta = await self.version(version)
+                return meta, await self.weights(meta)
+            except (KeyError, ModelIntegrityError) as exc:
+                log.warning("skipping a global model version", extra={"version": version, "error": str(exc)})
+        return None
 
     async def put_version(self, weights: NamedArrays, meta: ModelVersion) -> ModelVersion:
-        """Store a version's weights and metadata (idempotent); ``latest`` does not move yet."""
+        """Store a version's weights and metadata with their digest (idempotent); ``latest`` does not move yet."""
+        blob = encode_tensors(weights)
         meta.object_name = version_object(meta.version)
         meta.created_ns = meta.created_ns or time.time_ns()
-        await self._objects.put(meta.object_name, encode_tensors(weights))
+        meta.sha256 = digest(blob)
+        await self._objects.put(meta.object_name, blob)
         await self._kv.put(f"v{meta.version}", encode(meta))
         return meta
 
@@ -102,7 +168,7 @@ class ModelStore:
                 continue
 
     async def put_blob(self, name: str, data: bytes) -> None:
-        """Store a blob (e.g. a delta) under ``name``."""
+        """Store a blob under ``name``."""
         await self._objects.put(name, data)
 
     async def get_blob(self, name: str) -> bytes:
@@ -121,26 +187,65 @@ class ModelStore:
             return
 
 
+class DeltaStore:
+    """One region's delta blobs (bucket :func:`streaming.protocol.delta_bucket`)."""
+
+    def __init__(self, objects: ObjectStore, region: str) -> None:
+        self._objects = objects
+        self.region = region
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, region: str, create: bool = True) -> DeltaStore:
+        """Open (``create``: or create) the region's bucket; :class:`StoreMissingError` when absent otherwise."""
+        bucket = delta_bucket(region)
+        if create:
+            return cls(await open_object_store(js, bucket), region)
+        try:
+            return cls(await js.object_store(bucket), region)
+        except BucketNotFoundError as exc:
+            raise StoreMissingError(f"no delta bucket {bucket}") from exc
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Store a delta blob."""
+        await self._objects.put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        """Read a delta blob (KeyError if absent)."""
+        try:
+            result = await self._objects.get(name)
+        except ObjectNotFoundError as exc:
+            raise KeyError(f"no object {name!r} in {delta_bucket(self.region)}") from exc
+        return bytes(result.data or b"")
+
+    async def delete(self, name: str) -> None:
+        """Remove a delta blob if present."""
+        try:
+            await self._objects.delete(name)
+        except ObjectNotFoundError:
+            return
+
+
 async def submit_delta(
     js: JetStreamContext,
-    store: ModelStore,
+    deltas: DeltaStore,
     *,
     worker_id: str,
-    region: str,
     base_version: int,
     samples: int,
     delta: NamedArrays,
     loss: float = float("nan"),
 ) -> DeltaRef:
-    """What an edge does: store the delta blob, then publish its reference on ``mvs.fl.delta.<region>``."""
+    """What an edge does: store the delta blob in its region's bucket, then publish its reference on
+    ``mvs.fl.delta.<region>``."""
+    region = deltas.region
     ref = DeltaRef(
         worker_id=worker_id,
         region=region,
         base_version=base_version,
         samples=samples,
-        object_name=f"delta/{region}/{worker_id}/v{base_version}-{uuid.uuid4().hex[:8]}",
+        object_name=f"{delta_object_prefix(region, worker_id)}v{base_version}-{uuid.uuid4().hex[:8]}",
         loss=loss,
     )
-    await store.put_blob(ref.object_name, encode_tensors(delta))
+    await deltas.put(ref.object_name, encode_tensors(delta))
     await js.publish(fl_delta_subject(region), encode(ref))
     return ref

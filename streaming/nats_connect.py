@@ -6,12 +6,19 @@ The policy is nats-py's defaults, written down: a client that loses its server r
 connection for good. Subscriptions and in-flight requests survive a short outage; a longer one ends in
 ``closed_cb``, and a worker exits there (its supervisor restarts it against whatever NATS is reachable then)
 instead of holding on to a dead site.
+
+Replies come back on the connection's inbox prefix: ``_INBOX_<user>`` for a URL with a user (:func:`inbox_prefix`),
+so the server can let each user subscribe to its own replies only (``deploy/nats_auth.py``); nats-py's shared
+``_INBOX`` would let any user read everyone's replies (stylized frames, model reads).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
@@ -25,6 +32,21 @@ MAX_RECONNECT_ATTEMPTS = 60
 """Reconnect attempts before the connection is closed for good: with :data:`RECONNECT_WAIT_S`, about 2 minutes."""
 CONNECT_TIMEOUT_S = 2
 """Seconds one attempt to open the TCP connection may take."""
+
+INBOX_PREFIX = "_INBOX"
+"""nats-py's default prefix of reply subjects, used by a connection without a user."""
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The prefix of a user's reply subjects: ``_INBOX_worker-eu`` (``_INBOX`` without a user)."""
+    return f"{INBOX_PREFIX}_{user}" if user else INBOX_PREFIX
+
+
+def url_user(url: str) -> str | None:
+    """The user named in a NATS URL (``nats://worker-eu:pw@host:4222`` -> ``worker-eu``), None if none."""
+    user = urllib.parse.urlsplit(url.split(",")[0].strip()).username
+    return urllib.parse.unquote(user) if user else None
+
 
 CONNECTION_EVENTS = Counter(
     "mvs_nats_connection_events_total",
@@ -43,6 +65,8 @@ async def connect_nats(
     reconnect_wait_s: int = RECONNECT_WAIT_S,
     max_reconnect_attempts: int = MAX_RECONNECT_ATTEMPTS,
     connect_timeout_s: int = CONNECT_TIMEOUT_S,
+    inbox_prefix: str | None = None,
+    tls_ca: Path | None = None,
 ) -> NATS:
     """Connect to ``url`` as client ``name`` (shown by the server's monitoring) with the reconnect policy above.
 
@@ -50,7 +74,9 @@ async def connect_nats(
     error) and counted in ``mvs_nats_connection_events_total{service, event}``; ``mvs_nats_connected{service}``
     follows the connection. ``service`` (default ``name``) is the metrics label: use the process kind
     (``worker``, ``gateway``, ``aggregator``). ``closed_cb`` runs after the connection is closed for good
-    (reconnects exhausted, or :meth:`NATS.close` / ``drain``)."""
+    (reconnects exhausted, or :meth:`NATS.close` / ``drain``). ``inbox_prefix`` (default: the URL's user's,
+    :func:`inbox_prefix`) is where replies to this connection's requests arrive. ``tls_ca``: the CA file the
+    server's certificate is verified against (a ``tls://`` URL; without one, the system's CAs)."""
     label = service or name
     fields = {"service": label, "nats_client": name}
 
@@ -88,10 +114,21 @@ async def connect_nats(
         reconnect_time_wait=reconnect_wait_s,
         max_reconnect_attempts=max_reconnect_attempts,
         connect_timeout=connect_timeout_s,
+        inbox_prefix=inbox_prefix if inbox_prefix is not None else _user_inbox(url),
+        tls=tls_context(tls_ca),
     )
     event("connected", connected=True)
     log.info("nats connected", extra={**fields, "url": _server_url(nc)})
     return nc
+
+
+def tls_context(ca: Path | None) -> ssl.SSLContext | None:
+    """A client TLS context trusting ``ca`` (hostname checked), or None for nats-py's default."""
+    return None if ca is None else ssl.create_default_context(cafile=str(ca))
+
+
+def _user_inbox(url: str) -> str:
+    return inbox_prefix(url_user(url))
 
 
 def _server_url(nc: NATS) -> str:

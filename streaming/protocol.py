@@ -53,6 +53,9 @@ DATA_CHANNEL_LABEL = "mvs"
 FL_DELTA_STREAM = "MVS_FL_DELTAS"
 FL_GLOBAL_SUBJECT = "mvs.fl.global"
 MODEL_BUCKET = "mvs-models"
+"""Global versions only: written by the aggregator alone (NATS permissions), read by every worker."""
+DELTA_BUCKET_PREFIX = "mvs-deltas"
+"""Deltas live in one object store bucket per region (:func:`delta_bucket`): only that region's workers may write it."""
 MODEL_LATEST_BUCKET = "mvs-model-latest"
 FL_ROUND_BUCKET = "mvs-fl-rounds"
 
@@ -60,6 +63,20 @@ FL_ROUND_BUCKET = "mvs-fl-rounds"
 def fl_delta_subject(region: str) -> str:
     """Where a region's workers publish their delta references."""
     return stylize_subject(region).removesuffix(".stylize").replace("mvs.", "mvs.fl.delta.", 1)
+
+
+def delta_bucket(region: str) -> str:
+    """The object store bucket of a region's deltas.
+
+    One bucket per region, not a name prefix in a shared bucket, because NATS permissions cannot enforce an object
+    name prefix: an object's chunks go to ``$O.<bucket>.C.<random nuid>`` and its metadata to
+    ``$O.<bucket>.M.<base64 of the name>``, and subject wildcards match whole tokens only."""
+    return f"{DELTA_BUCKET_PREFIX}-{region}"
+
+
+def delta_object_prefix(region: str, worker_id: str) -> str:
+    """Names of a worker's delta objects start with this (in its region's :func:`delta_bucket`)."""
+    return f"delta/{region}/{worker_id}/"
 
 
 # Size limits.
@@ -369,6 +386,8 @@ class ModelVersion(Message):
     loss: float = float("nan")
     strategy: str = ""
     created_ns: int = 0
+    sha256: str = ""
+    """Hex SHA-256 of the stored weights blob: a worker or the aggregator refuses weights that do not match it."""
 
 
 @dataclass

@@ -15,8 +15,8 @@ from aggregator.strategies import (
     apply_delta,
     make_strategy,
 )
-from aggregator.validation import Reason, RejectedUpdate, Rules, validate_update
-from streaming.protocol import ProtocolError
+from aggregator.validation import Reason, RejectedUpdate, Rules, validate_ref, validate_update
+from streaming.protocol import DeltaRef, ProtocolError, delta_object_prefix, fl_delta_subject
 from streaming.tensors import decode_tensors, encode_tensors
 
 
@@ -75,7 +75,8 @@ def test_apply_delta_and_strategy_names() -> None:
         TrimmedMean(0.5)
 
 
-REFERENCE = {"layer.weight": np.zeros((2, 2), np.float32), "layer.bias": np.zeros(1, np.float32)}
+REFERENCE = {"layer.weight": np.full((2, 2), 5000.0, np.float32), "layer.bias": np.zeros(1, np.float32)}
+"""Current weights of norm 10,000: the relative bound (25 %) lies above the absolute one (1,000)."""
 
 
 def _reason(update: Update, current: int = 3, seen: set[tuple[str, int]] | None = None) -> str:
@@ -104,6 +105,53 @@ def test_each_rejection_reason() -> None:
     assert _reason(good, seen={("w1", 3)}) == Reason.DUPLICATE
     assert _reason(_update("w1", 0, [1, 2, 3, 4], 0)) == Reason.SAMPLES
     validate_update(_update("w1", 5, [1, 2, 3, 4], 0, base=2), REFERENCE, 3, set(), Rules(max_staleness=1))
+
+
+def test_poisoned_deltas_are_refused_by_norm_relative_to_the_model() -> None:
+    """The whole model sent as a delta (it would double every weight), and norm 999 (under the absolute bound 1000)
+    on a small model."""
+    whole_model = Update("w1", 3, 5, {name: value.astype(np.float16) for name, value in REFERENCE.items()})
+    with pytest.raises(RejectedUpdate) as whole:
+        validate_update(whole_model, REFERENCE, 3, set(), Rules(max_norm=float("inf")))
+    assert whole.value.reason == Reason.RELATIVE_NORM  # 100 % of the model's norm, whatever the absolute bound
+    small = {"layer.weight": np.ones((2, 2), np.float32), "layer.bias": np.zeros(1, np.float32)}  # norm 2
+    norm_999 = _update("w1", 5, [999, 0, 0, 0], 0)
+    with pytest.raises(RejectedUpdate) as info:
+        validate_update(norm_999, small, 3, set(), Rules())
+    assert info.value.reason == Reason.RELATIVE_NORM and "500 x" in str(info.value)
+    validate_update(_update("w1", 5, [0.25, 0.25, 0.25, 0.25], 0), small, 3, set(), Rules())  # 25 %: at the bound
+    validate_update(norm_999, small, 3, set(), Rules(max_relative_norm=1e3))  # configurable
+
+
+def _ref(worker: str = "eu-1", samples: int = 64, region: str = "eu", name: str | None = None) -> DeltaRef:
+    object_name = name if name is not None else delta_object_prefix(region, worker) + "v3-abcd"
+    return DeltaRef(worker_id=worker, region=region, base_version=3, samples=samples, object_name=object_name)
+
+
+def _ref_reason(
+    ref: DeltaRef, subject: str = fl_delta_subject("eu"), age_s: float = 0.0, rules: Rules | None = None
+) -> str:
+    with pytest.raises(RejectedUpdate) as info:
+        validate_ref(ref, subject, age_s, rules or Rules())
+    return info.value.reason
+
+
+def test_a_ref_must_name_its_own_object_and_a_possible_sample_count() -> None:
+    validate_ref(_ref(), fl_delta_subject("eu"), 0.0, Rules())
+    # Ownership: the subject (NATS permissions: only eu's workers publish it) fixes the region, the name the worker.
+    assert _ref_reason(_ref(region="us")) == Reason.OWNER  # eu's worker claiming to be us
+    assert _ref_reason(_ref(name="global/v3")) == Reason.OWNER
+    assert _ref_reason(_ref(name=delta_object_prefix("eu", "eu-2") + "v3-abcd")) == Reason.OWNER  # another worker's
+    assert _ref_reason(_ref(name=delta_object_prefix("eu", "eu-1") + "x/../../global")) == Reason.OWNER
+    # Samples: 10^12 is refused at any age; the rate bound: burst 256 + 50/s.
+    assert _ref_reason(_ref(samples=10**12), age_s=1e9) == Reason.SAMPLES
+    assert _ref_reason(_ref(samples=0)) == Reason.SAMPLES
+    assert _ref_reason(_ref(samples=257)) == Reason.SAMPLES  # just published: the burst only
+    validate_ref(_ref(samples=256), fl_delta_subject("eu"), 0.0, Rules())
+    validate_ref(_ref(samples=756), fl_delta_subject("eu"), 10.0, Rules())  # 256 + 50 x 10 s
+    assert _ref_reason(_ref(samples=757), age_s=10.0) == Reason.SAMPLES
+    assert _ref_reason(_ref(samples=10_001), age_s=1e6) == Reason.SAMPLES  # the per-update cap
+    validate_ref(_ref(samples=10**6), fl_delta_subject("eu"), 0.0, Rules(max_samples=10**6, sample_burst=10**6))
 
 
 def test_tensor_blobs_round_trip_and_refuse_garbage() -> None:

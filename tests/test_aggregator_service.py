@@ -8,22 +8,32 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from aggregator.service import Aggregator, AggregatorConfig
 from deploy.nats import NatsServer
-from streaming.model_store import ModelStore, submit_delta
-from streaming.protocol import FL_GLOBAL_SUBJECT, ModelVersion, decode
+from streaming.model_store import DeltaStore, ModelStore, submit_delta
+from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode, encode, fl_delta_subject
 from streaming.runtime import die_with_parent
 from streaming.tensors import NamedArrays, encode_tensors
 
-INITIAL: NamedArrays = {"dec.weight": np.ones((3, 2), np.float32), "dec.bias": np.zeros(2, np.float32)}
+BASE = 100.0
+"""The initial weights' value: large enough that the test deltas stay under the relative norm bound (25 %)."""
+INITIAL: NamedArrays = {"dec.weight": np.full((3, 2), BASE, np.float32), "dec.bias": np.zeros(2, np.float32)}
 STEP_TIMEOUT_S = 30.0
+
+
+async def _submit(js: JetStreamContext, region: str, **ref: Any) -> DeltaRef:
+    """A worker of ``region`` submits a delta (to its region's bucket)."""
+    return await submit_delta(js, await DeltaStore.open(js, region), **ref)
 
 
 def _delta(value: float, dtype: str = "float16") -> NamedArrays:
@@ -66,25 +76,21 @@ async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: Na
     js = nc.jetstream()
     store = await ModelStore.open(js)
     try:
-        r1 = await submit_delta(
-            js, store, worker_id="eu-1", region="eu", base_version=0, samples=10, delta=_delta(1.0), loss=2.0
-        )
-        await submit_delta(
-            js, store, worker_id="eu-2", region="eu", base_version=0, samples=30, delta=_delta(5.0), loss=1.0
-        )
+        r1 = await _submit(js, "eu", worker_id="eu-1", base_version=0, samples=10, delta=_delta(1.0), loss=2.0)
+        await _submit(js, "eu", worker_id="eu-2", base_version=0, samples=30, delta=_delta(5.0), loss=1.0)
         meta = await _until_version(aggregator, 1)
     finally:
         await aggregator.stop()
     weights = await store.weights(await store.latest())  # type: ignore[arg-type]
     expected = (10 * 1.0 + 30 * 5.0) / 40  # 4.0
-    assert np.allclose(weights["dec.weight"], 1.0 + expected) and np.allclose(weights["dec.bias"], expected / 2)
+    assert np.allclose(weights["dec.weight"], BASE + expected) and np.allclose(weights["dec.bias"], expected / 2)
     assert meta.contributors == ["eu-1", "eu-2"] and meta.samples == 40 and meta.parent == 0
     assert meta.loss == pytest.approx((10 * 2.0 + 30 * 1.0) / 40)
     await asyncio.sleep(0.2)
     await sub.unsubscribe()
     assert [m.version for m in announced] == [1]
     with pytest.raises(KeyError):
-        await store.get_blob(r1.object_name)  # consumed deltas are removed
+        await (await DeltaStore.open(js, "eu")).get(r1.object_name)  # consumed deltas are removed
 
 
 async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -> None:
@@ -95,20 +101,19 @@ async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -
     try:
         bad = _delta(1.0, "float32")
         bad["dec.weight"][0, 0] = np.nan
-        await submit_delta(js, store, worker_id="x", region="eu", base_version=0, samples=5, delta=bad)
-        await submit_delta(
+        await _submit(js, "eu", worker_id="x", base_version=0, samples=5, delta=bad)
+        await _submit(
             js,
-            store,
+            "eu",
             worker_id="y",
-            region="eu",
             base_version=0,
             samples=5,
             delta={"dec.weight": _delta(1.0)["dec.weight"]},
         )
-        await submit_delta(js, store, worker_id="z", region="eu", base_version=7, samples=5, delta=_delta(1.0))
+        await _submit(js, "eu", worker_id="z", base_version=7, samples=5, delta=_delta(1.0))
         await js.publish("mvs.fl.delta.eu", b"\x00 not a delta")
-        await submit_delta(js, store, worker_id="ok", region="eu", base_version=0, samples=5, delta=_delta(0.5))
-        await submit_delta(js, store, worker_id="ok", region="eu", base_version=0, samples=5, delta=_delta(0.5))
+        await _submit(js, "eu", worker_id="ok", base_version=0, samples=5, delta=_delta(0.5))
+        await _submit(js, "eu", worker_id="ok", base_version=0, samples=5, delta=_delta(0.5))
         meta = await _until_version(aggregator, 1)
         for _ in range(3):
             await aggregator.step()
@@ -116,8 +121,43 @@ async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -
         await aggregator.stop()
     assert meta.contributors == ["ok"]
     weights = await store.weights(await store.latest())  # type: ignore[arg-type]
-    assert np.allclose(weights["dec.weight"], 1.5)
+    assert np.allclose(weights["dec.weight"], BASE + 0.5)
     assert aggregator.rejections == {"non_finite": 1, "keys": 1, "future_base": 1, "unreadable": 1, "duplicate": 1}
+
+
+async def test_poisoned_deltas_are_rejected_and_counted(server: NatsServer, nc: NATS) -> None:
+    """Issue 14's attacks: the whole global weights sent as a delta, norm 999 claiming 10^12 samples, a delta that
+    names another worker's object, one whose region is not its subject's; each rejected and counted by reason."""
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, durable="poison"))
+    await aggregator.start(INITIAL)
+    js = nc.jetstream()
+    eu = await DeltaStore.open(js, "eu")
+    before = {reason: _rejected(reason) for reason in ("relative_norm", "samples", "owner")}
+    try:
+        whole = {name: value.astype(np.float16) for name, value in INITIAL.items()}
+        await submit_delta(js, eu, worker_id="a", base_version=0, samples=5, delta=whole)
+        norm_999 = _delta(999 / 6.5**0.5)
+        await submit_delta(js, eu, worker_id="b", base_version=0, samples=10**12, delta=norm_999)
+        victim = await submit_delta(js, eu, worker_id="c", base_version=0, samples=5, delta=_delta(0.5))
+        forged = DeltaRef(worker_id="d", region="eu", base_version=0, samples=5, object_name=victim.object_name)
+        await js.publish(fl_delta_subject("eu"), encode(forged))
+        wrong_region = DeltaRef(worker_id="e", region="us", base_version=0, samples=5, object_name="delta/us/e/v0-x")
+        await js.publish(fl_delta_subject("eu"), encode(wrong_region))
+        meta = await _until_version(aggregator, 1)
+        for _ in range(3):
+            await aggregator.step()
+    finally:
+        await aggregator.stop()
+    assert meta.contributors == ["c"]
+    assert aggregator.rejections == {"relative_norm": 1, "samples": 1, "owner": 2}
+    assert {reason: _rejected(reason) - count for reason, count in before.items()} == aggregator.rejections
+    weights = await (await ModelStore.open(js)).weights(meta)
+    assert np.allclose(weights["dec.weight"], BASE + 0.5)
+
+
+def _rejected(reason: str) -> float:
+    """The aggregator's Prometheus rejection counter for ``reason``."""
+    return REGISTRY.get_sample_value("mvs_aggregator_updates_rejected_total", {"reason": reason}) or 0.0
 
 
 def _start_aggregator(server: NatsServer, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -172,13 +212,11 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
 
         await nc.subscribe(FL_GLOBAL_SUBJECT, cb=on_version)
         for i, worker in enumerate(("a", "b")):
-            await submit_delta(
-                js, store, worker_id=worker, region="us", base_version=0, samples=i + 1, delta=_delta(3.0 * (i + 1))
-            )
+            await _submit(js, "us", worker_id=worker, base_version=0, samples=i + 1, delta=_delta(3.0 * (i + 1)))
         await asyncio.sleep(1.0)  # received and persisted, round not due yet (3 updates needed)
         if not crash_after:
             first.kill()  # kill -9 between receiving and publishing
-        await submit_delta(js, store, worker_id="c", region="us", base_version=0, samples=3, delta=_delta(-1.0))
+        await _submit(js, "us", worker_id="c", base_version=0, samples=3, delta=_delta(-1.0))
         first.wait(timeout=STEP_TIMEOUT_S)  # killed, or crashed at the injected step
         second = _start_aggregator(server, tmp_path)
         try:
@@ -194,7 +232,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
             first.kill()
     expected = (1 * 3.0 + 2 * 6.0 + 3 * -1.0) / 6  # every delta exactly once: 2.0
     weights = await store.weights(latest)
-    assert np.allclose(weights["dec.weight"], 1.0 + expected), weights["dec.weight"]
+    assert np.allclose(weights["dec.weight"], BASE + expected), weights["dec.weight"]
     assert sorted(latest.contributors) == ["a", "b", "c"] and latest.samples == 6
 
 

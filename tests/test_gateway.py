@@ -200,7 +200,7 @@ async def test_the_browser_app_and_its_styles_are_served(gateway: Gateway) -> No
 
 async def test_cors_only_for_allow_listed_origins(nats_server: NatsServer, region: str) -> None:
     allowed, other = "https://app.example", "https://evil.example"
-    gateway = Gateway(GatewayConfig(port=0, nats_url=nats_server.url, region=region, cors_origins=(allowed,)))
+    gateway = Gateway(GatewayConfig(port=0, nats_url=nats_server.url, region=region, cors_origin=(allowed,)))
     await gateway.start()
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
     try:
@@ -211,7 +211,10 @@ async def test_cors_only_for_allow_listed_origins(nats_server: NatsServer, regio
                 assert "POST" in response.headers["Access-Control-Allow-Methods"]
             async with http.options(f"{gateway.url}/offer", headers={"Origin": other, **preflight}) as response:
                 assert response.status == 403 and "Access-Control-Allow-Origin" not in response.headers
-            async with http.post(f"{gateway.url}/offer", data=b"{}", headers={"Origin": allowed}) as response:
+            json_body = {"Content-Type": "application/json"}  # what a page's fetch() of the offer sends
+            async with http.post(
+                f"{gateway.url}/offer", data=b"{}", headers={"Origin": allowed, **json_body}
+            ) as response:
                 assert response.status == 400 and response.headers["Access-Control-Allow-Origin"] == allowed
             async with http.post(f"{gateway.url}/offer", data=b"{}", headers={"Origin": other}) as response:
                 assert "Access-Control-Allow-Origin" not in response.headers

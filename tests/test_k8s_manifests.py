@@ -26,10 +26,12 @@ import pytest
 import yaml
 
 from deploy import k8s_manifests, nats_config
+from deploy.certs import generate
 from deploy.cli import COMMANDS
 from deploy.nats import HUB_DOMAIN, nats_server_binary
 from deploy.nats_auth import LEAF_URL_ENV, new_password
 from deploy.regions import DEFAULT_REGIONS_FILE, load_regions
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 
 K8S = k8s_manifests.DEFAULT_OUT
 NATS = nats_config.DEFAULT_OUT
@@ -142,13 +144,18 @@ def test_nats_servers_get_every_variable_their_config_reads_from_the_secret() ->
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in NATS.glob("*.conf")))
-def test_nats_server_accepts_the_deployment_configs(config: str) -> None:
+def test_nats_server_accepts_the_deployment_configs(config: str, tmp_path: Path) -> None:
+    """With real certificates where the Secret ``mvs-tls`` would be mounted (here: a temp dir)."""
     text = (NATS / config).read_text()
+    assert text.count(nats_config.TLS_DIR) >= 3  # clients' tls, and the leaf listener's or the remote's
+    generate(tmp_path / "tls", ("mvs-nats-hub",))
+    checked = tmp_path / config
+    checked.write_text(text.replace(nats_config.TLS_DIR, str(tmp_path / "tls")))
     env = {var: new_password() for var in VARIABLE.findall(text)}
     if LEAF_URL_ENV in env:
         env[LEAF_URL_ENV] = f"nats-leaf://leaf:{new_password()}@{nats_config.HUB_SERVICE}:{nats_config.LEAF_PORT}"
     done = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(NATS / config)],
+        [nats_server_binary(), "-t", "-c", str(checked)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -256,7 +263,8 @@ def test_workers_request_the_memory_they_were_measured_at() -> None:
     serving = k8s_manifests.workers("eu", federated=False)["spec"]["template"]["spec"]
     (container,) = serving["containers"]
     command, args = _parse(container)
-    assert command == "worker" and args.federated_dir is None and "volumes" not in serving
+    assert command == "worker" and args.federated_dir is None
+    assert [v["name"] for v in serving["volumes"]] == ["tls"]  # the CA only, no key-frame buffer
     request = _mebibytes(container["resources"]["requests"]["memory"])
     assert 1.25 * measured_mib[False] <= request < 1.25 * measured_mib[True]
     readme = (K8S / "README.md").read_text()  # says the figures
@@ -389,3 +397,18 @@ def test_the_gpu_dockerfile_copies_what_the_cpu_one_does() -> None:
 
     assert copies("Dockerfile.gpu") == copies("Dockerfile")
     assert "download.pytorch.org/whl/cpu" not in (K8S / "Dockerfile.gpu").read_text()  # PyPI's CUDA build
+
+
+def test_every_nats_link_is_tls_with_the_certificates_of_the_secret() -> None:
+    """Services connect with tls:// URLs and the CA of the Secret mvs-tls; servers mount all of its files."""
+    for name, _, template in _pods():
+        (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == nats_config.TLS_SECRET_NAME, name
+        for container in template["spec"]["containers"]:
+            assert {"name": "tls", "mountPath": nats_config.TLS_DIR, "readOnly": True} in container["volumeMounts"]
+            if container["image"] == k8s_manifests.NATS_IMAGE:
+                assert "items" not in volume["secret"], name  # certificate and key too
+                continue
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env[NATS_URL_ENV].startswith("tls://") and env[NATS_CA_ENV] == nats_config.TLS.ca, name
+            assert volume["secret"]["items"] == [{"key": "ca.pem", "path": "ca.pem"}], name  # no private key

@@ -3,14 +3,20 @@ file's regions start (leaf and hub regions, permissions on) with every gateway a
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import aiohttp
+import nats
 import pytest
 
+from deploy.nats import NatsServer
+from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_user
 from deploy.regions import DEFAULT_REGIONS_FILE, RegionsError, load_regions, parse_regions
 from deploy.topology import LocalDeployment, build_parser, config_from_args
+from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
+from streaming.ice import LOOPBACK
 
 REGIONS = """
 [[regions]]
@@ -70,10 +76,16 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
     await deployment.start()
     try:
         assert deployment.nats is not None and set(deployment.nats.leaves) == {"edge"}  # "cloud" is on the hub
+        assert deployment.nats_ca is not None and deployment.secrets is not None
+        https = ssl.create_default_context(cafile=str(deployment.nats_ca))
         async with aiohttp.ClientSession() as http:
             for name, gateway in deployment.gateways.items():
-                async with http.get(f"{gateway.url}/healthz") as response:
+                assert gateway.url.startswith("https://")
+                async with http.get(f"{gateway.url}/healthz", ssl=https) as response:
                     assert response.status == 200 and (await response.json())["workers"] == [f"{name}-worker-0"]
+                offer = {"Content-Type": "application/json"}
+                async with http.post(f"{gateway.url}/offer", data=b"{}", headers=offer, ssl=https) as response:
+                    assert response.status == 401  # no admission token
         summary = deployment.summary()
         assert "--region edge --ice-host 127.0.0.1 --link-delay-ms 20 --link-kbps 8000" in summary
         async with aiohttp.ClientSession() as http:
@@ -83,7 +95,41 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
                 for url, family in zip(urls, ("mvs_gateway_key_seconds", "mvs_worker_inference_seconds"), strict=True):
                     async with http.get(url) as response:
                         assert response.status == 200 and f"# TYPE {family} histogram" in await response.text()
+        # No secret is printed: the summary names the files that hold them (mode 0600).
+        passwords = deployment.nats.credentials.passwords.values()  # type: ignore[union-attr]
+        assert not [p for p in passwords if p in summary] and deployment.secrets.token_secret not in summary
+        for path in deployment.secrets.directory.iterdir():
+            assert path.stat().st_mode & 0o777 == 0o600 and str(path) in summary, path
+        assert "mvs token" in summary and str(deployment.secrets.phone_token_file) in summary
+        # Every NATS link is TLS: a plain client is turned away.
+        with pytest.raises(Exception):  # noqa: B017 - nats-py raises assorted errors for a TLS mismatch
+            await nats.connect(deployment.nats.hub.url.replace("tls://", "nats://"), allow_reconnect=False)
+        # Each server has only its own users' passwords in its environment.
+        edge_env = _environment(deployment.nats.leaves["edge"])
+        assert password_env(worker_user("edge")) in edge_env and password_env(worker_user("cloud")) not in edge_env
+        assert password_env(AGGREGATOR_USER) not in edge_env
         servers = [deployment.nats.hub, *deployment.nats.leaves.values()]
         assert not [line for s in servers for line in s.log_path.read_text().splitlines() if "Violation" in line]
+        # A phone with the token and the CA streams through the secured edge region.
+        token = deployment.secrets.phone_token_file.read_text().strip()
+        phone = PhoneConfig(
+            gateway_url=deployment.gateways["edge"].url,
+            gateway_ca=deployment.nats_ca,
+            gateway_token=token,
+            frames=8,
+            size=(160, 90),
+            region="edge",
+            ice_hosts=LOOPBACK,
+        )
+        report = (await Phone(phone).run()).report
+        assert report["frames"]["output"] == 8 and report["key_frames"]["ok"] > 0, report["key_frames"]
     finally:
         await deployment.stop()
+    assert not deployment.secrets.directory.exists()
+
+
+def _environment(server: NatsServer) -> set[str]:
+    """Names of the variables in a running server's environment."""
+    assert server._proc is not None
+    raw = Path(f"/proc/{server._proc.pid}/environ").read_bytes()
+    return {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}

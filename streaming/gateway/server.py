@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from streaming.clock import ClockOffset
-from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, REGION_FLAG, flag
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, REGION_FLAG, flag
+from streaming.gateway.admission import AdmissionPolicy, admission_middleware
 from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import restrict_host_candidates, rtc_configuration
@@ -52,6 +52,7 @@ from streaming.protocol import (
     stylize_subject,
 )
 from streaming.style_store import StyleStore
+from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ STATIC_DIR = Path(__file__).with_name("static")
 """The browser phone: index.html, its modules, the vendored msgpack library and the bundled style photos."""
 STYLES_DIR = STATIC_DIR / "styles"
 STYLE_SUFFIXES = (".jpg", ".png")
-CORS_MAX_AGE_S = 600
 
 HEALTH_DISCOVERY_S = 0.5
 """How long /healthz waits for workers to answer discovery."""
@@ -82,6 +82,7 @@ class GatewayConfig:
     """Settings of one edge gateway (each field with a ``flag`` is a ``mvs gateway`` flag)."""
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the style store (when this site's NATS is a leaf node of the hub)."""
@@ -99,11 +100,18 @@ class GatewayConfig:
         default_factory=tuple, metadata=flag("gather ICE candidates only here (repeatable)", name="ice-host")
     )
     """Gather ICE host candidates only on these addresses (e.g. 127.0.0.1); empty: all interfaces."""
-    cors_origins: tuple[str, ...] = field(
-        default_factory=tuple,
-        metadata=flag("let a page from this origin call /offer, e.g. https://app.example (repeatable)"),
+    tls_cert: Path | None = field(default=None, metadata=flag("serve HTTPS with this certificate (PEM)"))
+    """HTTPS certificate chain; browsers give a page the camera only in a secure context. None: plain HTTP."""
+    tls_key: Path | None = field(default=None, metadata=flag("the certificate's private key (PEM)"))
+    cors_origin: tuple[str, ...] = field(
+        default_factory=tuple, metadata=flag("a browser origin allowed to call the gateway (repeatable)")
     )
-    """Origins (scheme://host[:port]) whose pages may post offers; empty: only pages served by this gateway."""
+    """Browser origins allowed to call /offer from their pages (streaming/gateway/admission.py); none by default."""
+    require_token: bool = field(
+        default=False, metadata=flag(f"POST /offer needs a bearer token (mvs token; secret from ${TOKEN_SECRET_ENV})")
+    )
+    token_secret: str | None = field(default=None, repr=False)
+    """The token signing secret (never a flag); None: from the environment."""
 
 
 class BadOffer(ValueError):
@@ -154,12 +162,18 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.port = config.port
         self._reapers: set[asyncio.Task[None]] = set()
+        secret = (config.token_secret or secret_from_env()) if config.require_token else None
+        if config.require_token and secret is None:
+            raise ValueError(f"--require-token needs the token secret in ${TOKEN_SECRET_ENV}")
+        if (config.tls_cert is None) != (config.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        self.admission = AdmissionPolicy(config.region, config.cors_origin, secret)
 
     def app(self) -> web.Application:
         """The aiohttp application (routes: /offer, /metrics, /healthz)."""
         app = web.Application(
             client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES,
-            middlewares=[cors_middleware(frozenset(self.config.cors_origins))],
+            middlewares=[admission_middleware(self.admission)],
         )
         app.router.add_post("/offer", self._offer)
         app.router.add_get("/metrics", self._metrics)
@@ -173,18 +187,28 @@ class Gateway:
         """Connect to NATS and start serving HTTP."""
         if self.config.ice_hosts:
             restrict_host_candidates(self.config.ice_hosts)
-        self._nc = await connect_nats(self.config.nats_url, f"gateway-{self.config.region}", service="gateway")
+        self._nc = await connect_nats(
+            self.config.nats_url, f"gateway-{self.config.region}", service="gateway", tls_ca=self.config.nats_ca
+        )
         self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.host, self.config.port).start()
+        await web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._ssl_context()).start()
         self.port = int(self._runner.addresses[0][1])  # the real port when config.port is 0
         log.info("gateway listening", extra={"url": self.url, "region": self.config.region})
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert is None or self.config.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
 
     @property
     def url(self) -> str:
         """Base URL of the signaling server."""
-        return f"http://{self.config.host}:{self.port}"
+        scheme = "https" if self.config.tls_cert is not None else "http"
+        return f"{scheme}://{self.config.host}:{self.port}"
 
     async def stop(self) -> None:
         """Close every session, the HTTP server and the NATS connection."""
@@ -263,36 +287,6 @@ class Gateway:
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def cors_middleware(origins: frozenset[str]) -> Middleware:
-    """CORS for the allow-listed ``origins`` only: preflights answered, ``Access-Control-Allow-Origin`` echoed.
-
-    A request from any other origin gets no CORS headers, so the browser keeps its response from the page."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        allowed = origin is not None and origin in origins
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            if not allowed:
-                return web.Response(status=403, text="origin not allowed (gateway flag --cors-origin)")
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-            response.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_S)
-        else:
-            response = await handler(request)
-        if allowed:
-            assert origin is not None
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-        return response
-
-    return middleware
 
 
 async def run(config: GatewayConfig) -> None:
