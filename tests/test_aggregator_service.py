@@ -250,11 +250,10 @@ async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(ser
     aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=timeout_s))
     await aggregator.start(INITIAL)
     js = nc.jetstream()
-    store = await ModelStore.open(js)
     try:
         await asyncio.sleep(timeout_s * 1.5)  # the round is older than the timeout, and empty
         assert await aggregator.step() is None
-        await submit_delta(js, store, worker_id="late", region="eu", base_version=0, samples=4, delta=_delta(1.0))
+        await _submit(js, "eu", worker_id="late", base_version=0, samples=4, delta=_delta(1.0))
         submitted = asyncio.get_running_loop().time()
         while not aggregator.state.accepted:
             assert await aggregator.step() is None  # accepted, but not closed: its timeout starts now

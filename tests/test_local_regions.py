@@ -93,7 +93,7 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
                 urls = deployment.metrics_urls(name)
                 assert len(urls) == 2 and f"metrics:     {' '.join(urls)}" in summary
                 for url, family in zip(urls, ("mvs_gateway_key_seconds", "mvs_worker_inference_seconds"), strict=True):
-                    async with http.get(url) as response:
+                    async with http.get(url, ssl=https) as response:  # the gateway's beside its HTTPS /offer
                         assert response.status == 200 and f"# TYPE {family} histogram" in await response.text()
         # No secret is printed: the summary names the files that hold them (mode 0600).
         passwords = deployment.nats.credentials.passwords.values()  # type: ignore[union-attr]
