@@ -37,7 +37,7 @@ from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
 from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, REGION_FLAG, flag
-from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image
+from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image
 from streaming.nats_connect import connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -391,15 +391,18 @@ class StylizerWorker:
             return cached
         assert self._style_store is not None
         data = await self._style_store.get(style_id)
-        image = decode_image(data, max_side=MAX_FRAME_SIDE)
+        check_image_size(data, max_side=MAX_FRAME_SIDE)  # a bomb is refused here, before any thread decodes it
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(
-            self._executor, self.stylizer.prepare_style, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        )
+        prepared = await loop.run_in_executor(self._executor, self._prepare_style, data)
         self._styles[style_id] = prepared
         while len(self._styles) > self.config.style_cache:
             self._styles.popitem(last=False)
         return prepared
+
+    def _prepare_style(self, data: bytes) -> Any:
+        """Decode a style image and prepare it for the stylizer (on the inference thread, off the event loop)."""
+        image = decode_image(data, max_side=MAX_FRAME_SIDE)
+        return self.stylizer.prepare_style(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
 
 
 async def run(config: WorkerConfig) -> None:
