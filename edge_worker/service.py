@@ -58,9 +58,11 @@ from streaming.protocol import (
 )
 from streaming.queues import LatestQueue
 from streaming.style_store import StyleStore, UnknownStyleError
-from streaming.telemetry import DEFAULT_METRICS_HOST, start_metrics_server
+from streaming.telemetry import DEFAULT_METRICS_HOST, LogLimiter, start_metrics_server
 
 log = logging.getLogger(__name__)
+BAD_INPUT_LOG = LogLimiter()
+"""Bad requests are logged rate-limited per error code: a NATS request does not say who sent it."""
 
 DEFAULT_QUEUE_SIZE = 4
 DEFAULT_STYLE_CACHE = 32
@@ -323,7 +325,9 @@ class StylizerWorker:
             request = decode(msg.data, StylizeRequest)
             validate_request(request)
         except ProtocolError as exc:
-            log.warning("bad stylize request", extra={"code": exc.code, "error": str(exc)})
+            BAD_INPUT_LOG.log(
+                log, logging.WARNING, exc.code, "bad stylize request", {"code": exc.code, "error": str(exc)}
+            )
             await self._reply(msg, self._error(None, exc.code, str(exc)), exc.code)
             return
         request.stamps[Stamp.W_RECEIVED] = received

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections import OrderedDict
 
 from prometheus_client import start_http_server
 
@@ -58,6 +59,48 @@ def setup_logging(level: str = "info", json_lines: bool = True) -> None:
     root.setLevel(level.upper())
     for noisy in ("aioice", "aiortc", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+LOG_BURST = 5
+"""Log lines one source may write about bad input per :data:`LOG_PERIOD_S` before the rest are only counted."""
+LOG_PERIOD_S = 60.0
+MAX_LOG_SOURCES = 1024
+"""Sources remembered by a :class:`LogLimiter` (the least recently seen are forgotten)."""
+
+
+class LogLimiter:
+    """Rate-limits log lines about repeated bad input, per source (a client address, a stream, an error code).
+
+    Each source may log :data:`LOG_BURST` lines per :data:`LOG_PERIOD_S`; later ones are counted, and the next
+    line that passes says how many were suppressed (``extra["suppressed"]``). Memory is bounded by
+    :data:`MAX_LOG_SOURCES`."""
+
+    def __init__(self, burst: int = LOG_BURST, period_s: float = LOG_PERIOD_S) -> None:
+        self._burst = burst
+        self._period_s = period_s
+        self._sources: OrderedDict[str, list[float]] = OrderedDict()  # source -> [window start, lines, suppressed]
+
+    def log(
+        self, logger: logging.Logger, level: int, source: str, msg: str, extra: dict[str, object] | None = None
+    ) -> bool:
+        """Log ``msg`` unless ``source`` has used its burst in the current period; True if it was logged."""
+        now = time.monotonic()
+        state = self._sources.pop(source, None)
+        if state is None or now - state[0] >= self._period_s:
+            state = [now, 0.0, state[2] if state is not None else 0.0]
+        self._sources[source] = state
+        while len(self._sources) > MAX_LOG_SOURCES:
+            self._sources.popitem(last=False)
+        if state[1] >= self._burst:
+            state[2] += 1
+            return False
+        state[1] += 1
+        fields = dict(extra or {})
+        if state[2]:
+            fields["suppressed"] = int(state[2])
+            state[2] = 0
+        logger.log(level, msg, extra=fields)
+        return True
 
 
 DEFAULT_METRICS_HOST = "127.0.0.1"

@@ -44,13 +44,17 @@ from streaming.protocol import (
     Answer,
     Offer,
     ProtocolError,
+    clip,
     decode_offer,
     encode_answer,
     stylize_subject,
 )
 from streaming.style_store import StyleStore
+from streaming.telemetry import LogLimiter
 
 log = logging.getLogger(__name__)
+BAD_OFFER_LOG = LogLimiter()
+"""Refused offers are logged rate-limited per client address."""
 
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_DEADLINE_MS = 2000.0
@@ -226,12 +230,12 @@ class Gateway:
         try:
             offer = parse_offer(await request.read())
         except BadOffer as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return _bad_offer(address, str(exc))
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._style_executor, decode_image, offer.style, MAX_FRAME_SIDE)
         except ImageDecodeError as exc:
-            return web.json_response({"error": f"'style' is not a usable image: {exc}"}, status=400)
+            return _bad_offer(address, f"'style' is not a usable image: {exc}")
         assert self._nc is not None and self._styles is not None
         style_id = await self._styles.put(offer.style)
         stream_id = uuid.uuid4().hex[:12]
@@ -253,7 +257,7 @@ class Gateway:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot use
             await pc.close()
-            return web.json_response({"error": f"unusable SDP offer: {exc}"}, status=400)
+            return _bad_offer(address, f"unusable SDP offer: {exc}")
         self.sessions[stream_id] = session
         SESSIONS.labels(self.config.region).set(len(self.sessions))
         session.start_supervision(self.config.connect_timeout_s, self.config.idle_timeout_s)
@@ -291,6 +295,13 @@ class Gateway:
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)
+
+
+def _bad_offer(address: str, error: str) -> web.Response:
+    """HTTP 400 with the reason (clipped: it may quote the offer), logged rate-limited per address."""
+    error = clip(error)
+    BAD_OFFER_LOG.log(log, logging.INFO, address, "offer refused", {"address": address, "error": error})
+    return web.json_response({"error": error}, status=400)
 
 
 def _refuse(status: int, error: str) -> web.Response:

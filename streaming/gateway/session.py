@@ -47,12 +47,16 @@ from streaming.protocol import (
     Stamp,
     StylizeRequest,
     chunk_payload,
+    clip,
     decode_any,
     encode,
 )
 from streaming.queues import LatestQueue
+from streaming.telemetry import LogLimiter
 
 log = logging.getLogger(__name__)
+BAD_INPUT_LOG = LogLimiter()
+"""Bad data-channel messages are logged rate-limited per stream."""
 
 MAX_PENDING_FRAMES = 32
 """Decoded frames held while their id is unknown (about 1 s at 30 fps)."""
@@ -233,7 +237,13 @@ class PhoneSession:
         except ProtocolError as exc:
             BAD_MESSAGES.labels(self._settings.region).inc()
             self._count("bad_messages")
-            log.warning("bad data-channel message", extra={"stream_id": self.stream_id, "error": str(exc)})
+            BAD_INPUT_LOG.log(
+                log,
+                logging.WARNING,
+                self.stream_id,
+                "bad data-channel message",
+                {"stream_id": self.stream_id, "error": str(exc)},
+            )
             return
         if isinstance(message, ClockPing):
             received = time.monotonic_ns()
@@ -300,7 +310,7 @@ class PhoneSession:
     def _fail(self, frame_id: int, code: str, text: str, attempts: int) -> None:
         KEY_FRAMES.labels(self._settings.region, code).inc()
         self._count(f"key_{code}")
-        result = KeyResult(frame_id=frame_id, ok=False, attempts=attempts, error_code=code, error=text)
+        result = KeyResult(frame_id=frame_id, ok=False, attempts=attempts, error_code=code, error=clip(text))
         self._spawn_send([encode(result)])
 
     def _spawn_send(self, messages: list[bytes]) -> None:
