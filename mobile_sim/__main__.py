@@ -40,7 +40,7 @@ def parse_smoothing_weight(text: str) -> float:
     return weight
 
 
-PHONE_ONLY = ("gateway_url", "ice_hosts")
+PHONE_ONLY = ("gateway_urls", "ice_hosts")
 """PhoneConfig flags of ``mvs phone`` only (``mvs demo`` runs its own gateway on loopback)."""
 
 
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    config = phone_config_from_args(args, gateway_url=args.gateway.rstrip("/"))
+    config = phone_config_from_args(args)
     with contextlib.suppress(asyncio.CancelledError):
         result = run_main(run_phone(config))
         print(summary(result.report))

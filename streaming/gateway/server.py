@@ -195,7 +195,7 @@ class Gateway:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._nc is not None:
+        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
             await self._nc.drain()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._style_executor.shutdown(wait=False, cancel_futures=True)
