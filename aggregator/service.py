@@ -36,9 +36,9 @@ from aggregator.validation import (
     validate_update,
 )
 from streaming.buckets import open_key_value
-from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, flag
+from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, flag
 from streaming.model_store import DEFAULT_KEEP_VERSIONS, ModelStore
-from streaming.nats_connect import connect_nats
+from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     FL_DELTA_STREAM,
@@ -78,6 +78,7 @@ class AggregatorConfig:
     """Settings of the cloud aggregator."""
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the hub (None when connected to the hub itself)."""
     strategy: str = field(default="fedavg", metadata=flag("aggregation rule", choices=sorted(STRATEGIES)))
@@ -107,7 +108,6 @@ class AggregatorConfig:
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
 
 
-
 async def ensure_delta_stream(js: JetStreamContext) -> None:
     """Create the delta stream (file storage) if it does not exist."""
     try:
@@ -134,7 +134,12 @@ class Aggregator:
 
     async def start(self, initial: NamedArrays | None = None) -> None:
         """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
-        self._nc = await connect_nats(self.config.nats_url, "aggregator", service="aggregator")
+        self._nc = await connect_nats(
+            self.config.nats_url,
+            "aggregator",
+            service="aggregator",
+            reconnect_wait_s=self.config.nats_reconnect_wait_s,
+        )
         js = self._nc.jetstream(domain=self.config.js_domain)
         await ensure_delta_stream(js)
         self.store = await ModelStore.open(js, keep=self.config.keep_versions)

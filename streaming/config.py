@@ -92,6 +92,8 @@ NATS_FLAG = flag("NATS URL", name="nats", env=NATS_URL_ENV)
 """Metadata of every config's ``nats_url`` field: ``--nats``, env MVS_NATS_URL."""
 REGION_FLAG = flag("region", env=REGION_ENV)
 """Metadata of every config's ``region`` field: ``--region``, env MVS_REGION."""
+NATS_RECONNECT_FLAG = flag("seconds between NATS reconnect attempts (a service retries forever)")
+"""Metadata of every service config's ``nats_reconnect_wait_s`` field (streaming.nats_connect states the rule)."""
 JS_DOMAIN_FLAG = flag("JetStream domain of the stores (set when connected to a leaf node)", env=JS_DOMAIN_ENV)
 """Metadata of every config's ``js_domain`` field: ``--js-domain``, env MVS_JS_DOMAIN."""
 

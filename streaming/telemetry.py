@@ -7,8 +7,10 @@ import logging
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
-from prometheus_client import start_http_server
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -111,3 +113,31 @@ def start_metrics_server(port: int, host: str = DEFAULT_METRICS_HOST) -> None:
     """Expose Prometheus metrics on ``http://host:port/metrics`` (no-op for port 0)."""
     if port:
         start_http_server(port, addr=host)
+
+
+async def start_health_server(
+    port: int, host: str, ready: Callable[[], bool], live: Callable[[], bool]
+) -> web.AppRunner | None:
+    """Serve ``/metrics`` (Prometheus), ``/healthz`` (200 while ``ready()``, else 503: a readiness probe) and
+    ``/livez`` (200 while ``live()``, else 503: a liveness probe) on ``http://host:port`` (None for port 0)."""
+    if not port:
+        return None
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def check(condition: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            ok = condition()
+            return web.json_response({"ok": ok}, status=200 if ok else 503)
+
+        return handler
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", check(ready))
+    app.router.add_get("/livez", check(live))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

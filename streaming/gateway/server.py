@@ -30,12 +30,12 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from streaming.clock import ClockOffset
-from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, REGION_FLAG, flag
+from streaming.config import JS_DOMAIN_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, check_image_size, decode_image
-from streaming.nats_connect import connect_nats
+from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
@@ -83,6 +83,7 @@ class GatewayConfig:
     """Settings of one edge gateway (each field with a ``flag`` is a ``mvs gateway`` flag)."""
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the style store (when this site's NATS is a leaf node of the hub)."""
@@ -166,18 +167,24 @@ class Gateway:
         self._reapers: set[asyncio.Task[None]] = set()
 
     def app(self) -> web.Application:
-        """The aiohttp application (routes: /offer, /metrics, /healthz)."""
+        """The aiohttp application (routes: /offer, /metrics, /healthz, /livez)."""
         app = web.Application(client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES)
         app.router.add_post("/offer", self._offer)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._livez)
         return app
 
     async def start(self) -> None:
         """Connect to NATS and start serving HTTP."""
         if self.config.ice_hosts:
             restrict_host_candidates(self.config.ice_hosts)
-        self._nc = await connect_nats(self.config.nats_url, f"gateway-{self.config.region}", service="gateway")
+        self._nc = await connect_nats(
+            self.config.nats_url,
+            f"gateway-{self.config.region}",
+            service="gateway",
+            reconnect_wait_s=self.config.nats_reconnect_wait_s,
+        )
         self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
@@ -275,6 +282,12 @@ class Gateway:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        """Liveness: 200 while the event loop answers and the NATS connection is up or reconnecting (the gateway
+        reconnects forever, streaming.nats_connect); 503 once it is closed for good: restart me."""
+        alive = self._nc is not None and not self._nc.is_closed
+        return web.json_response({"ok": alive}, status=200 if alive else 503)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         """200 when this site can take a phone (NATS connected, a worker answers, a free slot), else 503."""
