@@ -6,8 +6,9 @@ A client that loses its server retries every :data:`RECONNECT_WAIT_S` seconds fo
 (:data:`MAX_RECONNECT_ATTEMPTS` is -1: forever); subscriptions are restored by nats-py and the service serves
 again by itself. While it is out, its readiness check fails (the gateway's and the worker's ``/healthz``), so
 traffic goes elsewhere; its liveness check (``/livez``) holds, so the orchestrator does not restart a process
-that would only wait for the same NATS. A service that cannot connect at start, or whose connection is closed for
-good anyway (the server refused its credentials), exits non-zero and its orchestrator restarts it. Before issue 14
+that would only wait for the same NATS. A service that cannot connect at start exits non-zero and its orchestrator
+restarts it; a connection closed for good anyway (the server refused its credentials) ends a worker with status 1
+and turns the gateway's ``/livez`` to 503. Before issue 14
 the clients gave up after 60 attempts (two minutes): workers exited and the gateway stayed up, unready, forever.
 """
 
