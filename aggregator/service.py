@@ -51,7 +51,7 @@ from aggregator.validation import (
     validate_update,
 )
 from streaming.buckets import open_key_value
-from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, flag
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, flag
 from streaming.model_store import (
     DEFAULT_KEEP_VERSIONS,
     DeltaStore,
@@ -59,7 +59,7 @@ from streaming.model_store import (
     ModelStore,
     StoreMissingError,
 )
-from streaming.nats_connect import connect_nats
+from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     FL_DELTA_STREAM,
@@ -100,6 +100,7 @@ class AggregatorConfig:
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
     nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
+    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the hub (None when connected to the hub itself)."""
     strategy: str = field(default="fedavg", metadata=flag("aggregation rule", choices=sorted(STRATEGIES)))
@@ -180,7 +181,11 @@ class Aggregator:
     async def start(self, initial: NamedArrays | None = None) -> None:
         """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
         self._nc = await connect_nats(
-            self.config.nats_url, "aggregator", service="aggregator", tls_ca=self.config.nats_ca
+            self.config.nats_url,
+            "aggregator",
+            service="aggregator",
+            tls_ca=self.config.nats_ca,
+            reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
         js = self._js = self._nc.jetstream(domain=self.config.js_domain)
         await ensure_delta_stream(js)

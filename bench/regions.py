@@ -203,7 +203,7 @@ class Bench:
         config = PhoneConfig(
             fill_occlusions=False,
             result_timeout_ms=PHONE_RESULT_TIMEOUT_MS,
-            gateway_url=self.deployment.gateways[site.name].url,
+            gateway_urls=(self.deployment.gateways[site.name].url,),
             region=site.name,
             link=site.link,
             ice_hosts=LOOPBACK,

@@ -411,7 +411,7 @@ async def gateway_cost(setup: Setup, counts: Sequence[int], frames: int) -> list
             await _wait_healthy(f"http://127.0.0.1:{port}/healthz")
             for n in counts:
                 config = PhoneConfig(
-                    gateway_url=f"http://127.0.0.1:{port}",
+                    gateway_urls=(f"http://127.0.0.1:{port}",),
                     frames=frames,
                     size=FRAME_SIZE,
                     fps=STREAM_FPS,

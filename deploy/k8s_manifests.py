@@ -135,9 +135,10 @@ def _mount_tls(pod: Manifest, ca_only: bool) -> Manifest:
     return pod
 
 
-def _metrics_probe() -> Manifest:
-    """Metrics listen on the pod's address (``--metrics-host 0.0.0.0``); a worker's come up once it serves."""
-    return {**_http_probe("/metrics", METRICS_PORT), "failureThreshold": 6}
+def _metrics_probe(path: str = "/metrics") -> Manifest:
+    """Metrics listen on the pod's address (``--metrics-host 0.0.0.0``); a worker's come up once it serves, with
+    ``/healthz`` (NATS connected: ready) and ``/livez`` (NATS up or reconnecting: alive) beside them."""
+    return {**_http_probe(path, METRICS_PORT), "failureThreshold": 6}
 
 
 def _http_probe(path: str, port: int) -> Manifest:
@@ -286,9 +287,10 @@ def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool =
         ],
         "env": _nats_url(worker_user(region), f"mvs-nats-leaf-{region}"),
         "resources": worker_resources(federated),
-        "startupProbe": _metrics_probe(),
-        "readinessProbe": _metrics_probe(),
-        "livenessProbe": _metrics_probe(),
+        # The rule (streaming.nats_connect): a NATS outage makes a worker unready, never restarts it.
+        "startupProbe": _metrics_probe("/healthz"),
+        "readinessProbe": _metrics_probe("/healthz"),
+        "livenessProbe": _metrics_probe("/livez"),
     }
     pod: Manifest = {"containers": [container]}
     if gpu:
@@ -327,8 +329,9 @@ def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
             *_nats_url(gateway_user(region), f"mvs-nats-leaf-{region}"),
         ],
         "ports": [{"name": "signaling", "containerPort": DEFAULT_HTTP_PORT}],
+        # Ready: NATS up, a worker answers, a free slot. Alive: NATS up or reconnecting (streaming.nats_connect).
         "readinessProbe": _http_probe("/healthz", DEFAULT_HTTP_PORT),
-        "livenessProbe": _http_probe("/metrics", DEFAULT_HTTP_PORT),
+        "livenessProbe": _http_probe("/livez", DEFAULT_HTTP_PORT),
         "resources": {"requests": {"cpu": "1", "memory": "512Mi"}},
     }
     pod = _mount_tls({"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet", "containers": [container]}, True)

@@ -153,7 +153,7 @@ async def run_demo(
                 topology.start_worker(f"{phone_config.region}-worker-{i}")
             await topology.wait_for_workers()
             await gateway.start()
-            phone_config.gateway_url = gateway.url
+            phone_config.gateway_urls = (gateway.url,)
             phone_config.ice_hosts = LOOPBACK
             return await Phone(phone_config).run()
         finally:

@@ -29,6 +29,7 @@ from streaming.protocol import (
     Stamp,
     StylizeReply,
     StylizeRequest,
+    clip,
 )
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def error_reply(request: StylizeRequest | None, worker_id: str, code: str, text:
         worker_id=worker_id,
         ok=False,
         error_code=code,
-        error=text,
+        error=clip(text),
         stamps=dict(request.stamps) if request else {},
     )
 

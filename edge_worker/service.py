@@ -37,9 +37,9 @@ from edge_worker.model.base import Stylizer
 from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve_device
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
-from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, REGION_FLAG, flag
-from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, decode_image
-from streaming.nats_connect import connect_nats
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
+from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image
+from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
@@ -59,9 +59,11 @@ from streaming.protocol import (
 )
 from streaming.queues import LatestQueue
 from streaming.style_store import StyleStore, UnknownStyleError
-from streaming.telemetry import DEFAULT_METRICS_HOST, LATENCY_BUCKETS_S, start_metrics_server
+from streaming.telemetry import DEFAULT_METRICS_HOST, LATENCY_BUCKETS_S, LogLimiter, start_health_server
 
 log = logging.getLogger(__name__)
+BAD_INPUT_LOG = LogLimiter()
+"""Bad requests are logged rate-limited per error code: a NATS request does not say who sent it."""
 
 DEFAULT_QUEUE_SIZE = 4
 DEFAULT_STYLE_CACHE = 32
@@ -102,6 +104,7 @@ class WorkerConfig:
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
     nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
+    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
@@ -222,6 +225,7 @@ class StylizerWorker:
             service="worker",
             closed_cb=self._on_closed,
             tls_ca=self.config.nats_ca,
+            reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
         self._style_store = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         if self.config.federated is not None:
@@ -267,6 +271,10 @@ class StylizerWorker:
         )
         await self.learner.start(self._nc)
         self._learning = asyncio.create_task(self.learner.run(), name="federated-learning")
+
+    def ready(self) -> bool:
+        """Serving: subscribed, and NATS connected now."""
+        return self._nc is not None and self._nc.is_connected and bool(self._subscriptions)
 
     async def _on_closed(self) -> None:
         self.closed.set()
@@ -326,7 +334,9 @@ class StylizerWorker:
             request = decode(msg.data, StylizeRequest)
             validate_request(request)
         except ProtocolError as exc:
-            log.warning("bad stylize request", extra={"code": exc.code, "error": str(exc)})
+            BAD_INPUT_LOG.log(
+                log, logging.WARNING, exc.code, "bad stylize request", {"code": exc.code, "error": str(exc)}
+            )
             await self._reply(msg, self._error(None, exc.code, str(exc)), exc.code)
             return
         request.stamps[Stamp.W_RECEIVED] = received
@@ -394,26 +404,37 @@ class StylizerWorker:
             return cached
         assert self._style_store is not None
         data = await self._style_store.get(style_id)
-        image = decode_image(data, max_side=MAX_FRAME_SIDE)
+        check_image_size(data, max_side=MAX_FRAME_SIDE)  # a bomb is refused here, before any thread decodes it
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(
-            self._executor, self.stylizer.prepare_style, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        )
+        prepared = await loop.run_in_executor(self._executor, self._prepare_style, data)
         self._styles[style_id] = prepared
         while len(self._styles) > self.config.style_cache:
             self._styles.popitem(last=False)
         return prepared
 
+    def _prepare_style(self, data: bytes) -> Any:
+        """Decode a style image and prepare it for the stylizer (on the inference thread, off the event loop)."""
+        image = decode_image(data, max_side=MAX_FRAME_SIDE)
+        return self.stylizer.prepare_style(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
 
 async def run(config: WorkerConfig) -> None:
-    """Run a worker (and its metrics endpoint) until cancelled (SIGINT/SIGTERM in ``python -m edge_worker``).
+    """Run a worker (and its health endpoint) until cancelled (SIGINT/SIGTERM in ``python -m edge_worker``).
 
-    Metrics come up once the worker serves (warmed up, subscribed): a probe on them is a readiness check."""
+    The endpoint comes up once the worker serves (warmed up, subscribed): ``/healthz`` is 200 while NATS is
+    connected (readiness), ``/livez`` while the connection is not closed for good (liveness: during an outage the
+    worker reconnects by itself, streaming.nats_connect), ``/metrics`` is Prometheus. A connection closed for good
+    ends the worker with status 1 for its orchestrator to restart it."""
     worker = StylizerWorker(config)
     await worker.start()
-    start_metrics_server(config.metrics_port, config.metrics_host)
+    health = await start_health_server(
+        config.metrics_port, config.metrics_host, ready=worker.ready, live=lambda: not worker.closed.is_set()
+    )
     try:
         await worker.closed.wait()
         log.error("NATS connection closed for good; worker exits", extra={"worker_id": config.worker_id})
     finally:
         await worker.stop()
+        if health is not None:
+            await health.cleanup()
+    raise SystemExit(1)

@@ -20,7 +20,7 @@ from streaming.telemetry import setup_logging
 PHONE_LOG_LEVEL = "warning"
 """The phone (and ``mvs demo``) logs warnings and errors only: its summary is what a person reads."""
 
-PHONE_ONLY = ("gateway_url", "ice_hosts")
+PHONE_ONLY = ("gateway_urls", "ice_hosts")
 """PhoneConfig flags of ``mvs phone`` only (``mvs demo`` runs its own gateway on loopback)."""
 
 
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    config = phone_config_from_args(args, gateway_url=args.gateway.rstrip("/"))
+    config = phone_config_from_args(args)
     with contextlib.suppress(asyncio.CancelledError):
         try:
             result = run_main(run_phone(config))

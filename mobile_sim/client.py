@@ -15,6 +15,7 @@ probes) and the key-frame ledger (``mobile_sim.ledger``: keys in flight, timeout
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -36,7 +37,7 @@ from mobile_sim.keyframes import (
     make_policy,
 )
 from mobile_sim.ledger import KeyLedger
-from mobile_sim.link import CameraTrack, GatewayLink, Outgoing, SenderPts, SignalingAuth
+from mobile_sim.link import CONNECT_TIMEOUT_S, CameraTrack, GatewayLink, Outgoing, SenderPts, SignalingAuth
 from mobile_sim.link_shim import LinkProfile
 from mobile_sim.reconstruct import IntermediateRender, OutputFrame, ReconstructionMode, Reconstructor
 from mobile_sim.recorder import VideoRecorder
@@ -49,6 +50,8 @@ from streaming.images import ImageDecodeError, decode_image, encode_jpeg
 from streaming.protocol import DEFAULT_REGION, ErrorCode, FrameMeta, KeyResult, ProtocolError, ResultKind, Stamp
 from streaming.queues import LatestQueue
 from streaming.tokens import TOKEN_ENV
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 DEFAULT_FRAMES = 150
@@ -108,7 +111,15 @@ class PhoneConfig:
     ``--link-*`` flags is non-zero.
     """
 
-    gateway_url: str = field(default=DEFAULT_GATEWAY_URL, metadata=flag("gateway signaling URL", name="gateway"))
+    gateway_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=flag(
+            f"gateway signaling URL (default {DEFAULT_GATEWAY_URL}); repeatable: when the connection is lost the "
+            "phone offers again to the same gateway, then to the next",
+            name="gateway",
+        ),
+    )
+    """The gateways to use, in order (empty: :data:`DEFAULT_GATEWAY_URL`)."""
     gateway_ca: Path | None = field(
         default=None, metadata=flag("CA file of an https gateway's certificate", env=GATEWAY_CA_ENV)
     )
@@ -205,6 +216,11 @@ class PhoneConfig:
     """Keep originals and outputs in the result (tests)."""
     seed: int = 0
 
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        """The gateways to use, in order."""
+        return tuple(url.rstrip("/") for url in self.gateway_urls) or (DEFAULT_GATEWAY_URL,)
+
 
 @dataclass
 class PhoneResult:
@@ -269,13 +285,17 @@ class Phone:
         self._send_queue: LatestQueue[Outgoing] = LatestQueue(SEND_QUEUE_FRAMES, precious=lambda item: item.key)
         self._ledger = KeyLedger(config.result_timeout_ms / 1000.0, on_failed=self._key_failed)
         self._link = GatewayLink(
-            config.gateway_url,
+            config.gateways,
             config.link,
             config.ice_hosts,
             on_result=self._on_result,
             on_failure=self._ledger.fail,
             auth=SignalingAuth(config.gateway_token, config.gateway_ca),
+            on_lost=self._gateway_lost,
+            on_connected=self._gateway_connected,
         )
+        self._status, self._reason = "complete", ""
+        """How the run ended (the report's ``outcome``): complete, partial (with the reason) or failed."""
         self._reconstructor = make_reconstructor(config, self.policy)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-cpu")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-io")
@@ -290,32 +310,102 @@ class Phone:
         self._first_capture = self._last_output = 0.0
 
     async def run(self) -> PhoneResult:
-        """Connect, stream every frame, wait for all outputs, write the report; return the result."""
+        """Connect, stream every frame, wait for the outputs; write the report whatever happens; return the result.
+
+        The report is always written, with its ``outcome``: complete; partial, with the reason (the gateway lost or
+        never reached, outputs that stopped coming, an interruption); or failed. Only the phone's own failure (its
+        source or style, a bug) is raised, after the report is written: a phone exits non-zero on that alone."""
         cfg = self.config
-        source = open_source(cfg.source, cfg.size, cfg.fps, cfg.frames)
-        style = load_style(cfg.style)
-        if cfg.out_dir is not None:
-            self._recorder = VideoRecorder(cfg.out_dir, source.size, source.fps)
-        track = CameraTrack(self._send_queue.get, SenderPts(cfg.fps, cfg.frames, cfg.seed), self._on_send)
+        source: FrameSource | None = None
         try:
-            result_kind = ResultKind.FRAME if cfg.render == "warp" else ResultKind.COEFFICIENTS
-            await self._link.connect(track, style, result_kind)
-            watchdog = asyncio.create_task(self._ledger.watch())
-            await self._capture(source)
-            try:
-                await asyncio.wait_for(self._all_output.wait(), cfg.result_timeout_ms / 1000.0 + FINISH_GRACE_S)
-            finally:
-                watchdog.cancel()
-            await asyncio.gather(*self._work)
+            source = open_source(cfg.source, cfg.size, cfg.fps, cfg.frames)
+            style = load_style(cfg.style)
+            if cfg.out_dir is not None:
+                self._recorder = VideoRecorder(cfg.out_dir, source.size, source.fps)
+            await self._stream(source, style)
+        except asyncio.CancelledError:
+            self._end("partial", "interrupted")
+            raise
+        except Exception as exc:
+            self._end("failed", f"{type(exc).__name__}: {exc}")
+            raise
         finally:
+            await self._shut_down(source)
+            self._finish(source)
+        return self._result
+
+    async def _stream(self, source: FrameSource, style: bytes) -> None:
+        cfg = self.config
+        pts = SenderPts(cfg.fps, cfg.frames, cfg.seed)
+        result_kind = ResultKind.FRAME if cfg.render == "warp" else ResultKind.COEFFICIENTS
+        await self._link.start(lambda: CameraTrack(self._send_queue.get, pts, self._on_send), style, result_kind)
+        if not await self._link.wait_connected(CONNECT_TIMEOUT_S):
+            log.warning("no gateway answered; streaming on while trying", extra={"gateways": list(cfg.gateways)})
+        watchdog = asyncio.create_task(self._ledger.watch())
+        try:
+            await self._capture(source)
+            if not self._link.connected.is_set():
+                self._drop_unsent("no gateway at the end of capture")
+            await self._wait_for_outputs()
+        finally:
+            watchdog.cancel()
+        if self._status == "complete":
+            await asyncio.gather(*self._work)
+        if not any(record.ok for record in self._ledger.records.values()) and self._ledger.records:
+            self._end("partial", "no key frame was stylized" + ("" if self._link.outages else " (no gateway reached)"))
+        elif self._link.outages and self._status == "complete":
+            self._end("partial", f"gateway lost {len(self._link.outages)} time(s)")
+
+    async def _wait_for_outputs(self) -> None:
+        """Wait while outputs keep coming; give up (partial) after a whole result timeout + grace without one."""
+        patience_s = self.config.result_timeout_ms / 1000.0 + FINISH_GRACE_S
+        while not self._all_output.is_set():
+            before = self._output
+            try:
+                await asyncio.wait_for(self._all_output.wait(), patience_s)
+            except asyncio.TimeoutError:
+                if self._output == before:
+                    missing = self._captured - self._output
+                    self._end("partial", f"{missing} frames not output: none came for {patience_s:g} s")
+                    return
+
+    def _end(self, status: str, reason: str) -> None:
+        """Record how the run ended (the first failure or partial reason wins over later ones)."""
+        if self._status == "complete" or status == "failed":
+            self._status, self._reason = status, reason
+
+    async def _shut_down(self, source: FrameSource | None) -> None:
+        """Close the source and the link; let the threads finish (or drop what waits, when the run is cut short)."""
+        complete = self._status == "complete"
+        if source is not None:
             source.close()
-            await self._link.close()
-            self._compute.shutdown(wait=True)
-            self._io.shutdown(wait=True)
-            self._recording.shutdown(wait=True)  # every submitted frame is written before the files close
-            if self._recorder is not None:
-                self._recorder.close()
-        return self._finish(source)
+        await self._link.close()
+        for task in list(self._work):
+            if not complete:
+                task.cancel()
+        await asyncio.gather(*self._work, return_exceptions=True)
+        self._compute.shutdown(wait=True, cancel_futures=not complete)
+        self._io.shutdown(wait=True, cancel_futures=not complete)
+        self._recording.shutdown(wait=True)  # every submitted frame is written before the files close
+        if self._recorder is not None:
+            self._recorder.close()
+
+    def _drop_unsent(self, reason: str) -> None:
+        """Frames still waiting for the encoder will not be sent: settle them (a key fails, its frames fall back)."""
+        for item in self._send_queue.clear():
+            self.frames[item.frame_id].fate = "dropped_before_send"
+            if item.key:
+                self._ledger.fail(item.frame_id, ErrorCode.DROPPED, reason)
+
+    # --- the link's news ------------------------------------------------------------------------
+    def _gateway_lost(self, reason: str) -> None:
+        """Keys sent to a gateway that is gone will never be answered: their frames fall back to the last good key."""
+        self._ledger.fail_in_flight(ErrorCode.LOST, f"gateway lost: {reason}")
+
+    def _gateway_connected(self) -> None:
+        """After a reconnection, the next frame is a key: the new session has none."""
+        if self._link.outages:
+            self._policy_call(self.policy.request_key, "gateway reconnected")
 
     # --- capture ------------------------------------------------------------------------------
     async def _capture(self, source: FrameSource) -> None:
@@ -449,12 +539,12 @@ class Phone:
             self._all_output.set()
 
     # --- report ------------------------------------------------------------------------------------
-    def _finish(self, source: FrameSource) -> PhoneResult:
+    def _finish(self, source: FrameSource | None) -> PhoneResult:
         cfg = self.config
         duration = max(0.0, self._last_output - self._first_capture)
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
         settings["lose_frames"] = sorted(cfg.lose_frames)
-        settings["size"] = list(source.size)
+        settings["size"] = list(source.size if source is not None else cfg.size)
         counters = {
             **self._link.counters,
             **self._ledger.counters,
@@ -471,6 +561,7 @@ class Phone:
             counters=counters,
         )
         report["network"] = self._link.stats()
+        report["outcome"] = {"status": self._status, "reason": self._reason}
         if cfg.out_dir is not None:
             write_report(report, cfg.out_dir / "report.json")
         self._result.report = report

@@ -68,6 +68,13 @@ class KeyLedger:
         log.info("key frame failed", extra={"frame_id": frame_id, "code": code, "error": text})
         self._on_failed(frame_id, code)
 
+    def fail_in_flight(self, code: str, text: str) -> int:
+        """Settle every key sent and not answered as failed (their gateway is gone); return how many."""
+        in_flight = list(self._deadlines)
+        for frame_id in in_flight:
+            self.fail(frame_id, code, text)
+        return len(in_flight)
+
     def succeeded(self, result: KeyResult, size: int) -> None:
         """A claimed key's result was decoded (any thread: touches only its record)."""
         record = self.records[result.frame_id]

@@ -5,6 +5,14 @@ emulates a far region), announces each frame on the data channel as the track se
 key results from their chunks, and probes the gateway's clock (a burst at connect, then one a
 second; the least-delay probe counts) so that result stamps land on the phone's clock. What the
 results mean is not its business: complete results and reported failures go to two callbacks.
+
+It keeps the phone connected (issue 14, item 9): the connection counts as lost when the peer connection
+fails or closes, when the data channel closes, or when the gateway has not answered a clock probe for
+:data:`LIVENESS_S` (a gateway killed with -9 says nothing; aiortc would notice only after ~30 s of failed ICE
+consent checks). It then tells the phone (``on_lost``: keys in flight will never be answered), and offers again
+with backoff (:data:`RECONNECT_FIRST_WAIT_S` doubling to :data:`RECONNECT_MAX_WAIT_S`), first to the same
+gateway, then to the next of its list. Each outage is recorded: when it began, why, and how long the phone took
+to be connected again.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from streaming.protocol import (
     ProtocolError,
     ResultKind,
     Stamp,
+    clip,
     decode_answer,
     decode_any,
     encode,
@@ -55,6 +64,13 @@ log = logging.getLogger(__name__)
 PTS_DITHER_FRACTION = 0.5
 """Sender pts are frame_id * period + a random offset below this share of the period."""
 CONNECT_TIMEOUT_S = 15.0
+"""Signaling plus data channel open, per attempt."""
+LIVENESS_S = 5.0
+"""A connected gateway that answers no clock probe for this long is taken for dead."""
+RECONNECT_FIRST_WAIT_S = 0.25
+RECONNECT_MAX_WAIT_S = 2.0
+"""Backoff between offers after a loss or a failed attempt: the first wait, doubling up to the last (a restarted
+gateway is found within this of coming up)."""
 CLOCK_PROBES_AT_START = 5
 CLOCK_PROBE_PERIOD_S = 1.0
 """Clock probes to the gateway: a burst at connect, then one a second (the least-delay one counts)."""
@@ -147,45 +163,139 @@ class SignalingAuth:
         return True if self.ca_file is None else ssl.create_default_context(cafile=str(self.ca_file))
 
 
+@dataclass
+class Outage:
+    """One loss of the gateway: when it began (monotonic s), why, and when the phone was connected again."""
+
+    began: float
+    reason: str
+    gateway: str
+    reconnected: float | None = None
+    reconnected_to: str = ""
+    attempts: int = 0
+
+    def seconds(self, now: float) -> float:
+        """How long the phone was without a gateway (up to ``now`` if still out)."""
+        return (self.reconnected if self.reconnected is not None else now) - self.began
+
+
 class GatewayLink:
-    """The phone's connection to one gateway: signaling, data channel, chunk reassembly, clock probes."""
+    """The phone's connection to one of its gateways: signaling, data channel, chunk reassembly, clock probes, and
+    reconnection (see the module docstring). ``on_lost(reason)`` is called when a connection is lost,
+    ``on_connected()`` each time one is made."""
 
     def __init__(
         self,
-        gateway_url: str,
+        gateway_urls: tuple[str, ...],
         profile: LinkProfile | None,
         ice_hosts: tuple[str, ...],
         on_result: ResultHandler,
         on_failure: FailureHandler,
         auth: SignalingAuth | None = None,
+        on_lost: Callable[[str], None] = lambda reason: None,
+        on_connected: Callable[[], None] = lambda: None,
     ) -> None:
-        self.gateway_url = gateway_url
+        if not gateway_urls:
+            raise ValueError("a phone needs at least one gateway URL")
+        self.gateway_urls = gateway_urls
+        self.gateway_url = gateway_urls[0]
+        """The gateway of the current (or last) connection."""
         self._auth = auth or SignalingAuth()
         self.clock = GatewayClock()
         self.counters: dict[str, int] = {}
+        self.outages: list[Outage] = []
+        self.connected = asyncio.Event()
         self._ice_hosts = ice_hosts
+        self._profile = profile
         self._on_result = on_result
         self._on_failure = on_failure
-        self._emulated = EmulatedLink(profile) if profile is not None else None
+        self._on_lost = on_lost
+        self._on_connected = on_connected
+        self._emulated: EmulatedLink | None = None
+        self._emulated_stats: dict[str, object] | None = None
         self._assembler = ChunkAssembler()
+        self._discarded = 0
         self._pc: RTCPeerConnection | None = None
         self._channel: RTCDataChannel | None = None
+        self._lost = asyncio.Event()
+        self._lost_reason = ""
+        self._last_pong = 0.0
         self._probes: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def chunks_discarded(self) -> int:
-        """Result chunks dropped by the reassembly (incomplete or out of place)."""
-        return self._assembler.discarded
+        """Result chunks dropped by the reassembly (incomplete or out of place), over every connection."""
+        return self._discarded + self._assembler.discarded
 
-    async def connect(self, track: MediaStreamTrack, style: bytes, result: ResultKind) -> None:
-        """Offer ``track``, the style image and the result kind wanted; apply the answer; wait for the data channel."""
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    async def start(self, make_track: Callable[[], MediaStreamTrack], style: bytes, result: ResultKind) -> None:
+        """Keep a connection up (offering ``make_track()``'s track, the style and the result kind) until
+        :meth:`close`; returns at once (see :meth:`wait_connected`)."""
+        self._supervisor = asyncio.create_task(self._supervise(make_track, style, result), name="phone-link")
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a connection; True if there is one."""
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _supervise(self, make_track: Callable[[], MediaStreamTrack], style: bytes, result: ResultKind) -> None:
+        index, wait_s = 0, RECONNECT_FIRST_WAIT_S
+        outage: Outage | None = None
+        while True:
+            url = self.gateway_urls[index % len(self.gateway_urls)]
+            self._count("connect_attempts")
+            if outage is not None:
+                outage.attempts += 1
+            try:
+                await self._connect(url, make_track(), style, result)
+            except Exception as exc:  # refused, unreachable, timed out, a bad answer: all mean "try again"
+                self._count("connect_failures")
+                log.info("offer failed", extra={"gateway": url, "error": clip(f"{type(exc).__name__}: {exc}")})
+                await self._teardown()
+                index += 1  # the same gateway was tried first after a loss; now the next one
+                await asyncio.sleep(wait_s)
+                wait_s = min(wait_s * 2, RECONNECT_MAX_WAIT_S)
+                continue
+            wait_s = RECONNECT_FIRST_WAIT_S
+            if outage is not None:
+                outage.reconnected, outage.reconnected_to = time.monotonic(), url
+                log.warning("phone reconnected", extra={"gateway": url, "after_s": round(outage.seconds(0), 3)})
+                outage = None
+            self.connected.set()
+            self._on_connected()
+            await self._lost.wait()
+            self.connected.clear()
+            outage = Outage(began=time.monotonic(), reason=self._lost_reason, gateway=url)
+            self.outages.append(outage)
+            log.warning("gateway lost", extra={"gateway": url, "reason": self._lost_reason})
+            self._on_lost(self._lost_reason)
+            await self._teardown()
+            await asyncio.sleep(wait_s)
+
+    async def _connect(self, url: str, track: MediaStreamTrack, style: bytes, result: ResultKind) -> None:
+        """One attempt: offer ``track``, the style image and the result kind wanted; apply the answer; wait for
+        the data channel."""
         if self._ice_hosts:
             restrict_host_candidates(self._ice_hosts)
+        self._lost.clear()
+        self._discarded += self._assembler.discarded
+        self._assembler = ChunkAssembler()
+        self.clock = GatewayClock()  # the next gateway may be another host
+        if self._profile is not None:
+            self._emulated = EmulatedLink(self._profile)
         pc = self._pc = RTCPeerConnection(rtc_configuration())
         channel = pc.createDataChannel(DATA_CHANNEL_LABEL, ordered=True)
         opened = asyncio.Event()
         channel.on("open", opened.set)
         channel.on("message", self._on_message)
+        channel.on("close", lambda: self._lose("data channel closed"))
+        pc.on("connectionstatechange", lambda: self._on_state(pc))
         self._channel = channel
         pc.addTrack(track)
         await pc.setLocalDescription(await pc.createOffer())
@@ -193,9 +303,12 @@ class GatewayLink:
         offer = Offer(
             sdp=await self._emulated.offer(sdp) if self._emulated is not None else sdp, style=style, result=result
         )
-        async with aiohttp.ClientSession() as http:
-            url, payload, auth = f"{self.gateway_url}/offer", encode_offer(offer), self._auth
-            async with http.post(url, data=payload, headers=auth.headers(), ssl=auth.ssl()) as response:
+        timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            auth = self._auth
+            async with http.post(
+                f"{url}/offer", data=encode_offer(offer), headers=auth.headers(), ssl=auth.ssl()
+            ) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise ConnectionError(f"gateway refused the offer ({response.status}): {body[:200]!r}")
@@ -203,10 +316,37 @@ class GatewayLink:
         sdp_answer = self._emulated.answer(answer.sdp) if self._emulated is not None else answer.sdp
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp_answer, type="answer"))
         await asyncio.wait_for(opened.wait(), CONNECT_TIMEOUT_S)
+        self.gateway_url = url
+        self._last_pong = time.monotonic()
         for _ in range(CLOCK_PROBES_AT_START):
             self.probe_clock()
         self._probes = asyncio.create_task(self._probe_periodically())
-        log.info("phone connected", extra={"stream_id": answer.stream_id, "gateway": self.gateway_url})
+        log.info("phone connected", extra={"stream_id": answer.stream_id, "gateway": url})
+
+    def _on_state(self, pc: RTCPeerConnection) -> None:
+        if pc is self._pc and pc.connectionState in ("failed", "closed"):
+            self._lose(f"peer connection {pc.connectionState}")
+
+    def _lose(self, reason: str) -> None:
+        """The current connection is gone (the supervisor reconnects); only the first reason counts."""
+        if self.connected.is_set() and not self._lost.is_set():
+            self._lost_reason = reason
+            self._lost.set()
+
+    async def _teardown(self) -> None:
+        """Close the current peer connection (if any), its probes and its emulated link."""
+        if self._probes is not None:
+            self._probes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probes
+            self._probes = None
+        pc, self._pc, self._channel = self._pc, None, None
+        if pc is not None:
+            await pc.close()
+        if self._emulated is not None:
+            self._emulated_stats = self._emulated.stats()
+            self._emulated.close()
+            self._emulated = None
 
     def announce(self, meta: FrameMeta) -> None:
         """Tell the gateway which frame is about to be sent."""
@@ -225,26 +365,47 @@ class GatewayLink:
             self._channel.send(encode(ClockPing(phone_ns=time.monotonic_ns())))
 
     async def close(self) -> None:
-        """Stop probing, close the peer connection and the emulated link."""
-        if self._probes is not None:
-            self._probes.cancel()
+        """Stop reconnecting and probing, close the peer connection and the emulated link."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._probes
-        if self._pc is not None:
-            await self._pc.close()
-        if self._emulated is not None:
-            self._emulated.close()
+                await self._supervisor
+        self.connected.clear()
+        await self._teardown()
 
     def stats(self) -> dict[str, object]:
-        """The report's network section: the emulated link and the gateway clock estimate."""
+        """The report's network section: the emulated link, the gateway clock estimate, and the outages."""
+        now = time.monotonic()
+        reconnects = [o.seconds(now) for o in self.outages if o.reconnected is not None]
         return {
-            "link": self._emulated.stats() if self._emulated is not None else None,
+            "link": self._emulated.stats() if self._emulated is not None else self._emulated_stats,
             "gateway_clock": self.clock.stats(),
+            "gateway": self.gateway_url,
+            "outages": {
+                "count": len(self.outages),
+                "reconnected": len(reconnects),
+                "reconnect_s": [round(s, 3) for s in reconnects],
+                "total_s": round(sum(o.seconds(now) for o in self.outages), 3),
+                "events": [
+                    {
+                        "reason": o.reason,
+                        "gateway": o.gateway,
+                        "reconnected_to": o.reconnected_to,
+                        "attempts": o.attempts,
+                        "seconds": round(o.seconds(now), 3),
+                    }
+                    for o in self.outages
+                ],
+            },
         }
 
     async def _probe_periodically(self) -> None:
         while True:
             await asyncio.sleep(CLOCK_PROBE_PERIOD_S)
+            silent = time.monotonic() - self._last_pong
+            if silent > LIVENESS_S:
+                self._lose(f"no answer from the gateway for {silent:.1f} s")
+                return
             self.probe_clock()
 
     def _on_message(self, data: bytes | str) -> None:
@@ -252,6 +413,7 @@ class GatewayLink:
             if isinstance(data, str):
                 raise ProtocolError(ErrorCode.MALFORMED, "text message on a binary channel")
             message = decode_any(data, (KeyResult, Chunk, ClockPong))
+            self._last_pong = time.monotonic()  # anything the gateway says shows it is alive
             if isinstance(message, ClockPong):
                 self.clock.on_pong(message, time.monotonic_ns())
                 return
@@ -264,7 +426,7 @@ class GatewayLink:
             assert isinstance(message, Chunk)
             complete = self._assembler.add(message)
         except ProtocolError as exc:
-            self.counters[BAD_MESSAGES] = self.counters.get(BAD_MESSAGES, 0) + 1
+            self._count(BAD_MESSAGES)
             log.warning("bad message from gateway", extra={"error": str(exc)})
             return
         if complete is not None:

@@ -107,6 +107,8 @@ NATS_CA_FLAG = flag("CA file to verify the NATS server's TLS certificate (with a
 """Metadata of every config's ``nats_ca`` field: ``--nats-ca``, env MVS_NATS_CA."""
 REGION_FLAG = flag("region", env=REGION_ENV)
 """Metadata of every config's ``region`` field: ``--region``, env MVS_REGION."""
+NATS_RECONNECT_FLAG = flag("seconds between NATS reconnect attempts (a service retries forever)")
+"""Metadata of every service config's ``nats_reconnect_wait_s`` field (streaming.nats_connect states the rule)."""
 JS_DOMAIN_FLAG = flag("JetStream domain of the stores (set when connected to a leaf node)", env=JS_DOMAIN_ENV)
 """Metadata of every config's ``js_domain`` field: ``--js-domain``, env MVS_JS_DOMAIN."""
 

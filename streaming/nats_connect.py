@@ -1,11 +1,14 @@
 """One way for a long-running service to connect to NATS: a named reconnect policy, and every connection event
 as a log line and a metric.
 
-The policy is nats-py's defaults, written down: a client that loses its server retries every
-:data:`RECONNECT_WAIT_S` seconds, :data:`MAX_RECONNECT_ATTEMPTS` times (about two minutes), then closes the
-connection for good. Subscriptions and in-flight requests survive a short outage; a longer one ends in
-``closed_cb``, and a worker exits there (its supervisor restarts it against whatever NATS is reachable then)
-instead of holding on to a dead site.
+**The rule, for every service (gateway, worker, aggregator):** once connected, a service never gives up on NATS.
+A client that loses its server retries every :data:`RECONNECT_WAIT_S` seconds for as long as it takes
+(:data:`MAX_RECONNECT_ATTEMPTS` is -1: forever); subscriptions are restored by nats-py and the service serves
+again by itself. While it is out, its readiness check fails (the gateway's and the worker's ``/healthz``), so
+traffic goes elsewhere; its liveness check (``/livez``) holds, so the orchestrator does not restart a process
+that would only wait for the same NATS. A service that cannot connect at start exits non-zero and its orchestrator
+restarts it; a connection closed for good anyway (the server refused its credentials) ends a worker with status 1
+and turns the gateway's ``/livez`` to 503.
 
 Replies come back on the connection's inbox prefix: ``_INBOX_<user>`` for a URL with a user (:func:`inbox_prefix`),
 so the server can let each user subscribe to its own replies only (``deploy/nats_auth.py``); nats-py's shared
@@ -26,10 +29,10 @@ from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
-RECONNECT_WAIT_S = 2
-"""Seconds between reconnect attempts (nats-py's ``reconnect_time_wait``)."""
-MAX_RECONNECT_ATTEMPTS = 60
-"""Reconnect attempts before the connection is closed for good: with :data:`RECONNECT_WAIT_S`, about 2 minutes."""
+RECONNECT_WAIT_S = 2.0
+"""Seconds between reconnect attempts (nats-py's ``reconnect_time_wait``); services take it as a flag."""
+MAX_RECONNECT_ATTEMPTS = -1
+"""Reconnect attempts before the connection is closed for good: -1, never (see the rule above)."""
 CONNECT_TIMEOUT_S = 2
 """Seconds one attempt to open the TCP connection may take."""
 
@@ -62,7 +65,7 @@ async def connect_nats(
     *,
     service: str | None = None,
     closed_cb: Callable[[], Awaitable[None]] | None = None,
-    reconnect_wait_s: int = RECONNECT_WAIT_S,
+    reconnect_wait_s: float = RECONNECT_WAIT_S,
     max_reconnect_attempts: int = MAX_RECONNECT_ATTEMPTS,
     connect_timeout_s: int = CONNECT_TIMEOUT_S,
     inbox_prefix: str | None = None,

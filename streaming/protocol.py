@@ -92,6 +92,15 @@ MAX_FRAME_SIDE = 4096
 """Largest width or height of a frame the system accepts."""
 MAX_STYLE_BYTES = 8 * 1024 * 1024
 """Largest encoded style image accepted at signaling."""
+MAX_ERROR_CHARS = 256
+"""Longest error text sent back or logged: an error may quote its input, never at length (a 200 KB bad field name
+once came back as an 800 KB reply)."""
+MAX_QUOTED_CHARS = 40
+"""Longest piece of input (a field name, a value) quoted inside an error text."""
+MAX_ID_CHARS = 128
+"""Longest stream or style id a stylize request may carry (a reply echoes them)."""
+MAX_STAMPS = 32
+"""Most hop timestamps a message may carry (a reply echoes them)."""
 DATA_CHANNEL_CHUNK_BYTES = 48 * 1024
 """Payload bytes per data-channel chunk: below aiortc's 64 KiB SCTP default message limit."""
 
@@ -145,11 +154,25 @@ RETRYABLE_CODES = frozenset({ErrorCode.OVERLOADED, ErrorCode.INTERNAL})
 """Worker error replies the gateway retries once on another worker."""
 
 
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f"... [{len(text) - limit} more chars]"
+    return text[: max(0, limit - len(note))] + note
+
+
+def quote(value: object) -> str:
+    """``repr(value)``, short enough to put inside an error text."""
+    return clip(repr(value), MAX_QUOTED_CHARS)
+
+
 class ProtocolError(ValueError):
-    """A message that cannot be decoded; ``code`` is one of :class:`ErrorCode`."""
+    """A message that cannot be decoded; ``code`` is one of :class:`ErrorCode`; the text is clipped to
+    :data:`MAX_ERROR_CHARS` whatever it quotes."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(clip(message))
         self.code = code
 
 
@@ -474,18 +497,19 @@ def decode_any(data: bytes, expected: tuple[type[Message], ...], max_bytes: int 
     version = body.pop("v", None)
     if version != SCHEMA_VERSION:
         raise ProtocolError(
-            ErrorCode.VERSION, f"schema version {version!r} is not supported (this is {SCHEMA_VERSION})"
+            ErrorCode.VERSION, f"schema version {quote(version)} is not supported (this is {SCHEMA_VERSION})"
         )
     kind = body.pop("t", None)
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None or cls not in expected:
         names = ", ".join(c.TYPE for c in expected)
-        raise ProtocolError(ErrorCode.INVALID, f"unexpected message type {kind!r} (expected {names})")
+        raise ProtocolError(ErrorCode.INVALID, f"unexpected message type {quote(kind)} (expected {names})")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(body) - set(fields)
     if unknown and cls.STRICT:
-        raise ProtocolError(ErrorCode.INVALID, f"{kind}: unknown fields {sorted(unknown)}")
+        names = ", ".join(quote(name) for name in sorted(map(str, unknown))[:3])
+        raise ProtocolError(ErrorCode.INVALID, f"{kind}: unknown fields {names} ({len(unknown)} in all)")
     for name in unknown:
         del body[name]
     for name, f in fields.items():
@@ -511,7 +535,13 @@ def validate_request(request: StylizeRequest) -> None:
     if not request.image:
         raise ProtocolError(ErrorCode.INVALID, "empty key frame image")
     if request.result not in RESULT_KIND_VALUES:
-        raise ProtocolError(ErrorCode.INVALID, f"result must be one of {RESULT_KIND_VALUES}, got {request.result!r}")
+        raise ProtocolError(
+            ErrorCode.INVALID, f"result must be one of {RESULT_KIND_VALUES}, got {quote(request.result)}"
+        )
+    if len(request.stream_id) > MAX_ID_CHARS or len(request.style_id) > MAX_ID_CHARS:
+        raise ProtocolError(ErrorCode.INVALID, f"stream_id and style_id are at most {MAX_ID_CHARS} characters")
+    if len(request.stamps) > MAX_STAMPS or any(len(name) > MAX_QUOTED_CHARS for name in request.stamps):
+        raise ProtocolError(ErrorCode.INVALID, f"at most {MAX_STAMPS} stamps with names of {MAX_QUOTED_CHARS} chars")
     if request.budget_ms <= 0:
         raise ProtocolError(ErrorCode.DEADLINE, f"budget {request.budget_ms} ms already spent")
 
@@ -635,7 +665,9 @@ def decode_offer(body: bytes) -> Offer:
         out_size = (typing.cast(int, w), typing.cast(int, h))
     result = data.get("result", ResultKind.FRAME.value)
     if result not in RESULT_KIND_VALUES:
-        raise ProtocolError(ErrorCode.INVALID, f"'result' must be one of {list(RESULT_KIND_VALUES)}, got {result!r}")
+        raise ProtocolError(
+            ErrorCode.INVALID, f"'result' must be one of {list(RESULT_KIND_VALUES)}, got {quote(result)}"
+        )
     return Offer(sdp=data["sdp"], style=style, result=ResultKind(result), out_size=out_size)
 
 

@@ -45,6 +45,12 @@ class LatestQueue(Generic[T]):
         self._ready.set()
         return dropped
 
+    def clear(self) -> list[T]:
+        """Remove and return every queued item (not counted as dropped: the caller accounts for them)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
     async def get(self) -> T:
         """Wait for and remove the oldest item."""
         while not self._items:

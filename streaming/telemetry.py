@@ -6,8 +6,11 @@ import json
 import logging
 import sys
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
-from prometheus_client import start_http_server
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -64,6 +67,49 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
 """Upper bounds (s) of every latency histogram, gateway and worker alike: 5 ms (an edge hop) to 5 s (past every
 deadline), about 1.5x apart so that p50/p95/p99 read from them (``histogram_quantile``) are within ~25 %."""
 
+
+LOG_BURST = 5
+"""Log lines one source may write about bad input per :data:`LOG_PERIOD_S` before the rest are only counted."""
+LOG_PERIOD_S = 60.0
+MAX_LOG_SOURCES = 1024
+"""Sources remembered by a :class:`LogLimiter` (the least recently seen are forgotten)."""
+
+
+class LogLimiter:
+    """Rate-limits log lines about repeated bad input, per source (a client address, a stream, an error code).
+
+    Each source may log :data:`LOG_BURST` lines per :data:`LOG_PERIOD_S`; later ones are counted, and the next
+    line that passes says how many were suppressed (``extra["suppressed"]``). Memory is bounded by
+    :data:`MAX_LOG_SOURCES`."""
+
+    def __init__(self, burst: int = LOG_BURST, period_s: float = LOG_PERIOD_S) -> None:
+        self._burst = burst
+        self._period_s = period_s
+        self._sources: OrderedDict[str, list[float]] = OrderedDict()  # source -> [window start, lines, suppressed]
+
+    def log(
+        self, logger: logging.Logger, level: int, source: str, msg: str, extra: dict[str, object] | None = None
+    ) -> bool:
+        """Log ``msg`` unless ``source`` has used its burst in the current period; True if it was logged."""
+        now = time.monotonic()
+        state = self._sources.pop(source, None)
+        if state is None or now - state[0] >= self._period_s:
+            state = [now, 0.0, state[2] if state is not None else 0.0]
+        self._sources[source] = state
+        while len(self._sources) > MAX_LOG_SOURCES:
+            self._sources.popitem(last=False)
+        if state[1] >= self._burst:
+            state[2] += 1
+            return False
+        state[1] += 1
+        fields = dict(extra or {})
+        if state[2]:
+            fields["suppressed"] = int(state[2])
+            state[2] = 0
+        logger.log(level, msg, extra=fields)
+        return True
+
+
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Metrics listen on loopback unless told otherwise (``--metrics-host 0.0.0.0`` in a cluster)."""
 
@@ -72,3 +118,31 @@ def start_metrics_server(port: int, host: str = DEFAULT_METRICS_HOST) -> None:
     """Expose Prometheus metrics on ``http://host:port/metrics`` (no-op for port 0)."""
     if port:
         start_http_server(port, addr=host)
+
+
+async def start_health_server(
+    port: int, host: str, ready: Callable[[], bool], live: Callable[[], bool]
+) -> web.AppRunner | None:
+    """Serve ``/metrics`` (Prometheus), ``/healthz`` (200 while ``ready()``, else 503: a readiness probe) and
+    ``/livez`` (200 while ``live()``, else 503: a liveness probe) on ``http://host:port`` (None for port 0)."""
+    if not port:
+        return None
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def check(condition: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            ok = condition()
+            return web.json_response({"ok": ok}, status=200 if ok else 503)
+
+        return handler
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", check(ready))
+    app.router.add_get("/livez", check(live))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

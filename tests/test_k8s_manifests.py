@@ -108,12 +108,17 @@ def test_service_containers_use_only_flags_the_real_clis_accept() -> None:
                 container["livenessProbe"]["httpGet"]["port"],
             }
             assert probe_ports == {args.port} == {p["containerPort"] for p in container["ports"]}
+            assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
         else:  # metrics listen on the pod's address and are probed on the port the flags give
             assert args.metrics_host == "0.0.0.0"
             probes = [
                 container[k]["httpGet"] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in container
             ]
-            assert probes and all(p == {"path": "/metrics", "port": args.metrics_port} for p in probes)
+            assert probes and all(p["port"] == args.metrics_port for p in probes)
+            paths = {k: container[k]["httpGet"]["path"] for k in ("readinessProbe", "livenessProbe") if k in container}
+            if command == "worker":  # ready while NATS is connected, alive while it reconnects (nats_connect's rule)
+                assert paths == {"readinessProbe": "/healthz", "livenessProbe": "/livez"}
     assert seen == {"worker", "gateway", "aggregator"}
 
 

@@ -25,7 +25,7 @@ KEY_INTERVAL = 5
 
 def _config(gateway: Gateway, region: str, **overrides: object) -> PhoneConfig:
     values: dict[str, object] = dict(
-        gateway_url=gateway.url,
+        gateway_urls=(gateway.url,),
         frames=FRAMES,
         size=SIZE,
         key_interval=KEY_INTERVAL,

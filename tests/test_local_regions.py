@@ -113,7 +113,7 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
         # A phone with the token and the CA streams through the secured edge region.
         token = deployment.secrets.phone_token_file.read_text().strip()
         phone = PhoneConfig(
-            gateway_url=deployment.gateways["edge"].url,
+            gateway_urls=(deployment.gateways["edge"].url,),
             gateway_ca=deployment.nats_ca,
             gateway_token=token,
             frames=8,

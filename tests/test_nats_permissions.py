@@ -133,7 +133,9 @@ async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHub
     await worker.start()  # first on the site: creates the style bucket
     await gateway.start()
     try:
-        config = PhoneConfig(gateway_url=gateway.url, frames=FRAMES, size=(320, 180), region="eu", ice_hosts=LOOPBACK)
+        config = PhoneConfig(
+            gateway_urls=(gateway.url,), frames=FRAMES, size=(320, 180), region="eu", ice_hosts=LOOPBACK
+        )
         report = (await Phone(config).run()).report
         keys = report["key_frames"]
         assert report["frames"]["output"] == FRAMES and keys["ok"] == keys["marked"] > 0, keys

@@ -35,7 +35,7 @@ def _count(name: str, labels: dict[str, str]) -> float:
 async def test_a_phone_run_leaves_the_regions_latency_in_the_gateways_histograms(
     worker: StylizerWorker, gateway: Gateway, region: str
 ) -> None:
-    config = PhoneConfig(gateway_url=gateway.url, frames=FRAMES, size=(320, 180), region=region, ice_hosts=LOOPBACK)
+    config = PhoneConfig(gateway_urls=(gateway.url,), frames=FRAMES, size=(320, 180), region=region, ice_hosts=LOOPBACK)
     report = (await Phone(config).run()).report
     ok = report["key_frames"]["ok"]
     assert ok >= FRAMES // 5 - 1

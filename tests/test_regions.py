@@ -38,7 +38,7 @@ async def eu_gateway(cluster: NatsHubAndLeaves) -> AsyncIterator[Gateway]:
 
 
 async def _stream(gateway: Gateway) -> dict[str, object]:
-    config = PhoneConfig(gateway_url=gateway.url, frames=FRAMES, size=(320, 180), region="eu", ice_hosts=LOOPBACK)
+    config = PhoneConfig(gateway_urls=(gateway.url,), frames=FRAMES, size=(320, 180), region="eu", ice_hosts=LOOPBACK)
     report = (await Phone(config).run()).report
     assert report["frames"]["output"] == FRAMES  # type: ignore[index]
     return report["key_frames"]  # type: ignore[return-value]

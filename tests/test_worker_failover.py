@@ -61,7 +61,7 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
         phone = asyncio.create_task(
             Phone(
                 PhoneConfig(
-                    gateway_url=gateway.url,
+                    gateway_urls=(gateway.url,),
                     frames=FRAMES,
                     size=(320, 180),
                     key_interval=5,

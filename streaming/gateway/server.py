@@ -3,7 +3,15 @@
 ``POST /offer`` takes an :class:`streaming.protocol.Offer` (JSON ``{"sdp", "type": "offer", "style": <base64 image>,
 "out_width"?, "out_height"?, "result"?: "frame" | "coefficients"}``) and answers ``{"sdp", "type": "answer",
 "stream_id", "style_id"}``; anything else is a 400 with a message. ``GET /metrics`` is Prometheus;
-``GET /healthz`` is 200 only when the site can stylize (NATS up, a worker of the region answers).
+``GET /healthz`` is 200 only when the site can take a phone (NATS up, a worker of the region answers, a free
+session slot) and says its capacity.
+
+Admission is bounded before any work: an offer reserves its session slot synchronously, before the first await, so
+concurrent offers can never exceed ``max_sessions``; one client address may hold at most
+``max_pending_per_address`` offers and unconnected sessions (HTTP 429 beyond). The style image's header is checked
+on the event loop (size limits, microseconds) and the image is decoded on a thread of its own. A session that does
+not connect within ``connect_timeout_s``, or whose phone falls silent for ``idle_timeout_s``, is closed and its
+ports freed (``PhoneSession.supervise``).
 
 ``GET /`` is the browser phone (``static/``: plain HTML and JavaScript modules, no build step), ``GET /styles``
 lists the bundled style photos it offers. Signaling from another origin is refused by the browser unless that
@@ -21,6 +29,7 @@ import asyncio
 import logging
 import ssl
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +41,13 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from streaming.clock import ClockOffset
-from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, REGION_FLAG, flag
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.gateway.admission import AdmissionPolicy, admission_middleware
 from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import restrict_host_candidates, rtc_configuration
-from streaming.images import ImageDecodeError, decode_image
-from streaming.nats_connect import connect_nats
+from streaming.images import ImageDecodeError, check_image_size, decode_image
+from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
@@ -47,14 +56,18 @@ from streaming.protocol import (
     Answer,
     Offer,
     ProtocolError,
+    clip,
     decode_offer,
     encode_answer,
     stylize_subject,
 )
 from streaming.style_store import StyleStore
+from streaming.telemetry import LogLimiter
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
 log = logging.getLogger(__name__)
+BAD_OFFER_LOG = LogLimiter()
+"""Refused offers are logged rate-limited per client address."""
 
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_DEADLINE_MS = 2000.0
@@ -62,7 +75,13 @@ DEFAULT_FIRST_ATTEMPT_MS = 1000.0
 DEFAULT_MAX_INFLIGHT = 2
 DEFAULT_MAX_WAITING = 2
 DEFAULT_MAX_SESSIONS = 32
+DEFAULT_MAX_PENDING_PER_ADDRESS = 8
+DEFAULT_CONNECT_TIMEOUT_S = 15.0
+DEFAULT_IDLE_TIMEOUT_S = 10.0
 CODEC_THREADS = 2
+STYLE_THREADS = 1
+RETRY_AFTER_S = 2
+"""Retry-After (seconds) of a 429 or 503 answer to an offer."""
 BASE64_OVERHEAD = 4 / 3
 SIGNALING_SLACK_BYTES = 256 * 1024
 
@@ -83,6 +102,7 @@ class GatewayConfig:
 
     nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
     nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
+    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
     js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
     """JetStream domain of the style store (when this site's NATS is a leaf node of the hub)."""
@@ -95,6 +115,16 @@ class GatewayConfig:
     max_waiting: int = field(default=DEFAULT_MAX_WAITING, metadata=flag("key frames per phone queued"))
     """Key frames of one phone waiting for a dispatcher (the newest win)."""
     max_sessions: int = field(default=DEFAULT_MAX_SESSIONS, metadata=flag("phones at once"))
+    max_pending_per_address: int = field(
+        default=DEFAULT_MAX_PENDING_PER_ADDRESS, metadata=flag("offers and unconnected sessions per client address")
+    )
+    connect_timeout_s: float = field(
+        default=DEFAULT_CONNECT_TIMEOUT_S, metadata=flag("close a session not connected after this long")
+    )
+    idle_timeout_s: float = field(
+        default=DEFAULT_IDLE_TIMEOUT_S, metadata=flag("close a connected session silent for this long")
+    )
+    """A connected phone sends a frame announcement or a clock probe at least once a second."""
     jpeg_quality: int = 90
     ice_hosts: tuple[str, ...] = field(
         default_factory=tuple, metadata=flag("gather ICE candidates only here (repeatable)", name="ice-host")
@@ -120,8 +150,8 @@ class BadOffer(ValueError):
 
 def parse_offer(body: bytes) -> Offer:
     """Decode a ``POST /offer`` body (``streaming.protocol``) and check what only the gateway can: that the SDP
-    parses and offers a video stream and a data channel, and that the style is an image it can decode;
-    raise :class:`BadOffer` with a clear message."""
+    parses and offers a video stream and a data channel, and that the style's header is a JPEG or PNG within the
+    size limits (decoding it is the caller's, off the event loop); raise :class:`BadOffer` with a clear message."""
     try:
         offer = decode_offer(body)
     except ProtocolError as exc:
@@ -133,7 +163,7 @@ def parse_offer(body: bytes) -> Offer:
     if "video" not in kinds or "application" not in kinds:
         raise BadOffer(f"SDP offer needs a video stream and a data channel, it has {kinds or 'no media'}")
     try:
-        decode_image(offer.style, max_side=MAX_FRAME_SIDE)
+        check_image_size(offer.style, max_side=MAX_FRAME_SIDE)
     except ImageDecodeError as exc:
         raise BadOffer(f"'style' is not a usable image: {exc}") from exc
     return offer
@@ -157,6 +187,10 @@ class Gateway:
         self.worker_clocks: dict[str, ClockOffset] = {}
         """Clock offset of every worker seen, learnt from request/reply timestamps; shared by sessions."""
         self._executor = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="gateway-codec")
+        self._style_executor = ThreadPoolExecutor(max_workers=STYLE_THREADS, thread_name_prefix="gateway-style")
+        """Style images are decoded here, apart from key frames: a flood of offers never delays a phone's keys."""
+        self._offering: Counter[str] = Counter()
+        """Offers being served right now, by client address (each holds a session slot)."""
         self._nc: NATS | None = None
         self._styles: StyleStore | None = None
         self._runner: web.AppRunner | None = None
@@ -170,7 +204,7 @@ class Gateway:
         self.admission = AdmissionPolicy(config.region, config.cors_origin, secret)
 
     def app(self) -> web.Application:
-        """The aiohttp application (routes: /offer, /metrics, /healthz)."""
+        """The aiohttp application (routes: /offer, /metrics, /healthz, /livez, the browser phone)."""
         app = web.Application(
             client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES,
             middlewares=[admission_middleware(self.admission)],
@@ -178,6 +212,7 @@ class Gateway:
         app.router.add_post("/offer", self._offer)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._livez)
         app.router.add_get("/", self._index)
         app.router.add_get("/styles", self._styles_list)
         app.router.add_static("/static/", STATIC_DIR)
@@ -188,7 +223,11 @@ class Gateway:
         if self.config.ice_hosts:
             restrict_host_candidates(self.config.ice_hosts)
         self._nc = await connect_nats(
-            self.config.nats_url, f"gateway-{self.config.region}", service="gateway", tls_ca=self.config.nats_ca
+            self.config.nats_url,
+            f"gateway-{self.config.region}",
+            service="gateway",
+            tls_ca=self.config.nats_ca,
+            reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
         self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
         self._runner = web.AppRunner(self.app(), access_log=None)
@@ -215,17 +254,47 @@ class Gateway:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._nc is not None:
+        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
             await self._nc.drain()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._style_executor.shutdown(wait=False, cancel_futures=True)
+
+    def occupied(self) -> int:
+        """Session slots taken: sessions, and offers being served (each reserved a slot)."""
+        return len(self.sessions) + sum(self._offering.values())
+
+    def pending(self, address: str) -> int:
+        """Offers being served and sessions not connected yet, of one client address."""
+        unconnected = sum(1 for s in self.sessions.values() if s.address == address and not s.connected.is_set())
+        return self._offering[address] + unconnected
 
     async def _offer(self, request: web.Request) -> web.Response:
+        address = request.remote or "unknown"
+        # Admission and the slot reservation happen before the first await: no offer can pass a full check.
+        if self.pending(address) >= self.config.max_pending_per_address:
+            return _refuse(
+                429, f"too many pending offers from this address (limit {self.config.max_pending_per_address})"
+            )
+        if self.occupied() >= self.config.max_sessions:
+            return _refuse(503, "gateway full")
+        self._offering[address] += 1
+        try:
+            return await self._open_session(request, address)
+        finally:
+            self._offering[address] -= 1
+            if self._offering[address] <= 0:
+                del self._offering[address]
+
+    async def _open_session(self, request: web.Request, address: str) -> web.Response:
         try:
             offer = parse_offer(await request.read())
         except BadOffer as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if len(self.sessions) >= self.config.max_sessions:
-            return web.json_response({"error": "gateway full"}, status=503)
+            return _bad_offer(address, str(exc))
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._style_executor, decode_image, offer.style, MAX_FRAME_SIDE)
+        except ImageDecodeError as exc:
+            return _bad_offer(address, f"'style' is not a usable image: {exc}")
         assert self._nc is not None and self._styles is not None
         style_id = await self._styles.put(offer.style)
         stream_id = uuid.uuid4().hex[:12]
@@ -240,19 +309,21 @@ class Gateway:
             offer.out_size,
             self.worker_clocks,
             offer.result,
+            address=address,
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot use
             await pc.close()
-            return web.json_response({"error": f"unusable SDP offer: {exc}"}, status=400)
+            return _bad_offer(address, f"unusable SDP offer: {exc}")
         self.sessions[stream_id] = session
         SESSIONS.labels(self.config.region).set(len(self.sessions))
+        session.start_supervision(self.config.connect_timeout_s, self.config.idle_timeout_s)
         reaper = asyncio.create_task(self._reap(session))
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
-        log.info("phone connected", extra={"stream_id": stream_id, "style_id": style_id})
+        log.info("phone offered", extra={"stream_id": stream_id, "style_id": style_id, "address": address})
         answer = Answer(sdp=pc.localDescription.sdp, stream_id=stream_id, style_id=style_id)
         return web.Response(body=encode_answer(answer), content_type="application/json")
 
@@ -273,20 +344,43 @@ class Gateway:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def _livez(self, request: web.Request) -> web.Response:
+        """Liveness: 200 while the event loop answers and the NATS connection is up or reconnecting (the gateway
+        reconnects forever, streaming.nats_connect); 503 once it is closed for good: restart me."""
+        alive = self._nc is not None and not self._nc.is_closed
+        return web.json_response({"ok": alive}, status=200 if alive else 503)
+
     async def _healthz(self, request: web.Request) -> web.Response:
-        """200 when this site can stylize (NATS connected, at least one worker answers), else 503."""
+        """200 when this site can take a phone (NATS connected, a worker answers, a free slot), else 503."""
         nc = self._nc
         connected = nc is not None and nc.is_connected
         workers = await discover_workers(nc, self.config.region, HEALTH_DISCOVERY_S) if nc and connected else []
-        ok = connected and bool(workers)
+        full = self.occupied() >= self.config.max_sessions
+        ok = connected and bool(workers) and not full
         body = {
             "ok": ok,
             "region": self.config.region,
             "sessions": len(self.sessions),
+            "max_sessions": self.config.max_sessions,
+            "offers_in_progress": sum(self._offering.values()),
+            "unconnected": sum(1 for s in self.sessions.values() if not s.connected.is_set()),
+            "full": full,
             "nats_connected": connected,
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)
+
+
+def _bad_offer(address: str, error: str) -> web.Response:
+    """HTTP 400 with the reason (clipped: it may quote the offer), logged rate-limited per address."""
+    error = clip(error)
+    BAD_OFFER_LOG.log(log, logging.INFO, address, "offer refused", {"address": address, "error": error})
+    return web.json_response({"error": error}, status=400)
+
+
+def _refuse(status: int, error: str) -> web.Response:
+    """An offer turned away before any work, with a hint of when to retry."""
+    return web.json_response({"error": error}, status=status, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def run(config: GatewayConfig) -> None:

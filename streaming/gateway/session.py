@@ -5,6 +5,12 @@ queued (latest wins) for a few dispatcher tasks that JPEG-encode them off the lo
 region's workers, and send the outcome back over the data channel, chunked and paced on
 ``bufferedAmount``. Announced key frames overtaken by a later decoded frame were lost on the way
 and are reported as failed at once.
+
+A session ends by itself (:meth:`PhoneSession.supervise`): when its peer connection is not connected within the
+connect timeout (an offer whose ICE never completes must not hold a slot and its ports), when the phone falls silent
+for the idle timeout (a connected phone announces every frame and probes the clock every second; aiortc has no
+``disconnected`` state and notices a dead peer only after ~30 s of failed consent checks), when the data channel
+closes, or when the connection fails.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import av
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
@@ -42,14 +50,17 @@ from streaming.protocol import (
     Stamp,
     StylizeRequest,
     chunk_payload,
+    clip,
     decode_any,
     encode,
     validate_key_latency,
 )
 from streaming.queues import LatestQueue
-from streaming.telemetry import LATENCY_BUCKETS_S
+from streaming.telemetry import LATENCY_BUCKETS_S, LogLimiter
 
 log = logging.getLogger(__name__)
+BAD_INPUT_LOG = LogLimiter()
+"""Bad data-channel messages are logged rate-limited per stream."""
 
 MAX_PENDING_FRAMES = 32
 """Decoded frames held while their id is unknown (about 1 s at 30 fps)."""
@@ -58,6 +69,10 @@ MAX_REMEMBERED_FRAMES = 256
 BUFFER_HIGH_WATER = 1024 * 1024
 BUFFER_LOW_WATER = 256 * 1024
 REQUEST_OVERHEAD_BYTES = 4096
+SUPERVISION_PERIOD_S = 0.5
+"""How often a session checks that it connected, and that its phone is still heard."""
+
+_BACKGROUND: set[asyncio.Future[None]] = set()
 
 KEY_FRAMES = Counter("mvs_gateway_key_frames_total", "Key frames by outcome", ["region", "outcome"])
 FRAMES = Counter("mvs_gateway_frames_total", "Decoded video frames by fate", ["region", "fate"])
@@ -129,8 +144,11 @@ class PhoneSession:
         out_size: tuple[int, int] | None,
         worker_clocks: dict[str, ClockOffset],
         result: str = ResultKind.FRAME,
+        address: str = "",
     ) -> None:
         self.stream_id = stream_id
+        self.address = address
+        """The client address the offer came from."""
         self.pc = pc
         self._nc = nc
         self._executor = executor
@@ -150,6 +168,11 @@ class PhoneSession:
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
+        self.connected = asyncio.Event()
+        """Set once the peer connection is connected and the data channel open."""
+        self.close_reason = ""
+        self.last_heard = time.monotonic()
+        """When the phone was last heard (a data-channel message or a video frame)."""
         self.counts: dict[str, int] = {}
         pc.on("datachannel", self._on_datachannel)
         pc.on("track", self._on_track)
@@ -175,6 +198,8 @@ class PhoneSession:
         channel.bufferedAmountLowThreshold = BUFFER_LOW_WATER
         channel.on("bufferedamountlow", self._drained.set)
         channel.on("message", self._on_message)
+        channel.on("close", self._on_channel_closed)
+        self._heard()
         for _ in range(self._settings.max_inflight):
             self._tasks.append(asyncio.create_task(self._dispatch(), name=f"{self.stream_id}-dispatch"))
 
@@ -184,32 +209,82 @@ class PhoneSession:
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
-            await self.close()
+            await self.close(f"peer connection {self.pc.connectionState}")
+        elif self.pc.connectionState == "connected":
+            self._heard()
 
-    async def close(self) -> None:
-        """Stop every task of this session and close its peer connection."""
+    def _on_channel_closed(self) -> None:
+        self._spawn(self.close("data channel closed"))
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
+        if (
+            not self.connected.is_set()
+            and self.pc.connectionState == "connected"
+            and self._channel is not None
+            and self._channel.readyState == "open"
+        ):
+            self.connected.set()
+
+    def start_supervision(self, connect_timeout_s: float, idle_timeout_s: float) -> None:
+        """Run :meth:`supervise` for the life of the session."""
+        self._tasks.append(asyncio.create_task(self.supervise(connect_timeout_s, idle_timeout_s)))
+
+    async def supervise(self, connect_timeout_s: float, idle_timeout_s: float) -> None:
+        """Close the session if it does not connect within ``connect_timeout_s``, or once connected, when the
+        phone is silent for ``idle_timeout_s``."""
+        deadline = time.monotonic() + connect_timeout_s
+        while not self.connected.is_set():
+            if time.monotonic() >= deadline:
+                self._spawn(self.close(f"not connected after {connect_timeout_s:g} s"))
+                return
+            self._heard()  # the data channel may have opened before the connection state said so
+            await asyncio.sleep(min(SUPERVISION_PERIOD_S, connect_timeout_s))
+        while True:
+            silent = time.monotonic() - self.last_heard
+            if silent >= idle_timeout_s:
+                self._spawn(self.close(f"phone silent for {silent:.1f} s"))
+                return
+            await asyncio.sleep(min(SUPERVISION_PERIOD_S, idle_timeout_s - silent))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept referenced (not one of the tasks close() cancels)."""
+        task = asyncio.ensure_future(work)
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def close(self, reason: str = "closed by the gateway") -> None:
+        """Stop every task of this session and close its peer connection (its ports are freed)."""
         if self.closed.is_set():
             return
         self.closed.set()
+        self.close_reason = reason
         tasks = [*self._tasks, *self._sends]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.pc.close()
-        log.info("session closed", extra={"stream_id": self.stream_id, **self.counts})
+        log.info("session closed", extra={"stream_id": self.stream_id, "reason": reason, **self.counts})
 
     # --- frame ids -----------------------------------------------------------------------
     def _on_message(self, data: bytes | str) -> None:
         try:
             if isinstance(data, str):
                 raise ProtocolError(ErrorCode.MALFORMED, "text message on a binary channel")
+            self._heard()
             message = decode_any(data, (FrameMeta, ClockPing, KeyLatency), max_bytes=MAX_CONTROL_BYTES)
             if isinstance(message, KeyLatency):
                 validate_key_latency(message)
         except ProtocolError as exc:
             BAD_MESSAGES.labels(self._settings.region).inc()
             self._count("bad_messages")
-            log.warning("bad data-channel message", extra={"stream_id": self.stream_id, "error": str(exc)})
+            BAD_INPUT_LOG.log(
+                log,
+                logging.WARNING,
+                self.stream_id,
+                "bad data-channel message",
+                {"stream_id": self.stream_id, "error": str(exc)},
+            )
             self._spawn_send([encode(ChannelError.of(exc))])
             return
         if isinstance(message, ClockPing):
@@ -241,6 +316,7 @@ class PhoneSession:
             except MediaStreamError:
                 return
             assert isinstance(frame, av.VideoFrame)
+            self._heard()
             pts = int(frame.pts or 0)
             self._mapper.observe(pts)
             self._pending.append(_Decoded(pts=pts, frame=frame, decoded_ns=time.monotonic_ns()))
@@ -280,7 +356,7 @@ class PhoneSession:
     def _fail(self, frame_id: int, code: str, text: str, attempts: int) -> None:
         KEY_FRAMES.labels(self._settings.region, code).inc()
         self._count(f"key_{code}")
-        result = KeyResult(frame_id=frame_id, ok=False, attempts=attempts, error_code=code, error=text)
+        result = KeyResult(frame_id=frame_id, ok=False, attempts=attempts, error_code=code, error=clip(text))
         self._spawn_send([encode(result)])
 
     def _spawn_send(self, messages: list[bytes]) -> None:

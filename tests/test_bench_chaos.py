@@ -1,0 +1,13 @@
+"""bench.chaos writes a table with a row per fault (the campaign itself runs in ~30 s: `python -m bench.chaos`)."""
+
+from __future__ import annotations
+
+from bench.chaos import COLUMNS, markdown, rss_mb
+
+
+def test_markdown_has_a_row_per_fault_and_every_column() -> None:
+    machine = {"commit": "abc1234", "cpus": 2, "load_avg_1m": 1.0}
+    rows = [{"fault": "f1", "survived": "yes", "recovery_s": 0.5}, {"fault": "f2", "survived": "no", "keys_ok": 3}]
+    text = markdown({"machine": machine, "seconds": 1.0, "rows": rows})
+    assert "| " + " | ".join(COLUMNS) + " |" in text and "| f1 |" in text and "| f2 |" in text
+    assert "abc1234" in text and rss_mb() > 0
