@@ -22,6 +22,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ import torch
 
 from bench.common import RESULTS_DIR, machine, write_results
 from bench.stylize import Pair, held_out_pairs, mean_row, pair_rows, tuning_pairs
-from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer, resize
+from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer, StyleState, resize
 from edge_worker.quality import psnr
-from edge_worker.training import bundled_photo
+from edge_worker.training import bundled_photo, calibration_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) ->
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+@torch.inference_mode()
+def _network(model: PhotoStylizer, low: torch.Tensor, state: StyleState) -> torch.Tensor:
+    return model.decode(low, state)
+
+
 def timing(models: dict[str, PhotoStylizer], threads: int, repeats: int) -> dict[str, float]:
     """Median ms of the network and of ``coefficients()`` for a 640x360 key, per model."""
     torch.set_num_threads(threads)
@@ -69,8 +75,8 @@ def timing(models: dict[str, PhotoStylizer], threads: int, repeats: int) -> dict
     for name, model in models.items():
         state = model.prepare_style(style)
         low = model._network_input([content])
-        calls[f"{name}_network"] = torch.inference_mode()(lambda m=model, s=state, x=low: m.decode(x, s))
-        calls[f"{name}_coefficients"] = lambda m=model, s=state: m.coefficients(content, s, KEY_SIZE)
+        calls[f"{name}_network"] = partial(_network, model, low, state)
+        calls[f"{name}_coefficients"] = partial(model.coefficients, content, state, KEY_SIZE)
     return {k: 1e3 * v for k, v in interleaved_medians(calls, repeats).items()}
 
 
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ws in args.work_sizes:
         fp32 = bundled.with_config(work_size=ws)
         tic = time.perf_counter()
-        int8 = fp32.quantized()
+        int8 = fp32.quantized(calibration_pairs())
         calibration_s = time.perf_counter() - tic
         models = {"fp32": fp32, "int8": int8}
         row: dict[str, Any] = {
