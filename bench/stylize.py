@@ -99,6 +99,28 @@ def tuning_pairs() -> list[Pair]:
     ]
 
 
+def pair_rows(method: Stylizer, pairs: Sequence[Pair]) -> tuple[list[dict[str, float]], list[np.ndarray]]:
+    """The metrics of every pair stylized by ``method`` (style prepared per pair), and the outputs."""
+    rows, outputs = [], []
+    for _, content, _, style in pairs:
+        out = method.stylize(content, method.prepare_style(style), (content.shape[1], content.shape[0]))
+        outputs.append(out)
+        rows.append(
+            {
+                "ssim": structure_ssim(content, out),
+                "gaussian_w2": gaussian_w2(out, style),
+                "sliced_w2": sliced_w2(out, style),
+                "matting_x1e4": matting_laplacian_residual(content, out) * MATTING_SCALE,
+            }
+        )
+    return rows, outputs
+
+
+def mean_row(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over ``rows``."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
 def quality_rows(
     methods: Sequence[Stylizer], pairs: Sequence[Pair]
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[np.ndarray]]]:
@@ -106,20 +128,8 @@ def quality_rows(
     table: dict[str, dict[str, float]] = {}
     outputs: dict[str, list[np.ndarray]] = {}
     for method in methods:
-        rows = []
-        outputs[method.name] = []
-        for _, content, _, style in pairs:
-            out = method.stylize(content, method.prepare_style(style), (content.shape[1], content.shape[0]))
-            outputs[method.name].append(out)
-            rows.append(
-                {
-                    "ssim": structure_ssim(content, out),
-                    "gaussian_w2": gaussian_w2(out, style),
-                    "sliced_w2": sliced_w2(out, style),
-                    "matting_x1e4": matting_laplacian_residual(content, out) * MATTING_SCALE,
-                }
-            )
-        table[method.name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        rows, outputs[method.name] = pair_rows(method, pairs)
+        table[method.name] = mean_row(rows)
         logger.info("%s: %s", method.name, table[method.name])
     return table, outputs
 

@@ -36,6 +36,7 @@ from edge_worker.inference import WARMUP_SIZE, Inference, Item, error_reply, war
 from edge_worker.model.base import Stylizer
 from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve_device
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
+from edge_worker.model.int8 import FP32, INT8, PRECISIONS
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image
@@ -122,6 +123,14 @@ class WorkerConfig:
     work_size: int = field(
         default=0, metadata=flag("the DNN's network working size, short side in pixels (0: the model file's own)")
     )
+    precision: str = field(
+        default=FP32,
+        metadata=flag(
+            f"the DNN's arithmetic on the CPU: {FP32} (the reference) or {INT8} (convolutions quantized at start-up, "
+            "serve only)",
+            choices=PRECISIONS,
+        ),
+    )
     max_batch: int = field(
         default=DEFAULT_MAX_BATCH, metadata=flag("dynamic batching: requests run together at most (1: off)")
     )
@@ -183,6 +192,7 @@ class StylizerWorker:
                 config.model,
                 device=str(self.device),
                 work_size=config.work_size,
+                precision=config.precision,
                 profile=ServiceTimeProfile(config.emulated_fixed_ms, config.emulated_per_item_ms),
             )
         )

@@ -67,6 +67,17 @@ RECON_PEAK = 1.0
 FEATURE_ENERGY_FLOOR = 1e-8
 
 
+CALIBRATION_PAIRS = 6
+"""(content, style) pairs an int8 model's activation ranges are calibrated on."""
+
+
+def calibration_pairs(count: int = CALIBRATION_PAIRS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(content, style) pairs of training photos for :meth:`PhotoStylizer.quantized` (never the held-out ones):
+    photo i with photo i + 1."""
+    names = BUNDLED_PHOTOS[: count + 1]
+    return [(bundled_photo(c), bundled_photo(s)) for c, s in zip(names, names[1:], strict=False)]
+
+
 def bundled_photo(name: str) -> np.ndarray:
     """A photograph shipped with scikit-image, as RGB uint8 (no download)."""
     import skimage.data

@@ -7,6 +7,7 @@ from pathlib import Path
 from edge_worker.model.base import Stylizer
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
+from edge_worker.model.int8 import FP32, INT8, PRECISIONS
 
 DEFAULT_STYLIZER = LinearColorTransfer.name
 DNN_NAME = "dnn"
@@ -18,11 +19,20 @@ STYLIZER_NAMES = (LinearColorTransfer.name, DNN_NAME, EMULATED_NAME)
 
 
 def load_stylizer(
-    spec: str, device: str = "cpu", work_size: int = 0, profile: ServiceTimeProfile | None = None
+    spec: str,
+    device: str = "cpu",
+    work_size: int = 0,
+    profile: ServiceTimeProfile | None = None,
+    precision: str = FP32,
 ) -> Stylizer:
     """``color-transfer``, ``dnn`` (the bundled model of the paper), ``emulated`` (a GPU stand-in) or the path of
-    a saved PhotoStylizer. ``device`` and ``work_size`` (0: the model's own) apply to the DNN, ``profile`` to the
-    emulated accelerator."""
+    a saved PhotoStylizer. ``device``, ``work_size`` (0: the model's own) and ``precision`` apply to the DNN,
+    ``profile`` to the emulated accelerator.
+
+    ``precision="int8"``: the DNN's convolutions in int8 on the CPU (calibrated at load, a few seconds), served
+    without retraining (federated learning needs fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if spec == LinearColorTransfer.name:
         return LinearColorTransfer()
     if spec == EMULATED_NAME:
@@ -30,6 +40,7 @@ def load_stylizer(
     if spec == DNN_NAME or spec.endswith(MODEL_SUFFIXES):
         from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer
         from edge_worker.retrain import RetrainableStylizer
+        from edge_worker.training import calibration_pairs
 
         path = DEFAULT_MODEL_PATH if spec == DNN_NAME else Path(spec)
         if not path.is_file():
@@ -37,6 +48,10 @@ def load_stylizer(
         model = PhotoStylizer.load(path, device=device)
         if work_size > 0 and work_size != model.config.work_size:
             model = model.with_config(work_size=work_size)
+        if precision == INT8:
+            if model.device.type != "cpu":
+                raise ValueError(f"precision {INT8} runs on the CPU only, not on {model.device}: use --device cpu")
+            return model.quantized(calibration_pairs())
         return RetrainableStylizer(model)
     names = ", ".join(repr(name) for name in STYLIZER_NAMES)
     raise ValueError(f"unknown stylizer {spec!r}: use one of {names} or a model file ({', '.join(MODEL_SUFFIXES)})")

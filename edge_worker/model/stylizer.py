@@ -8,9 +8,10 @@ little and the result keeps the content's edges whatever r is.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from torch import nn
 from edge_worker.model.base import Size, check_image, check_size
 from edge_worker.model.decoder import UnpoolDecoder
 from edge_worker.model.device import CPU, CUDA, resolve_device
+from edge_worker.model.int8 import FP32, INT8
 from edge_worker.model.meta_smoothing import (
     GAIN_PRIOR_WEIGHT,
     LiteralMetaSmoothing,
@@ -181,6 +183,8 @@ class PhotoStylizer(nn.Module):
     name = "mvstylizer-dnn"
     half_precision: bool
     """Run the network under fp16 autocast on CUDA (the served path); no effect on the CPU."""
+    precision: str
+    """``fp32`` (the reference) or ``int8`` (:meth:`quantized`: convolutions in int8, CPU inference only)."""
     channels_last: bool
     """Weights and network inputs in channels-last memory format (set by :meth:`to_device`; on for CUDA)."""
 
@@ -196,6 +200,7 @@ class PhotoStylizer(nn.Module):
             raise ValueError(f"strength must be in [0, 1], and 1 with the literal smoothing; got {strength}")
         self.half_precision = True
         self.channels_last = False
+        self.precision = FP32
         self.encoder = VGGEncoder(self.config.encoder)
         self.encoder.requires_grad_(False)
         self.colorization = LearnedColorization(self.encoder.out_channels, self.config.compressed_channels)
@@ -364,6 +369,7 @@ class PhotoStylizer(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write weights, config and format version to ``path`` (atomically)."""
+        self._require_fp32("save")
         payload = {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
@@ -385,6 +391,8 @@ class PhotoStylizer(nn.Module):
         on CUDA only (cuDNN's fast convolutions are NHWC; on the CPU eager torch gains little and results would
         change)."""
         target = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        if target.type != CPU:
+            self._require_fp32(f"move to {target}")
         self.half_precision = half_precision
         self.channels_last = target.type == CUDA if channels_last is None else channels_last
         self.to(target)
@@ -403,8 +411,30 @@ class PhotoStylizer(nn.Module):
         logger.info("loaded %s (%s)", path, payload["config"])
         return model.to_device(device)
 
+    @torch.inference_mode()
+    def quantized(self, calibration: Iterable[tuple[np.ndarray, np.ndarray]]) -> PhotoStylizer:
+        """A CPU copy whose encoder and decoder convolutions run in int8 (:mod:`edge_worker.model.int8`),
+        activation ranges calibrated at this model's work size on ``calibration`` (content, style) pairs (e.g.
+        :func:`edge_worker.training.calibration_pairs`: training photos only). Inference only: the copy cannot
+        be trained or saved; this model is left as it was."""
+        from edge_worker.model import int8
+
+        self._require_fp32("quantize")
+        model = copy.deepcopy(self).to_device(CPU)
+        model.encoder, model.decoder = int8.observed(model.encoder, model.decoder)
+        for content, style in calibration:
+            model.decode(model._network_input([content]), model.prepare_style(style))
+        int8.converted(model.encoder, model.decoder)
+        model.precision = INT8
+        return model
+
+    def _require_fp32(self, action: str) -> None:
+        if self.precision != FP32:
+            raise ValueError(f"cannot {action} an {self.precision} model: quantize the fp32 one instead")
+
     def with_config(self, **changes: Any) -> PhotoStylizer:
         """A copy with config fields changed that leave the weights' shapes alone (e.g. ``work_size``)."""
+        self._require_fp32("change the config of")
         model = type(self)(StylizerConfig(**{**asdict(self.config), **changes}))
         model.load_state_dict(self.state_dict())
         return model.to_device(self.device, half_precision=self.half_precision, channels_last=self.channels_last)
