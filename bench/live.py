@@ -24,7 +24,8 @@ from streaming.runtime import run_main
 
 DEFAULT_INTERVALS = (1, 5, 10)
 DNN_INTERVALS = (5, 10)
-DNN_WORK_SIZES = (256, 192)
+DNN_SERVING = ((256, "fp32"), (192, "fp32"), (192, "int8"))
+"""(work size, precision) of the DNN rows: the bundled model as it is, and bench.cpu_path's / bench.int8's choices."""
 DNN_RENDER = "affine"
 DNN_THREADS = 2
 TARGET = {"keys_ok": 0.98, "output_fps": 29.5, "fallback_after_first_key": 0, "round_trip_p95_ms": 250.0}
@@ -37,6 +38,7 @@ class Setup:
 
     model: str = "color-transfer"
     work_size: int = 0
+    precision: str = "fp32"
     render: str = "warp"
     worker_threads: int = 1
 
@@ -72,7 +74,7 @@ async def measure(
                     config,
                     model=setup.model,
                     worker_threads=setup.worker_threads,
-                    worker_args=("--work-size", str(setup.work_size)),
+                    worker_args=("--work-size", str(setup.work_size), "--precision", setup.precision),
                 )
             ).report
         rows.append(
@@ -92,7 +94,7 @@ async def measure(
 def _label(row: dict[str, Any]) -> str:
     if row["model"] == "color-transfer":
         return f"colour transfer, K={row['key_interval']}"
-    return f"DNN ws {row['work_size'] or 'own'}, K={row['key_interval']}"
+    return f"DNN ws {row['work_size'] or 'own'} {row.get('precision', 'fp32')}, K={row['key_interval']}"
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -166,7 +168,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--intervals", type=int, nargs="+", default=list(DEFAULT_INTERVALS), help="colour transfer runs")
     p.add_argument("--dnn-intervals", type=int, nargs="*", default=list(DNN_INTERVALS), help="DNN runs (none: skip)")
-    p.add_argument("--dnn-work-sizes", type=int, nargs="+", default=list(DNN_WORK_SIZES))
+    p.add_argument(
+        "--dnn-serving",
+        nargs="+",
+        default=[f"{ws}:{precision}" for ws, precision in DNN_SERVING],
+        help="DNN settings as WORK_SIZE:PRECISION (fp32 or int8)",
+    )
     p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
     args = p.parse_args(argv)
     size = (args.width, args.height)
@@ -174,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def everything() -> list[dict[str, Any]]:
         rows = await measure(size, args.frames, args.intervals, "local")
-        for work_size in args.dnn_work_sizes:
-            dnn = Setup(model="dnn", work_size=work_size, render=DNN_RENDER, worker_threads=DNN_THREADS)
+        for serving in args.dnn_serving:
+            work_size, precision = serving.split(":")
+            dnn = Setup("dnn", int(work_size), precision, render=DNN_RENDER, worker_threads=DNN_THREADS)
             rows += await measure(size, args.frames, args.dnn_intervals, "local", dnn)
         return rows
 

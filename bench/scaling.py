@@ -5,12 +5,15 @@ Four measurements, written to ``bench/results/scaling.{json,md,png}``:
 1. **Emulated workers, K = 1 … 32, batching off and on.** A real nats-server, K emulated accelerators
    (``--model emulated``: a stand-in for a GPU that sleeps its service time) in the region's queue group, and the
    load generator of :mod:`bench.loadgen` offering Poisson key frames of virtual streams (K=5 at 30 fps: 6 keys/s
-   each, one pre-encoded 640x360 JPEG, a stored style, colour maps back). Per K the offered rate is searched
-   (:func:`find_max`) for the **max sustainable throughput**: a step is *sustained* when at least
-   :data:`SUSTAINED_OK` of the requests sent in it are answered ok within their budget (the reply reached the
-   generator at most ``budget_ms`` after the send; overloaded, deadline, no-responders and unanswered requests all
-   count against it); the max is the ok rate (keys/s) of the highest sustained step. Scaling efficiency =
-   max(K) / (K x max(1)).
+   each, one pre-encoded 640x360 JPEG, a stored style, colour maps back). Per K two load steps:
+   - **saturation**, :data:`SATURATION_LOAD` x the workers' nominal capacity: every worker stays busy and the excess
+     is shed (``overloaded``); the ok keys/s answered within their budget is the **max sustainable throughput**
+     of K workers. Scaling efficiency = max(K) / (K x max(1)). Read this way it is a count of completions of a
+     fixed service time, tight even at K=1 (a bisection on ">= 99 % ok" needs hundreds of requests per step to
+     tell 0.98 from 0.99, minutes per step at K=1, and the per-worker queueing loss of a random queue-group split
+     is the same fraction of capacity at every K anyway);
+   - **healthy**, :data:`HEALTHY_LOAD` x capacity: latency p50/p95/p99, deadline misses and the mean batch of a
+     site that is not overloaded.
    The emulated service time is the emulated default profile stretched :data:`TIME_SCALE` times (budget and
    batch wait too), so that 32 workers' key frames (decode, JPEG, NATS) fit this machine's CPUs: the bench
    measures the queue group's fan-out, not the CPU. Workers run :data:`WORKERS_PER_PROCESS` to a process
@@ -74,6 +77,10 @@ MAX_BATCH = 4
 """Batching on: requests per batch at most."""
 BATCH_WAIT_MS = 2.0
 """Batching on: wait after a batch's first request, before scaling."""
+SATURATION_LOAD = 1.5
+"""Offered load (x the workers' nominal capacity) of the saturation step, where the max throughput is read."""
+HEALTHY_LOAD = 0.7
+"""Offered load (x capacity) of the step whose latency is reported."""
 SUSTAINED_OK = 0.99
 """A load step is sustained when at least this share of its requests are answered ok within their budget."""
 SEARCH_LOW, SEARCH_HIGH = 0.5, 1.0
@@ -300,11 +307,24 @@ class Setup:
         return LoadGenerator(self.nc, region, self.image, self.style_id)
 
 
+async def load_step(
+    gen: LoadGenerator, rate: float, duration_s: float, budget_ms: float, seed: int, arrivals: Arrivals = "poisson"
+) -> dict[str, Any]:
+    """One step of ``rate`` keys/s offered for ``duration_s``; the generator's summary without the per-stream split."""
+    spec = LoadSpec(
+        streams=rate / KEYS_PER_STREAM_S, duration_s=duration_s, budget_ms=budget_ms, arrivals=arrivals, seed=seed
+    )
+    step = (await gen.run(spec)).summary()
+    step.pop("by_stream")
+    return {"offered_keys_s": round(rate, 2), "duration_s": round(duration_s, 2), **step}
+
+
 async def emulated_scaling(
-    setup: Setup, counts: Sequence[int], profile: Profile, scale: float, steps: int, bounds: tuple[float, float]
+    setup: Setup, counts: Sequence[int], profile: Profile, scale: float, bounds: tuple[float, float]
 ) -> list[dict[str, Any]]:
-    """Max sustainable throughput per worker count, batching off and on."""
+    """Max throughput (saturation step) and latency (healthy step) per worker count, batching off and on."""
     rows = []
+    budget_ms = GPU_BUDGET_MS * scale
     for batching in BATCHING:
         for count in counts:
             region = f"em{batching.name}{count}"
@@ -313,20 +333,34 @@ async def emulated_scaling(
                 await workers.wait_ready(setup.nc)
                 processes = len(workers.procs)
                 capacity = profile.capacity_keys_s(count, batching.max_batch)
+                duration = step_seconds(capacity, bounds)
                 workers_cpu, own_cpu = workers.cpu_s(), time.process_time()
-                found = await find_max(setup.generator(region), capacity, GPU_BUDGET_MS * scale, steps, bounds)
+                gen = setup.generator(region)
+                saturated = await load_step(gen, SATURATION_LOAD * capacity, duration, budget_ms, seed=1)
+                healthy = await load_step(gen, HEALTHY_LOAD * capacity, duration, budget_ms, seed=2)
                 workers_cpu, own_cpu = workers.cpu_s() - workers_cpu, time.process_time() - own_cpu
-            requests = sum(step["requests"] for step in found["steps"]) or 1
+            requests = saturated["requests"] + healthy["requests"] or 1
             cpu = {"workers_ms_per_key": round(1000 * workers_cpu / requests, 3)}
             cpu["generator_ms_per_key"] = round(1000 * own_cpu / requests, 3)
-            rows.append({"batching": batching.name, "workers": count, "processes": processes, "cpu": cpu, **found})
+            rows.append(
+                {
+                    "batching": batching.name,
+                    "workers": count,
+                    "processes": processes,
+                    "capacity_keys_s": round(capacity, 2),
+                    "max_throughput_keys_s": saturated["throughput_keys_s"],
+                    "saturated": saturated,
+                    "healthy": healthy,
+                    "cpu": cpu,
+                }
+            )
             print(_row_line(rows[-1]), flush=True)
     for batching in BATCHING:
         one = next((r for r in rows if r["batching"] == batching.name and r["workers"] == 1), None)
         for row in rows:
             if row["batching"] == batching.name:
-                ideal = row["workers"] * one["max_sustained_keys_s"] if one else 0.0
-                row["efficiency"] = round(row["max_sustained_keys_s"] / ideal, 3) if ideal > 0 else None
+                ideal = row["workers"] * one["max_throughput_keys_s"] if one else 0.0
+                row["efficiency"] = round(row["max_throughput_keys_s"] / ideal, 3) if ideal > 0 else None
     return rows
 
 
@@ -467,10 +501,9 @@ async def _wait_healthy(url: str, timeout_s: float = GATEWAY_READY_S) -> None:
 
 
 def _row_line(row: dict[str, Any]) -> str:
-    best = row["at_max"] or {}
     return (
-        f"batching {row['batching']} workers={row['workers']}: {row['max_sustained_keys_s']} keys/s "
-        f"(capacity {row['capacity_keys_s']}, p95 {best.get('latency_ms', {}).get('p95')} ms)"
+        f"batching {row['batching']} workers={row['workers']}: {row['max_throughput_keys_s']} keys/s "
+        f"(capacity {row['capacity_keys_s']}, p95 at {HEALTHY_LOAD:.0%} {row['healthy']['latency_ms'].get('p95')} ms)"
     )
 
 
@@ -495,25 +528,25 @@ def markdown(data: dict[str, Any]) -> str:
         f"{m['cpus']} CPUs; {cfg['workers_per_process']} workers per process, each with its own NATS connection. "
         f"Load: Poisson key frames of virtual streams (K={KEY_INTERVAL} at {STREAM_FPS:g} fps = "
         f"{KEYS_PER_STREAM_S:g} keys/s each), a {cfg['frame_size'][0]}x{cfg['frame_size'][1]} JPEG of "
-        f"{cfg['request_bytes']} B, colour maps back, no retries. **Rule**: a load step is sustained when >= "
-        f"{SUSTAINED_OK:.0%} of its requests are answered ok within their budget (send -> reply at the generator); "
-        "max = ok keys/s of the highest sustained step of a bisection on the offered rate; "
-        "efficiency = max(K) / (K x max(1)).",
+        f"{cfg['request_bytes']} B, colour maps back, no retries. **Max throughput**: ok keys/s answered within "
+        f"the budget while {SATURATION_LOAD:g}x the nominal capacity is offered (every worker busy, the excess shed); "
+        f"efficiency = max(K) / (K x max(1)). Latency, deadline misses and mean batch at {HEALTHY_LOAD:.0%} of "
+        "capacity.",
         "",
-        "| batching | workers | capacity (keys/s) | max sustained (keys/s) | = streams at K=5 | efficiency | "
-        "ok at max | latency p50 / p95 / p99 at max (ms) | mean batch | deadline misses at max | "
-        "CPU ms per key (workers / generator) |",
+        "| batching | workers | capacity (keys/s) | max throughput (keys/s) | = streams at K=5 | efficiency | "
+        f"ok at {HEALTHY_LOAD:.0%} | latency p50 / p95 / p99 at {HEALTHY_LOAD:.0%} (ms) | mean batch | "
+        f"deadline misses at {HEALTHY_LOAD:.0%} | CPU ms per key (workers / generator) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in data["emulated"]:
-        best = row["at_max"] or {}
-        lat = best.get("latency_ms", {})
+        healthy = row["healthy"]
+        lat = healthy.get("latency_ms", {})
         lines.append(
             f"| {row['batching']} | {row['workers']} | {row['capacity_keys_s']:.1f} | "
-            f"{row['max_sustained_keys_s']:.1f} | {row['max_sustained_keys_s'] / KEYS_PER_STREAM_S:.1f} | "
-            f"{_fmt(row.get('efficiency'), 2)} | {_fmt(best.get('ok_fraction'), 3)} | "
+            f"{row['max_throughput_keys_s']:.1f} | {row['max_throughput_keys_s'] / KEYS_PER_STREAM_S:.1f} | "
+            f"{_fmt(row.get('efficiency'), 2)} | {_fmt(healthy.get('ok_fraction'), 3)} | "
             f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))} | "
-            f"{_fmt(best.get('mean_batch'), 2)} | {_fmt(best.get('deadline_misses'))} | "
+            f"{_fmt(healthy.get('mean_batch'), 2)} | {_fmt(healthy.get('deadline_misses'))} | "
             f"{row['cpu']['workers_ms_per_key']:.2f} / {row['cpu']['generator_ms_per_key']:.2f} |"
         )
     ceiling = data.get("generator_ceiling")
@@ -581,13 +614,13 @@ def plot(data: dict[str, Any], path: Path) -> None:
         if not rows:
             continue
         ks = [r["workers"] for r in rows]
-        (line,) = ax.plot(ks, [r["max_sustained_keys_s"] for r in rows], "o-", label=f"batching {batching.name}")
-        one = rows[0]["max_sustained_keys_s"] / rows[0]["workers"]
+        (line,) = ax.plot(ks, [r["max_throughput_keys_s"] for r in rows], "o-", label=f"batching {batching.name}")
+        one = rows[0]["max_throughput_keys_s"] / rows[0]["workers"]
         ax.plot(ks, [k * one for k in ks], "--", color=line.get_color(), alpha=0.5, label=f"ideal ({batching.name})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("emulated workers")
-    ax.set_ylabel("max sustained key frames/s (>= 99 % ok)")
+    ax.set_ylabel(f"max throughput, key frames/s ok (at {SATURATION_LOAD:g}x capacity)")
     ax.set_title("Stylizer workers behind one NATS queue group")
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -614,6 +647,8 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "budget_ms": GPU_BUDGET_MS * args.time_scale,
             "batching": [dataclasses.asdict(b) for b in BATCHING],
             "workers_per_process": WORKERS_PER_PROCESS,
+            "saturation_load": SATURATION_LOAD,
+            "healthy_load": HEALTHY_LOAD,
             "sustained_ok": SUSTAINED_OK,
             "search_steps": steps,
             "step_s": list(bounds),
@@ -629,7 +664,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
             setup = Setup(server, nc, style_id, image)
             data["generator_ceiling"] = await generator_ceiling(setup, bounds[0])
-            data["emulated"] = await emulated_scaling(setup, counts, profile, args.time_scale, steps, bounds)
+            data["emulated"] = await emulated_scaling(setup, counts, profile, args.time_scale, bounds)
             sections: dict[str, tuple[bool, Callable[[], Awaitable[Any]]]] = {
                 "placement": (args.no_placement, lambda: placement_check(setup, profile, args.time_scale, 8, 8.0)),
                 "dnn": (args.no_dnn, lambda: dnn_capacity(setup, DNN_WORKERS, DNN_SEARCH_STEPS, args.dnn_work_size)),

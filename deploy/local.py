@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.nats import NatsServer, free_port
+from edge_worker.model.int8 import PRECISIONS
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
@@ -182,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="the DNN's working size, short side in pixels (0: the model file's own) (default: %(default)s)",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=PRECISIONS[0],
+        help="the DNN's network on the CPU: fp32, or int8 (quantized at worker start) (default: %(default)s)",
+    )
     return p
 
 
@@ -196,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             model=args.model,
             log_level=args.log_level,
             worker_threads=args.worker_threads,
-            worker_args=("--work-size", str(args.work_size)),
+            worker_args=("--work-size", str(args.work_size), "--precision", args.precision),
         )
     )
     print(summary(result.report))

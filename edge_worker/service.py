@@ -63,8 +63,6 @@ from streaming.style_store import StyleStore, UnknownStyleError
 from streaming.telemetry import DEFAULT_METRICS_HOST, LATENCY_BUCKETS_S, LogLimiter, start_health_server
 
 log = logging.getLogger(__name__)
-BAD_INPUT_LOG = LogLimiter()
-"""Bad requests are logged rate-limited per error code: a NATS request does not say who sent it."""
 
 DEFAULT_QUEUE_SIZE = 4
 DEFAULT_STYLE_CACHE = 32
@@ -196,6 +194,8 @@ class StylizerWorker:
                 profile=ServiceTimeProfile(config.emulated_fixed_ms, config.emulated_per_item_ms),
             )
         )
+        self._bad_input_log = LogLimiter()
+        """Bad requests are logged rate-limited per error code: a NATS request does not say who sent it."""
         self._inference = Inference(self.stylizer, config.worker_id, config.jpeg_quality)
         self._queue: LatestQueue[_Job] = LatestQueue(config.queue_size)
         self._styles: OrderedDict[str, Any] = OrderedDict()
@@ -344,7 +344,7 @@ class StylizerWorker:
             request = decode(msg.data, StylizeRequest)
             validate_request(request)
         except ProtocolError as exc:
-            BAD_INPUT_LOG.log(
+            self._bad_input_log.log(
                 log, logging.WARNING, exc.code, "bad stylize request", {"code": exc.code, "error": str(exc)}
             )
             await self._reply(msg, self._error(None, exc.code, str(exc)), exc.code)

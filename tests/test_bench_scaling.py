@@ -92,9 +92,10 @@ def test_quick_bench_writes_its_results(tmp_path: Path) -> None:
     rows = data["emulated"]
     assert {(r["batching"], r["workers"]) for r in rows} == {(b, k) for b in ("off", "on") for k in (1, 2)}
     for row in rows:
-        assert {"capacity_keys_s", "max_sustained_keys_s", "efficiency", "at_max", "steps"} <= set(row)
-        assert row["max_sustained_keys_s"] > 0
-        best = row["at_max"]
-        assert best["ok_fraction"] >= scaling.SUSTAINED_OK
-        assert {"p50", "p95", "p99"} <= set(best["latency_ms"]) and best["mean_batch"] >= 1.0
+        assert {"capacity_keys_s", "max_throughput_keys_s", "efficiency", "saturated", "healthy"} <= set(row)
+        # Offered 1.5x what the workers can do, they do most of it (a loaded CI box loses some), never more.
+        assert 0.5 * row["capacity_keys_s"] <= row["max_throughput_keys_s"] <= 1.05 * row["capacity_keys_s"]
+        assert row["saturated"]["outcomes"].get("overloaded", 0) > 0  # the excess is shed, and answered
+        healthy = row["healthy"]
+        assert {"p50", "p95", "p99"} <= set(healthy["latency_ms"]) and healthy["mean_batch"] >= 1.0
     assert data["dnn"] is None and data["gateway"] is None and data["placement"] is None

@@ -134,10 +134,15 @@ async def test_a_phone_whose_outputs_stall_writes_a_partial_report(
     assert json.loads((tmp_path / "report.json").read_text())["outcome"]["status"] == "partial"
 
 
-def test_the_phone_exits_non_zero_only_on_its_own_failure(tmp_path: Path) -> None:
+def test_the_phone_exits_non_zero_only_on_its_own_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
     common = ["--gateway", dead, "--frames", "3", "--size", "64x36", "--result-timeout-ms", "200"]
-    with pytest.raises(FileNotFoundError):  # its own failure: a style that does not exist
+    # Its own failure: a style that does not exist is refused in one line before anything runs (nothing to report).
+    with pytest.raises(SystemExit) as own:
         phone_main([*common, "--style", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "own")])
-    report = json.loads((tmp_path / "own" / "report.json").read_text())
-    assert report["outcome"]["status"] == "failed" and "missing.jpg" in report["outcome"]["reason"]
+    assert own.value.code == 2 and "missing.jpg" in capsys.readouterr().err
+    assert not (tmp_path / "own").exists()
+    # Not its failure: no gateway answers. The phone reports why and exits 0.
+    phone_main([*common, "--out", str(tmp_path / "theirs")])
+    report = json.loads((tmp_path / "theirs" / "report.json").read_text())
+    assert report["outcome"]["status"] == "partial" and "no gateway reached" in report["outcome"]["reason"]

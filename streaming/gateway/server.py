@@ -66,8 +66,6 @@ from streaming.telemetry import LogLimiter
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
 log = logging.getLogger(__name__)
-BAD_OFFER_LOG = LogLimiter()
-"""Refused offers are logged rate-limited per client address."""
 
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_DEADLINE_MS = 2000.0
@@ -196,6 +194,8 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.port = config.port
         self._reapers: set[asyncio.Task[None]] = set()
+        self._bad_offer_log = LogLimiter()
+        """Refused offers are logged rate-limited per client address."""
         secret = (config.token_secret or secret_from_env()) if config.require_token else None
         if config.require_token and secret is None:
             raise ValueError(f"--require-token needs the token secret in ${TOKEN_SECRET_ENV}")
@@ -289,12 +289,12 @@ class Gateway:
         try:
             offer = parse_offer(await request.read())
         except BadOffer as exc:
-            return _bad_offer(address, str(exc))
+            return self._bad_offer(address, str(exc))
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._style_executor, decode_image, offer.style, MAX_FRAME_SIDE)
         except ImageDecodeError as exc:
-            return _bad_offer(address, f"'style' is not a usable image: {exc}")
+            return self._bad_offer(address, f"'style' is not a usable image: {exc}")
         assert self._nc is not None and self._styles is not None
         style_id = await self._styles.put(offer.style)
         stream_id = uuid.uuid4().hex[:12]
@@ -316,7 +316,7 @@ class Gateway:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot use
             await pc.close()
-            return _bad_offer(address, f"unusable SDP offer: {exc}")
+            return self._bad_offer(address, f"unusable SDP offer: {exc}")
         self.sessions[stream_id] = session
         SESSIONS.labels(self.config.region).set(len(self.sessions))
         session.start_supervision(self.config.connect_timeout_s, self.config.idle_timeout_s)
@@ -350,6 +350,12 @@ class Gateway:
         alive = self._nc is not None and not self._nc.is_closed
         return web.json_response({"ok": alive}, status=200 if alive else 503)
 
+    def _bad_offer(self, address: str, error: str) -> web.Response:
+        """HTTP 400 with the reason (clipped: it may quote the offer), logged rate-limited per address."""
+        error = clip(error)
+        self._bad_offer_log.log(log, logging.INFO, address, "offer refused", {"address": address, "error": error})
+        return web.json_response({"error": error}, status=400)
+
     async def _healthz(self, request: web.Request) -> web.Response:
         """200 when this site can take a phone (NATS connected, a worker answers, a free slot), else 503."""
         nc = self._nc
@@ -369,13 +375,6 @@ class Gateway:
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)
-
-
-def _bad_offer(address: str, error: str) -> web.Response:
-    """HTTP 400 with the reason (clipped: it may quote the offer), logged rate-limited per address."""
-    error = clip(error)
-    BAD_OFFER_LOG.log(log, logging.INFO, address, "offer refused", {"address": address, "error": error})
-    return web.json_response({"error": error}, status=400)
 
 
 def _refuse(status: int, error: str) -> web.Response:
