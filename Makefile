@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# The paper's DNN live: work size 192, int8 network, colour maps rendered on the phone (bench.live, README).
+DEMO_FLAGS ?= --model dnn --work-size 192 --precision int8 --render affine --worker-threads 2
+
 demo: $(STAMP)
-	$(VENV)/bin/mvs demo
+	$(VENV)/bin/mvs demo $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -26,6 +29,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.live
+	$(PY) -m bench.cpu_path
+	$(PY) -m bench.int8
 	$(PY) -m bench.interpolation
 	$(PY) -m bench.stylize
 	$(PY) -m bench.regions
