@@ -104,7 +104,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"{m['when']}, commit {m['commit']}, {m['cpus']} CPUs, load {m['load_avg_1m']} at start. Quality: "
         f"bench.stylize's 9 held-out pairs; time: `coefficients()` median of {data['repeats']} calls, the sizes "
-        f"taking turns call by call. Acceptable: SSIM within {MAX_SSIM_LOSS} and Gaussian W2 within {MAX_W2_GAIN} of work size {data['rows'][0]['work_size']}.",
+        f"taking turns call by call. Acceptable: SSIM within {MAX_SSIM_LOSS} and Gaussian W2 within {MAX_W2_GAIN} "
+        f"of work size {data['rows'][0]['work_size']}.",
         "",
         "| work size | network input | SSIM | Δ SSIM | Gaussian W2 | Δ W2 | acceptable | ms, 1 thread | ms, 2 threads "
         "| time vs bundled (1 / 2 threads) |",
