@@ -103,3 +103,39 @@ def test_relocks_after_the_stream_is_rebased() -> None:
     assert mapper.relocks == 1
     assert all(got in (None, i) for i, got in results)
     assert all(got == i for i, got in results[-50:])
+
+
+def test_two_agreeing_frames_are_not_enough_to_lock() -> None:
+    """Three decoded frames must agree on an offset (MIN_VOTES): one or two could agree by chance."""
+    pts = _sender_pts(random.Random(11))
+    lone = FrameIdMapper()
+    lone.announce(0, pts[0])
+    lone.observe(0)  # one frame, one announcement: a single, unopposed, unconfirmed offset
+    assert not lone.locked
+    mapper = FrameIdMapper()
+    for i in range(10):
+        mapper.announce(i, pts[i])
+    mapper.observe(0)
+    mapper.observe(pts[1] - pts[0])
+    assert not mapper.locked and mapper.locate(0) is None
+    mapper.observe(pts[2] - pts[0])
+    assert mapper.locked and [mapper.locate(pts[i] - pts[0]) for i in range(3)] == [0, 1, 2]
+
+
+def test_an_offset_less_than_twice_as_popular_as_another_is_not_trusted() -> None:
+    """Regular pts (an undithered phone, or a run of equal gaps) make several offsets fit; one more chance match
+    must not decide. Frames 0-4 are 100 ticks apart, frame 5 at 1000 and 6 at 1100; frames 0 and 5 are lost, so
+    the decoded pts are the sent ones minus 100, and frame 6 is decoded before its announcement. The true offset
+    (100) explains 4 decoded frames, the wrong one (0) 5: less than twice as many, so no lock yet."""
+    mapper = FrameIdMapper()
+    for i, pts in enumerate([0, 100, 200, 300, 400, 1000]):
+        mapper.announce(i, pts)
+    for received in (0, 100, 200, 300, 1000):
+        mapper.observe(received)
+    assert not mapper.locked
+    assert mapper.locate(0) is None  # a lock on offset 0 would call frame 1 frame 0
+    mapper.announce(6, 1100)
+    for i, pts in enumerate([1237, 1391, 1412, 1677, 1750, 1923], start=7):  # dithered frames settle it
+        mapper.announce(i, pts)
+        mapper.observe(pts - 100)
+    assert mapper.locked and mapper.locate(0) == 1 and mapper.locate(1000) == 6
