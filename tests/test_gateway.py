@@ -9,16 +9,29 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import cv2
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
-from mobile_sim.sources import default_style_photo
+from mobile_sim.link import CameraTrack, Outgoing, SenderPts
+from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
-from streaming.images import encode_jpeg
-from streaming.protocol import Chunk, ClockPing, ClockPong, decode, encode
+from streaming.images import decode_image, encode_jpeg
+from streaming.protocol import (
+    MAX_STYLE_BYTES,
+    Chunk,
+    ChunkAssembler,
+    ClockPing,
+    ClockPong,
+    FrameMeta,
+    KeyResult,
+    decode,
+    decode_any,
+    encode,
+)
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 
@@ -28,6 +41,15 @@ AUDIO_ONLY_SDP = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n"
     "a=rtpmap:0 PCMU/8000\r\n"
 )
+
+UNPARSABLE_SDP = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96\r\n"
+"""aiortc's parser raises on it (an rtpmap without a codec), unlike SDP that merely has no media."""
+OVERSIZE_STYLE_B64 = base64.b64encode(b"\xff" * (MAX_STYLE_BYTES + 1)).decode()
+
+
+def _without_ice_credentials(sdp: str) -> str:
+    """A parsable offer with video and a data channel that aiortc cannot use: no ICE username and password."""
+    return "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith(("a=ice-ufrag", "a=ice-pwd")))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +79,10 @@ def _body(**fields: object) -> bytes:
         (lambda sdp: b"this is not json", "not JSON"),
         (lambda sdp: b"[1, 2]", "JSON object"),
         (lambda sdp: _body(type="answer", sdp=sdp, style=STYLE_B64), '"type": "offer"'),
-        (lambda sdp: _body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "SDP"),
+        (lambda sdp: _body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "it has no media"),
+        (lambda sdp: _body(type="offer", sdp=UNPARSABLE_SDP, style=STYLE_B64), "unparsable SDP offer"),
+        (lambda sdp: _body(type="offer", sdp=_without_ice_credentials(sdp), style=STYLE_B64), "unusable SDP offer"),
+        (lambda sdp: _body(type="offer", sdp=sdp, style=OVERSIZE_STYLE_B64), "exceeds"),
         (lambda sdp: _body(type="offer", sdp=AUDIO_ONLY_SDP, style=STYLE_B64), "video stream"),
         (lambda sdp: _body(type="offer", sdp=sdp), "style"),
         (lambda sdp: _body(type="offer", sdp=sdp, style="%%%"), "base64"),
@@ -130,3 +155,82 @@ async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_s
         finally:
             await worker.stop()
         assert response.status == 200 and body["ok"] and body["workers"] == ["h1"]
+
+
+class _BarePhone:
+    """A phone reduced to the gateway's side of the contract, built from the phone's real parts (camera track,
+    dithered sender pts, chunk reassembly), so a test can ask for what ``Phone`` never does (an output size)."""
+
+    def __init__(self, frames: int, size: tuple[int, int]) -> None:
+        restrict_host_candidates(LOOPBACK)
+        self.pc = RTCPeerConnection(rtc_configuration())
+        self.channel = self.pc.createDataChannel("mvs")
+        self.opened = asyncio.Event()
+        self.channel.on("open", self.opened.set)
+        self.channel.on("message", self._on_message)
+        self.results: asyncio.Queue[tuple[KeyResult, bytes]] = asyncio.Queue()
+        self.failures: asyncio.Queue[KeyResult] = asyncio.Queue()
+        self._assembler = ChunkAssembler()
+        self._frames: asyncio.Queue[Outgoing] = asyncio.Queue()
+        image = cv2.resize(sample_photo(), size)
+        for i in range(frames):
+            self._frames.put_nowait(Outgoing(frame_id=i, image=image, key=i % 5 == 0, capture_ns=time.monotonic_ns()))
+        self.pc.addTrack(CameraTrack(self._next_frame, SenderPts(30.0, frames, seed=0), self._announce))
+
+    async def _next_frame(self) -> Outgoing:
+        await asyncio.sleep(1 / 30)  # the camera's pace, not a synchronisation
+        return await self._frames.get()
+
+    def _announce(self, meta: FrameMeta) -> bool:
+        self.channel.send(encode(meta))
+        return True
+
+    def _on_message(self, data: bytes) -> None:
+        message = decode_any(data, (KeyResult, Chunk, ClockPong))
+        if isinstance(message, KeyResult) and not message.ok:
+            self.failures.put_nowait(message)
+        elif isinstance(message, KeyResult):
+            self._assembler.start(message)
+        elif isinstance(message, Chunk) and (complete := self._assembler.add(message)) is not None:
+            self.results.put_nowait(complete)
+
+    async def connect(self, gateway: Gateway, **fields: object) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = _body(type="offer", sdp=self.pc.localDescription.sdp, style=STYLE_B64, **fields)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gateway.url}/offer", data=body) as response:
+                assert response.status == 200, await response.text()
+                answer = await response.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await asyncio.wait_for(self.opened.wait(), 15)
+        return str(answer["stream_id"])
+
+
+async def test_explicit_output_size_is_what_the_worker_renders(worker: StylizerWorker, gateway: Gateway) -> None:
+    """out_width/out_height in the offer: keys come back at that size, not the video's."""
+    phone = _BarePhone(frames=20, size=(320, 180))
+    try:
+        await phone.connect(gateway, out_width=200, out_height=150)
+        header, payload = await asyncio.wait_for(phone.results.get(), 30)
+    finally:
+        await phone.pc.close()
+    assert header.ok and header.frame_id % 5 == 0
+    assert decode_image(payload).shape == (150, 200, 3)
+
+
+async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker, gateway: Gateway) -> None:
+    phone = _BarePhone(frames=10, size=(160, 96))
+    try:
+        stream_id = await phone.connect(gateway)
+        assert stream_id in gateway.sessions
+        session = gateway.sessions[stream_id]
+    finally:
+        await phone.pc.close()
+    await asyncio.wait_for(session.closed.wait(), 60)  # ICE/DTLS notice the peer is gone
+    deadline = time.monotonic() + 5
+    while stream_id in gateway.sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the reaper runs right after the session closes
+    assert stream_id not in gateway.sessions
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/healthz") as response:
+            assert (await response.json())["sessions"] == 0
