@@ -27,6 +27,7 @@ from streaming.protocol import (
     ResultKind,
     StylizeReply,
     StylizeRequest,
+    WorkerInfo,
     decode,
     encode,
     stylize_subject,
@@ -117,6 +118,20 @@ async def test_coefficient_request_gets_the_colour_map(
     assert not bad.ok and bad.error_code == ErrorCode.INVALID and "result" in bad.error
 
 
+async def _until_delivered(nc: NATS, region: str, requests: int) -> None:
+    """Until the region's one worker says (discovery) that it has all ``requests``: served, in hand or queued, with
+    at least one still queued."""
+
+    def delivered(info: WorkerInfo) -> bool:
+        return info.queue_depth >= 1 and info.served + info.queue_depth >= requests - 1
+
+    async def loop() -> None:
+        while not [i for i in await discover_workers(nc, region, wait_s=0.05) if delivered(i)]:
+            pass
+
+    await asyncio.wait_for(loop(), TIMEOUT_S)
+
+
 async def _assert_alive(nc: NATS, region: str, style_id: str) -> None:
     assert (await _ask(nc, region, encode(_request(style_id)))).ok
 
@@ -200,7 +215,7 @@ async def test_stop_hands_queued_requests_back(nats_server: NatsServer, nc: NATS
     big = encode_jpeg(cv2.resize(sample_photo(), (1920, 1080)))
     requests = [_request(style_id, frame_id=i, image=big, out_width=1920, out_height=1080) for i in range(4)]
     pending = [asyncio.ensure_future(_ask(nc, region, encode(r))) for r in requests]
-    await asyncio.sleep(0.05)  # all delivered; the first is being computed
+    await _until_delivered(nc, region, len(requests))  # the first is being computed, the others wait
     await worker.stop()
     replies = await asyncio.gather(*pending)
     assert replies[0].ok  # the request in progress finishes
