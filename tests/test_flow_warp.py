@@ -174,3 +174,21 @@ def test_maps_from_a_coarse_flow_match_maps_from_the_upsampled_flow(
 
     fixed_point_step = 1 / 32
     assert np.abs(coordinates(direct) - coordinates(upsampled)).max() <= fixed_point_step + 1e-6
+
+
+def test_resize_to_averages_when_shrinking_and_interpolates_when_growing() -> None:
+    image = pattern(*grid())
+    for size in [(WIDTH // 2, HEIGHT // 2), (WIDTH // 2, HEIGHT), (WIDTH, HEIGHT // 3)]:  # either side shrinking
+        np.testing.assert_array_equal(resize_to(image, size), cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    for size in [(2 * WIDTH, 2 * HEIGHT), (WIDTH + 1, HEIGHT)]:
+        np.testing.assert_array_equal(resize_to(image, size), cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))
+    assert resize_to(image, (WIDTH, HEIGHT)) is image
+
+
+def test_flow_pointing_outside_the_key_repeats_its_border() -> None:
+    """Pixels whose source lies beyond the key's edge take the edge's colour (BORDER_REPLICATE), not black."""
+    xs, _ = grid()
+    key = pattern(*grid())
+    flow = np.dstack([np.full_like(xs, -20.0), np.zeros_like(xs)])  # everything from 20 px to the left
+    warped = warp_with(flow, key)
+    np.testing.assert_array_equal(warped[:, :20], np.repeat(key[:, :1], 20, axis=1))
