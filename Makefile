@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench mutate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,12 @@ bench: $(STAMP)
 	$(PY) -m bench.stylize
 	$(PY) -m bench.regions
 
+# Mutation testing of the pure cores (slow: minutes per module; not in CI). One module: make mutate MODULE=mobile_sim.warp
+MUTATE_MODULES := mobile_sim.warp mobile_sim.flow mobile_sim.keyframes streaming.gateway.frame_ids \
+	streaming.coefficients streaming.protocol aggregator.strategies aggregator.validation
+mutate: $(STAMP)
+	$(VENV)/bin/mutmut run $(foreach m,$(or $(MODULE),$(MUTATE_MODULES)),"$(m).*")
+	$(PY) -m deploy.mutation_report --survivors
+
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) out mutants .pytest_cache .ruff_cache .mypy_cache

@@ -82,7 +82,9 @@ DURABLE = "aggregator"
 ROUND_KEY = "current"
 DEFAULT_MIN_UPDATES = 2
 DEFAULT_ROUND_TIMEOUT_S = 60.0
-CRASH_POINTS = ("weights_stored", "latest_moved")
+CRASH_POINTS = ("delta_accepted", "delta_saved", "weights_stored", "latest_moved")
+"""Named steps a test can kill the process right after: a delta accepted but not yet persisted (so not acked), a
+delta persisted but not yet acked, a round's weights stored before ``latest`` moved, ``latest`` moved."""
 ACK_WAIT_S = 5.0
 """A delta handed to an aggregator that died unacked is redelivered after this long."""
 FETCH_BATCH = 16
@@ -137,6 +139,11 @@ class AggregatorConfig:
     """Tensor blob (``streaming.tensors``) stored as version 0 when the store has no version yet."""
     metrics_port: int = field(default=0, metadata=flag("Prometheus port (0: off)"))
     metrics_host: str = field(default=DEFAULT_METRICS_HOST, metadata=flag("address the metrics listen on"))
+    ack_wait_s: float = field(
+        default=ACK_WAIT_S, metadata=flag("redeliver a delta not acked after this long (s)", name="ack-wait")
+    )
+    """A delta handed to an aggregator that died before acking it is redelivered after this long (set when the
+    durable consumer is created)."""
     durable: str = DURABLE
     crash_after: str = field(default="", metadata=flag("fault injection", choices=("", *CRASH_POINTS), hidden=True))
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
@@ -204,7 +211,7 @@ class Aggregator:
             DELTA_SUBJECTS,
             durable=self.config.durable,
             stream=FL_DELTA_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait_s),
         )
         log.info("aggregator ready", extra={"version": latest.version, "pending": len(self.state.accepted)})
 
@@ -331,7 +338,9 @@ class Aggregator:
             self.state.accepted.append(msg.data)
             if not self.state.first_update_ns:
                 self.state.first_update_ns = time.time_ns()
+            self._maybe_crash("delta_accepted")
             await self._save_round()
+            self._maybe_crash("delta_saved")
             ACCEPTED.inc()
             log.info(
                 "delta accepted", extra={"worker_id": ref.worker_id, "base": ref.base_version, "samples": ref.samples}

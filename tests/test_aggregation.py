@@ -175,3 +175,24 @@ def test_tensor_blobs_round_trip_and_refuse_garbage() -> None:
         decode_tensors(msgpack.packb({"format": "mvs-tensors/1", "zlib": b"not zlib"}))
     with pytest.raises(ValueError):
         encode_tensors({"x": np.array(["text"])})
+
+
+def test_rejections_say_what_was_wrong_and_one_sample_is_enough() -> None:
+    """The reason's text names the offending values (it is logged for whoever debugs an edge)."""
+    validate_update(_update("w1", 1, [0.1, 0.2, 0.3, 0.4], 0.1), REFERENCE, 3, set(), Rules())  # one sample: kept
+
+    def text(update: Update, seen: set[tuple[str, int]] | None = None) -> str:
+        with pytest.raises(RejectedUpdate) as info:
+            validate_update(update, REFERENCE, 3, seen or set(), Rules())
+        return str(info.value)
+
+    good = _update("w1", 5, [0.1, 0.2, 0.3, 0.4], 0.1)
+    assert "w1" in text(good, seen={("w1", 3)}) and "v3" in text(good, seen={("w1", 3)})
+    assert "v4" in text(_update("w1", 5, [1, 2, 3, 4], 0, base=4))
+    assert "v1" in text(_update("w1", 5, [1, 2, 3, 4], 0, base=1))
+    assert "-2" in text(_update("w1", -2, [1, 2, 3, 4], 0))
+    assert "other" in text(Update("w1", 3, 5, {**good.delta, "other": np.zeros(1, np.float32)}))
+    assert "layer.bias" in text(Update("w1", 3, 5, {**good.delta, "layer.bias": np.zeros(2, np.float32)}))
+    assert "float64" in text(_update("w1", 5, [1, 2, 3, 4], 0, dtype="float64"))
+    assert "layer.weight" in text(_update("w1", 5, [float("nan"), 0, 0, 0], 0))
+    assert "norm" in text(_update("w1", 5, [2e3, 0, 0, 0], 0))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import nats
 import numpy as np
@@ -16,12 +17,24 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from prometheus_client import REGISTRY
 
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.service import DURABLE, ROUND_KEY, Aggregator, AggregatorConfig
 from deploy.nats import NatsServer
-from streaming.model_store import DeltaStore, ModelStore, submit_delta
-from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode, encode, fl_delta_subject
+from streaming.buckets import open_key_value
+from streaming.model_store import DeltaStore, ModelStore, submit_delta, version_object
+from streaming.protocol import (
+    FL_DELTA_STREAM,
+    FL_GLOBAL_SUBJECT,
+    FL_ROUND_BUCKET,
+    DeltaRef,
+    ModelVersion,
+    RoundState,
+    decode,
+    encode,
+    fl_delta_subject,
+)
 from streaming.runtime import die_with_parent
 from streaming.tensors import NamedArrays, encode_tensors
 
@@ -29,6 +42,8 @@ BASE = 100.0
 """The initial weights' value: large enough that the test deltas stay under the relative norm bound (25 %)."""
 INITIAL: NamedArrays = {"dec.weight": np.full((3, 2), BASE, np.float32), "dec.bias": np.zeros(2, np.float32)}
 STEP_TIMEOUT_S = 30.0
+TEST_ACK_WAIT_S = 1.0
+"""The aggregators' ack wait here: redeliveries come within the test's patience, not after the default 5 s."""
 
 
 async def _submit(js: JetStreamContext, region: str, **ref: Any) -> DeltaRef:
@@ -86,7 +101,7 @@ async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: Na
     assert np.allclose(weights["dec.weight"], BASE + expected) and np.allclose(weights["dec.bias"], expected / 2)
     assert meta.contributors == ["eu-1", "eu-2"] and meta.samples == 40 and meta.parent == 0
     assert meta.loss == pytest.approx((10 * 2.0 + 30 * 1.0) / 40)
-    await asyncio.sleep(0.2)
+    await nc.flush()  # the aggregator flushed its announcement: our round trip to the server comes after it
     await sub.unsubscribe()
     assert [m.version for m in announced] == [1]
     with pytest.raises(KeyError):
@@ -160,7 +175,52 @@ def _rejected(reason: str) -> float:
     return REGISTRY.get_sample_value("mvs_aggregator_updates_rejected_total", {"reason": reason}) or 0.0
 
 
-def _start_aggregator(server: NatsServer, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+async def test_a_round_closes_on_its_timeout_with_fewer_updates(server: NatsServer, nc: NATS) -> None:
+    timeout_s = 2.0
+    aggregator = Aggregator(
+        AggregatorConfig(nats_url=server.url, min_updates=3, round_timeout_s=timeout_s, durable="timeout")
+    )
+    opened = time.monotonic()
+    await aggregator.start(INITIAL)  # the round opens here
+    js = nc.jetstream()
+    store = await ModelStore.open(js)
+    try:
+        await _submit(js, "eu", worker_id="lone", base_version=0, samples=4, delta=_delta(2.0))
+        assert await aggregator.step() is None and len(aggregator.state.accepted) == 1  # 1 of 3, and young
+        meta = await _until_version(aggregator, 1)
+    finally:
+        await aggregator.stop()
+    assert time.monotonic() - opened >= timeout_s
+    assert meta.contributors == ["lone"] and meta.samples == 4
+    weights = await store.weights(meta)
+    assert np.allclose(weights["dec.weight"], BASE + 2.0)
+
+
+async def test_only_the_newest_versions_are_kept(server: NatsServer, nc: NATS) -> None:
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, keep_versions=2, durable="prune"))
+    await aggregator.start(INITIAL)
+    js = nc.jetstream()
+    store = await ModelStore.open(js)
+    try:
+        for version in range(4):
+            await _submit(js, "eu", worker_id="w", base_version=version, samples=1, delta=_delta(1.0))
+            await _until_version(aggregator, version + 1)
+    finally:
+        await aggregator.stop()
+    assert (await store.latest()).version == 4  # type: ignore[union-attr]
+    kept = [(await store.version(v)).version for v in (3, 4)]
+    assert kept == [3, 4]
+    for pruned in range(3):
+        with pytest.raises(KeyError):
+            await store.version(pruned)
+        with pytest.raises(KeyError):
+            await store.get_blob(version_object(pruned))
+    assert np.allclose((await store.weights(await store.version(4)))["dec.weight"], BASE + 4.0)
+
+
+def _start_aggregator(
+    server: NatsServer, tmp_path: Path, *extra: str, stderr: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
     init = tmp_path / "init.bin"
     init.write_bytes(encode_tensors(INITIAL))
     cmd = [
@@ -177,7 +237,7 @@ def _start_aggregator(server: NatsServer, tmp_path: Path, *extra: str) -> subpro
         "warning",
         *extra,
     ]
-    return subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    return subprocess.Popen(cmd, preexec_fn=die_with_parent, stderr=stderr)
 
 
 async def _wait_latest(store: ModelStore, version: int) -> ModelVersion:
@@ -196,12 +256,51 @@ async def _announced(announced: list[int], version: int) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("crash_after", ["", "weights_stored", "latest_moved"])
+async def _round_state(js: JetStreamContext) -> RoundState | None:
+    """The aggregator's persisted round state (None before it saved one)."""
+    try:
+        entry = await (await open_key_value(js, FL_ROUND_BUCKET)).get(ROUND_KEY)
+    except KeyNotFoundError:
+        return None
+    return decode(entry.value or b"", RoundState)
+
+
+async def _until_persisted(js: JetStreamContext, deltas: int) -> None:
+    """Until the persisted round state holds ``deltas`` deltas."""
+
+    async def loop() -> None:
+        while (state := await _round_state(js)) is None or len(state.accepted) < deltas:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+
+
+async def _until_settled(js: JetStreamContext, version: int, deltas: int = 0) -> None:
+    """Until no delta is waiting or delivered-but-unacked and the round after ``version`` holds ``deltas``: from
+    then on nothing (a redelivery included) changes the round until another delta comes."""
+
+    async def loop() -> None:
+        while True:
+            info = await js.consumer_info(FL_DELTA_STREAM, DURABLE)
+            state = await _round_state(js)
+            if info.num_pending == 0 and info.num_ack_pending == 0 and state is not None:
+                if state.base_version == version and len(state.accepted) == deltas:
+                    return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("crash_after", ["", "delta_accepted", "delta_saved", "weights_stored", "latest_moved"])
 async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     server: NatsServer, nc: NATS, tmp_path: Path, crash_after: str
 ) -> None:
+    """Killed (-9) with two deltas persisted, or crashed at a named step: a delta accepted but not yet persisted
+    (an aggregator acking before persisting loses it here), persisted but not acked (redelivered after the ack
+    wait and recognised, not rejected), or half-way through publishing a round."""
     js = nc.jetstream()
-    first = _start_aggregator(server, tmp_path, *(["--crash-after", crash_after] if crash_after else []))
+    ack_wait = ["--ack-wait", str(TEST_ACK_WAIT_S)]
+    first = _start_aggregator(server, tmp_path, *ack_wait, *(["--crash-after", crash_after] if crash_after else []))
     try:
         store = await ModelStore.open(js)
         await _wait_latest(store, 0)
@@ -213,23 +312,39 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
         await nc.subscribe(FL_GLOBAL_SUBJECT, cb=on_version)
         for i, worker in enumerate(("a", "b")):
             await _submit(js, "us", worker_id=worker, base_version=0, samples=i + 1, delta=_delta(3.0 * (i + 1)))
-        await asyncio.sleep(1.0)  # received and persisted, round not due yet (3 updates needed)
+        closing = crash_after in ("weights_stored", "latest_moved")  # crashes while closing the round
+        if crash_after.startswith("delta_"):
+            first.wait(timeout=STEP_TIMEOUT_S)  # crashed at the first delta
+        else:
+            await _until_persisted(js, 2)  # round not due yet (3 updates needed)
         if not crash_after:
             first.kill()  # kill -9 between receiving and publishing
-        await _submit(js, "us", worker_id="c", base_version=0, samples=3, delta=_delta(-1.0))
+
+        async def submit_last() -> None:
+            await _submit(js, "us", worker_id="c", base_version=0, samples=3, delta=_delta(-1.0))
+
+        if closing:
+            await submit_last()
         first.wait(timeout=STEP_TIMEOUT_S)  # killed, or crashed at the injected step
-        second = _start_aggregator(server, tmp_path)
-        try:
-            latest = await _wait_latest(store, 1)
-            await asyncio.wait_for(_announced(announced, 1), STEP_TIMEOUT_S)  # published, or re-announced
-            await asyncio.sleep(1.0)  # it must not publish a second version from the same deltas
-            assert (await store.latest()).version == 1  # type: ignore[union-attr]
-        finally:
-            second.terminate()
-            second.wait(timeout=STEP_TIMEOUT_S)
+        log = tmp_path / "second.log"
+        with log.open("wb") as stderr:
+            second = _start_aggregator(server, tmp_path, *ack_wait, stderr=stderr)
+            try:
+                if not closing:
+                    await _until_settled(js, 0, deltas=2)  # a and b held once, redeliveries included
+                    await submit_last()
+                latest = await _wait_latest(store, 1)
+                await asyncio.wait_for(_announced(announced, 1), STEP_TIMEOUT_S)  # published, or re-announced
+                await _until_settled(js, 1)  # nothing left that could make a second version
+                assert (await store.latest()).version == 1  # type: ignore[union-attr]
+            finally:
+                second.terminate()
+                second.wait(timeout=STEP_TIMEOUT_S)
     finally:
         if first.poll() is None:
             first.kill()
+    assert set(announced) == {1}
+    assert "delta rejected" not in log.read_text()  # a redelivered delta is recognised, not rejected as a duplicate
     expected = (1 * 3.0 + 2 * 6.0 + 3 * -1.0) / 6  # every delta exactly once: 2.0
     weights = await store.weights(latest)
     assert np.allclose(weights["dec.weight"], BASE + expected), weights["dec.weight"]

@@ -5,7 +5,7 @@ import pytest
 from edge_worker.quality import psnr as image_psnr
 from mobile_sim.flow import FLOW_METHODS, FlowEstimator, resize_flow
 from mobile_sim.sources import SyntheticCamera, sample_photo
-from mobile_sim.warp import Warper, WarpMaps, resize_to
+from mobile_sim.warp import Warper, WarpMaps, image_size, resize_to
 
 WIDTH, HEIGHT = 160, 96
 MARGIN = 8
@@ -68,6 +68,35 @@ def test_warp_scales_flow_to_a_larger_stylized_key() -> None:
     warped = warp_with(flow, big_key)
     assert warped.shape == frame.shape
     assert psnr(warped, frame) >= PSNR_MIN_DB, f"{psnr(warped, frame):.1f} dB"
+
+
+COORDINATE_TOLERANCE = 1 / 32 + 1e-3
+"""The remap maps are fixed point with 1/32 px steps."""
+
+
+def coordinate_key(width: int, height: int, scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """A float32 key whose pixels hold their own scene coordinates (x, y, 0): bilinear sampling of a linear ramp
+    is exact, so a warped coordinate key shows exactly where each output pixel was sampled. ``scale``: key pixels
+    per frame pixel in x and y (a key of ``scale`` times the frame's size, pixel centres aligned)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    return np.dstack([(xs + 0.5) / scale[0] - 0.5, (ys + 0.5) / scale[1] - 0.5, np.zeros_like(xs)])
+
+
+@pytest.mark.parametrize("scale", [(1.0, 1.0), (2.0, 2.0), (1.5, 1.5), (2.0, 1.25)])
+def test_each_pixel_is_sampled_exactly_where_the_flow_points(scale: tuple[float, float]) -> None:
+    """Eq. 1 to the 1/32 px: output pixel x is the key at x + f(x), also from a bigger stylized key (pixel centres
+    aligned). A 0.1 px shift is 3 steps of the fixed-point maps."""
+    rng = np.random.default_rng(4)
+    flow = cv2.GaussianBlur(rng.normal(0, 4, (HEIGHT, WIDTH, 2)).astype(np.float32), (0, 0), 4)
+    key = coordinate_key(round(WIDTH * scale[0]), round(HEIGHT * scale[1]), scale)
+    warper = Warper()
+    warped = warper.warp(key, warper.maps_from_flow(flow, image_size(key)))
+    xs, ys = grid()
+    expected_x, expected_y = xs + flow[..., 0], ys + flow[..., 1]
+    inside = (expected_x > 1) & (expected_x < WIDTH - 2) & (expected_y > 1) & (expected_y < HEIGHT - 2)
+    assert inside.mean() > 0.8 and np.abs(flow).max() > 1  # a real, non-integer motion field
+    error = np.maximum(np.abs(warped[..., 0] - expected_x), np.abs(warped[..., 1] - expected_y))[inside]
+    assert error.max() <= COORDINATE_TOLERANCE, f"{error.max():.4f} px"
 
 
 def test_warp_rejects_mismatched_inputs() -> None:
@@ -145,3 +174,21 @@ def test_maps_from_a_coarse_flow_match_maps_from_the_upsampled_flow(
 
     fixed_point_step = 1 / 32
     assert np.abs(coordinates(direct) - coordinates(upsampled)).max() <= fixed_point_step + 1e-6
+
+
+def test_resize_to_averages_when_shrinking_and_interpolates_when_growing() -> None:
+    image = pattern(*grid())
+    for size in [(WIDTH // 2, HEIGHT // 2), (WIDTH // 2, HEIGHT), (WIDTH, HEIGHT // 3)]:  # either side shrinking
+        np.testing.assert_array_equal(resize_to(image, size), cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    for size in [(2 * WIDTH, 2 * HEIGHT), (WIDTH + 1, HEIGHT)]:
+        np.testing.assert_array_equal(resize_to(image, size), cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))
+    assert resize_to(image, (WIDTH, HEIGHT)) is image
+
+
+def test_flow_pointing_outside_the_key_repeats_its_border() -> None:
+    """Pixels whose source lies beyond the key's edge take the edge's colour (BORDER_REPLICATE), not black."""
+    xs, _ = grid()
+    key = pattern(*grid())
+    flow = np.dstack([np.full_like(xs, -20.0), np.zeros_like(xs)])  # everything from 20 px to the left
+    warped = warp_with(flow, key)
+    np.testing.assert_array_equal(warped[:, :20], np.repeat(key[:, :1], 20, axis=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streaming.gateway.frame_ids import FrameIdMapper
+from streaming.gateway.frame_ids import RELOCK_AFTER_MISSES, FrameIdMapper
 from streaming.protocol import RTP_TIMESTAMP_MODULUS
 
 PERIOD = 3000  # 30 fps in 90 kHz ticks
@@ -153,3 +153,94 @@ def test_perfectly_periodic_chromium_timestamps_stay_unlocked_rather_than_guess(
     pts = [round(i * 1000 / 30) * 90 for i in range(300)]  # 2970, 3060, 2970, ... and no jitter at all
     locked_at, wrong = _replay(pts, 30, 0)
     assert locked_at is None and wrong == 0
+
+
+def test_two_agreeing_frames_are_not_enough_to_lock() -> None:
+    """Three decoded frames must agree on an offset (MIN_VOTES): one or two could agree by chance."""
+    pts = _sender_pts(random.Random(11))
+    lone = FrameIdMapper()
+    lone.announce(0, pts[0])
+    lone.observe(0)  # one frame, one announcement: a single, unopposed, unconfirmed offset
+    assert not lone.locked
+    mapper = FrameIdMapper()
+    for i in range(10):
+        mapper.announce(i, pts[i])
+    mapper.observe(0)
+    mapper.observe(pts[1] - pts[0])
+    assert not mapper.locked and mapper.locate(0) is None
+    mapper.observe(pts[2] - pts[0])
+    assert mapper.locked and [mapper.locate(pts[i] - pts[0]) for i in range(3)] == [0, 1, 2]
+
+
+def test_an_offset_less_than_twice_as_popular_as_another_is_not_trusted() -> None:
+    """Regular pts (an undithered phone, or a run of equal gaps) make several offsets fit; one more chance match
+    must not decide. Frames 0-4 are 100 ticks apart, frame 5 at 1000 and 6 at 1100; frames 0 and 5 are lost, so
+    the decoded pts are the sent ones minus 100, and frame 6 is decoded before its announcement. The true offset
+    (100) explains 4 decoded frames, the wrong one (0) 5: less than twice as many, so no lock yet."""
+    mapper = FrameIdMapper()
+    for i, pts in enumerate([0, 100, 200, 300, 400, 1000]):
+        mapper.announce(i, pts)
+    for received in (0, 100, 200, 300, 1000):
+        mapper.observe(received)
+    assert not mapper.locked
+    assert mapper.locate(0) is None  # a lock on offset 0 would call frame 1 frame 0
+    mapper.announce(6, 1100)
+    for i, pts in enumerate([1237, 1391, 1412, 1677, 1750, 1923], start=7):  # dithered frames settle it
+        mapper.announce(i, pts)
+        mapper.observe(pts - 100)
+    assert mapper.locked and mapper.locate(0) == 1 and mapper.locate(1000) == 6
+
+
+def test_a_lead_of_exactly_twice_the_runner_up_is_trusted() -> None:
+    """Offset 0 explains all 4 decoded frames; offset 100 explains 2 (the equal gap of frames 0-2)."""
+    mapper = FrameIdMapper()
+    for i, pts in enumerate([0, 100, 200, 537, 1291]):
+        mapper.announce(i, pts)
+    for received in (0, 100, 537, 1291):
+        mapper.observe(received)
+    assert mapper.locked and [mapper.locate(p) for p in (0, 100, 200, 537, 1291)] == [0, 1, 2, 3, 4]
+
+
+def test_relocks_after_exactly_the_set_number_of_consecutive_misses() -> None:
+    mapper, pts = _locked_on_first(10, seed=9)
+    stray = pts[0] - pts[9]  # decoded pts that map before every announced frame: a miss, not "not yet announced"
+    for _ in range(2):
+        for _ in range(RELOCK_AFTER_MISSES - 1):
+            assert mapper.locate(stray) is None
+        assert mapper.locate(pts[4] - pts[0]) == 4  # a hit resets the count
+    assert mapper.locked and mapper.relocks == 0
+    for _ in range(RELOCK_AFTER_MISSES - 1):
+        mapper.locate(stray)
+    assert mapper.locked
+    mapper.locate(stray)
+    assert not mapper.locked and mapper.relocks == 1
+    for i in range(10):
+        mapper.observe(pts[i] - pts[0])
+    assert mapper.locked and mapper.locate(pts[3] - pts[0]) == 3
+    for _ in range(RELOCK_AFTER_MISSES):  # the count starts again from zero after a relock
+        mapper.locate(stray)
+    assert not mapper.locked and mapper.relocks == 2
+
+
+def test_frames_decoded_ahead_of_their_announcement_never_count_as_misses() -> None:
+    mapper, pts = _locked_on_first(10, seed=13)
+    rng = random.Random(1)
+    later = [rng.randrange(PERIOD // 2) + i * PERIOD for i in range(10, 10 + 2 * RELOCK_AFTER_MISSES)]
+    for sent in later:  # the video overtakes the data channel for a while
+        assert mapper.locate(sent - pts[0]) is None
+    assert mapper.locked and mapper.relocks == 0
+    for i, sent in enumerate(later, start=10):
+        mapper.announce(i, sent)
+    assert [mapper.locate(sent - pts[0]) for sent in later] == list(range(10, 10 + len(later)))
+
+
+def test_only_the_newest_announcements_are_remembered() -> None:
+    mapper = FrameIdMapper(window=4)
+    pts = _sender_pts(random.Random(17))
+    for i in range(6):
+        mapper.announce(i, pts[i])
+    for i in range(2, 6):
+        mapper.observe(pts[i] - pts[2])
+    assert mapper.locked
+    assert [mapper.locate(pts[i] - pts[2]) for i in range(2, 6)] == [2, 3, 4, 5]
+    assert mapper.locate(pts[1] - pts[2]) is None  # forgotten

@@ -6,26 +6,36 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+import cv2
+import nats
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
+import streaming.gateway.session as session_module
 from deploy.nats import NatsServer
+from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
-from mobile_sim.sources import default_style_photo
+from mobile_sim.link import CameraTrack, Outgoing, SenderPts
+from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.gateway.session import MAX_PENDING_FRAMES
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
-from streaming.images import encode_jpeg
+from streaming.images import decode_image, encode_jpeg
 from streaming.protocol import (
     MAX_ERROR_TEXT,
+    MAX_STYLE_BYTES,
+    STYLE_BUCKET,
     ChannelError,
     Chunk,
+    ChunkAssembler,
     ClockPing,
     ClockPong,
     ErrorCode,
     FrameMeta,
+    KeyResult,
     decode,
     decode_any,
     encode,
@@ -39,6 +49,15 @@ AUDIO_ONLY_SDP = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n"
     "a=rtpmap:0 PCMU/8000\r\n"
 )
+
+UNPARSABLE_SDP = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96\r\n"
+"""aiortc's parser raises on it (an rtpmap without a codec), unlike SDP that merely has no media."""
+OVERSIZE_STYLE_B64 = base64.b64encode(b"\xff" * (MAX_STYLE_BYTES + 1)).decode()
+
+
+def _without_ice_credentials(sdp: str) -> str:
+    """A parsable offer with video and a data channel that aiortc cannot use: no ICE username and password."""
+    return "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith(("a=ice-ufrag", "a=ice-pwd")))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +87,10 @@ def _body(**fields: object) -> bytes:
         (lambda sdp: b"this is not json", "not JSON"),
         (lambda sdp: b"[1, 2]", "JSON object"),
         (lambda sdp: _body(type="answer", sdp=sdp, style=STYLE_B64), '"type": "offer"'),
-        (lambda sdp: _body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "SDP"),
+        (lambda sdp: _body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "it has no media"),
+        (lambda sdp: _body(type="offer", sdp=UNPARSABLE_SDP, style=STYLE_B64), "unparsable SDP offer"),
+        (lambda sdp: _body(type="offer", sdp=_without_ice_credentials(sdp), style=STYLE_B64), "unusable SDP offer"),
+        (lambda sdp: _body(type="offer", sdp=sdp, style=OVERSIZE_STYLE_B64), "exceeds"),
         (lambda sdp: _body(type="offer", sdp=AUDIO_ONLY_SDP, style=STYLE_B64), "video stream"),
         (lambda sdp: _body(type="offer", sdp=sdp), "style"),
         (lambda sdp: _body(type="offer", sdp=sdp, style="%%%"), "base64"),
@@ -220,3 +242,177 @@ async def test_cors_only_for_allow_listed_origins(nats_server: NatsServer, regio
                 assert "Access-Control-Allow-Origin" not in response.headers
     finally:
         await gateway.stop()
+
+
+class _BarePhone:
+    """A phone reduced to the gateway's side of the contract, built from the phone's real parts (camera track,
+    dithered sender pts, chunk reassembly), so a test can do what ``Phone`` never does (ask for an output size,
+    send frames it does not announce) and see every message the gateway sends back."""
+
+    def __init__(self, frames: int, size: tuple[int, int], key_every: int = 5, announce: bool = True) -> None:
+        restrict_host_candidates(LOOPBACK)
+        self.pc = RTCPeerConnection(rtc_configuration())
+        self.channel = self.pc.createDataChannel("mvs")
+        self.opened = asyncio.Event()
+        self.channel.on("open", self.opened.set)
+        self.channel.on("message", self._on_message)
+        self.results: asyncio.Queue[tuple[KeyResult, bytes]] = asyncio.Queue()
+        self.failures: asyncio.Queue[KeyResult] = asyncio.Queue()
+        self._assembler = ChunkAssembler()
+        self._frames: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self._image = cv2.resize(sample_photo(), size)
+        self._count, self._key_every, self._announce_frames = frames, key_every, announce
+        self.pc.addTrack(CameraTrack(self._next_frame, SenderPts(30.0, frames, seed=0), self._announce))
+
+    def feed(self) -> None:
+        """Start the camera: its frames go out at 30 fps."""
+        for i in range(self._count):
+            key = i % self._key_every == 0
+            self._frames.put_nowait(Outgoing(frame_id=i, image=self._image, key=key, capture_ns=time.monotonic_ns()))
+
+    async def _next_frame(self) -> Outgoing:
+        await asyncio.sleep(1 / 30)  # the camera's pace, not a synchronisation
+        return await self._frames.get()
+
+    def _announce(self, meta: FrameMeta) -> bool:
+        if self._announce_frames:
+            self.channel.send(encode(meta))
+        return True
+
+    def _on_message(self, data: bytes) -> None:
+        message = decode_any(data, (KeyResult, Chunk, ClockPong))
+        if isinstance(message, KeyResult) and not message.ok:
+            self.failures.put_nowait(message)
+        elif isinstance(message, KeyResult):
+            self._assembler.start(message)
+        elif isinstance(message, Chunk) and (complete := self._assembler.add(message)) is not None:
+            self.results.put_nowait(complete)
+
+    async def connect(self, gateway: Gateway, **fields: object) -> dict[str, str]:
+        """Offer, apply the answer, wait for the data channel; the answer (stream and style ids)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = _body(type="offer", sdp=self.pc.localDescription.sdp, style=STYLE_B64, **fields)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gateway.url}/offer", data=body) as response:
+                assert response.status == 200, await response.text()
+                answer = await response.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await asyncio.wait_for(self.opened.wait(), 15)
+        return {"stream_id": answer["stream_id"], "style_id": answer["style_id"]}
+
+
+async def test_explicit_output_size_is_what_the_worker_renders(worker: StylizerWorker, gateway: Gateway) -> None:
+    """out_width/out_height in the offer: keys come back at that size, not the video's."""
+    phone = _BarePhone(frames=20, size=(320, 180))
+    try:
+        await phone.connect(gateway, out_width=200, out_height=150)
+        phone.feed()
+        header, payload = await asyncio.wait_for(phone.results.get(), 30)
+    finally:
+        await phone.pc.close()
+    assert header.ok and header.frame_id % 5 == 0
+    assert decode_image(payload).shape == (150, 200, 3)
+
+
+async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker, gateway: Gateway) -> None:
+    phone = _BarePhone(frames=10, size=(160, 96))
+    try:
+        stream_id = (await phone.connect(gateway))["stream_id"]
+        assert stream_id in gateway.sessions
+        session = gateway.sessions[stream_id]
+    finally:
+        await phone.pc.close()
+    await asyncio.wait_for(session.closed.wait(), 60)  # ICE/DTLS notice the peer is gone
+    deadline = time.monotonic() + 5
+    while stream_id in gateway.sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the reaper runs right after the session closes
+    assert stream_id not in gateway.sessions
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/healthz") as response:
+            assert (await response.json())["sessions"] == 0
+
+
+async def test_a_workers_error_reaches_the_phone(
+    worker: StylizerWorker, gateway: Gateway, nats_server: NatsServer
+) -> None:
+    phone = _BarePhone(frames=10, size=(160, 96))
+    try:
+        answer = await phone.connect(gateway)
+        nc = await nats.connect(nats_server.url)
+        try:  # the style vanishes before the first key frame: the worker answers unknown_style
+            await (await nc.jetstream().object_store(STYLE_BUCKET)).delete(answer["style_id"])
+        finally:
+            await nc.close()
+        phone.feed()
+        failure = await asyncio.wait_for(phone.failures.get(), 30)
+    finally:
+        await phone.pc.close()
+    assert failure.frame_id == 0 and failure.error_code == ErrorCode.UNKNOWN_STYLE and failure.attempts == 1
+    assert answer["style_id"] in failure.error
+
+
+@pytest.fixture
+async def slow_site(nats_server: NatsServer, region: str) -> AsyncIterator[Gateway]:
+    """One worker taking 400 ms a key, a gateway with one key in flight and one waiting."""
+    model = EmulatedAccelerator(ServiceTimeProfile(fixed_ms=400.0, per_item_ms=0.0))
+    worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, warmup=False), model)
+    gateway = Gateway(
+        GatewayConfig(
+            port=0, nats_url=nats_server.url, region=region, ice_hosts=LOOPBACK, max_inflight=1, max_waiting=1
+        )
+    )
+    await worker.start()
+    await gateway.start()
+    yield gateway
+    await gateway.stop()
+    await worker.stop()
+
+
+async def test_a_key_overtaken_while_waiting_is_reported_dropped(slow_site: Gateway) -> None:
+    """Every frame a key, one stylized at a time: a waiting key replaced by a newer one is failed at once."""
+    phone = _BarePhone(frames=30, size=(160, 96), key_every=1)
+    try:
+        stream_id = (await phone.connect(slow_site))["stream_id"]
+        phone.feed()
+        failure = await asyncio.wait_for(phone.failures.get(), 30)
+        header, _ = await asyncio.wait_for(phone.results.get(), 30)  # the site keeps serving
+        counts = slow_site.sessions[stream_id].counts
+    finally:
+        await phone.pc.close()
+    assert failure.error_code == ErrorCode.DROPPED and failure.attempts == 0 and header.ok
+    assert counts["key_dropped"] >= 1
+
+
+async def test_frames_whose_id_stays_unknown_are_evicted(worker: StylizerWorker, gateway: Gateway) -> None:
+    """A phone that announces nothing: decoded frames wait for an id, at most MAX_PENDING_FRAMES of them."""
+    phone = _BarePhone(frames=MAX_PENDING_FRAMES + 20, size=(160, 96), announce=False)
+    try:
+        session = gateway.sessions[(await phone.connect(gateway))["stream_id"]]
+        phone.feed()
+
+        async def evicting() -> None:
+            while not session.counts.get("unmapped_frames_dropped"):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(evicting(), 30)
+        assert not session.closed.is_set()
+    finally:
+        await phone.pc.close()
+    assert phone.results.empty() and phone.failures.empty()  # nothing was stylized: no frame had an id
+
+
+async def test_results_arrive_whole_when_the_data_channel_pushes_back(
+    worker: StylizerWorker, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Water marks so low that the gateway waits for the buffer to drain before nearly every message."""
+    monkeypatch.setattr(session_module, "BUFFER_HIGH_WATER", 1)
+    monkeypatch.setattr(session_module, "BUFFER_LOW_WATER", 0)
+    phone = _BarePhone(frames=16, size=(640, 360))  # frames past the last key: aiortc releases one when the next comes
+    try:
+        await phone.connect(gateway, out_width=1280, out_height=720)  # ~10 chunks a key
+        phone.feed()
+        results = [await asyncio.wait_for(phone.results.get(), 30) for _ in range(3)]
+    finally:
+        await phone.pc.close()
+    assert [h.frame_id for h, _ in results] == [0, 5, 10]
+    assert all(h.chunks > 1 and decode_image(p).shape == (720, 1280, 3) for h, p in results)

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from mobile_sim.keyframes import REASON_FIRST, REASON_INTERVAL, FixedIntervalPolicy, KeyDecision, KeyFramePolicy
+from mobile_sim.keyframes import (
+    DEFAULT_MIN_INTERVAL,
+    REASON_FIRST,
+    REASON_INTERVAL,
+    FixedIntervalPolicy,
+    KeyDecision,
+    KeyFramePolicy,
+    make_policy,
+)
 
 FRAME = np.zeros((4, 4, 3), np.uint8)
 
@@ -44,3 +52,14 @@ def test_first_decided_frame_is_key_and_counting_uses_frame_ids() -> None:
 def test_interval_validation(interval: object) -> None:
     with pytest.raises(ValueError, match="interval must be an integer >= 1"):
         FixedIntervalPolicy(interval)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["codec", "scene-cut", "adaptive"])
+def test_every_policy_by_name_keeps_the_intervals_it_is_given(name: str) -> None:
+    """make_policy passes both bounds on (a policy silently on the default minimum would key too often)."""
+    policy = make_policy(name, interval=5, min_interval=DEFAULT_MIN_INTERVAL + 2, max_interval=11)
+    assert (policy.min_interval, policy.max_interval) == (DEFAULT_MIN_INTERVAL + 2, 11)
+    with pytest.raises(ValueError, match="min interval"):
+        make_policy(name, interval=5, min_interval=0)
+    with pytest.raises(ValueError, match="max interval"):
+        make_policy(name, interval=5, max_interval=0)

@@ -15,6 +15,7 @@ from streaming.protocol import (
     ErrorCode,
     FrameMeta,
     KeyResult,
+    ModelVersion,
     ProtocolError,
     StylizeReply,
     StylizeRequest,
@@ -154,3 +155,81 @@ def test_every_message_type_is_registered_once() -> None:
 
     assert set(MESSAGE_TYPES.values()) == set(Message.__subclasses__())
     assert len({cls.TYPE for cls in Message.__subclasses__()}) == len(MESSAGE_TYPES)
+
+
+def _code(data: bytes, cls: type = StylizeReply) -> str:
+    with pytest.raises(ProtocolError) as info:
+        decode(data, cls)
+    return info.value.code
+
+
+def _reply_body(**fields: object) -> bytes:
+    body = {"v": SCHEMA_VERSION, "t": StylizeReply.TYPE, "stream_id": "s", "frame_id": 1, "worker_id": "w", "ok": False}
+    body.update(fields)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def test_containers_are_checked_element_by_element() -> None:
+    assert _code(_reply_body(stamps={"w_sent": "late"})) == ErrorCode.INVALID  # a value of the wrong type
+    assert _code(_reply_body(stamps=[1, 2])) == ErrorCode.INVALID  # not a map at all
+    version = {"v": SCHEMA_VERSION, "t": ModelVersion.TYPE, "version": 1, "object_name": "o"}
+    assert _code(msgpack.packb({**version, "contributors": "abc"}), ModelVersion) == ErrorCode.INVALID  # str, not list
+    assert _code(msgpack.packb({**version, "contributors": ["a", 2]}), ModelVersion) == ErrorCode.INVALID
+    assert decode(msgpack.packb({**version, "contributors": ["a", "b"]}), ModelVersion).contributors == ["a", "b"]
+
+
+def test_a_bool_is_not_a_number_and_map_keys_must_be_strings() -> None:
+    body = msgpack.unpackb(encode(_request()))
+    body["budget_ms"] = True
+    assert _code(msgpack.packb(body), StylizeRequest) == ErrorCode.INVALID
+    assert _code(msgpack.packb({"v": SCHEMA_VERSION, "t": "stylize_reply", 7: "x"})) == ErrorCode.MALFORMED
+
+
+def test_missing_fields_with_defaults_are_filled_and_required_ones_named() -> None:
+    reply = decode(_reply_body(), StylizeReply)  # image, kind, error, stamps (a default factory) all absent
+    assert reply.stamps == {} and reply.image == b"" and not reply.ok
+    body = msgpack.unpackb(encode(_request()))
+    del body["frame_id"]
+    with pytest.raises(ProtocolError, match="missing field 'frame_id'") as info:
+        decode(msgpack.packb(body), StylizeRequest)
+    assert info.value.code == ErrorCode.INVALID
+    # every field is checked, also after an absent optional one
+    assert _code(_reply_body(image=b"x", kind=3)) == ErrorCode.INVALID
+
+
+def test_a_message_of_exactly_the_size_limit_is_accepted() -> None:
+    data = encode(_request(image=b"x" * 2000))
+    assert decode(data, StylizeRequest, max_bytes=len(data)) == _request(image=b"x" * 2000)
+
+
+def test_request_bounds_are_inclusive_and_each_error_has_its_code() -> None:
+    for width, height in [(1, 1), (MAX_FRAME_SIDE, MAX_FRAME_SIDE), (1, MAX_FRAME_SIDE)]:
+        validate_request(_request(out_width=width, out_height=height))
+    validate_request(_request(budget_ms=0.5))  # half a millisecond left is still a budget
+    for bad in [dict(out_width=0), dict(out_height=0), dict(out_height=MAX_FRAME_SIDE + 1)]:
+        with pytest.raises(ProtocolError) as info:
+            validate_request(_request(**bad))
+        assert info.value.code == ErrorCode.TOO_LARGE
+    for bad, text in [(dict(image=b""), "empty"), (dict(result="pixels"), "result")]:
+        with pytest.raises(ProtocolError, match=text) as info:
+            validate_request(_request(**bad))
+        assert info.value.code == ErrorCode.INVALID
+
+
+def test_the_assembler_counts_what_it_throws_away() -> None:
+    assembler = ChunkAssembler(max_frames=2)
+    for frame_id in (1, 2):
+        assembler.start(KeyResult(frame_id=frame_id, ok=True, chunks=2, size=2))
+    assert assembler.add(Chunk(frame_id=1, index=2, data=b"x")) is None  # index past the announced chunks
+    assert assembler.discarded == 1
+    assembler.start(KeyResult(frame_id=3, ok=True, chunks=1, size=1))  # a third frame: the oldest (1) goes
+    assert assembler.discarded == 2
+    assert assembler.add(Chunk(frame_id=1, index=0, data=b"x")) is None and assembler.discarded == 3
+    assert assembler.add(Chunk(frame_id=3, index=0, data=b"z")) == (
+        KeyResult(frame_id=3, ok=True, chunks=1, size=1),
+        b"z",
+    )
+    assembler.add(Chunk(frame_id=2, index=0, data=b"a"))
+    with pytest.raises(ProtocolError, match="announced 2 B") as info:
+        assembler.add(Chunk(frame_id=2, index=1, data=b"bc"))
+    assert info.value.code == ErrorCode.INVALID

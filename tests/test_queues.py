@@ -30,7 +30,8 @@ async def test_precious_items_survive_while_others_can_be_dropped() -> None:
 async def test_get_waits_for_put() -> None:
     q: LatestQueue[str] = LatestQueue(1)
     getter = asyncio.create_task(q.get())
-    await asyncio.sleep(0.01)
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the getter run until it waits (no time passes: loop turns)
     assert not getter.done()
     q.put("x")
     assert await asyncio.wait_for(getter, 1) == "x"

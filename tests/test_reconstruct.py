@@ -235,3 +235,34 @@ def test_buffered_frames_of_a_failed_key_do_not_wait_for_the_next_key() -> None:
     rec.add_frame(7, FRAMES[7], 6)
     rec.key_failed(6, "timeout")
     assert summary(rec.pop_ready()) == [(4, "warped", 3), (5, "warped", 3), (6, "fallback", 3), (7, "fallback", 3)]
+
+
+@pytest.mark.parametrize("render", ["affine", "affine-flow"])
+def test_frames_of_a_failed_key_fall_back_to_the_previous_keys_colour_maps(render: str) -> None:
+    """The fallback key's maps applied to each frame itself: exactly the stylized frame, the failed key's own
+    frame included, not a warp of an older picture."""
+    rec = Reconstructor(FlowEstimator(), Warper(), render=render)  # type: ignore[arg-type]
+    add_frames(rec, range(6))
+    rec.add_stylized(0, stylize(FRAMES[0]), stylize_coefficients())
+    rec.key_failed(3, "timeout")
+    outputs = rec.pop_ready()
+    assert summary(outputs) == [(0, "key", 0), (1, "affine", 0), (2, "affine", 0)] + [
+        (i, "fallback", 0) for i in range(3, 6)
+    ]
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out.image, stylize(FRAMES[out.frame_id]))
+
+
+def test_buffered_affine_flow_render_blends_both_keys_maps_moved_along_the_flow() -> None:
+    """Uniform maps stay the same when moved along any flow: the blend by time distance is all that shows."""
+    rec = Reconstructor(FlowEstimator(), Warper(), mode="buffered", render="affine-flow")
+    add_frames(rec, range(4))
+    rec.add_stylized(0, FRAMES[0], offset_coefficients(0.0))
+    assert summary(rec.pop_ready()) == [(0, "key", 0)]  # frames 1, 2 wait for key 3
+    rec.add_stylized(3, FRAMES[3], offset_coefficients(0.3))
+    outputs = rec.pop_ready()
+    assert summary(outputs) == [(1, "affine", 0), (2, "affine", 0), (3, "key", 3)]
+    for out in outputs[:2]:
+        t = out.frame_id / INTERVAL
+        expected = np.clip(FRAMES[out.frame_id].astype(np.float64) + t * 0.3 * 255, 0, 255)
+        assert np.abs(out.image - expected).max() <= 1.0

@@ -14,7 +14,6 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from deploy.nats import NatsServer
-from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.coefficients import decode_coefficients
@@ -28,13 +27,17 @@ from streaming.protocol import (
     ResultKind,
     StylizeReply,
     StylizeRequest,
+    WorkerInfo,
     decode,
     encode,
     stylize_subject,
 )
 from streaming.style_store import StyleStore
+from tests.oracles import colour_transfer_bgr, monge_kantorovich
 
 TIMEOUT_S = 5.0
+MAP_TOLERANCE = 0.02
+"""The worker takes the style's colour statistics on a downsized copy; the oracle on every pixel."""
 
 
 @pytest.fixture
@@ -47,6 +50,11 @@ async def nc(nats_server: NatsServer) -> NATS:
 @pytest.fixture
 async def style_id(nc: NATS) -> str:
     return await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
+
+
+async def _style_jpeg(nc: NATS, style_id: str) -> bytes:
+    """The style as the worker reads it from the store."""
+    return await (await StyleStore.open(nc.jetstream())).get(style_id)
 
 
 def _request(style_id: str, **overrides: object) -> StylizeRequest:
@@ -75,11 +83,9 @@ async def test_stylizes_a_key_frame_with_timings(worker: StylizerWorker, nc: NAT
     assert reply.ok and reply.frame_id == 1 and reply.worker_id == "w-inproc"
     out = decode_image(reply.image)
     assert out.shape == (180, 320, 3)
-    # The same stylizer run locally on the same (decoded) input gives the same picture, up to JPEG loss.
-    content = cv2.cvtColor(decode_image(request.image), cv2.COLOR_BGR2RGB)
-    stylizer = LinearColorTransfer()
-    style = stylizer.prepare_style(cv2.cvtColor(decode_image(encode_jpeg(default_style_photo())), cv2.COLOR_BGR2RGB))
-    expected = cv2.cvtColor(stylizer.stylize(content, style, (320, 180)), cv2.COLOR_RGB2BGR)
+    # The closed-form colour transfer of the same (decoded) input, written out independently of the worker's
+    # model, gives the same picture up to JPEG loss.
+    expected = colour_transfer_bgr(decode_image(request.image), decode_image(encode_jpeg(default_style_photo())))
     assert cv2.PSNR(out, expected) > 35
     assert cv2.PSNR(out, decode_image(request.image)) < 25  # and it is not the input
     s = reply.stamps
@@ -97,6 +103,12 @@ async def test_coefficient_request_gets_the_colour_map(
     # Applied to the key frame, the map gives what a frame request returns, up to quantization and JPEG.
     content = cv2.cvtColor(decode_image(request.image), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
     a, b = coeffs[0, 0, :9].reshape(3, 3), coeffs[0, 0, 9:]
+    rgb = [
+        cv2.cvtColor(decode_image(jpeg), cv2.COLOR_BGR2RGB) for jpeg in (request.image, await _style_jpeg(nc, style_id))
+    ]
+    expected_a, expected_b = monge_kantorovich(*rgb)  # the closed form, written out here
+    np.testing.assert_allclose(a, expected_a, atol=MAP_TOLERANCE)
+    np.testing.assert_allclose(b, expected_b, atol=MAP_TOLERANCE)
     restyled = np.clip(content @ a.T + b, 0, 1) * 255
     framed = await _ask(nc, region, encode(_request(style_id)))
     assert framed.kind == ResultKind.FRAME
@@ -104,6 +116,20 @@ async def test_coefficient_request_gets_the_colour_map(
     assert cv2.PSNR(restyled.round().astype(np.uint8), expected) > 35
     bad = await _ask(nc, region, encode(_request(style_id, result="pixels")))
     assert not bad.ok and bad.error_code == ErrorCode.INVALID and "result" in bad.error
+
+
+async def _until_delivered(nc: NATS, region: str, requests: int) -> None:
+    """Until the region's one worker says (discovery) that it has all ``requests``: served, in hand or queued, with
+    at least one still queued."""
+
+    def delivered(info: WorkerInfo) -> bool:
+        return info.queue_depth >= 1 and info.served + info.queue_depth >= requests - 1
+
+    async def loop() -> None:
+        while not [i for i in await discover_workers(nc, region, wait_s=0.05) if delivered(i)]:
+            pass
+
+    await asyncio.wait_for(loop(), TIMEOUT_S)
 
 
 async def _assert_alive(nc: NATS, region: str, style_id: str) -> None:
@@ -189,7 +215,7 @@ async def test_stop_hands_queued_requests_back(nats_server: NatsServer, nc: NATS
     big = encode_jpeg(cv2.resize(sample_photo(), (1920, 1080)))
     requests = [_request(style_id, frame_id=i, image=big, out_width=1920, out_height=1080) for i in range(4)]
     pending = [asyncio.ensure_future(_ask(nc, region, encode(r))) for r in requests]
-    await asyncio.sleep(0.05)  # all delivered; the first is being computed
+    await _until_delivered(nc, region, len(requests))  # the first is being computed, the others wait
     await worker.stop()
     replies = await asyncio.gather(*pending)
     assert replies[0].ok  # the request in progress finishes

@@ -57,6 +57,10 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
         )
     )
     await gateway.start()
+    before = {}  # replies sent so far (discovery answers), per worker connection
+    for name in ("worker-a", "worker-b"):
+        conn = await _connection(nats_server.monitor_url, name)
+        before[name] = conn["out_msgs"] if conn is not None else 0
     try:
         phone = asyncio.create_task(
             Phone(
@@ -71,7 +75,12 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
                 )
             ).run()
         )
-        await asyncio.sleep(1.0)  # streaming, both workers serving
+
+        async def both_serving() -> bool:
+            conns = [await _connection(nats_server.monitor_url, f"worker-{w}") for w in ("a", "b")]
+            return all(c is not None and c["out_msgs"] > before[c["name"]] for c in conns)
+
+        await _wait_for(both_serving, "the phone's key frames never reached both workers")  # streaming
         doomed.send_signal(signal.SIGSTOP)
         stopped_at = (await _connection(nats_server.monitor_url, "worker-a") or {})["out_msgs"]
 
