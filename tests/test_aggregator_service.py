@@ -343,7 +343,9 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     finally:
         if first.poll() is None:
             first.kill()
-    assert set(announced) == {1}
+    # v1 once, never a v2; a restarted aggregator also re-announces the version it finds stored (v0 when it came
+    # back before the round closed), so that workers that started before it join.
+    assert 1 in announced and set(announced) <= {0, 1}
     assert "delta rejected" not in log.read_text()  # a redelivered delta is recognised, not rejected as a duplicate
     expected = (1 * 3.0 + 2 * 6.0 + 3 * -1.0) / 6  # every delta exactly once: 2.0
     weights = await store.weights(latest)
