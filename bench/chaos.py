@@ -24,16 +24,15 @@ from typing import Any
 import aiohttp
 import msgpack
 import nats
-from aiortc import RTCPeerConnection, VideoStreamTrack
 
 from bench.common import machine, write_results
-from bench.faults import jpeg_bomb, png_bomb
+from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
 from deploy.nats import NatsServer, free_port
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.runtime import run_main
@@ -177,7 +176,7 @@ async def bombs_and_echoes(site: Site) -> list[dict[str, Any]]:
                     recovery_s=round(answered_s, 3),
                 )
             )
-        sdp = await _unanswered_sdp()
+        sdp = await unanswered_offer_sdp()
         async with aiohttp.ClientSession() as http:
             body = json.dumps({"type": "offer", "sdp": sdp, "style": base64.b64encode(png_bomb()).decode()})
             start = time.monotonic()
@@ -197,19 +196,8 @@ async def bombs_and_echoes(site: Site) -> list[dict[str, Any]]:
     return rows
 
 
-async def _unanswered_sdp() -> str:
-    restrict_host_candidates(LOOPBACK)
-    pc = RTCPeerConnection(rtc_configuration())
-    pc.createDataChannel("mvs")
-    pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 async def offer_flood(site: Site) -> dict[str, Any]:
-    sdp = await _unanswered_sdp()
+    sdp = await unanswered_offer_sdp()
     body = json.dumps(
         {"type": "offer", "sdp": sdp, "style": base64.b64encode(encode_jpeg(default_style_photo())).decode()}
     )

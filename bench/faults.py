@@ -9,8 +9,11 @@ import zlib
 
 import cv2
 import numpy as np
+from aiortc import RTCPeerConnection, VideoStreamTrack
 
+from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
 from streaming.images import PNG_SIGNATURE, encode_jpeg
+from streaming.protocol import DATA_CHANNEL_LABEL
 
 JPEG_SOF0 = b"\xff\xc0"
 
@@ -38,3 +41,16 @@ def png_bomb(width: int = 16_000, height: int = 16_000) -> bytes:
     assert data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR"
     ihdr = b"IHDR" + struct.pack(">II", width, height) + data[24:29]
     return data[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:]
+
+
+async def unanswered_offer_sdp() -> str:
+    """A genuine aiortc SDP offer with a video track and the data channel, whose peer is closed at once: a phone
+    that will never finish ICE (loopback host candidates only)."""
+    restrict_host_candidates(LOOPBACK)
+    pc = RTCPeerConnection(rtc_configuration())
+    pc.createDataChannel(DATA_CHANNEL_LABEL)
+    pc.addTrack(VideoStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp

@@ -10,32 +10,19 @@ import time
 
 import aiohttp
 import nats
-from aiortc import RTCPeerConnection, VideoStreamTrack
 from nats.aio.client import Client as NATS
 
-from bench.faults import jpeg_bomb, png_bomb
+from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
 from streaming.images import encode_jpeg
 from streaming.protocol import ErrorCode, StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.style_store import StyleStore
 
 ANSWERED_WITHIN_S = 1.0
 MAX_LOOP_STALL_S = 0.25
-
-
-async def _offer_sdp() -> str:
-    restrict_host_candidates(LOOPBACK)
-    pc = RTCPeerConnection(rtc_configuration())
-    pc.createDataChannel("mvs")
-    pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def _request(style_id: str, image: bytes) -> bytes:
@@ -79,7 +66,7 @@ async def _loop_stall(stop: asyncio.Event) -> float:
 
 
 async def test_gateway_refuses_a_bomb_style_fast_without_blocking_its_loop(gateway: Gateway) -> None:
-    sdp = await _offer_sdp()
+    sdp = await unanswered_offer_sdp()
     bombs = [png_bomb(16_000, 16_000), jpeg_bomb(30_000, 30_000), png_bomb(4000, 4000)]  # the last one passes
     # the header check (within limits) but is no real image: the decoder finds out, on its own thread.
     stop = asyncio.Event()

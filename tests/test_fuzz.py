@@ -12,14 +12,12 @@ import time
 import aiohttp
 import msgpack
 import nats
-from aiortc import RTCPeerConnection, VideoStreamTrack
 
-from bench.faults import jpeg_bomb, png_bomb
+from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
 from streaming.images import encode_jpeg
 from streaming.protocol import (
     MAX_MESSAGE_BYTES,
@@ -108,17 +106,6 @@ async def test_worker_answers_every_mutated_request_briefly_and_keeps_serving(
         await nc.close()
 
 
-async def _offer_sdp() -> str:
-    restrict_host_candidates(LOOPBACK)
-    pc = RTCPeerConnection(rtc_configuration())
-    pc.createDataChannel("mvs")
-    pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 def _bad_offer(sdp: str, style: str, rng: random.Random) -> bytes:
     body: dict[str, object] = {"type": "offer", "sdp": sdp, "style": style}
     kind = rng.randrange(8)
@@ -146,7 +133,7 @@ def _bad_offer(sdp: str, style: str, rng: random.Random) -> bytes:
 
 async def test_gateway_answers_every_bad_offer_briefly_and_keeps_serving(gateway: Gateway) -> None:
     rng = random.Random(SEED)
-    sdp = await _offer_sdp()
+    sdp = await unanswered_offer_sdp()
     style = base64.b64encode(encode_jpeg(default_style_photo())).decode()
     statuses: dict[int, int] = {}
     async with aiohttp.ClientSession() as http:

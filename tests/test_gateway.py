@@ -15,6 +15,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 import streaming.gateway.session as session_module
+from bench.faults import unanswered_offer_sdp
 from deploy.nats import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
@@ -64,17 +65,7 @@ def _without_ice_credentials(sdp: str) -> str:
 def video_sdp() -> str:
     """A genuine aiortc offer with a video track and a data channel (never answered)."""
 
-    async def offer() -> str:
-        restrict_host_candidates(LOOPBACK)
-        pc = RTCPeerConnection(rtc_configuration())
-        pc.createDataChannel("mvs")
-        pc.addTrack(VideoStreamTrack())
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return asyncio.run(offer())
+    return asyncio.run(unanswered_offer_sdp())
 
 
 def _body(**fields: object) -> bytes:
