@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,22 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def publish(
+    name: str,
+    data: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+    out_dir: Path | None = None,
+) -> None:
+    """Write ``<name>.json``, ``<name>.md`` and ``<name>.png`` (``plot``), print the Markdown and say where."""
+    text = markdown(data)
+    json_path, md_path = write_results(name, data, text, out_dir or RESULTS_DIR)
+    png_path = json_path.with_suffix(".png")
+    plot(data, png_path)
+    print(text)
+    print(f"wrote {json_path}, {md_path} and {png_path}")
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:

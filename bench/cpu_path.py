@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import machine, write_results
+from bench.common import machine, publish
 from bench.stylize import held_out_pairs, quality_rows
 from edge_worker.model.stylizer import PhotoStylizer
 
@@ -154,11 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = measure(args.work_sizes, args.repeats)
     data: dict[str, Any] = {"machine": machine(), "repeats": args.repeats, "rows": rows, "chosen": chosen(rows)}
-    json_path, md_path = write_results(NAME, data, markdown(data), *([args.out] if args.out else []))
-    png_path = json_path.with_suffix(".png")
-    plot(data, png_path)
-    print(markdown(data))
-    print(f"wrote {json_path}, {md_path} and {png_path}")
+    publish(NAME, data, markdown, plot, args.out)
 
 
 if __name__ == "__main__":

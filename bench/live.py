@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, write_results
+from bench.common import machine, publish
 from deploy.local import run_demo
 from mobile_sim.client import PhoneConfig
 from mobile_sim.report import LATENCY_PARTS
@@ -188,11 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return rows
 
     data["runs"] = run_main(everything())
-    json_path, md_path = write_results("live", data, markdown(data), *([args.out] if args.out else []))
-    png_path = json_path.with_suffix(".png")
-    plot(data, png_path)
-    print(markdown(data))
-    print(f"wrote {json_path}, {md_path} and {png_path}")
+    publish("live", data, markdown, plot, args.out)
 
 
 if __name__ == "__main__":

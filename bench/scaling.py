@@ -49,7 +49,7 @@ import nats
 import numpy as np
 from nats.aio.client import Client as NATS
 
-from bench.common import machine, write_results
+from bench.common import machine, publish
 from bench.loadgen import KEY_INTERVAL, KEYS_PER_STREAM_S, STREAM_FPS, Arrivals, LoadGenerator, LoadSpec
 from bench.worker_host import worker_ids
 from deploy.nats import NatsServer, free_port
@@ -704,11 +704,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     data = run_main(run_bench(args))
-    json_path, md_path = write_results("scaling", data, markdown(data), *([args.out] if args.out else []))
-    png_path = json_path.with_suffix(".png")
-    plot(data, png_path)
-    print(markdown(data))
-    print(f"wrote {json_path}, {md_path} and {png_path}")
+    publish("scaling", data, markdown, plot, args.out)
 
 
 if __name__ == "__main__":
