@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import pytest
 
@@ -17,6 +18,8 @@ from mobile_sim.keyframes import (
     BaseKeyFramePolicy,
     CodecPolicy,
     SceneCutPolicy,
+    color_histogram,
+    histogram_distance,
     make_policy,
 )
 from mobile_sim.reconstruct import Reconstructor
@@ -102,3 +105,26 @@ def test_only_pixel_reading_policies_leave_the_event_loop() -> None:
 
     looks = {name: make_policy(name, 5, 1, 30).looks_at_frames for name in KEY_POLICIES}
     assert looks.pop("fixed") is False and all(looks.values()), looks
+
+
+def test_a_trigger_exactly_min_interval_after_a_key_is_taken() -> None:
+    """Every frame a content change (threshold below any distance): keys exactly min_interval apart."""
+    policy = SceneCutPolicy(max_interval=30, min_interval=3, change_distance=-1.0)
+    frames = [PAN.render(0), OTHER.render(0)] * 5
+    assert [i for i, frame in enumerate(frames) if policy.decide(i, frame).is_key] == [0, 3, 6, 9]
+
+
+def _solid_bgr(hue: int, saturation: int, value: int = 200) -> np.ndarray:
+    hsv = np.full((48, 64, 3), (hue, saturation, value), np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def test_the_histogram_sees_hue_and_saturation_but_not_brightness() -> None:
+    red, green, pale_red, dark_red = _solid_bgr(0, 220), _solid_bgr(60, 220), _solid_bgr(0, 60), _solid_bgr(0, 220, 90)
+    for image in (red, PAN.render(0)):
+        histogram = color_histogram(image)
+        assert histogram.sum() == pytest.approx(1.0) and histogram.min() >= 0
+        assert histogram_distance(histogram, color_histogram(image)) == pytest.approx(0.0, abs=1e-6)
+    assert histogram_distance(color_histogram(red), color_histogram(green)) > 0.9  # hue
+    assert histogram_distance(color_histogram(red), color_histogram(pale_red)) > 0.9  # saturation
+    assert histogram_distance(color_histogram(red), color_histogram(dark_red)) < 0.1  # brightness ignored
