@@ -135,6 +135,8 @@ def _row(fault: str, survived: str, report: dict[str, Any] | None = None, **numb
         row["frames_out"], row["frames_captured"] = report["frames"]["output"], report["frames"]["captured"]
         row["keys_ok"], row["keys_failed"] = report["key_frames"]["ok"], report["key_frames"]["failed"]
         row["outcome"] = report["outcome"]["status"]
+        row["outages"] = report["network"]["outages"]["count"]
+        row["key_failures"] = {str(code): n for code, n in report["key_frames"]["failures_by_code"].items()}
     return row
 
 
@@ -278,12 +280,14 @@ async def gateway_kill(site: Site) -> dict[str, Any]:
     the same command again on its port ``GATEWAY_DOWN_S`` later."""
     kill = await kill_gateway_mid_stream(site.server.url, site.region, None, down_s=GATEWAY_DOWN_S, fps=FPS, size=SIZE)
     noticed, back = kill.noticed_after_s, kill.reconnect_after_up_s
+    after_restart = None if kill.reconnected_at is None else kill.reconnected_at - kill.restarted_at
     return _row(
         f"gateway process killed (-9) mid-stream, restarted on its port {GATEWAY_DOWN_S:g} s later",
-        f"phone noticed the silence {_round(noticed)} s after the kill, was served again {_round(back)} s after "
-        "the new gateway answered /healthz",
+        f"phone noticed the silence {_round(noticed)} s after the kill; connected again "
+        f"{_round(after_restart)} s after the "
+        f"restart, {_round(back)} s after the new gateway's first /healthz answer",
         kill.report,
-        recovery_s=_round(back),
+        recovery_s=_round(after_restart),
     )
 
 

@@ -142,11 +142,13 @@ class GatewayProcess:
 @dataclass
 class GatewayKill:
     """What :func:`kill_gateway_mid_stream` saw: the phone's report, and when (monotonic s) the gateway was killed,
-    the phone took it for lost, the new gateway first answered /healthz and the phone was connected to it again."""
+    the phone took it for lost, the new gateway process was started, first answered /healthz (which waits on a
+    worker discovery: the phone may be connected before) and the phone was connected to it again."""
 
     report: dict[str, Any]
     killed_at: float
     lost_at: float | None
+    restarted_at: float
     up_at: float
     reconnected_at: float | None
 
@@ -207,6 +209,7 @@ async def kill_gateway_mid_stream(
             killed_at = time.monotonic()
             await asyncio.sleep(down_s)
             gateway.start()
+            restarted_at = time.monotonic()
             up_at = await gateway.wait_answering()
             report = (await asyncio.wait_for(run, seconds + STREAM_SLACK_S)).report
         finally:
@@ -218,6 +221,7 @@ async def kill_gateway_mid_stream(
             report=report,
             killed_at=killed_at,
             lost_at=outages[0].began if outages else None,
+            restarted_at=restarted_at,
             up_at=up_at,
             reconnected_at=outages[0].reconnected if outages else None,
         )
