@@ -15,7 +15,7 @@ from aggregator.service import Aggregator, AggregatorConfig
 from streaming import config
 from streaming.cli import service_main, service_parser
 from streaming.protocol import ProtocolError
-from streaming.telemetry import start_metrics_server
+from streaming.telemetry import start_health_server
 from streaming.tensors import NamedArrays, decode_tensors
 
 
@@ -25,14 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(config: AggregatorConfig, initial: NamedArrays | None) -> None:
-    """Run the aggregator until cancelled."""
-    start_metrics_server(config.metrics_port, config.metrics_host)
+    """Run the aggregator until cancelled, with its health endpoint on ``--metrics-port``: ``/metrics``
+    (Prometheus), ``/healthz`` (200 once started and while NATS is connected: readiness) and ``/livez`` (200 unless
+    its NATS connection is closed for good: liveness; during an outage it reconnects by itself). The endpoint is up
+    from the start, so a slow start (NATS not there yet) reads unready, not dead."""
     aggregator = Aggregator(config)
-    await aggregator.start(initial)
+    health = await start_health_server(
+        config.metrics_port, config.metrics_host, ready=aggregator.ready, live=aggregator.live
+    )
     try:
+        await aggregator.start(initial)
         await aggregator.run()
     finally:
         await aggregator.stop()
+        if health is not None:
+            await health.cleanup()
 
 
 def initial_weights(path: Path) -> NamedArrays:

@@ -215,6 +215,15 @@ class Aggregator:
         )
         log.info("aggregator ready", extra={"version": latest.version, "pending": len(self.state.accepted)})
 
+    def ready(self) -> bool:
+        """Serving: started (stores bound, consumer subscribed) and NATS connected now (a readiness probe)."""
+        return self._nc is not None and self._sub is not None and self._nc.is_connected
+
+    def live(self) -> bool:
+        """Not dead: starting, connected, or reconnecting during a NATS outage (which it does forever,
+        ``streaming.nats_connect``); False once its connection is closed for good (a liveness probe)."""
+        return self._nc is None or not self._nc.is_closed
+
     async def stop(self) -> None:
         """Disconnect. Nothing needs draining: every accepted delta is in the durable round state before its ack.
 

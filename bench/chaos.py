@@ -2,10 +2,11 @@
 loopback (a nats-server, an in-process worker and gateway, real aiortc phones), and what survived it.
 
 Rows: a decompression bomb as a key frame and as a style; an echo bait (a 200 KB unknown field); a flood of offers
-that never finish ICE; the gateway stopped mid-stream and restarted on its port; NATS down for longer than the old
-reconnect policy allowed. Each row: frames out / captured, keys ok / failed, recovery seconds, sessions and this
-process's memory (RSS) after. Every step is bounded in time; nothing leaves loopback. JSON + Markdown under
-``bench/results/``.
+that never finish ICE; the gateway stopped mid-stream and restarted on its port; a gateway process killed with
+SIGKILL mid-stream and restarted on its port (the phone notices by silence); NATS down for longer than the old
+reconnect policy allowed; 8 phone processes at once (each writes its report). Each row: frames out / captured,
+keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after. Every step is bounded in
+time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME`` runs some steps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import asyncio
 import base64
 import json
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +30,7 @@ import msgpack
 import nats
 
 from bench.common import machine, write_results
-from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
+from bench.faults import jpeg_bomb, kill_gateway_mid_stream, png_bomb, unanswered_offer_sdp
 from deploy.nats import NatsServer, free_port
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
@@ -35,7 +39,7 @@ from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
-from streaming.runtime import run_main
+from streaming.runtime import die_with_parent, run_main
 from streaming.style_store import StyleStore
 
 FPS = 15.0
@@ -44,6 +48,9 @@ RECONNECT_WAIT_S = 0.1
 NATS_OUTAGE_S = 7.0
 """70 reconnect attempts at 0.1 s: more than the 60 after which services used to give up."""
 GATEWAY_DOWN_S = 2.0
+CROWD_PHONES = 8
+CROWD_SECONDS = 4.0
+"""8 phone processes at once on this machine's cores, each streaming this long (issue 14, item 10)."""
 FLOOD_OFFERS = 50
 FLOOD_CAP = 32
 FLOOD_CONNECT_TIMEOUT_S = 3.0
@@ -128,6 +135,8 @@ def _row(fault: str, survived: str, report: dict[str, Any] | None = None, **numb
         row["frames_out"], row["frames_captured"] = report["frames"]["output"], report["frames"]["captured"]
         row["keys_ok"], row["keys_failed"] = report["key_frames"]["ok"], report["key_frames"]["failed"]
         row["outcome"] = report["outcome"]["status"]
+        row["outages"] = report["network"]["outages"]["count"]
+        row["key_failures"] = {str(code): n for code, n in report["key_frames"]["failures_by_code"].items()}
     return row
 
 
@@ -266,23 +275,114 @@ async def nats_outage(site: Site) -> dict[str, Any]:
     )
 
 
-async def campaign() -> list[dict[str, Any]]:
-    """Every fault, one after another, each on a fresh site."""
+async def gateway_kill(site: Site) -> dict[str, Any]:
+    """The site's worker serves a gateway *process* (``bench.faults.kill_gateway_mid_stream``): SIGKILL mid-stream,
+    the same command again on its port ``GATEWAY_DOWN_S`` later."""
+    kill = await kill_gateway_mid_stream(site.server.url, site.region, None, down_s=GATEWAY_DOWN_S, fps=FPS, size=SIZE)
+    noticed, back = kill.noticed_after_s, kill.reconnect_after_up_s
+    after_restart = None if kill.reconnected_at is None else kill.reconnected_at - kill.restarted_at
+    return _row(
+        f"gateway process killed (-9) mid-stream, restarted on its port {GATEWAY_DOWN_S:g} s later",
+        f"phone noticed the silence {_round(noticed)} s after the kill; connected again "
+        f"{_round(after_restart)} s after the "
+        f"restart, {_round(back)} s after the new gateway's first /healthz answer",
+        kill.report,
+        recovery_s=_round(after_restart),
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def phone_crowd(site: Site) -> dict[str, Any]:
+    """``CROWD_PHONES`` phone processes (``python -m mobile_sim``) at once through the site's gateway: each must
+    write its report (complete, or partial with the reason) and exit 0 (non-zero only on its own failure)."""
+    with tempfile.TemporaryDirectory(prefix="mvs-crowd-") as tmp:
+        outs = [Path(tmp) / f"phone{i}" for i in range(CROWD_PHONES)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mobile_sim",
+                    "--gateway",
+                    site.gateway.url,
+                    "--region",
+                    site.region,
+                    "--ice-host",
+                    "127.0.0.1",
+                    "--frames",
+                    str(int(CROWD_SECONDS * FPS)),
+                    "--fps",
+                    str(FPS),
+                    "--size",
+                    f"{SIZE[0]}x{SIZE[1]}",
+                    "--out",
+                    str(out),
+                    "--log-level",
+                    "error",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+            for out in outs
+        ]
+        start = time.monotonic()
+        while any(p.poll() is None for p in procs) and time.monotonic() - start < STEP_TIMEOUT_S:
+            await asyncio.sleep(0.2)
+        for p in procs:  # bounded: a phone still running now counts as one that wrote nothing
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        seconds = time.monotonic() - start
+        reports = [json.loads((o / "report.json").read_text()) for o in outs if (o / "report.json").is_file()]
+    codes = [p.returncode for p in procs]
+    status = [r["outcome"]["status"] for r in reports]
+    reasons = sorted({r["outcome"]["reason"] for r in reports if r["outcome"]["reason"]})
+    return _row(
+        f"{CROWD_PHONES} phone processes at once ({CROWD_SECONDS:g} s each)",
+        f"{len(reports)}/{CROWD_PHONES} reports: {status.count('complete')} complete, {status.count('partial')} "
+        f"partial{' (' + '; '.join(reasons) + ')' if reasons else ''}; exit codes {sorted(set(codes))}; "
+        f"all done {seconds:.1f} s after the start",
+        frames_out=sum(r["frames"]["output"] for r in reports),
+        frames_captured=sum(r["frames"]["captured"] for r in reports),
+        keys_ok=sum(r["key_frames"]["ok"] for r in reports),
+        keys_failed=sum(r["key_frames"]["failed"] for r in reports),
+        reports=len(reports),
+        complete=status.count("complete"),
+        partial=status.count("partial"),
+        exit_codes=codes,
+        wall_s=round(seconds, 3),
+        sessions_after=len(site.gateway.sessions),
+    )
+
+
+STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
+    "bombs": ({}, bombs_and_echoes),
+    "flood": (
+        {
+            "max_sessions": FLOOD_CAP,
+            "max_pending_per_address": FLOOD_OFFERS,
+            "connect_timeout_s": FLOOD_CONNECT_TIMEOUT_S,
+        },
+        offer_flood,
+    ),
+    "gateway-restart": ({}, gateway_restart),
+    "gateway-kill": ({}, gateway_kill),
+    "nats-outage": ({}, nats_outage),
+    "crowd": ({"max_pending_per_address": CROWD_PHONES}, phone_crowd),
+}
+"""The campaign's steps by name (``--only``), in order."""
+
+
+async def campaign(only: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every fault (or those named in ``only``), one after another, each on a fresh site."""
     rows: list[dict[str, Any]] = []
-    steps: list[tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = [
-        ({}, bombs_and_echoes),
-        (
-            {
-                "max_sessions": FLOOD_CAP,
-                "max_pending_per_address": FLOOD_OFFERS,
-                "connect_timeout_s": FLOOD_CONNECT_TIMEOUT_S,
-            },
-            offer_flood,
-        ),
-        ({}, gateway_restart),
-        ({}, nats_outage),
-    ]
-    for settings, step in steps:
+    for name, (settings, step) in STEPS.items():
+        if only and name not in only:
+            continue
         async with Site(free_port(), _port(), **settings) as site:
             result = await asyncio.wait_for(step(site), STEP_TIMEOUT_S * 2)
         rows.extend(result if isinstance(result, list) else [result])
@@ -319,9 +419,9 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _main(out: Path | None) -> None:
+async def _main(out: Path | None, only: Sequence[str]) -> None:
     start = time.monotonic()
-    rows = await campaign()
+    rows = await campaign(only)
     data = {"machine": machine(), "seconds": round(time.monotonic() - start, 1), "rows": rows}
     json_path, md_path = write_results("chaos", data, markdown(data), *([out] if out else []))
     print(markdown(data))
@@ -331,8 +431,15 @@ async def _main(out: Path | None) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=list(STEPS),
+        help="run only this step (repeatable; the results file then holds only its rows)",
+    )
     args = p.parse_args(argv)
-    run_main(_main(args.out))
+    run_main(_main(args.out, args.only))
 
 
 if __name__ == "__main__":

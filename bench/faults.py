@@ -1,21 +1,40 @@
 """The fault kit of the hardening campaign (issue 14): hostile inputs built on the spot, shared by the tests,
 the fuzz test and ``python -m bench.chaos``. Nothing here is stored: every bomb is a tiny real image whose
-header is patched to claim a huge size."""
+header is patched to claim a huge size. :class:`GatewayProcess` is a gateway in its own process, to kill -9."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import cv2
 import numpy as np
 from aiortc import RTCPeerConnection, VideoStreamTrack
 
+from deploy.nats import free_port
+from mobile_sim.client import Phone, PhoneConfig
+from mobile_sim.link import CLOCK_PROBE_PERIOD_S, LIVENESS_S
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
 from streaming.images import PNG_SIGNATURE, encode_jpeg
 from streaming.protocol import DATA_CHANNEL_LABEL
+from streaming.runtime import die_with_parent
 
 JPEG_SOF0 = b"\xff\xc0"
+GATEWAY_UP_TIMEOUT_S = 20.0
+GATEWAY_STOP_TIMEOUT_S = 5.0
+HEALTH_POLL_S = 0.05
+STREAM_SLACK_S = 30.0
+"""How much longer than its frames a phone run may take (2 loaded cores) before the step gives up on it."""
 
 
 def _tiny_image(side: int = 8) -> np.ndarray:
@@ -54,3 +73,157 @@ async def unanswered_offer_sdp() -> str:
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
+
+
+class GatewayProcess:
+    """``python -m streaming.gateway`` as a child process on a fixed loopback port, to be killed with SIGKILL (which
+    sends the phone nothing: no BYE, no closed data channel) and started again on the same port."""
+
+    def __init__(self, nats_url: str, region: str, port: int, log_path: Path | None = None) -> None:
+        self.nats_url, self.region, self.port, self.log_path = nats_url, region, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        """Start the gateway (returns at once; see :meth:`wait_answering`)."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "streaming.gateway",
+            "--nats",
+            self.nats_url,
+            "--region",
+            self.region,
+            "--port",
+            str(self.port),
+            "--ice-host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ]
+        log = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=die_with_parent)
+        finally:
+            if not isinstance(log, int):
+                log.close()
+        return self
+
+    async def wait_answering(self, timeout_s: float = GATEWAY_UP_TIMEOUT_S) -> float:
+        """Poll ``/healthz`` until it answers at all (200 or 503: the HTTP server is up); the monotonic time then."""
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"gateway exited with {self.proc.returncode} during start-up")
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with http.get(f"{self.url}/healthz") as response:
+                        await response.read()
+                        return time.monotonic()
+                await asyncio.sleep(HEALTH_POLL_S)
+        raise TimeoutError(f"gateway at {self.url} did not answer /healthz within {timeout_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after a grace), and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=GATEWAY_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class GatewayKill:
+    """What :func:`kill_gateway_mid_stream` saw: the phone's report, and when (monotonic s) the gateway was killed,
+    the phone took it for lost, the new gateway process was started, first answered /healthz (which waits on a
+    worker discovery: the phone may be connected before) and the phone was connected to it again."""
+
+    report: dict[str, Any]
+    killed_at: float
+    lost_at: float | None
+    restarted_at: float
+    up_at: float
+    reconnected_at: float | None
+
+    @property
+    def noticed_after_s(self) -> float | None:
+        """Seconds from the kill to the phone taking the gateway for lost (None: never)."""
+        return None if self.lost_at is None else self.lost_at - self.killed_at
+
+    @property
+    def reconnect_after_up_s(self) -> float | None:
+        """Seconds from the new gateway answering /healthz to the phone connected to it (None: never)."""
+        return None if self.reconnected_at is None else self.reconnected_at - self.up_at
+
+
+async def kill_gateway_mid_stream(
+    nats_url: str,
+    region: str,
+    out_dir: Path | None,
+    *,
+    before_s: float = 2.0,
+    down_s: float = 2.0,
+    after_s: float = 6.0,
+    fps: float = 15.0,
+    size: tuple[int, int] = (320, 180),
+    log_path: Path | None = None,
+) -> GatewayKill:
+    """A phone streams through a gateway process (a worker of ``region`` must be serving); ``before_s`` after its
+    first stylized key, the gateway is killed with SIGKILL, started again on its port ``down_s`` later, and the
+    phone runs on. Its frames cover ``before_s`` + the phone's silence timeout (``mobile_sim.link.LIVENESS_S``)
+    + ``after_s``, plus the time to the first key.
+    """
+    port = free_port()
+    gateway = GatewayProcess(nats_url, region, port, log_path).start()
+    try:
+        await gateway.wait_answering()
+        seconds = before_s + LIVENESS_S + CLOCK_PROBE_PERIOD_S + after_s
+        phone = Phone(
+            PhoneConfig(
+                gateway_urls=(gateway.url,),
+                frames=int(seconds * fps),
+                size=size,
+                fps=fps,
+                key_interval=5,
+                region=region,
+                ice_hosts=LOOPBACK,
+                out_dir=out_dir,
+            )
+        )
+        run = asyncio.create_task(phone.run())
+        try:
+            deadline = time.monotonic() + GATEWAY_UP_TIMEOUT_S
+            while not any(r.ok for r in phone._ledger.records.values()):  # streaming, and served
+                if run.done() or time.monotonic() > deadline:
+                    raise RuntimeError("the phone got no stylized key before the kill")
+                await asyncio.sleep(HEALTH_POLL_S)
+            await asyncio.sleep(before_s)
+            gateway.kill()
+            killed_at = time.monotonic()
+            await asyncio.sleep(down_s)
+            gateway.start()
+            restarted_at = time.monotonic()
+            up_at = await gateway.wait_answering()
+            report = (await asyncio.wait_for(run, seconds + STREAM_SLACK_S)).report
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
+        outages = phone._link.outages
+        return GatewayKill(
+            report=report,
+            killed_at=killed_at,
+            lost_at=outages[0].began if outages else None,
+            restarted_at=restarted_at,
+            up_at=up_at,
+            reconnected_at=outages[0].reconnected if outages else None,
+        )
+    finally:
+        gateway.stop()

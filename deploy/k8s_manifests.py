@@ -135,9 +135,10 @@ def _mount_tls(pod: Manifest, ca_only: bool) -> Manifest:
     return pod
 
 
-def _metrics_probe(path: str = "/metrics") -> Manifest:
-    """Metrics listen on the pod's address (``--metrics-host 0.0.0.0``); a worker's come up once it serves, with
-    ``/healthz`` (NATS connected: ready) and ``/livez`` (NATS up or reconnecting: alive) beside them."""
+def _metrics_probe(path: str) -> Manifest:
+    """Metrics listen on the pod's address (``--metrics-host 0.0.0.0``) with ``/healthz`` (NATS connected: ready)
+    and ``/livez`` (NATS up or reconnecting: alive) beside them; a worker's come up once it serves, the
+    aggregator's at once."""
     return {**_http_probe(path, METRICS_PORT), "failureThreshold": 6}
 
 
@@ -362,7 +363,8 @@ def aggregator(image: str = IMAGE) -> Manifest:
         ],
         "env": _nats_url(AGGREGATOR_USER, HUB_SERVICE),
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
-        "livenessProbe": _metrics_probe(),
+        "readinessProbe": _metrics_probe("/healthz"),
+        "livenessProbe": _metrics_probe("/livez"),
     }
     pod = _mount_tls({"containers": [container]}, ca_only=True)
     deployment = _deployment(name, "aggregator", None, 1, pod, METRICS_PORT)

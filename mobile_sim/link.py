@@ -9,10 +9,11 @@ results mean is not its business: complete results and reported failures go to t
 It keeps the phone connected (issue 14, item 9): the connection counts as lost when the peer connection
 fails or closes, when the data channel closes, or when the gateway has not answered a clock probe for
 :data:`LIVENESS_S` (a gateway killed with -9 says nothing; aiortc would notice only after ~30 s of failed ICE
-consent checks). It then tells the phone (``on_lost``: keys in flight will never be answered), and offers again
-with backoff (:data:`RECONNECT_FIRST_WAIT_S` doubling to :data:`RECONNECT_MAX_WAIT_S`), first to the same
-gateway, then to the next of its list. Each outage is recorded: when it began, why, and how long the phone took
-to be connected again.
+consent checks); sooner when, silent for :data:`SUSPECT_S`, the gateway's address refuses ``GET /livez`` or a
+restarted gateway answers it (another process id). It then tells the phone (``on_lost``: keys in flight will
+never be answered), and offers again with backoff (:data:`RECONNECT_FIRST_WAIT_S` doubling to
+:data:`RECONNECT_MAX_WAIT_S`), first to the same gateway, then to the next of its list. Each outage is recorded:
+when it began, why, and how long the phone took to be connected again.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from streaming.ice import restrict_host_candidates, rtc_configuration
 from streaming.protocol import (
     DATA_CHANNEL_LABEL,
     EXACT_PTS_QUANTUM,
+    GATEWAY_INSTANCE_HEADER,
     VIDEO_CLOCK_RATE,
     Chunk,
     ChunkAssembler,
@@ -67,6 +69,11 @@ CONNECT_TIMEOUT_S = 15.0
 """Signaling plus data channel open, per attempt."""
 LIVENESS_S = 5.0
 """A connected gateway that answers no clock probe for this long is taken for dead."""
+SUSPECT_S = 2.0
+"""A gateway silent this long is asked ``GET /livez`` once a probe period: refused, or answered by another process
+(its :data:`~streaming.protocol.GATEWAY_INSTANCE_HEADER` differs), it is lost at once; no answer in
+:data:`SUSPECT_CHECK_TIMEOUT_S` settles nothing (a loaded host), :data:`LIVENESS_S` decides."""
+SUSPECT_CHECK_TIMEOUT_S = 2.0
 RECONNECT_FIRST_WAIT_S = 0.25
 RECONNECT_MAX_WAIT_S = 2.0
 """Backoff between offers after a loss or a failed attempt: the first wait, doubling up to the last (a restarted
@@ -220,6 +227,8 @@ class GatewayLink:
         self._lost = asyncio.Event()
         self._lost_reason = ""
         self._last_pong = 0.0
+        self._instance: str | None = None
+        """The connected gateway's process id (from its answer), None if it sent none."""
         self._probes: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -312,11 +321,12 @@ class GatewayLink:
                 body = await response.read()
                 if response.status != 200:
                     raise ConnectionError(f"gateway refused the offer ({response.status}): {body[:200]!r}")
+                instance = response.headers.get(GATEWAY_INSTANCE_HEADER)
         answer = decode_answer(body)
         sdp_answer = self._emulated.answer(answer.sdp) if self._emulated is not None else answer.sdp
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp_answer, type="answer"))
         await asyncio.wait_for(opened.wait(), CONNECT_TIMEOUT_S)
-        self.gateway_url = url
+        self.gateway_url, self._instance = url, instance
         self._last_pong = time.monotonic()
         for _ in range(CLOCK_PROBES_AT_START):
             self.probe_clock()
@@ -406,7 +416,26 @@ class GatewayLink:
             if silent > LIVENESS_S:
                 self._lose(f"no answer from the gateway for {silent:.1f} s")
                 return
+            if silent > SUSPECT_S and (reason := await self._gateway_gone()) is not None:
+                self._lose(f"{reason} after {silent:.1f} s of silence")
+                return
             self.probe_clock()
+
+    async def _gateway_gone(self) -> str | None:
+        """Why the silent gateway is surely gone (its address refuses ``GET /livez``, or another process answers
+        it), or None when that cannot be told (it answers as itself, or not in time)."""
+        timeout = aiohttp.ClientTimeout(total=SUSPECT_CHECK_TIMEOUT_S)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                async with http.get(f"{self.gateway_url}/livez", ssl=self._auth.ssl()) as response:
+                    instance = response.headers.get(GATEWAY_INSTANCE_HEADER)
+        except aiohttp.ClientConnectorError:
+            return "gateway unreachable"
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+        if self._instance is not None and instance is not None and instance != self._instance:
+            return "gateway restarted"
+        return None
 
     def _on_message(self, data: bytes | str) -> None:
         try:

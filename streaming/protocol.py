@@ -48,6 +48,9 @@ DEFAULT_REGION = "local"
 STYLIZE_QUEUE_GROUP = "stylizers"
 STYLE_BUCKET = "mvs-styles"
 DATA_CHANNEL_LABEL = "mvs"
+GATEWAY_INSTANCE_HEADER = "X-MVS-Gateway-Instance"
+"""HTTP header of the gateway's ``/offer`` answer and ``/livez``: an id drawn when the process starts, so that a
+phone whose gateway fell silent can tell a restarted gateway on the same address from its own (mobile_sim.link)."""
 
 # Federated learning (ARCHITECTURE.md): deltas on a JetStream stream, new versions announced on core NATS.
 FL_DELTA_STREAM = "MVS_FL_DELTAS"

@@ -117,8 +117,8 @@ def test_service_containers_use_only_flags_the_real_clis_accept() -> None:
             ]
             assert probes and all(p["port"] == args.metrics_port for p in probes)
             paths = {k: container[k]["httpGet"]["path"] for k in ("readinessProbe", "livenessProbe") if k in container}
-            if command == "worker":  # ready while NATS is connected, alive while it reconnects (nats_connect's rule)
-                assert paths == {"readinessProbe": "/healthz", "livenessProbe": "/livez"}
+            # ready while NATS is connected, alive while it reconnects (nats_connect's rule)
+            assert paths == {"readinessProbe": "/healthz", "livenessProbe": "/livez"}
     assert seen == {"worker", "gateway", "aggregator"}
 
 

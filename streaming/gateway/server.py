@@ -51,6 +51,7 @@ from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
+    GATEWAY_INSTANCE_HEADER,
     MAX_FRAME_SIDE,
     MAX_STYLE_BYTES,
     Answer,
@@ -182,6 +183,8 @@ class Gateway:
             jpeg_quality=config.jpeg_quality,
         )
         self.sessions: dict[str, PhoneSession] = {}
+        self.instance = uuid.uuid4().hex[:16]
+        """This process's id (:data:`GATEWAY_INSTANCE_HEADER`)."""
         self.worker_clocks: dict[str, ClockOffset] = {}
         """Clock offset of every worker seen, learnt from request/reply timestamps; shared by sessions."""
         self._executor = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="gateway-codec")
@@ -325,7 +328,11 @@ class Gateway:
         reaper.add_done_callback(self._reapers.discard)
         log.info("phone offered", extra={"stream_id": stream_id, "style_id": style_id, "address": address})
         answer = Answer(sdp=pc.localDescription.sdp, stream_id=stream_id, style_id=style_id)
-        return web.Response(body=encode_answer(answer), content_type="application/json")
+        return web.Response(
+            body=encode_answer(answer),
+            content_type="application/json",
+            headers={GATEWAY_INSTANCE_HEADER: self.instance},
+        )
 
     async def _reap(self, session: PhoneSession) -> None:
         await session.closed.wait()
@@ -346,9 +353,12 @@ class Gateway:
 
     async def _livez(self, request: web.Request) -> web.Response:
         """Liveness: 200 while the event loop answers and the NATS connection is up or reconnecting (the gateway
-        reconnects forever, streaming.nats_connect); 503 once it is closed for good: restart me."""
+        reconnects forever, streaming.nats_connect); 503 once it is closed for good: restart me. Its
+        :data:`GATEWAY_INSTANCE_HEADER` tells a silent phone whether this is still the gateway it connected to."""
         alive = self._nc is not None and not self._nc.is_closed
-        return web.json_response({"ok": alive}, status=200 if alive else 503)
+        return web.json_response(
+            {"ok": alive}, status=200 if alive else 503, headers={GATEWAY_INSTANCE_HEADER: self.instance}
+        )
 
     def _bad_offer(self, address: str, error: str) -> web.Response:
         """HTTP 400 with the reason (clipped: it may quote the offer), logged rate-limited per address."""
