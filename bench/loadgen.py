@@ -59,6 +59,8 @@ LATE = "late"
 """An ok reply that came after the request's budget had passed."""
 PENDING = "pending"
 PERCENTILES = (50, 95, 99)
+STEADY_SHARE = 0.75
+"""Share of a step, at its end, over which the steady throughput is counted."""
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,18 @@ class LoadResult:
         """Share of the requests answered ok within their budget."""
         return self.outcomes()[OK] / len(self.records) if self.records else 0.0
 
-    def ok_in_window(self) -> int:
-        """Ok replies that arrived within the load's ``duration_s``: the queues' drain after it does not count, so
-        a short step cannot show more than its workers did in it."""
+    def ok_in_window(self, skip_s: float = 0.0) -> int:
+        """Ok replies that arrived within the load's ``duration_s`` (after its first ``skip_s``): the queues' drain
+        after it does not count, so a short step cannot show more than its workers did in it."""
+        start_ns = self.started_ns + int(skip_s * 1e9)
         end_ns = self.started_ns + int(self.spec.duration_s * 1e9)
-        return sum(1 for r in self.records if r.outcome == OK and r.reply_ns <= end_ns)
+        return sum(1 for r in self.records if r.outcome == OK and start_ns <= r.reply_ns <= end_ns)
+
+    def steady_throughput(self) -> float:
+        """Ok keys/s over the last :data:`STEADY_SHARE` of the step: the workers' first batches, which nothing
+        completes before, do not count, so a short step (many workers) is not penalised against a long one."""
+        skip_s = (1.0 - STEADY_SHARE) * self.spec.duration_s
+        return self.ok_in_window(skip_s) / (self.spec.duration_s - skip_s)
 
     def publish_lag_ms(self) -> dict[str, float]:
         """How late requests were sent against the schedule, ms (the generator's own health)."""
@@ -183,6 +192,7 @@ class LoadResult:
             "ok": outcomes[OK],
             "ok_fraction": round(self.ok_fraction(), 4),
             "throughput_keys_s": round(self.ok_in_window() / self.spec.duration_s, 2),
+            "steady_throughput_keys_s": round(self.steady_throughput(), 2),
             "outcomes": {str(k): v for k, v in sorted(outcomes.items())},
             "deadline_misses": outcomes[LATE] + outcomes[ErrorCode.DEADLINE] + outcomes[ErrorCode.TIMEOUT],
             "latency_ms": _percentiles([r.latency_ms for r in answered_ok]),
