@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -27,3 +27,20 @@ async def open_key_value(js: JetStreamContext, bucket: str) -> KeyValue:
         return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(bucket=bucket, storage=StorageType.FILE)
+
+
+async def read_object(objects: ObjectStore, bucket: str, name: str) -> bytes:
+    """The object ``name`` of ``objects`` (the bucket ``bucket``); KeyError if absent."""
+    try:
+        result = await objects.get(name)
+    except ObjectNotFoundError as exc:
+        raise KeyError(f"no object {name!r} in {bucket}") from exc
+    return bytes(result.data or b"")
+
+
+async def delete_object(objects: ObjectStore, name: str) -> None:
+    """Remove the object ``name`` if present."""
+    try:
+        await objects.delete(name)
+    except ObjectNotFoundError:
+        return

@@ -25,7 +25,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, ObjectNotFound
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from streaming.buckets import open_key_value, open_object_store
+from streaming.buckets import delete_object, open_key_value, open_object_store, read_object
 from streaming.protocol import (
     MODEL_BUCKET,
     MODEL_LATEST_BUCKET,
@@ -173,18 +173,11 @@ class ModelStore:
 
     async def get_blob(self, name: str) -> bytes:
         """Read a blob (KeyError if absent)."""
-        try:
-            result = await self._objects.get(name)
-        except ObjectNotFoundError as exc:
-            raise KeyError(f"no object {name!r} in {MODEL_BUCKET}") from exc
-        return bytes(result.data or b"")
+        return await read_object(self._objects, MODEL_BUCKET, name)
 
     async def delete_blob(self, name: str) -> None:
         """Remove a blob if present."""
-        try:
-            await self._objects.delete(name)
-        except ObjectNotFoundError:
-            return
+        await delete_object(self._objects, name)
 
 
 class DeltaStore:
@@ -211,18 +204,11 @@ class DeltaStore:
 
     async def get(self, name: str) -> bytes:
         """Read a delta blob (KeyError if absent)."""
-        try:
-            result = await self._objects.get(name)
-        except ObjectNotFoundError as exc:
-            raise KeyError(f"no object {name!r} in {delta_bucket(self.region)}") from exc
-        return bytes(result.data or b"")
+        return await read_object(self._objects, delta_bucket(self.region), name)
 
     async def delete(self, name: str) -> None:
         """Remove a delta blob if present."""
-        try:
-            await self._objects.delete(name)
-        except ObjectNotFoundError:
-            return
+        await delete_object(self._objects, name)
 
 
 async def submit_delta(
