@@ -21,10 +21,17 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return config.config_from_args(WorkerConfig, args)
 
 
+async def serve(args: argparse.Namespace) -> None:
+    """Run the worker; it returns only once its NATS connection is closed for good, and then the process exits
+    with status 1 for its orchestrator to restart it."""
+    await run(config_from_args(args))
+    raise SystemExit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     try:
-        service_main(argv, build_parser(), lambda args: run(config_from_args(args)))
+        service_main(argv, build_parser(), serve)
     except NotTrainableError as exc:  # a colour-transfer worker with --federated-dir: say so, not a traceback
         raise SystemExit(f"mvs worker: {exc}") from exc
 

@@ -434,7 +434,7 @@ async def run(config: WorkerConfig) -> None:
     The endpoint comes up once the worker serves (warmed up, subscribed): ``/healthz`` is 200 while NATS is
     connected (readiness), ``/livez`` while the connection is not closed for good (liveness: during an outage the
     worker reconnects by itself, streaming.nats_connect), ``/metrics`` is Prometheus. A connection closed for good
-    ends the worker with status 1 for its orchestrator to restart it."""
+    returns (``python -m edge_worker`` then exits with status 1 for its orchestrator to restart it)."""
     worker = StylizerWorker(config)
     await worker.start()
     health = await start_health_server(
@@ -447,4 +447,3 @@ async def run(config: WorkerConfig) -> None:
         await worker.stop()
         if health is not None:
             await health.cleanup()
-    raise SystemExit(1)

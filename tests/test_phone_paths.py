@@ -36,7 +36,7 @@ SIZE = (160, 96)
 
 def _config(gateway: Gateway, region: str, **overrides: object) -> PhoneConfig:
     values: dict[str, object] = dict(
-        gateway_url=gateway.url, frames=20, size=SIZE, key_interval=5, region=region, ice_hosts=LOOPBACK
+        gateway_urls=(gateway.url,), frames=20, size=SIZE, key_interval=5, region=region, ice_hosts=LOOPBACK
     )
     values.update(overrides)
     return PhoneConfig(**values)  # type: ignore[arg-type]

@@ -150,7 +150,7 @@ async def test_the_worker_exits_once_nats_is_gone_for_good(
         await client.close()
     finally:
         server.stop()
-    await asyncio.wait_for(worker, 30)  # run() returns: the orchestrator restarts the process
+    await asyncio.wait_for(worker, 30)  # run() returns; python -m edge_worker then exits 1 for its orchestrator
     assert "NATS connection closed for good; worker exits" in [r.getMessage() for r in caplog.records]
 
 
