@@ -6,11 +6,13 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REAL_CLIP = "bikes.mp4"
@@ -70,3 +72,19 @@ def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path 
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+K = TypeVar("K")
+
+
+def interleaved_medians(calls: Mapping[K, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[K, float]:
+    """Median seconds of each call, the calls taking turns call by call (``warmup`` rounds first, not counted), so
+    a burst of load on a shared machine hits them alike and their ratios hold."""
+    times: dict[K, list[float]] = {name: [] for name in calls}
+    for round_ in range(warmup + repeats):
+        for name, call in calls.items():
+            tic = time.perf_counter()
+            call()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(t) for name, t in times.items()}

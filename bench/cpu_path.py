@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.common import machine, publish
+from bench.common import interleaved_medians, machine, publish
 from bench.stylize import held_out_pairs, quality_rows
 from edge_worker.model.stylizer import PhotoStylizer
 
@@ -47,16 +46,11 @@ def key_seconds(models: dict[int, PhotoStylizer], threads: int, repeats: int) ->
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, (KEY_SIZE[1], KEY_SIZE[0], 3), dtype=np.uint8)
         style_image = rng.integers(0, 256, (256, 384, 3), dtype=np.uint8)
-        styles = {size: model.prepare_style(style_image) for size, model in models.items()}
-        times: dict[int, list[float]] = {size: [] for size in models}
-        for size, model in models.items():
-            model.coefficients(frame, styles[size], KEY_SIZE)  # one-time set-up (oneDNN kernels for this shape)
-        for _ in range(repeats):
-            for size, model in models.items():
-                start = time.perf_counter()
-                model.coefficients(frame, styles[size], KEY_SIZE)
-                times[size].append(time.perf_counter() - start)
-        return {size: statistics.median(values) for size, values in times.items()}
+        calls = {
+            size: partial(model.coefficients, frame, model.prepare_style(style_image), KEY_SIZE)
+            for size, model in models.items()
+        }
+        return interleaved_medians(calls, repeats)  # one untimed round first: oneDNN's set-up for this shape
     finally:
         torch.set_num_threads(previous)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, machine, write_results
+from bench.common import RESULTS_DIR, interleaved_medians, machine, write_results
 from bench.stylize import Pair, held_out_pairs, mean_row, pair_rows, tuning_pairs
 from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer, StyleState, resize
 from edge_worker.quality import psnr
@@ -49,18 +49,6 @@ W2_LIMIT = 0.1
 MIN_WORST_PSNR_DB = 35.0
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each call, the calls taking turns (``WARMUP`` rounds first, not counted)."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_ in range(WARMUP + repeats):
-        for name, call in calls.items():
-            tic = time.perf_counter()
-            call()
-            if round_ >= WARMUP:
-                times[name].append(time.perf_counter() - tic)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 @torch.inference_mode()
 def _network(model: PhotoStylizer, low: torch.Tensor, state: StyleState) -> torch.Tensor:
     return model.decode(low, state)
@@ -77,7 +65,7 @@ def timing(models: dict[str, PhotoStylizer], threads: int, repeats: int) -> dict
         low = model._network_input([content])
         calls[f"{name}_network"] = partial(_network, model, low, state)
         calls[f"{name}_coefficients"] = partial(model.coefficients, content, state, KEY_SIZE)
-    return {k: 1e3 * v for k, v in interleaved_medians(calls, repeats).items()}
+    return {k: 1e3 * v for k, v in interleaved_medians(calls, repeats, WARMUP).items()}
 
 
 def quality(
