@@ -4,12 +4,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench mutate clean
+.PHONY: venv lock demo test lint bench mutate clean
 
-$(STAMP): pyproject.toml constraints.txt
+# Installs exactly what requirements.lock pins (every distribution of .[dev], torch's CPU wheel included), then
+# the project itself without resolving anything: an upstream release changes nothing until `make lock`.
+$(STAMP): pyproject.toml requirements.lock
+	@echo "Installing the $$(grep -c '^[a-zA-Z]' requirements.lock) pinned packages of requirements.lock into $(VENV) (first run: ~2 min)..."
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+	@echo "Installed; $(VENV) is ready."
+
+# Refresh the lock after changing a dependency in pyproject.toml or constraints.txt (hand pins with reasons):
+# existing pins stay; `make lock LOCK_FLAGS=--upgrade` moves every pin to the newest allowed release.
+lock: $(STAMP)
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --constraint constraints.txt --output-file requirements.lock pyproject.toml
 
 venv: $(STAMP)
 

@@ -119,5 +119,5 @@ class AffineRenderer:
             for i, plane in enumerate(inputs):
                 cv2.resize(coefficients.planes[CHANNELS * j + i], size, dst=upsampled, interpolation=interpolation)
                 cv2.accumulateProduct(plane, upsampled, out)
-            channels.append(cv2.add(out, 0.0, dtype=cv2.CV_8U))  # type: ignore[call-overload]  # saturate, round
+            channels.append(cv2.add(out, 0.0, dtype=cv2.CV_8U))  # saturate, round
         return cv2.merge(channels)

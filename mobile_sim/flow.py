@@ -230,7 +230,7 @@ class FlowEstimator:
             dis_flow: np.ndarray = self._dis.calc(frame, key, None)  # type: ignore[call-overload]
             return dis_flow
         if self.method == METHOD_FARNEBACK:
-            return cv2.calcOpticalFlowFarneback(  # type: ignore[call-overload]
+            return cv2.calcOpticalFlowFarneback(
                 frame,
                 key,
                 None,
@@ -260,7 +260,7 @@ def _dense_lucas_kanade(frame: np.ndarray, key: np.ndarray) -> np.ndarray:
     ys = np.arange(LK_GRID_STEP // 2, height, LK_GRID_STEP, dtype=np.float32)
     grid_x, grid_y = np.meshgrid(xs, ys)
     points = np.stack([grid_x, grid_y], axis=-1).reshape(-1, 1, 2)
-    tracked, status, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]
+    tracked, status, _ = cv2.calcOpticalFlowPyrLK(
         frame, key, points, None, winSize=LK_WINDOW, maxLevel=LK_LEVELS, criteria=LK_CRITERIA
     )
     found = status.reshape(len(ys), len(xs)).astype(np.float32)

@@ -112,7 +112,7 @@ class Warper:
         if scale_x == scale_y:  # key and flow share the aspect ratio: scale and add the grid in one pass
             coordinates = cv2.scaleAdd(flow, scale_x, _base_grid(flow_size, key_size))
         else:
-            scaled = cv2.multiply(flow, (scale_x, scale_y, 0.0, 0.0))  # type: ignore[call-overload]
+            scaled = cv2.multiply(flow, (scale_x, scale_y, 0.0, 0.0))
             coordinates = cv2.add(scaled, _base_grid(flow_size, key_size))
         if frame_size != flow_size:
             coordinates = cv2.resize(coordinates, frame_size, interpolation=cv2.INTER_LINEAR)
