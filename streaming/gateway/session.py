@@ -190,7 +190,8 @@ class PhoneSession:
             refusal = f"data channel {DATA_CHANNEL_LABEL!r} refused: this session already has one"
         if refusal is not None:
             self._count("refused_channels")
-            log.warning("data channel refused", extra={"stream_id": self.stream_id, "error": refusal})
+            extra: dict[str, object] = {"stream_id": self.stream_id, "address": self.address, "error": refusal}
+            BAD_INPUT_LOG.log(log, logging.WARNING, self.address or self.stream_id, "data channel refused", extra)
             channel.send(encode(ChannelError(code=ErrorCode.INVALID, error=refusal)))
             channel.close()
             return
