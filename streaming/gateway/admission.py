@@ -41,7 +41,7 @@ ALLOWED_HEADERS = "Authorization, Content-Type"
 
 LOCAL_NAMES = ("localhost",)
 """Host names always accepted besides IP addresses (a browser resolves ``localhost`` itself; it cannot be rebound)."""
-TOKEN_CLAIMS = "mvs.token_claims"
+TOKEN_CLAIMS = web.RequestKey("token_claims", Claims)
 """Request key of the verified token's :class:`~streaming.tokens.Claims` (with ``--require-token``)."""
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
