@@ -34,6 +34,7 @@ KEY_INTERVAL = 10
 STYLE = "rocket"
 MIN_KEYS_RETURNED = 0.95
 SETTLE_S = 3.0
+POLL_S = 0.1
 GL_MAX_DIFF = 1  # grey levels: float rounding at the 8-bit output
 STYLIZED_FROM_SOURCE = 20.0  # mean grey levels a stylized frame differs from its source at least
 CLOSE_TO_WORKER = 4.0  # mean grey levels from the worker's own stylization of the frame at most
@@ -55,12 +56,24 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
         await chromium.close()
 
 
+async def _until(page: Any, expression: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``expression`` is true in the page. Playwright's wait_for_function evaluates its predicate with
+    eval() inside the page, which the app's Content-Security-Policy forbids; page.evaluate goes through DevTools."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await page.evaluate(expression):
+        assert asyncio.get_running_loop().time() < deadline, f"still false after {timeout_s:g} s: {expression}"
+        await asyncio.sleep(POLL_S)
+
+
 async def _open(browser: Any, url: str) -> tuple[Any, list[str]]:
+    """The app in a new page, and the page's errors as they come: exceptions and Content-Security-Policy
+    violations (the gateway serves the app under a strict policy: the app must run within it)."""
     page = await browser.new_page(viewport={"width": 1300, "height": 520})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     await page.goto(url)
-    await page.wait_for_function("window.mvs !== undefined && document.querySelector('#style').options.length > 0")
+    await _until(page, "window.mvs !== undefined && document.querySelector('#style').options.length > 0")
     return page, errors
 
 
@@ -71,7 +84,7 @@ async def test_browser_phone_streams_and_renders_stylized_frames(
     await page.select_option("#style", label=STYLE)
     await page.fill("#key-interval", str(KEY_INTERVAL))
     await page.click("#start")
-    await page.wait_for_function("window.mvs.stats().keysOk > 0", timeout=30_000)
+    await _until(page, "window.mvs.stats().keysOk > 0")
     await asyncio.sleep(STREAM_S / 2)
     screenshot = tmp_path / "browser.png"
     await page.screenshot(path=str(screenshot))
