@@ -56,6 +56,11 @@ def style_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:STYLE_ID_HEX_CHARS]
 
 
+def upload_digest(upload: bytes) -> str:
+    """Digest of an upload as sent (not of the style stored from it): CPU work for a big one, off the loop."""
+    return hashlib.sha256(upload).hexdigest()
+
+
 def normalized_style(upload: bytes) -> bytes:
     """The JPEG stored for an uploaded style (JPEG or PNG): decoded within the frame limits, scaled down to
     :data:`STORED_STYLE_MAX_SIDE`, at most :data:`STORED_STYLE_MAX_BYTES`. CPU work: call it off the event loop;
@@ -92,16 +97,16 @@ class StyleStore:
             return STYLE_TTL_S
         return (datetime.now(timezone.utc) - stored).total_seconds()
 
-    async def holds(self, data: bytes) -> bool:
+    async def fresh(self, style_id: str) -> bool:
         """Whether this style is stored and far from expiring (storing it again would add nothing)."""
-        age = await self._age_s(style_id_of(data))
+        age = await self._age_s(style_id)
         return age is not None and age < STYLE_TTL_S / 2
 
     async def put(self, data: bytes) -> str:
         """Store an encoded style image (again, if it is past half its life); return its id.
         :class:`StyleStoreFull` when the bucket is at its capacity."""
         style_id = style_id_of(data)
-        if not await self.holds(data):
+        if not await self.fresh(style_id):
             try:
                 await self._store.put(style_id, data)
             except APIError as exc:

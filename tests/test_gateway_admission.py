@@ -14,11 +14,11 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
+from bench.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
 from deploy.nats import NatsServer
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
@@ -163,12 +163,6 @@ async def _raw(gateway: Gateway, source: str, data: bytes = b"") -> tuple[asynci
     return reader, writer
 
 
-def _slow_offer_head(port: int, length: int = 100_000) -> bytes:
-    """The head and first bytes of an offer whose body never finishes."""
-    head = f"POST /offer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-    return (head + f"Content-Length: {length}\r\n\r\n" + '{"type": "offer", "sdp": "').encode()
-
-
 async def _loop_stall(stop: asyncio.Event) -> float:
     """The longest the event loop went without running this task (a blocked loop shows here)."""
     worst, last = 0.0, time.monotonic()
@@ -188,7 +182,7 @@ async def test_slow_offer_bodies_hold_no_session_slot_and_are_cut_at_the_deadlin
     settings = {"max_sessions": 4, "offer_read_timeout_s": 1.5, "connect_timeout_s": 30.0}
     async with _gateway(nats_server, region, **settings) as gateway:
         slow = [
-            await _raw(gateway, f"127.0.0.{2 + a}", _slow_offer_head(gateway.port)) for a in range(4) for _ in range(8)
+            await _raw(gateway, f"127.0.0.{2 + a}", slow_offer_head(gateway.port)) for a in range(4) for _ in range(8)
         ]
         async with aiohttp.ClientSession() as http:
             assert await _wait_for(lambda: sum(gateway._reading.values()) == len(slow), CLOSED_WITHIN_S)
@@ -230,28 +224,6 @@ async def test_idle_and_partial_header_connections_are_closed_and_capped_per_add
         assert await _wait_for(lambda: "127.0.0.2" not in gateway.connections.open, CLOSED_WITHIN_S)
 
 
-def _sdp_with(sdp: str, extra: list[str], after: str = "m=video") -> str:
-    """``sdp`` with ``extra`` lines inserted after its first line starting with ``after``."""
-    lines = sdp.split("\r\n")
-    at = next(i for i, line in enumerate(lines) if line.startswith(after)) + 1
-    return "\r\n".join(lines[:at] + extra + lines[at:])
-
-
-def _sdp_bombs(sdp: str) -> dict[str, str]:
-    """The issue's offers that kept aiortc busy on the gateway's loop for seconds each."""
-    lines = sdp.split("\r\n")
-    video = next(i for i, line in enumerate(lines) if line.startswith("m=video"))
-    end = next(i for i in range(video + 1, len(lines)) if lines[i].startswith("m="))
-    sections = [line.replace("a=mid:0", f"a=mid:v{k}") for k in range(1000) for line in lines[video:end]]
-    return {
-        "rtpmap": _sdp_with(
-            sdp, [f"a=rtpmap:{96 + k % 32} VP8/90000\r\na=fmtp:{96 + k % 32} x={k}" for k in range(10_000)]
-        ),
-        "ssrc": _sdp_with(sdp, [f"a=ssrc:{k} cname:bomb{k}" for k in range(50_000)]),
-        "m-sections": "\r\n".join(lines[:video] + sections + lines[video:]),
-    }
-
-
 async def test_sdp_bombs_are_refused_before_aiortc_and_livez_answers_meanwhile(
     nats_server: NatsServer, region: str
 ) -> None:
@@ -279,7 +251,7 @@ async def test_sdp_bombs_are_refused_before_aiortc_and_livez_answers_meanwhile(
                 return worst
 
             probe = asyncio.create_task(livez())
-            bombs = _sdp_bombs(sdp)
+            bombs = sdp_bombs(sdp)
             answers = await asyncio.gather(*(offer(_offer_body(b)) for b in bombs.values() for _ in range(3)))
             stop.set()
             assert all(status == 400 and "SDP offer" in error for status, error in answers), answers
@@ -287,20 +259,6 @@ async def test_sdp_bombs_are_refused_before_aiortc_and_livez_answers_meanwhile(
             assert await stall < MAX_LOOP_STALL_S
             async with http.post(f"{gateway.url}/offer", data=_offer_body(sdp)) as response:
                 assert response.status == 200  # a genuine offer still gets a session
-
-
-def _with_candidates(sdp: str, candidates: list[str]) -> str:
-    """``sdp`` with its own candidates replaced by ``candidates`` (``address port`` strings), in each m-section."""
-    lines = [line for line in sdp.split("\r\n") if not line.startswith("a=candidate:")]
-    out: list[str] = []
-    for line in lines:
-        out.append(line)
-        if line.startswith("m="):
-            out += [
-                f"a=candidate:c{k} 1 udp {2_000_000_000 - k} {candidate} typ host"
-                for k, candidate in enumerate(candidates)
-            ]
-    return "\r\n".join(out)
 
 
 def _remote_candidates(gateway: Gateway, stream_id: str) -> set[str]:
@@ -318,35 +276,19 @@ async def test_remote_candidates_are_capped_so_the_gateway_probes_few_ports(
     """2,000 remote candidates made the gateway send STUN to 200 ports of an address of the offer's choosing."""
     pc, sdp = await _client()
     await pc.close()
-    loop = asyncio.get_running_loop()
-    probed: set[int] = set()
-
-    class Target(asyncio.DatagramProtocol):
-        def __init__(self, port_of: list[int]) -> None:
-            self.port_of = port_of
-
-        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-            probed.add(self.port_of[0])
-
-    targets = []
-    for _ in range(64):
-        port_of: list[int] = []
-        transport, _ = await loop.create_datagram_endpoint(lambda p=port_of: Target(p), local_addr=("127.0.0.1", 0))
-        port_of.append(transport.get_extra_info("sockname")[1])
-        targets.append(transport)
+    targets = await StunTargets().open(64)
     try:
-        candidates = [f"127.0.0.1 {t.get_extra_info('sockname')[1]}" for t in targets]
+        candidates = [f"127.0.0.1 {port}" for port in targets.ports]
         async with _gateway(nats_server, region, connect_timeout_s=2.0) as gateway:
             async with aiohttp.ClientSession() as http:
-                body = _offer_body(_with_candidates(sdp, candidates))
+                body = _offer_body(with_candidates(sdp, candidates))
                 async with http.post(f"{gateway.url}/offer", data=body) as response:
                     assert response.status == 200, await response.text()
                     session = gateway.sessions[(await response.json())["stream_id"]]
             await asyncio.wait_for(session.closed.wait(), CLOSED_WITHIN_S)  # the ICE checks end with the session
-        assert 0 < len(probed) <= MAX_REMOTE_CANDIDATES, len(probed)
+        assert 0 < len(targets.probed) <= MAX_REMOTE_CANDIDATES, len(targets.probed)
     finally:
-        for transport in targets:
-            transport.close()
+        targets.close()
 
 
 async def test_private_link_local_and_named_candidates_are_refused_unless_configured(
@@ -355,7 +297,7 @@ async def test_private_link_local_and_named_candidates_are_refused_unless_config
     pc, sdp = await _client()
     await pc.close()
     candidates = ["127.0.0.1 9", "10.1.2.3 9", "192.168.1.9 9", "169.254.1.1 9", "fe80::1 9", "100.64.0.1 9"]
-    body = _offer_body(_with_candidates(sdp, [*candidates, "f00d.local 9"]))
+    body = _offer_body(with_candidates(sdp, [*candidates, "f00d.local 9"]))
     kept = {}
     for networks in ((), ("10.0.0.0/8", "fe80::/10")):
         async with _gateway(nats_server, region, ice_remote_networks=networks) as gateway:

@@ -4,6 +4,7 @@ buckets are bounded in bytes and age (real nats-server, real gateway, real aioht
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from aggregator.service import DELTA_STREAM_MAX_BYTES, DELTA_STREAM_MAX_PER_REGION, ensure_delta_stream
 from bench.faults import unanswered_offer_sdp
 from deploy.nats import NatsServer
-from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.gateway.server import MAX_STYLES_WAITING, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.images import decode_image, encode_jpeg
 from streaming.model_store import DELTA_BUCKET_MAX_BYTES, DELTA_TTL_S, DeltaStore
@@ -149,3 +150,30 @@ async def test_the_delta_stream_and_buckets_are_bounded(nats_server: NatsServer,
         assert bucket.max_bytes == DELTA_BUCKET_MAX_BYTES and bucket.max_age == DELTA_TTL_S
     finally:
         await nc.close()
+
+
+async def test_a_flood_of_big_new_styles_neither_queues_without_bound_nor_delays_a_known_style(
+    nats_server: NatsServer, region: str
+) -> None:
+    """32 offers of distinct 7.9 MB styles queued on the gateway's one style thread for 33 s: a phone offering
+    meanwhile (its bundled style already stored) waited behind them and lost every key."""
+    loop = asyncio.get_running_loop()
+    flood = await asyncio.gather(*(loop.run_in_executor(None, _noise_jpeg, seed, 1600) for seed in range(20, 32)))
+    known = _noise_jpeg(99)
+    sdp = await unanswered_offer_sdp()
+    async with _gateway(nats_server, region, max_pending_per_address=32) as gateway:
+        assert (await _offer(gateway, _body(sdp, known)))[0] == 200
+        done: list[str] = []
+
+        async def offer(name: str, style: bytes, source: str) -> int:
+            status = (await _offer(gateway, _body(sdp, style), source))[0]
+            done.append(name)
+            return status
+
+        flooding = [asyncio.create_task(offer(f"flood{i}", s, f"127.0.0.{10 + i}")) for i, s in enumerate(flood)]
+        while gateway._styles_waiting < MAX_STYLES_WAITING:  # the style thread is busy with the flood
+            await asyncio.sleep(0.01)
+        assert await offer("known", known, "127.0.0.9") == 200
+        statuses = await asyncio.gather(*flooding)
+    assert statuses.count(503) >= len(flood) - MAX_STYLES_WAITING - 1, statuses  # refused at once, not queued
+    assert done.index("known") < len(done) - 1  # answered before the flood was through

@@ -17,8 +17,11 @@ remote candidates and their addresses), so parsing and answering it on the event
 image's header is checked on the event loop (size limits, microseconds); the image is decoded, scaled down and
 re-encoded on a thread of its own (:func:`streaming.style_store.normalized_style`: what is stored is a bounded JPEG,
 never the upload's bytes), and an address (or a token's subject) stores at most ``style_quota_bytes`` of new
-styles per ``style_quota_window_s``. A session that does not connect within ``connect_timeout_s``, or whose phone
-falls silent for ``idle_timeout_s``, is closed and its ports freed (``PhoneSession.supervise``).
+styles per ``style_quota_window_s``. An upload seen lately whose style is still stored is not decoded again (the
+bundled styles), and at most :data:`MAX_STYLES_WAITING` offers wait for the style thread (503 beyond), so a flood
+of big new styles delays no phone offering a known one. A session that does not connect within
+``connect_timeout_s``, or whose phone falls silent for ``idle_timeout_s``, is closed and its ports freed
+(``PhoneSession.supervise``).
 
 ``GET /`` is the browser phone (``static/``: plain HTML and JavaScript modules, no build step), ``GET /styles``
 lists the bundled style photos it offers. Every answer carries the security headers of
@@ -41,7 +44,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -87,6 +90,8 @@ from streaming.style_store import (
     StyleStore,
     StyleStoreFull,
     normalized_style,
+    style_id_of,
+    upload_digest,
 )
 from streaming.telemetry import LogLimiter
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
@@ -110,6 +115,11 @@ DEFAULT_STYLE_QUOTA_BYTES = 32 * 1024 * 1024
 DEFAULT_STYLE_QUOTA_WINDOW_S = 3600.0
 LINGER_S = 1.0
 """How long aiohttp reads and discards the rest of a body the gateway refused before closing (its default: 10 s)."""
+MAX_STYLES_WAITING = 4
+"""Offers whose new style may wait for the style thread (each ~0.1-0.5 s for an 8 MB photo); more get 503 at once,
+so a flood of big styles neither piles up bodies in memory nor delays the offers of known styles."""
+MAX_KNOWN_UPLOADS = 1024
+"""Uploads remembered by digest with the id of their stored style (the bundled styles are sent again and again)."""
 MAX_QUOTA_IDENTITIES = 10_000
 """Addresses or token subjects whose recent style uploads are remembered (the oldest are forgotten first)."""
 CODEC_THREADS = 2
@@ -265,6 +275,10 @@ class Gateway:
         """Offers whose body is being read, by client address (they hold no session slot yet)."""
         self._offering: Counter[str] = Counter()
         """Offers being served right now, by client address (each holds a session slot)."""
+        self._uploads: OrderedDict[str, str] = OrderedDict()
+        """Style id by digest of the upload it was made from, most recent last: a known upload is not decoded."""
+        self._styles_waiting = 0
+        """Offers whose new style waits for (or is on) the style thread."""
         self._stored: dict[str, deque[tuple[float, int]]] = {}
         """New styles stored recently (time, bytes) by address or token subject: the style quota."""
         self.connections = ConnectionGuard(config.max_connections_per_address, RETRY_AFTER_S)
@@ -381,17 +395,14 @@ class Gateway:
             offer = parse_offer(body, self.candidates)
         except BadOffer as exc:
             return self._bad_offer(address, str(exc))
-        try:
-            loop = asyncio.get_running_loop()
-            style = await loop.run_in_executor(self._style_executor, normalized_style, offer.style)
-        except ImageDecodeError as exc:
-            return self._bad_offer(address, f"'style' is not a usable image: {exc}")
         assert self._nc is not None and self._styles is not None
         try:
-            style_id = await self._store_style(style, identity)
+            style_id = await self._style_of(offer.style, identity)
+        except ImageDecodeError as exc:
+            return self._bad_offer(address, f"'style' is not a usable image: {exc}")
         except StyleQuotaExceeded as exc:
             return _refuse(429, str(exc))
-        except StyleStoreFull as exc:
+        except (StyleStoreFull, StylesBusy) as exc:
             return _refuse(503, str(exc))
         stream_id = uuid.uuid4().hex[:12]
         pc = RTCPeerConnection(rtc_configuration())
@@ -427,10 +438,34 @@ class Gateway:
             headers={GATEWAY_INSTANCE_HEADER: self.instance},
         )
 
+    async def _style_of(self, upload: bytes, identity: str) -> str:
+        """The id of the stored style of an upload: one seen lately whose style is still stored costs a digest;
+        another is normalized on the style thread (at most :data:`MAX_STYLES_WAITING` offers wait for it, else
+        :class:`StylesBusy`) and stored (:meth:`_store_style`)."""
+        assert self._styles is not None
+        digest = await asyncio.to_thread(upload_digest, upload)
+        known = self._uploads.get(digest)
+        if known is not None and await self._styles.fresh(known):
+            self._uploads.move_to_end(digest)
+            return known
+        if self._styles_waiting >= MAX_STYLES_WAITING:
+            raise StylesBusy(f"busy with {self._styles_waiting} new styles: retry shortly")
+        self._styles_waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            style = await loop.run_in_executor(self._style_executor, normalized_style, upload)
+        finally:
+            self._styles_waiting -= 1
+        style_id = await self._store_style(style, identity)
+        self._uploads[digest] = style_id
+        while len(self._uploads) > MAX_KNOWN_UPLOADS:
+            self._uploads.popitem(last=False)
+        return style_id
+
     async def _store_style(self, style: bytes, identity: str) -> str:
         """Store a style (its id); a new one counts against ``identity``'s quota, checked first."""
         assert self._styles is not None
-        if await self._styles.holds(style):
+        if await self._styles.fresh(style_id_of(style)):
             return await self._styles.put(style)
         now = time.monotonic()
         recent = self._stored.pop(identity, deque())
@@ -500,6 +535,10 @@ class Gateway:
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)
+
+
+class StylesBusy(Exception):
+    """Too many new styles wait for the style thread (HTTP 503)."""
 
 
 class StyleQuotaExceeded(Exception):
