@@ -171,7 +171,7 @@ async def test_a_flood_of_big_new_styles_neither_queues_without_bound_nor_delays
             return status
 
         flooding = [asyncio.create_task(offer(f"flood{i}", s, f"127.0.0.{10 + i}")) for i, s in enumerate(flood)]
-        while gateway._styles_waiting < MAX_STYLES_WAITING:  # the style thread is busy with the flood
+        while len(gateway._making) < MAX_STYLES_WAITING:  # the style thread is busy with the flood
             await asyncio.sleep(0.01)
         assert await offer("known", known, "127.0.0.9") == 200
         statuses = await asyncio.gather(*flooding)

@@ -277,8 +277,8 @@ class Gateway:
         """Offers being served right now, by client address (each holds a session slot)."""
         self._uploads: OrderedDict[str, str] = OrderedDict()
         """Style id by digest of the upload it was made from, most recent last: a known upload is not decoded."""
-        self._styles_waiting = 0
-        """Offers whose new style waits for (or is on) the style thread."""
+        self._making: dict[str, asyncio.Task[str]] = {}
+        """The new styles being made (waiting for the style thread, on it, or being stored), by digest of upload."""
         self._stored: dict[str, deque[tuple[float, int]]] = {}
         """New styles stored recently (time, bytes) by address or token subject: the style quota."""
         self.connections = ConnectionGuard(config.max_connections_per_address, RETRY_AFTER_S)
@@ -448,14 +448,19 @@ class Gateway:
         if known is not None and await self._styles.fresh(known):
             self._uploads.move_to_end(digest)
             return known
-        if self._styles_waiting >= MAX_STYLES_WAITING:
-            raise StylesBusy(f"busy with {self._styles_waiting} new styles: retry shortly")
-        self._styles_waiting += 1
-        try:
-            loop = asyncio.get_running_loop()
-            style = await loop.run_in_executor(self._style_executor, normalized_style, upload)
-        finally:
-            self._styles_waiting -= 1
+        making = self._making.get(digest)
+        if making is None:  # (offers of one upload at once share its work)
+            if len(self._making) >= MAX_STYLES_WAITING:
+                raise StylesBusy(f"busy with {len(self._making)} new styles: retry shortly")
+            making = asyncio.create_task(self._new_style(upload, digest, identity))
+            self._making[digest] = making
+            making.add_done_callback(lambda _: self._making.pop(digest, None))
+        return await asyncio.shield(making)
+
+    async def _new_style(self, upload: bytes, digest: str, identity: str) -> str:
+        """Normalize an upload on the style thread and store it (:meth:`_style_of`)."""
+        loop = asyncio.get_running_loop()
+        style = await loop.run_in_executor(self._style_executor, normalized_style, upload)
         style_id = await self._store_style(style, identity)
         self._uploads[digest] = style_id
         while len(self._uploads) > MAX_KNOWN_UPLOADS:
