@@ -11,14 +11,17 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from bench.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
+from deploy.certs import generate
 from deploy.nats import NatsServer
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
@@ -308,3 +311,24 @@ async def test_private_link_local_and_named_candidates_are_refused_unless_config
     assert kept[("10.0.0.0/8", "fe80::/10")] == {"127.0.0.1", "10.1.2.3", "fe80::1"}
     everywhere = RemoteCandidatePolicy.of(ice_hosts=())  # a gateway on every interface: loopback is refused too
     assert not everywhere.allows("127.0.0.1") and everywhere.allows("8.8.8.8") and not everywhere.allows("::1")
+
+
+async def test_an_https_gateway_caps_connections_per_address_too(
+    nats_server: NatsServer, region: str, tmp_path: Path
+) -> None:
+    """The connection guard sits above TLS: an HTTPS gateway serves through it and refuses over the cap."""
+    files = generate(tmp_path)
+    tls = {"tls_cert": Path(files.cert), "tls_key": Path(files.key), "max_connections_per_address": 2}
+    context = ssl.create_default_context(cafile=files.ca)
+    async with _gateway(nats_server, region, **tls) as gateway:
+        assert gateway.url.startswith("https://")
+        held = [await asyncio.open_connection("127.0.0.1", gateway.port, ssl=context) for _ in range(2)]
+        assert await _wait_for(lambda: gateway.connections.open["127.0.0.1"] == 2, CLOSED_WITHIN_S)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port, ssl=context)
+        writer.write(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), CLOSED_WITHIN_S)).startswith(b"HTTP/1.1 429")
+        for _, w in [*held, (reader, writer)]:
+            w.close()
+        assert await _wait_for(lambda: "127.0.0.1" not in gateway.connections.open, CLOSED_WITHIN_S)
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/livez", ssl=context) as response:
+            assert response.status == 200
