@@ -2,7 +2,8 @@
 
 Self-supervised: for photographs ``I`` (content) and ``J`` (another scene) and a random colour look ``a``
 (:mod:`edge_worker.looks`), the model stylizes ``I`` with the style ``a(J)`` and is scored against ``a(I)`` (L1 on
-RGB at the output size). Used by ``mvs train --model lite`` (:mod:`edge_worker.train`) and by on-edge retraining
+RGB at the output size), plus the paper's Eq. 5 terms in the frozen encoder's features (style: channel statistics
+of the style; content: the content's deepest features), weighted :data:`STYLE_WEIGHT` and :data:`CONTENT_WEIGHT`. Used by ``mvs train --model lite`` (:mod:`edge_worker.train`) and by on-edge retraining
 (:meth:`LiteStylizer.train_step`, on the key frames and styles a worker served).
 """
 
@@ -17,9 +18,19 @@ import torch.nn.functional as F
 
 from edge_worker.looks import random_look
 from edge_worker.model.lite import LiteStylizer
+from edge_worker.model.meta_smoothing import apply_affine, resample
 from edge_worker.model.stylizer import resize, to_tensor
+from edge_worker.model.vgg import Encoded
 from edge_worker.quality import gaussian_w2, psnr_from_mse, structure_ssim
-from edge_worker.training import BUNDLED_PHOTOS, EVAL_SIZE, HELD_OUT_STYLES, random_crop, random_output_side
+from edge_worker.training import (
+    BUNDLED_PHOTOS,
+    EVAL_SIZE,
+    HELD_OUT_STYLES,
+    content_loss,
+    random_crop,
+    random_output_side,
+    style_loss,
+)
 
 LITE_PHOTOS = tuple(name for name in BUNDLED_PHOTOS if name not in HELD_OUT_STYLES)
 """scikit-image's training photographs less the held-out styles (the held-out photos are not among them)."""
@@ -27,6 +38,9 @@ LITE_LR = 1e-3
 LITE_BATCH = 8
 SAME_SCENE = 0.1
 """Share of pairs whose style is another crop of the content's own photo."""
+STYLE_WEIGHT = 0.5
+CONTENT_WEIGHT = 0.2
+"""Weights of Eq. 5's style and content terms (relative MSEs in the encoder's features) beside the look term."""
 EVAL_LOOK_SEED = 1234
 """Seed of the fixed looks of the held-out look-transfer check."""
 
@@ -64,13 +78,36 @@ def look_batch(
     return LookBatch(torch.cat(c_low), torch.cat(c_full), torch.cat(s_low), torch.cat(t_full))
 
 
-def look_loss(model: LiteStylizer, batch: LookBatch) -> torch.Tensor:
-    """L1 between the stylized content (full strength) and the look applied to it."""
+def look_losses(
+    model: LiteStylizer, batch: LookBatch, style_weight: float = STYLE_WEIGHT, content_weight: float = CONTENT_WEIGHT
+) -> dict[str, torch.Tensor]:
+    """The look term (L1 between the stylized content, full strength, and the look applied to it) and, when their
+    weights are non-zero, Eq. 5's perceptual terms in the frozen encoder's features (the output at network size
+    against the style's channel statistics and the content's deepest features); ``total`` is their weighted sum."""
     model.train()
     device = model.device
-    style = model.style_state(batch.style_low.to(device))
-    out = model(batch.content_low.to(device), style, batch.content_full.to(device), 1.0)
-    return F.l1_loss(out, batch.target_full.to(device))
+    content_low, style_low = batch.content_low.to(device), batch.style_low.to(device)
+    style = model.style_state(style_low)
+    coeffs = model.maps(content_low, style, batch.content_full.shape[-1] / content_low.shape[-1], 1.0)
+    out = apply_affine(resample(coeffs, tuple(batch.content_full.shape[-2:])), batch.content_full.to(device))
+    losses = {"look": F.l1_loss(out, batch.target_full.to(device))}
+    total = losses["look"]
+    if style_weight > 0 or content_weight > 0:
+        out_low = apply_affine(resample(coeffs, tuple(content_low.shape[-2:])), content_low)
+        taps = model.config.taps
+        encoded = Encoded(model.encoder.features(out_low.contiguous(memory_format=torch.channels_last), taps), [], [])
+        target_style = Encoded(model.encode(style_low), [], [])
+        target_content = Encoded(model.encode(content_low), [], [])
+        losses["style"] = style_loss(encoded, target_style)
+        losses["content"] = content_loss(encoded, target_content)
+        total = total + style_weight * losses["style"] + content_weight * losses["content"]
+    losses["total"] = total
+    return losses
+
+
+def look_loss(model: LiteStylizer, batch: LookBatch) -> torch.Tensor:
+    """The training objective of :func:`look_losses` (its ``total``)."""
+    return look_losses(model, batch)["total"]
 
 
 def make_optimizer(model: LiteStylizer, lr: float = LITE_LR) -> torch.optim.Optimizer:

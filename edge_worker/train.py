@@ -34,7 +34,7 @@ from edge_worker.lite_training import (
     LITE_PHOTOS,
     evaluate_lite,
     look_batch,
-    look_loss,
+    look_losses,
     make_optimizer,
     sample_pairs,
 )
@@ -278,26 +278,29 @@ def train_lite(
         (args.out / LOSS_LOG_FILE).write_text(json.dumps(log, indent=1))
 
     tic = time.monotonic()
-    total = 0.0
+    sums: dict[str, float] = {}
     for step in range(start + 1, args.steps + 1):
         contents, styles = sample_pairs(photos, batch_size, rng)
-        loss = look_loss(model, look_batch(contents, styles, rng, model.config.work_size))
+        losses = look_losses(model, look_batch(contents, styles, rng, model.config.work_size))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses["total"].backward()
         optimizer.step()
-        total += loss.item()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
         if step % args.log_every == 0:
-            log.append({"step": step, "look_l1": total / args.log_every})
+            means = {k: v / args.log_every for k, v in sums.items()}
+            log.append({"step": step, **means})
             rate = (step - start) / (time.monotonic() - tic)
             bar = "#" * int(30 * step / args.steps)
             print(
                 f"\r[{bar:<30}] {step}/{args.steps} {rate:.2f} it/s "
-                f"eta {(args.steps - step) / max(rate, 1e-9) / 60:.0f} min look_l1 {total / args.log_every:.4f}",
+                f"eta {(args.steps - step) / max(rate, 1e-9) / 60:.0f} min "
+                + " ".join(f"{k} {v:.4f}" for k, v in means.items()),
                 end="",
                 file=sys.stderr,
                 flush=True,
             )
-            total = 0.0
+            sums = {}
         if step % args.checkpoint_every == 0 or step == args.steps:
             print(file=sys.stderr)
             save(step)

