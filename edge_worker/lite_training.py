@@ -3,7 +3,9 @@
 Self-supervised: for photographs ``I`` (content) and ``J`` (another scene) and a random colour look ``a``
 (:mod:`edge_worker.looks`), the model stylizes ``I`` with the style ``a(J)`` and is scored against ``a(I)`` (L1 on
 RGB at the output size), plus the paper's Eq. 5 terms in the frozen encoder's features (style: channel statistics
-of the style; content: the content's deepest features), weighted :data:`STYLE_WEIGHT` and :data:`CONTENT_WEIGHT`. Used by ``mvs train --model lite`` (:mod:`edge_worker.train`) and by on-edge retraining
+of the style; content: the content's deepest features), weighted :data:`STYLE_WEIGHT` and :data:`CONTENT_WEIGHT`.
+
+Used by ``mvs train --model lite`` (:mod:`edge_worker.train`) and by on-edge retraining
 (:meth:`LiteStylizer.train_step`, on the key frames and styles a worker served).
 """
 
