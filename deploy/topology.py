@@ -31,7 +31,7 @@ from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
-from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_NAME, MODEL_SUFFIXES
+from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
@@ -119,10 +119,10 @@ def federated_init(model: str) -> Path:
         from edge_worker.model.stylizer import DEFAULT_MODEL_PATH
 
         return DEFAULT_MODEL_PATH
-    if model == LITE_NAME:
-        from edge_worker.model.lite import DEFAULT_LITE_PATH
+    if model in (LITE_NAME, LITE_LOOK_NAME):
+        from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH
 
-        return DEFAULT_LITE_PATH
+        return DEFAULT_LITE_PATH if model == LITE_NAME else LITE_LOOK_PATH
     if model.endswith(MODEL_SUFFIXES):
         return Path(model)
     raise ValueError(

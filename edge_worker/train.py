@@ -30,8 +30,10 @@ import torch
 
 from edge_worker.lite_training import (
     LITE_BATCH,
+    LITE_CONTENT_WEIGHT,
     LITE_LR,
     LITE_PHOTOS,
+    LITE_STYLE_WEIGHT,
     evaluate_lite,
     look_batch,
     look_losses,
@@ -103,7 +105,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch-size", type=int, help=f"default {DEFAULT_BATCH} (dnn), {LITE_BATCH} (lite)")
     p.add_argument("--lr", type=float, help=f"default {DEFAULT_LR} (dnn), {LITE_LR} (lite)")
-    p.add_argument("--style-weight", type=float, default=DEFAULT_STYLE_WEIGHT, help="λ of Eq. 5")
+    p.add_argument(
+        "--style-weight",
+        type=float,
+        help=f"λ of Eq. 5: default {DEFAULT_STYLE_WEIGHT} (dnn), {LITE_STYLE_WEIGHT} (lite)",
+    )
+    p.add_argument(
+        "--content-weight",
+        type=float,
+        default=LITE_CONTENT_WEIGHT,
+        help="lite: weight of Eq. 5's content term beside the look term",
+    )
+    p.add_argument(
+        "--colour-alignment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="lite: compose the maps with the global map onto the style's colour statistics (as served)",
+    )
     p.add_argument("--recon-weight", type=float, default=DEFAULT_RECON_WEIGHT, help="decoder reconstruction term")
     p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE, help="network input side in training")
     p.add_argument("--seed", type=int, default=0)
@@ -144,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         photos = load_folder(args.data) if args.data else [bundled_photo(n) for n in LITE_PHOTOS]
         return train_lite(args, photos, held_out, eval_styles, rng)
     args.batch_size = args.batch_size or DEFAULT_BATCH
+    args.style_weight = DEFAULT_STYLE_WEIGHT if args.style_weight is None else args.style_weight
     args.lr = args.lr or DEFAULT_LR
     photos = load_folder(args.data) if args.data else [bundled_photo(n) for n in BUNDLED_PHOTOS]
     config = CONFIGS[args.config]
@@ -241,7 +260,9 @@ def train_lite(
     rng: np.random.Generator,
 ) -> int:
     """``--model lite``: the head and smoothing kernels on look-transfer batches; checkpoints hold only them."""
-    model = LiteStylizer(LITE_CONFIGS[LITE_MODEL if args.config not in LITE_CONFIGS else args.config])
+    config = LITE_CONFIGS[LITE_MODEL if args.config not in LITE_CONFIGS else args.config]
+    model = LiteStylizer(replace(config, colour_alignment=args.colour_alignment))
+    style_weight = LITE_STYLE_WEIGHT if args.style_weight is None else args.style_weight
     if args.init:
         model.load_learned_state(LiteStylizer.load(args.init).learned_state())
     optimizer = make_optimizer(model, args.lr or LITE_LR)
@@ -281,7 +302,8 @@ def train_lite(
     sums: dict[str, float] = {}
     for step in range(start + 1, args.steps + 1):
         contents, styles = sample_pairs(photos, batch_size, rng)
-        losses = look_losses(model, look_batch(contents, styles, rng, model.config.work_size))
+        batch = look_batch(contents, styles, rng, model.config.work_size)
+        losses = look_losses(model, batch, style_weight, args.content_weight)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()

@@ -14,7 +14,7 @@ import torch
 from edge_worker.lite_training import evaluate_lite
 from edge_worker.model.base import BatchStylizer, CoefficientStylizer, Trainable
 from edge_worker.model.efficientnet_lite import EfficientNetLite0, imagenet_weights_path, load_imagenet
-from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_CONFIGS, LiteStylizer
+from edge_worker.model.lite import LITE_CONFIGS, LiteStylizer
 from edge_worker.model.registry import load_stylizer
 from edge_worker.model.stylizer import resize, to_tensor
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
@@ -96,21 +96,33 @@ def test_learned_state_round_trips_and_is_only_the_head(tmp_path: Path) -> None:
         model.load_learned_state({"nope": np.zeros(1, np.float32)})
 
 
-def test_bundled_head_on_the_held_out_pairs(bundled: LiteStylizer) -> None:
-    """Held-out photos and styles of edge_worker.training (never trained on); margins from the measured numbers
-    (weights README)."""
-    metrics = evaluate_lite(
-        bundled, [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
-    )
-    assert metrics["look_psnr_model"] > metrics["look_psnr_global"] + LOOK_MARGIN_DB, metrics
-    assert metrics["ssim"] >= MIN_SSIM, metrics
-    assert metrics["gaussian_w2"] <= MAX_W2, metrics
+LITE_MIN_SSIM, LITE_MAX_W2 = 0.640, 5.7
+"""``lite`` at its strength: measured 0.646 / 5.469 (the closed-form map, strength 0: 0.638 / 5.309)."""
+LOOK_OVER_IDENTITY_DB, LOOK_OVER_GLOBAL_DB = 0.8, 7.0
+"""``lite-look`` on held-out looks: measured 21.81 dB against identity's 20.55 and the closed-form map's 13.40."""
 
 
-LOOK_MARGIN_DB = 0.0
-MIN_SSIM = 0.0
-MAX_W2 = 100.0
-assert DEFAULT_LITE_PATH.is_file()
+@pytest.fixture(scope="module")
+def held_out() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    return [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
+
+
+def test_bundled_lite_on_the_held_out_pairs(
+    bundled: LiteStylizer, held_out: tuple[list[np.ndarray], list[np.ndarray]]
+) -> None:
+    """Held-out photos and styles of edge_worker.training (never trained on); margins from the measured numbers."""
+    metrics = evaluate_lite(bundled, *held_out)
+    assert metrics["ssim"] >= LITE_MIN_SSIM and metrics["gaussian_w2"] <= LITE_MAX_W2, metrics
+
+
+def test_bundled_lite_look_transfers_a_look_better_than_leaving_the_content_alone(
+    held_out: tuple[list[np.ndarray], list[np.ndarray]],
+) -> None:
+    model = load_stylizer("lite-look")
+    assert isinstance(model, LiteStylizer) and not model.config.colour_alignment
+    metrics = evaluate_lite(model, *held_out)
+    assert metrics["look_psnr_model"] >= metrics["look_psnr_identity"] + LOOK_OVER_IDENTITY_DB, metrics
+    assert metrics["look_psnr_model"] >= metrics["look_psnr_global"] + LOOK_OVER_GLOBAL_DB, metrics
 
 
 def _train(out: Path, data: Path, steps: int, every: int, resume: bool = False) -> None:

@@ -50,6 +50,8 @@ MODEL_FORMAT = "mvstylizer-lite-stylizer"
 MODEL_VERSION = 1
 DEFAULT_LITE_PATH = Path(__file__).parent / "weights" / "lite-head.pt"
 """The bundled head (trained by ``mvs train --model lite``, see the weights README)."""
+LITE_LOOK_PATH = Path(__file__).parent / "weights" / "lite-look-head.pt"
+"""The head trained on colour looks alone, served without colour alignment (``--model lite-look``)."""
 GRID_STRIDE = 8
 """The maps' grid: one cell per 8x8 network pixels (the shallowest tap's resolution)."""
 GATE_INIT = 3.0

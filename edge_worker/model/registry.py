@@ -14,10 +14,13 @@ DNN_NAME = "dnn"
 """The bundled paper model (``edge_worker/model/weights``)."""
 LITE_NAME = "lite"
 """The bundled lite model: frozen ImageNet EfficientNet-Lite0 + a learned head predicting the colour maps."""
+LITE_LOOK_NAME = "lite-look"
+"""The lite architecture trained on colour looks alone, without colour alignment: it transfers a look, not the
+style's colour statistics (weights README)."""
 EMULATED_NAME = EmulatedAccelerator.name
 """A stand-in for a GPU model (sleeps a service time): for scaling experiments only."""
 MODEL_SUFFIXES = (".pt", ".pth")
-STYLIZER_NAMES = (LinearColorTransfer.name, DNN_NAME, LITE_NAME, EMULATED_NAME)
+STYLIZER_NAMES = (LinearColorTransfer.name, DNN_NAME, LITE_NAME, LITE_LOOK_NAME, EMULATED_NAME)
 
 
 def load_stylizer(
@@ -27,7 +30,8 @@ def load_stylizer(
     profile: ServiceTimeProfile | None = None,
     precision: str = FP32,
 ) -> Stylizer:
-    """``color-transfer``, ``dnn`` (the bundled model of the paper), ``lite`` (the bundled lite model), ``emulated``
+    """``color-transfer``, ``dnn`` (the bundled model of the paper), ``lite`` / ``lite-look`` (the bundled lite
+    models), ``emulated``
     (a GPU stand-in) or the path of a saved PhotoStylizer or LiteStylizer. ``device``, ``work_size`` (0: the model's
     own) and ``precision`` apply to the DNN and the lite model, ``profile`` to the emulated accelerator.
 
@@ -39,10 +43,11 @@ def load_stylizer(
         return LinearColorTransfer()
     if spec == EMULATED_NAME:
         return EmulatedAccelerator(profile or ServiceTimeProfile())
-    if spec == LITE_NAME or (spec.endswith(MODEL_SUFFIXES) and is_lite_file(Path(spec))):
-        from edge_worker.model.lite import DEFAULT_LITE_PATH, LiteStylizer
+    if spec in (LITE_NAME, LITE_LOOK_NAME) or (spec.endswith(MODEL_SUFFIXES) and is_lite_file(Path(spec))):
+        from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH, LiteStylizer
 
-        lite = LiteStylizer.load(DEFAULT_LITE_PATH if spec == LITE_NAME else Path(spec), device=device)
+        bundled = {LITE_NAME: DEFAULT_LITE_PATH, LITE_LOOK_NAME: LITE_LOOK_PATH}
+        lite = LiteStylizer.load(bundled.get(spec, Path(spec)), device=device)
         if work_size > 0 and work_size != lite.config.work_size:
             lite = lite.with_config(work_size=work_size)
         if precision == INT8:
