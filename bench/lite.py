@@ -3,8 +3,8 @@
 Cost: ``coefficients()`` of a 640x360 key (what a worker computes for ``--render affine``), one torch thread, the
 models taking turns call by call (:func:`bench.common.interleaved_medians`): lite fp32 at its work size, the DNN at
 work size 192 in int8 (as ``make demo`` serves it) and fp32, the closed-form map. Quality: ``bench.stylize``'s
-held-out pairs and metrics for the lite model at strengths 0 (the closed-form map), 0.5 and 1 and for the closed-form
-colour transfer, plus the look-transfer PSNR of :func:`edge_worker.lite_training.evaluate_lite`. Writes
+held-out pairs and metrics for the lite model at strengths 0 (the closed-form map), 0.5 and 1, for ``lite-look`` and
+for the closed-form colour transfer, plus the look-transfer PSNR of :func:`edge_worker.lite_training.evaluate_lite`. Writes
 ``bench/results/lite.{json,md}``.
 """
 
@@ -25,7 +25,7 @@ from edge_worker.lite_training import evaluate_lite
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.int8 import INT8
 from edge_worker.model.lite import LiteStylizer
-from edge_worker.model.registry import DNN_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, load_stylizer
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 
 NAME = "lite"
@@ -65,6 +65,11 @@ def quality() -> dict[str, dict[str, float]]:
             model, [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
         )
         table[f"lite, strength {strength}"]["look_psnr"] = looks["look_psnr_model"]
+    look = load_stylizer(LITE_LOOK_NAME)
+    table["lite-look"] = mean_row(pair_rows(look, pairs)[0])
+    table["lite-look"]["look_psnr"] = evaluate_lite(
+        look, [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
+    )["look_psnr_model"]
     table["color-transfer"] = mean_row(pair_rows(LinearColorTransfer(), pairs)[0])
     table["identity (look check)"] = {"look_psnr": looks["look_psnr_identity"]}
     return table
