@@ -13,6 +13,8 @@ from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
+from tests.browser_support import firefox_process
+from tests.firefox_bidi import Firefox
 
 # One intra-op thread: tests run real models beside real servers on 2 cores; more threads only contend.
 torch.set_num_threads(1)
@@ -22,6 +24,13 @@ torch.set_num_threads(1)
 def nats_server() -> Iterator[NatsServer]:
     with NatsServer(monitor_port=0) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+    """One Firefox for every browser test (started at the first that asks for it: its start is the slow part)."""
+    with firefox_process(tmp_path_factory.mktemp("firefox-profile")) as browser:
+        yield browser
 
 
 @pytest.fixture
