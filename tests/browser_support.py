@@ -8,6 +8,7 @@ import base64
 import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ INSTALL_HINT = (
 )
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 FIREFOX_HINT = "apt-get install -y firefox-esr xvfb"
+CERTUTIL_HINT = "apt-get install -y libnss3-tools"
+CA_NICKNAME = "MVStylizer local CA"
 ENGINES = ("chromium", "firefox")
 
 
@@ -170,12 +173,28 @@ class FirefoxBrowser:
         return page
 
 
+def trust_ca(nssdb: Path, ca: Path) -> None:
+    """Install ``ca`` as a trusted root in the NSS database in ``nssdb`` (made if missing), as a person installs a
+    CA once: Chromium reads ``$HOME/.pki/nssdb``, Firefox its profile's."""
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        _missing(f"certutil is needed to trust a CA: {CERTUTIL_HINT}")
+        raise AssertionError("unreachable")
+    nssdb.mkdir(parents=True, exist_ok=True)
+    db = f"sql:{nssdb}"
+    if not (nssdb / "cert9.db").exists():
+        subprocess.run([certutil, "-N", "-d", db, "--empty-password"], check=True, capture_output=True)
+    subprocess.run([certutil, "-A", "-d", db, "-t", "C,,", "-n", CA_NICKNAME, "-i", str(ca)], check=True)
+
+
 @contextlib.contextmanager
-def firefox_process(profile: Path) -> Iterator[Firefox]:
-    """Firefox (with the test prefs) on a private Xvfb display, for a module's tests."""
+def firefox_process(profile: Path, ca: Path) -> Iterator[Firefox]:
+    """Firefox (the test prefs, ``ca`` trusted) on a private Xvfb display."""
     executable = require_firefox()
+    write_profile(profile)
+    trust_ca(profile, ca)
     with xvfb() as display:
-        firefox = Firefox(executable, write_profile(profile), display)
+        firefox = Firefox(executable, profile, display)
         try:
             yield firefox
         finally:
@@ -183,8 +202,11 @@ def firefox_process(profile: Path) -> Iterator[Firefox]:
 
 
 @contextlib.asynccontextmanager
-async def open_browser(engine: str, y4m: Path | None, firefox: Firefox | None) -> AsyncIterator[Browser]:
-    """A :class:`Browser` of ``engine``: Chromium launched here (fake camera ``y4m``), or a session of ``firefox``."""
+async def open_browser(
+    engine: str, y4m: Path | None, firefox: Firefox | None, home: Path | None = None
+) -> AsyncIterator[Browser]:
+    """A :class:`Browser` of ``engine``: Chromium launched here (fake camera ``y4m``; ``home``: its $HOME, where it
+    finds the trusted CAs), or a session of ``firefox``."""
     if engine == "firefox":
         assert firefox is not None
         async with firefox.session() as session:
@@ -194,7 +216,8 @@ async def open_browser(engine: str, y4m: Path | None, firefox: Firefox | None) -
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=executable, args=chromium_args(y4m))
+        env = {**os.environ, "HOME": str(home)} if home is not None else None
+        chromium = await pw.chromium.launch(executable_path=executable, args=chromium_args(y4m), env=env)
         try:
             yield ChromiumBrowser(chromium)
         finally:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
+from deploy.certs import CA_FILE, kept_ca
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from streaming.gateway.server import Gateway, GatewayConfig
@@ -27,9 +29,18 @@ def nats_server() -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
-def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ``mvs local`` state directory with its kept CA, made before the test browsers start, which trust it (as
+    a person installs it on a phone once)."""
+    directory = tmp_path_factory.mktemp("mvs-state")
+    kept_ca(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def firefox(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[Firefox]:
     """One Firefox for every browser test (started at the first that asks for it: its start is the slow part)."""
-    with firefox_process(tmp_path_factory.mktemp("firefox-profile")) as browser:
+    with firefox_process(tmp_path_factory.mktemp("firefox-profile"), state_dir / CA_FILE) as browser:
         yield browser
 
 

@@ -68,7 +68,21 @@ async function loadStyles() {
 // --- frame ids: the sender's RTP timestamp of every encoded frame, read through Encoded Transform ---------
 function encodedTransformSupport() {
   if ("RTCRtpScriptTransform" in window) return "script";
-  if ("createEncodedStreams" in RTCRtpSender.prototype) return "streams"; // older Chromium
+  if ("RTCRtpSender" in window && "createEncodedStreams" in RTCRtpSender.prototype) return "streams"; // older Chromium
+  return null;
+}
+
+// What this browser lacks for the app (null: nothing), said plainly.
+function missingFeature() {
+  if (!("RTCPeerConnection" in window)) {
+    return "This browser has no WebRTC (RTCPeerConnection is not defined), so it cannot stream video to the " +
+      "gateway. Use a current Chrome, Edge, Firefox (117+) or Safari (15.4+).";
+  }
+  if (!encodedTransformSupport()) {
+    return "This browser lacks WebRTC Encoded Transform (RTCRtpScriptTransform), which the gateway needs to tell " +
+      "frames apart. Use a current Chrome, Edge, Safari (15.4+) or Firefox (117+).";
+  }
+  if (!("DecompressionStream" in window)) return "This browser lacks DecompressionStream, needed to unpack the colour maps.";
   return null;
 }
 
@@ -272,16 +286,12 @@ function hudLoop() {
 
 // --- controls ---------------------------------------------------------------------------------------------
 async function start() {
+  const missing = missingFeature();
+  if (missing) {
+    say(missing, true);
+    return;
+  }
   const transformKind = encodedTransformSupport();
-  if (!transformKind) {
-    say("This browser lacks WebRTC Encoded Transform (RTCRtpScriptTransform), which the gateway needs to tell " +
-      "frames apart. Use a current Chrome, Edge, Safari (15.4+) or Firefox (117+).", true);
-    return;
-  }
-  if (!("DecompressionStream" in window)) {
-    say("This browser lacks DecompressionStream, needed to unpack the colour maps.", true);
-    return;
-  }
   ui.start.disabled = true;
   try {
     const stream = await openSource();
@@ -440,7 +450,8 @@ try {
 } catch (err) {
   say(`${err}`, true);
 }
-if (!encodedTransformSupport()) say("This browser lacks WebRTC Encoded Transform (RTCRtpScriptTransform): frames cannot be identified.", true);
+const missing = missingFeature();
+if (missing) say(missing, true);
 const stylesLoaded = loadStyles();
 renderLoop();
 hudLoop();
