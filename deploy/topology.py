@@ -9,8 +9,8 @@ per-role NATS users and permissions of :mod:`deploy.nats_auth`, TLS on every NAT
 gateways' certificates come from a CA kept in a state directory, so a phone trusts it after one install, and the
 summary prints the https URL (with a phone token in its fragment) that a person opens on the phone.
 Secrets (worker credentials, the token secret, a phone token) go to files of mode 0600 in a private temp dir; the
-summary names the files, never their contents, but for the phone token in the fragment of the URL to open. Phones are run separately: the summary prints each region's
-``mvs phone`` command.
+summary names the files, never their contents, but for the phone token in the fragment of the URL to open.
+Phones are run separately: the summary prints each region's ``mvs phone`` command.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ FIREFOX_HINT = "apt-get install -y firefox-esr xvfb"
 CERTUTIL_HINT = "apt-get install -y libnss3-tools"
 CA_NICKNAME = "MVStylizer local CA"
 ENGINES = ("chromium", "firefox")
+SETTLE_S = 5.0  # at most, for the keys in flight to come back once no new ones are asked for
+SETTLED = "(s => s.keysOk + s.keysFailed >= s.keysRequested)(window.mvs.stats())"
 
 
 def chromium_path() -> str | None:

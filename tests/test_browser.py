@@ -27,6 +27,8 @@ from streaming.coefficients import decode_coefficients, encode_coefficients
 from streaming.gateway.server import STYLES_DIR, Gateway
 from tests.browser_support import (
     ENGINES,
+    SETTLE_S,
+    SETTLED,
     Browser,
     Page,
     PlaywrightPage,
@@ -48,7 +50,6 @@ STREAM_S = 6.0
 KEY_INTERVAL = 10
 STYLE = "rocket"
 MIN_KEYS_RETURNED = 0.95
-SETTLE_S = 3.0
 GL_MAX_DIFF = 1  # grey levels: float rounding at the 8-bit output
 STYLIZED_FROM_SOURCE = 20.0  # mean grey levels a stylized frame differs from its source at least
 CLOSE_TO_WORKER = 4.0  # mean grey levels from the worker's own stylization of the frame at most
@@ -97,7 +98,7 @@ async def test_browser_phone_streams_and_renders_stylized_frames(
     await asyncio.sleep(STREAM_S / 2)
     snap = await page.evaluate("() => window.mvs.snapshot()")
     await set_value(page, "#key-interval", "1000000")  # no new keys: let those in flight settle
-    await asyncio.sleep(SETTLE_S)
+    await wait_for(page, SETTLED, SETTLE_S)
     stats = await page.evaluate("() => window.mvs.stats()")
     message = await page.evaluate("() => document.querySelector('#message').textContent")
     await page.close()

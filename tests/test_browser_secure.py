@@ -14,7 +14,17 @@ import pytest
 
 from deploy.regions import Region
 from deploy.topology import LocalConfig, LocalDeployment
-from tests.browser_support import ENGINES, Page, click, open_browser, set_value, trust_ca, wait_for
+from tests.browser_support import (
+    ENGINES,
+    SETTLE_S,
+    SETTLED,
+    Page,
+    click,
+    open_browser,
+    set_value,
+    trust_ca,
+    wait_for,
+)
 from tests.firefox_bidi import Firefox
 
 MIN_KEYS_RETURNED = 0.95
@@ -40,7 +50,7 @@ async def _stream(page: Page, url: str, token: str) -> dict[str, object]:
     await click(page, "#start")
     await wait_for(page, f"window.mvs.stats().keysOk >= {KEYS}")
     await set_value(page, "#key-interval", "1000000")  # no new keys: let those in flight settle
-    await wait_for(page, "(s => s.keysOk + s.keysFailed >= s.keysRequested)(window.mvs.stats())", 10.0)
+    await wait_for(page, SETTLED, SETTLE_S)
     stats: dict[str, object] = await page.evaluate("() => window.mvs.stats()")
     await page.close()
     assert not page.errors, page.errors
