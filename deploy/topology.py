@@ -63,8 +63,8 @@ class LocalConfig:
     """Emulated one-way delay between each leaf node and the hub (edge to cloud); 0: none."""
     gateway_host: str = "127.0.0.1"
     """The gateways' listen address (0.0.0.0: every interface, for phones on the LAN)."""
-    tls_names: tuple[str, ...] = ()
-    """Extra names the gateways' certificate covers (besides this host's name and addresses)."""
+    public_names: tuple[str, ...] = ()
+    """Host names phones use for the gateways: their certificate covers them (and this host's name and addresses)."""
     state_dir: Path | None = None
     """Where the kept CA lives (None: deploy.certs.state_dir())."""
 
@@ -199,7 +199,7 @@ class LocalDeployment:
 
     def _gateway_certificate(self) -> tuple[Path, Path]:
         host = self.config.gateway_host
-        names = host_names([*([] if _wildcard(host) else [host]), *self.config.tls_names])
+        names = host_names([*([] if _wildcard(host) else [host]), *self.config.public_names])
         return gateway_certificate(self.gateway_ca.parent, names)
 
     def phone_url(self, region: str) -> str:
@@ -378,11 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the gateways' listen address: 0.0.0.0 for phones on the LAN (default: %(default)s)",
     )
     p.add_argument(
-        "--tls-name",
+        "--public-name",
         action="append",
         default=[],
-        help="with --secure: a name the gateways' certificate covers besides this host's names and addresses "
-        "(repeatable)",
+        help="a host name phones use for the gateways (repeatable); with --secure their certificate covers it, "
+        "besides this host's name and addresses",
     )
     p.add_argument(
         "--state-dir",
@@ -420,7 +420,7 @@ def config_from_args(args: argparse.Namespace) -> LocalConfig:
         strategy=args.strategy,
         log_level=args.log_level,
         gateway_host=args.host,
-        tls_names=tuple(args.tls_name),
+        public_names=tuple(args.public_name),
         state_dir=args.state_dir,
     )
 

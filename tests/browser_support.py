@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.firefox_bidi import Firefox, firefox_path, write_profile, xvfb
+from tests.firefox_bidi import Firefox, firefox_path, is_csp_violation, write_profile, xvfb
 
 INSTALL_HINT = (
     "apt-get install -y chromium && pip install playwright (no 'playwright install': the system Chromium is used)"
@@ -128,6 +128,7 @@ class PlaywrightPage:
         self.page = page
         self.errors: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("console", lambda msg: self.errors.append(msg.text) if is_csp_violation(msg.text) else None)
 
     async def goto(self, url: str) -> None:
         await self.page.goto(url)

@@ -139,12 +139,18 @@ class Firefox:
             self.proc.wait()
 
 
+def is_csp_violation(text: str) -> bool:
+    """Whether a console message reports a Content-Security-Policy violation (Chromium's and Firefox's wording)."""
+    return "Content Security Policy" in text or "Content-Security-Policy" in text
+
+
 class BidiError(RuntimeError):
     """A BiDi command failed (``error: message``)."""
 
 
 class BidiSession:
-    """Commands over one WebSocket; ``log.entryAdded`` JavaScript errors collected in :attr:`errors`."""
+    """Commands over one WebSocket; uncaught JavaScript errors and Content-Security-Policy violations (from
+    ``log.entryAdded``) collected in :attr:`errors`."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
@@ -163,8 +169,9 @@ class BidiSession:
                 future.set_result(data)
             elif data.get("method") == "log.entryAdded":
                 entry = data["params"]
-                if entry.get("type") == "javascript" and entry.get("level") == "error":
-                    self.errors.append(str(entry.get("text")))
+                text = str(entry.get("text"))
+                if entry.get("type") == "javascript" and entry.get("level") == "error" or is_csp_violation(text):
+                    self.errors.append(text)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BidiError("the BiDi connection closed"))

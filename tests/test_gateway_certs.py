@@ -52,7 +52,7 @@ def test_gateways_gather_ice_candidates_where_they_listen(host: str, ice: tuple[
 
 
 def test_mvs_local_flags_for_phones() -> None:
-    args = ["--secure", "--host", "0.0.0.0", "--tls-name", "mvs.lan", "--state-dir", "/tmp/mvs-state"]
+    args = ["--secure", "--host", "0.0.0.0", "--public-name", "mvs.lan", "--state-dir", "/tmp/mvs-state"]
     config = config_from_args(build_parser().parse_args(args))
-    assert config.gateway_host == "0.0.0.0" and config.tls_names == ("mvs.lan",)
+    assert config.gateway_host == "0.0.0.0" and config.public_names == ("mvs.lan",)
     assert config.state_dir == Path("/tmp/mvs-state")
