@@ -1,8 +1,10 @@
 """The browser phone in real browsers, each test in Chromium (the system package, driven by Playwright; fake camera:
-a y4m pan over a bundled photo) and in Firefox ESR (over WebDriver BiDi; its own fake camera): the app served by
-the gateway streams to a real gateway and worker, which must tell every frame's id from the RTP timestamps read
-through Encoded Transform, and renders every frame in WebGL from the key's colour maps; and the WebGL render
-equals mobile_sim.affine's, pixel for pixel.
+a y4m pan over a bundled photo) and in Firefox ESR (over WebDriver BiDi, tests/firefox_bidi.py; the app's test
+pattern, a pan over a bundled photo, since Firefox's fake camera is one flat colour): the app served by the
+gateway streams to a real gateway and worker, which must tell every frame's id from the RTP timestamps read
+through Encoded Transform, and renders every frame in WebGL from the key's colour maps; the WebGL render equals
+mobile_sim.affine's, pixel for pixel; and on a phone-sized touch screen without a camera the page says so and
+streams its test pattern.
 
 Skips without a browser (with the install command), fails instead when ``CI=true``."""
 
