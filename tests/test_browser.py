@@ -179,8 +179,8 @@ async def test_phone_screen_without_a_camera_says_so_and_streams_the_test_patter
     gateway: Gateway, worker: StylizerWorker, tmp_path: Path
 ) -> None:
     """360 x 800 portrait with touch, no camera at all: a clear message and a HUD of "-" instead of NaN; the
-    test pattern picked instead streams; every control is on the screen and big enough to tap, and the
-    stylized render spans the width (element geometry, not a screenshot diff)."""
+    test pattern picked instead streams; every control is on the screen and big enough to tap, the stylized
+    render spans the width and the camera preview is an inset over it (element geometry, not a screenshot diff)."""
     executable = require_chromium()
     from playwright.async_api import async_playwright
 
@@ -217,7 +217,9 @@ async def test_phone_screen_without_a_camera_says_so_and_streams_the_test_patter
     assert geometry["scrollWidth"] <= width, "the page scrolls sideways"
     left, top, shown_width, _ = geometry["output"]
     assert left == 0 and shown_width == width, geometry["output"]
-    assert top < geometry["source"][1], "the stylized render comes before the camera preview"
+    inset = geometry["source"]
+    assert inset[0] >= left and inset[1] >= top and inset[0] + inset[2] <= left + shown_width, "the camera inset"
+    assert inset[1] + inset[3] <= height, "the camera preview is on the screen (scrolled away, it would be paused)"
     for name, (x, _, w, h) in geometry["controls"].items():
         assert 0 <= x and x + w <= width, f"#{name} is off the screen: {geometry['controls'][name]}"
         assert h >= MIN_TAP_PX, f"#{name} is {h} px high"
