@@ -202,19 +202,21 @@ class LocalDeployment:
         names = host_names([*([] if _wildcard(host) else [host]), *self.config.public_names])
         return gateway_certificate(self.gateway_ca.parent, names)
 
+    def local_url(self, region: str) -> str:
+        """A region's gateway as a client on this host reaches it (its certificate names 127.0.0.1, not 0.0.0.0)."""
+        host = self.config.gateway_host
+        return _base_url(self.gateways[region], LOOPBACK[0] if _wildcard(host) else host)
+
     def phone_url(self, region: str) -> str:
         """The page a person opens on a phone: the gateway at an address the phone can reach (with a wildcard
         listen address, this host's first LAN address) and, when secure, a phone token in the fragment, which
         the browser never sends to the server."""
-        gateway = self.gateways[region]
         host = self.config.gateway_host
         if _wildcard(host):
             lan = [n for n in host_names() if _is_address(n) and not ipaddress.ip_address(n).is_loopback]
             host = lan[0] if lan else LOOPBACK[0]
-        shown = f"[{host}]" if ":" in host else host
-        scheme = "https" if gateway.config.tls_cert is not None else "http"
         fragment = f"#token={self.secrets.phone_token_file.read_text().strip()}" if self.secrets else ""
-        return f"{scheme}://{shown}:{gateway.port}/{fragment}"
+        return f"{_base_url(self.gateways[region], host)}/{fragment}"
 
     @property
     def nats_ca(self) -> Path | None:
@@ -257,7 +259,7 @@ class LocalDeployment:
 
     def metrics_urls(self, region: str) -> list[str]:
         """Prometheus endpoints of a region: its gateway's, then each worker's."""
-        return [f"{self.gateways[region].url}/metrics", *self.sites[region].metrics_urls.values()]
+        return [f"{self.local_url(region)}/metrics", *self.sites[region].metrics_urls.values()]
 
     def summary(self) -> str:
         """What runs where, and how to stream a phone to each region."""
@@ -275,7 +277,8 @@ class LocalDeployment:
             where = "hub" if server is self.nats.hub else f"leaf {server.url}"
             lines.append(f"region {region.name}: gateway {gateway.url}, {len(site.workers)} worker(s) on NATS {where}")
             lines.append(f"  open on a phone: {self.phone_url(region.name)}")
-            phone = ["mvs", "phone", "--gateway", gateway.url, "--region", region.name, "--ice-host", LOOPBACK[0]]
+            phone = ["mvs", "phone", "--gateway", self.local_url(region.name), "--region", region.name]
+            phone += ["--ice-host", LOOPBACK[0]]
             worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN]
             if self.secrets is None:
                 lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
@@ -311,6 +314,11 @@ class LocalDeployment:
 
 def _wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
+
+
+def _base_url(gateway: Gateway, host: str) -> str:
+    scheme = "https" if gateway.config.tls_cert is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{gateway.port}"
 
 
 def _is_address(name: str) -> bool:
