@@ -244,9 +244,20 @@ SET_JS = """([selector, value]) => {
 }"""
 
 
+async def wait_until(page: Page, expression: str, timeout_s: float) -> bool:
+    """Whether the JavaScript ``expression`` became true in the page within ``timeout_s`` (checked every animation
+    frame there)."""
+    return bool(await page.evaluate(WAIT_JS.replace("EXPRESSION", expression), timeout_s * 1000))  # no eval(): CSP
+
+
+async def settle(page: Page) -> None:
+    """Let the keys in flight come back (at most :data:`SETTLE_S`; one lost for good is the ratio's business)."""
+    await wait_until(page, SETTLED, SETTLE_S)
+
+
 async def wait_for(page: Page, expression: str, timeout_s: float = 30.0) -> None:
-    """Until the JavaScript ``expression`` is true in the page (checked every animation frame there)."""
-    if not await page.evaluate(WAIT_JS.replace("EXPRESSION", expression), timeout_s * 1000):  # no eval(): CSP
+    """Until the JavaScript ``expression`` is true in the page; AssertionError after ``timeout_s``."""
+    if not await wait_until(page, expression, timeout_s):
         state = await page.evaluate("() => document.querySelector('#message')?.textContent")
         raise AssertionError(f"not true within {timeout_s} s: {expression} (page says {state!r})")
 

@@ -29,8 +29,6 @@ from streaming.coefficients import decode_coefficients, encode_coefficients
 from streaming.gateway.server import STYLES_DIR, Gateway
 from tests.browser_support import (
     ENGINES,
-    SETTLE_S,
-    SETTLED,
     Browser,
     Page,
     PlaywrightPage,
@@ -41,6 +39,7 @@ from tests.browser_support import (
     require_chromium,
     rgba_to_bgr,
     set_value,
+    settle,
     wait_for,
     write_y4m,
 )
@@ -100,7 +99,7 @@ async def test_browser_phone_streams_and_renders_stylized_frames(
     await asyncio.sleep(STREAM_S / 2)
     snap = await page.evaluate("() => window.mvs.snapshot()")
     await set_value(page, "#key-interval", "1000000")  # no new keys: let those in flight settle
-    await wait_for(page, SETTLED, SETTLE_S)
+    await settle(page)
     stats = await page.evaluate("() => window.mvs.stats()")
     message = await page.evaluate("() => document.querySelector('#message').textContent")
     await page.close()

@@ -16,12 +16,11 @@ from deploy.regions import Region
 from deploy.topology import LocalConfig, LocalDeployment
 from tests.browser_support import (
     ENGINES,
-    SETTLE_S,
-    SETTLED,
     Page,
     click,
     open_browser,
     set_value,
+    settle,
     trust_ca,
     wait_for,
 )
@@ -50,7 +49,7 @@ async def _stream(page: Page, url: str, token: str) -> dict[str, object]:
     await click(page, "#start")
     await wait_for(page, f"window.mvs.stats().keysOk >= {KEYS}")
     await set_value(page, "#key-interval", "1000000")  # no new keys: let those in flight settle
-    await wait_for(page, SETTLED, SETTLE_S)
+    await settle(page)
     stats: dict[str, object] = await page.evaluate("() => window.mvs.stats()")
     await page.close()
     assert not page.errors, page.errors
