@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ FIREFOX_NAMES = ("firefox-esr", "firefox")
 READY = re.compile(r"WebDriver BiDi listening on (ws://\S+)")
 START_TIMEOUT_S = 60.0
 COMMAND_TIMEOUT_S = 60.0
+STDERR_TAIL = 20  # lines of Firefox's stderr kept for a failed start's message
 
 PREFS: dict[str, bool | int | str] = {
     "media.navigator.streams.fake": True,  # a built-in fake camera
@@ -93,16 +95,17 @@ class Firefox:
             text=True,
         )
         self.url = self._wait_ready()
-        self.version = ""
 
     def _wait_ready(self) -> str:
         assert self.proc.stderr is not None
         found: list[str] = []
+        tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         ready = threading.Event()
 
         def drain() -> None:  # the pipe must be read for as long as Firefox runs
             assert self.proc.stderr is not None
             for line in self.proc.stderr:
+                tail.append(line.rstrip())
                 if not found and (match := READY.search(line)):
                     found.append(match.group(1))
                     ready.set()
@@ -111,7 +114,8 @@ class Firefox:
         threading.Thread(target=drain, daemon=True, name="firefox-stderr").start()
         if not ready.wait(START_TIMEOUT_S) or not found:
             self.close()
-            raise RuntimeError(f"Firefox did not open WebDriver BiDi within {START_TIMEOUT_S:.0f} s")
+            said = "\n".join(tail)
+            raise RuntimeError(f"Firefox did not open WebDriver BiDi within {START_TIMEOUT_S:.0f} s; it said:\n{said}")
         return found[0] + "/session"
 
     @contextlib.asynccontextmanager
@@ -120,8 +124,7 @@ class Firefox:
         async with aiohttp.ClientSession() as http, http.ws_connect(self.url, max_msg_size=0) as ws:
             session = BidiSession(ws)
             try:
-                result = await session.send("session.new", {"capabilities": {}})
-                self.version = result["capabilities"]["browserVersion"]
+                await session.send("session.new", {"capabilities": {}})
                 await session.send("session.subscribe", {"events": ["log.entryAdded"]})
                 yield session
             finally:
