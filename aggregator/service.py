@@ -16,6 +16,8 @@ at any time: when the round closes each blob is read again and must still match 
 (finite, names, shapes, norms); one that does not is dropped from the round, counted by reason
 (``mvs_aggregator_updates_dropped_total``) and its blob deleted, never aggregated and never a crash (a bad blob
 must not put a restarting aggregator in a loop). A round the drops leave short of being due waits for more.
+The state stays small: a reference is at most ``MAX_REF_BYTES``, a round holds fewer than ``min_updates`` plus a
+fetch batch of them, and consumed ones are kept for ``max_staleness`` + 1 rounds.
 
 When a round closes. With ``min_updates`` accepted deltas, at once. With fewer (but at least one), once
 ``round_timeout_s`` has passed since the round's *first accepted delta* (persisted in the round state, so a
@@ -54,6 +56,7 @@ from aggregator.validation import (
     DEFAULT_MAX_SAMPLES_PER_S,
     DEFAULT_MAX_STALENESS,
     DEFAULT_SAMPLE_BURST,
+    MAX_REF_BYTES,
     Reason,
     RejectedUpdate,
     Rules,
@@ -394,7 +397,7 @@ class Aggregator:
         """Validate one delta; persist it into the round state, then ack. Rejections are acked and logged."""
         assert self.store is not None and self.current is not None
         try:
-            ref = decode(msg.data, DeltaRef)
+            ref = decode(msg.data, DeltaRef, max_bytes=MAX_REF_BYTES)
             held = msg.data in self.state.accepted or msg.data in self.state.consumed
             if held and msg.metadata.num_delivered > 1:
                 await msg.ack()  # a redelivery of a delta we already hold (or held in a closed round)
@@ -481,10 +484,9 @@ class Aggregator:
         await self._nc.flush()
 
     async def _drop(self, dropped: list[bytes]) -> None:
-        """Take the encoded references ``dropped`` out of the round (consumed: a replay is a duplicate) and delete
-        their blobs."""
+        """Take the encoded references ``dropped`` out of the round and delete their blobs. They are not consumed
+        (none was counted): a reference to the checked bytes again may join a round later, once."""
         self.state.accepted = [data for data in self.state.accepted if data not in dropped]
-        self.state.consumed += dropped
         self.state.to_delete += dropped
         if not self.state.accepted:
             self.state.first_update_ns = 0  # the next accepted delta starts the round's timeout

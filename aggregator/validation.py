@@ -43,6 +43,9 @@ DEFAULT_MAX_SAMPLES = 10_000
 """Largest sample count of one update (a worker publishes every 64 samples by default)."""
 DEFAULT_MAX_SAMPLES_PER_S = 50.0
 """Training samples a worker can produce per second (28x the measured CPU rate of the bundled DNN)."""
+MAX_REF_BYTES = 1024
+"""Largest encoded :class:`DeltaRef` accepted (a real one: about 250 B). The round state keeps every reference of a
+round and of the rounds in the staleness window, and must stay far below the message limit it is read back under."""
 DEFAULT_SAMPLE_BURST = 256
 """Samples allowed on top of the rate (a worker that trained before its base version arrived; 4 x publish-every)."""
 

@@ -435,8 +435,8 @@ class RoundState(Message):
     counts from here. Wall clock, not monotonic: the state outlives the process and may be resumed on another
     host."""
     consumed: list[bytes] = field(default_factory=list)
-    """Encoded :class:`DeltaRef` of the deltas of closed rounds (used or dropped) whose base may still be a delta's
-    base: a replay of one is a duplicate, not a new delta."""
+    """Encoded :class:`DeltaRef` of the deltas aggregated by closed rounds whose base may still be a delta's base: a
+    replay of one is a duplicate, not a new delta."""
     to_delete: list[bytes] = field(default_factory=list)
     """Encoded :class:`DeltaRef` whose blobs are still to be deleted (written before any is, so a restart finishes)."""
 

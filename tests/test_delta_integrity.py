@@ -176,6 +176,22 @@ async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(serv
     assert np.array_equal(weights["dec.weight"], MODEL["dec.weight"] + 0.125 + 0.25)
 
 
+async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -> None:
+    """The round state keeps references across rounds: a 2 KB worker id (main accepted it) is refused, so a few
+    such deltas cannot grow the state past the size it is read back under (a crash loop at restart)."""
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable="big-ref"))
+    await aggregator.start(MODEL)
+    js = nc.jetstream()
+    eu = await DeltaStore.open(js, "eu")
+    try:
+        await submit_delta(js, eu, worker_id="w" * 2048, base_version=0, samples=8, delta=_delta(0.5))
+        while not (aggregator.rejections or aggregator.state.accepted):
+            assert await aggregator.step() is None
+    finally:
+        await aggregator.stop()
+    assert aggregator.rejections == {"unreadable": 1} and not aggregator.state.accepted
+
+
 async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor_leaks(
     server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
@@ -272,7 +288,7 @@ def _learner(model: object, tmp_path: Path, worker_id: str) -> FederatedLearner:
 
 @pytest.mark.parametrize("damage", ["non_finite", "shape"])
 async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
-    server: NatsServer, nc: NATS, tmp_path: Path, damage: str
+    server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A version with a valid SHA-256 but NaN weights (what main's aggregator published after the swap) or another
     shape: a serving worker refuses it (counted) and keeps its model; a starting worker takes the newest good one."""
@@ -291,9 +307,11 @@ async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
         bad[name] = np.full_like(bad[name], np.nan) if damage == "non_finite" else bad[name].reshape(-1)[:-1]
         v1 = await store.publish(bad, ModelVersion(version=1, object_name="", parent=0))
         await nc.publish(FL_GLOBAL_SUBJECT, encode(v1))
-        await _until(lambda: serving.refusals or serving.base_version != 0, "bad version ignored")
-        assert serving.refusals == {damage: 1} and serving.base_version == 0
+        refused = "global model version refused"
+        await _until(lambda: refused in caplog.text or serving.base_version != 0, "v1 neither refused nor adopted")
+        assert serving.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
+        assert serving.refusals == {damage: 1}
         await starting.start(nc)
         assert starting.base_version == 0 and starting.refusals == {damage: 1}
     finally:
