@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -61,6 +62,7 @@ from aggregator.validation import (
     RejectedUpdate,
     Rules,
     checked_update,
+    l2_norm,
     validate_ref,
     validate_update,
 )
@@ -261,13 +263,15 @@ class Aggregator:
         self._nc = None
 
     async def _load(self, meta: ModelVersion) -> None:
-        """Make ``meta`` the current version; refuse to go on from weights that fail their digest (an operator must
-        look: rounds built on them would spread them)."""
+        """Make ``meta`` the current version; refuse to go on from weights that fail their digest or hold NaN/Inf (an
+        operator must look: rounds built on them would spread them, and no norm bound holds against a NaN norm)."""
         assert self.store is not None
         try:
             weights = await self.store.weights(meta)
         except ModelIntegrityError as exc:
             raise RuntimeError(f"the aggregator cannot continue from the latest version: {exc}") from exc
+        if not np.isfinite(l2_norm(weights)):
+            raise RuntimeError(f"the aggregator cannot continue from version {meta.version}: its weights hold NaN/Inf")
         self.current, self._weights = meta, weights
         for older in range(max(0, meta.version - self.rules.max_staleness), meta.version):
             with contextlib.suppress(KeyError):

@@ -318,3 +318,16 @@ async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
         serving.close()
         starting.close()
     assert _refused(damage) - before == 2
+
+
+async def test_the_aggregator_does_not_go_on_from_a_non_finite_version(server: NatsServer, nc: NATS) -> None:
+    """Main's aggregator carried on from the all-NaN v1 of the report (a NaN model norm passes every bound): now it
+    refuses to start from it, as from a version that fails its digest."""
+    store = await ModelStore.open(nc.jetstream())
+    await store.publish({"dec.weight": np.full((4, 4), np.nan, np.float32)}, ModelVersion(version=0, object_name=""))
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, durable="nan"))
+    try:
+        with pytest.raises(RuntimeError, match="NaN/Inf"):
+            await aggregator.start()
+    finally:
+        await aggregator.stop()
