@@ -18,8 +18,8 @@ joined: a delta means something only against a global version.
 A version is adopted only if its weights match the SHA-256 in its metadata (:meth:`ModelStore.weights`) and fit
 the served model: the same tensor names and shapes, every value finite (:func:`check_weights`; a digest proves who
 wrote a version, not that it is sane). On joining the worker takes the newest kept version that passes, and a
-refused announcement leaves it serving what it has. Either way it logs why, counts the refusal by reason
-(``mvs_worker_versions_refused_total``) and keeps serving.
+refused announcement leaves it serving what it has. Either way it logs why and keeps serving; versions refused for
+unusable weights are counted by reason (``mvs_worker_versions_refused_total``).
 """
 
 from __future__ import annotations
@@ -340,8 +340,6 @@ class FederatedLearner:
             weights = await self._store.weights(meta)
             self._check(meta, weights)
         except (KeyError, ModelIntegrityError, NatsError, asyncio.TimeoutError) as exc:
-            if isinstance(exc, ModelIntegrityError) and not isinstance(exc, UnusableWeightsError):
-                REFUSED.labels("integrity").inc()
             log.error(
                 "global model version refused: serving the current one",
                 extra={"worker_id": self._worker_id, "serving": self.base_version, "error": str(exc)},
