@@ -4,8 +4,8 @@ Cost: ``coefficients()`` of a 640x360 key (what a worker computes for ``--render
 models taking turns call by call (:func:`bench.common.interleaved_medians`): lite fp32 at its work size, the DNN at
 work size 192 in int8 (as ``make demo`` serves it) and fp32, the closed-form map. Quality: ``bench.stylize``'s
 held-out pairs and metrics for the lite model at strengths 0 (the closed-form map), 0.5 and 1, for ``lite-look`` and
-for the closed-form colour transfer, plus the look-transfer PSNR of :func:`edge_worker.lite_training.evaluate_lite`. Writes
-``bench/results/lite.{json,md}``.
+for the closed-form colour transfer, plus the look-transfer PSNR of :func:`edge_worker.lite_training.evaluate_lite`.
+Writes ``bench/results/lite.{json,md}``.
 """
 
 from __future__ import annotations
