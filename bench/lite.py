@@ -24,8 +24,8 @@ from bench.stylize import held_out_pairs, mean_row, pair_rows
 from edge_worker.lite_training import evaluate_lite
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.int8 import INT8
-from edge_worker.model.lite import LiteStylizer
-from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, load_stylizer
+from edge_worker.model.lite import LITE_LOOK_PATH, LiteStylizer
+from edge_worker.model.registry import DNN_NAME, load_stylizer
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 
 NAME = "lite"
@@ -65,7 +65,7 @@ def quality() -> dict[str, dict[str, float]]:
             model, [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
         )
         table[f"lite, strength {strength}"]["look_psnr"] = looks["look_psnr_model"]
-    look = load_stylizer(LITE_LOOK_NAME)
+    look = LiteStylizer.load(LITE_LOOK_PATH)
     table["lite-look"] = mean_row(pair_rows(look, pairs)[0])
     table["lite-look"]["look_psnr"] = evaluate_lite(
         look, [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
