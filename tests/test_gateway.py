@@ -14,7 +14,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 import streaming.gateway.session as session_module
-from bench.faults import unanswered_offer_sdp
+from bench.faults import BarePhone, unanswered_offer_sdp
 from deploy.nats import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
@@ -37,7 +37,6 @@ from streaming.protocol import (
     decode_any,
     encode,
 )
-from tests.phones import BarePhone
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from nats.aio.msg import Msg
 
-from bench.faults import unanswered_offer_sdp
+from bench.faults import BarePhone, offer_body, unanswered_offer_sdp
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
@@ -24,7 +24,6 @@ from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import CLOSE_GRACE_S
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
-from tests.phones import BarePhone, offer_body
 
 CLOSE_WITHIN_S = CLOSE_GRACE_S + 3.0
 RACE_STEPS = 4

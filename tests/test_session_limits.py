@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 import time
 
 import nats
 from prometheus_client import REGISTRY
 
+from bench.faults import BarePhone, RandomPtsPhone
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.report import latency_split
@@ -20,10 +20,8 @@ from streaming.gateway.session import SessionLimits
 from streaming.images import encode_jpeg
 from streaming.protocol import (
     MAX_RESULT_AREA_RATIO,
-    RTP_TIMESTAMP_MODULUS,
     ClockPing,
     ErrorCode,
-    FrameMeta,
     KeyLatency,
     Stamp,
     StylizeReply,
@@ -32,7 +30,6 @@ from streaming.protocol import (
     encode,
     stylize_subject,
 )
-from tests.phones import BarePhone
 
 WAIT_S = 30.0
 
@@ -49,23 +46,6 @@ async def _in_order(phone: BarePhone) -> None:
     probe's answer comes after them)."""
     phone.channel.send(encode(ClockPing(phone_ns=time.monotonic_ns())))
     await asyncio.wait_for(phone.pongs.get(), WAIT_S)
-
-
-class RandomPtsPhone(BarePhone):
-    """Announces made-up pts: 1,024 of them at once, then a random one for every frame it sends (issue 22)."""
-
-    def __init__(self, frames: int, size: tuple[int, int]) -> None:
-        super().__init__(frames, size)
-        self.rng = random.Random(22)
-
-    def flood(self, count: int) -> None:
-        for i in range(count):
-            self.announce(
-                FrameMeta(frame_id=-1 - i, pts=self.rng.randrange(RTP_TIMESTAMP_MODULUS), key=True, capture_ns=0)
-            )
-
-    def announce(self, meta: FrameMeta) -> None:
-        super().announce(dataclasses.replace(meta, pts=self.rng.randrange(RTP_TIMESTAMP_MODULUS)))
 
 
 async def test_a_phone_announcing_random_pts_neither_stalls_a_good_one_nor_stays(

@@ -138,7 +138,7 @@ class SessionLimits:
     """Data-channel messages a second (a phone sends one per frame, a clock probe a second, one report per key)."""
     message_burst: float = 200.0
     """Messages a phone may send at once beyond the rate (a link that stalled delivers its backlog together)."""
-    max_dropped_messages: int = 1000
+    max_dropped_messages: int = 300
     """Messages over the rate after which the session is closed (a flood)."""
     max_bad_messages: int = 20
     """Undecodable or invalid messages (each answered with a ChannelError) after which the session is closed."""
