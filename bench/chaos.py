@@ -4,11 +4,16 @@ loopback (a nats-server, an in-process worker and gateway, real aiortc phones), 
 Rows: a decompression bomb as a key frame and as a style; an echo bait (a 200 KB unknown field); a flood of offers
 that never finish ICE; the gateway stopped mid-stream and restarted on its port; a gateway process killed with
 SIGKILL mid-stream and restarted on its port (the phone notices by silence); NATS down for longer than the old
-reconnect policy allowed; 8 phone processes at once (each writes its report); the signaling and storage attacks of
-issue 22 (slow offers and idle connections, SDP bombs, a candidate flood, a style flood), each with a well-behaved
-phone alongside, compared with that phone alone (keys ok and round-trip p95). Each row: frames out / captured,
-keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after. Every step is bounded in
-time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME`` runs some steps.
+reconnect policy allowed; 8 phone processes at once (each writes its report); a worker rewriting its delta after the
+aggregator checked it (issue 22: NaN, x1000, another shape; an in-process aggregator on a synthetic model); and one
+phone attacking the gateway (issue 22: random frame-id announcements, results far larger than its key frames,
+clock-probe and garbage floods, forged latency reports) while a well-behaved phone streams beside it, whose keys and
+round-trip p95 are the row's figure against the same phone alone (target: >= 95 % of its keys, p95 within 2x); the
+same for the signaling and storage attacks of issue 22 (slow offers and idle connections, SDP bombs, a candidate
+flood, a style flood). Each
+row: frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after.
+Every step is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME``
+runs some steps.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import socket
 import subprocess
@@ -32,8 +38,11 @@ import msgpack
 import nats
 import numpy as np
 
+from aggregator.service import Aggregator, AggregatorConfig
 from bench.common import machine, write_results
 from bench.faults import (
+    BarePhone,
+    RandomPtsPhone,
     StunTargets,
     jpeg_bomb,
     kill_gateway_mid_stream,
@@ -49,11 +58,24 @@ from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.gateway.session import PhoneSession
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
-from streaming.protocol import STYLE_BUCKET, StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.model_store import DeltaStore, ModelStore, submit_delta
+from streaming.protocol import (
+    LATENCY_PARTS,
+    STYLE_BUCKET,
+    ClockPing,
+    KeyLatency,
+    StylizeReply,
+    StylizeRequest,
+    decode,
+    encode,
+    stylize_subject,
+)
 from streaming.runtime import die_with_parent, run_main
 from streaming.style_store import StyleStore
+from streaming.tensors import NamedArrays, encode_tensors
 
 FPS = 15.0
 SIZE = (320, 180)
@@ -68,8 +90,18 @@ FLOOD_OFFERS = 50
 FLOOD_CAP = 32
 FLOOD_CONNECT_TIMEOUT_S = 3.0
 STEP_TIMEOUT_S = 60.0
-ATTACK_PHONE_S = 6.0
-"""How long the well-behaved phone streams beside each signaling or storage attack (and alone, as the baseline)."""
+ATTACK_SECONDS = 6.0
+"""How long the well-behaved phone streams during each phone attack (and alone, for its baseline)."""
+ATTACK_UNMAPPED_TIMEOUT_S = 3.0
+"""The random-pts row's limit on a session whose frames never map (default 10 s: longer than the row)."""
+FLOOD_BATCH = 200
+"""Messages an attacker sends per loop turn (every 5 ms, while less than FLOOD_BUFFERED_BYTES wait to be sent)."""
+FLOOD_BUFFERED_BYTES = 256 * 1024
+SWAP_MODEL: NamedArrays = {"dec.weight": np.ones((64, 64), np.float32)}
+"""The delta-swap step's synthetic model: norm 64, as in the issue's report."""
+SWAP_STEP = 0.01
+"""Each honest delta's value (norm 0.64: 1 % of the model's)."""
+SWAP_ROUND_TIMEOUT_S = 0.5
 SLOW_ADDRESSES = 4
 SLOW_OFFERS_PER_ADDRESS = 8
 IDLE_CONNECTIONS = 300
@@ -386,6 +418,174 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
     )
 
 
+def _good_figures(site: Site, report: dict[str, Any]) -> tuple[int, float | None]:
+    """The well-behaved phone's keys ok and round-trip p95 (ms)."""
+    p95 = report["latency_ms"].get(site.region, {}).get("round_trip", {}).get("p95")
+    return int(report["key_frames"]["ok"]), p95
+
+
+async def _attacker_session(site: Site, phone: BarePhone, **offer: object) -> PhoneSession:
+    return site.gateway.sessions[(await phone.connect(site.gateway, **offer))["stream_id"]]
+
+
+async def _random_pts(site: Site) -> str:
+    phone = RandomPtsPhone(frames=int(ATTACK_SECONDS * 30) + 60, size=(64, 64))
+    try:
+        session = await _attacker_session(site, phone)
+        phone.flood(1024)
+        phone.feed()
+        await session.closed.wait()
+        return session.close_reason
+    finally:
+        await phone.pc.close()
+
+
+async def _big_results(site: Site) -> str:
+    phone = BarePhone(frames=int(ATTACK_SECONDS * 30) + 60, size=(64, 64), key_every=1)
+    try:
+        session = await _attacker_session(site, phone, out_width=2048, out_height=2048)
+        phone.feed()
+        await session.closed.wait()
+        return session.close_reason
+    finally:
+        await phone.pc.close()
+
+
+async def _flood(site: Site, message: Callable[[int], bytes]) -> str:
+    phone = BarePhone(frames=1, size=(64, 64))
+    try:
+        session = await _attacker_session(site, phone)
+        sent = 0
+        while not session.closed.is_set() and phone.channel.readyState == "open":
+            if phone.channel.bufferedAmount < FLOOD_BUFFERED_BYTES:
+                for _ in range(FLOOD_BATCH):
+                    phone.channel.send(message(sent))
+                    sent += 1
+            await asyncio.sleep(0.005)  # let the data channel move
+        await session.closed.wait()
+        return f"{session.close_reason} (after {sent} sent)"
+    finally:
+        await phone.pc.close()
+
+
+def _forged_report(i: int) -> bytes:
+    return encode(KeyLatency(frame_id=i, parts_ms={part: 60_000.0 for part in LATENCY_PARTS}))
+
+
+PHONE_ATTACKS: dict[str, Callable[[Site], Coroutine[Any, Any, str]]] = {
+    "1,024 random pts announced, then a random pts per frame (64x64 stream)": _random_pts,
+    "2048x2048 results asked for a 64x64 stream, every frame a key": _big_results,
+    "clock-probe flood": lambda site: _flood(site, lambda i: encode(ClockPing(phone_ns=i))),
+    "undecodable-message flood": lambda site: _flood(site, lambda i: b"\x00\xff junk"),
+    "forged 60 s latency reports": lambda site: _flood(site, _forged_report),
+}
+"""One phone's attacks on its gateway (issue 22); each returns why the gateway ended its session."""
+
+
+async def phone_attacks(site: Site) -> list[dict[str, Any]]:
+    """A well-behaved phone alone (its baseline), then beside each attack of :data:`PHONE_ATTACKS`."""
+    limits = dataclasses.replace(site.gateway.settings.limits, unmapped_timeout_s=ATTACK_UNMAPPED_TIMEOUT_S)
+    site.gateway.settings = dataclasses.replace(site.gateway.settings, limits=limits)
+    baseline = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
+    base_keys, base_p95 = _good_figures(site, baseline)
+    rows = [_row("(baseline: the well-behaved phone alone)", "", baseline, p95_ms=base_p95)]
+    for fault, attack in PHONE_ATTACKS.items():
+        attacker = asyncio.create_task(attack(site))
+        report = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
+        try:
+            reason = await asyncio.wait_for(asyncio.shield(attacker), ATTACK_UNMAPPED_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            attacker.cancel()
+            reason = "still open when the good phone finished"
+        keys, p95 = _good_figures(site, report)
+        ratio = None if p95 is None or not base_p95 else round(p95 / base_p95, 2)
+        met = keys >= 0.95 * base_keys and ratio is not None and ratio <= 2.0
+        rows.append(
+            _row(
+                fault,
+                f"good phone: {keys}/{base_keys} keys, p95 x{ratio} ({'met' if met else 'MISSED'}); "
+                f"attacker ended: {reason}",
+                report,
+                p95_ms=p95,
+                p95_ratio=ratio,
+                target_met=met,
+                sessions_after=len(site.gateway.sessions),
+            )
+        )
+    return rows
+
+
+def _swapped(kind: str) -> NamedArrays:
+    """What the attacker writes over its checked delta."""
+    if kind == "nan":
+        return {"dec.weight": np.full((64, 64), np.nan, np.float16)}
+    if kind == "x1000":
+        return {"dec.weight": np.full((64, 64), SWAP_STEP * 1000, np.float16)}
+    return {"dec.weight": np.full((32, 128), SWAP_STEP, np.float16)}
+
+
+async def _until(predicate: Callable[..., Awaitable[bool]], *args: Any) -> None:
+    async def loop() -> None:
+        while not await predicate(*args):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+
+
+async def delta_swap(site: Site) -> dict[str, Any]:
+    """Issue 22's critical finding, three rounds while a phone streams: an attacker's delta is accepted, then its blob
+    is overwritten (NaN, x1000, another shape) before an honest delta completes the round. Survived: every version
+    finite and exactly the model plus the honest steps, each swap dropped by digest."""
+    aggregator = Aggregator(
+        AggregatorConfig(nats_url=site.server.url, min_updates=2, round_timeout_s=SWAP_ROUND_TIMEOUT_S)
+    )
+    await aggregator.start(SWAP_MODEL)
+    serving = asyncio.create_task(aggregator.run())
+    run = asyncio.create_task(site.phone(8.0).run())
+    nc = await nats.connect(site.server.url)
+    js = nc.jetstream()
+    try:
+        deltas, store = await DeltaStore.open(js, site.region), await ModelStore.open(js)
+        honest = {"dec.weight": np.full((64, 64), SWAP_STEP, np.float16)}
+        kinds = ("nan", "x1000", "shape")
+        for base, kind in enumerate(kinds):
+            bad = await submit_delta(js, deltas, worker_id="attacker", base_version=base, samples=8, delta=honest)
+            await _until(_holds, aggregator, bad.object_name)
+            await deltas.put(bad.object_name, encode_tensors(_swapped(kind)))
+            await submit_delta(js, deltas, worker_id="honest", base_version=base, samples=8, delta=honest)
+            await _until(_published, store, base + 1)
+        latest = await store.latest()
+        assert latest is not None
+        weights = (await store.weights(latest))["dec.weight"]
+        running = not serving.done()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await aggregator.stop()
+        await nc.close()
+    report = (await asyncio.wait_for(run, STEP_TIMEOUT_S)).report
+    expected = SWAP_MODEL["dec.weight"] + len(kinds) * np.float32(np.float16(SWAP_STEP))
+    exact = bool(np.allclose(weights, expected, rtol=0, atol=1e-6))
+    finite = bool(np.isfinite(weights).all())
+    return _row(
+        "a worker rewrites its delta after the aggregator checked it (NaN, x1000, another shape; a round each)",
+        f"v{latest.version}: finite {finite}, the model plus the honest steps only {exact}, norm "
+        f"{float(np.linalg.norm(weights)):.2f} (model 64); swaps dropped {aggregator.drops}, contributors "
+        f"{latest.contributors}; aggregator running {running}",
+        report,
+        drops=aggregator.drops,
+        sessions_after=len(site.gateway.sessions),
+    )
+
+
+async def _holds(aggregator: Aggregator, object_name: str) -> bool:
+    return any(object_name.encode() in data for data in aggregator.state.accepted)
+
+
+async def _published(store: ModelStore, version: int) -> bool:
+    return (await store.latest_number() or 0) >= version
+
+
 async def _raw(site: Site, source: str, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A raw TCP connection to the site's gateway from the loopback address ``source``, having sent ``data``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", site.gateway.port, local_addr=(source, 0))
@@ -520,36 +720,29 @@ async def _style_flood(site: Site, stop: asyncio.Event) -> tuple[str, dict[str, 
 Attack = Callable[[Site, asyncio.Event], Coroutine[Any, Any, tuple[str, dict[str, Any]]]]
 
 
-def _p95(report: dict[str, Any]) -> float | None:
-    return next(iter(report["latency_ms"].values()))["round_trip"].get("p95")
-
-
 async def signaling_attacks(site: Site) -> list[dict[str, Any]]:
     """Issue 22's signaling and storage attacks, each beside a well-behaved phone that offers once the attack is
     under way; first that phone alone (the baseline its keys and round-trip p95 are compared with)."""
     loop = asyncio.get_running_loop()
-    site.flood_styles = await asyncio.gather(
-        *(loop.run_in_executor(None, _noise_style, s) for s in range(STYLE_FLOOD_OFFERS))
-    )
-    baseline = (await asyncio.wait_for(site.phone(ATTACK_PHONE_S).run(), STEP_TIMEOUT_S)).report
-    base_ok, base_p95 = baseline["key_frames"]["ok"], _p95(baseline)
-    rows = [_row("none (the phone alone: the baseline)", f"p95 {base_p95} ms", baseline, p95_ms=base_p95)]
+    styles = (loop.run_in_executor(None, _noise_style, seed) for seed in range(STYLE_FLOOD_OFFERS))
+    site.flood_styles = list(await asyncio.gather(*styles))
+    baseline = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
+    base_keys, base_p95 = _good_figures(site, baseline)
+    rows = [_row("(baseline: the well-behaved phone alone)", "", baseline, p95_ms=base_p95)]
     attacks: list[Attack] = [_slow_offers_and_idle_connections, _sdp_bombs, _candidate_flood, _style_flood]
     for attack in attacks:
         stop = asyncio.Event()
         running = asyncio.create_task(attack(site, stop))
         await asyncio.sleep(0.5)  # the attack is under way when the phone offers
-        report = (await asyncio.wait_for(site.phone(ATTACK_PHONE_S).run(), STEP_TIMEOUT_S)).report
+        report = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
         stop.set()
         fault, numbers = await asyncio.wait_for(running, STEP_TIMEOUT_S)
-        p95 = _p95(report)
-        ok = report["key_frames"]["ok"]
-        held = ok >= 0.95 * base_ok and p95 is not None and base_p95 is not None and p95 <= 2 * base_p95
+        keys, p95 = _good_figures(site, report)
+        ratio = None if p95 is None or not base_p95 else round(p95 / base_p95, 2)
+        met = keys >= 0.95 * base_keys and ratio is not None and ratio <= 2.0
         what = numbers.pop("what")
-        survived = f"{what}; phone keys {ok} (baseline {base_ok}), p95 {p95} ms (baseline {base_p95}): " + (
-            "held" if held else "NOT held"
-        )
-        rows.append(_row(fault, survived, report, p95_ms=p95, phone_held=held, **numbers))
+        survived = f"{what}; good phone: {keys}/{base_keys} keys, p95 x{ratio} ({'met' if met else 'MISSED'})"
+        rows.append(_row(fault, survived, report, p95_ms=p95, p95_ratio=ratio, target_met=met, **numbers))
     return rows
 
 
@@ -567,6 +760,8 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "gateway-kill": ({}, gateway_kill),
     "nats-outage": ({}, nats_outage),
     "crowd": ({"max_pending_per_address": CROWD_PHONES}, phone_crowd),
+    "phone-attacks": ({}, phone_attacks),
+    "delta-swap": ({}, delta_swap),
     "signaling": ({"max_sessions": STYLE_FLOOD_OFFERS + 4}, signaling_attacks),
 }
 """The campaign's steps by name (``--only``), in order."""
@@ -590,7 +785,6 @@ COLUMNS = (
     "frames_captured",
     "keys_ok",
     "keys_failed",
-    "p95_ms",
     "recovery_s",
     "sessions_after",
     "rss_mb_after",
