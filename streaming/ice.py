@@ -48,21 +48,25 @@ class RemoteCandidatePolicy:
 
     An offer names the addresses its candidates claim; without a policy, an offer naming 2,000 candidates made the
     gateway send STUN to 200 ports of an address of the sender's choosing, inside its network too. Allowed: global
-    unicast addresses, the ``networks`` configured (``--ice-remote-network``), and loopback when the gateway itself
-    gathers on loopback (tests, ``mvs demo``: it can reach nothing else). Refused: other loopback, private,
-    link-local, multicast and reserved addresses, and host names (mDNS ``.local`` candidates would be resolved to
-    addresses of the gateway's own network). A phone whose candidates are all refused still connects: its own checks
-    reach the gateway, which answers the address they came from (a peer-reflexive candidate)."""
+    unicast addresses, the ``networks`` configured (``--ice-remote-network``), and, when the gateway itself gathers
+    on loopback (tests, ``mvs demo``), this host's own addresses: loopback and its interfaces' (from a loopback
+    socket it can reach nothing else; a browser on this host may offer only those, as Firefox does). Refused: other
+    loopback, private, link-local, multicast and reserved addresses, and host names (mDNS ``.local`` candidates
+    would be resolved to addresses of the gateway's own network). A phone whose candidates are all refused still
+    connects when its own checks reach the gateway, which answers the address they came from (a peer-reflexive
+    candidate)."""
 
     networks: tuple[IPNetwork, ...] = ()
-    allow_loopback: bool = False
+    local: frozenset[str] | None = None
+    """This host's addresses when they are allowed (a loopback gateway), else None."""
 
     @classmethod
     def of(cls, ice_hosts: Sequence[str], networks: Sequence[str] = ()) -> RemoteCandidatePolicy:
         """The policy of a gateway gathering on ``ice_hosts`` (empty: every interface but loopback) that also
         allows ``networks`` (CIDR strings; ValueError on a bad one)."""
         loopback = any(ipaddress.ip_address(host).is_loopback for host in ice_hosts)
-        return cls(tuple(ipaddress.ip_network(n, strict=False) for n in networks), loopback)
+        local = frozenset(_original_get_host_addresses(use_ipv4=True, use_ipv6=True)) if loopback else None
+        return cls(tuple(ipaddress.ip_network(n, strict=False) for n in networks), local)
 
     def allows(self, address: str) -> bool:
         """Whether checks may be sent to ``address`` (an IP literal; a host name is never allowed)."""
@@ -72,6 +76,6 @@ class RemoteCandidatePolicy:
             return False
         if any(ip in network for network in self.networks):
             return True
-        if ip.is_loopback:
-            return self.allow_loopback
-        return ip.is_global and not ip.is_multicast
+        if self.local is not None and (ip.is_loopback or str(ip) in self.local):
+            return True
+        return ip.is_global and not ip.is_multicast and not ip.is_loopback

@@ -202,7 +202,7 @@ class GatewayConfig:
         ),
     )
     """Private or link-local networks whose remote candidates are kept (:class:`RemoteCandidatePolicy`); global
-    addresses always are, loopback ones when an ``--ice-host`` is loopback."""
+    addresses always are, this host's own ones when an ``--ice-host`` is loopback."""
     public_names: tuple[str, ...] = field(
         default_factory=tuple,
         metadata=flag("a host name phones and browsers use for this gateway (repeatable)", name="public-name"),
