@@ -53,9 +53,9 @@ def sqrtm_newton_schulz(matrix: torch.Tensor, iters: int = NEWTON_SCHULZ_ITERS) 
 
     Higham, "Functions of Matrices" (2008), Eq. 6.35; differentiable with plain matrix products.
     """
-    if matrix.device.type == "cpu" and not matrix.requires_grad:
-        y, z = _newton_schulz_numpy(matrix.numpy(), iters)
-        return torch.from_numpy(y).to(matrix.dtype), torch.from_numpy(z).to(matrix.dtype)
+    if matrix.device.type == "cpu" and not matrix.requires_grad and matrix.dtype in (torch.float32, torch.float64):
+        root, inv_root = _newton_schulz_numpy(matrix.numpy(), iters)
+        return torch.from_numpy(root), torch.from_numpy(inv_root)
     c = matrix.shape[-1]
     norm = matrix.flatten(1).norm(dim=1).view(-1, 1, 1)
     eye = torch.eye(c, dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
@@ -77,7 +77,7 @@ def _newton_schulz_numpy(matrix: np.ndarray, iters: int) -> tuple[np.ndarray, np
     """:func:`sqrtm_newton_schulz` without a graph, in numpy: the same iteration, without torch's per-operator
     overhead on 3x3 matrices (100 products per key of the lite model)."""
     norm = np.sqrt((matrix.reshape(len(matrix), -1) ** 2).sum(1)).reshape(-1, 1, 1)
-    eye = np.broadcast_to(np.eye(matrix.shape[-1], dtype=matrix.dtype), matrix.shape)
+    eye = np.eye(matrix.shape[-1], dtype=matrix.dtype)
     y, z = matrix / norm, eye
     for _ in range(iters):
         t = 0.5 * (3.0 * eye - z @ y)
