@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 UINT8_MAX = 255.0
 CURVE_KNOTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Input levels of a tone curve's control points (outputs drawn per look; the ends may move: crushed/lifted)."""
+CURVE_LUT = 1024
+CURVE_SMOOTHING = 0.06
+"""Sigma (in input levels) of the Gaussian that rounds a curve's corners; smoothing keeps it monotone."""
 HUE_DEGREES = 360.0
 HSL_BAND_WIDTH = 60.0
 """Half-width (degrees) of a hue-selective band: full effect at its centre, none beyond ±this, cosine between."""
@@ -58,7 +60,7 @@ class Look:
     channel_mix: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
     """Output channel i = Σ_j mix[i][j] · input channel j (rows sum to 1: greys keep their level)."""
     curve: tuple[float, ...] = CURVE_KNOTS
-    """Master tone curve: output levels at :data:`CURVE_KNOTS` (monotone cubic between them)."""
+    """Master tone curve: output levels at :data:`CURVE_KNOTS` (joined linearly, corners smoothed)."""
     channel_curves: tuple[tuple[float, ...], ...] = (CURVE_KNOTS, CURVE_KNOTS, CURVE_KNOTS)
     hsl: tuple[HslBand, ...] = ()
     saturation: float = 1.0
@@ -90,9 +92,16 @@ class Look:
 
 
 def _curve(x: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
-    """``x`` through the monotone cubic (PCHIP) curve with outputs ``levels`` at :data:`CURVE_KNOTS`."""
-    lut_in = np.linspace(0, 1, 1024)
-    lut = PchipInterpolator(CURVE_KNOTS, levels)(lut_in)
+    """``x`` through the tone curve with outputs ``levels`` at :data:`CURVE_KNOTS`: piecewise linear, its corners
+    rounded by a Gaussian of :data:`CURVE_SMOOTHING` (ends extended by point reflection, so a straight line stays
+    exactly straight and a monotone curve stays monotone)."""
+    lut_in = np.linspace(0, 1, CURVE_LUT)
+    lut = np.interp(lut_in, CURVE_KNOTS, levels)
+    sigma = CURVE_SMOOTHING * (CURVE_LUT - 1)
+    half = round(3 * sigma)
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    padded = np.concatenate([2 * lut[0] - lut[half:0:-1], lut, 2 * lut[-1] - lut[-2 : -half - 2 : -1]])
+    lut = np.convolve(padded, kernel / kernel.sum(), mode="valid")
     return np.asarray(np.interp(x, lut_in, np.clip(lut, 0, 1)), dtype=np.float32)
 
 
