@@ -105,6 +105,7 @@ def time_per_frame(stylizer: Stylizer, content: np.ndarray, style: np.ndarray, s
         tic = time.perf_counter()
         stylizer.stylize(frame, state, size)
         times.append(time.perf_counter() - tic)
+    logger.info("%s at %dx%d: %.3f s", stylizer.name, size[0], size[1], statistics.median(times))
     return statistics.median(times)
 
 
