@@ -263,12 +263,15 @@ def chosen_strength(curve: dict[str, dict[str, float]], reinhard_ssim: float) ->
 def plot_strength(
     curves: dict[str, dict[str, dict[str, float]]], points: dict[str, dict[str, float]], path: Path
 ) -> None:
-    """Deep style distance and Gaussian W2 against SSIM: each model's strength curve, each fixed method a point."""
+    """Deep style distance and Gaussian W2 against SSIM: each model's strength curve, each fixed method a point
+    (identity, far off at SSIM 1, only named in the title)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    points = dict(points)
+    identity = points.pop(IdentityTransfer.name, None)
     panels = (
         ("style", "Gram style distance, EfficientNet-Lite2 (lower)"),
         ("gaussian_w2", "Gaussian W2 of Lab colours (lower)"),
@@ -284,7 +287,10 @@ def plot_strength(
         ax.set(xlabel="structure SSIM vs content (higher is better)", ylabel=label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Held-out pairs: strength 0 (global colour map) ... 1 (full local maps); better = lower right")
+    off = f"; identity: SSIM 1, style {identity['style']:.1f}, W2 {identity['gaussian_w2']:.1f}" if identity else ""
+    fig.suptitle(
+        f"Held-out pairs: strength 0 (global map) ... 1 (full local maps); better = lower right{off}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
