@@ -4,9 +4,11 @@ loopback (a nats-server, an in-process worker and gateway, real aiortc phones), 
 Rows: a decompression bomb as a key frame and as a style; an echo bait (a 200 KB unknown field); a flood of offers
 that never finish ICE; the gateway stopped mid-stream and restarted on its port; a gateway process killed with
 SIGKILL mid-stream and restarted on its port (the phone notices by silence); NATS down for longer than the old
-reconnect policy allowed; 8 phone processes at once (each writes its report). Each row: frames out / captured,
-keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after. Every step is bounded in
-time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME`` runs some steps.
+reconnect policy allowed; 8 phone processes at once (each writes its report); a worker rewriting its delta after the
+aggregator checked it (issue 22: NaN, x1000, another shape; an in-process aggregator on a synthetic model). Each row:
+frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after. Every
+step is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME`` runs some
+steps.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from typing import Any
 import aiohttp
 import msgpack
 import nats
+import numpy as np
 
+from aggregator.service import Aggregator, AggregatorConfig
 from bench.common import machine, write_results
 from bench.faults import jpeg_bomb, kill_gateway_mid_stream, png_bomb, unanswered_offer_sdp
 from deploy.nats import NatsServer, free_port
@@ -38,9 +42,11 @@ from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
+from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.runtime import die_with_parent, run_main
 from streaming.style_store import StyleStore
+from streaming.tensors import NamedArrays, encode_tensors
 
 FPS = 15.0
 SIZE = (320, 180)
@@ -55,6 +61,11 @@ FLOOD_OFFERS = 50
 FLOOD_CAP = 32
 FLOOD_CONNECT_TIMEOUT_S = 3.0
 STEP_TIMEOUT_S = 60.0
+SWAP_MODEL: NamedArrays = {"dec.weight": np.ones((64, 64), np.float32)}
+"""The delta-swap step's synthetic model: norm 64, as in the issue's report."""
+SWAP_STEP = 0.01
+"""Each honest delta's value (norm 0.64: 1 % of the model's)."""
+SWAP_ROUND_TIMEOUT_S = 0.5
 
 
 def rss_mb() -> float:
@@ -359,6 +370,77 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
     )
 
 
+def _swapped(kind: str) -> NamedArrays:
+    """What the attacker writes over its checked delta."""
+    if kind == "nan":
+        return {"dec.weight": np.full((64, 64), np.nan, np.float16)}
+    if kind == "x1000":
+        return {"dec.weight": np.full((64, 64), SWAP_STEP * 1000, np.float16)}
+    return {"dec.weight": np.full((32, 128), SWAP_STEP, np.float16)}
+
+
+async def _until(predicate: Callable[..., Awaitable[bool]], *args: Any) -> None:
+    async def loop() -> None:
+        while not await predicate(*args):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+
+
+async def delta_swap(site: Site) -> dict[str, Any]:
+    """Issue 22's critical finding, three rounds while a phone streams: an attacker's delta is accepted, then its blob
+    is overwritten (NaN, x1000, another shape) before an honest delta completes the round. Survived: every version
+    finite and exactly the model plus the honest steps, each swap dropped by digest."""
+    aggregator = Aggregator(
+        AggregatorConfig(nats_url=site.server.url, min_updates=2, round_timeout_s=SWAP_ROUND_TIMEOUT_S)
+    )
+    await aggregator.start(SWAP_MODEL)
+    serving = asyncio.create_task(aggregator.run())
+    run = asyncio.create_task(site.phone(8.0).run())
+    nc = await nats.connect(site.server.url)
+    js = nc.jetstream()
+    try:
+        deltas, store = await DeltaStore.open(js, site.region), await ModelStore.open(js)
+        honest = {"dec.weight": np.full((64, 64), SWAP_STEP, np.float16)}
+        kinds = ("nan", "x1000", "shape")
+        for base, kind in enumerate(kinds):
+            bad = await submit_delta(js, deltas, worker_id="attacker", base_version=base, samples=8, delta=honest)
+            await _until(_holds, aggregator, bad.object_name)
+            await deltas.put(bad.object_name, encode_tensors(_swapped(kind)))
+            await submit_delta(js, deltas, worker_id="honest", base_version=base, samples=8, delta=honest)
+            await _until(_published, store, base + 1)
+        latest = await store.latest()
+        assert latest is not None
+        weights = (await store.weights(latest))["dec.weight"]
+        running = not serving.done()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await aggregator.stop()
+        await nc.close()
+    report = (await asyncio.wait_for(run, STEP_TIMEOUT_S)).report
+    expected = SWAP_MODEL["dec.weight"] + len(kinds) * np.float32(np.float16(SWAP_STEP))
+    exact = bool(np.allclose(weights, expected, rtol=0, atol=1e-6))
+    finite = bool(np.isfinite(weights).all())
+    return _row(
+        "a worker rewrites its delta after the aggregator checked it (NaN, x1000, another shape; a round each)",
+        f"v{latest.version}: finite {finite}, the model plus the honest steps only {exact}, norm "
+        f"{float(np.linalg.norm(weights)):.2f} (model 64); swaps dropped {aggregator.drops}, contributors "
+        f"{latest.contributors}; aggregator running {running}",
+        report,
+        drops=aggregator.drops,
+        sessions_after=len(site.gateway.sessions),
+    )
+
+
+async def _holds(aggregator: Aggregator, object_name: str) -> bool:
+    return any(object_name.encode() in data for data in aggregator.state.accepted)
+
+
+async def _published(store: ModelStore, version: int) -> bool:
+    return (await store.latest_number() or 0) >= version
+
+
 STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "bombs": ({}, bombs_and_echoes),
     "flood": (
@@ -373,6 +455,7 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "gateway-kill": ({}, gateway_kill),
     "nats-outage": ({}, nats_outage),
     "crowd": ({"max_pending_per_address": CROWD_PHONES}, phone_crowd),
+    "delta-swap": ({}, delta_swap),
 }
 """The campaign's steps by name (``--only``), in order."""
 

@@ -396,6 +396,9 @@ class DeltaRef(Message):
     samples: int
     object_name: str
     loss: float = float("nan")
+    sha256: str = ""
+    """Hex SHA-256 of the delta blob: the aggregator refuses a blob that differs, when the reference arrives and
+    again when its round closes (a worker may rewrite its region's bucket in between)."""
 
 
 @dataclass
@@ -431,6 +434,11 @@ class RoundState(Message):
     """Wall-clock ``time.time_ns()`` when the round's first delta was accepted (0: none yet); the round timeout
     counts from here. Wall clock, not monotonic: the state outlives the process and may be resumed on another
     host."""
+    consumed: list[bytes] = field(default_factory=list)
+    """Encoded :class:`DeltaRef` of the deltas aggregated by closed rounds whose base may still be a delta's base: a
+    replay of one is a duplicate, not a new delta."""
+    to_delete: list[bytes] = field(default_factory=list)
+    """Encoded :class:`DeltaRef` whose blobs are still to be deleted (written before any is, so a restart finishes)."""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
