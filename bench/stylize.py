@@ -42,7 +42,7 @@ from edge_worker.looks import random_look
 from edge_worker.model.base import Size, Stylizer
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.int8 import FP32, INT8
-from edge_worker.model.registry import DNN_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, LITE_NAME, load_stylizer
 from edge_worker.model.stylizer import PhotoStylizer, resize
 from edge_worker.quality import (
     ciede2000,
@@ -75,7 +75,7 @@ TUNING_FRAMES = (60, 160, 220)
 """Tuning contents: frames of the real clip from three of its shots, which the bundled weights never trained on.
 Training photos flatter the DNN (astronaut.png with retina.jpg: SSIM 0.853 against Reinhard's 0.795)."""
 TUNING_STYLES = ("retina.jpg", "ihc.png", "hubble_deep_field.jpg")
-DEFAULT_MODELS = (DNN_NAME, f"{DNN_NAME}:{INT8}")
+DEFAULT_MODELS = (DNN_NAME, f"{DNN_NAME}:{INT8}", LITE_NAME, LITE_LOOK_NAME)
 DEFAULT_GRID = Path(__file__).resolve().parents[1] / "docs" / f"{NAME}_grid.png"
 
 Pair = tuple[str, np.ndarray, str, np.ndarray]
