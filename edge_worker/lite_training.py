@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from edge_worker.looks import random_look
-from edge_worker.model.lite import LiteStylizer
+from edge_worker.model.base import TrainingPair
+from edge_worker.model.efficientnet_lite import EfficientNetLite0
+from edge_worker.model.lite import LiteConfig, LiteStylizer
 from edge_worker.model.meta_smoothing import apply_affine, resample
 from edge_worker.model.stylizer import resize, to_tensor
 from edge_worker.model.vgg import Encoded
@@ -179,3 +181,24 @@ def evaluate_lite(
         "gaussian_w2": float(np.mean(w2s)),
         **{f"look_psnr_{k}": float(np.mean(v)) for k, v in psnr.items()},
     }
+
+
+class RetrainableLite(LiteStylizer):
+    """A :class:`LiteStylizer` that also retrains (:class:`~edge_worker.model.base.Trainable`): one Adam step of the
+    look-transfer objective per call, on (content, style) photographs such as the key frames a worker served."""
+
+    def __init__(self, config: LiteConfig | None = None, encoder: EfficientNetLite0 | None = None) -> None:
+        super().__init__(config, encoder)
+        self._optimizer: torch.optim.Optimizer | None = None  # made on first use: a serving worker never pays
+        self._rng = np.random.default_rng(0)
+
+    def train_step(self, pairs: Sequence[TrainingPair]) -> float:
+        """One step on ``pairs``; returns the loss."""
+        if self._optimizer is None:
+            self._optimizer = make_optimizer(self)
+        batch = look_batch([c for c, _ in pairs], [s for _, s in pairs], self._rng, self.config.work_size)
+        loss = look_loss(self, batch)
+        self._optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._optimizer.step()
+        return float(loss.detach())

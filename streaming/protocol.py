@@ -93,6 +93,11 @@ MAX_REPORTED_LATENCY_MS = 60_000.0
 """Longest key-frame latency part a phone may report (:class:`KeyLatency`); beyond it the report is invalid."""
 MAX_FRAME_SIDE = 4096
 """Largest width or height of a frame the system accepts."""
+MAX_RESULT_PIXELS = 3840 * 2160
+"""Largest result (width x height) a key may ask for: 4K UHD."""
+MAX_RESULT_AREA_RATIO = 4
+"""A key's result may have at most this many times the key frame's pixels (twice its width and height): a worker's
+time grows with the result (issue 22: a 64x64 stream asking for 4096x4096 results cost 0.74 s per key, ~300x)."""
 MAX_STYLE_BYTES = 8 * 1024 * 1024
 """Largest encoded style image accepted at signaling."""
 MAX_ERROR_CHARS = 256
@@ -557,6 +562,19 @@ def validate_request(request: StylizeRequest) -> None:
         raise ProtocolError(ErrorCode.DEADLINE, f"budget {request.budget_ms} ms already spent")
 
 
+def check_result_size(key_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+    """Raise :class:`ProtocolError` (``too_large``) when a result of ``out_size`` (width, height) for a key frame of
+    ``key_size`` exceeds :data:`MAX_RESULT_PIXELS` or :data:`MAX_RESULT_AREA_RATIO` times the key's pixels."""
+    (key_w, key_h), (out_w, out_h) = key_size, out_size
+    if out_w * out_h > MAX_RESULT_PIXELS:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"result of {out_w}x{out_h} exceeds {MAX_RESULT_PIXELS} pixels")
+    if out_w * out_h > MAX_RESULT_AREA_RATIO * key_w * key_h:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"result of {out_w}x{out_h} exceeds {MAX_RESULT_AREA_RATIO}x the pixels of the {key_w}x{key_h} key frame",
+        )
+
+
 def chunk_payload(frame_id: int, payload: bytes, chunk_bytes: int = DATA_CHANNEL_CHUNK_BYTES) -> list[Chunk]:
     """Split an encoded frame into data-channel chunks."""
     return [
@@ -674,6 +692,8 @@ def decode_offer(body: bytes) -> Offer:
         if not valid:
             raise ProtocolError(ErrorCode.INVALID, f"out_width/out_height must be integers in 1..{MAX_FRAME_SIDE}")
         out_size = (typing.cast(int, w), typing.cast(int, h))
+        if out_size[0] * out_size[1] > MAX_RESULT_PIXELS:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"out_width x out_height exceeds {MAX_RESULT_PIXELS} pixels")
     result = data.get("result", ResultKind.FRAME.value)
     if result not in RESULT_KIND_VALUES:
         raise ProtocolError(

@@ -22,8 +22,9 @@ from aggregator.service import Aggregator, AggregatorConfig
 from deploy.nats import NatsServer
 from edge_worker.federated import FederatedConfig
 from edge_worker.key_buffer import KeyFrameBuffer
+from edge_worker.lite_training import RetrainableLite
 from edge_worker.model.base import Trainable
-from edge_worker.model.lite import LITE_CONFIGS, LiteStylizer
+from edge_worker.model.lite import LITE_CONFIGS
 from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
@@ -43,10 +44,10 @@ def _tiny_dnn() -> RetrainableStylizer:
     return RetrainableStylizer(PhotoStylizer.from_config("tiny"), train_size=64)
 
 
-def _tiny_lite() -> LiteStylizer:
-    """The lite stylizer (ImageNet encoder, learned head) in its tiny test configuration: itself trainable."""
+def _tiny_lite() -> RetrainableLite:
+    """The lite stylizer (ImageNet encoder, learned head) in its tiny test configuration, retrainable."""
     torch.manual_seed(0)
-    return LiteStylizer(LITE_CONFIGS["tiny"])
+    return RetrainableLite(LITE_CONFIGS["tiny"])
 
 
 def test_key_frame_buffer_is_bounded_and_survives_restarts(tmp_path: Path) -> None:

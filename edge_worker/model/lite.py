@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_worker.model.base import Size, TrainingPair, check_image, check_size
+from edge_worker.model.base import Size, check_image, check_size
 from edge_worker.model.device import CPU, CUDA, resolve_device
 from edge_worker.model.efficientnet_lite import EfficientNetLite0, fold_batchnorm, load_imagenet
 from edge_worker.model.int8 import FP32
@@ -180,8 +180,9 @@ def compose(out: torch.Tensor, a_g: torch.Tensor, b_g: torch.Tensor, strength: f
 
 
 class LiteStylizer(nn.Module):
-    """The lite stylizer; implements :class:`~edge_worker.model.base.CoefficientStylizer`, ``BatchStylizer`` and
-    :class:`~edge_worker.model.base.Trainable` (only the head and the smoothing kernels learn)."""
+    """The lite stylizer; implements :class:`~edge_worker.model.base.CoefficientStylizer` and ``BatchStylizer``, and
+    the learned-state half of :class:`~edge_worker.model.base.Trainable` (only the head and the smoothing kernels
+    learn); :class:`edge_worker.lite_training.RetrainableLite` adds the training step."""
 
     name = "mvstylizer-lite"
     precision = FP32
@@ -198,8 +199,6 @@ class LiteStylizer(nn.Module):
         self.head = LookHead(self.encoder.tap_channels(self.config.taps), self.config)
         self.smoothing = MetaKernels()
         self.half_precision = True
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._rng = np.random.default_rng(0)
 
     @property
     def device(self) -> torch.device:
@@ -349,22 +348,6 @@ class LiteStylizer(nn.Module):
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(torch.from_numpy(np.asarray(value, np.float32)))
-
-    def train_step(self, pairs: Sequence[TrainingPair]) -> float:
-        """One Adam step of the look-transfer objective (:mod:`edge_worker.lite_training`) on (content, style)
-        photographs, e.g. the key frames and styles a worker served."""
-        from edge_worker.lite_training import look_batch, look_loss
-
-        if self._optimizer is None:
-            from edge_worker.lite_training import make_optimizer
-
-            self._optimizer = make_optimizer(self)
-        batch = look_batch([c for c, _ in pairs], [s for _, s in pairs], self._rng, self.config.work_size)
-        loss = look_loss(self, batch)
-        self._optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._optimizer.step()
-        return float(loss.detach())
 
     def save(self, path: str | Path) -> None:
         """Write the learned weights and the config (not the encoder: it comes from its package), atomically."""

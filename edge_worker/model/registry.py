@@ -44,10 +44,11 @@ def load_stylizer(
     if spec == EMULATED_NAME:
         return EmulatedAccelerator(profile or ServiceTimeProfile())
     if spec in (LITE_NAME, LITE_LOOK_NAME) or (spec.endswith(MODEL_SUFFIXES) and is_lite_file(Path(spec))):
-        from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH, LiteStylizer
+        from edge_worker.lite_training import RetrainableLite
+        from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH
 
         bundled = {LITE_NAME: DEFAULT_LITE_PATH, LITE_LOOK_NAME: LITE_LOOK_PATH}
-        lite = LiteStylizer.load(bundled.get(spec, Path(spec)), device=device)
+        lite = RetrainableLite.load(bundled.get(spec, Path(spec)), device=device)
         if work_size > 0 and work_size != lite.config.work_size:
             lite = lite.with_config(work_size=work_size)
         if precision == INT8:
