@@ -53,14 +53,29 @@ LITE0_STAGES = (
 """EfficientNet-Lite0's blocks (``efficientnet_lite_builder.py``: r1_k3_s11_e1_i32_o16, ...)."""
 
 
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 convolution as one matrix product over the channels of a channels-last ``x`` (its NHWC view is
+    contiguous): no im2col copy. Returns channels-last."""
+    y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
+    return y.permute(0, 3, 1, 2)
+
+
 class SameConv(nn.Conv2d):
-    """A bias-free convolution with TensorFlow ``SAME`` padding (extra pixel at the bottom/right for stride 2)."""
+    """A bias-free convolution with TensorFlow ``SAME`` padding (extra pixel at the bottom/right for stride 2).
+
+    At stride 1 (odd kernels) ``SAME`` is symmetric: the convolution pads itself, no padded copy of the input."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+        self.pads_itself = stride == 1 and kernel % 2 == 1
+        padding = kernel // 2 if self.pads_itself else 0
+        super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad as TF ``SAME``, then convolve."""
+        if self.kernel_size[0] == 1 and self.pads_itself and self.groups == 1:
+            return pointwise(x, self.weight, self.bias)
+        if self.pads_itself:
+            return super().forward(x)
         k, s = self.kernel_size[0], self.stride[0]
         pads = []
         for size in (x.shape[-1], x.shape[-2]):
@@ -88,8 +103,9 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One block."""
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expands else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        # in place: the convolutions' outputs are fresh tensors, and a frozen encoder keeps no graph of them
+        y = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expands else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return x + y if self.residual else y
 
