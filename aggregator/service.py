@@ -167,12 +167,33 @@ class AggregatorConfig:
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
 
 
+DELTA_STREAM_MAX_BYTES = 256 * 1024 * 1024
+"""Capacity of the delta stream (its messages are references of ~200 B; the blobs live in the delta buckets)."""
+DELTA_STREAM_MAX_PER_REGION = 10_000
+"""References kept per region's subject: a region flooding its subject pushes out only its own oldest."""
+DELTA_STREAM_MAX_MSG_BYTES = 64 * 1024
+DELTA_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+def delta_stream_config() -> StreamConfig:
+    """The delta stream's settings: file storage, bounded in bytes, per region, per message and in age."""
+    return StreamConfig(
+        name=FL_DELTA_STREAM,
+        subjects=[DELTA_SUBJECTS],
+        storage=StorageType.FILE,
+        max_bytes=DELTA_STREAM_MAX_BYTES,
+        max_msgs_per_subject=DELTA_STREAM_MAX_PER_REGION,
+        max_msg_size=DELTA_STREAM_MAX_MSG_BYTES,
+        max_age=DELTA_STREAM_MAX_AGE_S,
+    )
+
+
 async def ensure_delta_stream(js: JetStreamContext) -> None:
-    """Create the delta stream (file storage) if it does not exist."""
+    """Create the delta stream (:func:`delta_stream_config`) if it does not exist."""
     try:
         await js.stream_info(FL_DELTA_STREAM)
     except NotFoundError:
-        await js.add_stream(StreamConfig(name=FL_DELTA_STREAM, subjects=[DELTA_SUBJECTS], storage=StorageType.FILE))
+        await js.add_stream(delta_stream_config())
 
 
 def _round_order(held: tuple[DeltaRef, bytes]) -> tuple[str, int]:

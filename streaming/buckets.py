@@ -7,18 +7,19 @@ aggregator's round state) opens its buckets here, so "bind or create" is written
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import StorageType
+from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 
-async def open_object_store(js: JetStreamContext, bucket: str) -> ObjectStore:
-    """Bind to an object store bucket, creating it (file storage) if it does not exist."""
+async def open_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig | None = None) -> ObjectStore:
+    """Bind to an object store bucket, creating it if it does not exist (with ``config``: its limits; default: file
+    storage, unbounded)."""
     try:
         return await js.object_store(bucket)
     except BucketNotFoundError:
-        return await js.create_object_store(bucket)
+        return await js.create_object_store(bucket, config)
 
 
 async def open_key_value(js: JetStreamContext, bucket: str) -> KeyValue:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -44,6 +45,10 @@ from streaming.tensors import NamedArrays, decode_tensors, encode_tensors
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_VERSIONS = 5
+DELTA_BUCKET_MAX_BYTES = 2 * 1024 * 1024 * 1024
+"""Capacity of a region's delta bucket (2 GiB: ~1,000 deltas of the DNN); once full, new deltas are refused."""
+DELTA_TTL_S = 7 * 24 * 3600.0
+"""A delta blob left behind (its round never closed) expires after this long."""
 LATEST_KEY = "latest"
 
 
@@ -187,6 +192,13 @@ class ModelStore:
         await delete_object(self._objects, name)
 
 
+def delta_bucket_config(region: str) -> ObjectStoreConfig:
+    """A region's delta bucket's settings: file storage, bounded in bytes and age."""
+    return ObjectStoreConfig(
+        bucket=delta_bucket(region), storage=StorageType.FILE, max_bytes=DELTA_BUCKET_MAX_BYTES, ttl=DELTA_TTL_S
+    )
+
+
 class DeltaStore:
     """One region's delta blobs (bucket :func:`streaming.protocol.delta_bucket`)."""
 
@@ -199,7 +211,7 @@ class DeltaStore:
         """Open (``create``: or create) the region's bucket; :class:`StoreMissingError` when absent otherwise."""
         bucket = delta_bucket(region)
         if create:
-            return cls(await open_object_store(js, bucket), region)
+            return cls(await open_object_store(js, bucket, delta_bucket_config(region)), region)
         try:
             return cls(await js.object_store(bucket), region)
         except BucketNotFoundError as exc:

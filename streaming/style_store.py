@@ -1,26 +1,77 @@
-"""Style images in the JetStream object store, named by content hash (bucket ``mvs-styles``, ARCHITECTURE.md)."""
+"""Style images in the JetStream object store, named by content hash (bucket ``mvs-styles``, ARCHITECTURE.md).
+
+What is stored is never a phone's upload: :func:`normalized_style` decodes it (bounded), scales it down to
+:data:`STORED_STYLE_MAX_SIDE` and encodes a JPEG of at most :data:`STORED_STYLE_MAX_BYTES`, so bytes after an
+image's end marker, metadata and oversized photos stay out. The bucket is bounded (:data:`STYLE_BUCKET_MAX_BYTES`,
+new styles refused once full) and each style expires :data:`STYLE_TTL_S` after it was stored; a style offered
+again after half of that is stored again, so a style in use stays.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timezone
 
+import cv2
 from nats.js import JetStreamContext
-from nats.js.errors import ObjectNotFoundError
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import APIError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from streaming.buckets import open_object_store
-from streaming.protocol import STYLE_BUCKET
+from streaming.images import decode_image, encode_jpeg
+from streaming.protocol import MAX_FRAME_SIDE, STYLE_BUCKET
 
 STYLE_ID_HEX_CHARS = 32
+STORED_STYLE_MAX_SIDE = 1024
+"""Longest side of a stored style (px): the DNN encodes styles at its working size (<= 512), colour transfer
+uses their statistics."""
+STORED_STYLE_MAX_BYTES = 1024 * 1024
+"""Largest stored style (its JPEG quality is lowered until it fits)."""
+STORED_STYLE_QUALITY = 90
+STYLE_BUCKET_MAX_BYTES = 1024 * 1024 * 1024
+"""Capacity of the style bucket (1 GiB: >= 1,024 styles); once full, new styles are refused until some expire."""
+STYLE_TTL_S = 24 * 3600.0
+"""A style expires this long after it was (last) stored."""
+MIB = 1024 * 1024
+JS_MAX_BYTES_EXCEEDED = 10077
+"""JetStream's error code for a publish refused by a full stream (discard policy "new", as object stores have)."""
+
+
+def style_bucket_config(bucket: str = STYLE_BUCKET) -> ObjectStoreConfig:
+    """The style bucket's settings: file storage, bounded in bytes and age."""
+    return ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE, max_bytes=STYLE_BUCKET_MAX_BYTES, ttl=STYLE_TTL_S)
 
 
 class UnknownStyleError(KeyError):
     """No style with that id is stored."""
 
 
+class StyleStoreFull(Exception):
+    """The style bucket is at its capacity."""
+
+
 def style_id_of(data: bytes) -> str:
     """Content-derived id of an encoded style image."""
     return hashlib.sha256(data).hexdigest()[:STYLE_ID_HEX_CHARS]
+
+
+def upload_digest(upload: bytes) -> str:
+    """Digest of an upload as sent (not of the style stored from it): CPU work for a big one, off the loop."""
+    return hashlib.sha256(upload).hexdigest()
+
+
+def normalized_style(upload: bytes) -> bytes:
+    """The JPEG stored for an uploaded style (JPEG or PNG): decoded within the frame limits, scaled down to
+    :data:`STORED_STYLE_MAX_SIDE`, at most :data:`STORED_STYLE_MAX_BYTES`. CPU work: call it off the event loop;
+    :class:`streaming.images.ImageDecodeError` if the upload is no usable image."""
+    image = decode_image(upload, max_side=MAX_FRAME_SIDE)
+    height, width = image.shape[:2]
+    scale = STORED_STYLE_MAX_SIDE / max(height, width)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return encode_jpeg(image, STORED_STYLE_QUALITY, STORED_STYLE_MAX_BYTES)
 
 
 class StyleStore:
@@ -31,16 +82,37 @@ class StyleStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str = STYLE_BUCKET) -> StyleStore:
-        """Open (or create) the style bucket."""
-        return cls(await open_object_store(js, bucket))
+        """Open (or create, :func:`style_bucket_config`) the style bucket."""
+        return cls(await open_object_store(js, bucket, style_bucket_config(bucket)))
+
+    async def _age_s(self, style_id: str) -> float | None:
+        """Seconds since ``style_id`` was stored, or None if it is not."""
+        try:
+            info = await self._store.get_info(style_id)
+        except ObjectNotFoundError:
+            return None
+        try:
+            stored = datetime.fromisoformat(info.mtime or "")
+        except ValueError:
+            return STYLE_TTL_S
+        return (datetime.now(timezone.utc) - stored).total_seconds()
+
+    async def fresh(self, style_id: str) -> bool:
+        """Whether this style is stored and far from expiring (storing it again would add nothing)."""
+        age = await self._age_s(style_id)
+        return age is not None and age < STYLE_TTL_S / 2
 
     async def put(self, data: bytes) -> str:
-        """Store an encoded style image; return its id (idempotent)."""
+        """Store an encoded style image (again, if it is past half its life); return its id.
+        :class:`StyleStoreFull` when the bucket is at its capacity."""
         style_id = style_id_of(data)
-        try:
-            await self._store.get_info(style_id)
-        except ObjectNotFoundError:
-            await self._store.put(style_id, data)
+        if not await self.fresh(style_id):
+            try:
+                await self._store.put(style_id, data)
+            except APIError as exc:
+                if exc.err_code == JS_MAX_BYTES_EXCEEDED:
+                    raise StyleStoreFull(f"the style store is full ({STYLE_BUCKET_MAX_BYTES // MIB} MiB)") from exc
+                raise
         return style_id
 
     async def get(self, style_id: str) -> bytes:
