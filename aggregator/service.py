@@ -31,8 +31,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -50,19 +50,19 @@ from aggregator.validation import (
     validate_ref,
     validate_update,
 )
-from streaming.buckets import open_key_value
+from streaming.buckets import aggregator_stores, create_stores
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, flag
 from streaming.model_store import (
     DEFAULT_KEEP_VERSIONS,
     DeltaStore,
     ModelIntegrityError,
     ModelStore,
-    StoreMissingError,
 )
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     FL_DELTA_STREAM,
+    FL_DELTA_SUBJECTS,
     FL_GLOBAL_SUBJECT,
     FL_ROUND_BUCKET,
     DeltaRef,
@@ -77,7 +77,6 @@ from streaming.tensors import NamedArrays, decode_tensors
 
 log = logging.getLogger(__name__)
 
-DELTA_SUBJECTS = "mvs.fl.delta.>"
 DURABLE = "aggregator"
 ROUND_KEY = "current"
 DEFAULT_MIN_UPDATES = 2
@@ -149,14 +148,6 @@ class AggregatorConfig:
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
 
 
-async def ensure_delta_stream(js: JetStreamContext) -> None:
-    """Create the delta stream (file storage) if it does not exist."""
-    try:
-        await js.stream_info(FL_DELTA_STREAM)
-    except NotFoundError:
-        await js.add_stream(StreamConfig(name=FL_DELTA_STREAM, subjects=[DELTA_SUBJECTS], storage=StorageType.FILE))
-
-
 class Aggregator:
     """Rounds of federated averaging over the deltas of every region."""
 
@@ -195,9 +186,9 @@ class Aggregator:
             reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
         js = self._js = self._nc.jetstream(domain=self.config.js_domain)
-        await ensure_delta_stream(js)
+        await create_stores(js, aggregator_stores())  # the setup's already, unless it has not run
         self.store = await ModelStore.open(js, keep=self.config.keep_versions)
-        self._rounds = await open_key_value(js, FL_ROUND_BUCKET)
+        self._rounds = await js.key_value(FL_ROUND_BUCKET)
         latest = await self.store.latest()
         if latest is None:
             if initial is None:
@@ -208,7 +199,7 @@ class Aggregator:
         await self._recover_round()
         await self._announce()  # v0, or the current version again: workers that started first join on it
         self._sub = await js.pull_subscribe(
-            DELTA_SUBJECTS,
+            FL_DELTA_SUBJECTS,
             durable=self.config.durable,
             stream=FL_DELTA_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait_s),
@@ -258,13 +249,10 @@ class Aggregator:
         self._published_ns = {v: t for v, t in self._published_ns.items() if v >= oldest}
 
     async def _delta_store(self, region: str) -> DeltaStore:
-        """The region's delta bucket (bound, never created: a region's workers create it on their first delta)."""
+        """The region's delta bucket (the setup creates it)."""
         assert self._js is not None
         if region not in self._deltas:
-            try:
-                self._deltas[region] = await DeltaStore.open(self._js, region, create=False)
-            except StoreMissingError as exc:
-                raise KeyError(str(exc)) from exc
+            self._deltas[region] = DeltaStore(self._js, region)
         return self._deltas[region]
 
     async def _delta(self, ref: DeltaRef) -> NamedArrays:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from nats.js import JetStreamContext
-from nats.js.errors import ObjectNotFoundError
-from nats.js.object_store import ObjectStore
 
-from streaming.buckets import open_object_store
+from streaming.buckets import Bucket
 from streaming.protocol import STYLE_BUCKET
 
 STYLE_ID_HEX_CHARS = 32
@@ -24,29 +22,26 @@ def style_id_of(data: bytes) -> str:
 
 
 class StyleStore:
-    """Put and get encoded style images by id."""
+    """Put and get encoded style images by id (the bucket is the setup's to create: ``streaming.buckets``)."""
 
-    def __init__(self, store: ObjectStore) -> None:
-        self._store = store
+    def __init__(self, js: JetStreamContext, bucket: str = STYLE_BUCKET) -> None:
+        self._store = Bucket(js, bucket)
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str = STYLE_BUCKET) -> StyleStore:
-        """Open (or create) the style bucket."""
-        return cls(await open_object_store(js, bucket))
+        """Bind the style bucket (its absence shows on the first put or get: :class:`BucketMissingError`)."""
+        return cls(js, bucket)
 
     async def put(self, data: bytes) -> str:
         """Store an encoded style image; return its id (idempotent)."""
         style_id = style_id_of(data)
-        try:
-            await self._store.get_info(style_id)
-        except ObjectNotFoundError:
+        if await self._store.info(style_id) is None:
             await self._store.put(style_id, data)
         return style_id
 
     async def get(self, style_id: str) -> bytes:
         """The encoded style image with id ``style_id``."""
         try:
-            result = await self._store.get(style_id)
-        except ObjectNotFoundError as exc:
+            return await self._store.get(style_id)
+        except KeyError as exc:
             raise UnknownStyleError(style_id) from exc
-        return bytes(result.data or b"")

@@ -228,7 +228,7 @@ def test_every_object_matches_the_kubernetes_schema(version: str) -> None:
     ids=["wrong-type", "unknown-field", "missing-field"],
 )
 def test_the_schema_check_rejects_a_broken_object(breakage: Any) -> None:
-    deployment = copy.deepcopy(k8s_manifests.workers("eu"))
+    deployment = copy.deepcopy(k8s_manifests.workers("eu")[0])
     kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
     breakage(deployment)
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -264,8 +264,8 @@ def test_workers_request_the_memory_they_were_measured_at() -> None:
         memory = container["resources"]
         assert _mebibytes(memory["requests"]["memory"]) >= 1.25 * measured_mib[federated]
         assert _mebibytes(memory["limits"]["memory"]) > _mebibytes(memory["requests"]["memory"])
-    assert federated_workers == len(load_regions(DEFAULT_REGIONS_FILE))
-    serving = k8s_manifests.workers("eu", federated=False)["spec"]["template"]["spec"]
+    assert federated_workers == len(load_regions(DEFAULT_REGIONS_FILE)) * nats_config.CLUSTER_WORKERS
+    serving = k8s_manifests.workers("eu", federated=False)[0]["spec"]["template"]["spec"]
     (container,) = serving["containers"]
     command, args = _parse(container)
     assert command == "worker" and args.federated_dir is None
