@@ -345,7 +345,10 @@ def setup_job(regions: Sequence[Region], image: str = IMAGE) -> Manifest:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _meta("mvs-setup", "setup"),
-        "spec": {"backoffLimit": SETUP_BACKOFF_LIMIT, "template": {"spec": pod}},
+        "spec": {
+            "backoffLimit": SETUP_BACKOFF_LIMIT,
+            "template": {"metadata": {"labels": _pod_labels("mvs-setup")}, "spec": pod},
+        },
     }
 
 
