@@ -130,9 +130,10 @@ def _api(js_domain: str | None, *calls: str) -> list[str]:
     return [f"{prefix}.{call}" for prefix in api_prefixes(js_domain) for call in dict.fromkeys(calls)]
 
 
-def _bind(stream: str) -> tuple[str, str, str]:
-    """Bind to a stream, creating it when missing, and read its messages (the aggregator's own stores)."""
-    return f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.MSG.GET.{stream}"
+def _bind(stream: str) -> tuple[str, str, str, str]:
+    """Bind to a stream, creating (or updating: :func:`streaming.buckets.create_stores`) it, and read its messages
+    (the aggregator's own stores)."""
+    return f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.UPDATE.{stream}", f"STREAM.MSG.GET.{stream}"
 
 
 def _direct_get(stream: str) -> tuple[str, str]:
@@ -227,9 +228,9 @@ def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None)
 
 
 def setup_permissions(regions: Sequence[str], js_domain: str | None = None) -> Permissions:
-    """The operator's setup: look up and create the deployment's buckets and streams, nothing else."""
+    """The operator's setup: look up, create and update the deployment's buckets and streams, nothing else."""
     streams = [stream_name(store) for store in deployment_stores(regions)]
-    calls = [call for stream in streams for call in (f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}")]
+    calls = [call for stream in streams for call in (f"STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE"))]
     return Permissions(publish=tuple(_api(js_domain, *calls)), subscribe=(inbox(SETUP_USER),))
 
 

@@ -109,16 +109,27 @@ def stream_name(store: Store) -> str:
     return store.name
 
 
+def read_directly(store: Store) -> bool:
+    """Whether services read ``store`` by direct get (object stores and KV buckets created ``direct``)."""
+    return isinstance(store, ObjectStoreConfig) or (isinstance(store, KeyValueConfig) and bool(store.direct))
+
+
 async def create_stores(js: JetStreamContext, stores: Sequence[Store]) -> list[str]:
-    """Create each of ``stores`` that does not exist yet (an existing one is left as it is); the streams created."""
+    """Create each of ``stores`` that does not exist yet; one that exists is left as it is, except that direct gets
+    are turned on where services read by direct get (a store made before they did). The streams created or
+    changed."""
     created = []
     for store in stores:
         name = stream_name(store)
         try:
-            await js.stream_info(name)
-            continue
+            info = await js.stream_info(name)
         except NotFoundError:
             pass
+        else:
+            if read_directly(store) and not info.config.allow_direct:
+                await js.update_stream(replace(info.config, allow_direct=True))
+                created.append(name)
+            continue
         if isinstance(store, ObjectStoreConfig):  # nats-py overwrites the config's bucket: give it a copy
             assert store.bucket is not None
             await js.create_object_store(store.bucket, config=replace(store))
