@@ -4,7 +4,9 @@ loopback (a nats-server, an in-process worker and gateway, real aiortc phones), 
 Rows: a decompression bomb as a key frame and as a style; an echo bait (a 200 KB unknown field); a flood of offers
 that never finish ICE; the gateway stopped mid-stream and restarted on its port; a gateway process killed with
 SIGKILL mid-stream and restarted on its port (the phone notices by silence); NATS down for longer than the old
-reconnect policy allowed; 8 phone processes at once (each writes its report). Each row: frames out / captured,
+reconnect policy allowed; 8 phone processes at once (each writes its report); a worker credential of one region
+attacking another (issue 22: streams, consumers and replies aimed at its subjects, deltas as other workers) while a
+phone of that region streams, against the generated accounts and permissions. Each row: frames out / captured,
 keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after. Every step is bounded in
 time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME`` runs some steps.
 """
@@ -31,14 +33,26 @@ import nats
 
 from bench.common import machine, write_results
 from bench.faults import jpeg_bomb, kill_gateway_mid_stream, png_bomb, unanswered_offer_sdp
-from deploy.nats import NatsServer, free_port
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
+from deploy.nats_auth import gateway_user, worker_id, worker_user
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
-from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.nats_connect import inbox_prefix, url_user
+from streaming.protocol import (
+    STYLIZE_QUEUE_GROUP,
+    DeltaRef,
+    StylizeReply,
+    StylizeRequest,
+    decode,
+    delta_bucket,
+    encode,
+    fl_delta_subject,
+    stylize_subject,
+)
 from streaming.runtime import die_with_parent, run_main
 from streaming.style_store import StyleStore
 
@@ -359,6 +373,116 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
     )
 
 
+CROSS_REGION_SECONDS = 6.0
+ATTACK_PAUSE_S = 0.05
+
+
+async def cross_region(site: Site) -> list[dict[str, Any]]:
+    """Issue 22, item 2, on a secure hub with leaf nodes "eu" and "us" (its own: ``site`` is unused): a "us" phone
+    streams, once alone (the baseline) and once while an "eu" worker's credential keeps trying to create a stream
+    over ``mvs.us.stylize``, a consumer delivering the style bucket into it, direct gets answered into it, and deltas
+    as another worker. The figure: the us phone's keys and round trip against its baseline."""
+    del site
+    with NatsHubAndLeaves(["eu", "us"], secure=True, workers={"eu": 2, "us": 1}) as cluster:
+        us = cluster.leaves["us"]
+        worker = StylizerWorker(
+            WorkerConfig(
+                nats_url=cluster.client_url(us, worker_user(worker_id("us", 0))),
+                region="us",
+                worker_id=worker_id("us", 0),
+                threads=1,
+                js_domain=HUB_DOMAIN,
+            )
+        )
+        gateway = Gateway(
+            GatewayConfig(
+                port=0,
+                nats_url=cluster.client_url(us, gateway_user("us")),
+                region="us",
+                js_domain=HUB_DOMAIN,
+                ice_hosts=LOOPBACK,
+            )
+        )
+        await worker.start()
+        await gateway.start()
+        refusals: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            refusals.append(str(exc))
+
+        attacker_url = cluster.client_url(cluster.leaves["eu"], worker_user(worker_id("eu", 0)))
+        attacker = await nats.connect(
+            attacker_url, error_cb=on_error, inbox_prefix=inbox_prefix(url_user(attacker_url))
+        )
+        try:
+            baseline = await _us_phone(gateway, "us")
+            attack = asyncio.create_task(_attack_us(attacker))
+            try:
+                report = await _us_phone(gateway, "us")
+            finally:
+                attack.cancel()
+                attempts = await attack
+        finally:
+            await attacker.close()
+            await gateway.stop()
+            await worker.stop()
+    refused = sum("permissions violation" in r.lower() for r in refusals)
+    return [
+        _row("cross-region: baseline (a us phone alone)", "baseline", baseline, p95_ms=_p95(baseline)),
+        _row(
+            "cross-region: an eu worker credential attacks us while a us phone streams",
+            f"{refused} of the attacker's {attempts} calls refused by the server (its direct gets are allowed, "
+            f"answered inside eu); us phone p95 {_p95(report)} ms against {_p95(baseline)} ms alone",
+            report,
+            p95_ms=_p95(report),
+            attacks=attempts,
+            refused=refused,
+        ),
+    ]
+
+
+async def _us_phone(gateway: Gateway, region: str) -> dict[str, Any]:
+    config = PhoneConfig(
+        gateway_urls=(gateway.url,),
+        frames=int(CROSS_REGION_SECONDS * FPS),
+        size=SIZE,
+        fps=FPS,
+        key_interval=5,
+        region=region,
+        ice_hosts=LOOPBACK,
+    )
+    return (await asyncio.wait_for(Phone(config).run(), STEP_TIMEOUT_S)).report
+
+
+async def _attack_us(nc: nats.NATS) -> int:
+    """Issue 22's attacks from an eu worker's credential, round after round until cancelled; the calls made."""
+    api = f"$JS.{HUB_DOMAIN}.API"
+    bucket, styles = delta_bucket("eu"), "OBJ_mvs-styles"
+    stream = {"name": f"OBJ_{bucket}", "subjects": [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", stylize_subject("us")]}
+    consumer = {
+        "stream_name": styles,
+        "config": {"deliver_subject": stylize_subject("us"), "deliver_group": STYLIZE_QUEUE_GROUP},
+    }
+    forged = DeltaRef(worker_id=worker_id("eu", 1), region="eu", base_version=0, samples=4, object_name="x")
+    calls = 0
+    try:
+        while True:
+            await nc.publish(f"{api}.STREAM.CREATE.OBJ_{bucket}", json.dumps(stream).encode())
+            await nc.publish(f"{api}.CONSUMER.CREATE.{styles}", json.dumps(consumer).encode())
+            await nc.publish(f"{api}.DIRECT.GET.{styles}", b'{"seq": 1}', reply=stylize_subject("us"))
+            await nc.publish(fl_delta_subject("eu", forged.worker_id), encode(forged))
+            calls += 4
+            await asyncio.sleep(ATTACK_PAUSE_S)
+    except asyncio.CancelledError:
+        return calls
+
+
+def _p95(report: dict[str, Any]) -> float | None:
+    """The phone's key round trip p95 (ms)."""
+    value = report["latency_ms"].get("us", {}).get("round_trip", {}).get("p95")
+    return None if value is None else round(float(value), 1)
+
+
 STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "bombs": ({}, bombs_and_echoes),
     "flood": (
@@ -373,6 +497,7 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "gateway-kill": ({}, gateway_kill),
     "nats-outage": ({}, nats_outage),
     "crowd": ({"max_pending_per_address": CROWD_PHONES}, phone_crowd),
+    "cross-region": ({}, cross_region),
 }
 """The campaign's steps by name (``--only``), in order."""
 
