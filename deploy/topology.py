@@ -35,7 +35,7 @@ from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
-from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
+from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
@@ -139,9 +139,15 @@ def federated_init(model: str) -> Path:
         from edge_worker.model.stylizer import DEFAULT_MODEL_PATH
 
         return DEFAULT_MODEL_PATH
+    if model in (LITE_NAME, LITE_LOOK_NAME):
+        from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH
+
+        return DEFAULT_LITE_PATH if model == LITE_NAME else LITE_LOOK_PATH
     if model.endswith(MODEL_SUFFIXES):
         return Path(model)
-    raise ValueError(f"federated learning needs a trainable model ({DNN_NAME!r} or a model file), not {model!r}")
+    raise ValueError(
+        f"federated learning needs a trainable model ({DNN_NAME!r}, {LITE_NAME!r} or a model file), not {model!r}"
+    )
 
 
 @dataclass
@@ -383,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway port of the first --region region, the next get the following ports (0: any free port)",
     )
     p.add_argument(
-        "--model", default=DEFAULT_STYLIZER, help="color-transfer, dnn (the bundled paper model) or a model file (.pt)"
+        "--model",
+        default=DEFAULT_STYLIZER,
+        help="color-transfer, dnn (the bundled paper model), lite (the ImageNet-encoder model) or a model file (.pt)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument(

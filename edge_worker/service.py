@@ -111,8 +111,9 @@ class WorkerConfig:
     model: str = field(
         default=DEFAULT_STYLIZER,
         metadata=flag(
-            "color-transfer, dnn (the bundled paper model), emulated (a stand-in for a GPU: sleeps a service time, "
-            "for scaling experiments) or a model file (.pt)"
+            "color-transfer, dnn (the bundled paper model), lite (frozen ImageNet EfficientNet-Lite0, learned head), "
+            "lite-look (the same trained on colour looks, no colour alignment), "
+            "emulated (a stand-in for a GPU: sleeps a service time, for scaling experiments) or a model file (.pt)"
         ),
     )
     device: str = field(
