@@ -44,8 +44,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -66,19 +66,19 @@ from aggregator.validation import (
     validate_ref,
     validate_update,
 )
-from streaming.buckets import open_key_value
+from streaming.buckets import aggregator_stores, create_stores
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, flag
 from streaming.model_store import (
     DEFAULT_KEEP_VERSIONS,
     DeltaStore,
     ModelIntegrityError,
     ModelStore,
-    StoreMissingError,
 )
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     FL_DELTA_STREAM,
+    FL_DELTA_SUBJECTS,
     FL_GLOBAL_SUBJECT,
     FL_ROUND_BUCKET,
     DeltaRef,
@@ -93,7 +93,6 @@ from streaming.tensors import NamedArrays
 
 log = logging.getLogger(__name__)
 
-DELTA_SUBJECTS = "mvs.fl.delta.>"
 DURABLE = "aggregator"
 ROUND_KEY = "current"
 DEFAULT_MIN_UPDATES = 2
@@ -167,35 +166,6 @@ class AggregatorConfig:
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
 
 
-DELTA_STREAM_MAX_BYTES = 256 * 1024 * 1024
-"""Capacity of the delta stream (its messages are references of ~200 B; the blobs live in the delta buckets)."""
-DELTA_STREAM_MAX_PER_REGION = 10_000
-"""References kept per region's subject: a region flooding its subject pushes out only its own oldest."""
-DELTA_STREAM_MAX_MSG_BYTES = 64 * 1024
-DELTA_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
-
-
-def delta_stream_config() -> StreamConfig:
-    """The delta stream's settings: file storage, bounded in bytes, per region, per message and in age."""
-    return StreamConfig(
-        name=FL_DELTA_STREAM,
-        subjects=[DELTA_SUBJECTS],
-        storage=StorageType.FILE,
-        max_bytes=DELTA_STREAM_MAX_BYTES,
-        max_msgs_per_subject=DELTA_STREAM_MAX_PER_REGION,
-        max_msg_size=DELTA_STREAM_MAX_MSG_BYTES,
-        max_age=DELTA_STREAM_MAX_AGE_S,
-    )
-
-
-async def ensure_delta_stream(js: JetStreamContext) -> None:
-    """Create the delta stream (:func:`delta_stream_config`) if it does not exist."""
-    try:
-        await js.stream_info(FL_DELTA_STREAM)
-    except NotFoundError:
-        await js.add_stream(delta_stream_config())
-
-
 def _round_order(held: tuple[DeltaRef, bytes]) -> tuple[str, int]:
     """Updates are aggregated by worker id (then base), whatever their arrival order: a round closed again after a
     crash gives the same version."""
@@ -242,9 +212,9 @@ class Aggregator:
             reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
         js = self._js = self._nc.jetstream(domain=self.config.js_domain)
-        await ensure_delta_stream(js)
+        await create_stores(js, aggregator_stores())  # the setup's already, unless it has not run
         self.store = await ModelStore.open(js, keep=self.config.keep_versions)
-        self._rounds = await open_key_value(js, FL_ROUND_BUCKET)
+        self._rounds = await js.key_value(FL_ROUND_BUCKET)
         latest = await self.store.latest()
         if latest is None:
             if initial is None:
@@ -255,7 +225,7 @@ class Aggregator:
         await self._recover_round()
         await self._announce()  # v0, or the current version again: workers that started first join on it
         self._sub = await js.pull_subscribe(
-            DELTA_SUBJECTS,
+            FL_DELTA_SUBJECTS,
             durable=self.config.durable,
             stream=FL_DELTA_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait_s),
@@ -307,13 +277,10 @@ class Aggregator:
         self._published_ns = {v: t for v, t in self._published_ns.items() if v >= oldest}
 
     async def _delta_store(self, region: str) -> DeltaStore:
-        """The region's delta bucket (bound, never created: a region's workers create it on their first delta)."""
+        """The region's delta bucket (the setup creates it)."""
         assert self._js is not None
         if region not in self._deltas:
-            try:
-                self._deltas[region] = await DeltaStore.open(self._js, region, create=False)
-            except StoreMissingError as exc:
-                raise KeyError(str(exc)) from exc
+            self._deltas[region] = DeltaStore(self._js, region)
         return self._deltas[region]
 
     async def _checked(self, ref: DeltaRef, seen: set[tuple[str, int]]) -> Update:

@@ -7,10 +7,10 @@ every delta of a round when it closes the round: a worker may rewrite its region
 
 What a delta may claim, and why:
 
-- **Ownership.** The reference arrived on ``mvs.fl.delta.<r>``, which only region ``r``'s workers may publish to
-  (NATS permissions); its ``region`` must be ``r``, and its object must be named under
-  ``delta/<r>/<worker id>/`` (it is read from ``r``'s own delta bucket, which only ``r``'s workers may write). NATS
-  enforces the region; the worker id inside a region is the worker's word (a region's workers share one user).
+- **Ownership.** The reference arrived on ``mvs.fl.delta.<r>.<w>``, which only worker ``w`` of region ``r`` may
+  publish to (a NATS user per worker, in region ``r``'s account); its ``region`` and ``worker_id`` must be ``r`` and
+  ``w``, and its object must be named under ``delta/<r>/<w>/`` (it is read from ``r``'s own delta bucket, which only
+  ``r``'s workers may write). So NATS attests both the region and the worker id, and one credential is one worker.
 - **Samples.** FedAvg weighs an update by its sample count, so a lie buys influence. A worker trains at most
   :attr:`Rules.max_samples_per_s` samples a second (measured: about 1.8 samples/s for the bundled DNN on one CPU
   thread; the default leaves room for a GPU), so since its base version was published it can have trained at most
@@ -101,8 +101,14 @@ class Rules:
 def validate_ref(ref: DeltaRef, subject: str, base_age_s: float, rules: Rules) -> None:
     """Raise :class:`RejectedUpdate` unless the reference (arrived on ``subject``; its base version published
     ``base_age_s`` seconds ago, 0 if unknown) may be read: its owner and its sample count."""
-    if subject != fl_delta_subject(ref.region):
-        raise RejectedUpdate(Reason.OWNER, f"a delta of region {ref.region!r} arrived on {subject!r}")
+    try:
+        expected = fl_delta_subject(ref.region, ref.worker_id)
+    except ValueError as exc:
+        raise RejectedUpdate(Reason.OWNER, str(exc)) from exc
+    if subject != expected:
+        raise RejectedUpdate(
+            Reason.OWNER, f"a delta of worker {ref.worker_id!r} of region {ref.region!r} arrived on {subject!r}"
+        )
     prefix = delta_object_prefix(ref.region, ref.worker_id)
     if not ref.object_name.startswith(prefix) or "/" in ref.object_name[len(prefix) :]:
         raise RejectedUpdate(Reason.OWNER, f"object {ref.object_name[:80]!r} of {ref.worker_id} is not under {prefix}")

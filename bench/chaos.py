@@ -10,7 +10,9 @@ phone attacking the gateway (issue 22: random frame-id announcements, results fa
 clock-probe and garbage floods, forged latency reports) while a well-behaved phone streams beside it, whose keys and
 round-trip p95 are the row's figure against the same phone alone (target: >= 95 % of its keys, p95 within 2x); the
 same for the signaling and storage attacks of issue 22 (slow offers and idle connections, SDP bombs, a candidate
-flood, a style flood). Each
+flood, a style flood); a worker credential of one region attacking another (issue 22: streams, consumers and replies
+aimed at its subjects, deltas as other workers) while a phone of that region streams, against the generated
+accounts. Each
 row: frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after.
 Every step is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME``
 runs some steps.
@@ -52,7 +54,8 @@ from bench.faults import (
     unanswered_offer_sdp,
     with_candidates,
 )
-from deploy.nats import NatsServer, free_port
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
+from deploy.nats_auth import gateway_user, worker_id, worker_user
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.sources import default_style_photo
@@ -62,15 +65,20 @@ from streaming.gateway.session import PhoneSession
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
+from streaming.nats_connect import inbox_prefix, url_user
 from streaming.protocol import (
     LATENCY_PARTS,
     STYLE_BUCKET,
+    STYLIZE_QUEUE_GROUP,
     ClockPing,
+    DeltaRef,
     KeyLatency,
     StylizeReply,
     StylizeRequest,
     decode,
+    delta_bucket,
     encode,
+    fl_delta_subject,
     stylize_subject,
 )
 from streaming.runtime import die_with_parent, run_main
@@ -134,7 +142,7 @@ class Site:
     def __init__(self, nats_port: int, http_port: int, **gateway: object) -> None:
         self.region = f"c{uuid.uuid4().hex[:6]}"
         self.nats_port, self.http_port, self.gateway_settings = nats_port, http_port, gateway
-        self.server = NatsServer(port=nats_port)
+        self.server = NatsServer(port=nats_port, regions=[self.region])  # the setup makes its delta bucket
         self.worker = StylizerWorker(
             WorkerConfig(
                 nats_url=self.server.url,
@@ -316,7 +324,7 @@ async def nats_outage(site: Site) -> dict[str, Any]:
     await asyncio.sleep(2.0)
     site.server.stop()
     await asyncio.sleep(NATS_OUTAGE_S)
-    site.server = NatsServer(port=site.nats_port).start()
+    site.server = NatsServer(port=site.nats_port, regions=[site.region]).start()
     back_at = time.monotonic()
     recovered = None
     while time.monotonic() - back_at < STEP_TIMEOUT_S:
@@ -416,6 +424,116 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
         wall_s=round(seconds, 3),
         sessions_after=len(site.gateway.sessions),
     )
+
+
+CROSS_REGION_SECONDS = 6.0
+ATTACK_PAUSE_S = 0.05
+
+
+async def cross_region(site: Site) -> list[dict[str, Any]]:
+    """Issue 22, item 2, on a secure hub with leaf nodes "eu" and "us" (its own: ``site`` is unused): a "us" phone
+    streams, once alone (the baseline) and once while an "eu" worker's credential keeps trying to create a stream
+    over ``mvs.us.stylize``, a consumer delivering the style bucket into it, direct gets answered into it, and deltas
+    as another worker. The figure: the us phone's keys and round trip against its baseline."""
+    del site
+    with NatsHubAndLeaves(["eu", "us"], secure=True, workers={"eu": 2, "us": 1}) as cluster:
+        us = cluster.leaves["us"]
+        worker = StylizerWorker(
+            WorkerConfig(
+                nats_url=cluster.client_url(us, worker_user(worker_id("us", 0))),
+                region="us",
+                worker_id=worker_id("us", 0),
+                threads=1,
+                js_domain=HUB_DOMAIN,
+            )
+        )
+        gateway = Gateway(
+            GatewayConfig(
+                port=0,
+                nats_url=cluster.client_url(us, gateway_user("us")),
+                region="us",
+                js_domain=HUB_DOMAIN,
+                ice_hosts=LOOPBACK,
+            )
+        )
+        await worker.start()
+        await gateway.start()
+        refusals: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            refusals.append(str(exc))
+
+        attacker_url = cluster.client_url(cluster.leaves["eu"], worker_user(worker_id("eu", 0)))
+        attacker = await nats.connect(
+            attacker_url, error_cb=on_error, inbox_prefix=inbox_prefix(url_user(attacker_url))
+        )
+        try:
+            baseline = await _us_phone(gateway, "us")
+            attack = asyncio.create_task(_attack_us(attacker))
+            try:
+                report = await _us_phone(gateway, "us")
+            finally:
+                attack.cancel()
+                attempts = await attack
+        finally:
+            await attacker.close()
+            await gateway.stop()
+            await worker.stop()
+    refused = sum("permissions violation" in r.lower() for r in refusals)
+    return [
+        _row("cross-region: baseline (a us phone alone)", "baseline", baseline, p95_ms=_p95(baseline)),
+        _row(
+            "cross-region: an eu worker credential attacks us while a us phone streams",
+            f"{refused} of the attacker's {attempts} calls refused by the server (its direct gets are allowed, "
+            f"answered inside eu); us phone p95 {_p95(report)} ms against {_p95(baseline)} ms alone",
+            report,
+            p95_ms=_p95(report),
+            attacks=attempts,
+            refused=refused,
+        ),
+    ]
+
+
+async def _us_phone(gateway: Gateway, region: str) -> dict[str, Any]:
+    config = PhoneConfig(
+        gateway_urls=(gateway.url,),
+        frames=int(CROSS_REGION_SECONDS * FPS),
+        size=SIZE,
+        fps=FPS,
+        key_interval=5,
+        region=region,
+        ice_hosts=LOOPBACK,
+    )
+    return (await asyncio.wait_for(Phone(config).run(), STEP_TIMEOUT_S)).report
+
+
+async def _attack_us(nc: nats.NATS) -> int:
+    """Issue 22's attacks from an eu worker's credential, round after round until cancelled; the calls made."""
+    api = f"$JS.{HUB_DOMAIN}.API"
+    bucket, styles = delta_bucket("eu"), "OBJ_mvs-styles"
+    stream = {"name": f"OBJ_{bucket}", "subjects": [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", stylize_subject("us")]}
+    consumer = {
+        "stream_name": styles,
+        "config": {"deliver_subject": stylize_subject("us"), "deliver_group": STYLIZE_QUEUE_GROUP},
+    }
+    forged = DeltaRef(worker_id=worker_id("eu", 1), region="eu", base_version=0, samples=4, object_name="x")
+    calls = 0
+    try:
+        while True:
+            await nc.publish(f"{api}.STREAM.CREATE.OBJ_{bucket}", json.dumps(stream).encode())
+            await nc.publish(f"{api}.CONSUMER.CREATE.{styles}", json.dumps(consumer).encode())
+            await nc.publish(f"{api}.DIRECT.GET.{styles}", b'{"seq": 1}', reply=stylize_subject("us"))
+            await nc.publish(fl_delta_subject("eu", forged.worker_id), encode(forged))
+            calls += 4
+            await asyncio.sleep(ATTACK_PAUSE_S)
+    except asyncio.CancelledError:
+        return calls
+
+
+def _p95(report: dict[str, Any]) -> float | None:
+    """The phone's key round trip p95 (ms)."""
+    value = report["latency_ms"].get("us", {}).get("round_trip", {}).get("p95")
+    return None if value is None else round(float(value), 1)
 
 
 def _good_figures(site: Site, report: dict[str, Any]) -> tuple[int, float | None]:
@@ -545,7 +663,7 @@ async def delta_swap(site: Site) -> dict[str, Any]:
     nc = await nats.connect(site.server.url)
     js = nc.jetstream()
     try:
-        deltas, store = await DeltaStore.open(js, site.region), await ModelStore.open(js)
+        deltas, store = DeltaStore(js, site.region), await ModelStore.open(js)
         honest = {"dec.weight": np.full((64, 64), SWAP_STEP, np.float16)}
         kinds = ("nan", "x1000", "shape")
         for base, kind in enumerate(kinds):
@@ -760,6 +878,7 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "gateway-kill": ({}, gateway_kill),
     "nats-outage": ({}, nats_outage),
     "crowd": ({"max_pending_per_address": CROWD_PHONES}, phone_crowd),
+    "cross-region": ({}, cross_region),
     "phone-attacks": ({}, phone_attacks),
     "delta-swap": ({}, delta_swap),
     "signaling": ({"max_sessions": STYLE_FLOOD_OFFERS + 4}, signaling_attacks),

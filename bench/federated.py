@@ -164,7 +164,7 @@ async def run_setup(
     base = RetrainableStylizer(copy.deepcopy(initial.model))
     curve: list[dict[str, float]] = []
     round_s, delta_bytes = [], []
-    with NatsServer() as server:
+    with NatsServer(regions=["bench"]) as server:
         aggregator = Aggregator(
             AggregatorConfig(nats_url=server.url, min_updates=setup.edges, server_lr=setup.server_lr)
         )
@@ -172,7 +172,7 @@ async def run_setup(
         nc = await nats.connect(server.url)
         js = nc.jetstream()
         store = await ModelStore.open(js)
-        deltas = await DeltaStore.open(js, "bench")
+        deltas = DeltaStore(js, "bench")
         learners = [RetrainableStylizer(copy.deepcopy(base.model), seed=i) for i in range(setup.edges)]
         splits = [photos[i :: setup.edges] for i in range(setup.edges)]
         rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-weights": ("edge_worker.export_weights", "a model's learned weights as a tensor blob (aggregator --init)"),
     "train": ("edge_worker.train", "offline training of the edge DNN (Eq. 5)"),
     "nats": ("deploy.nats_cli", "a local nats-server with JetStream"),
+    "setup": ("deploy.nats_setup", "create a deployment's JetStream buckets and streams (the operator's setup)"),
     "token": ("streaming.tokens", "print an offer admission token (secret from $MVS_TOKEN_SECRET)"),
 }
 

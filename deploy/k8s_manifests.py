@@ -21,7 +21,15 @@ from typing import Any
 
 from deploy.certs import CA_FILE
 from deploy.nats import HUB_DOMAIN
-from deploy.nats_auth import AGGREGATOR_USER, LEAF_URL_ENV, gateway_user, leaf_user, password_env, worker_user
+from deploy.nats_auth import (
+    AGGREGATOR_USER,
+    LEAF_URL_ENV,
+    SETUP_USER,
+    gateway_user,
+    leaf_user,
+    password_env,
+    worker_user,
+)
 from deploy.nats_config import (
     CLIENT_PORT,
     HUB_SERVICE,
@@ -33,6 +41,7 @@ from deploy.nats_config import (
     TLS,
     TLS_DIR,
     TLS_SECRET_NAME,
+    cluster_workers,
     deployment_configs,
     hub_auth,
     write_generated,
@@ -68,7 +77,8 @@ INIT_WEIGHTS = "/app/edge_worker/model/weights/mvstylizer-small.tensors"
 """The aggregator's initial weights: the bundled model as a tensor blob, written into the image by the Dockerfile
 (``mvs export-weights``)."""
 REGION_LABEL = "mvs/region"
-WORKER_REPLICAS = 2
+SETUP_BACKOFF_LIMIT = 20
+"""Retries of the setup Job (the hub may still be starting; its pods restart with a growing back-off)."""
 POD_SECURITY_LEVEL = "privileged"
 """Pod Security admission level the namespace enforces: the gateways use the node's network (``hostNetwork``),
 which the baseline and restricted standards forbid; ``privileged`` is the only level that admits it."""
@@ -235,7 +245,8 @@ def nats_leaf(region: str) -> list[Manifest]:
     """A region's leaf node: no JetStream; its remote URL carries the leaf user's password."""
     name = f"mvs-nats-leaf-{region}"
     remote = f"nats-leaf://{leaf_user(region)}:$({password_env(leaf_user(region))})@{HUB_SERVICE}:{LEAF_PORT}"
-    env = [_password(user) for user in (gateway_user(region), worker_user(region), leaf_user(region))]
+    users = (gateway_user(region), *(worker_user(worker) for worker in cluster_workers(region)), leaf_user(region))
+    env = [_password(user) for user in users]
     env.append({"name": LEAF_URL_ENV, "value": remote})
     ports = {"client": CLIENT_PORT, "monitor": MONITOR_PORT}
     container = _nats_container(f"leaf-{region}.conf", env, ports)
@@ -258,10 +269,20 @@ def namespace() -> Manifest:
     }
 
 
-def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool = False) -> Manifest:
-    """A region's stylizer workers: scale with ``replicas``; with ``federated`` each retrains when idle; with
-    ``gpu`` each runs ``image`` (the GPU one) on a GPU of its own."""
-    name = f"mvs-worker-{region}"
+def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool = False) -> list[Manifest]:
+    """A region's stylizer workers, a Deployment of one replica each (:func:`deploy.nats_config.cluster_workers`): a
+    worker has its own NATS user, which may act as that worker only, so it is never two pods at once (``Recreate``).
+    With ``federated`` each retrains when idle; with ``gpu`` each runs ``image`` (the GPU one) on a GPU of its
+    own."""
+    return [
+        worker(region, index, worker_id, image, federated, gpu)
+        for index, worker_id in enumerate(cluster_workers(region))
+    ]
+
+
+def worker(region: str, index: int, worker_id: str, image: str, federated: bool, gpu: bool) -> Manifest:
+    """Worker ``worker_id`` of ``region``."""
+    name = f"mvs-worker-{region}-{index}"
     federated_args = ["--federated-dir", BUFFER_DIR] if federated else []
     device_args = list(GPU_WORKER_ARGS) if gpu else []
     container: Manifest = {
@@ -271,6 +292,8 @@ def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool =
         "args": [
             "--region",
             region,
+            "--worker-id",
+            worker_id,
             "--js-domain",
             HUB_DOMAIN,
             "--model",
@@ -286,7 +309,7 @@ def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool =
             "--log-level",
             "info",
         ],
-        "env": _nats_url(worker_user(region), f"mvs-nats-leaf-{region}"),
+        "env": _nats_url(worker_user(worker_id), f"mvs-nats-leaf-{region}"),
         "resources": worker_resources(federated),
         # The rule (streaming.nats_connect): a NATS outage makes a worker unready, never restarts it.
         "startupProbe": _metrics_probe("/healthz"),
@@ -301,7 +324,32 @@ def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool =
     if federated:
         container["volumeMounts"] = [{"name": "buffer", "mountPath": BUFFER_DIR}]
         pod["volumes"] = [{"name": "buffer", "emptyDir": {}}]
-    return _deployment(name, "worker", region, WORKER_REPLICAS, _mount_tls(pod, ca_only=True), METRICS_PORT)
+    deployment = _deployment(name, "worker", region, 1, _mount_tls(pod, ca_only=True), METRICS_PORT)
+    deployment["spec"]["strategy"] = {"type": "Recreate"}  # one credential, one worker: never two pods at once
+    return deployment
+
+
+def setup_job(regions: Sequence[Region], image: str = IMAGE) -> Manifest:
+    """The operator's setup (``mvs setup``): creates every bucket and stream on the hub before the services use them
+    (they may not create any); retried until the hub answers, harmless to run again."""
+    container = {
+        "name": "setup",
+        "image": image,
+        "command": ["mvs", "setup"],
+        "args": [arg for region in regions for arg in ("--region", region.name)],
+        "env": _nats_url(SETUP_USER, HUB_SERVICE),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+    }
+    pod = _mount_tls({"containers": [container], "restartPolicy": "OnFailure"}, ca_only=True)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta("mvs-setup", "setup"),
+        "spec": {
+            "backoffLimit": SETUP_BACKOFF_LIMIT,
+            "template": {"metadata": {"labels": _pod_labels("mvs-setup")}, "spec": pod},
+        },
+    }
 
 
 def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
@@ -387,12 +435,13 @@ def manifests(
         "nats-config.yaml": [nats_config_map(deployment_configs(regions, source))],
         "nats-hub.yaml": nats_hub(hub_auth(regions).user_names()),
         "aggregator.yaml": [aggregator(image)],
+        "setup.yaml": [setup_job(regions, image)],
     }
     for region in regions:
         if region.nats == "leaf":
             files[f"nats-leaf-{region.name}.yaml"] = nats_leaf(region.name)
         worker_image = gpu_image if region.gpu else image
-        files[f"workers-{region.name}.yaml"] = [workers(region.name, worker_image, gpu=region.gpu)]
+        files[f"workers-{region.name}.yaml"] = workers(region.name, worker_image, gpu=region.gpu)
         files[f"gateway-{region.name}.yaml"] = gateway(region.name, image)
     return files
 

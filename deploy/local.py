@@ -64,8 +64,9 @@ class LocalTopology:
     metrics_urls: dict[str, str] = field(default_factory=dict)
     """Metrics URL of each worker started with :attr:`metrics`, by worker id."""
 
-    def start_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
-        """Start one ``python -m edge_worker`` child (the NATS URL, which may hold a password, in its environment)."""
+    def start_worker(self, worker_id: str, nats_url: str | None = None) -> subprocess.Popen[bytes]:
+        """Start one ``python -m edge_worker`` child; its NATS URL (default :attr:`nats_url`; the worker's own
+        credentials, when each worker has a user) in its environment."""
         cmd = [
             sys.executable,
             "-m",
@@ -90,7 +91,7 @@ class LocalTopology:
             cmd += ["--metrics-port", str(port), "--metrics-host", METRICS_HOST]
             self.metrics_urls[worker_id] = f"http://{METRICS_HOST}:{port}/metrics"
         cmd += self.worker_args
-        env = {**os.environ, NATS_URL_ENV: self.nats_url}
+        env = {**os.environ, NATS_URL_ENV: nats_url or self.nats_url}
         if self.nats_ca is not None:
             env[NATS_CA_ENV] = str(self.nats_ca)
         # Own session: Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
@@ -139,7 +140,7 @@ async def run_demo(
     worker_args: Sequence[str] = (),
 ) -> PhoneResult:
     """Start NATS, workers and a gateway; run the phone against them; stop everything."""
-    with NatsServer() as server:
+    with NatsServer(regions=[phone_config.region]) as server:  # the setup creates the region's buckets
         topology = LocalTopology(
             server.url,
             phone_config.region,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from deploy.backhaul import DelayedTcpRelay
 from deploy.certs import LOCAL_HOSTS, TlsFiles, generate
-from deploy.nats_auth import APP_ACCOUNT, LEAF_URL_ENV, Credentials, ServerAuth, indent, leaf_user
+from deploy.nats_auth import LEAF_URL_ENV, SETUP_USER, Credentials, ServerAuth, indent, leaf_user, worker_ids
+from deploy.nats_setup import run_setup
 from streaming.config import NATS_URL_ENV
 from streaming.runtime import die_with_parent
 from streaming.tokens import TOKEN_SECRET_ENV
@@ -104,7 +105,7 @@ def server_config(
         domain = f", domain: {json.dumps(js_domain)}" if js_domain else ""
         lines.append(f"jetstream {{ store_dir: {json.dumps(store_dir)}{domain} }}")
     if auth is not None:
-        lines.append(auth.accounts(jetstream=store_dir is not None))
+        lines.append(auth.render_accounts())
     leaf = []
     if leaf_listen is not None:
         leaf.append(f"listen: {json.dumps(leaf_listen)}")
@@ -114,7 +115,7 @@ def server_config(
             leaf.append(auth.leaf_authorization())
     if leaf_remote is not None:
         url = f"${LEAF_URL_ENV}" if auth else json.dumps(leaf_remote)
-        account = f", account: {json.dumps(APP_ACCOUNT)}" if auth else ""
+        account = f", account: {json.dumps(auth.remote_account)}" if auth and auth.remote_account else ""
         remote_tls = "" if tls is None else ", " + _tls_block(tls.client_cert, tls.client_key, tls.ca)
         leaf.append(f"remotes: [ {{ url: {url}{account}{remote_tls} }} ]")
     if leaf:
@@ -135,7 +136,9 @@ def tls_url(url: str) -> str:
 class NatsServer:
     """A nats-server child process, configured through a generated config file.
 
-    JetStream (on by default) keeps file storage in ``store_dir`` or a temp dir. A hub names its
+    JetStream (on by default) keeps file storage in ``store_dir`` or a temp dir; without ``auth``, :meth:`start` runs
+    the operator's setup (:mod:`deploy.nats_setup`: every bucket and stream, a delta bucket for each of
+    ``regions``), as services may not create any. A hub names its
     JetStream ``js_domain`` and accepts leaf nodes on ``leaf_port``; a leaf node (``leaf_remote``)
     has no JetStream of its own and reaches the hub's through the domain. With ``auth``, clients log in
     as the users of :mod:`deploy.nats_auth`, whose passwords come from ``env``.
@@ -160,6 +163,7 @@ class NatsServer:
         auth: ServerAuth | None = None,
         env: Mapping[str, str] | None = None,
         tls: TlsFiles | None = None,
+        regions: Sequence[str] = (),
     ) -> None:
         if leaf_port == 0 and monitor_port is None:
             raise ValueError("a random leaf_port is read back from monitoring: set monitor_port too (0: any)")
@@ -178,6 +182,8 @@ class NatsServer:
         """Accounts and users; None: no authentication (everyone may do everything)."""
         self.tls = tls
         """Certificates of the client and leaf-node listeners (and a leaf's remote); None: plain TCP."""
+        self.regions = tuple(regions)
+        """Regions whose delta buckets the setup creates (a server without ``auth``)."""
         self._env = {**inherited_env(), **(env or {})}
         """The server's environment: with ``auth``, the passwords its config names (and a leaf's remote URL)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="mvs-nats-")
@@ -260,13 +266,16 @@ class NatsServer:
                 self._check_running()
                 try:
                     with socket.create_connection((self.host, self.port), timeout=POLL_S):
-                        return self
+                        break
                 except OSError:
                     if time.monotonic() > deadline:
                         raise TimeoutError(
                             f"nats-server did not listen on {self.url} within {STARTUP_TIMEOUT_S} s"
                         ) from None
                     time.sleep(POLL_S)
+            if self.jetstream and self.auth is None:
+                run_setup(self.url, self.regions, Path(self.tls.ca) if self.tls else None)
+            return self
         except BaseException:
             self.stop()
             raise
@@ -335,9 +344,10 @@ class NatsHubAndLeaves:
     Stylize traffic stays on a region's leaf (NATS serves local queue-group members first); store
     traffic crosses to the hub through the JetStream domain :data:`HUB_DOMAIN`. ``cloud_regions`` have
     no leaf: their services connect to the hub. With ``secure``, every server requires the users and
-    permissions of :mod:`deploy.nats_auth` (fresh random passwords in :attr:`credentials`); connect
-    with :meth:`client_url`. With ``tls``, every link (client-server and leaf-hub) is TLS with certificates of a
-    fresh private CA (:attr:`tls`; clients verify the servers against ``tls.ca``).
+    permissions of :mod:`deploy.nats_auth` (fresh random passwords in :attr:`credentials`; a user per worker of
+    :attr:`workers`); connect with :meth:`client_url`. The operator's setup creates every bucket and stream on the
+    hub before anything else connects. With ``tls``, every link (client-server and leaf-hub) is TLS with certificates
+    of a fresh private CA (:attr:`tls`; clients verify the servers against ``tls.ca``).
     """
 
     def __init__(
@@ -348,11 +358,14 @@ class NatsHubAndLeaves:
         cloud_regions: Sequence[str] = (),
         backhaul_delay_ms: float = 0.0,
         tls: bool = False,
+        workers: Mapping[str, int] | None = None,
     ) -> None:
         every = [*regions, *cloud_regions]
         if not every or len(set(every)) != len(every):
             raise ValueError(f"regions must be distinct and non-empty, got {every}")
-        hub_auth = ServerAuth.hub(every, regions, HUB_DOMAIN) if secure else None
+        self.workers = {region: worker_ids(region, (workers or {}).get(region, 1)) for region in every}
+        """Each region's worker ids (a NATS user each when secure): ``workers[region]`` of them, default 1."""
+        hub_auth = ServerAuth.hub(self.workers, regions, HUB_DOMAIN) if secure else None
         self.credentials = Credentials.generate(hub_auth.user_names()) if hub_auth else None
         self._tls_dir = tempfile.TemporaryDirectory(prefix="mvs-tls-") if tls else None
         self.tls = generate(Path(self._tls_dir.name), (host, *LOCAL_HOSTS)) if self._tls_dir else None
@@ -366,6 +379,7 @@ class NatsHubAndLeaves:
             auth=hub_auth,
             env=self.credentials.env(hub_auth.user_names()) if self.credentials and hub_auth else None,
             tls=self.tls,
+            regions=every,
         )
         self.backhaul_delay_ms = backhaul_delay_ms
         self.backhauls: dict[str, DelayedTcpRelay] = {}
@@ -377,7 +391,7 @@ class NatsHubAndLeaves:
         """Region ``region``'s leaf node, its remote set once the hub has started (:meth:`start`); secure, its
         environment holds only its own users' passwords (and, from :meth:`start`, its remote URL with the leaf
         user's password), nothing of the other regions'."""
-        auth = ServerAuth.leaf(region, HUB_DOMAIN) if secure else None
+        auth = ServerAuth.leaf(region, self.workers[region], HUB_DOMAIN) if secure else None
         env = self.credentials.env(auth.user_names()) if self.credentials is not None and auth is not None else None
         return NatsServer(host, jetstream=False, name=f"leaf-{region}", auth=auth, env=env, tls=self.tls)
 
@@ -390,9 +404,13 @@ class NatsHubAndLeaves:
         return self.credentials.url(server.url, user) if self.credentials else server.url
 
     def start(self) -> NatsHubAndLeaves:
-        """Start the hub, then the leaves, and wait until every leaf is connected to the hub."""
+        """Start the hub (and run the setup on it), then the leaves, and wait until every leaf is connected to the
+        hub."""
         self.hub.start()
         try:
+            if self.credentials is not None:
+                ca = Path(self.tls.ca) if self.tls else None
+                run_setup(self.client_url(self.hub, SETUP_USER), list(self.workers), ca)
             assert self.hub.leaf_port is not None
             for region, leaf in self.leaves.items():
                 port = self.hub.leaf_port

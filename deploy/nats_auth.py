@@ -1,31 +1,42 @@
-"""Who may do what on NATS: one application account, one user per role and region, subject permissions.
+"""Who may do what on NATS: an account per region, the cloud's application account, a user per service and per
+worker, subject permissions.
 
-The permissions list what each service really sends and subscribes to (traced on a real nats-server,
-checked by ``tests/test_nats_permissions.py`` running the real flows as these users). Prefix ``P`` is
-``$JS.API`` and, with a JetStream domain, also ``$JS.<domain>.API`` (what a client on a leaf node uses):
+**Accounts.** A region's services (its gateways and each of its workers) live in the region's own account
+``MVS-<r>`` (:func:`region_account`); the cloud's in the application account ``MVS`` (JetStream: every bucket and
+stream; the aggregator and the operator's setup user). A subject names something inside one account only, so
+nothing of region ``us`` (``mvs.us.stylize``, its replies) exists in region ``eu``'s account: whatever an ``eu``
+credential sends, and wherever it asks a reply to go (NATS cannot restrict the reply subject of a request, and
+JetStream answers there), it stays inside ``eu``. ``MVS`` exports, and each region account imports, exactly:
 
-- gateway ``gateway-<r>``: requests on ``mvs.<r>.stylize``, discovery on ``mvs.<r>.workers``, style
-  store: bind or create (``P.STREAM.INFO|CREATE.OBJ_mvs-styles``), look up (``P.STREAM.MSG.GET``), write
-  (``$O.mvs-styles.C|M.*``); replies on its own inbox prefix ``_INBOX_gateway-<r>.>``.
-- worker ``worker-<r>``: ``mvs.<r>.stylize`` only in queue group ``stylizers``, ``mvs.<r>.workers``,
-  answers (``allow_responses``, which also covers the flow-control replies of its object reads); reads
-  styles through an ordered consumer (``P.STREAM.NAMES``, ``P.CONSUMER.CREATE.OBJ_mvs-styles``); federated
-  learning: binds (never creates: ``STREAM.INFO`` and ``STREAM.MSG.GET`` only) the model bucket and the
-  latest-version KV and reads both, binds or creates its region's delta bucket and writes only there
-  (``$O.mvs-deltas-<r>.C|M.*``), publishes ``mvs.fl.delta.<r>`` into the JetStream stream, follows
-  ``mvs.fl.global``. It cannot write ``mvs-models``: global versions are the aggregator's alone.
-- aggregator: owns the delta stream (durable pull consumer, acks on ``$JS.ACK.MVS_FL_DELTAS.>``), the
-  model bucket, both KV buckets (``$KV.mvs-model-latest.>``, ``$KV.mvs-fl-rounds.>``) and announces on
-  ``mvs.fl.global``; reads and deletes the deltas of every region's bucket (the regions it is generated for).
-  Reading an object of a few MB (a model version, a delta) needs flow-control replies on
-  ``$JS.FC.OBJ_<bucket>.>``: without them the read stalls for good.
-- leaf ``leaf-<r>``: a region's leaf node connecting to the hub, bound to the application account.
+- direct gets (``$JS.API.DIRECT.GET.<stream>``) of the style bucket, the model bucket and the latest-version KV,
+  under the hub domain's name too (``$JS.hub.API...``, what a client on a leaf node uses): reads answered to the
+  requester, never a consumer whose delivery subject the reader chooses (the JetStream API proper is not imported);
+- publishes into the style bucket and into its own delta bucket (``$O.<bucket>.C|M.*``), each acked by the stream;
+- its own delta references ``mvs.fl.delta.<r>.*`` (into the stream ``MVS_FL_DELTAS``);
+- the stream of version announcements ``mvs.fl.global`` (one way: a region cannot publish into it).
+
+Nobody but the setup user (``mvs setup``: :func:`streaming.buckets.create_stores`) and the aggregator (its own
+stores) may create a stream; no region user may create a consumer.
+
+**Users** (permissions within their account; prefix ``P`` is ``$JS.API`` and, with a JetStream domain, also
+``$JS.<domain>.API``):
+
+- gateway ``gateway-<r>``: requests on ``mvs.<r>.stylize``, discovery on ``mvs.<r>.workers``, style reads
+  (``P.DIRECT.GET.OBJ_mvs-styles``) and writes (``$O.mvs-styles.C|M.*``); replies on ``_INBOX_gateway-<r>.>``.
+- worker ``worker-<id>`` (:func:`worker_user`, one per worker id: :func:`worker_id`): ``mvs.<r>.stylize`` only in
+  queue group ``stylizers``, ``mvs.<r>.workers``, answers (``allow_responses``); direct gets of styles, models and
+  the latest-version KV; writes only into its region's delta bucket and publishes delta references only on
+  ``mvs.fl.delta.<r>.<id>``: the subject attests the worker id, so one credential is one worker.
+- aggregator (``MVS``): owns the delta stream (durable pull consumer, acks), the model bucket, both KV buckets and
+  announces on ``mvs.fl.global``; reads and deletes the deltas of every region's bucket.
+- setup (``MVS``): creates the deployment's buckets and streams (:func:`streaming.buckets.deployment_stores`).
+- leaf ``leaf-<r>``: a region's leaf node connecting to the hub, bound to the region's account.
 
 Every user subscribes to replies on its own inbox prefix only (``_INBOX_<user>.>``, set by
-:func:`streaming.nats_connect.connect_nats` from the URL's user): one region's users cannot read another's replies.
+:func:`streaming.nats_connect.connect_nats` from the URL's user).
 
 The phone never touches NATS. Passwords never appear in a config: each user's password is an
-environment variable of the server (:func:`password_env`, e.g. ``MVS_NATS_PASSWORD_WORKER_EU``), set
+environment variable of the server (:func:`password_env`, e.g. ``MVS_NATS_PASSWORD_WORKER_EU_WORKER_0``), set
 from a Kubernetes Secret or by :class:`Credentials` for a local run.
 """
 
@@ -35,9 +46,17 @@ import json
 import secrets
 import string
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from streaming.buckets import (
+    MODEL_LATEST,
+    MODELS,
+    ROUNDS,
+    STYLES,
+    deployment_stores,
+    stream_name,
+)
 from streaming.nats_connect import inbox_prefix
 from streaming.protocol import (
     FL_DELTA_STREAM,
@@ -49,22 +68,32 @@ from streaming.protocol import (
     STYLIZE_QUEUE_GROUP,
     delta_bucket,
     fl_delta_subject,
+    fl_region_delta_subjects,
     stylize_subject,
+    token,
     workers_subject,
 )
 
 APP_ACCOUNT = "MVS"
-"""The one application account: JetStream on the hub, every service user, the leaf links."""
+"""The cloud's account: JetStream on the hub, the aggregator, the setup user; it exports to the region accounts."""
 LEAF_URL_ENV = "MVS_NATS_LEAF_URL"
 """Environment variable holding a leaf node's remote URL with its credentials (remotes take no password field)."""
 AGGREGATOR_USER = "aggregator"
+SETUP_USER = "setup"
+"""The operator's setup (``mvs setup``): creates every bucket and stream, nothing else."""
 
 INDENT = "  "
+JS_API = "$JS.API"
 
-STYLE_STREAM = f"OBJ_{STYLE_BUCKET}"
-MODEL_STREAM = f"OBJ_{MODEL_BUCKET}"
-MODEL_LATEST_STREAM = f"KV_{MODEL_LATEST_BUCKET}"
-ROUND_STREAM = f"KV_{FL_ROUND_BUCKET}"
+STYLE_STREAM = stream_name(STYLES)
+MODEL_STREAM = stream_name(MODELS)
+MODEL_LATEST_STREAM = stream_name(MODEL_LATEST)
+ROUND_STREAM = stream_name(ROUNDS)
+
+
+def region_account(region: str) -> str:
+    """The account of a region's services."""
+    return f"{APP_ACCOUNT}-{token(region)}"
 
 
 @dataclass(frozen=True)
@@ -89,11 +118,11 @@ class Permissions:
 
 def api_prefixes(js_domain: str | None) -> tuple[str, ...]:
     """JetStream API prefixes a client may use: the local one, and the domain's when there is one."""
-    return ("$JS.API",) if js_domain is None else ("$JS.API", f"$JS.{js_domain}.API")
+    return (JS_API,) if js_domain is None else (JS_API, f"$JS.{js_domain}.API")
 
 
 def inbox(user: str) -> str:
-    """A user's reply subjects (requests, JetStream API replies, ordered-consumer deliveries, pull fetches)."""
+    """A user's reply subjects (requests, JetStream API replies, acks of its publishes)."""
     return f"{inbox_prefix(user)}.>"
 
 
@@ -101,14 +130,16 @@ def _api(js_domain: str | None, *calls: str) -> list[str]:
     return [f"{prefix}.{call}" for prefix in api_prefixes(js_domain) for call in dict.fromkeys(calls)]
 
 
-def _bind(stream: str) -> tuple[str, str, str]:
-    """Bind to a bucket or stream, creating it when missing, and read its messages (what every store open does)."""
-    return f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.MSG.GET.{stream}"
+def _bind(stream: str) -> tuple[str, str, str, str]:
+    """Bind to a stream, creating (or updating: :func:`streaming.buckets.create_stores`) it, and read its messages
+    (the aggregator's own stores)."""
+    return f"STREAM.INFO.{stream}", f"STREAM.CREATE.{stream}", f"STREAM.UPDATE.{stream}", f"STREAM.MSG.GET.{stream}"
 
 
-def _bind_existing(stream: str) -> tuple[str, str]:
-    """Bind to a bucket that must exist, and read its messages (no leave to create it)."""
-    return f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}"
+def _direct_get(stream: str) -> tuple[str, str]:
+    """Read a stream's messages by direct get: by sequence or subject in the body, or the last on a subject named
+    in the request subject."""
+    return f"DIRECT.GET.{stream}", f"DIRECT.GET.{stream}.>"
 
 
 def _objects(bucket: str) -> str:
@@ -116,13 +147,20 @@ def _objects(bucket: str) -> str:
     return f"OBJ_{bucket}"
 
 
-def _read_objects(stream: str) -> tuple[str, str]:
-    """Read an object's chunks: nats-py finds the stream by subject and reads with an ordered consumer."""
-    return "STREAM.NAMES", f"CONSUMER.CREATE.{stream}"
-
-
 def _write_objects(bucket: str) -> list[str]:
     return [f"$O.{bucket}.C.*", f"$O.{bucket}.M.*"]
+
+
+def region_imports(region: str) -> tuple[list[str], list[str]]:
+    """What region ``region``'s account takes from the application account: (JetStream API calls, other subjects).
+    API calls are named without their prefix (:func:`api_prefixes`)."""
+    api = [call for stream in (STYLE_STREAM, MODEL_STREAM, MODEL_LATEST_STREAM) for call in _direct_get(stream)]
+    subjects = [
+        *_write_objects(STYLE_BUCKET),
+        *_write_objects(delta_bucket(region)),
+        fl_region_delta_subjects(region),
+    ]
+    return api, subjects
 
 
 def gateway_permissions(region: str, js_domain: str | None = None) -> Permissions:
@@ -131,34 +169,27 @@ def gateway_permissions(region: str, js_domain: str | None = None) -> Permission
         publish=(
             stylize_subject(region),
             workers_subject(region),
-            *_api(js_domain, *_bind(STYLE_STREAM)),
+            *_api(js_domain, *_direct_get(STYLE_STREAM)),
             *_write_objects(STYLE_BUCKET),
         ),
         subscribe=(inbox(gateway_user(region)),),
     )
 
 
-def worker_permissions(region: str, js_domain: str | None = None) -> Permissions:
-    """A stylizer worker: its region's queue group, style reads, and its side of federated learning."""
+def worker_permissions(region: str, worker: str, js_domain: str | None = None) -> Permissions:
+    """Stylizer worker ``worker`` (its id): its region's queue group, style reads, and its side of federated
+    learning (its own delta subject)."""
     return Permissions(
         publish=(
-            *_api(
-                js_domain,
-                *_bind(STYLE_STREAM),
-                *_read_objects(STYLE_STREAM),
-                *_bind_existing(MODEL_STREAM),
-                *_read_objects(MODEL_STREAM),
-                *_bind_existing(MODEL_LATEST_STREAM),
-                *_bind(_objects(delta_bucket(region))),
-            ),
+            *_api(js_domain, *_direct_get(STYLE_STREAM), *_direct_get(MODEL_STREAM), *_direct_get(MODEL_LATEST_STREAM)),
             *_write_objects(delta_bucket(region)),
-            fl_delta_subject(region),
+            fl_delta_subject(region, worker),
         ),
         subscribe=(
             f"{stylize_subject(region)} {STYLIZE_QUEUE_GROUP}",
             workers_subject(region),
             FL_GLOBAL_SUBJECT,
-            inbox(worker_user(region)),
+            inbox(worker_user(worker)),
         ),
         allow_responses=True,
     )
@@ -172,23 +203,20 @@ def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None)
         publish=(
             *_api(
                 js_domain,
-                f"STREAM.INFO.{FL_DELTA_STREAM}",
-                f"STREAM.CREATE.{FL_DELTA_STREAM}",
+                *_bind(FL_DELTA_STREAM),
                 f"CONSUMER.INFO.{FL_DELTA_STREAM}.>",
                 f"CONSUMER.CREATE.{FL_DELTA_STREAM}.>",
                 f"CONSUMER.MSG.NEXT.{FL_DELTA_STREAM}.>",
                 *_bind(MODEL_STREAM),
-                *_read_objects(MODEL_STREAM),
+                *_direct_get(MODEL_STREAM),
                 f"STREAM.PURGE.{MODEL_STREAM}",
                 *_bind(MODEL_LATEST_STREAM),
+                *_direct_get(MODEL_LATEST_STREAM),
                 *_bind(ROUND_STREAM),
-                *(call for stream in delta_streams for call in _bind_existing(stream)),
-                *(call for stream in delta_streams for call in _read_objects(stream)),
+                *(call for stream in delta_streams for call in _direct_get(stream)),
                 *(f"STREAM.PURGE.{stream}" for stream in delta_streams),
             ),
             f"$JS.ACK.{FL_DELTA_STREAM}.>",
-            f"$JS.FC.{MODEL_STREAM}.>",
-            *(f"$JS.FC.{stream}.>" for stream in delta_streams),
             *_write_objects(MODEL_BUCKET),
             *(subject for region in regions for subject in _write_objects(delta_bucket(region))),
             f"$KV.{MODEL_LATEST_BUCKET}.>",
@@ -197,6 +225,13 @@ def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None)
         ),
         subscribe=(inbox(AGGREGATOR_USER),),
     )
+
+
+def setup_permissions(regions: Sequence[str], js_domain: str | None = None) -> Permissions:
+    """The operator's setup: look up, create and update the deployment's buckets and streams, nothing else."""
+    streams = [stream_name(store) for store in deployment_stores(regions)]
+    calls = [call for stream in streams for call in (f"STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE"))]
+    return Permissions(publish=tuple(_api(js_domain, *calls)), subscribe=(inbox(SETUP_USER),))
 
 
 def indent(text: str, levels: int) -> str:
@@ -234,9 +269,19 @@ def gateway_user(region: str) -> str:
     return f"gateway-{region}"
 
 
-def worker_user(region: str) -> str:
-    """User name of a region's workers (at the edge or, as overflow, in the cloud)."""
-    return f"worker-{region}"
+def worker_id(region: str, index: int) -> str:
+    """Id of a region's ``index``-th worker in a generated deployment (``mvs local``, the cluster)."""
+    return f"{region}-worker-{index}"
+
+
+def worker_ids(region: str, count: int) -> tuple[str, ...]:
+    """Ids of a region's ``count`` workers."""
+    return tuple(worker_id(region, index) for index in range(count))
+
+
+def worker_user(worker: str) -> str:
+    """User name of the worker with id ``worker``: a user per worker, each allowed its own delta subject only."""
+    return f"worker-{token(worker)}"
 
 
 def leaf_user(region: str) -> str:
@@ -244,53 +289,114 @@ def leaf_user(region: str) -> str:
     return f"leaf-{region}"
 
 
-def region_users(region: str, js_domain: str | None) -> list[User]:
-    """The users of one region: its gateways and its workers."""
+def region_users(region: str, workers: Sequence[str], js_domain: str | None) -> list[User]:
+    """The users of one region: its gateways and each of its ``workers`` (their ids)."""
     return [
         User(gateway_user(region), gateway_permissions(region, js_domain)),
-        User(worker_user(region), worker_permissions(region, js_domain)),
+        *(User(worker_user(worker), worker_permissions(region, worker, js_domain)) for worker in workers),
     ]
 
 
 @dataclass(frozen=True)
-class ServerAuth:
-    """Accounts, users and (on a hub) leaf-node users of one server."""
+class Account:
+    """An account of a server: its users, and what it exports to or imports from other accounts."""
 
+    name: str
     users: tuple[User, ...]
-    leaf_users: tuple[str, ...] = ()
-    """Leaf nodes this server accepts (a hub), each bound to the application account."""
+    jetstream: bool = False
+    exports: tuple[dict[str, object], ...] = ()
+    imports: tuple[dict[str, object], ...] = ()
+
+    def render(self) -> str:
+        """The account's entry in the ``accounts`` block."""
+        users = "\n".join(indent(user.render(), 2) for user in self.users)
+        lines = ["jetstream: enabled"] if self.jetstream else []
+        lines.append(f"users: [\n{users}\n]")
+        for key, entries in (("exports", self.exports), ("imports", self.imports)):
+            if entries:
+                lines.append(f"{key}: [\n" + "\n".join(INDENT + json.dumps(e) for e in entries) + "\n]")
+        return f"{json.dumps(self.name)} {{\n" + indent("\n".join(lines), 1) + "\n}"
+
+
+def app_account(regions: Mapping[str, Sequence[str]], js_domain: str | None, jetstream: bool) -> Account:
+    """The cloud's account (aggregator, setup) exporting to the accounts of ``regions`` what they may use."""
+    names = list(regions)
+    users = (
+        User(AGGREGATOR_USER, aggregator_permissions(names, js_domain)),
+        User(SETUP_USER, setup_permissions(names, js_domain)),
+    )
+    exports: dict[str, list[str]] = {}
+    for region in names:
+        api, subjects = region_imports(region)
+        for subject in [f"{JS_API}.{call}" for call in api] + subjects:
+            exports.setdefault(subject, []).append(region_account(region))
+    services: list[dict[str, object]] = [{"service": subject, "accounts": to} for subject, to in exports.items()]
+    announcements: dict[str, object] = {"stream": FL_GLOBAL_SUBJECT, "accounts": [region_account(r) for r in names]}
+    return Account(APP_ACCOUNT, users, jetstream, (*services, announcements) if names else ())
+
+
+def hub_region_account(region: str, workers: Sequence[str], js_domain: str | None) -> Account:
+    """A region's account on the hub: its users, and its imports from the application account (each API call under
+    every prefix of :func:`api_prefixes`)."""
+    api, subjects = region_imports(region)
+    imports: list[dict[str, object]] = []
+    for call in api:
+        for prefix in api_prefixes(js_domain):
+            entry: dict[str, object] = {"service": {"account": APP_ACCOUNT, "subject": f"{JS_API}.{call}"}}
+            if prefix != JS_API:
+                entry["to"] = f"{prefix}.{call}"
+            imports.append(entry)
+    imports += [{"service": {"account": APP_ACCOUNT, "subject": subject}} for subject in subjects]
+    imports.append({"stream": {"account": APP_ACCOUNT, "subject": FL_GLOBAL_SUBJECT}})
+    return Account(region_account(region), tuple(region_users(region, workers, js_domain)), imports=tuple(imports))
+
+
+@dataclass(frozen=True)
+class ServerAuth:
+    """Accounts, users and leaf-node links of one server."""
+
+    accounts: tuple[Account, ...]
+    leaf_users: tuple[tuple[str, str], ...] = ()
+    """Leaf nodes this server accepts (a hub): (user, the account it binds)."""
+    remote_account: str | None = None
+    """A leaf node: the local account its link to the hub binds (the hub binds the same region's account)."""
 
     @classmethod
-    def hub(cls, regions: Sequence[str], leaf_regions: Sequence[str], js_domain: str | None) -> ServerAuth:
-        """The hub knows every user: the aggregator, every region's (cloud workers serve overflow) and the
-        leaf nodes of ``leaf_regions``."""
-        users = [User(AGGREGATOR_USER, aggregator_permissions(regions, js_domain))]
-        users += [user for region in regions for user in region_users(region, js_domain)]
-        return cls(tuple(users), tuple(leaf_user(region) for region in leaf_regions))
+    def hub(
+        cls, regions: Mapping[str, Sequence[str]], leaf_regions: Sequence[str], js_domain: str | None
+    ) -> ServerAuth:
+        """The hub knows every account and user: the application account's, every region's (``regions``: each
+        region's worker ids; cloud workers serve overflow) and the leaf nodes of ``leaf_regions``."""
+        accounts = [app_account(regions, js_domain, jetstream=True)]
+        accounts += [hub_region_account(region, workers, js_domain) for region, workers in regions.items()]
+        leaves = tuple((leaf_user(region), region_account(region)) for region in leaf_regions)
+        return cls(tuple(accounts), leaves)
 
     @classmethod
-    def leaf(cls, region: str, js_domain: str | None) -> ServerAuth:
-        """A region's leaf node knows that region's users only."""
-        return cls(tuple(region_users(region, js_domain)))
+    def leaf(cls, region: str, workers: Sequence[str], js_domain: str | None) -> ServerAuth:
+        """A region's leaf node knows that region's account and users only."""
+        account = Account(region_account(region), tuple(region_users(region, workers, js_domain)))
+        return cls((account,), remote_account=account.name)
+
+    @property
+    def users(self) -> tuple[User, ...]:
+        """Every service user of every account."""
+        return tuple(user for account in self.accounts for user in account.users)
 
     def user_names(self) -> list[str]:
         """Every user this server authenticates, leaf links included."""
-        return [user.name for user in self.users] + list(self.leaf_users)
+        return [user.name for user in self.users] + [user for user, _ in self.leaf_users]
 
-    def accounts(self, jetstream: bool) -> str:
+    def render_accounts(self) -> str:
         """The ``accounts`` block."""
-        users = "\n".join(indent(user.render(), 3) for user in self.users)
-        js = f"{INDENT * 2}jetstream: enabled\n" if jetstream else ""
-        return (
-            f"accounts {{\n{INDENT}{APP_ACCOUNT} {{\n{js}{INDENT * 2}users: [\n{users}\n{INDENT * 2}]\n{INDENT}}}\n}}"
-        )
+        return "accounts {\n" + "\n".join(indent(account.render(), 1) for account in self.accounts) + "\n}"
 
     def leaf_authorization(self) -> str:
-        """The ``authorization`` block of the hub's leafnodes section (each leaf bound to the application account)."""
-        account = json.dumps(APP_ACCOUNT)
+        """The ``authorization`` block of the hub's leafnodes section (each leaf bound to its region's account)."""
         users = "\n".join(
-            f"{INDENT * 2}{{ user: {json.dumps(name)}, password: ${password_env(name)}, account: {account} }}"
-            for name in self.leaf_users
+            f"{INDENT * 2}{{ user: {json.dumps(name)}, password: ${password_env(name)}, "
+            f"account: {json.dumps(account)} }}"
+            for name, account in self.leaf_users
         )
         return f"authorization {{\n{INDENT}users: [\n{users}\n{INDENT}]\n}}"
 

@@ -1,4 +1,4 @@
-"""``mvs nats``: run a local nats-server with JetStream until interrupted."""
+"""``mvs nats``: run a local nats-server with JetStream until interrupted (its buckets and streams set up)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.nats import NatsServer
+from streaming.protocol import DEFAULT_REGION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4222)
     p.add_argument("--store-dir", type=Path, default=None, help="JetStream storage (default: a temp dir)")
+    p.add_argument(
+        "--region",
+        action="append",
+        default=None,
+        help=f"a region whose delta bucket the setup creates (repeatable; default: {DEFAULT_REGION})",
+    )
     return p
 
 
@@ -28,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
     try:
-        with NatsServer(args.host, args.port, args.store_dir) as server:
+        regions = args.region or [DEFAULT_REGION]
+        with NatsServer(args.host, args.port, args.store_dir, regions=regions) as server:
             print(
                 f"nats-server listening on {server.url} (JetStream store {server.store_dir}); Ctrl-C stops it",
                 flush=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from deploy.certs import TlsFiles
 from deploy.nats import HUB_DOMAIN, server_config
-from deploy.nats_auth import ServerAuth, new_password, password_env
+from deploy.nats_auth import ServerAuth, new_password, password_env, worker_ids
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
 
 DEFAULT_OUT = Path(__file__).with_name("nats")
@@ -35,15 +35,24 @@ TLS_DIR = "/etc/mvs/tls"
 TLS = TlsFiles.in_dir(TLS_DIR)
 """Where every server finds its TLS files: every client and leaf link is TLS."""
 NAMESPACE = "mvs"
+CLUSTER_WORKERS = 2
+"""Stylizer workers per region in a cluster: each its own NATS user, so its own Deployment (deploy/k8s)."""
 
 
 def _listen(port: int) -> str:
     return f"0.0.0.0:{port}"
 
 
+def cluster_workers(region: str) -> tuple[str, ...]:
+    """The worker ids of a region in a cluster."""
+    return worker_ids(region, CLUSTER_WORKERS)
+
+
 def hub_auth(regions: Sequence[Region]) -> ServerAuth:
-    """The hub's users: every region's, the aggregator and the leaf nodes of the edge regions."""
-    return ServerAuth.hub([r.name for r in regions], [r.name for r in regions if r.nats == "leaf"], HUB_DOMAIN)
+    """The hub's accounts and users: every region's, the aggregator, the setup and the leaf nodes of the edge
+    regions."""
+    workers = {r.name: cluster_workers(r.name) for r in regions}
+    return ServerAuth.hub(workers, [r.name for r in regions if r.nats == "leaf"], HUB_DOMAIN)
 
 
 def deployment_configs(regions: Sequence[Region], source: str) -> dict[str, str]:
@@ -68,7 +77,7 @@ def deployment_configs(regions: Sequence[Region], source: str) -> dict[str, str]
                 _listen(CLIENT_PORT),
                 monitor=_listen(MONITOR_PORT),
                 leaf_remote=f"nats-leaf://{HUB_SERVICE}:{LEAF_PORT}",
-                auth=ServerAuth.leaf(region.name, HUB_DOMAIN),
+                auth=ServerAuth.leaf(region.name, cluster_workers(region.name), HUB_DOMAIN),
                 tls=TLS,
             )
     return {name: header + text for name, text in configs.items()}

@@ -32,7 +32,7 @@ from aggregator.strategies import STRATEGIES
 from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, state_dir
 from deploy.local import LocalTopology
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
-from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
+from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
@@ -44,6 +44,9 @@ from streaming.telemetry import setup_logging
 from streaming.tokens import TOKEN_ENV, TOKEN_SECRET_ENV, issue, new_secret
 
 log = logging.getLogger(__name__)
+
+SPARE_WORKERS = 1
+"""Credentials made per region beyond its workers: for the summary's "more worker" command (one per worker)."""
 
 
 @dataclass
@@ -91,9 +94,10 @@ class LocalSecrets:
         """An admission token for phones (any region, a day)."""
         return self.directory / "phone.token"
 
-    def worker_env_file(self, region: str) -> Path:
-        """``MVS_NATS_URL`` (with the password), ``MVS_NATS_CA``, ``MVS_REGION`` of a region's workers."""
-        return self.directory / f"worker-{region}.env"
+    def worker_env_file(self, worker: str) -> Path:
+        """``MVS_NATS_URL`` (with the worker's own password), ``MVS_NATS_CA``, ``MVS_REGION`` of the worker with id
+        ``worker``: a credential per worker, which may act as that worker only."""
+        return self.directory / f"worker-{worker}.env"
 
     @classmethod
     def write(cls, deployment: LocalDeployment, regions: Sequence[Region]) -> LocalSecrets:
@@ -102,18 +106,24 @@ class LocalSecrets:
         secrets = cls(Path(tmp.name), new_secret(), tmp)
         _private(secrets.token_secret_file, secrets.token_secret + "\n")
         _private(secrets.phone_token_file, issue(secrets.token_secret, "mvs-local-phone") + "\n")
-        for region in regions:
+        for region in regions:  # the spare credential of each region (the running workers' are in their env)
+            spare = spare_worker(region)
             env = {
-                NATS_URL_ENV: deployment.url(region.name, worker_user(region.name)),
+                NATS_URL_ENV: deployment.url(region.name, worker_user(spare)),
                 NATS_CA_ENV: str(deployment.nats_ca),
                 REGION_ENV: region.name,
             }
-            _private(secrets.worker_env_file(region.name), "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
+            _private(secrets.worker_env_file(spare), "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
         return secrets
 
     def cleanup(self) -> None:
         """Remove the files."""
         self._tmp.cleanup()
+
+
+def spare_worker(region: Region) -> str:
+    """The id of a region's spare worker credential (a worker started later, by hand)."""
+    return worker_id(region.name, region.workers)
 
 
 def _private(path: Path, text: str) -> None:
@@ -165,6 +175,7 @@ class LocalDeployment:
             cloud_regions=[r.name for r in regions if r.nats == "hub"],
             backhaul_delay_ms=self.config.backhaul_delay_ms,
             tls=self.config.secure,
+            workers={r.name: r.workers + SPARE_WORKERS for r in regions},
         ).start()
         try:
             if self.config.secure:
@@ -249,7 +260,7 @@ class LocalDeployment:
 
     def _start_workers(self, region: Region) -> LocalTopology:
         site = LocalTopology(
-            self.url(region.name, worker_user(region.name)),
+            self.url(region.name, worker_user(spare_worker(region))),
             region.name,
             model=self.config.model,
             worker_threads=self.config.worker_threads,
@@ -261,7 +272,8 @@ class LocalDeployment:
             nats_ca=self.nats_ca,
         )
         for i in range(region.workers):
-            site.start_worker(f"{region.name}-worker-{i}")
+            worker = worker_id(region.name, i)
+            site.start_worker(worker, self.url(region.name, worker_user(worker)))
         return site
 
     def metrics_urls(self, region: str) -> list[str]:
@@ -286,16 +298,17 @@ class LocalDeployment:
             lines.append(f"  open on a phone: {self.phone_url(region.name)}")
             phone = ["mvs", "phone", "--gateway", self.local_url(region.name), "--region", region.name]
             phone += ["--ice-host", LOOPBACK[0]]
-            worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN]
+            spare = spare_worker(region)
+            worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN, "--worker-id", spare]
             if self.secrets is None:
                 lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
-                env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(region.name)))}"
+                env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(spare)))}"
                 lines.append(f"  more worker: {env} {shlex.join(worker)}")
             else:
                 token = f"{TOKEN_ENV}=$(cat {shlex.quote(str(self.secrets.phone_token_file))})"
                 phone += [*region.phone_link_flags(), "--gateway-ca", str(self.gateway_ca)]
                 lines.append(f"  phone:       {token} " + shlex.join(phone))
-                env_file = shlex.quote(str(self.secrets.worker_env_file(region.name)))
+                env_file = shlex.quote(str(self.secrets.worker_env_file(spare)))
                 lines.append(f"  more worker: (set -a; . {env_file}; {shlex.join(worker)})")
             lines.append(f"  metrics:     {' '.join(self.metrics_urls(region.name))}")
         return "\n".join(lines)

@@ -173,11 +173,12 @@ class FederatedLearner:
         try:
             latest = await asyncio.wait_for(self._open_stores(), STORE_TIMEOUT_S)
             good = None if self._store is None or latest is None else await self._store.newest_good(latest, self._check)
-        except (NatsError, asyncio.TimeoutError) as exc:
+        except (NatsError, asyncio.TimeoutError, StoreMissingError) as exc:  # direct gets: both look alike
             self._store = None
             if warn:
                 log.warning(
-                    "model store unreachable: serving the bundled model until a global version can be read",
+                    "model store unreachable or not set up: serving the bundled model until a global version can be "
+                    "read",
                     extra={"worker_id": self._worker_id, "error": f"{type(exc).__name__}: {exc}"},
                 )
             return False
@@ -193,17 +194,14 @@ class FederatedLearner:
         return True
 
     async def _open_stores(self) -> int | None:
-        """Bind this region's delta bucket and the model store (the aggregator's to create); the newest version
-        number, None if there is none yet."""
+        """Bind this region's delta bucket and the model store (the setup's or the aggregator's to create; absent:
+        :class:`StoreMissingError`); the newest version number, None if there is none yet."""
         assert self._nc is not None
         js = self._nc.jetstream(domain=self._js_domain)
         if self._deltas is None:
-            self._deltas = await DeltaStore.open(js, self._region)
+            self._deltas = DeltaStore(js, self._region)
         if self._store is None:
-            try:
-                self._store = await ModelStore.open(js, create=False)
-            except StoreMissingError:
-                return None
+            self._store = await ModelStore.open(js)
         return await self._store.latest_number()
 
     async def _keep_joining(self) -> None:

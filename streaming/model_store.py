@@ -5,8 +5,10 @@ Bucket ``mvs-models`` holds ``global/v<N>`` (weights); KV ``mvs-model-latest`` h
 region's bucket ``mvs-deltas-<region>`` (:class:`DeltaStore`), under ``delta/<region>/<worker id>/``. All use file
 storage, so versions survive a crash of the server's clients.
 
-Who writes what is NATS's business (``deploy/nats_auth.py``): the aggregator alone writes ``mvs-models`` and the
-KV, a region's workers write only their region's delta bucket. The digest is the second lock: weights whose
+The stores are created by the operator's setup or the aggregator (:func:`streaming.buckets.create_stores`), never
+here: opening one binds to what exists. Who writes what is NATS's business (``deploy/nats_auth.py``): the aggregator
+alone writes ``mvs-models`` and the KV, a region's workers write only their region's delta bucket and read with
+direct gets. The digest is the second lock: weights whose
 SHA-256 differs from their metadata's are refused (:class:`ModelIntegrityError`), whoever wrote them.
 
 Shared by both ends of federated learning: the aggregator publishes versions, an edge reads them and
@@ -22,12 +24,10 @@ import uuid
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
-from streaming.buckets import delete_object, open_key_value, open_object_store, read_object
+from streaming.buckets import Bucket, BucketMissingError, ObjectIntegrityError, read_key
 from streaming.protocol import (
     MODEL_BUCKET,
     MODEL_LATEST_BUCKET,
@@ -45,10 +45,6 @@ from streaming.tensors import NamedArrays, decode_tensors, encode_tensors
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_VERSIONS = 5
-DELTA_BUCKET_MAX_BYTES = 2 * 1024 * 1024 * 1024
-"""Capacity of a region's delta bucket (2 GiB: ~1,000 deltas of the DNN); once full, new deltas are refused."""
-DELTA_TTL_S = 7 * 24 * 3600.0
-"""A delta blob left behind (its round never closed) expires after this long."""
 LATEST_KEY = "latest"
 
 
@@ -66,38 +62,44 @@ class ModelIntegrityError(ValueError):
     """A version's weights are missing, unreadable or do not match the digest in its metadata."""
 
 
-class StoreMissingError(LookupError):
-    """The model buckets do not exist yet (a worker does not create them: only the aggregator may)."""
+class StoreMissingError(BucketMissingError):
+    """The model buckets do not exist yet (a worker does not create them: the setup or the aggregator does)."""
 
 
 class ModelStore:
     """Global versions (keep the newest N): weights in the object store, metadata and ``latest`` in KV."""
 
-    def __init__(self, objects: ObjectStore, kv: KeyValue, keep: int = DEFAULT_KEEP_VERSIONS) -> None:
+    def __init__(self, js: JetStreamContext, keep: int = DEFAULT_KEEP_VERSIONS) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self._objects = objects
-        self._kv = kv
+        self._js = js
+        self._objects = Bucket(js, MODEL_BUCKET)
+        self._kv: KeyValue | None = None
         self.keep = keep
 
     @classmethod
-    async def open(cls, js: JetStreamContext, keep: int = DEFAULT_KEEP_VERSIONS, create: bool = True) -> ModelStore:
-        """Open the buckets, creating them with ``create`` (the aggregator); else :class:`StoreMissingError` when
-        they do not exist yet (a worker: it may read them, not create them)."""
-        if create:
-            return cls(await open_object_store(js, MODEL_BUCKET), await open_key_value(js, MODEL_LATEST_BUCKET), keep)
+    async def open(cls, js: JetStreamContext, keep: int = DEFAULT_KEEP_VERSIONS) -> ModelStore:
+        """Bind the store; :class:`StoreMissingError` when it does not exist yet."""
+        store = cls(js, keep)
+        await store.latest_number()
+        return store
+
+    async def _read(self, key: str) -> bytes | None:
         try:
-            return cls(await js.object_store(MODEL_BUCKET), await js.key_value(MODEL_LATEST_BUCKET), keep)
-        except BucketNotFoundError as exc:
-            raise StoreMissingError(f"no model store yet ({MODEL_BUCKET}): the aggregator creates it") from exc
+            return await read_key(self._js, MODEL_LATEST_BUCKET, key)
+        except BucketMissingError as exc:
+            raise StoreMissingError(f"no model store yet ({MODEL_LATEST_BUCKET}): the setup creates it") from exc
+
+    async def _writable_kv(self) -> KeyValue:
+        """The KV bound for writing (the aggregator's alone)."""
+        if self._kv is None:
+            self._kv = await self._js.key_value(MODEL_LATEST_BUCKET)
+        return self._kv
 
     async def latest_number(self) -> int | None:
         """The number ``latest`` points at, or None for an empty store."""
-        try:
-            entry = await self._kv.get(LATEST_KEY)
-        except KeyNotFoundError:
-            return None
-        return int((entry.value or b"-1").decode())
+        value = await self._read(LATEST_KEY)
+        return None if value is None else int(value.decode())
 
     async def latest(self) -> ModelVersion | None:
         """The newest published version, or None for an empty store."""
@@ -106,11 +108,10 @@ class ModelStore:
 
     async def version(self, version: int) -> ModelVersion:
         """Metadata of a version (KeyError if unknown or pruned)."""
-        try:
-            entry = await self._kv.get(f"v{version}")
-        except KeyNotFoundError as exc:
-            raise KeyError(f"model version {version} is not in the store") from exc
-        return decode(entry.value or b"", ModelVersion)
+        value = await self._read(f"v{version}")
+        if value is None:
+            raise KeyError(f"model version {version} is not in the store")
+        return decode(value, ModelVersion)
 
     async def weights(self, meta: ModelVersion) -> NamedArrays:
         """The weights of a version, checked against the digest in ``meta``: :class:`ModelIntegrityError` when they
@@ -122,6 +123,8 @@ class ModelStore:
             blob = await self.get_blob(meta.object_name)
         except KeyError as exc:
             raise ModelIntegrityError(f"{what} is refused: its weights are missing from {MODEL_BUCKET}") from exc
+        except ObjectIntegrityError as exc:
+            raise ModelIntegrityError(f"{what} is refused: {exc}") from exc
         found = digest(blob)
         if found != meta.sha256:
             raise ModelIntegrityError(
@@ -157,12 +160,12 @@ class ModelStore:
         meta.created_ns = meta.created_ns or time.time_ns()
         meta.sha256 = digest(blob)
         await self._objects.put(meta.object_name, blob)
-        await self._kv.put(f"v{meta.version}", encode(meta))
+        await (await self._writable_kv()).put(f"v{meta.version}", encode(meta))
         return meta
 
     async def set_latest(self, version: int) -> None:
         """Point ``latest`` at a stored version and prune versions beyond the newest ``keep``."""
-        await self._kv.put(LATEST_KEY, str(version).encode())
+        await (await self._writable_kv()).put(LATEST_KEY, str(version).encode())
         await self._prune(version)
 
     async def publish(self, weights: NamedArrays, meta: ModelVersion) -> ModelVersion:
@@ -172,12 +175,13 @@ class ModelStore:
         return meta
 
     async def _prune(self, newest: int) -> None:
+        kv = await self._writable_kv()
         for old in range(max(0, newest - self.keep - 2), newest - self.keep + 1):
             try:
-                await self._kv.delete(f"v{old}")
-                await self._objects.delete(version_object(old))
-            except (KeyNotFoundError, ObjectNotFoundError):
+                await kv.delete(f"v{old}")
+            except KeyNotFoundError:
                 continue
+            await self._objects.delete(version_object(old))
 
     async def put_blob(self, name: str, data: bytes) -> None:
         """Store a blob under ``name``."""
@@ -185,49 +189,34 @@ class ModelStore:
 
     async def get_blob(self, name: str) -> bytes:
         """Read a blob (KeyError if absent)."""
-        return await read_object(self._objects, MODEL_BUCKET, name)
+        return await self._objects.get(name)
 
     async def delete_blob(self, name: str) -> None:
         """Remove a blob if present."""
-        await delete_object(self._objects, name)
-
-
-def delta_bucket_config(region: str) -> ObjectStoreConfig:
-    """A region's delta bucket's settings: file storage, bounded in bytes and age."""
-    return ObjectStoreConfig(
-        bucket=delta_bucket(region), storage=StorageType.FILE, max_bytes=DELTA_BUCKET_MAX_BYTES, ttl=DELTA_TTL_S
-    )
+        await self._objects.delete(name)
 
 
 class DeltaStore:
     """One region's delta blobs (bucket :func:`streaming.protocol.delta_bucket`)."""
 
-    def __init__(self, objects: ObjectStore, region: str) -> None:
-        self._objects = objects
+    def __init__(self, js: JetStreamContext, region: str) -> None:
+        self._objects = Bucket(js, delta_bucket(region))
         self.region = region
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, region: str, create: bool = True) -> DeltaStore:
-        """Open (``create``: or create) the region's bucket; :class:`StoreMissingError` when absent otherwise."""
-        bucket = delta_bucket(region)
-        if create:
-            return cls(await open_object_store(js, bucket, delta_bucket_config(region)), region)
-        try:
-            return cls(await js.object_store(bucket), region)
-        except BucketNotFoundError as exc:
-            raise StoreMissingError(f"no delta bucket {bucket}") from exc
 
     async def put(self, name: str, data: bytes) -> None:
         """Store a delta blob."""
         await self._objects.put(name, data)
 
     async def get(self, name: str) -> bytes:
-        """Read a delta blob (KeyError if absent)."""
-        return await read_object(self._objects, delta_bucket(self.region), name)
+        """Read a delta blob (KeyError if absent, its bucket too, or its chunks do not match its metadata)."""
+        try:
+            return await self._objects.get(name)
+        except (ObjectIntegrityError, BucketMissingError) as exc:
+            raise KeyError(str(exc)) from exc
 
     async def delete(self, name: str) -> None:
         """Remove a delta blob if present."""
-        await delete_object(self._objects, name)
+        await self._objects.delete(name)
 
 
 async def submit_delta(
@@ -241,7 +230,7 @@ async def submit_delta(
     loss: float = float("nan"),
 ) -> DeltaRef:
     """What an edge does: store the delta blob in its region's bucket, then publish its reference (with the blob's
-    SHA-256) on ``mvs.fl.delta.<region>``."""
+    SHA-256) on ``mvs.fl.delta.<region>.<worker id>``."""
     region, blob = deltas.region, encode_tensors(delta)
     ref = DeltaRef(
         worker_id=worker_id,
@@ -253,5 +242,5 @@ async def submit_delta(
         sha256=digest(blob),
     )
     await deltas.put(ref.object_name, blob)
-    await js.publish(fl_delta_subject(region), encode(ref))
+    await js.publish(fl_delta_subject(region, worker_id), encode(ref))
     return ref

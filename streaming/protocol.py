@@ -54,6 +54,8 @@ phone whose gateway fell silent can tell a restarted gateway on the same address
 
 # Federated learning (ARCHITECTURE.md): deltas on a JetStream stream, new versions announced on core NATS.
 FL_DELTA_STREAM = "MVS_FL_DELTAS"
+FL_DELTA_SUBJECTS = "mvs.fl.delta.>"
+"""What the delta stream keeps: every region's :func:`fl_delta_subject`."""
 FL_GLOBAL_SUBJECT = "mvs.fl.global"
 MODEL_BUCKET = "mvs-models"
 """Global versions only: written by the aggregator alone (NATS permissions), read by every worker."""
@@ -63,9 +65,22 @@ MODEL_LATEST_BUCKET = "mvs-model-latest"
 FL_ROUND_BUCKET = "mvs-fl-rounds"
 
 
-def fl_delta_subject(region: str) -> str:
-    """Where a region's workers publish their delta references."""
-    return stylize_subject(region).removesuffix(".stylize").replace("mvs.", "mvs.fl.delta.", 1)
+def fl_delta_subject(region: str, worker_id: str) -> str:
+    """Where worker ``worker_id`` of ``region`` publishes its delta references: NATS lets each worker publish on
+    its own subject only, so the subject attests who sent a delta."""
+    return fl_region_delta_subjects(region).replace("*", token(worker_id))
+
+
+def fl_region_delta_subjects(region: str) -> str:
+    """Every :func:`fl_delta_subject` of ``region`` (a subject pattern)."""
+    return stylize_subject(region).removesuffix(".stylize").replace("mvs.", "mvs.fl.delta.", 1) + ".*"
+
+
+def token(name: str) -> str:
+    """``name`` if it is one subject token of ``[A-Za-z0-9_-]`` (ValueError otherwise)."""
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ValueError(f"a name in a subject must be a non-empty [A-Za-z0-9_-] token, got {name!r}")
+    return name
 
 
 def delta_bucket(region: str) -> str:

@@ -2,9 +2,10 @@
 
 What is stored is never a phone's upload: :func:`normalized_style` decodes it (bounded), scales it down to
 :data:`STORED_STYLE_MAX_SIDE` and encodes a JPEG of at most :data:`STORED_STYLE_MAX_BYTES`, so bytes after an
-image's end marker, metadata and oversized photos stay out. The bucket is bounded (:data:`STYLE_BUCKET_MAX_BYTES`,
-new styles refused once full) and each style expires :data:`STYLE_TTL_S` after it was stored; a style offered
-again after half of that is stored again, so a style in use stays.
+image's end marker, metadata and oversized photos stay out. The bucket (its config: ``streaming.buckets.STYLES``,
+created by the operator's setup) is bounded (``STYLE_BUCKET_MAX_BYTES``, new styles refused once full) and each
+style expires ``STYLE_TTL_S`` after it was stored; a style offered again after half of that is stored again, so a
+style in use stays.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from datetime import datetime, timezone
 
 import cv2
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.errors import APIError, ObjectNotFoundError
-from nats.js.object_store import ObjectStore
+from nats.js.errors import APIError
 
-from streaming.buckets import open_object_store
+from streaming.buckets import JS_MAX_BYTES_EXCEEDED, MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S, Bucket
 from streaming.images import decode_image, encode_jpeg
 from streaming.protocol import MAX_FRAME_SIDE, STYLE_BUCKET
 
@@ -29,18 +28,6 @@ uses their statistics."""
 STORED_STYLE_MAX_BYTES = 1024 * 1024
 """Largest stored style (its JPEG quality is lowered until it fits)."""
 STORED_STYLE_QUALITY = 90
-STYLE_BUCKET_MAX_BYTES = 1024 * 1024 * 1024
-"""Capacity of the style bucket (1 GiB: >= 1,024 styles); once full, new styles are refused until some expire."""
-STYLE_TTL_S = 24 * 3600.0
-"""A style expires this long after it was (last) stored."""
-MIB = 1024 * 1024
-JS_MAX_BYTES_EXCEEDED = 10077
-"""JetStream's error code for a publish refused by a full stream (discard policy "new", as object stores have)."""
-
-
-def style_bucket_config(bucket: str = STYLE_BUCKET) -> ObjectStoreConfig:
-    """The style bucket's settings: file storage, bounded in bytes and age."""
-    return ObjectStoreConfig(bucket=bucket, storage=StorageType.FILE, max_bytes=STYLE_BUCKET_MAX_BYTES, ttl=STYLE_TTL_S)
 
 
 class UnknownStyleError(KeyError):
@@ -75,25 +62,26 @@ def normalized_style(upload: bytes) -> bytes:
 
 
 class StyleStore:
-    """Put and get encoded style images by id."""
+    """Put and get encoded style images by id (the bucket is the setup's to create: ``streaming.buckets``)."""
 
-    def __init__(self, store: ObjectStore) -> None:
-        self._store = store
+    def __init__(self, js: JetStreamContext, bucket: str = STYLE_BUCKET) -> None:
+        self._store = Bucket(js, bucket)
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str = STYLE_BUCKET) -> StyleStore:
-        """Open (or create, :func:`style_bucket_config`) the style bucket."""
-        return cls(await open_object_store(js, bucket, style_bucket_config(bucket)))
+        """Bind the style bucket (its absence shows on the first put or get: :class:`BucketMissingError`)."""
+        return cls(js, bucket)
 
     async def _age_s(self, style_id: str) -> float | None:
-        """Seconds since ``style_id`` was stored, or None if it is not."""
-        try:
-            info = await self._store.get_info(style_id)
-        except ObjectNotFoundError:
+        """Seconds since ``style_id`` was stored (its metadata's ``mtime``), or None if it is not."""
+        info = await self._store.info(style_id)
+        if info is None:
             return None
         try:
             stored = datetime.fromisoformat(info.mtime or "")
         except ValueError:
+            return STYLE_TTL_S
+        if stored.tzinfo is None:
             return STYLE_TTL_S
         return (datetime.now(timezone.utc) - stored).total_seconds()
 
@@ -104,7 +92,7 @@ class StyleStore:
 
     async def put(self, data: bytes) -> str:
         """Store an encoded style image (again, if it is past half its life); return its id.
-        :class:`StyleStoreFull` when the bucket is at its capacity."""
+        :class:`StyleStoreFull` when the bucket is at its capacity (the acknowledged publish is refused)."""
         style_id = style_id_of(data)
         if not await self.fresh(style_id):
             try:
@@ -118,7 +106,6 @@ class StyleStore:
     async def get(self, style_id: str) -> bytes:
         """The encoded style image with id ``style_id``."""
         try:
-            result = await self._store.get(style_id)
-        except ObjectNotFoundError as exc:
+            return await self._store.get(style_id)
+        except KeyError as exc:
             raise UnknownStyleError(style_id) from exc
-        return bytes(result.data or b"")

@@ -129,7 +129,7 @@ def _ref(worker: str = "eu-1", samples: int = 64, region: str = "eu", name: str 
 
 
 def _ref_reason(
-    ref: DeltaRef, subject: str = fl_delta_subject("eu"), age_s: float = 0.0, rules: Rules | None = None
+    ref: DeltaRef, subject: str = fl_delta_subject("eu", "eu-1"), age_s: float = 0.0, rules: Rules | None = None
 ) -> str:
     with pytest.raises(RejectedUpdate) as info:
         validate_ref(ref, subject, age_s, rules or Rules())
@@ -137,9 +137,12 @@ def _ref_reason(
 
 
 def test_a_ref_must_name_its_own_object_and_a_possible_sample_count() -> None:
-    validate_ref(_ref(), fl_delta_subject("eu"), 0.0, Rules())
-    # Ownership: the subject (NATS permissions: only eu's workers publish it) fixes the region, the name the worker.
+    validate_ref(_ref(), fl_delta_subject("eu", "eu-1"), 0.0, Rules())
+    # Ownership: the subject (NATS permissions: only worker eu-1 of eu publishes it) fixes the region and the worker,
+    # the name must be that worker's.
     assert _ref_reason(_ref(region="us")) == Reason.OWNER  # eu's worker claiming to be us
+    assert _ref_reason(_ref(worker="eu-2", name=delta_object_prefix("eu", "eu-2") + "v3-abcd")) == Reason.OWNER
+    assert _ref_reason(_ref(worker="eu.2")) == Reason.OWNER  # not a subject token: rejected, not a crash
     assert _ref_reason(_ref(name="global/v3")) == Reason.OWNER
     assert _ref_reason(_ref(name=delta_object_prefix("eu", "eu-2") + "v3-abcd")) == Reason.OWNER  # another worker's
     assert _ref_reason(_ref(name=delta_object_prefix("eu", "eu-1") + "x/../../global")) == Reason.OWNER
@@ -147,11 +150,11 @@ def test_a_ref_must_name_its_own_object_and_a_possible_sample_count() -> None:
     assert _ref_reason(_ref(samples=10**12), age_s=1e9) == Reason.SAMPLES
     assert _ref_reason(_ref(samples=0)) == Reason.SAMPLES
     assert _ref_reason(_ref(samples=257)) == Reason.SAMPLES  # just published: the burst only
-    validate_ref(_ref(samples=256), fl_delta_subject("eu"), 0.0, Rules())
-    validate_ref(_ref(samples=756), fl_delta_subject("eu"), 10.0, Rules())  # 256 + 50 x 10 s
+    validate_ref(_ref(samples=256), fl_delta_subject("eu", "eu-1"), 0.0, Rules())
+    validate_ref(_ref(samples=756), fl_delta_subject("eu", "eu-1"), 10.0, Rules())  # 256 + 50 x 10 s
     assert _ref_reason(_ref(samples=757), age_s=10.0) == Reason.SAMPLES
     assert _ref_reason(_ref(samples=10_001), age_s=1e6) == Reason.SAMPLES  # the per-update cap
-    validate_ref(_ref(samples=10**6), fl_delta_subject("eu"), 0.0, Rules(max_samples=10**6, sample_burst=10**6))
+    validate_ref(_ref(samples=10**6), fl_delta_subject("eu", "eu-1"), 0.0, Rules(max_samples=10**6, sample_burst=10**6))
 
 
 def test_tensor_blobs_round_trip_and_refuse_garbage() -> None:

@@ -22,7 +22,6 @@ from prometheus_client import REGISTRY
 
 from aggregator.service import DURABLE, ROUND_KEY, Aggregator, AggregatorConfig
 from deploy.nats import NatsServer
-from streaming.buckets import open_key_value
 from streaming.model_store import DeltaStore, ModelStore, submit_delta, version_object
 from streaming.protocol import (
     FL_DELTA_STREAM,
@@ -48,7 +47,7 @@ TEST_ACK_WAIT_S = 1.0
 
 async def _submit(js: JetStreamContext, region: str, **ref: Any) -> DeltaRef:
     """A worker of ``region`` submits a delta (to its region's bucket)."""
-    return await submit_delta(js, await DeltaStore.open(js, region), **ref)
+    return await submit_delta(js, DeltaStore(js, region), **ref)
 
 
 def _delta(value: float, dtype: str = "float16") -> NamedArrays:
@@ -57,8 +56,9 @@ def _delta(value: float, dtype: str = "float16") -> NamedArrays:
 
 @pytest.fixture
 def server() -> NatsServer:
-    """A fresh server per test: the model store and the delta stream are global, not per region."""
-    with NatsServer() as s:
+    """A fresh server per test (the model store and the delta stream are global, not per region); its setup made
+    regions "eu" and "us"'s delta buckets."""
+    with NatsServer(regions=["eu", "us"]) as s:
         yield s
 
 
@@ -105,7 +105,7 @@ async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: Na
     await sub.unsubscribe()
     assert [m.version for m in announced] == [1]
     with pytest.raises(KeyError):
-        await (await DeltaStore.open(js, "eu")).get(r1.object_name)  # consumed deltas are removed
+        await DeltaStore(js, "eu").get(r1.object_name)  # consumed deltas are removed
 
 
 async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -> None:
@@ -146,7 +146,7 @@ async def test_poisoned_deltas_are_rejected_and_counted(server: NatsServer, nc: 
     aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, durable="poison"))
     await aggregator.start(INITIAL)
     js = nc.jetstream()
-    eu = await DeltaStore.open(js, "eu")
+    eu = DeltaStore(js, "eu")
     before = {reason: _rejected(reason) for reason in ("relative_norm", "samples", "owner")}
     try:
         whole = {name: value.astype(np.float16) for name, value in INITIAL.items()}
@@ -155,9 +155,9 @@ async def test_poisoned_deltas_are_rejected_and_counted(server: NatsServer, nc: 
         await submit_delta(js, eu, worker_id="b", base_version=0, samples=10**12, delta=norm_999)
         victim = await submit_delta(js, eu, worker_id="c", base_version=0, samples=5, delta=_delta(0.5))
         forged = DeltaRef(worker_id="d", region="eu", base_version=0, samples=5, object_name=victim.object_name)
-        await js.publish(fl_delta_subject("eu"), encode(forged))
+        await js.publish(fl_delta_subject("eu", forged.worker_id), encode(forged))
         wrong_region = DeltaRef(worker_id="e", region="us", base_version=0, samples=5, object_name="delta/us/e/v0-x")
-        await js.publish(fl_delta_subject("eu"), encode(wrong_region))
+        await js.publish(fl_delta_subject("eu", wrong_region.worker_id), encode(wrong_region))
         meta = await _until_version(aggregator, 1)
         for _ in range(3):
             await aggregator.step()
@@ -259,7 +259,7 @@ async def _announced(announced: list[int], version: int) -> None:
 async def _round_state(js: JetStreamContext) -> RoundState | None:
     """The aggregator's persisted round state (None before it saved one)."""
     try:
-        entry = await (await open_key_value(js, FL_ROUND_BUCKET)).get(ROUND_KEY)
+        entry = await (await js.key_value(FL_ROUND_BUCKET)).get(ROUND_KEY)
     except KeyNotFoundError:
         return None
     return decode(entry.value or b"", RoundState)
@@ -356,7 +356,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     weights = await store.weights(latest)
     assert np.allclose(weights["dec.weight"], BASE + expected), weights["dec.weight"]
     assert sorted(latest.contributors) == ["a", "b", "c"] and latest.samples == 6
-    deltas = await DeltaStore.open(js, "us")
+    deltas = DeltaStore(js, "us")
     for ref in refs:
         with pytest.raises(KeyError):
             await deltas.get(ref.object_name)

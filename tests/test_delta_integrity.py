@@ -58,7 +58,7 @@ WRONG_SHAPE_FOR_PROCESS = {"dec.weight": np.full((2, 3), 0.5, np.float16), "dec.
 
 @pytest.fixture
 def server() -> NatsServer:
-    with NatsServer() as s:
+    with NatsServer(regions=["eu", "us"]) as s:
         yield s
 
 
@@ -101,7 +101,7 @@ async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_close
     )
     await aggregator.start(MODEL)
     js = nc.jetstream()
-    eu = await DeltaStore.open(js, "eu")
+    eu = DeltaStore(js, "eu")
     before = _dropped("digest")
     try:
         a = await submit_delta(js, eu, worker_id="a", base_version=0, samples=8, delta=_delta(0.5))
@@ -123,7 +123,7 @@ async def test_every_delta_is_validated_again_when_its_round_closes(server: Nats
     with a tighter --max-norm drops a held delta that no longer passes (counted as ``norm``) instead of publishing
     it."""
     js = nc.jetstream()
-    eu = await DeltaStore.open(js, "eu")
+    eu = DeltaStore(js, "eu")
     first = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=3, durable="recheck"))
     await first.start(MODEL)
     try:
@@ -157,7 +157,7 @@ async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(serv
     )
     await aggregator.start(MODEL)
     js = nc.jetstream()
-    eu = await DeltaStore.open(js, "eu")
+    eu = DeltaStore(js, "eu")
     try:
         a_blob = encode_tensors(_delta(0.5))
         a = await submit_delta(js, eu, worker_id="a", base_version=0, samples=8, delta=_delta(0.5))
@@ -165,7 +165,7 @@ async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(serv
         v1 = await _until_version(aggregator, 1)
         assert v1.contributors == ["a", "b"] and await _blob_gone(eu, a.object_name)
         await eu.put(a.object_name, a_blob)  # the same bytes again, and the very same reference
-        await js.publish(fl_delta_subject("eu"), encode(a))
+        await js.publish(fl_delta_subject("eu", a.worker_id), encode(a))
         await submit_delta(js, eu, worker_id="a", base_version=0, samples=8, delta=_delta(0.125))  # a second on v0
         await submit_delta(js, eu, worker_id="c", base_version=1, samples=8, delta=_delta(0.25))
         v2 = await _until_version(aggregator, 2)
@@ -182,7 +182,7 @@ async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -
     aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable="big-ref"))
     await aggregator.start(MODEL)
     js = nc.jetstream()
-    eu = await DeltaStore.open(js, "eu")
+    eu = DeltaStore(js, "eu")
     try:
         await submit_delta(js, eu, worker_id="w" * 2048, base_version=0, samples=8, delta=_delta(0.5))
         while not (aggregator.rejections or aggregator.state.accepted):
@@ -199,7 +199,7 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
     the restarted aggregator deletes the listed blobs, and the closed round's references, replayed meanwhile, are
     duplicates (main forgot them with the reset: B counted again, or its blob left behind for good)."""
     js = nc.jetstream()
-    us = await DeltaStore.open(js, "us")
+    us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
     first = _start_aggregator(server, tmp_path, "--min-updates", "2", "--crash-after", "round_reset")
     second: subprocess.Popen[bytes] | None = None
@@ -213,7 +213,7 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
         assert (await store.latest()).version == 1  # type: ignore[union-attr]
         assert not any([await _blob_gone(us, r.object_name) for r in refs])  # the window: none deleted yet
         for ref in refs:
-            await js.publish(fl_delta_subject("us"), encode(ref))  # replayed while it is down
+            await js.publish(fl_delta_subject("us", ref.worker_id), encode(ref))  # replayed while it is down
         second = _start_aggregator(server, tmp_path, "--min-updates", "1")  # one counted replay would make v2
         await _until_settled(js, 1)
         state = await _round_state(js)
@@ -245,7 +245,7 @@ async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restar
 ) -> None:
     """Main crashed on every restart while the round holding a rewritten wrong-shape blob was due."""
     js = nc.jetstream()
-    us = await DeltaStore.open(js, "us")
+    us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
     first = _start_aggregator(server, tmp_path)  # 3 updates needed: the round stays open
     second: subprocess.Popen[bytes] | None = None

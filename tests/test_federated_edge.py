@@ -130,7 +130,7 @@ async def _until(predicate: object, what: str) -> None:
 async def test_worker_adopts_trains_when_idle_publishes_and_follows(
     tmp_path: Path, make_model: Callable[[], Trainable]
 ) -> None:
-    with NatsServer() as server:
+    with NatsServer(regions=["fl"]) as server:
         model = make_model()
         initial = {name: value + 0.01 for name, value in model.learned_state().items()}  # v0 != the bundled weights
         aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1))
@@ -205,7 +205,7 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
     stale = KeyFrameBuffer(tmp_path / "buffer")
     for _ in range(3):
         stale.add(encode_jpeg(cv2.resize(sample_photo(), (64, 36))), "deadbeef")
-    with NatsServer() as server:
+    with NatsServer(regions=["fl"]) as server:
         model = _tiny_dnn()
         aggregator = Aggregator(AggregatorConfig(nats_url=server.url))
         await aggregator.start(model.learned_state())
@@ -280,7 +280,7 @@ async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_
     """As the README starts the federated pair, worker first (default --threads 0), then the aggregator with
     --min-updates 2: the worker serves the bundled model, adopts v0 when the aggregator announces it, publishes a
     delta, and the round closes with that one delta after --round-timeout since it arrived; the worker adopts v1."""
-    with NatsServer() as server:
+    with NatsServer(regions=["fl"]) as server:
         model = _tiny_dnn()
         bundled = model.learned_state()
         worker = StylizerWorker(
@@ -321,7 +321,7 @@ async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_
 
 
 def test_a_colour_transfer_worker_with_federated_dir_is_a_one_line_error(tmp_path: Path) -> None:
-    with NatsServer() as server:
+    with NatsServer(regions=["fl"]) as server:
         done = subprocess.run(
             [sys.executable, "-m", "edge_worker", "--nats", server.url, "--no-warmup"]
             + ["--model", "color-transfer", "--federated-dir", str(tmp_path)],

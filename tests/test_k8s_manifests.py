@@ -29,7 +29,7 @@ from deploy import k8s_manifests, nats_config
 from deploy.certs import generate
 from deploy.cli import COMMANDS
 from deploy.nats import HUB_DOMAIN, nats_server_binary
-from deploy.nats_auth import LEAF_URL_ENV, new_password
+from deploy.nats_auth import LEAF_URL_ENV, SETUP_USER, new_password
 from deploy.regions import DEFAULT_REGIONS_FILE, load_regions
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 
@@ -53,9 +53,9 @@ def _objects() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _pods() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(file, workload, pod template) of every Deployment and StatefulSet."""
+    """(file, workload, pod template) of every Deployment, StatefulSet and Job."""
     for name, obj in _objects():
-        if obj["kind"] in ("Deployment", "StatefulSet"):
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield name, obj, obj["spec"]["template"]
 
 
@@ -96,6 +96,10 @@ def test_service_containers_use_only_flags_the_real_clis_accept() -> None:
             continue
         command, args = _parse(container)
         seen.add(command)
+        if command == "setup":  # the operator's setup Job: every region's delta bucket, as the setup user
+            assert args.region == [r.name for r in load_regions(DEFAULT_REGIONS_FILE)] and obj["kind"] == "Job"
+            assert SETUP_USER in next(e["value"] for e in container["env"] if e["name"] == NATS_URL_ENV)
+            continue
         module = importlib.import_module(COMMANDS[command][0])
         module.config_from_args(args)  # the flags also make a valid service config
         region = obj["metadata"]["labels"].get(k8s_manifests.REGION_LABEL)
@@ -119,7 +123,7 @@ def test_service_containers_use_only_flags_the_real_clis_accept() -> None:
             paths = {k: container[k]["httpGet"]["path"] for k in ("readinessProbe", "livenessProbe") if k in container}
             # ready while NATS is connected, alive while it reconnects (nats_connect's rule)
             assert paths == {"readinessProbe": "/healthz", "livenessProbe": "/livez"}
-    assert seen == {"worker", "gateway", "aggregator"}
+    assert seen == {"worker", "gateway", "aggregator", "setup"}
 
 
 def test_every_variable_is_defined_before_it_is_used() -> None:
@@ -228,7 +232,7 @@ def test_every_object_matches_the_kubernetes_schema(version: str) -> None:
     ids=["wrong-type", "unknown-field", "missing-field"],
 )
 def test_the_schema_check_rejects_a_broken_object(breakage: Any) -> None:
-    deployment = copy.deepcopy(k8s_manifests.workers("eu"))
+    deployment = copy.deepcopy(k8s_manifests.workers("eu")[0])
     kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
     breakage(deployment)
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -264,8 +268,8 @@ def test_workers_request_the_memory_they_were_measured_at() -> None:
         memory = container["resources"]
         assert _mebibytes(memory["requests"]["memory"]) >= 1.25 * measured_mib[federated]
         assert _mebibytes(memory["limits"]["memory"]) > _mebibytes(memory["requests"]["memory"])
-    assert federated_workers == len(load_regions(DEFAULT_REGIONS_FILE))
-    serving = k8s_manifests.workers("eu", federated=False)["spec"]["template"]["spec"]
+    assert federated_workers == len(load_regions(DEFAULT_REGIONS_FILE)) * nats_config.CLUSTER_WORKERS
+    serving = k8s_manifests.workers("eu", federated=False)[0]["spec"]["template"]["spec"]
     (container,) = serving["containers"]
     command, args = _parse(container)
     assert command == "worker" and args.federated_dir is None
@@ -379,7 +383,8 @@ def test_a_gpu_region_runs_its_workers_on_gpus_with_the_gpu_image() -> None:
     regions = [*load_regions(DEFAULT_REGIONS_FILE)]
     gpu = dataclasses.replace(regions[0], gpu=True)
     files = k8s_manifests.manifests([gpu, *regions[1:]], "test.toml", gpu_image="registry.example/mvs-gpu:1")
-    (deployment,) = files[f"workers-{gpu.name}.yaml"]
+    deployment, *others = files[f"workers-{gpu.name}.yaml"]  # a Deployment per worker, all alike but the id
+    assert len(others) == nats_config.CLUSTER_WORKERS - 1
     kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -390,7 +395,7 @@ def test_a_gpu_region_runs_its_workers_on_gpus_with_the_gpu_image() -> None:
     config = importlib.import_module(COMMANDS[command][0]).config_from_args(args)
     assert (config.device, config.max_batch) == ("cuda", 8) and config.queue_size >= config.max_batch
     for region in regions[1:]:  # CPU regions keep the CPU image and ask for no GPU
-        (cpu,) = files[f"workers-{region.name}.yaml"]
+        cpu = files[f"workers-{region.name}.yaml"][0]
         (cpu_container,) = cpu["spec"]["template"]["spec"]["containers"]
         assert cpu_container["image"] == k8s_manifests.IMAGE
         assert k8s_manifests.GPU_RESOURCE not in cpu_container["resources"]["limits"]

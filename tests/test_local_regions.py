@@ -11,7 +11,7 @@ import nats
 import pytest
 
 from deploy.nats import NatsServer
-from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_user
+from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_id, worker_user
 from deploy.regions import DEFAULT_REGIONS_FILE, RegionsError, load_regions, parse_regions
 from deploy.topology import LocalDeployment, build_parser, config_from_args
 from mobile_sim.client import Phone, PhoneConfig
@@ -109,7 +109,8 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
             await nats.connect(deployment.nats.hub.url.replace("tls://", "nats://"), allow_reconnect=False)
         # Each server has only its own users' passwords in its environment.
         edge_env = _environment(deployment.nats.leaves["edge"])
-        assert password_env(worker_user("edge")) in edge_env and password_env(worker_user("cloud")) not in edge_env
+        edge_worker, cloud_worker = worker_user(worker_id("edge", 0)), worker_user(worker_id("cloud", 0))
+        assert password_env(edge_worker) in edge_env and password_env(cloud_worker) not in edge_env
         assert password_env(AGGREGATOR_USER) not in edge_env
         servers = [deployment.nats.hub, *deployment.nats.leaves.values()]
         assert not [line for s in servers for line in s.log_path.read_text().splitlines() if "Violation" in line]

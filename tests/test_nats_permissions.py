@@ -1,11 +1,16 @@
-"""The per-role NATS users and permissions (deploy/nats_auth.py) on a real hub + leaf nodes.
+"""The per-role NATS accounts, users and permissions (deploy/nats_auth.py) on a real hub + leaf nodes running the
+generated configs.
 
 The real flows run as the restricted users and the servers log no violation; forbidden actions are
-refused by the server (a permissions violation on the client's connection, nothing delivered)."""
+refused by the server (a permissions violation on the client's connection, nothing delivered), and what a region may
+do cannot reach another region (issue 22: streams, consumers and replies aimed at another region's subjects; a
+worker sending deltas as another worker or as two)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,32 +21,38 @@ import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from test_federated_edge import _serve_key_frames, _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
-from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
+from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from edge_worker.federated import FederatedConfig
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
+from streaming.buckets import object_stream
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
-from streaming.model_store import ModelStore
+from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.nats_connect import inbox_prefix, url_user
 from streaming.protocol import (
     FL_GLOBAL_SUBJECT,
     MODEL_BUCKET,
     MODEL_LATEST_BUCKET,
+    STYLE_BUCKET,
     STYLIZE_QUEUE_GROUP,
+    DeltaRef,
     ModelVersion,
     delta_bucket,
     encode,
     fl_delta_subject,
     stylize_subject,
 )
+from streaming.style_store import StyleStore
 from streaming.tensors import encode_tensors
 
 FRAMES = 20
@@ -57,10 +68,13 @@ SILENCE_S = 0.5
 """How long a subscriber waits to be sure a refused message was not delivered."""
 
 
+EU_0, EU_1, FL_0, FL_1 = worker_id("eu", 0), worker_id("eu", 1), worker_id("fl", 0), worker_id("fl", 1)
+
+
 @pytest.fixture
 def cluster() -> Iterator[NatsHubAndLeaves]:
-    """Hub + leaf nodes "eu" and "fl" with permissions on ("fl" is the federated tests' region)."""
-    with NatsHubAndLeaves(["eu", "fl"], secure=True) as c:
+    """Hub + leaf nodes "eu" and "fl" with permissions on ("fl" is the federated tests' region), two workers each."""
+    with NatsHubAndLeaves(["eu", "fl"], secure=True, workers={"eu": 2, "fl": 2}) as c:
         yield c
 
 
@@ -114,9 +128,9 @@ async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHub
     leaf = cluster.leaves["eu"]
     worker = StylizerWorker(
         WorkerConfig(
-            nats_url=cluster.client_url(leaf, worker_user("eu")),
+            nats_url=cluster.client_url(leaf, worker_user(EU_0)),
             region="eu",
-            worker_id="eu-1",
+            worker_id=EU_0,
             threads=1,
             js_domain=HUB_DOMAIN,
         )
@@ -130,7 +144,7 @@ async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHub
             ice_hosts=LOOPBACK,
         )
     )
-    await worker.start()  # first on the site: creates the style bucket
+    await worker.start()
     await gateway.start()
     try:
         config = PhoneConfig(
@@ -140,7 +154,7 @@ async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHub
         keys = report["key_frames"]
         assert report["frames"]["output"] == FRAMES and keys["ok"] == keys["marked"] > 0, keys
         async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/healthz") as response:
-            assert response.status == 200 and (await response.json())["workers"] == ["eu-1"]
+            assert response.status == 200 and (await response.json())["workers"] == [EU_0]
     finally:
         await gateway.stop()
         await worker.stop()
@@ -157,9 +171,9 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
     leaf = cluster.leaves["fl"]
     worker = StylizerWorker(
         WorkerConfig(
-            nats_url=cluster.client_url(leaf, worker_user("fl")),
+            nats_url=cluster.client_url(leaf, worker_user(FL_0)),
             region="fl",
-            worker_id="edge-1",
+            worker_id=FL_0,
             threads=1,
             js_domain=HUB_DOMAIN,
             federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4),
@@ -174,7 +188,7 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
         await _serve_key_frames(phone_side, 4)
         await _until(lambda: worker.learner.base_version == 1, "worker never adopted v1")
         v1 = aggregator.current
-        assert v1 is not None and aggregator.store is not None and v1.contributors == ["edge-1"]
+        assert v1 is not None and aggregator.store is not None and v1.contributors == [FL_0]
         published = await aggregator.store.weights(v1)
         assert all(np.array_equal(model.learned_state()[k], v) for k, v in published.items())
     finally:
@@ -186,17 +200,17 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
     assert _violations(cluster) == []
 
 
-async def test_model_sized_reads_pass_flow_control(cluster: NatsHubAndLeaves) -> None:
-    """Reading a model version (a few MB) makes the server ask for flow control ($JS.FC...): without
-    leave to answer, the aggregator's read would stall for good."""
+async def test_model_sized_reads_pass(cluster: NatsHubAndLeaves) -> None:
+    """A model version (a few MB) reads back whole, by direct gets of its chunks, for the aggregator and for a worker
+    on a leaf (through its region account's imports)."""
     blob = os.urandom(MODEL_SIZED_BYTES)
     aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
-    worker = await _client(cluster, cluster.leaves["eu"], worker_user("eu"))
+    worker = await _client(cluster, cluster.leaves["eu"], worker_user(EU_0))
     try:
         store = await ModelStore.open(aggregator.nc.jetstream())
         await store.put_blob("global/v0", blob)
         assert await asyncio.wait_for(store.get_blob("global/v0"), READ_TIMEOUT_S) == blob
-        edge = await ModelStore.open(worker.nc.jetstream(domain=HUB_DOMAIN), create=False)
+        edge = await ModelStore.open(worker.nc.jetstream(domain=HUB_DOMAIN))
         assert await asyncio.wait_for(edge.get_blob("global/v0"), READ_TIMEOUT_S) == blob
     finally:
         await aggregator.close()
@@ -208,11 +222,11 @@ async def test_a_worker_cannot_write_a_global_version(cluster: NatsHubAndLeaves)
     """Issue 14: with a worker's credentials, ``put("global/v0")`` replaced the global model. Now the server refuses
     the worker's chunks (the chunk subject is ``$O.mvs-models.C.<random nuid>``) and v0 reads back intact."""
     aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
-    worker = await _client(cluster, cluster.leaves["eu"], worker_user("eu"))
+    worker = await _client(cluster, cluster.leaves["eu"], worker_user(EU_0))
     try:
         store = await ModelStore.open(aggregator.nc.jetstream())
         v0 = await store.publish(WEIGHTS, ModelVersion(version=0, object_name=""))
-        edge = await ModelStore.open(worker.nc.jetstream(domain=HUB_DOMAIN, timeout=1.0), create=False)
+        edge = await ModelStore.open(worker.nc.jetstream(domain=HUB_DOMAIN, timeout=1.0))
         with pytest.raises(NatsError):
             await edge.put_blob(v0.object_name, b"140 bytes of somebody else's model")
         refused = f'permissions violation for publish to "$o.{MODEL_BUCKET}.c.'
@@ -236,20 +250,20 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
     await store.publish(v0_weights, ModelVersion(version=0, object_name=""))
     leaf = cluster.leaves["fl"]
 
-    def federated_worker(worker_id: str, stylizer: RetrainableStylizer) -> StylizerWorker:
+    def federated_worker(worker: str, stylizer: RetrainableStylizer) -> StylizerWorker:
         return StylizerWorker(
             WorkerConfig(
-                nats_url=cluster.client_url(leaf, worker_user("fl")),
+                nats_url=cluster.client_url(leaf, worker_user(worker)),
                 region="fl",
-                worker_id=worker_id,
+                worker_id=worker,
                 threads=1,
                 js_domain=HUB_DOMAIN,
-                federated=FederatedConfig(buffer_dir=tmp_path / worker_id, idle_s=60.0, publish_every=10**6),
+                federated=FederatedConfig(buffer_dir=tmp_path / worker, idle_s=60.0, publish_every=10**6),
             ),
             stylizer=stylizer,
         )
 
-    serving = federated_worker("edge-1", model)
+    serving = federated_worker(FL_0, model)
     phone_side = await _user_connection(cluster.client_url(cluster.hub, gateway_user("fl")))
     starting = None
     try:
@@ -265,7 +279,7 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
         assert serving.learner.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
         await _serve_key_frames(phone_side, 2)  # still serving
-        starting = federated_worker("edge-2", _tiny_dnn())
+        starting = federated_worker(FL_1, _tiny_dnn())
         await starting.start()
         assert starting.learner is not None and starting.learner.base_version == 0
     finally:
@@ -280,9 +294,9 @@ async def test_a_region_cannot_read_another_regions_replies() -> None:
     """Issue 14: subscribed to ``_INBOX.>`` as worker-us on the us leaf, an attacker received eu's stylized key frames.
     Now every user's replies come back on its own prefix and each may subscribe to that prefix only."""
     with NatsHubAndLeaves(["eu", "us"], secure=True) as c:
-        worker = await _client(c, c.leaves["eu"], worker_user("eu"))
+        worker = await _client(c, c.leaves["eu"], worker_user(worker_id("eu", 0)))
         gateway = await _client(c, c.leaves["eu"], gateway_user("eu"))
-        sniffer = await _client(c, c.leaves["us"], worker_user("us"))
+        sniffer = await _client(c, c.leaves["us"], worker_user(worker_id("us", 0)))
         sniffed: list[str] = []
 
         async def stylize(msg: Msg) -> None:
@@ -310,8 +324,8 @@ async def test_a_region_cannot_read_another_regions_replies() -> None:
 
 
 async def test_only_the_aggregator_announces_global_versions(cluster: NatsHubAndLeaves) -> None:
-    listener = await _client(cluster, cluster.leaves["fl"], worker_user("fl"))
-    forger = await _client(cluster, cluster.leaves["eu"], worker_user("eu"))
+    listener = await _client(cluster, cluster.leaves["fl"], worker_user(FL_0))
+    forger = await _client(cluster, cluster.leaves["eu"], worker_user(EU_0))
     aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
     try:
         heard = await listener.nc.subscribe(FL_GLOBAL_SUBJECT)
@@ -361,35 +375,41 @@ def _stream_publish(subject: str) -> Action:
     [
         # A worker cannot move the model's "latest" pointer, delete the model store, or speak for another region.
         (
-            "worker-eu",
+            worker_user(EU_0),
             "eu",
             _publish(f"$KV.{MODEL_LATEST_BUCKET}.latest"),
             "publish",
             f"$KV.{MODEL_LATEST_BUCKET}.latest",
         ),
         (
-            "worker-eu",
+            worker_user(EU_0),
             "eu",
             _publish(f"$JS.hub.API.STREAM.DELETE.OBJ_{MODEL_BUCKET}"),
             "publish",
             f"$JS.hub.API.STREAM.DELETE.OBJ_{MODEL_BUCKET}",
         ),
-        ("worker-eu", "eu", _publish(fl_delta_subject("fl")), "publish", fl_delta_subject("fl")),
+        (worker_user(EU_0), "eu", _publish(fl_delta_subject("fl", FL_0)), "publish", fl_delta_subject("fl", FL_0)),
         # ... nor write a global version's metadata, create the model bucket, or write another region's deltas.
-        ("worker-eu", "eu", _publish(GLOBAL_V0_META), "publish", GLOBAL_V0_META),
+        (worker_user(EU_0), "eu", _publish(GLOBAL_V0_META), "publish", GLOBAL_V0_META),
         (
-            "worker-eu",
+            worker_user(EU_0),
             "eu",
             _publish(f"$JS.hub.API.STREAM.CREATE.OBJ_{MODEL_BUCKET}"),
             "publish",
             f"$JS.hub.API.STREAM.CREATE.OBJ_{MODEL_BUCKET}",
         ),
-        ("worker-eu", "eu", _publish(f"$O.{delta_bucket('fl')}.C.x"), "publish", f"$O.{delta_bucket('fl')}.C.x"),
+        (worker_user(EU_0), "eu", _publish(f"$O.{delta_bucket('fl')}.C.x"), "publish", f"$O.{delta_bucket('fl')}.C.x"),
         # ... nor read every frame of its region outside the queue group, nor another region's frames.
-        ("worker-eu", "eu", _subscribe(stylize_subject("eu")), "subscription", stylize_subject("eu")),
-        ("worker-eu", "eu", _subscribe(stylize_subject("fl"), "stylizers"), "subscription", stylize_subject("fl")),
+        (worker_user(EU_0), "eu", _subscribe(stylize_subject("eu")), "subscription", stylize_subject("eu")),
+        (
+            worker_user(EU_0),
+            "eu",
+            _subscribe(stylize_subject("fl"), "stylizers"),
+            "subscription",
+            stylize_subject("fl"),
+        ),
         # A gateway cannot feed the delta stream, write the model KV, or listen to versions.
-        ("gateway-eu", "eu", _stream_publish(fl_delta_subject("eu")), "publish", fl_delta_subject("eu")),
+        ("gateway-eu", "eu", _stream_publish(fl_delta_subject("eu", EU_0)), "publish", fl_delta_subject("eu", EU_0)),
         (
             "gateway-eu",
             "eu",
@@ -418,6 +438,133 @@ async def test_forbidden_actions_are_refused(
 async def test_unknown_users_and_other_regions_users_cannot_log_in(cluster: NatsHubAndLeaves) -> None:
     """A leaf knows only its region's users; nobody gets in without a password."""
     with pytest.raises(NatsError, match="Authorization Violation"):
-        await nats.connect(cluster.client_url(cluster.leaves["fl"], worker_user("eu")), allow_reconnect=False)
+        await nats.connect(cluster.client_url(cluster.leaves["fl"], worker_user(EU_0)), allow_reconnect=False)
     with pytest.raises(NatsError, match="Authorization Violation"):
         await nats.connect(cluster.leaves["eu"].url, allow_reconnect=False)
+
+
+def _api(call: str) -> str:
+    """A JetStream API subject as a client on a leaf node names it (through the hub's domain)."""
+    return f"$JS.{HUB_DOMAIN}.API.{call}"
+
+
+async def _quiet(sub: Subscription) -> list[Msg]:
+    """What ``sub`` received within :data:`SILENCE_S` (a refused or misdirected message would be there by then)."""
+    received = []
+    with contextlib.suppress(NatsTimeoutError):
+        while True:
+            received.append(await sub.next_msg(timeout=SILENCE_S))
+    return received
+
+
+@pytest.mark.parametrize(
+    ("user", "bucket"),
+    [(worker_user(EU_0), delta_bucket("eu")), (gateway_user("eu"), STYLE_BUCKET), (worker_user(EU_0), "capture")],
+)
+async def test_services_cannot_create_a_stream_over_another_regions_subjects(
+    cluster: NatsHubAndLeaves, user: str, bucket: str
+) -> None:
+    """Issue 22 (2a): a worker could create its own delta bucket's stream, with the extra subject ``mvs.us.stylize``:
+    it captured the us region's key frames and its ack answered the us gateway first. Now no worker or gateway may
+    create a stream (the setup made every bucket), and a stream could not see another region's subjects anyway."""
+    client = await _client(cluster, cluster.leaves["eu"], user)
+    fl_gateway = await _client(cluster, cluster.leaves["fl"], gateway_user("fl"))
+    stream = object_stream(bucket)
+    config = {"name": stream, "subjects": [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", stylize_subject("fl")]}
+    try:
+        for call in (f"STREAM.CREATE.{stream}", f"STREAM.UPDATE.{stream}"):
+            with pytest.raises(NatsError):
+                await client.nc.request(_api(call), json.dumps(config).encode(), timeout=SILENCE_S)
+            await client.refused("publish", _api(call))
+        with pytest.raises(NoRespondersError):  # no fl worker is up, and no stream acks fl's key frames
+            await fl_gateway.nc.request(stylize_subject("fl"), b"a key frame", timeout=REFUSAL_WAIT_S)
+    finally:
+        await client.close()
+        await fl_gateway.close()
+
+
+@pytest.mark.parametrize("bucket", [STYLE_BUCKET, MODEL_BUCKET])
+async def test_a_worker_cannot_deliver_a_bucket_into_another_regions_subjects(
+    cluster: NatsHubAndLeaves, bucket: str
+) -> None:
+    """Issue 22 (2b): leave to create consumers on the style and model buckets let a worker set their delivery subject
+    and group: the server delivered into ``mvs.us.stylize`` (queue group ``stylizers``) and ``mvs.fl.global``. Now a
+    worker reads by direct get only, and however it aims the reply, it lands in its own region's account."""
+    gateway = await _client(cluster, cluster.leaves["eu"], gateway_user("eu"))
+    aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
+    attacker = await _client(cluster, cluster.leaves["eu"], worker_user(EU_0))
+    victim = await _client(cluster, cluster.leaves["fl"], worker_user(FL_0))
+    try:
+        await StyleStore(gateway.nc.jetstream(domain=HUB_DOMAIN)).put(b"a style, and a payload after it")
+        await (await ModelStore.open(aggregator.nc.jetstream())).publish(
+            WEIGHTS, ModelVersion(version=0, object_name="")
+        )
+        frames = await victim.nc.subscribe(stylize_subject("fl"), queue=STYLIZE_QUEUE_GROUP)
+        versions = await victim.nc.subscribe(FL_GLOBAL_SUBJECT)
+        await victim.nc.flush()
+        stream = object_stream(bucket)
+        for deliver in (stylize_subject("fl"), FL_GLOBAL_SUBJECT):
+            consumer = {"deliver_subject": deliver, "deliver_group": STYLIZE_QUEUE_GROUP, "ack_policy": "none"}
+            request = {"stream_name": stream, "config": consumer}
+            await attacker.nc.publish(_api(f"CONSUMER.CREATE.{stream}"), json.dumps(request).encode())
+            await attacker.refused("publish", _api(f"CONSUMER.CREATE.{stream}"))
+            await attacker.nc.publish(_api(f"DIRECT.GET.{stream}"), b'{"seq": 1}', reply=deliver)
+        read = await attacker.nc.request(_api(f"DIRECT.GET.{stream}"), b'{"seq": 1}', timeout=REFUSAL_WAIT_S)
+        assert read.data and read.headers and read.headers["Nats-Stream"] == stream  # the read it may do works
+        assert await _quiet(frames) == [] and await _quiet(versions) == []
+    finally:
+        for client in (gateway, aggregator, attacker, victim):
+            await client.close()
+
+
+async def test_a_credential_sends_deltas_as_its_own_worker_only(cluster: NatsHubAndLeaves) -> None:
+    """Issue 22 (2, and 6: "two made-up worker ids from one credential filled a round"): a worker's delta subject
+    carries its id and NATS lets each worker's user publish on its own only; the aggregator takes the worker id the
+    subject attests. A second worker id from one credential is refused (another worker's subject) or rejected (a
+    made-up id on its own subject), so the round fills only when a second real worker sends."""
+    aggregator = Aggregator(
+        AggregatorConfig(nats_url=cluster.client_url(cluster.hub, AGGREGATOR_USER), min_updates=2, durable="attest")
+    )
+    await aggregator.start(WEIGHTS)
+    first = await _client(cluster, cluster.leaves["eu"], worker_user(EU_0))
+    second = await _client(cluster, cluster.leaves["eu"], worker_user(EU_1))
+    delta = {name: np.full_like(value, 0.1) for name, value in WEIGHTS.items()}
+    try:
+        js = first.nc.jetstream(domain=HUB_DOMAIN, timeout=SILENCE_S)
+        deltas = DeltaStore(js, "eu")
+        await submit_delta(js, deltas, worker_id=EU_0, base_version=0, samples=4, delta=delta)
+        with pytest.raises(NatsError):
+            await submit_delta(js, deltas, worker_id=EU_1, base_version=0, samples=4, delta=delta)
+        await first.refused("publish", fl_delta_subject("eu", EU_1))
+        made_up = DeltaRef(
+            worker_id="eu-made-up", region="eu", base_version=0, samples=4, object_name="delta/eu/eu-made-up/v0-x"
+        )
+        await deltas.put(made_up.object_name, encode_tensors(delta))
+        await js.publish(fl_delta_subject("eu", EU_0), encode(made_up))
+        await _until_rejected(aggregator, "owner")
+        assert aggregator.current is not None and aggregator.current.version == 0  # one credential: one delta
+        their_js = second.nc.jetstream(domain=HUB_DOMAIN)
+        await submit_delta(their_js, DeltaStore(their_js, "eu"), worker_id=EU_1, base_version=0, samples=4, delta=delta)
+        v1 = await asyncio.wait_for(_next_version(aggregator), READ_TIMEOUT_S)
+        assert v1.contributors == [EU_0, EU_1] and aggregator.rejections == {"owner": 1}
+    finally:
+        await aggregator.stop()
+        await first.close()
+        await second.close()
+    (violation,) = _violations(cluster)  # the one refused publish, nothing else
+    assert fl_delta_subject("eu", EU_1) in violation
+
+
+async def _until_rejected(aggregator: Aggregator, reason: str) -> None:
+    async def loop() -> None:
+        while reason not in aggregator.rejections:
+            await aggregator.step()
+
+    await asyncio.wait_for(loop(), READ_TIMEOUT_S)
+
+
+async def _next_version(aggregator: Aggregator) -> ModelVersion:
+    while True:
+        new = await aggregator.step()
+        if new is not None:
+            return new

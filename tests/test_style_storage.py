@@ -15,18 +15,26 @@ import nats
 import numpy as np
 from nats.js.api import ObjectStoreConfig, StorageType
 
-from aggregator.service import DELTA_STREAM_MAX_BYTES, DELTA_STREAM_MAX_PER_REGION, ensure_delta_stream
 from bench.faults import unanswered_offer_sdp
 from deploy.nats import NatsServer
+from streaming.buckets import (
+    DELTA_BUCKET_MAX_BYTES,
+    DELTA_REFS,
+    DELTA_STREAM_MAX_BYTES,
+    DELTA_STREAM_MAX_MSG_BYTES,
+    DELTA_STREAM_MAX_PER_SUBJECT,
+    DELTA_TTL_S,
+    STYLE_BUCKET_MAX_BYTES,
+    STYLE_TTL_S,
+    create_stores,
+    deltas,
+)
 from streaming.gateway.server import MAX_STYLES_WAITING, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.images import decode_image, encode_jpeg
-from streaming.model_store import DELTA_BUCKET_MAX_BYTES, DELTA_TTL_S, DeltaStore
 from streaming.protocol import FL_DELTA_STREAM, STYLE_BUCKET, delta_bucket
 from streaming.style_store import (
     STORED_STYLE_MAX_SIDE,
-    STYLE_BUCKET_MAX_BYTES,
-    STYLE_TTL_S,
     StyleStore,
     StyleStoreFull,
     normalized_style,
@@ -118,11 +126,11 @@ async def test_the_style_bucket_is_bounded_and_a_full_one_refuses_new_styles(nat
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        await StyleStore.open(js)
-        config = (await js.stream_info(f"OBJ_{STYLE_BUCKET}")).config
+        config = (await js.stream_info(f"OBJ_{STYLE_BUCKET}")).config  # made by the server's setup
         assert config.max_bytes == STYLE_BUCKET_MAX_BYTES and config.max_age == STYLE_TTL_S
-        small = ObjectStoreConfig(storage=StorageType.FILE, max_bytes=300_000)
-        store = StyleStore(await js.create_object_store("t-full-styles", small))
+        small = ObjectStoreConfig(bucket="t-full-styles", storage=StorageType.FILE, max_bytes=300_000)
+        await create_stores(js, [small])
+        store = await StyleStore.open(js, "t-full-styles")
         styles = [normalized_style(_noise_jpeg(seed, side=320)) for seed in range(20)]
         assert sum(map(len, styles)) > 300_000
         ids = []
@@ -141,11 +149,11 @@ async def test_the_delta_stream_and_buckets_are_bounded(nats_server: NatsServer,
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        await ensure_delta_stream(js)
+        await create_stores(js, [DELTA_REFS, deltas(region)])
         stream = (await js.stream_info(FL_DELTA_STREAM)).config
-        assert stream.max_bytes == DELTA_STREAM_MAX_BYTES and stream.max_msgs_per_subject == DELTA_STREAM_MAX_PER_REGION
-        assert stream.max_age and stream.max_msg_size and stream.max_msg_size > 0
-        await DeltaStore.open(js, region)
+        assert stream.max_bytes == DELTA_STREAM_MAX_BYTES
+        assert stream.max_msgs_per_subject == DELTA_STREAM_MAX_PER_SUBJECT
+        assert stream.max_age and stream.max_msg_size == DELTA_STREAM_MAX_MSG_BYTES
         bucket = (await js.stream_info(f"OBJ_{delta_bucket(region)}")).config
         assert bucket.max_bytes == DELTA_BUCKET_MAX_BYTES and bucket.max_age == DELTA_TTL_S
     finally:

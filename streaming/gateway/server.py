@@ -57,6 +57,7 @@ from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S
 from streaming.clock import ClockOffset
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.gateway.admission import TOKEN_CLAIMS, AdmissionPolicy, admission_middleware, security_middleware
@@ -82,11 +83,8 @@ from streaming.protocol import (
     stylize_subject,
 )
 from streaming.style_store import (
-    MIB,
     STORED_STYLE_MAX_BYTES,
     STORED_STYLE_MAX_SIDE,
-    STYLE_BUCKET_MAX_BYTES,
-    STYLE_TTL_S,
     StyleStore,
     StyleStoreFull,
     normalized_style,

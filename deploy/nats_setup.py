@@ -1,0 +1,62 @@
+"""``mvs setup``: the operator's setup of a deployment's JetStream: every bucket and stream, created before the services
+start (:func:`streaming.buckets.create_stores`; workers and gateways may not create any).
+
+Connects as the ``setup`` user (URL in ``MVS_NATS_URL``, CA in ``MVS_NATS_CA``) to the hub and creates the style
+bucket, the model stores, the delta stream and a delta bucket per ``--region``; what exists is left as it is, so it
+may run again. ``mvs nats``, ``mvs demo`` and ``mvs local`` run it themselves; a cluster runs it as the Job
+``mvs-setup`` (deploy/k8s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from deploy.nats_auth import SETUP_USER
+from streaming.buckets import create_stores, deployment_stores
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV
+from streaming.nats_connect import connect_nats
+from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
+
+
+async def set_up(url: str, regions: Sequence[str], tls_ca: Path | None = None) -> list[str]:
+    """Create the buckets and streams of a deployment serving ``regions`` on the server at ``url``; the streams
+    created (none when all existed)."""
+    nc = await connect_nats(url, SETUP_USER, service="setup", max_reconnect_attempts=0, tls_ca=tls_ca)
+    try:
+        return await create_stores(nc.jetstream(), deployment_stores(regions))
+    finally:
+        await nc.close()
+
+
+def run_setup(url: str, regions: Sequence[str], tls_ca: Path | None = None) -> list[str]:
+    """:func:`set_up` from synchronous code (in a thread of its own, so it may be called inside an event loop too)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nats-setup") as pool:
+        return pool.submit(asyncio.run, set_up(url, regions, tls_ca)).result()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of the setup."""
+    p = argparse.ArgumentParser(prog="mvs setup", description=__doc__.splitlines()[0].strip("`: "))
+    p.add_argument(
+        "--region", action="append", default=None, help=f"a region served (repeatable; default: {DEFAULT_REGION})"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: the URL and CA from the environment (a URL may carry a password: never in argv)."""
+    args = build_parser().parse_args(argv)
+    ca = os.environ.get(NATS_CA_ENV)
+    created = run_setup(
+        os.environ.get(NATS_URL_ENV, DEFAULT_NATS_URL), args.region or [DEFAULT_REGION], Path(ca) if ca else None
+    )
+    print(f"created {', '.join(created)}" if created else "every bucket and stream exists already")
+
+
+if __name__ == "__main__":
+    main()
