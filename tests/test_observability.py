@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 import aggregator.service  # noqa: F401  (registers the aggregator's metrics)
@@ -133,7 +134,7 @@ def _pod_targets(job: dict[str, Any]) -> dict[str, str]:
     """app label -> scraped address:path of every generated pod the job keeps (pod IP 10.0.0.1, port-less)."""
     kept = {}
     for path in sorted(k8s_manifests.DEFAULT_OUT.glob("*.yaml")):
-        for obj in k8s_manifests.parse(path.read_text()):
+        for obj in yaml.safe_load_all(path.read_text()):
             if obj["kind"] not in ("Deployment", "StatefulSet"):
                 continue
             meta = obj["spec"]["template"]["metadata"]
@@ -157,7 +158,7 @@ def test_each_job_scrapes_its_services_pods_on_the_port_their_metrics_listen_on(
     assert set(jobs) == {f"mvs-{service}" for service in observability.SERVICES}
     ports = {}
     for path in sorted(k8s_manifests.DEFAULT_OUT.glob("*.yaml")):
-        for obj in k8s_manifests.parse(path.read_text()):
+        for obj in yaml.safe_load_all(path.read_text()):
             if obj["kind"] in ("Deployment", "StatefulSet"):
                 (container,) = obj["spec"]["template"]["spec"]["containers"]
                 if container["name"] != "nats":
