@@ -1,11 +1,11 @@
 """``python -m deploy.k8s_manifests``: the Kubernetes manifests of ``deploy/k8s/``, from the regions file.
 
 Each file is block-style YAML, one Kubernetes object per document, documents separated by ``---`` lines
-(:func:`render`; ``kubectl apply -f deploy/k8s/`` reads every file). Per edge region: a NATS leaf node, stylizer workers and a gateway pinned to the
-region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub (JetStream on a volume) and
-the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m deploy.nats_config
---secret``). ``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check`` fails
-when the files are stale. deploy/k8s/README.md explains the choices.
+(:func:`render`; ``kubectl apply -f deploy/k8s/`` reads every file). Per edge region: a NATS leaf node, stylizer
+workers and a gateway pinned to the region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub
+(JetStream on a volume) and the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m
+deploy.nats_config --secret``). ``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check``
+fails when the files are stale. deploy/k8s/README.md explains the choices.
 """
 
 from __future__ import annotations
