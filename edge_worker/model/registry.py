@@ -18,6 +18,11 @@ MODEL_SUFFIXES = (".pt", ".pth")
 STYLIZER_NAMES = (LinearColorTransfer.name, DNN_NAME, EMULATED_NAME)
 
 
+def is_dnn(spec: str) -> bool:
+    """Whether ``spec`` names the paper's network (the bundled one or a model file)."""
+    return spec == DNN_NAME or spec.endswith(MODEL_SUFFIXES)
+
+
 def load_stylizer(
     spec: str,
     device: str = "cpu",
@@ -37,7 +42,7 @@ def load_stylizer(
         return LinearColorTransfer()
     if spec == EMULATED_NAME:
         return EmulatedAccelerator(profile or ServiceTimeProfile())
-    if spec == DNN_NAME or spec.endswith(MODEL_SUFFIXES):
+    if is_dnn(spec):
         from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer
         from edge_worker.retrain import RetrainableStylizer
         from edge_worker.training import calibration_pairs
