@@ -71,32 +71,29 @@ class LocalTopology:
     metrics_urls: dict[str, str] = field(default_factory=dict)
     """Metrics URL of each worker started with :attr:`metrics`, by worker id."""
 
+    def worker_flags(self, worker_id: str, metrics_port: int | None = None) -> list[str]:
+        """``mvs worker`` flags of the worker ``worker_id`` of this site (no secret: the NATS URL goes in the
+        environment); with ``metrics_port``, its metrics on that loopback port."""
+        flags = ["--region", self.region, "--model", self.model, "--worker-id", worker_id]
+        flags += ["--threads", str(self.worker_threads), "--log-level", self.log_level]
+        if self.js_domain is not None:
+            flags += ["--js-domain", self.js_domain]
+        if self.federated_dir is not None:
+            flags += ["--federated-dir", str(self.federated_dir / worker_id)]
+        if metrics_port is not None:
+            flags += ["--metrics-port", str(metrics_port), "--metrics-host", METRICS_HOST]
+        return flags + list(self.worker_args)
+
+    def next_worker_id(self) -> str:
+        """The id the site's next worker gets."""
+        return f"{self.region}-worker-{len(self.workers)}"
+
     def start_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
         """Start one ``python -m edge_worker`` child (the NATS URL, which may hold a password, in its environment)."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "edge_worker",
-            "--region",
-            self.region,
-            "--model",
-            self.model,
-            "--worker-id",
-            worker_id,
-            "--threads",
-            str(self.worker_threads),
-            "--log-level",
-            self.log_level,
-        ]
-        if self.js_domain is not None:
-            cmd += ["--js-domain", self.js_domain]
-        if self.federated_dir is not None:
-            cmd += ["--federated-dir", str(self.federated_dir / worker_id)]
-        if self.metrics:
-            port = free_port(METRICS_HOST)
-            cmd += ["--metrics-port", str(port), "--metrics-host", METRICS_HOST]
+        port = free_port(METRICS_HOST) if self.metrics else None
+        cmd = [sys.executable, "-m", "edge_worker", *self.worker_flags(worker_id, port)]
+        if port is not None:
             self.metrics_urls[worker_id] = f"http://{METRICS_HOST}:{port}/metrics"
-        cmd += self.worker_args
         env = {**os.environ, NATS_URL_ENV: self.nats_url}
         if self.nats_ca is not None:
             env[NATS_CA_ENV] = str(self.nats_ca)
@@ -160,8 +157,8 @@ async def run_demo(
         )
         gateway = Gateway(GatewayConfig(port=0, nats_url=server.url, region=phone_config.region, ice_hosts=LOOPBACK))
         try:
-            for i in range(workers):
-                topology.start_worker(f"{phone_config.region}-worker-{i}")
+            for _ in range(workers):
+                topology.start_worker(topology.next_worker_id())
             say(f"NATS at {server.url}; {workers} {model} worker(s) loading and warming up...")
             started = time.monotonic()
             await topology.wait_for_workers()

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
-from deploy.local import LocalTopology
+from deploy.local import WORKER_MODEL_FIELDS, LocalTopology, add_worker_model_arguments, worker_model_config
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
+from edge_worker.service import WorkerConfig
+from streaming import config as service_config
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
@@ -48,6 +50,8 @@ class LocalConfig:
 
     regions: list[Region]
     model: str = DEFAULT_STYLIZER
+    worker_args: tuple[str, ...] = ()
+    """The workers' other model flags (``--device``, ``--work-size``, ``--precision``)."""
     worker_threads: int = 1
     secure: bool = False
     federated: bool = False
@@ -208,6 +212,7 @@ class LocalDeployment:
             self.url(region.name, worker_user(region.name)),
             region.name,
             model=self.config.model,
+            worker_args=self.config.worker_args,
             worker_threads=self.config.worker_threads,
             log_level=self.config.log_level,
             js_domain=HUB_DOMAIN,
@@ -216,8 +221,8 @@ class LocalDeployment:
             metrics=True,
             nats_ca=self.nats_ca,
         )
-        for i in range(region.workers):
-            site.start_worker(f"{region.name}-worker-{i}")
+        for _ in range(region.workers):
+            site.start_worker(site.next_worker_id())
         return site
 
     def metrics_urls(self, region: str) -> list[str]:
@@ -239,7 +244,7 @@ class LocalDeployment:
             where = "hub" if server is self.nats.hub else f"leaf {server.url}"
             lines.append(f"region {region.name}: gateway {gateway.url}, {len(site.workers)} worker(s) on NATS {where}")
             phone = ["mvs", "phone", "--gateway", gateway.url, "--region", region.name, "--ice-host", LOOPBACK[0]]
-            worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN]
+            worker = ["mvs", "worker", *site.worker_flags(site.next_worker_id())]
             if self.secrets is None:
                 lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
                 env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(region.name)))}"
@@ -287,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     """CLI of ``mvs local``."""
     p = argparse.ArgumentParser(
         prog="mvs local",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Run a multi-region deployment on this machine until Ctrl-C: NATS hub + a leaf node per region, "
         "each region's stylizer workers and gateway, optionally the aggregator. Phones run separately (mvs phone).",
     )
@@ -302,16 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HTTP_PORT,
         help="gateway port of the first --region region, the next get the following ports (0: any free port)",
     )
-    p.add_argument(
-        "--model", default=DEFAULT_STYLIZER, help="color-transfer, dnn (the bundled paper model) or a model file (.pt)"
-    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument(
         "--secure",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="per-role NATS users and subject permissions, TLS on every NATS link, HTTPS and admission tokens at "
-        "the gateways (default: off, anyone may do anything)",
+        "the gateways (off: anyone may do anything)",
     )
     p.add_argument("--federated", action="store_true", help="run the aggregator; workers retrain (trainable model)")
     p.add_argument(
@@ -320,12 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(STRATEGIES),
         help="the aggregator's rule: median or trimmed-mean resist a few poisoned deltas (default: %(default)s)",
     )
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+    add_worker_model_arguments(p)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> LocalConfig:
-    """LocalConfig from parsed flags (regions from the file, or one leaf region per --region)."""
+def config_from_args(args: argparse.Namespace, worker: WorkerConfig | None = None) -> LocalConfig:
+    """LocalConfig from parsed flags (regions from the file, or one leaf region per --region); ``worker``: the
+    workers' model settings (default: from the flags, unchecked)."""
+    worker = worker or service_config.config_from_args(WorkerConfig, args)
     if args.regions is not None:
         regions = load_regions(args.regions)
     else:
@@ -336,7 +342,8 @@ def config_from_args(args: argparse.Namespace) -> LocalConfig:
         ]
     return LocalConfig(
         regions=regions,
-        model=args.model,
+        model=worker.model,
+        worker_args=tuple(service_config.config_flags(worker, set(WORKER_MODEL_FIELDS) - {"model"})),
         worker_threads=args.threads,
         secure=args.secure,
         federated=args.federated,
@@ -349,8 +356,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, json_lines=False)
+    worker = worker_model_config(args, "mvs local", trainable=args.federated)
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, worker)
     except ValueError as exc:  # RegionsError included: the file and the problem, not a traceback
         raise SystemExit(f"mvs local: {exc}") from exc
     with contextlib.suppress(asyncio.CancelledError):

@@ -3,6 +3,7 @@ file's regions start (leaf and hub regions, permissions on) with every gateway a
 
 from __future__ import annotations
 
+import shlex
 import ssl
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import aiohttp
 import nats
 import pytest
 
-from deploy.nats import NatsServer
+from deploy.local import LocalTopology
+from deploy.nats import HUB_DOMAIN, NatsServer
 from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_user
 from deploy.regions import DEFAULT_REGIONS_FILE, RegionsError, load_regions, parse_regions
 from deploy.topology import LocalDeployment, build_parser, config_from_args
+from edge_worker.__main__ import build_parser as worker_parser
+from edge_worker.__main__ import config_from_args as worker_config
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
 from streaming.ice import LOOPBACK
@@ -67,6 +71,33 @@ def test_region_flags_are_the_other_input() -> None:
         config_from_args(build_parser().parse_args(["--federated", "--model", "color-transfer"]))
 
 
+def test_the_workers_model_flags_are_the_workers_own_and_reach_an_added_worker() -> None:
+    argv = ["--region", "a", "--model", "dnn", "--work-size", "256", "--precision", "fp32", "--threads", "2"]
+    config = config_from_args(build_parser().parse_args([*argv, "--federated"]))
+    assert config.model == "dnn" and config.worker_args == (
+        "--device",
+        "auto",
+        "--work-size",
+        "256",
+        "--precision",
+        "fp32",
+    )
+    site = LocalTopology(
+        "nats://127.0.0.1:4222",
+        "a",
+        model=config.model,
+        worker_args=config.worker_args,
+        worker_threads=config.worker_threads,
+        js_domain=HUB_DOMAIN,
+        federated_dir=Path("/buffers"),
+    )
+    # What the summary prints after "more worker:" is what the site starts its workers with, the next id.
+    worker = worker_config(worker_parser().parse_args(site.worker_flags(site.next_worker_id())))
+    assert (worker.model, worker.work_size, worker.precision, worker.threads) == ("dnn", 256, "fp32", 2)
+    assert worker.region == "a" and worker.worker_id == "a-worker-0" and worker.js_domain == HUB_DOMAIN
+    assert worker.federated is not None and worker.federated.buffer_dir == Path("/buffers/a-worker-0")
+
+
 async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path: Path) -> None:
     path = tmp_path / "regions.toml"
     path.write_text(REGIONS)
@@ -87,6 +118,9 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
                 async with http.post(f"{gateway.url}/offer", data=b"{}", headers=offer, ssl=https) as response:
                     assert response.status == 401  # no admission token
         summary = deployment.summary()
+        more = next(line for line in summary.splitlines() if "more worker:" in line and "--region edge" in line)
+        added = worker_parser().parse_args(shlex.split(more.split("mvs worker", 1)[1].rstrip(")")))
+        assert added.region == "edge" and added.worker_id == "edge-worker-1" and added.js_domain == HUB_DOMAIN
         assert "--region edge --ice-host 127.0.0.1 --link-delay-ms 20 --link-kbps 8000" in summary
         async with aiohttp.ClientSession() as http:
             for name in deployment.gateways:  # each region's metrics: its gateway's and each worker's, all live
