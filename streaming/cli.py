@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,13 @@ def service_main(
     parser: argparse.ArgumentParser,
     service: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
 ) -> None:
-    """Parse flags, set up logging, run the service until SIGINT/SIGTERM."""
+    """Parse flags, set up logging, run the service until SIGINT/SIGTERM; a port in use is one line."""
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     with contextlib.suppress(asyncio.CancelledError):
-        run_main(service(args))
+        try:
+            run_main(service(args))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise SystemExit(f"{parser.prog}: {exc.strerror or exc}") from None
