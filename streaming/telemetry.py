@@ -7,10 +7,11 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.metrics_core import Metric
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -108,6 +109,35 @@ class LogLimiter:
             state[2] = 0
         logger.log(level, msg, extra=fields)
         return True
+
+
+REGION_LABEL = "region"
+
+
+class RegionView:
+    """The process's metrics as a process serving only ``region`` would export them: series labelled with another
+    region are left out (several gateways in one process, ``mvs local``, share one registry; scraping each one's
+    ``/metrics`` must not count a region twice). Series without a region label stay."""
+
+    def __init__(self, region: str, registry: CollectorRegistry = REGISTRY) -> None:
+        self.region = region
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family of the registry, with only this region's samples (families left empty are dropped)."""
+        for family in self._registry.collect():
+            samples = [s for s in family.samples if s.labels.get(REGION_LABEL, self.region) == self.region]
+            if samples:
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                yield kept
+
+
+def region_metrics(region: str) -> bytes:
+    """Prometheus text of :class:`RegionView` ``(region)``."""
+    view = CollectorRegistry(auto_describe=False)
+    view.register(RegionView(region))  # a Collector is anything with collect()
+    return generate_latest(view)
 
 
 DEFAULT_METRICS_HOST = "127.0.0.1"
