@@ -17,17 +17,26 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shlex
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiohttp import web
+
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
-from deploy.local import WORKER_MODEL_FIELDS, LocalTopology, add_worker_model_arguments, worker_model_config
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
+from deploy.local import (
+    METRICS_HOST,
+    WORKER_MODEL_FIELDS,
+    LocalTopology,
+    add_worker_model_arguments,
+    worker_model_config,
+)
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, free_port
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
@@ -39,7 +48,7 @@ from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.runtime import run_main
-from streaming.telemetry import setup_logging
+from streaming.telemetry import setup_logging, start_health_server, view_metrics
 from streaming.tokens import TOKEN_ENV, TOKEN_SECRET_ENV, issue, new_secret
 
 log = logging.getLogger(__name__)
@@ -118,6 +127,11 @@ def _private(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _aggregator_series(name: str, labels: dict[str, str]) -> bool:
+    """The aggregator's own series in this process (the gateways export theirs)."""
+    return name.startswith("mvs_aggregator_") or labels.get("service") == "aggregator"
+
+
 def federated_init(model: str) -> Path:
     """The initial global weights of federated learning: the model the workers serve."""
     if model == DNN_NAME:
@@ -140,6 +154,10 @@ class LocalDeployment:
     gateways: dict[str, Gateway] = field(default_factory=dict)
     aggregator: Aggregator | None = None
     _rounds: asyncio.Task[None] | None = None
+    _aggregator_health: web.AppRunner | None = None
+    aggregator_metrics_url: str = ""
+    say: Callable[[str], None] = field(default=lambda line: log.info(line))
+    """Where the progress of rounds goes (``mvs local``: printed)."""
     _buffers: tempfile.TemporaryDirectory[str] | None = None
     secrets: LocalSecrets | None = None
     """With --secure: where the credentials were written."""
@@ -205,7 +223,32 @@ class LocalDeployment:
         )
         # The aggregator runs in this process: the model file's weights go to it directly, no blob needed.
         await self.aggregator.start(learned_weights(str(init)))  # v0 is in the store before any worker asks for it
-        self._rounds = asyncio.create_task(self.aggregator.run(), name="aggregator")
+        self._rounds = asyncio.create_task(self._run_rounds(self.aggregator), name="aggregator")
+        port = free_port(METRICS_HOST)
+        self._aggregator_health = await start_health_server(
+            port,
+            METRICS_HOST,
+            ready=self.aggregator.ready,
+            live=self.aggregator.live,
+            exposition=lambda: view_metrics(_aggregator_series),
+        )
+        self.aggregator_metrics_url = f"http://{METRICS_HOST}:{port}/metrics"
+
+    async def _run_rounds(self, aggregator: Aggregator) -> None:
+        """The aggregator's rounds (its ``run``), each step's progress said in a line: deltas in, versions out."""
+        pending = len(aggregator.state.accepted)
+        while True:
+            published = await aggregator.step()
+            if published is not None:
+                loss = f", loss {published.loss:.4f}" if math.isfinite(published.loss) else ""
+                self.say(
+                    f"aggregator: published v{published.version} from {len(published.contributors)} delta(s) "
+                    f"({published.samples} samples{loss})"
+                )
+            elif len(aggregator.state.accepted) != pending:
+                need = aggregator.config.min_updates
+                self.say(f"aggregator: {len(aggregator.state.accepted)} of {need} delta(s) in for the next version")
+            pending = len(aggregator.state.accepted)
         self._buffers = tempfile.TemporaryDirectory(prefix="mvs-fl-")
 
     def _start_workers(self, region: Region) -> LocalTopology:
@@ -236,6 +279,7 @@ class LocalDeployment:
         lines = [f"NATS hub {self.nats.hub.url} (JetStream domain {HUB_DOMAIN}; secure: {self.config.secure})"]
         if self.aggregator is not None:
             lines.append(f"aggregator: federated learning on ({self.config.strategy}), v0 published")
+            lines.append(f"  metrics:     {self.aggregator_metrics_url}")
         if self.secrets is not None:
             lines.append(f"secrets (mode 0600) in {self.secrets.directory}; NATS CA {self.nats_ca}")
             lines.append(f"  a phone token: {TOKEN_SECRET_ENV}=$(cat {self.secrets.token_secret_file}) mvs token")
@@ -268,6 +312,8 @@ class LocalDeployment:
         if self._rounds is not None:
             self._rounds.cancel()
             await asyncio.gather(self._rounds, return_exceptions=True)
+        if self._aggregator_health is not None:
+            await self._aggregator_health.cleanup()
         if self.aggregator is not None:
             await self.aggregator.stop()
         if self._buffers is not None:
@@ -280,7 +326,7 @@ class LocalDeployment:
 
 async def run_local(config: LocalConfig) -> None:
     """Start the deployment, print its summary, serve until cancelled (Ctrl-C), stop."""
-    deployment = LocalDeployment(config)
+    deployment = LocalDeployment(config, say=lambda line: print(line, flush=True))
     await deployment.start()
     try:
         print(deployment.summary(), flush=True)

@@ -3,24 +3,28 @@ file's regions start (leaf and hub regions, permissions on) with every gateway a
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import ssl
 from pathlib import Path
 
 import aiohttp
 import nats
+import numpy as np
 import pytest
 
 from deploy.local import LocalTopology
-from deploy.nats import HUB_DOMAIN, NatsServer
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_user
-from deploy.regions import DEFAULT_REGIONS_FILE, RegionsError, load_regions, parse_regions
-from deploy.topology import LocalDeployment, build_parser, config_from_args
+from deploy.regions import DEFAULT_REGIONS_FILE, Region, RegionsError, load_regions, parse_regions
+from deploy.topology import LocalConfig, LocalDeployment, build_parser, config_from_args, federated_init
 from edge_worker.__main__ import build_parser as worker_parser
 from edge_worker.__main__ import config_from_args as worker_config
+from edge_worker.export_weights import learned_weights
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
 from streaming.ice import LOOPBACK
+from streaming.model_store import DeltaStore, submit_delta
 
 REGIONS = """
 [[regions]]
@@ -167,3 +171,38 @@ def _environment(server: NatsServer) -> set[str]:
     assert server._proc is not None
     raw = Path(f"/proc/{server._proc.pid}/environ").read_bytes()
     return {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}
+
+
+async def test_mvs_local_federated_says_its_rounds_and_serves_the_aggregators_metrics() -> None:
+    """The aggregator in ``mvs local --federated``: its metrics URL in the summary (its series only, the gateways
+    export theirs) and a line per delta and per published version. Deltas here come from a stand-in edge (no
+    retraining worker: that takes minutes), through the same store and stream a worker uses."""
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    config = LocalConfig(regions=[Region("fl", gateway_port=0)], model="dnn", federated=True)
+    deployment = LocalDeployment(config, say=lines.put_nowait)
+    deployment.nats = NatsHubAndLeaves(["fl"]).start()
+    try:
+        await deployment._start_aggregator(federated_init("dnn"))  # noqa: SLF001 (alone: workers take minutes)
+        assert deployment.aggregator_metrics_url.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as http, http.get(deployment.aggregator_metrics_url) as response:
+            text = await response.text()
+        assert "mvs_aggregator_version 0.0" in text and "mvs_gateway_" not in text
+        nc = await nats.connect(deployment.url("fl", worker_user("fl")))
+        try:
+            js = nc.jetstream(domain=HUB_DOMAIN)
+            weights = learned_weights(str(federated_init("dnn")))
+            delta = {name: np.zeros_like(w, dtype=np.float16) for name, w in weights.items()}
+            for worker in ("w0", "w1"):
+                await submit_delta(
+                    js, await DeltaStore.open(js, "fl"), worker_id=worker, base_version=0, samples=4, delta=delta
+                )
+                if worker == "w0":
+                    assert (
+                        await asyncio.wait_for(lines.get(), 30) == "aggregator: 1 of 2 delta(s) in for the next version"
+                    )
+            said = await asyncio.wait_for(lines.get(), 30)
+        finally:
+            await nc.close()
+        assert said.startswith("aggregator: published v1 from 2 delta(s) (8 samples")
+    finally:
+        await deployment.stop()
