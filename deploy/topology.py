@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from deploy.local import (
 )
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, free_port
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_user
+from deploy.observability import ALERTS_FILE, alert_rules, local_prometheus_config
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
@@ -155,6 +157,7 @@ class LocalDeployment:
     aggregator: Aggregator | None = None
     _rounds: asyncio.Task[None] | None = None
     _aggregator_health: web.AppRunner | None = None
+    _prometheus: tempfile.TemporaryDirectory[str] | None = None
     aggregator_metrics_url: str = ""
     say: Callable[[str], None] = field(default=lambda line: log.info(line))
     """Where the progress of rounds goes (``mvs local``: printed)."""
@@ -202,7 +205,27 @@ class LocalDeployment:
         except BaseException:
             await self.stop()
             raise
+        self._write_prometheus()
         log.info("local deployment up", extra={"regions": [r.name for r in regions], "secure": self.config.secure})
+
+    @property
+    def prometheus_config(self) -> Path:
+        """A Prometheus configuration scraping this deployment's processes (static targets), with the alert rules."""
+        assert self._prometheus is not None
+        return Path(self._prometheus.name) / "prometheus.yml"
+
+    def _write_prometheus(self) -> None:
+        self._prometheus = tempfile.TemporaryDirectory(prefix="mvs-local-prometheus-")
+        rules = Path(self._prometheus.name) / ALERTS_FILE
+        rules.write_text(json.dumps(alert_rules(), indent=2) + "\n")
+        targets = {
+            "gateway": [f"{gateway.url}/metrics" for gateway in self.gateways.values()],
+            "worker": [url for site in self.sites.values() for url in site.metrics_urls.values()],
+            "aggregator": [self.aggregator_metrics_url] if self.aggregator_metrics_url else [],
+        }
+        ca = str(self.nats_ca) if self.nats_ca is not None else None
+        config = local_prometheus_config(targets, rules=str(rules), ca=ca)
+        self.prometheus_config.write_text(json.dumps(config, indent=2) + "\n")
 
     @property
     def nats_ca(self) -> Path | None:
@@ -283,6 +306,7 @@ class LocalDeployment:
         if self.secrets is not None:
             lines.append(f"secrets (mode 0600) in {self.secrets.directory}; NATS CA {self.nats_ca}")
             lines.append(f"  a phone token: {TOKEN_SECRET_ENV}=$(cat {self.secrets.token_secret_file}) mvs token")
+        lines.append(f"prometheus --config.file={self.prometheus_config}   # scrapes all of it, with alert rules")
         for region in self.config.regions:
             gateway, site = self.gateways[region.name], self.sites[region.name]
             server = self.nats.server(region.name)
@@ -314,6 +338,8 @@ class LocalDeployment:
             await asyncio.gather(self._rounds, return_exceptions=True)
         if self._aggregator_health is not None:
             await self._aggregator_health.cleanup()
+        if self._prometheus is not None:
+            self._prometheus.cleanup()
         if self.aggregator is not None:
             await self.aggregator.stop()
         if self._buffers is not None:

@@ -117,7 +117,7 @@ SeriesFilter = Callable[[str, dict[str, str]], bool]
 
 
 class MetricsView:
-    """The process's metrics, only the series ``keep`` keeps (families left empty are dropped): what one of several
+    """The process's metrics, only the series ``keep`` keeps: what one of several
     services sharing a process (``mvs local``: every gateway and the aggregator) exports as its own."""
 
     def __init__(self, keep: SeriesFilter, registry: CollectorRegistry = REGISTRY) -> None:
@@ -125,10 +125,11 @@ class MetricsView:
         self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        """Every family of the registry, with the kept samples."""
+        """Every family of the registry with the kept samples; a family none of whose samples is kept stays (its
+        HELP and TYPE) when ``keep`` keeps its name with no labels."""
         for family in self._registry.collect():
             samples = [s for s in family.samples if self._keep(family.name, s.labels)]
-            if samples:
+            if samples or self._keep(family.name, {}):
                 kept = Metric(family.name, family.documentation, family.type, family.unit)
                 kept.samples = samples
                 yield kept

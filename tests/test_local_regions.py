@@ -4,8 +4,12 @@ file's regions start (leaf and hub regions, permissions on) with every gateway a
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shlex
+import shutil
 import ssl
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -122,6 +126,25 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
                 async with http.post(f"{gateway.url}/offer", data=b"{}", headers=offer, ssl=https) as response:
                     assert response.status == 401  # no admission token
         summary = deployment.summary()
+        # A static Prometheus configuration of exactly the printed metrics URLs, with the alert rules.
+        assert f"prometheus --config.file={deployment.prometheus_config}" in summary
+        scraped = json.loads(deployment.prometheus_config.read_text())
+        printed = {url for name in deployment.gateways for url in deployment.metrics_urls(name)}
+        targets = {
+            f"{job['scheme']}://{target}{job['metrics_path']}"
+            for job in scraped["scrape_configs"]
+            for group in job["static_configs"]
+            for target in group["targets"]
+        }
+        assert targets == printed
+        if shutil.which("promtool") is not None or os.environ.get("CI", "").lower() == "true":
+            done = subprocess.run(
+                ["promtool", "check", "config", str(deployment.prometheus_config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0 and "SUCCESS: 4 rules found" in done.stdout, done.stdout + done.stderr
         more = next(line for line in summary.splitlines() if "more worker:" in line and "--region edge" in line)
         added = worker_parser().parse_args(shlex.split(more.split("mvs worker", 1)[1].rstrip(")")))
         assert added.region == "edge" and added.worker_id == "edge-worker-1" and added.js_domain == HUB_DOMAIN
