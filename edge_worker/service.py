@@ -48,7 +48,7 @@ from edge_worker.model.serving import (
     resolve_serving,
 )
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
-from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image
+from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image, image_size
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -61,6 +61,7 @@ from streaming.protocol import (
     StylizeReply,
     StylizeRequest,
     WorkerInfo,
+    check_result_size,
     decode,
     encode,
     stylize_subject,
@@ -389,6 +390,7 @@ class StylizerWorker:
         try:
             request = decode(msg.data, StylizeRequest)
             validate_request(request)
+            _check_result_size(request)
         except ProtocolError as exc:
             self._bad_input_log.log(
                 log, logging.WARNING, exc.code, "bad stylize request", {"code": exc.code, "error": str(exc)}
@@ -472,6 +474,16 @@ class StylizerWorker:
         """Decode a style image and prepare it for the stylizer (on the inference thread, off the event loop)."""
         image = decode_image(data, max_side=MAX_FRAME_SIDE)
         return self.stylizer.prepare_style(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+
+def _check_result_size(request: StylizeRequest) -> None:
+    """Refuse (:class:`ProtocolError`, ``too_large``) a result too large for its key frame before any work; a key
+    whose header cannot be read is left to the inference thread, which answers ``invalid``."""
+    try:
+        key_size = image_size(request.image)
+    except ImageDecodeError:
+        return
+    check_result_size(key_size, (request.out_width, request.out_height))
 
 
 async def run(config: WorkerConfig) -> None:
