@@ -364,7 +364,8 @@ def _round(value: float | None) -> float | None:
 
 async def phone_crowd(site: Site) -> dict[str, Any]:
     """``CROWD_PHONES`` phone processes (``python -m mobile_sim``) at once through the site's gateway: each must
-    write its report (complete, or partial with the reason) and exit 0 (non-zero only on its own failure)."""
+    write its report (complete; degraded or partial with the reason) and exit 0 (non-zero only on its own failure
+    or when it never streamed)."""
     with tempfile.TemporaryDirectory(prefix="mvs-crowd-") as tmp:
         outs = [Path(tmp) / f"phone{i}" for i in range(CROWD_PHONES)]
         procs = [
@@ -410,8 +411,9 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
     reasons = sorted({r["outcome"]["reason"] for r in reports if r["outcome"]["reason"]})
     return _row(
         f"{CROWD_PHONES} phone processes at once ({CROWD_SECONDS:g} s each)",
-        f"{len(reports)}/{CROWD_PHONES} reports: {status.count('complete')} complete, {status.count('partial')} "
-        f"partial{' (' + '; '.join(reasons) + ')' if reasons else ''}; exit codes {sorted(set(codes))}; "
+        f"{len(reports)}/{CROWD_PHONES} reports: {status.count('complete')} complete, "
+        f"{status.count('degraded')} degraded, {status.count('partial')} partial"
+        f"{' (' + '; '.join(reasons) + ')' if reasons else ''}; exit codes {sorted(set(codes))}; "
         f"all done {seconds:.1f} s after the start",
         frames_out=sum(r["frames"]["output"] for r in reports),
         frames_captured=sum(r["frames"]["captured"] for r in reports),
@@ -419,6 +421,7 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
         keys_failed=sum(r["key_frames"]["failed"] for r in reports),
         reports=len(reports),
         complete=status.count("complete"),
+        degraded=status.count("degraded"),
         partial=status.count("partial"),
         exit_codes=codes,
         wall_s=round(seconds, 3),

@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison and write JSON and Markdown."""
     p = argparse.ArgumentParser(prog="python -m bench.int8", description=__doc__)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--out", "--out-dir", dest="out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--work-sizes", type=int, nargs="+", default=list(WORK_SIZES))
     p.add_argument("--repeats", type=int, default=REPEATS)
     args = p.parse_args(argv)
@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["work_sizes"][ws] = row
         logger.info("work size %d: %s", ws, row["verdict"])
     results["engine"] = torch.backends.quantized.engine
-    write_results(NAME, results, markdown(results), args.out_dir)
+    json_path, md_path = write_results(NAME, results, markdown(results), args.out)
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -549,7 +549,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 def run(plan: Plan, out: Path | None = None) -> tuple[dict[str, Any], str]:
-    """Measure, write JSON + Markdown + PNG; return the data and the Markdown."""
+    """Measure, write JSON + Markdown + PNG; return the data and the Markdown (ending with the files written)."""
     data: dict[str, Any] = {
         "machine": machine(),
         "plan": {**asdict(replace(plan, sites=())), "sites": [s.name for s in plan.sites]},
@@ -558,9 +558,9 @@ def run(plan: Plan, out: Path | None = None) -> tuple[dict[str, Any], str]:
     data.update(run_main(measure(plan)))
     data["targets"] = targets(data)
     text = markdown(data)
-    json_path, _ = write_results("regions", data, text, *([out] if out else []))
+    json_path, md_path = write_results("regions", data, text, *([out] if out else []))
     plot(data, json_path.with_suffix(".png"))
-    return data, text
+    return data, f"{text}\nwrote {json_path}, {md_path} and {json_path.with_suffix('.png')}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -573,9 +573,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     plan = QUICK if args.quick else Plan()
     if args.split_frames:
         plan = replace(plan, split_frames=args.split_frames, overflow_frames=args.split_frames)
-    data, text = run(plan, args.out)
-    print(text)
-    print("\n".join(region_table(data)))
+    _, text = run(plan, args.out)
+    print(text)  # the Markdown holds the per-region table once
 
 
 if __name__ == "__main__":

@@ -460,8 +460,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if net is not None
     }
     fixed = {name: row for name, row in quality.items() if name not in curves}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    plot_strength(curves, fixed, args.out_dir / f"{NAME}_strength.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_strength(curves, fixed, args.out / f"{NAME}_strength.png")
     grid_rows = [i for i in range(len(pairs)) if i % min(STYLES_PER_CONTENT, len(styles)) == 0]
     grid_methods = {k: v for k, v in outputs.items() if k != IdentityTransfer.name}
     args.grid.parent.mkdir(parents=True, exist_ok=True)
@@ -500,7 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=list(DEFAULT_MODELS),
         help="registry names or model files, NAME:int8 for int8 (default: %(default)s)",
     )
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "--out",
+        "--out-dir",
+        dest="out",
+        type=Path,
+        default=RESULTS_DIR,
+        help="results directory (default: %(default)s)",
+    )
     p.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="the grid PNG (default: docs/stylize_grid.png)")
     p.add_argument(
         "--photo-cache",
@@ -518,8 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     results = run(args)
-    write_results(NAME, results, markdown(results), args.out_dir)
-    logger.info("wrote %s/%s.{json,md}, %s_strength.png and %s", args.out_dir, NAME, NAME, args.grid)
+    json_path, md_path = write_results(NAME, results, markdown(results), args.out)
+    print(f"wrote {json_path}, {md_path}, {args.out / f'{NAME}_strength.png'} and {args.grid}")
     return 0
 
 

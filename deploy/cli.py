@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
+
+DISTRIBUTION = "mvstylizer"
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("deploy.local", "run the whole pipeline locally on a bundled sample"),
@@ -31,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``mvs <command> ...`` to the command's own parser."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="mvs", description="MVStylizer: live photorealistic video style transfer.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version(DISTRIBUTION)}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

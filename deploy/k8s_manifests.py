@@ -1,12 +1,11 @@
 """``python -m deploy.k8s_manifests``: the Kubernetes manifests of ``deploy/k8s/``, from the regions file.
 
-Each file is a stream of JSON objects, one Kubernetes object per document, separated by ``---`` lines:
-YAML (``kubectl apply -f`` and schema validators read it) that the standard library reads too
-(:func:`parse`). Per edge region: a NATS leaf node, stylizer workers and a gateway pinned to the
-region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub (JetStream on a volume) and
-the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m deploy.nats_config
---secret``). ``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check`` fails
-when the files are stale. deploy/k8s/README.md explains the choices.
+Each file is block-style YAML, one Kubernetes object per document, documents separated by ``---`` lines
+(:func:`render`; ``kubectl apply -f deploy/k8s/`` reads every file). Per edge region: a NATS leaf node, stylizer
+workers and a gateway pinned to the region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub
+(JetStream on a volume) and the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m
+deploy.nats_config --secret``). ``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check``
+fails when the files are stale. deploy/k8s/README.md explains the choices.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -447,22 +447,68 @@ def manifests(
 
 
 DOCUMENT_SEPARATOR = "---"
+INDENT = "  "
+_PLAIN = re.compile(r"(?:--)?[A-Za-z_/$][A-Za-z0-9_./$()=:-]*")
+"""Strings written unquoted: a plain YAML scalar that cannot be read back as anything but that string (checked
+against ``_RESERVED`` and for ``: `` / `` #``, which this pattern excludes: it has no space)."""
+_RESERVED = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
+"""Plain scalars YAML 1.1 (PyYAML, kubectl's sigs.k8s.io/yaml) reads as booleans or null: quoted."""
+
+
+def _scalar(value: object) -> str:
+    """A scalar as YAML: plain where unambiguous, else a JSON string (a valid YAML double-quoted scalar)."""
+    if isinstance(value, str):
+        if _PLAIN.fullmatch(value) and value.lower() not in _RESERVED and not value.endswith(":"):
+            return value
+        return json.dumps(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    raise TypeError(f"cannot write {type(value).__name__} as YAML")
+
+
+def _block_text(value: object) -> bool:
+    """A multi-line string that a literal block (``|``, one trailing newline kept) reproduces exactly."""
+    if not isinstance(value, str) or "\n" not in value.rstrip("\n") or not value.endswith("\n"):
+        return False
+    lines = value[:-1].split("\n")
+    return value[0] not in " \t" and all(line.isprintable() and line == line.rstrip() for line in lines)
+
+
+def _yaml_lines(value: object, depth: int) -> list[str]:
+    """``value`` (a dict, list or scalar) as block-style YAML lines, indented ``depth`` levels."""
+    pad = INDENT * depth
+    if isinstance(value, dict) and value:
+        lines = []
+        for key, item in value.items():
+            lines.extend(_entry(f"{pad}{_scalar(str(key))}:", item, depth + 1))
+        return lines
+    if isinstance(value, list) and value:
+        lines = []
+        for item in value:
+            nested = _entry(f"{pad}-", item, depth + 1)
+            if isinstance(item, dict) and item:  # "- key: value" with the mapping's first key on the dash's line
+                nested = [f"{pad}- {nested[1].lstrip()}", *nested[2:]]
+            lines.extend(nested)
+        return lines
+    return [pad + ("{}" if isinstance(value, dict) else "[]" if isinstance(value, list) else _scalar(value))]
+
+
+def _entry(head: str, item: object, depth: int) -> list[str]:
+    """``head`` (``key:`` or ``-``) followed by ``item``: inline when a scalar, else on the lines below."""
+    if _block_text(item):
+        assert isinstance(item, str)
+        return [f"{head} |", *(INDENT * depth + line if line else "" for line in item[:-1].split("\n"))]
+    if isinstance(item, (dict, list)) and item:
+        return [head, *_yaml_lines(item, depth)]
+    return [f"{head} {_yaml_lines(item, 0)[0]}"]
 
 
 def render(objects: Sequence[Manifest]) -> str:
-    """Objects as file text: one JSON document each (JSON is YAML), separated by ``---`` lines."""
-    return f"{DOCUMENT_SEPARATOR}\n".join(json.dumps(obj, indent=2) + "\n" for obj in objects)
+    """Objects as file text: block-style YAML, one object per document, documents separated by ``---`` lines.
 
-
-def parse(text: str) -> list[Manifest]:
-    """The objects of a file :func:`render` wrote (JSON never puts ``---`` alone on a line)."""
-    documents: list[list[str]] = [[]]
-    for line in text.splitlines():
-        if line == DOCUMENT_SEPARATOR:
-            documents.append([])
-        else:
-            documents[-1].append(line)
-    return [json.loads("\n".join(lines)) for lines in documents if any(line.strip() for line in lines)]
+    Written here rather than with PyYAML (not a dependency of the package); tests/test_k8s_manifests.py reads
+    every file back with PyYAML and with ``kubectl``."""
+    return f"{DOCUMENT_SEPARATOR}\n".join("\n".join(_yaml_lines(obj, 0)) + "\n" for obj in objects)
 
 
 def image_reference(registry: str | None, tag: str, image_name: str = IMAGE_NAME) -> str:

@@ -8,21 +8,25 @@ one simulated phone, streams the source live over WebRTC on loopback, writes
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from deploy.nats import NatsServer, free_port
-from edge_worker.model.int8 import PRECISIONS
+from deploy.nats_auth import worker_id as nth_worker_id
 from edge_worker.model.registry import DEFAULT_STYLIZER
-from mobile_sim.__main__ import add_phone_arguments, phone_config_from_args, summary
+from edge_worker.service import WorkerConfig, preflight
+from mobile_sim.__main__ import INTERRUPTED, add_phone_arguments, finish, phone_config_from_args
+from mobile_sim.__main__ import preflight as phone_preflight
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
-from streaming.config import NATS_CA_ENV, NATS_URL_ENV
+from streaming.cli import DefaultsHelpFormatter
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV, add_config_arguments, config_flags, config_from_args
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
@@ -32,10 +36,15 @@ from streaming.telemetry import DEFAULT_METRICS_HOST, setup_logging
 
 log = logging.getLogger(__name__)
 
-WORKER_READY_TIMEOUT_S = 60.0
+WORKER_READY_TIMEOUT_S = 180.0
+"""How long workers may take to load, quantize (int8) and warm up: ~30 s on 2 idle cores, 60-90 s under load."""
 WORKER_PROBE_S = 0.2
 WORKER_STOP_TIMEOUT_S = 10.0
 METRICS_HOST = DEFAULT_METRICS_HOST
+
+
+class StartupError(RuntimeError):
+    """A worker exited or did not answer during start-up (the message says which and how long was waited)."""
 
 
 @dataclass
@@ -64,33 +73,30 @@ class LocalTopology:
     metrics_urls: dict[str, str] = field(default_factory=dict)
     """Metrics URL of each worker started with :attr:`metrics`, by worker id."""
 
+    def worker_flags(self, worker_id: str, metrics_port: int | None = None) -> list[str]:
+        """``mvs worker`` flags of the worker ``worker_id`` of this site (no secret: the NATS URL goes in the
+        environment); with ``metrics_port``, its metrics on that loopback port."""
+        flags = ["--region", self.region, "--model", self.model, "--worker-id", worker_id]
+        flags += ["--threads", str(self.worker_threads), "--log-level", self.log_level]
+        if self.js_domain is not None:
+            flags += ["--js-domain", self.js_domain]
+        if self.federated_dir is not None:
+            flags += ["--federated-dir", str(self.federated_dir / worker_id)]
+        if metrics_port is not None:
+            flags += ["--metrics-port", str(metrics_port), "--metrics-host", METRICS_HOST]
+        return flags + list(self.worker_args)
+
+    def next_worker_id(self) -> str:
+        """The id the site's next worker gets."""
+        return nth_worker_id(self.region, len(self.workers))
+
     def start_worker(self, worker_id: str, nats_url: str | None = None) -> subprocess.Popen[bytes]:
         """Start one ``python -m edge_worker`` child; its NATS URL (default :attr:`nats_url`; the worker's own
-        credentials, when each worker has a user) in its environment."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "edge_worker",
-            "--region",
-            self.region,
-            "--model",
-            self.model,
-            "--worker-id",
-            worker_id,
-            "--threads",
-            str(self.worker_threads),
-            "--log-level",
-            self.log_level,
-        ]
-        if self.js_domain is not None:
-            cmd += ["--js-domain", self.js_domain]
-        if self.federated_dir is not None:
-            cmd += ["--federated-dir", str(self.federated_dir / worker_id)]
-        if self.metrics:
-            port = free_port(METRICS_HOST)
-            cmd += ["--metrics-port", str(port), "--metrics-host", METRICS_HOST]
+        credentials, when each worker has a user), which may hold a password, in its environment."""
+        port = free_port(METRICS_HOST) if self.metrics else None
+        cmd = [sys.executable, "-m", "edge_worker", *self.worker_flags(worker_id, port)]
+        if port is not None:
             self.metrics_urls[worker_id] = f"http://{METRICS_HOST}:{port}/metrics"
-        cmd += self.worker_args
         env = {**os.environ, NATS_URL_ENV: nats_url or self.nats_url}
         if self.nats_ca is not None:
             env[NATS_CA_ENV] = str(self.nats_ca)
@@ -108,11 +114,11 @@ class LocalTopology:
             while time.monotonic() < deadline:
                 exited = [worker_id for worker_id, p in self.workers.items() if p.poll() is not None]
                 if exited:
-                    raise RuntimeError(f"stylizer worker(s) {exited} exited during start-up")
+                    raise StartupError(f"stylizer worker(s) {exited} exited during start-up (see their log above)")
                 found = {info.worker_id for info in await discover_workers(nc, self.region, WORKER_PROBE_S)}
                 if set(self.workers) <= found:
                     return
-            raise TimeoutError(f"stylizer workers {sorted(self.workers)} did not all answer within {timeout_s} s")
+            raise StartupError(f"stylizer workers {sorted(self.workers)} did not all answer within {timeout_s:g} s")
         finally:
             await nc.close()
 
@@ -138,8 +144,11 @@ async def run_demo(
     log_level: str = "warning",
     worker_threads: int = 1,
     worker_args: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> PhoneResult:
-    """Start NATS, workers and a gateway; run the phone against them; stop everything."""
+    """Start NATS, workers and a gateway; run the phone against them; stop everything. ``progress`` hears what is
+    being started (a line each)."""
+    say = progress or (lambda line: None)
     with NatsServer(regions=[phone_config.region]) as server:  # the setup creates the region's buckets
         topology = LocalTopology(
             server.url,
@@ -151,9 +160,12 @@ async def run_demo(
         )
         gateway = Gateway(GatewayConfig(port=0, nats_url=server.url, region=phone_config.region, ice_hosts=LOOPBACK))
         try:
-            for i in range(workers):
-                topology.start_worker(f"{phone_config.region}-worker-{i}")
+            for _ in range(workers):
+                topology.start_worker(topology.next_worker_id())
+            say(f"NATS at {server.url}; {workers} {model} worker(s) loading and warming up...")
+            started = time.monotonic()
             await topology.wait_for_workers()
+            say(f"worker(s) ready in {time.monotonic() - started:.1f} s; streaming {phone_config.frames} frames")
             await gateway.start()
             phone_config.gateway_urls = (gateway.url,)
             phone_config.ice_hosts = LOOPBACK
@@ -163,34 +175,43 @@ async def run_demo(
             topology.stop()
 
 
+WORKER_MODEL_FIELDS = ("model", "device", "work_size", "precision")
+"""The worker's flags ``mvs demo`` and ``mvs local`` take (derived from WorkerConfig) and hand to their workers."""
+
+
+def add_worker_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker's model flags (:data:`WORKER_MODEL_FIELDS`), derived from :class:`WorkerConfig`."""
+    group = p.add_argument_group("the workers' model (mvs worker's flags)")
+    add_config_arguments(
+        group, WorkerConfig, exclude=[f.name for f in fields(WorkerConfig) if f.name not in WORKER_MODEL_FIELDS]
+    )
+
+
+def worker_model_config(args: argparse.Namespace, prog: str, trainable: bool = False) -> WorkerConfig:
+    """The workers' model settings from the flags, checked before anything starts (one line and exit 2 if they
+    cannot run here); the DNN's or lite model's resolved settings are printed."""
+    config = config_from_args(WorkerConfig, args)
+    try:
+        settings = preflight(config, trainable=trainable)
+    except ValueError as exc:
+        raise SystemExit(f"{prog}: {exc}") from None
+    if settings is not None:
+        print(f"{prog}: model {config.model} on {settings.describe()}", flush=True)
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI of the demo."""
     p = argparse.ArgumentParser(
         prog="mvs demo",
         description="Run the whole pipeline locally on a bundled sample: nats-server, stylizer worker(s), "
         "gateway and a simulated phone streaming over WebRTC on loopback.",
+        formatter_class=DefaultsHelpFormatter,
     )
     add_phone_arguments(p, out_default=Path("out/demo"))
     p.add_argument("--workers", type=int, default=1, help="stylizer worker processes")
-    p.add_argument(
-        "--model",
-        default=DEFAULT_STYLIZER,
-        help="color-transfer, dnn (the bundled paper model), lite (the ImageNet-encoder model) or a model file (.pt) "
-        "(default: %(default)s)",
-    )
-    p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker (default: %(default)s)")
-    p.add_argument(
-        "--work-size",
-        type=int,
-        default=0,
-        help="the DNN's working size, short side in pixels (0: the model file's own) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=PRECISIONS[0],
-        help="the DNN's network on the CPU: fp32, or int8 (quantized at worker start) (default: %(default)s)",
-    )
+    p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker")
+    add_worker_model_arguments(p)
     return p
 
 
@@ -198,18 +219,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, json_lines=False)
-    result = run_main(
-        run_demo(
-            phone_config_from_args(args),
-            workers=args.workers,
-            model=args.model,
-            log_level=args.log_level,
-            worker_threads=args.worker_threads,
-            worker_args=("--work-size", str(args.work_size), "--precision", args.precision),
+    phone = phone_config_from_args(args)
+    try:
+        phone_preflight(phone)
+    except ValueError as exc:
+        raise SystemExit(f"mvs demo: {exc}") from None
+    worker = worker_model_config(args, "mvs demo")
+    try:
+        result = run_main(
+            run_demo(
+                phone,
+                workers=args.workers,
+                model=worker.model,
+                log_level=args.log_level,
+                worker_threads=args.worker_threads,
+                worker_args=config_flags(worker, set(WORKER_MODEL_FIELDS) - {"model"}),
+                progress=lambda line: print(f"mvs demo: {line}", flush=True),
+            )
         )
-    )
-    print(summary(result.report))
-    print(f"wrote {args.out}/stylized.mp4, {args.out}/side_by_side.mp4, {args.out}/report.json")
+    except StartupError as exc:
+        raise SystemExit(f"mvs demo: {exc}") from None
+    except asyncio.CancelledError:
+        print(f"mvs demo: interrupted; what the phone had is in {phone.out_dir}", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    finish("mvs demo", result.report, phone.out_dir, args.strict)
 
 
 if __name__ == "__main__":

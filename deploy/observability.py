@@ -4,6 +4,9 @@
   Targets are found in Kubernetes (pod role, namespace ``mvs``): a pod is scraped when its template carries the
   ``prometheus.io/*`` annotations of :func:`scrape_annotations`, which ``deploy/k8s_manifests.py`` puts on every
   service pod; the job is chosen by the pod's ``app`` label (``mvs-gateway-<region>``, ...).
+- ``alerts.yml``: alerting rules (:func:`alert_rules`): a region's round trip p95 over 250 ms, key frames failing
+  (over 2 %), keys finding no worker, a service's NATS connection down. ``mvs local`` writes a static scrape
+  configuration of its own processes that loads them (:func:`local_prometheus_config`).
 - ``mvs-regions.json``: a Grafana dashboard: the round trip the phones measured (p50/p95/p99) per region, the
   site's own key time, the hop split, key frames ok/failed, worker inference, queue wait, queue depth and batch
   size, sessions per gateway. Region is a label of every series (the services label their metrics with it).
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.nats_config import NAMESPACE, write_generated
+from mobile_sim.report import LIVE_KEYS_OK
+from streaming.protocol import ErrorCode
 
 DEFAULT_OUT = Path(__file__).with_name("observability")
 SCRAPE_INTERVAL = "15s"
@@ -84,6 +89,87 @@ def prometheus_config() -> Json:
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [scrape_job(service, prefix) for service, prefix in SERVICES.items()],
     }
+
+
+ALERTS_FILE = "alerts.yml"
+ROUND_TRIP_P95_TARGET_S = 0.25
+"""A region's key round trip p95 bound (issue 13's live target, bench.live)."""
+KEY_FAILURE_TARGET = round(1 - LIVE_KEYS_OK, 4)
+"""Share of key frames that may fail (the live rate's keys-ok bound, mobile_sim.report)."""
+ALERT_WINDOW = "5m"
+
+
+def alert_rules() -> Json:
+    """Alerting rules: a region's round trip p95 over its target, key frames failing, keys finding no worker, a
+    service's NATS connection down (each has a ``promtool test rules`` case in tests/test_observability.py)."""
+    keys = "mvs_gateway_key_frames_total"
+    round_trip = f'mvs_gateway_phone_key_seconds_bucket{{part="round_trip"}}[{ALERT_WINDOW}]'
+    rules = [
+        (
+            "MvsRoundTripP95OverTarget",
+            f"histogram_quantile(0.95, sum by (le, region) (rate({round_trip}))) > {ROUND_TRIP_P95_TARGET_S}",
+            ALERT_WINDOW,
+            f"key round trip p95 of region {{{{ $labels.region }}}} over {ROUND_TRIP_P95_TARGET_S * 1000:g} ms",
+        ),
+        (
+            "MvsKeyFramesFailing",
+            f'sum by (region) (rate({keys}{{outcome!="ok"}}[{ALERT_WINDOW}])) / sum by (region) '
+            f"(rate({keys}[{ALERT_WINDOW}])) > {KEY_FAILURE_TARGET}",
+            ALERT_WINDOW,
+            f"over {KEY_FAILURE_TARGET:.0%} of region {{{{ $labels.region }}}}'s key frames fail",
+        ),
+        (
+            "MvsNoWorkers",
+            f'sum by (region) (rate({keys}{{outcome="{ErrorCode.NO_WORKERS}"}}[1m])) > 0',
+            "1m",
+            "key frames of region {{ $labels.region }} find no stylizer worker",
+        ),
+        (
+            "MvsNatsDisconnected",
+            "mvs_nats_connected == 0",
+            "1m",
+            "{{ $labels.job }} {{ $labels.instance }} has lost its NATS server",
+        ),
+    ]
+    return {
+        "groups": [
+            {
+                "name": "mvs",
+                "rules": [
+                    {"alert": name, "expr": expr, "for": wait, "annotations": {"summary": summary}}
+                    for name, expr, wait, summary in rules
+                ],
+            }
+        ]
+    }
+
+
+def local_prometheus_config(targets: dict[str, list[str]], rules: str | None = None, ca: str | None = None) -> Json:
+    """A scrape configuration with static targets (``mvs local``): ``targets`` maps a service of :data:`SERVICES`
+    to its metrics URLs; ``rules``: an alert rules file to load; ``ca``: the CA of https targets' certificates."""
+    jobs = []
+    for service, urls in targets.items():
+        if not urls:
+            continue
+        schemes = {url.split("://", 1)[0] for url in urls}
+        assert len(schemes) == 1, f"one scheme per job: {urls}"
+        job: Json = {
+            "job_name": f"mvs-{service}",
+            "scrape_interval": SCRAPE_INTERVAL,
+            "scheme": schemes.pop(),
+            "metrics_path": METRICS_PATH,
+            "static_configs": [{"targets": [url.split("://", 1)[1].split("/", 1)[0] for url in urls]}],
+        }
+        if job["scheme"] == "https" and ca is not None:
+            job["tls_config"] = {"ca_file": ca}
+        jobs.append(job)
+    config: Json = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": jobs,
+    }
+    if rules is not None:
+        config["rule_files"] = [rules]
+    return config
 
 
 def _quantile(q: float, metric: str, by: str = "region", match: str = REGION) -> str:
@@ -245,6 +331,7 @@ def files() -> dict[str, str]:
     return {
         "prometheus.yml": json.dumps(prometheus_config(), indent=2) + "\n",
         "mvs-regions.json": json.dumps(dashboard(), indent=2) + "\n",
+        ALERTS_FILE: json.dumps(alert_rules(), indent=2) + "\n",
     }
 
 

@@ -19,28 +19,42 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
+import math
 import os
 import shlex
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp import web
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
 from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, state_dir
-from deploy.local import LocalTopology
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
+from deploy.local import (
+    METRICS_HOST,
+    WORKER_MODEL_FIELDS,
+    LocalTopology,
+    add_worker_model_arguments,
+    worker_model_config,
+)
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, free_port
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
+from deploy.observability import ALERTS_FILE, alert_rules, local_prometheus_config
 from deploy.regions import Region, load_regions
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
+from edge_worker.service import WorkerConfig
+from streaming import config as service_config
+from streaming.cli import DefaultsHelpFormatter
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.runtime import run_main
-from streaming.telemetry import setup_logging
+from streaming.telemetry import setup_logging, start_health_server, view_metrics
 from streaming.tokens import TOKEN_ENV, TOKEN_SECRET_ENV, issue, new_secret
 
 log = logging.getLogger(__name__)
@@ -55,6 +69,8 @@ class LocalConfig:
 
     regions: list[Region]
     model: str = DEFAULT_STYLIZER
+    worker_args: tuple[str, ...] = ()
+    """The workers' other model flags (``--device``, ``--work-size``, ``--precision``)."""
     worker_threads: int = 1
     secure: bool = False
     federated: bool = False
@@ -133,6 +149,11 @@ def _private(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _aggregator_series(name: str, labels: dict[str, str]) -> bool:
+    """The aggregator's own series in this process (the gateways export theirs)."""
+    return name.startswith("mvs_aggregator_") or labels.get("service") == "aggregator"
+
+
 def federated_init(model: str) -> Path:
     """The initial global weights of federated learning: the model the workers serve."""
     if model == DNN_NAME:
@@ -161,6 +182,11 @@ class LocalDeployment:
     gateways: dict[str, Gateway] = field(default_factory=dict)
     aggregator: Aggregator | None = None
     _rounds: asyncio.Task[None] | None = None
+    _aggregator_health: web.AppRunner | None = None
+    _prometheus: tempfile.TemporaryDirectory[str] | None = None
+    aggregator_metrics_url: str = ""
+    say: Callable[[str], None] = field(default=lambda line: log.info(line))
+    """Where the progress of rounds goes (``mvs local``: printed)."""
     _buffers: tempfile.TemporaryDirectory[str] | None = None
     secrets: LocalSecrets | None = None
     """With --secure: where the credentials were written."""
@@ -208,7 +234,27 @@ class LocalDeployment:
         except BaseException:
             await self.stop()
             raise
+        self._write_prometheus()
         log.info("local deployment up", extra={"regions": [r.name for r in regions], "secure": self.config.secure})
+
+    @property
+    def prometheus_config(self) -> Path:
+        """A Prometheus configuration scraping this deployment's processes (static targets), with the alert rules."""
+        assert self._prometheus is not None
+        return Path(self._prometheus.name) / "prometheus.yml"
+
+    def _write_prometheus(self) -> None:
+        self._prometheus = tempfile.TemporaryDirectory(prefix="mvs-local-prometheus-")
+        rules = Path(self._prometheus.name) / ALERTS_FILE
+        rules.write_text(json.dumps(alert_rules(), indent=2) + "\n")
+        targets = {
+            "gateway": [f"{self.local_url(region)}/metrics" for region in self.gateways],
+            "worker": [url for site in self.sites.values() for url in site.metrics_urls.values()],
+            "aggregator": [self.aggregator_metrics_url] if self.aggregator_metrics_url else [],
+        }
+        ca = str(self.gateway_ca) if self.config.secure else None
+        config = local_prometheus_config(targets, rules=str(rules), ca=ca)
+        self.prometheus_config.write_text(json.dumps(config, indent=2) + "\n")
 
     @property
     def gateway_ca(self) -> Path:
@@ -255,14 +301,40 @@ class LocalDeployment:
         )
         # The aggregator runs in this process: the model file's weights go to it directly, no blob needed.
         await self.aggregator.start(learned_weights(str(init)))  # v0 is in the store before any worker asks for it
-        self._rounds = asyncio.create_task(self.aggregator.run(), name="aggregator")
+        self._rounds = asyncio.create_task(self._run_rounds(self.aggregator), name="aggregator")
+        port = free_port(METRICS_HOST)
+        self._aggregator_health = await start_health_server(
+            port,
+            METRICS_HOST,
+            ready=self.aggregator.ready,
+            live=self.aggregator.live,
+            exposition=lambda: view_metrics(_aggregator_series),
+        )
+        self.aggregator_metrics_url = f"http://{METRICS_HOST}:{port}/metrics"
         self._buffers = tempfile.TemporaryDirectory(prefix="mvs-fl-")
+
+    async def _run_rounds(self, aggregator: Aggregator) -> None:
+        """The aggregator's rounds (its ``run``), each step's progress said in a line: deltas in, versions out."""
+        pending = len(aggregator.state.accepted)
+        while True:
+            published = await aggregator.step()
+            if published is not None:
+                loss = f", loss {published.loss:.4f}" if math.isfinite(published.loss) else ""
+                self.say(
+                    f"aggregator: published v{published.version} from {len(published.contributors)} delta(s) "
+                    f"({published.samples} samples{loss})"
+                )
+            elif len(aggregator.state.accepted) != pending:
+                need = aggregator.config.min_updates
+                self.say(f"aggregator: {len(aggregator.state.accepted)} of {need} delta(s) in for the next version")
+            pending = len(aggregator.state.accepted)
 
     def _start_workers(self, region: Region) -> LocalTopology:
         site = LocalTopology(
             self.url(region.name, worker_user(spare_worker(region))),
             region.name,
             model=self.config.model,
+            worker_args=self.config.worker_args,
             worker_threads=self.config.worker_threads,
             log_level=self.config.log_level,
             js_domain=HUB_DOMAIN,
@@ -271,8 +343,8 @@ class LocalDeployment:
             metrics=True,
             nats_ca=self.nats_ca,
         )
-        for i in range(region.workers):
-            worker = worker_id(region.name, i)
+        for _ in range(region.workers):
+            worker = site.next_worker_id()
             site.start_worker(worker, self.url(region.name, worker_user(worker)))
         return site
 
@@ -286,10 +358,12 @@ class LocalDeployment:
         lines = [f"NATS hub {self.nats.hub.url} (JetStream domain {HUB_DOMAIN}; secure: {self.config.secure})"]
         if self.aggregator is not None:
             lines.append(f"aggregator: federated learning on ({self.config.strategy}), v0 published")
+            lines.append(f"  metrics:     {self.aggregator_metrics_url}")
         if self.secrets is not None:
             lines.append(f"secrets (mode 0600) in {self.secrets.directory}; NATS CA {self.nats_ca}")
             lines.append(f"  a phone token: {TOKEN_SECRET_ENV}=$(cat {self.secrets.token_secret_file}) mvs token")
             lines.append(f"gateways' CA (kept across runs: install it on a phone once): {self.gateway_ca}")
+        lines.append(f"prometheus --config.file={self.prometheus_config}   # scrapes all of it, with alert rules")
         for region in self.config.regions:
             gateway, site = self.gateways[region.name], self.sites[region.name]
             server = self.nats.server(region.name)
@@ -298,8 +372,8 @@ class LocalDeployment:
             lines.append(f"  open on a phone: {self.phone_url(region.name)}")
             phone = ["mvs", "phone", "--gateway", self.local_url(region.name), "--region", region.name]
             phone += ["--ice-host", LOOPBACK[0]]
-            spare = spare_worker(region)
-            worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN, "--worker-id", spare]
+            spare = spare_worker(region)  # its own NATS user and credentials, made with the workers'
+            worker = ["mvs", "worker", *site.worker_flags(spare)]
             if self.secrets is None:
                 lines.append("  phone:       " + shlex.join(phone + region.phone_link_flags()))
                 env = f"{NATS_URL_ENV}={shlex.quote(self.url(region.name, worker_user(spare)))}"
@@ -322,6 +396,10 @@ class LocalDeployment:
         if self._rounds is not None:
             self._rounds.cancel()
             await asyncio.gather(self._rounds, return_exceptions=True)
+        if self._aggregator_health is not None:
+            await self._aggregator_health.cleanup()
+        if self._prometheus is not None:
+            self._prometheus.cleanup()
         if self.aggregator is not None:
             await self.aggregator.stop()
         if self._buffers is not None:
@@ -361,7 +439,7 @@ def ice_hosts_for(host: str) -> tuple[str, ...]:
 
 async def run_local(config: LocalConfig) -> None:
     """Start the deployment, print its summary, serve until cancelled (Ctrl-C), stop."""
-    deployment = LocalDeployment(config)
+    deployment = LocalDeployment(config, say=lambda line: print(line, flush=True))
     await deployment.start()
     try:
         print(deployment.summary(), flush=True)
@@ -374,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     """CLI of ``mvs local``."""
     p = argparse.ArgumentParser(
         prog="mvs local",
+        formatter_class=DefaultsHelpFormatter,
         description="Run a multi-region deployment on this machine until Ctrl-C: NATS hub + a leaf node per region, "
         "each region's stylizer workers and gateway, optionally the aggregator. Phones run separately (mvs phone).",
     )
@@ -389,18 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HTTP_PORT,
         help="gateway port of the first --region region, the next get the following ports (0: any free port)",
     )
-    p.add_argument(
-        "--model",
-        default=DEFAULT_STYLIZER,
-        help="color-transfer, dnn (the bundled paper model), lite (the ImageNet-encoder model) or a model file (.pt)",
-    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument(
         "--secure",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="per-role NATS users and subject permissions, TLS on every NATS link, HTTPS and admission tokens at "
-        "the gateways (default: off, anyone may do anything)",
+        "the gateways (off: anyone may do anything)",
     )
     p.add_argument(
         "--host",
@@ -427,12 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(STRATEGIES),
         help="the aggregator's rule: median or trimmed-mean resist a few poisoned deltas (default: %(default)s)",
     )
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+    add_worker_model_arguments(p)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> LocalConfig:
-    """LocalConfig from parsed flags (regions from the file, or one leaf region per --region)."""
+def config_from_args(args: argparse.Namespace, worker: WorkerConfig | None = None) -> LocalConfig:
+    """LocalConfig from parsed flags (regions from the file, or one leaf region per --region); ``worker``: the
+    workers' model settings (default: from the flags, unchecked)."""
+    worker = worker or service_config.config_from_args(WorkerConfig, args)
     if args.regions is not None:
         regions = load_regions(args.regions)
     else:
@@ -443,7 +520,8 @@ def config_from_args(args: argparse.Namespace) -> LocalConfig:
         ]
     return LocalConfig(
         regions=regions,
-        model=args.model,
+        model=worker.model,
+        worker_args=tuple(service_config.config_flags(worker, set(WORKER_MODEL_FIELDS) - {"model"})),
         worker_threads=args.threads,
         secure=args.secure,
         federated=args.federated,
@@ -459,8 +537,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, json_lines=False)
+    worker = worker_model_config(args, "mvs local", trainable=args.federated)
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, worker)
     except ValueError as exc:  # RegionsError included: the file and the problem, not a traceback
         raise SystemExit(f"mvs local: {exc}") from exc
     with contextlib.suppress(asyncio.CancelledError):

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from edge_worker.federated import NotTrainableError
-from edge_worker.service import WorkerConfig, run
+from edge_worker.service import WorkerConfig, preflight, run
 from streaming import config
 from streaming.cli import service_main, service_parser
 
@@ -24,7 +24,12 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 async def serve(args: argparse.Namespace) -> None:
     """Run the worker; it returns only once its NATS connection is closed for good, and then the process exits
     with status 1 for its orchestrator to restart it."""
-    await run(config_from_args(args))
+    config = config_from_args(args)
+    try:
+        preflight(config)
+    except ValueError as exc:  # a missing device or model file, int8 on CUDA: one line before anything starts
+        raise SystemExit(f"mvs worker: {exc}") from None
+    await run(config)
     raise SystemExit(1)
 
 

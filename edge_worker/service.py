@@ -36,8 +36,17 @@ from edge_worker.inference import WARMUP_SIZE, Inference, Item, error_reply, war
 from edge_worker.model.base import Stylizer
 from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve_device
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
-from edge_worker.model.int8 import FP32, INT8, PRECISIONS
-from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
+from edge_worker.model.int8 import FP32, INT8
+from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, STYLIZER_NAMES, is_dnn, is_lite, load_stylizer
+from edge_worker.model.serving import (
+    AUTO,
+    CPU_LIVE_PRECISION,
+    CPU_LIVE_WORK_SIZE,
+    PRECISION_CHOICES,
+    ServingSettings,
+    parse_work_size,
+    resolve_serving,
+)
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image, image_size
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
@@ -120,15 +129,21 @@ class WorkerConfig:
         default=DEFAULT_DEVICE,
         metadata=flag(f"where the DNN runs: {', '.join(DEVICE_SPECS)} (auto: CUDA when available, fp16 there)"),
     )
-    work_size: int = field(
-        default=0, metadata=flag("the DNN's network working size, short side in pixels (0: the model file's own)")
+    work_size: int | str = field(
+        default=AUTO,
+        metadata=flag(
+            f"the DNN's network working size, short side in pixels (0: the model file's own; {AUTO}: "
+            f"{CPU_LIVE_WORK_SIZE} on the CPU for the DNN, the model's own on CUDA, when retraining or for lite)",
+            parse=parse_work_size,
+        ),
     )
     precision: str = field(
-        default=FP32,
+        default=AUTO,
         metadata=flag(
-            f"the DNN's arithmetic on the CPU: {FP32} (the reference) or {INT8} (convolutions quantized at start-up, "
-            "serve only)",
-            choices=PRECISIONS,
+            f"the DNN's arithmetic: {FP32} (fp16 autocast on CUDA) or {INT8} (CPU only: convolutions quantized at "
+            f"start-up, serve only; the DNN's only); {AUTO}: {CPU_LIVE_PRECISION} on the CPU, {FP32} on CUDA, when "
+            "retraining or for lite",
+            choices=PRECISION_CHOICES,
         ),
     )
     max_batch: int = field(
@@ -172,6 +187,40 @@ class WorkerConfig:
             raise ValueError(f"--queue-size ({self.queue_size}) must be at least --max-batch ({self.max_batch})")
 
 
+def serving_settings(config: WorkerConfig, device: torch.device) -> ServingSettings:
+    """How the worker's DNN runs on ``device`` (``auto`` resolved; :mod:`edge_worker.model.serving`); a
+    ``ValueError`` for a combination that cannot run (``int8`` on CUDA or with retraining)."""
+    return resolve_serving(
+        device,
+        config.work_size,
+        config.precision,
+        trainable=config.federated is not None,
+        int8=is_dnn(config.model),
+    )
+
+
+def preflight(config: WorkerConfig, trainable: bool | None = None) -> ServingSettings | None:
+    """Check what a worker of ``config`` would fail on only after starting: the device, the model name or file,
+    the DNN's settings (``trainable``: it will retrain; default: ``config.federated`` is set). Returns the DNN's
+    or the lite model's resolved settings (None for another model); raises ``ValueError`` with one line for a
+    person."""
+    try:
+        device = resolve_device(config.device)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+    if is_lite(config.model):
+        trains = config.federated is not None if trainable is None else trainable
+        return resolve_serving(device, config.work_size, config.precision, trainable=trains, int8=False)
+    if not is_dnn(config.model):
+        if config.model not in STYLIZER_NAMES:
+            raise ValueError(f"unknown model {config.model!r}: use one of {', '.join(STYLIZER_NAMES)} or a .pt file")
+        return None
+    if config.model != DNN_NAME and not Path(config.model).is_file():
+        raise ValueError(f"model file {config.model} does not exist")
+    trains = config.federated is not None if trainable is None else trainable
+    return resolve_serving(device, config.work_size, config.precision, trainable=trains)
+
+
 @dataclass
 class _Job:
     msg: Msg
@@ -185,14 +234,15 @@ class StylizerWorker:
     def __init__(self, config: WorkerConfig, stylizer: Stylizer | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        self.serving = serving_settings(config, self.device)
         self.stylizer = (
             stylizer
             if stylizer is not None
             else load_stylizer(
                 config.model,
                 device=str(self.device),
-                work_size=config.work_size,
-                precision=config.precision,
+                work_size=self.serving.work_size,
+                precision=self.serving.precision,
                 profile=ServiceTimeProfile(config.emulated_fixed_ms, config.emulated_per_item_ms),
             )
         )
@@ -220,10 +270,17 @@ class StylizerWorker:
 
     async def start(self) -> None:
         """Warm the stylizer up (while connecting), subscribe to the region's subject in the queue group, serve."""
+        if is_dnn(self.config.model) or is_lite(self.config.model):
+            log.info("worker settings", extra={"worker_id": self.config.worker_id, "dnn": self.serving.describe()})
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
         if self.device.type == CUDA:
             torch.backends.cudnn.benchmark = True  # frames of one size: let cuDNN pick its fastest kernels once
+        if self.config.warmup:
+            log.info(
+                "worker warming up",
+                extra={"worker_id": self.config.worker_id, "model": self.stylizer.name, "batch": self.config.max_batch},
+            )
         warming = (
             asyncio.get_running_loop().run_in_executor(
                 self._executor, partial(warm_up, self.stylizer, batch=self.config.max_batch)

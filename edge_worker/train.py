@@ -59,6 +59,7 @@ from edge_worker.training import (
     sample_batch,
     stylization_losses,
 )
+from streaming.cli import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOSS_LOG_FILE = "loss_log.json"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(
-        prog="mvs train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """CLI of ``mvs train``."""
+    p = argparse.ArgumentParser(prog="mvs train", description=__doc__, formatter_class=DefaultsHelpFormatter)
     p.add_argument(
         "--model",
         choices=TRAIN_MODELS,
@@ -102,13 +101,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="folder of training images (default: scikit-image's photos)")
     p.add_argument("--init", type=Path, help="start from this model file (e.g. an autoencoder run's model.pt)")
     p.add_argument("--vgg-weights", type=Path, help="torchvision-format ImageNet VGG19 state dict (config full)")
-    p.add_argument("--steps", type=int, default=10000)
-    p.add_argument("--batch-size", type=int, help=f"default {DEFAULT_BATCH} (dnn), {LITE_BATCH} (lite)")
-    p.add_argument("--lr", type=float, help=f"default {DEFAULT_LR} (dnn), {LITE_LR} (lite)")
+    p.add_argument("--steps", type=int, default=10000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, help=f"images per step: {DEFAULT_BATCH} (dnn), {LITE_BATCH} (lite)")
+    p.add_argument("--lr", type=float, help=f"learning rate: {DEFAULT_LR} (dnn), {LITE_LR} (lite)")
     p.add_argument(
         "--style-weight",
         type=float,
-        help=f"λ of Eq. 5: default {DEFAULT_STYLE_WEIGHT} (dnn), {LITE_STYLE_WEIGHT} (lite)",
+        help=f"λ of Eq. 5: {DEFAULT_STYLE_WEIGHT} (dnn), {LITE_STYLE_WEIGHT} (lite)",
     )
     p.add_argument(
         "--content-weight",
@@ -124,13 +123,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--recon-weight", type=float, default=DEFAULT_RECON_WEIGHT, help="decoder reconstruction term")
     p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE, help="network input side in training")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (batches, initial weights)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--log-every", type=int, default=LOG_EVERY)
-    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY)
+    p.add_argument("--log-every", type=int, default=LOG_EVERY, help="steps between progress lines")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--export", type=Path, help="also write the model here at every checkpoint (e.g. the bundled file)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    return build_parser().parse_args(argv)
 
 
 def _load_init(model: PhotoStylizer, path: Path) -> None:
@@ -249,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             save(step)
     if start >= args.steps:
         save(start)
+    exported = f" and {args.export}" if args.export else ""
+    logs = f"checkpoint {checkpoint_path}, loss log {args.out / LOSS_LOG_FILE}"
+    print(f"mvs train: wrote {args.out / MODEL_FILE}{exported}; {logs}")
     return 0
 
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from mobile_sim.link import CONNECT_TIMEOUT_S, CameraTrack, GatewayLink, Outgoin
 from mobile_sim.link_shim import LinkProfile
 from mobile_sim.reconstruct import IntermediateRender, OutputFrame, ReconstructionMode, Reconstructor
 from mobile_sim.recorder import VideoRecorder
-from mobile_sim.report import FrameRecord, build_report, latency_split, write_report
+from mobile_sim.report import REPORT_FILE, FrameRecord, build_report, latency_split, live_rate_shortfall, write_report
 from mobile_sim.sources import FrameSource, default_style_photo, open_source
 from mobile_sim.warp import Warper
 from streaming.coefficients import decode_coefficients
@@ -295,7 +296,8 @@ class Phone:
             on_connected=self._gateway_connected,
         )
         self._status, self._reason = "complete", ""
-        """How the run ended (the report's ``outcome``): complete, partial (with the reason) or failed."""
+        """How the run ended (the report's ``outcome``): complete; degraded (the live rate missed, why); partial (with
+        the reason) or failed."""
         self._reconstructor = make_reconstructor(config, self.policy)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-cpu")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phone-io")
@@ -307,7 +309,7 @@ class Phone:
         self._captured = self._output = 0
         self._capture_done = False
         self._all_output = asyncio.Event()
-        self._first_capture = self._last_output = 0.0
+        self._first_capture = self._first_output = self._last_output = 0.0
 
     async def run(self) -> PhoneResult:
         """Connect, stream every frame, wait for the outputs; write the report whatever happens; return the result.
@@ -340,7 +342,13 @@ class Phone:
         result_kind = ResultKind.FRAME if cfg.render == "warp" else ResultKind.COEFFICIENTS
         await self._link.start(lambda: CameraTrack(self._send_queue.get, pts, self._on_send), style, result_kind)
         if not await self._link.wait_connected(CONNECT_TIMEOUT_S):
-            log.warning("no gateway answered; streaming on while trying", extra={"gateways": list(cfg.gateways)})
+            if self._link.given_up.is_set():  # refused by every gateway (401/403): streaming cannot help
+                self._end("partial", f"no gateway reached: {self._link.last_failure}")
+                return
+            log.warning(
+                "no gateway answered; streaming on while trying",
+                extra={"gateways": list(cfg.gateways), "last_failure": self._link.last_failure},
+            )
         watchdog = asyncio.create_task(self._ledger.watch())
         try:
             await self._capture(source)
@@ -351,8 +359,14 @@ class Phone:
             watchdog.cancel()
         if self._status == "complete":
             await asyncio.gather(*self._work)
-        if not any(record.ok for record in self._ledger.records.values()) and self._ledger.records:
-            self._end("partial", "no key frame was stylized" + ("" if self._link.outages else " (no gateway reached)"))
+        records = self._ledger.records.values()
+        if not any(record.ok for record in records) and records:
+            if not self._link.ever_connected:
+                self._end("partial", f"no gateway reached: {self._link.last_failure or 'no answer'}")
+            else:
+                codes = Counter(record.error_code for record in records)
+                failures = ", ".join(f"{n} {code}" for code, n in codes.most_common())
+                self._end("partial", f"no key frame was stylized (failed: {failures})")
         elif self._link.outages and self._status == "complete":
             self._end("partial", f"gateway lost {len(self._link.outages)} time(s)")
 
@@ -532,6 +546,8 @@ class Phone:
                 self._recording.submit(self._recorder.write, original, out.image)
             self._output += 1
             self._last_output = time.monotonic()
+            if self._output == 1:
+                self._first_output = self._last_output
         self._check_done()
 
     def _check_done(self) -> None:
@@ -559,11 +575,15 @@ class Phone:
             keys=self._ledger.records,
             duration_s=duration,
             counters=counters,
+            output_span_s=max(0.0, self._last_output - self._first_output),
         )
         report["network"] = self._link.stats()
+        shortfall = live_rate_shortfall(report, source.fps if source is not None else cfg.fps)
+        if shortfall:
+            self._end("degraded", shortfall)
         report["outcome"] = {"status": self._status, "reason": self._reason}
         if cfg.out_dir is not None:
-            write_report(report, cfg.out_dir / "report.json")
+            write_report(report, cfg.out_dir / REPORT_FILE)
         self._result.report = report
         return self._result
 

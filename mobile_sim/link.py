@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 import ssl
 import time
@@ -181,6 +183,35 @@ class SignalingAuth:
         return True if self.ca_file is None else ssl.create_default_context(cafile=str(self.ca_file))
 
 
+class OfferRejected(ConnectionError):
+    """The gateway refused the phone itself (401 or 403): trying the same gateway again cannot help."""
+
+
+REJECTED_STATUSES = (401, 403)
+
+
+def failure_cause(url: str, exc: BaseException, ca_file: Path | None) -> str:
+    """One line for a person: why an offer to ``url`` failed."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        ca = f"the CA {ca_file}" if ca_file is not None else "the system's CAs (--gateway-ca names another)"
+        return f"TLS verification of {url} failed against {ca}: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        return f"{url} unreachable: {os.strerror(error.errno) if error.errno else error}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"{url} did not answer within {CONNECT_TIMEOUT_S:g} s"
+    return clip(f"{url}: {exc}" if isinstance(exc, ConnectionError) else f"{url}: {type(exc).__name__}: {exc}")
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """The gateway's reason for refusing an offer, from its JSON ``{"error": ...}`` body (else the raw body)."""
+    try:
+        reason = str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        reason = body[:200].decode(errors="replace")
+    return f"gateway refused the offer ({status}): {reason}"
+
+
 @dataclass
 class Outage:
     """One loss of the gateway: when it began (monotonic s), why, and when the phone was connected again."""
@@ -223,6 +254,13 @@ class GatewayLink:
         self.counters: dict[str, int] = {}
         self.outages: list[Outage] = []
         self.connected = asyncio.Event()
+        self.ever_connected = False
+        self.last_failure = ""
+        """Why the last offer failed, one line (empty before any failure)."""
+        self.rejected: set[str] = set()
+        """Gateways that refused this phone (401/403) or whose certificate it cannot verify: not offered to again."""
+        self.given_up = asyncio.Event()
+        """Set when every gateway refused this phone: the link stops trying."""
         self._ice_hosts = ice_hosts
         self._profile = profile
         self._on_result = on_result
@@ -257,18 +295,24 @@ class GatewayLink:
         self._supervisor = asyncio.create_task(self._supervise(make_track, style, result), name="phone-link")
 
     async def wait_connected(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for a connection; True if there is one."""
+        """Wait up to ``timeout_s`` for a connection (less when every gateway refused this phone); True if there is
+        one."""
+        waits = [asyncio.ensure_future(event.wait()) for event in (self.connected, self.given_up)]
         try:
-            await asyncio.wait_for(self.connected.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return self.connected.is_set()
 
     async def _supervise(self, make_track: Callable[[], MediaStreamTrack], style: bytes, result: ResultKind) -> None:
         index, wait_s = 0, RECONNECT_FIRST_WAIT_S
         outage: Outage | None = None
         while True:
             url = self.gateway_urls[index % len(self.gateway_urls)]
+            if url in self.rejected:
+                index += 1
+                continue
             self._count("connect_attempts")
             if outage is not None:
                 outage.attempts += 1
@@ -276,8 +320,14 @@ class GatewayLink:
                 await self._connect(url, make_track(), style, result)
             except Exception as exc:  # refused, unreachable, timed out, a bad answer: all mean "try again"
                 self._count("connect_failures")
-                log.info("offer failed", extra={"gateway": url, "error": clip(f"{type(exc).__name__}: {exc}")})
+                self.last_failure = failure_cause(url, exc, self._auth.ca_file)
+                log.info("offer failed", extra={"gateway": url, "error": self.last_failure})
                 await self._teardown()
+                if isinstance(exc, OfferRejected | aiohttp.ClientConnectorCertificateError):  # the same again: stop
+                    self.rejected.add(url)
+                    if self.rejected >= set(self.gateway_urls):
+                        self.given_up.set()
+                        return
                 index += 1  # the same gateway was tried first after a loss; now the next one
                 await asyncio.sleep(wait_s)
                 wait_s = min(wait_s * 2, RECONNECT_MAX_WAIT_S)
@@ -288,6 +338,7 @@ class GatewayLink:
                 log.warning("phone reconnected", extra={"gateway": url, "after_s": round(outage.seconds(0), 3)})
                 outage = None
             self.connected.set()
+            self.ever_connected = True
             self._on_connected()
             await self._lost.wait()
             self.connected.clear()
@@ -330,8 +381,10 @@ class GatewayLink:
                 f"{url}/offer", data=encode_offer(offer), headers=auth.headers(), ssl=auth.ssl()
             ) as response:
                 body = await response.read()
+                if response.status in REJECTED_STATUSES:
+                    raise OfferRejected(_refusal(response.status, body))
                 if response.status != 200:
-                    raise ConnectionError(f"gateway refused the offer ({response.status}): {body[:200]!r}")
+                    raise ConnectionError(_refusal(response.status, body))
                 instance = response.headers.get(GATEWAY_INSTANCE_HEADER)
         answer = decode_answer(body)
         sdp_answer = self._emulated.answer(answer.sdp) if self._emulated is not None else answer.sdp

@@ -11,6 +11,9 @@ import numpy as np
 CODEC = "libx264"
 CRF = "20"
 PRESET = "veryfast"
+STYLIZED_FILE = "stylized.mp4"
+SIDE_BY_SIDE_FILE = "side_by_side.mp4"
+VIDEO_FILES = (STYLIZED_FILE, SIDE_BY_SIDE_FILE)
 
 
 class _Mp4Writer:
@@ -39,8 +42,8 @@ class VideoRecorder:
 
     def __init__(self, out_dir: Path, size: tuple[int, int], fps: float) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.stylized_path = out_dir / "stylized.mp4"
-        self.side_by_side_path = out_dir / "side_by_side.mp4"
+        self.stylized_path = out_dir / STYLIZED_FILE
+        self.side_by_side_path = out_dir / SIDE_BY_SIDE_FILE
         width, height = size
         self._stylized = _Mp4Writer(self.stylized_path, (width, height), fps)
         self._side = _Mp4Writer(self.side_by_side_path, (2 * width, height), fps)

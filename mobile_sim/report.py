@@ -12,8 +12,13 @@ import numpy as np
 from mobile_sim.reconstruct import OUTPUT_KINDS
 from streaming.protocol import LATENCY_PARTS, Stamp, Stamps
 
+REPORT_FILE = "report.json"
 PERCENTILES = (50, 95, 99)
 NS_PER_MS = 1e6
+LIVE_KEYS_OK = 0.98
+"""The live rate (issue 13's target, bench.live): at least this share of the marked key frames stylized..."""
+LIVE_FPS_SHARE = 29.5 / 30
+"""...and frames coming out at this share of the capture rate (29.5 fps for a 30 fps camera) at least."""
 
 
 def latency_split(stamps: Stamps) -> dict[str, float] | None:
@@ -89,10 +94,13 @@ def build_report(
     keys: dict[int, KeyRecord],
     duration_s: float,
     counters: dict[str, int],
+    output_span_s: float = 0.0,
 ) -> dict[str, Any]:
     """The run's report: frame fates, key-frame outcomes, latency percentiles by region, throughput.
 
-    ``duration_s`` runs from the first capture to the last output frame.
+    ``duration_s`` runs from the first capture to the last output frame, ``output_span_s`` from the first output
+    frame to the last: ``output_rate_fps`` is the rate frames came out at, whatever the pipeline's latency (a
+    short run's ``output_fps`` is lowered by it).
     """
     latencies = [lat for k in keys.values() if (lat := k.latency_ms()) is not None]
     outputs = [f for f in frames if f.output]
@@ -129,6 +137,7 @@ def build_report(
         "throughput": {
             "duration_s": round(duration_s, 3),
             "output_fps": round(len(outputs) / duration_s, 2) if duration_s > 0 else 0.0,
+            "output_rate_fps": round((len(outputs) - 1) / output_span_s, 2) if output_span_s > 0 else 0.0,
             "key_frames_per_s": round(sum(1 for k in keys.values() if k.ok) / duration_s, 2) if duration_s > 0 else 0.0,
         },
         "counters": counters,
@@ -154,3 +163,35 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     """Write the report as indented JSON (directories created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def live_rate_shortfall(report: dict[str, Any], capture_fps: float) -> str:
+    """Why a run missed the live rate (:data:`LIVE_KEYS_OK`, :data:`LIVE_FPS_SHARE` of ``capture_fps``), or ""."""
+    keys, misses = report["key_frames"], []
+    if keys["marked"] and keys["ok"] < LIVE_KEYS_OK * keys["marked"]:
+        misses.append(f"{keys['ok']} of {keys['marked']} key frames ok (target >= {LIVE_KEYS_OK:.0%})")
+    rate, target = report["throughput"]["output_rate_fps"], round(LIVE_FPS_SHARE * capture_fps, 2)
+    if report["frames"]["output"] > 1 and rate < target:
+        misses.append(f"{rate:g} fps out (target >= {target:g})")
+    return "live rate missed: " + ", ".join(misses) if misses else ""
+
+
+def human_summary(report: dict[str, Any], files: list[Path] | None = None) -> str:
+    """A few lines a person reads after a run (the whole report is the JSON file)."""
+    outcome, frames, keys = report["outcome"], report["frames"], report["key_frames"]
+    lines = [f"outcome: {outcome['status']}" + (f": {outcome['reason']}" if outcome["reason"] else "")]
+    by_output = ", ".join(f"{count} {kind}" for kind, count in frames["by_output"].items() if count)
+    lines.append(
+        f"frames: {frames['output']} of {frames['captured']} out ({by_output or 'none'}), "
+        f"{report['throughput']['output_rate_fps']:g} fps; {frames['dropped_before_send']} dropped before send"
+    )
+    failures = ", ".join(f"{n} {code}" for code, n in sorted(keys["failures_by_code"].items()))
+    lines.append(f"key frames: {keys['ok']} of {keys['marked']} ok" + (f" (failed: {failures})" if failures else ""))
+    for region, parts in report["latency_ms"].items():
+        trip = parts["round_trip"]
+        if trip:
+            split = ", ".join(f"{part} {parts[part]['p50']:.0f}" for part in parts if part != "round_trip")
+            lines.append(f"round trip ({region}): p50 {trip['p50']:.0f} ms, p95 {trip['p95']:.0f} ms (p50 {split})")
+    if files:
+        lines.append("wrote " + ", ".join(str(f) for f in files))
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,17 @@ from streaming.runtime import run_main
 from streaming.telemetry import setup_logging
 
 DEFAULT_LOG_LEVEL = "info"
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` that shows each option's default (unless its help says it already, or it is None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if quiet or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 @dataclass
@@ -37,8 +49,13 @@ def service_main(
     parser: argparse.ArgumentParser,
     service: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
 ) -> None:
-    """Parse flags, set up logging, run the service until SIGINT/SIGTERM."""
+    """Parse flags, set up logging, run the service until SIGINT/SIGTERM; a port in use is one line."""
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     with contextlib.suppress(asyncio.CancelledError):
-        run_main(service(args))
+        try:
+            run_main(service(args))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise SystemExit(f"{parser.prog}: {exc.strerror or exc}") from None

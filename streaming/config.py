@@ -264,3 +264,24 @@ def _build(cls: type, args: argparse.Namespace, overrides: Mapping[str, Any], op
     if optional and not asked:
         return None  # an optional nested config whose flags are all at their defaults: off
     return cls(**values, **overrides)
+
+
+def config_flags(config: Any, names: Collection[str]) -> list[str]:
+    """The flags that give the fields ``names`` of the dataclass instance ``config`` their values: the inverse of
+    :func:`config_from_args` for those fields (a child process gets the settings its parent was given)."""
+    argv: list[str] = []
+    for f, spec, hint in _flagged_fields(type(config)):
+        if f.name not in names:
+            continue
+        value, flag_name = getattr(config, f.name), _flag_name(f, spec)
+        inner, _ = _unwrap_optional(hint)
+        if value is None:
+            continue
+        if inner is bool:
+            argv.append(f"--{flag_name}" if value else f"--no-{flag_name}")
+        elif _is_str_tuple(inner):
+            for item in value:
+                argv += [f"--{flag_name}", item]
+        else:
+            argv += [f"--{flag_name}", str(value)]
+    return argv

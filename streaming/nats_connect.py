@@ -81,7 +81,7 @@ async def connect_nats(
     :func:`inbox_prefix`) is where replies to this connection's requests arrive. ``tls_ca``: the CA file the
     server's certificate is verified against (a ``tls://`` URL; without one, the system's CAs)."""
     label = service or name
-    fields = {"service": label, "nats_client": name}
+    fields = {"service": label, "nats_client": name, "nats_url": redact_url(url)}
 
     def event(kind: str, connected: bool | None = None) -> None:
         CONNECTION_EVENTS.labels(label, kind).inc()
@@ -128,6 +128,17 @@ async def connect_nats(
 def tls_context(ca: Path | None) -> ssl.SSLContext | None:
     """A client TLS context trusting ``ca`` (hostname checked), or None for nats-py's default."""
     return None if ca is None else ssl.create_default_context(cafile=str(ca))
+
+
+def redact_url(url: str) -> str:
+    """``url`` (one or several, comma-separated) without user names and passwords: what logs may show."""
+    servers = []
+    for server in url.split(","):
+        parts = urllib.parse.urlsplit(server.strip())
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        servers.append(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")).geturl())
+    return ",".join(servers)
 
 
 def _user_inbox(url: str) -> str:

@@ -7,10 +7,11 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.metrics_core import Metric
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -110,6 +111,43 @@ class LogLimiter:
         return True
 
 
+REGION_LABEL = "region"
+SeriesFilter = Callable[[str, dict[str, str]], bool]
+"""Keep a series? Given its family's name and its sample's labels."""
+
+
+class MetricsView:
+    """The process's metrics, only the series ``keep`` keeps: what one of several
+    services sharing a process (``mvs local``: every gateway and the aggregator) exports as its own."""
+
+    def __init__(self, keep: SeriesFilter, registry: CollectorRegistry = REGISTRY) -> None:
+        self._keep = keep
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family of the registry with the kept samples; a family none of whose samples is kept stays (its
+        HELP and TYPE) when ``keep`` keeps its name with no labels."""
+        for family in self._registry.collect():
+            samples = [s for s in family.samples if self._keep(family.name, s.labels)]
+            if samples or self._keep(family.name, {}):
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                yield kept
+
+
+def view_metrics(keep: SeriesFilter) -> bytes:
+    """Prometheus text of :class:`MetricsView` ``(keep)``."""
+    view = CollectorRegistry(auto_describe=False)
+    view.register(MetricsView(keep))  # a Collector is anything with collect()
+    return generate_latest(view)
+
+
+def region_metrics(region: str) -> bytes:
+    """The series of one region (labelled ``region``) and those of no region: a gateway's own. Several gateways in
+    one process share one registry; scraping each one's ``/metrics`` must not count a region twice."""
+    return view_metrics(lambda name, labels: labels.get(REGION_LABEL, region) == region)
+
+
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Metrics listen on loopback unless told otherwise (``--metrics-host 0.0.0.0`` in a cluster)."""
 
@@ -121,15 +159,20 @@ def start_metrics_server(port: int, host: str = DEFAULT_METRICS_HOST) -> None:
 
 
 async def start_health_server(
-    port: int, host: str, ready: Callable[[], bool], live: Callable[[], bool]
+    port: int,
+    host: str,
+    ready: Callable[[], bool],
+    live: Callable[[], bool],
+    exposition: Callable[[], bytes] = generate_latest,
 ) -> web.AppRunner | None:
-    """Serve ``/metrics`` (Prometheus), ``/healthz`` (200 while ``ready()``, else 503: a readiness probe) and
-    ``/livez`` (200 while ``live()``, else 503: a liveness probe) on ``http://host:port`` (None for port 0)."""
+    """Serve ``/metrics`` (Prometheus: ``exposition()``, by default the whole process's), ``/healthz`` (200 while
+    ``ready()``, else 503: a readiness probe) and ``/livez`` (200 while ``live()``, else 503: a liveness probe) on
+    ``http://host:port`` (None for port 0)."""
     if not port:
         return None
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def check(condition: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:

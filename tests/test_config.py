@@ -18,6 +18,7 @@ from streaming.config import (
     NATS_FLAG,
     NATS_URL_ENV,
     add_config_arguments,
+    config_flags,
     config_from_args,
     flag,
 )
@@ -164,3 +165,11 @@ def test_an_empty_worker_id_is_the_default_host_pid_id() -> None:
 
     config = config_from_args(build_parser().parse_args(["--worker-id", ""]))
     assert config.worker_id and config.worker_id.endswith(f"-{os.getpid()}")
+
+
+def test_config_flags_give_back_the_values_they_were_parsed_from() -> None:
+    argv = ["--nats", "nats://x:1", "--ratio", "2", "--no-warm", "--host", "a", "--host", "b", "--mode", "b"]
+    _, config = _parse(argv)
+    flags = config_flags(config, ("nats_url", "ratio", "warm", "hosts", "mode", "js_domain"))
+    assert flags == ["--nats", "nats://x:1", "--ratio", "2.0", "--no-warm", "--host", "a", "--host", "b", "--mode", "b"]
+    assert _parse(flags)[1] == config

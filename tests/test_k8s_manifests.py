@@ -1,14 +1,15 @@
 """deploy/k8s/ and deploy/nats/: up to date with deploy/regions.toml, and consistent with the real code.
 
-PyYAML is not a dependency of the package, so the manifests are written as JSON documents (which YAML
-includes; kubectl reads them), one object each, separated by ``---`` lines, and read here with the
-standard library. Every object is validated against the Kubernetes schemas (``kubernetes-validate``, a
-dev dependency that ships them: offline). Container args are parsed by the real CLIs' parsers; the NATS
-configs are checked by the real nats-server, the version the pods run."""
+The manifests are block-style YAML, one object per document (written by the generator itself: PyYAML is not
+a dependency of the package); they are read here with PyYAML and by Debian's ``kubectl`` against a stand-in API
+server that only answers discovery (there is no cluster where the tests run). Every object is validated against
+the Kubernetes schemas (``kubernetes-validate``, a dev dependency that ships them: offline). Container args are
+parsed by the real CLIs' parsers; the NATS configs are checked by the real nats-server, the version the pods run."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib
@@ -16,8 +17,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,7 @@ EXPANSION = re.compile(r"\$\(([A-Za-z0-9_]+)\)")
 
 def _objects() -> Iterator[tuple[str, dict[str, Any]]]:
     for path in sorted(K8S.glob("*.yaml")):
-        for obj in k8s_manifests.parse(path.read_text()):
+        for obj in yaml.safe_load_all(path.read_text()):
             assert obj["kind"] != "List", f"{path.name}: one object per document (validators skip a List)"
             yield path.name, obj
 
@@ -196,10 +200,147 @@ def _mebibytes(quantity: str) -> float:
 
 
 def test_files_are_yaml_streams_of_one_object_per_document() -> None:
-    for path in sorted(K8S.glob("*.yaml")):
-        objects = k8s_manifests.parse(path.read_text())
-        assert objects and all(obj["kind"] != "List" for obj in objects), path.name
-        assert list(yaml.safe_load_all(path.read_text())) == objects, path.name  # what kubectl's YAML reader sees
+    regions = load_regions(DEFAULT_REGIONS_FILE)
+    for name, objects in k8s_manifests.manifests(regions, DEFAULT_REGIONS_FILE.name).items():
+        text = (K8S / name).read_text()
+        assert not text.lstrip().startswith("{"), f"{name}: kubectl reads a file starting with {{ as one JSON object"
+        assert list(yaml.safe_load_all(text)) == json.loads(json.dumps(objects)), name  # exactly what was generated
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "yes",
+        "No",
+        "on",
+        "null",
+        "8080",
+        "1.0",
+        "0x1F",
+        "a: b",
+        "a #b",
+        "-x",
+        "--flag",
+        "---",
+        "key:",
+        " lead",
+        "x\n",
+        "a\nb\n",
+        "é",
+        "",
+    ],
+)
+def test_the_yaml_writer_keeps_strings_that_yaml_would_read_as_something_else(value: str) -> None:
+    obj = {"kind": "ConfigMap", "data": {value or "key": value, "list": [value, {"k": value}], "empty": {}}}
+    assert yaml.safe_load(k8s_manifests.render([obj])) == obj
+
+
+KUBECTL_MISSING = "kubectl not installed: apt-get install -y kubectl (.ci/run installs it)"
+
+
+class _DiscoveryOnly(BaseHTTPRequestHandler):
+    """A stand-in Kubernetes API server: it lists the resources of the kinds the manifests use (legacy discovery)
+    and knows no object, so ``kubectl apply --dry-run=client`` reads every document and reports it "created"."""
+
+    resources: dict[str, list[dict[str, Any]]] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        path = self.path.split("?")[0]
+        groups = sorted(gv for gv in self.resources if "/" in gv)
+        if path == "/api":
+            body: dict[str, Any] = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        elif path == "/apis":
+            versions = [{"groupVersion": gv, "version": gv.split("/")[1]} for gv in groups]
+            body = {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {"name": v["groupVersion"].split("/")[0], "versions": [v], "preferredVersion": v} for v in versions
+                ],
+            }
+        elif path.removeprefix("/api/").removeprefix("/apis/") in self.resources:
+            group_version = path.removeprefix("/api/").removeprefix("/apis/")
+            body = {
+                "kind": "APIResourceList",
+                "groupVersion": group_version,
+                "resources": self.resources[group_version],
+            }
+        else:
+            self._send(
+                404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+            )
+            return
+        self._send(200, body)
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+        """Quiet."""
+
+
+@contextlib.contextmanager
+def _discovery_server(objects: list[dict[str, Any]]) -> Iterator[str]:
+    """The URL of a :class:`_DiscoveryOnly` server knowing the kinds of ``objects``."""
+    resources: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        kind = obj["kind"]
+        entry = {"name": kind.lower() + "s", "singularName": kind.lower(), "namespaced": kind != "Namespace"}
+        entry |= {"kind": kind, "verbs": ["create", "get", "patch"]}
+        if entry not in resources.setdefault(obj["apiVersion"], []):
+            resources[obj["apiVersion"]].append(entry)
+    handler = type("Handler", (_DiscoveryOnly,), {"resources": resources})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_kubectl_reads_every_object_of_every_file(tmp_path: Path) -> None:
+    """What a user runs, ``kubectl apply --dry-run=client --validate=false -f deploy/k8s/``: every document parses
+    and names a kind and a name kubectl maps (any parse error fails; the schemas are checked above)."""
+    if shutil.which("kubectl") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(KUBECTL_MISSING)
+        pytest.skip(KUBECTL_MISSING)
+    objects = [obj for _, obj in _objects()]
+    with _discovery_server(objects) as url:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "stand-in", "cluster": {"server": url}}],
+                    "users": [{"name": "nobody", "user": {}}],
+                    "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "nobody"}}],
+                    "current-context": "stand-in",
+                }
+            )
+        )
+        done = subprocess.run(
+            ["kubectl", "apply", "--dry-run=client", "--validate=false", "-f", str(K8S)],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    expected = set()
+    for obj in objects:
+        group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
+        expected.add(f"{obj['kind'].lower()}{'.' + group if group else ''}/{obj['metadata']['name']} created (dry run)")
+    assert sorted(done.stdout.splitlines()) == sorted(expected)
 
 
 def _validate_all(version: str) -> int:
@@ -288,7 +429,7 @@ BASELINE_FORBIDDEN_POD_FIELDS = ("hostNetwork", "hostPID", "hostIPC")
 def test_the_namespace_admits_the_gateways_and_only_they_need_it() -> None:
     """Pod Security admission: baseline forbids host namespaces, so the namespace enforces privileged; every other
     pod would pass baseline (no host namespaces, host paths, host ports, privileged or added capabilities)."""
-    (namespace,) = k8s_manifests.parse((K8S / "00-namespace.yaml").read_text())
+    (namespace,) = yaml.safe_load_all((K8S / "00-namespace.yaml").read_text())
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     host_network = set()
     for _, obj, template in _pods():
@@ -307,7 +448,7 @@ def test_the_namespace_admits_the_gateways_and_only_they_need_it() -> None:
 def _service_images(out: Path) -> set[str]:
     images = set()
     for path in out.glob("*.yaml"):
-        for obj in k8s_manifests.parse(path.read_text()):
+        for obj in yaml.safe_load_all(path.read_text()):
             if obj["kind"] in ("Deployment", "StatefulSet"):
                 images |= {c["image"] for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] != "nats"}
     return images

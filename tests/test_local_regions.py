@@ -3,20 +3,32 @@ file's regions start (leaf and hub regions, permissions on) with every gateway a
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import shlex
+import shutil
 import ssl
+import subprocess
 from pathlib import Path
 
 import aiohttp
 import nats
+import numpy as np
 import pytest
 
-from deploy.nats import NatsServer
+from deploy.local import LocalTopology
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_id, worker_user
-from deploy.regions import DEFAULT_REGIONS_FILE, RegionsError, load_regions, parse_regions
-from deploy.topology import LocalDeployment, build_parser, config_from_args
+from deploy.regions import DEFAULT_REGIONS_FILE, Region, RegionsError, load_regions, parse_regions
+from deploy.topology import LocalConfig, LocalDeployment, build_parser, config_from_args, federated_init
+from edge_worker.__main__ import build_parser as worker_parser
+from edge_worker.__main__ import config_from_args as worker_config
+from edge_worker.export_weights import learned_weights
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
 from streaming.ice import LOOPBACK
+from streaming.model_store import DeltaStore, submit_delta
 
 REGIONS = """
 [[regions]]
@@ -67,6 +79,33 @@ def test_region_flags_are_the_other_input() -> None:
         config_from_args(build_parser().parse_args(["--federated", "--model", "color-transfer"]))
 
 
+def test_the_workers_model_flags_are_the_workers_own_and_reach_an_added_worker() -> None:
+    argv = ["--region", "a", "--model", "dnn", "--work-size", "256", "--precision", "fp32", "--threads", "2"]
+    config = config_from_args(build_parser().parse_args([*argv, "--federated"]))
+    assert config.model == "dnn" and config.worker_args == (
+        "--device",
+        "auto",
+        "--work-size",
+        "256",
+        "--precision",
+        "fp32",
+    )
+    site = LocalTopology(
+        "nats://127.0.0.1:4222",
+        "a",
+        model=config.model,
+        worker_args=config.worker_args,
+        worker_threads=config.worker_threads,
+        js_domain=HUB_DOMAIN,
+        federated_dir=Path("/buffers"),
+    )
+    # What the summary prints after "more worker:" is what the site starts its workers with, the next id.
+    worker = worker_config(worker_parser().parse_args(site.worker_flags(site.next_worker_id())))
+    assert (worker.model, worker.work_size, worker.precision, worker.threads) == ("dnn", 256, "fp32", 2)
+    assert worker.region == "a" and worker.worker_id == "a-worker-0" and worker.js_domain == HUB_DOMAIN
+    assert worker.federated is not None and worker.federated.buffer_dir == Path("/buffers/a-worker-0")
+
+
 async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path: Path) -> None:
     path = tmp_path / "regions.toml"
     path.write_text(REGIONS)
@@ -90,6 +129,29 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
                 async with http.post(f"{gateway.url}/offer", data=b"{}", headers=offer, ssl=https) as response:
                     assert response.status == 401  # no admission token
         summary = deployment.summary()
+        # A static Prometheus configuration of exactly the printed metrics URLs, with the alert rules.
+        assert f"prometheus --config.file={deployment.prometheus_config}" in summary
+        scraped = json.loads(deployment.prometheus_config.read_text())
+        printed = {url for name in deployment.gateways for url in deployment.metrics_urls(name)}
+        targets = {
+            f"{job['scheme']}://{target}{job['metrics_path']}"
+            for job in scraped["scrape_configs"]
+            for group in job["static_configs"]
+            for target in group["targets"]
+        }
+        assert targets == printed
+        if shutil.which("promtool") is not None or os.environ.get("CI", "").lower() == "true":
+            done = subprocess.run(
+                ["promtool", "check", "config", str(deployment.prometheus_config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0 and "SUCCESS: 4 rules found" in done.stdout, done.stdout + done.stderr
+        more = next(line for line in summary.splitlines() if "more worker:" in line and "--region edge" in line)
+        added = worker_parser().parse_args(shlex.split(more.split("mvs worker", 1)[1].rstrip(")")))
+        assert added.region == "edge" and added.worker_id == "edge-worker-1" and added.js_domain == HUB_DOMAIN
+        assert str(deployment.secrets.worker_env_file("edge-worker-1")) in more  # the spare worker's own user
         assert "--region edge --ice-host 127.0.0.1 --link-delay-ms 20 --link-kbps 8000" in summary
         async with aiohttp.ClientSession() as http:
             for name in deployment.gateways:  # each region's metrics: its gateway's and each worker's, all live
@@ -137,3 +199,36 @@ def _environment(server: NatsServer) -> set[str]:
     assert server._proc is not None
     raw = Path(f"/proc/{server._proc.pid}/environ").read_bytes()
     return {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}
+
+
+async def test_mvs_local_federated_says_its_rounds_and_serves_the_aggregators_metrics() -> None:
+    """The aggregator in ``mvs local --federated``: its metrics URL in the summary (its series only, the gateways
+    export theirs) and a line per delta and per published version. Deltas here come from a stand-in edge (no
+    retraining worker: that takes minutes), through the same store and stream a worker uses."""
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    config = LocalConfig(regions=[Region("fl", gateway_port=0)], model="dnn", federated=True)
+    deployment = LocalDeployment(config, say=lines.put_nowait)
+    deployment.nats = NatsHubAndLeaves(["fl"]).start()
+    try:
+        await deployment._start_aggregator(federated_init("dnn"))  # noqa: SLF001 (alone: workers take minutes)
+        assert deployment.aggregator_metrics_url.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as http, http.get(deployment.aggregator_metrics_url) as response:
+            text = await response.text()
+        assert "mvs_aggregator_version 0.0" in text and "mvs_gateway_" not in text
+        nc = await nats.connect(deployment.url("fl", worker_user(worker_id("fl", 0))))
+        try:
+            js = nc.jetstream(domain=HUB_DOMAIN)
+            weights = learned_weights(str(federated_init("dnn")))
+            delta = {name: np.zeros_like(w, dtype=np.float16) for name, w in weights.items()}
+            for worker in ("w0", "w1"):
+                await submit_delta(js, DeltaStore(js, "fl"), worker_id=worker, base_version=0, samples=4, delta=delta)
+                if worker == "w0":
+                    assert (
+                        await asyncio.wait_for(lines.get(), 30) == "aggregator: 1 of 2 delta(s) in for the next version"
+                    )
+            said = await asyncio.wait_for(lines.get(), 30)
+        finally:
+            await nc.close()
+        assert said.startswith("aggregator: published v1 from 2 delta(s) (8 samples")
+    finally:
+        await deployment.stop()

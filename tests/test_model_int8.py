@@ -69,7 +69,7 @@ def test_precision_flag_reaches_the_worker() -> None:
     worker = StylizerWorker(config_from_args(args))
     assert isinstance(worker.stylizer, PhotoStylizer)
     assert worker.stylizer.precision == INT8 and worker.stylizer.config.work_size == WORK_SIZE
-    assert config_from_args(build_parser().parse_args([])).precision == "fp32"
+    assert config_from_args(build_parser().parse_args([])).precision == "auto"  # int8 on the CPU (test_model_serving)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--precision", "int4"])
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 import aggregator.service  # noqa: F401  (registers the aggregator's metrics)
@@ -133,7 +134,7 @@ def _pod_targets(job: dict[str, Any]) -> dict[str, str]:
     """app label -> scraped address:path of every generated pod the job keeps (pod IP 10.0.0.1, port-less)."""
     kept = {}
     for path in sorted(k8s_manifests.DEFAULT_OUT.glob("*.yaml")):
-        for obj in k8s_manifests.parse(path.read_text()):
+        for obj in yaml.safe_load_all(path.read_text()):
             if obj["kind"] not in ("Deployment", "StatefulSet"):
                 continue
             meta = obj["spec"]["template"]["metadata"]
@@ -157,7 +158,7 @@ def test_each_job_scrapes_its_services_pods_on_the_port_their_metrics_listen_on(
     assert set(jobs) == {f"mvs-{service}" for service in observability.SERVICES}
     ports = {}
     for path in sorted(k8s_manifests.DEFAULT_OUT.glob("*.yaml")):
-        for obj in k8s_manifests.parse(path.read_text()):
+        for obj in yaml.safe_load_all(path.read_text()):
             if obj["kind"] in ("Deployment", "StatefulSet"):
                 (container,) = obj["spec"]["template"]["spec"]["containers"]
                 if container["name"] != "nats":
@@ -170,3 +171,86 @@ def test_each_job_scrapes_its_services_pods_on_the_port_their_metrics_listen_on(
     assert set(scraped) == set(ports)  # every service pod, and no NATS pod (they serve no Prometheus metrics)
     for app, target in scraped.items():
         assert target == f"10.0.0.1:{ports[app]}/metrics", app
+
+
+def _series(labels: dict[str, str], values: str, name: str = "mvs_gateway_key_frames_total") -> dict[str, str]:
+    selector = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    return {"series": f"{name}{{{selector}}}", "values": values}
+
+
+def _round_trip(region: str, counts: dict[str, str]) -> list[dict[str, str]]:
+    """Cumulative round-trip buckets of ``region``: le -> promtool's expanding values."""
+    name = "mvs_gateway_phone_key_seconds_bucket"
+    return [_series({"region": region, "part": "round_trip", "le": le}, v, name) for le, v in counts.items()]
+
+
+ALERT_CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {
+    # eu: every key between 100 and 500 ms (p95 ~480 ms); us: all under 100 ms. Only eu fires.
+    "MvsRoundTripP95OverTarget": (
+        _round_trip("eu", {"0.1": "0+0x20", "0.5": "0+10x20", "+Inf": "0+10x20"})
+        + _round_trip("us", {"0.1": "0+10x20", "0.5": "0+10x20", "+Inf": "0+10x20"}),
+        [
+            {
+                "exp_labels": {"region": "eu"},
+                "exp_annotations": {"summary": "key round trip p95 of region eu over 250 ms"},
+            }
+        ],
+    ),
+    # eu: 10 % of keys time out; us: none fail.
+    "MvsKeyFramesFailing": (
+        [
+            _series({"region": "eu", "outcome": "ok"}, "0+90x20"),
+            _series({"region": "eu", "outcome": "timeout"}, "0+10x20"),
+            _series({"region": "us", "outcome": "ok"}, "0+100x20"),
+        ],
+        [{"exp_labels": {"region": "eu"}, "exp_annotations": {"summary": "over 2% of region eu's key frames fail"}}],
+    ),
+    "MvsNoWorkers": (
+        [
+            _series({"region": "eu", "outcome": "no_workers"}, "0+5x20"),
+            _series({"region": "us", "outcome": "ok"}, "0+100x20"),
+        ],
+        [
+            {
+                "exp_labels": {"region": "eu"},
+                "exp_annotations": {"summary": "key frames of region eu find no stylizer worker"},
+            }
+        ],
+    ),
+    # The gateway loses NATS after 2 minutes; the worker keeps it.
+    "MvsNatsDisconnected": (
+        [
+            _series(
+                {"service": "gateway", "job": "mvs-gateway", "instance": "gw:8080"}, "1 1 0x20", "mvs_nats_connected"
+            ),
+            _series({"service": "worker", "job": "mvs-worker", "instance": "w:9100"}, "1x20", "mvs_nats_connected"),
+        ],
+        [
+            {
+                "exp_labels": {"service": "gateway", "job": "mvs-gateway", "instance": "gw:8080"},
+                "exp_annotations": {"summary": "mvs-gateway gw:8080 has lost its NATS server"},
+            }
+        ],
+    ),
+}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason=PROMTOOL_MISSING)
+def test_promtool_accepts_the_alert_rules_and_each_fires_when_it_should(tmp_path: Path) -> None:
+    rules = observability.DEFAULT_OUT / observability.ALERTS_FILE
+    done = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "SUCCESS: 4 rules found" in done.stdout, done.stdout + done.stderr
+    names = [rule["alert"] for group in observability.alert_rules()["groups"] for rule in group["rules"]]
+    assert sorted(names) == sorted(ALERT_CASES)
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [{"eval_time": "10m", "alertname": name, "exp_alerts": expected}],
+        }
+        for name, (series, expected) in ALERT_CASES.items()
+    ]
+    case = tmp_path / "alerts_test.yml"
+    case.write_text(json.dumps({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+    done = subprocess.run(["promtool", "test", "rules", str(case)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

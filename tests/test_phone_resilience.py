@@ -1,6 +1,6 @@
 """The phone under faults (issue 14, items 9 and 10): it notices a dead gateway and offers again, to a restarted
 one on the same port or to the next in its list, with frames flowing from the last good key in between; and it
-always writes its report, exiting non-zero only on its own failure."""
+always writes its report, exiting non-zero on its own failure and when it never streamed."""
 
 from __future__ import annotations
 
@@ -134,7 +134,9 @@ async def test_a_phone_whose_outputs_stall_writes_a_partial_report(
     assert json.loads((tmp_path / "report.json").read_text())["outcome"]["status"] == "partial"
 
 
-def test_the_phone_exits_non_zero_only_on_its_own_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_phone_exits_non_zero_on_its_own_failure_and_when_it_never_streamed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
     common = ["--gateway", dead, "--frames", "3", "--size", "64x36", "--result-timeout-ms", "200"]
     # Its own failure: a style that does not exist is refused in one line before anything runs (nothing to report).
@@ -142,7 +144,9 @@ def test_the_phone_exits_non_zero_only_on_its_own_failure(tmp_path: Path, capsys
         phone_main([*common, "--style", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "own")])
     assert own.value.code == 2 and "missing.jpg" in capsys.readouterr().err
     assert not (tmp_path / "own").exists()
-    # Not its failure: no gateway answers. The phone reports why and exits 0.
-    phone_main([*common, "--out", str(tmp_path / "theirs")])
+    # No gateway answers: the phone reports why and exits non-zero, the cause in one line (it never streamed).
+    with pytest.raises(SystemExit) as never:
+        phone_main([*common, "--out", str(tmp_path / "theirs")])
+    assert never.value.code == f"mvs phone: never streamed: no gateway reached: {dead} unreachable: Connection refused"
     report = json.loads((tmp_path / "theirs" / "report.json").read_text())
     assert report["outcome"]["status"] == "partial" and "no gateway reached" in report["outcome"]["reason"]

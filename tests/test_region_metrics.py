@@ -8,10 +8,11 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.client import Phone, PhoneConfig
-from streaming.gateway.server import Gateway
-from streaming.gateway.session import GATEWAY_HOPS
+from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.gateway.session import GATEWAY_HOPS, KEY_FRAMES
 from streaming.ice import LOOPBACK
 from streaming.protocol import (
     LATENCY_PARTS,
@@ -79,3 +80,30 @@ def test_latency_reports_are_small_and_checked() -> None:
         with pytest.raises(ProtocolError, match=message) as error:
             validate_key_latency(KeyLatency(frame_id=1, parts_ms=parts))
         assert error.value.code == ErrorCode.INVALID
+
+
+async def test_each_gateway_of_a_process_exports_its_own_regions_series(nats_server: NatsServer, region: str) -> None:
+    """``mvs local`` runs every region's gateway in one process (one registry): scraping all of them must count each
+    region once."""
+    regions = (f"{region}a", f"{region}b")
+    gateways = [Gateway(GatewayConfig(port=0, nats_url=nats_server.url, region=r, ice_hosts=LOOPBACK)) for r in regions]
+    for r in regions:
+        KEY_FRAMES.labels(r, "ok").inc()
+    families: dict[str, set[str]] = {}
+    try:
+        async with aiohttp.ClientSession() as http:
+            for gateway in gateways:
+                await gateway.start()
+                async with http.get(f"{gateway.url}/metrics") as response:
+                    text = await response.text()
+                families[gateway.config.region] = {
+                    s.labels["region"]
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                    if s.labels.get("region") in regions
+                }
+                assert "mvs_nats_connected" in text  # process-wide series (no region label) stay
+    finally:
+        for gateway in gateways:
+            await gateway.stop()
+    assert families == {r: {r} for r in regions}

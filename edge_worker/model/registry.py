@@ -23,6 +23,16 @@ MODEL_SUFFIXES = (".pt", ".pth")
 STYLIZER_NAMES = (LinearColorTransfer.name, DNN_NAME, LITE_NAME, LITE_LOOK_NAME, EMULATED_NAME)
 
 
+def is_dnn(spec: str) -> bool:
+    """Whether ``spec`` names the paper's network (the bundled one or a model file that is not a lite model)."""
+    return spec == DNN_NAME or (spec.endswith(MODEL_SUFFIXES) and not is_lite_file(Path(spec)))
+
+
+def is_lite(spec: str) -> bool:
+    """Whether ``spec`` names a lite model (a bundled one or a saved LiteStylizer)."""
+    return spec in (LITE_NAME, LITE_LOOK_NAME) or (spec.endswith(MODEL_SUFFIXES) and is_lite_file(Path(spec)))
+
+
 def load_stylizer(
     spec: str,
     device: str = "cpu",
@@ -43,7 +53,7 @@ def load_stylizer(
         return LinearColorTransfer()
     if spec == EMULATED_NAME:
         return EmulatedAccelerator(profile or ServiceTimeProfile())
-    if spec in (LITE_NAME, LITE_LOOK_NAME) or (spec.endswith(MODEL_SUFFIXES) and is_lite_file(Path(spec))):
+    if is_lite(spec):
         from edge_worker.lite_training import RetrainableLite
         from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH
 
@@ -54,7 +64,7 @@ def load_stylizer(
         if precision == INT8:
             raise ValueError(f"precision {INT8} is the paper DNN's; the lite model serves in fp32 (fp16 on CUDA)")
         return lite
-    if spec == DNN_NAME or spec.endswith(MODEL_SUFFIXES):
+    if is_dnn(spec):
         from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer
         from edge_worker.retrain import RetrainableStylizer
         from edge_worker.training import calibration_pairs

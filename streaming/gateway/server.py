@@ -55,7 +55,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge
 
 from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S
 from streaming.clock import ClockOffset
@@ -91,7 +91,7 @@ from streaming.style_store import (
     style_id_of,
     upload_digest,
 )
-from streaming.telemetry import LogLimiter
+from streaming.telemetry import LogLimiter, region_metrics
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
 log = logging.getLogger(__name__)
@@ -501,7 +501,7 @@ class Gateway:
         return web.json_response({"styles": styles})
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=region_metrics(self.config.region), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _livez(self, request: web.Request) -> web.Response:
         """Liveness: 200 while the event loop answers and the NATS connection is up or reconnecting (the gateway
