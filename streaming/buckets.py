@@ -114,10 +114,18 @@ def read_directly(store: Store) -> bool:
     return isinstance(store, ObjectStoreConfig) or (isinstance(store, KeyValueConfig) and bool(store.direct))
 
 
-async def create_stores(js: JetStreamContext, stores: Sequence[Store]) -> list[str]:
-    """Create each of ``stores`` that does not exist yet; one that exists is left as it is, except that direct gets
-    are turned on where services read by direct get (a store made before they did). The streams created or
-    changed."""
+def with_replicas(store: Store, replicas: int) -> Store:
+    """A copy of ``store`` with ``replicas`` copies of its stream on as many servers of a JetStream cluster."""
+    if isinstance(store, StreamConfig):
+        return replace(store, num_replicas=replicas)
+    return replace(store, replicas=replicas)
+
+
+async def create_stores(js: JetStreamContext, stores: Sequence[Store], replicas: int | None = None) -> list[str]:
+    """Create each of ``stores`` that does not exist yet, with ``replicas`` (the setup's: min(3, hub servers); None:
+    one); one that exists is left as it is, except that direct gets are turned on where services read by direct get
+    (a store made before they did) and, given ``replicas``, its replicas are set to that (a hub grown from one server
+    to a cluster; the aggregator, which passes none, never changes them). The streams created or changed."""
     created = []
     for store in stores:
         name = stream_name(store)
@@ -126,17 +134,21 @@ async def create_stores(js: JetStreamContext, stores: Sequence[Store]) -> list[s
         except NotFoundError:
             pass
         else:
-            if read_directly(store) and not info.config.allow_direct:
-                await js.update_stream(replace(info.config, allow_direct=True))
+            direct = read_directly(store) and not info.config.allow_direct
+            rescale = replicas is not None and (info.config.num_replicas or 1) != replicas
+            if direct or rescale:
+                changed = replace(info.config, num_replicas=replicas) if rescale else info.config
+                await js.update_stream(replace(changed, allow_direct=True) if direct else changed)
                 created.append(name)
             continue
+        store = with_replicas(store, replicas or 1)
         if isinstance(store, ObjectStoreConfig):  # nats-py overwrites the config's bucket: give it a copy
             assert store.bucket is not None
-            await js.create_object_store(store.bucket, config=replace(store))
+            await js.create_object_store(store.bucket, config=store)
         elif isinstance(store, KeyValueConfig):
-            await js.create_key_value(config=replace(store))
+            await js.create_key_value(config=store)
         else:
-            await js.add_stream(replace(store))
+            await js.add_stream(store)
         created.append(name)
     return created
 
