@@ -3,8 +3,9 @@
 Each file is a stream of JSON objects, one Kubernetes object per document, separated by ``---`` lines:
 YAML (``kubectl apply -f`` and schema validators read it) that the standard library reads too
 (:func:`parse`). Per edge region: a NATS leaf node, stylizer workers and a gateway pinned to the
-region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub (a StatefulSet of the regions
-file's ``[hub] servers`` pods, one JetStream cluster, with a PodDisruptionBudget) and the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m deploy.nats_config
+region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub (a StatefulSet of the
+regions file's ``[hub] servers`` pods, one JetStream cluster, with a PodDisruptionBudget) and the
+aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m deploy.nats_config
 --secret``). ``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check`` fails
 when the files are stale. deploy/k8s/README.md explains the choices.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.certs import CA_FILE
-from deploy.nats import HUB_DOMAIN
+from deploy.nats import HUB_DOMAIN, route_url_env
 from deploy.nats_auth import (
     AGGREGATOR_USER,
     LEAF_URL_ENV,
@@ -31,7 +32,6 @@ from deploy.nats_auth import (
     password_env,
     worker_user,
 )
-from deploy.nats import route_url_env
 from deploy.nats_config import (
     CLIENT_PORT,
     HUB_ROUTES_SERVICE,

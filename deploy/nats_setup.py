@@ -2,9 +2,10 @@
 start (:func:`streaming.buckets.create_stores`; workers and gateways may not create any).
 
 Connects as the ``setup`` user (URL in ``MVS_NATS_URL``, CA in ``MVS_NATS_CA``) to the hub and creates the style
-bucket, the model stores, the delta stream and a delta bucket per ``--region``, each with min(3, ``--hub-servers``)
-replicas; what exists is left as it is (but for its replicas), so it may run again. ``mvs nats``, ``mvs demo`` and ``mvs local`` run it themselves; a cluster runs it as the Job
-``mvs-setup`` (deploy/k8s).
+bucket, the model stores, the delta stream and a delta bucket per ``--region``, each with
+min(3, ``--hub-servers``) replicas; what exists is left as it is (but for its replicas), so it may run again.
+``mvs nats``, ``mvs demo`` and ``mvs local`` run it themselves; a cluster runs it as the Job ``mvs-setup``
+(deploy/k8s).
 """
 
 from __future__ import annotations

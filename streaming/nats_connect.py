@@ -71,7 +71,8 @@ async def connect_nats(
     inbox_prefix: str | None = None,
     tls_ca: Path | None = None,
 ) -> NATS:
-    """Connect to ``url`` (one server's, or several comma-separated) as client ``name`` (shown by the server's monitoring) with the reconnect policy above.
+    """Connect to ``url`` (a server's, or several comma-separated: a hub cluster's) as client ``name`` (shown by the
+    server's monitoring) with the reconnect policy above.
 
     Disconnects, reconnects, errors and the final close are logged (``extra``: service, name, and the url or
     error) and counted in ``mvs_nats_connection_events_total{service, event}``; ``mvs_nats_connected{service}``
