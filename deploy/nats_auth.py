@@ -218,6 +218,7 @@ def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None)
                 *_direct_get(MODEL_LATEST_STREAM),
                 *_bind(ROUND_STREAM),
                 *(call for stream in delta_streams for call in _direct_get(stream)),
+                *(f"STREAM.MSG.GET.{stream}" for stream in delta_streams),  # reads through the leader
                 *(f"STREAM.PURGE.{stream}" for stream in delta_streams),
             ),
             f"$JS.ACK.{FL_DELTA_STREAM}.>",

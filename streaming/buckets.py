@@ -14,9 +14,11 @@ other service binds to what exists and uses two kinds of call only (``deploy/nat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -37,6 +39,8 @@ from streaming.protocol import (
 )
 
 CHUNK_BYTES = 128 * 1024
+SETTLE_POLL_S = 0.05
+"""Pause between reads of an object not (fully) on the replica that answered yet."""
 """An object's chunk size (nats-py's default)."""
 DIGEST_PREFIX = "SHA-256="
 ROLLUP_HEADER = "Nats-Rollup"
@@ -155,10 +159,15 @@ async def create_stores(js: JetStreamContext, stores: Sequence[Store], replicas:
 
 @dataclass
 class Bucket:
-    """An object store bucket, read with direct gets and written with acknowledged publishes."""
+    """An object store bucket, read with direct gets and written with acknowledged publishes.
+
+    In a hub cluster any replica answers a direct get, and a follower may not hold the newest writes yet: a reader
+    that must see an object just written by someone else (the aggregator, a delta whose reference it holds) reads
+    through the stream's leader instead (``direct=False``: ``STREAM.MSG.GET``)."""
 
     js: JetStreamContext
     name: str
+    direct: bool = True
 
     @property
     def stream(self) -> str:
@@ -169,9 +178,9 @@ class Bucket:
         KeyError when there is none, :class:`BucketMissingError` when the bucket does not exist."""
         try:
             if after is None:
-                msg = await self.js.get_last_msg(self.stream, subject, direct=True)
+                msg = await self.js.get_last_msg(self.stream, subject, direct=self.direct)
             else:
-                msg = await self.js.get_msg(self.stream, seq=after + 1, subject=subject, direct=True, next=True)
+                msg = await self.js.get_msg(self.stream, seq=after + 1, subject=subject, direct=self.direct, next=True)
         except NotFoundError as exc:
             raise KeyError(subject) from exc
         except NoRespondersError as exc:
@@ -187,9 +196,20 @@ class Bucket:
         info = ObjectInfo.from_response(json.loads(data))
         return None if info.deleted else info
 
-    async def get(self, name: str) -> bytes:
+    async def get(self, name: str, settle_s: float = 0.0) -> bytes:
         """Object ``name``'s bytes, checked against its metadata; KeyError if absent, :class:`ObjectIntegrityError`
-        if its chunks do not match."""
+        if its chunks do not match. ``settle_s``: an object absent or incomplete is read again for up to that long
+        (a hub cluster's follower may answer a direct get before it holds an object just written)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            try:
+                return await self._get(name)
+            except (KeyError, ObjectIntegrityError):
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def _get(self, name: str) -> bytes:
         info = await self.info(name)
         if info is None:
             raise KeyError(f"no object {name!r} in {self.name}")

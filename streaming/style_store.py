@@ -10,6 +10,9 @@ from streaming.buckets import Bucket
 from streaming.protocol import STYLE_BUCKET
 
 STYLE_ID_HEX_CHARS = 32
+REPLICA_SETTLE_S = 2.0
+"""How long a style just stored may take to reach the replica answering a read (a hub cluster's follower is
+milliseconds behind its leader; past this, the style is unknown)."""
 
 
 class UnknownStyleError(KeyError):
@@ -40,8 +43,9 @@ class StyleStore:
         return style_id
 
     async def get(self, style_id: str) -> bytes:
-        """The encoded style image with id ``style_id``."""
+        """The encoded style image with id ``style_id`` (:class:`UnknownStyleError` if none has been stored, after
+        :data:`REPLICA_SETTLE_S`)."""
         try:
-            return await self._store.get(style_id)
+            return await self._store.get(style_id, REPLICA_SETTLE_S)
         except KeyError as exc:
             raise UnknownStyleError(style_id) from exc
