@@ -5,7 +5,19 @@ KV (``mvs-fl-rounds``), so a kill at any moment loses no accepted delta: unacked
 redelivered, and redelivered ones already in the state are recognised. Closing a round is
 deterministic (updates sorted by worker id) and idempotent: the new version's weights and metadata
 are written before ``latest`` moves and before the round state is reset, so a restart either
-re-publishes the very same version or finds it published and only resets the round.
+re-publishes the very same version or finds it published and only resets the round. The reset state lists the
+closed round's references twice: as consumed (a replay of one is a duplicate for as long as its base may be a
+delta's base) and as blobs to delete, which are deleted only after that state is saved and struck from it after,
+so a crash in between neither counts a delta twice nor leaves its blob behind: a restart deletes what is listed.
+
+What a round aggregates is what was checked. A reference names its blob's SHA-256 (checked on arrival), so the
+persisted round state holds the digest of the bytes that were validated. Workers may rewrite their region's bucket
+at any time: when the round closes each blob is read again and must still match its digest and pass every check
+(finite, names, shapes, norms); one that does not is dropped from the round, counted by reason
+(``mvs_aggregator_updates_dropped_total``) and its blob deleted, never aggregated and never a crash (a bad blob
+must not put a restarting aggregator in a loop). A round the drops leave short of being due waits for more.
+The state stays small: a reference is at most ``MAX_REF_BYTES``, a round holds fewer than ``min_updates`` plus a
+fetch batch of them, and consumed ones are kept for ``max_staleness`` + 1 rounds.
 
 When a round closes. With ``min_updates`` accepted deltas, at once. With fewer (but at least one), once
 ``round_timeout_s`` has passed since the round's *first accepted delta* (persisted in the round state, so a
@@ -27,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -45,9 +58,12 @@ from aggregator.validation import (
     DEFAULT_MAX_SAMPLES_PER_S,
     DEFAULT_MAX_STALENESS,
     DEFAULT_SAMPLE_BURST,
+    MAX_REF_BYTES,
     Reason,
     RejectedUpdate,
     Rules,
+    checked_update,
+    l2_norm,
     validate_ref,
     validate_update,
 )
@@ -74,7 +90,7 @@ from streaming.protocol import (
     encode,
 )
 from streaming.telemetry import DEFAULT_METRICS_HOST
-from streaming.tensors import NamedArrays, decode_tensors
+from streaming.tensors import NamedArrays
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +98,10 @@ DURABLE = "aggregator"
 ROUND_KEY = "current"
 DEFAULT_MIN_UPDATES = 2
 DEFAULT_ROUND_TIMEOUT_S = 60.0
-CRASH_POINTS = ("delta_accepted", "delta_saved", "weights_stored", "latest_moved")
+CRASH_POINTS = ("delta_accepted", "delta_saved", "weights_stored", "latest_moved", "round_reset")
 """Named steps a test can kill the process right after: a delta accepted but not yet persisted (so not acked), a
-delta persisted but not yet acked, a round's weights stored before ``latest`` moved, ``latest`` moved."""
+delta persisted but not yet acked, a round's weights stored before ``latest`` moved, ``latest`` moved, the round
+state reset (its blobs listed for deletion, none deleted yet)."""
 ACK_WAIT_S = 5.0
 """A delta handed to an aggregator that died unacked is redelivered after this long."""
 FETCH_BATCH = 16
@@ -97,6 +114,7 @@ JETSTREAM_AVAILABLE = Gauge(
 )
 ACCEPTED = Counter("mvs_aggregator_updates_accepted_total", "Deltas accepted into a round")
 REJECTED = Counter("mvs_aggregator_updates_rejected_total", "Deltas rejected", ["reason"])
+DROPPED = Counter("mvs_aggregator_updates_dropped_total", "Accepted deltas dropped when their round closed", ["reason"])
 ROUND_SECONDS = Histogram("mvs_aggregator_round_seconds", "Time to aggregate and publish a round")
 
 
@@ -153,6 +171,12 @@ class AggregatorConfig:
     """Fault injection for tests: kill the process right after this step of closing a round (see CRASH_POINTS)."""
 
 
+def _round_order(held: tuple[DeltaRef, bytes]) -> tuple[str, int]:
+    """Updates are aggregated by worker id (then base), whatever their arrival order: a round closed again after a
+    crash gives the same version."""
+    return held[0].worker_id, held[0].base_version
+
+
 class Aggregator:
     """Rounds of federated averaging over the deltas of every region."""
 
@@ -183,6 +207,8 @@ class Aggregator:
         self.jetstream_available = True
         """False from a JetStream call that failed (a hub cluster without a quorum) to the next that succeeds."""
         JETSTREAM_AVAILABLE.set(1)
+        self.drops: dict[str, int] = {}
+        """Accepted deltas dropped at the close of their round, by reason."""
 
     async def start(self, initial: NamedArrays | None = None) -> None:
         """Connect, bind the stores and the durable consumer, recover the round, publish v0 if the store is empty."""
@@ -248,13 +274,15 @@ class Aggregator:
         self._nc = None
 
     async def _load(self, meta: ModelVersion) -> None:
-        """Make ``meta`` the current version; refuse to go on from weights that fail their digest (an operator must
-        look: rounds built on them would spread them)."""
+        """Make ``meta`` the current version; refuse to go on from weights that fail their digest or hold NaN/Inf (an
+        operator must look: rounds built on them would spread them, and no norm bound holds against a NaN norm)."""
         assert self.store is not None
         try:
             weights = await self.store.weights(meta)
         except ModelIntegrityError as exc:
             raise RuntimeError(f"the aggregator cannot continue from the latest version: {exc}") from exc
+        if not np.isfinite(l2_norm(weights)):
+            raise RuntimeError(f"the aggregator cannot continue from version {meta.version}: its weights hold NaN/Inf")
         self.current, self._weights = meta, weights
         for older in range(max(0, meta.version - self.rules.max_staleness), meta.version):
             with contextlib.suppress(KeyError):
@@ -276,8 +304,23 @@ class Aggregator:
             self._deltas[region] = DeltaStore(self._js, region, direct=False)
         return self._deltas[region]
 
-    async def _delta(self, ref: DeltaRef) -> NamedArrays:
-        return decode_tensors(await (await self._delta_store(ref.region)).get(ref.object_name))
+    async def _checked(self, ref: DeltaRef, seen: set[tuple[str, int]]) -> Update:
+        """The update ``ref`` names, read from its bucket and checked (off the event loop): its blob must match the
+        reference's digest and pass :func:`validate_update`. :class:`RejectedUpdate` otherwise (``unreadable`` when
+        the blob or its bucket is gone)."""
+        assert self.current is not None
+        try:
+            blob = await (await self._delta_store(ref.region)).get(ref.object_name)
+        except KeyError as exc:
+            raise RejectedUpdate(Reason.UNREADABLE, str(exc)) from exc
+        return await asyncio.to_thread(self._validate, ref, blob, self._weights, self.current.version, seen)
+
+    def _validate(
+        self, ref: DeltaRef, blob: bytes, reference: NamedArrays, version: int, seen: set[tuple[str, int]]
+    ) -> Update:
+        update = checked_update(ref, blob)
+        validate_update(update, reference, version, seen, self.rules)
+        return update
 
     def _base_age_s(self, base_version: int) -> float:
         """Seconds since ``base_version`` was published (0 when unknown: the burst alone applies)."""
@@ -292,14 +335,37 @@ class Aggregator:
         except KeyNotFoundError:
             state = RoundState(base_version=self.current.version)
         if state.base_version < self.current.version:
-            # That round was published just before a crash: its announcement may never have gone out.
-            await self._finish_published_round([decode(d, DeltaRef) for d in state.accepted])
-            state = RoundState(base_version=self.current.version)
+            # That round was published just before a crash, its state not reset yet (start announces the version).
+            state = self._next_round(state, self.current.version)
         self.state = state
         if not state.opened_ns:
             self.state.opened_ns = time.monotonic_ns()
         if state.accepted and not state.first_update_ns:  # a state written before first_update_ns existed
             self.state.first_update_ns = time.time_ns()
+        await self._save_round()
+        await self._delete_listed_blobs()  # those of a round closed (or deltas dropped) just before a crash
+
+    def _next_round(self, closed: RoundState, version: int) -> RoundState:
+        """The state of the round on ``version`` after ``closed``: its deltas consumed and their blobs to delete;
+        consumed deltas too old to be any delta's base are forgotten."""
+        oldest = version - self.rules.max_staleness
+        consumed = [data for data in closed.consumed + closed.accepted if decode(data, DeltaRef).base_version >= oldest]
+        return RoundState(
+            base_version=version,
+            opened_ns=time.monotonic_ns(),
+            consumed=consumed,
+            to_delete=closed.to_delete + closed.accepted,
+        )
+
+    async def _delete_listed_blobs(self) -> None:
+        """Delete the blobs the persisted state lists (``to_delete``), then strike them from it."""
+        if not self.state.to_delete:
+            return
+        for data in self.state.to_delete:
+            ref = decode(data, DeltaRef)
+            with contextlib.suppress(KeyError):
+                await (await self._delta_store(ref.region)).delete(ref.object_name)
+        self.state.to_delete = []
         await self._save_round()
 
     async def _save_round(self) -> None:
@@ -308,6 +374,11 @@ class Aggregator:
 
     def _refs(self) -> list[DeltaRef]:
         return [decode(data, DeltaRef) for data in self.state.accepted]
+
+    def _seen(self) -> set[tuple[str, int]]:
+        """(worker, base) of every delta in this round or consumed by a round still in the staleness window."""
+        refs = [decode(data, DeltaRef) for data in self.state.accepted + self.state.consumed]
+        return {(r.worker_id, r.base_version) for r in refs}
 
     async def run(self) -> None:
         """Serve until cancelled. A step that JetStream fails (a hub cluster electing leaders, or without a quorum)
@@ -348,16 +419,14 @@ class Aggregator:
         """Validate one delta; persist it into the round state, then ack. Rejections are acked and logged."""
         assert self.store is not None and self.current is not None
         try:
-            ref = decode(msg.data, DeltaRef)
-            seen = {(r.worker_id, r.base_version) for r in self._refs()}
-            if (ref.worker_id, ref.base_version) in seen and msg.metadata.num_delivered > 1:
-                await msg.ack()  # a redelivery of a delta we already hold
+            ref = decode(msg.data, DeltaRef, max_bytes=MAX_REF_BYTES)
+            held = msg.data in self.state.accepted or msg.data in self.state.consumed
+            if held and msg.metadata.num_delivered > 1:
+                await msg.ack()  # a redelivery of a delta we already hold (or held in a closed round)
                 return
             validate_ref(ref, msg.subject, self._base_age_s(ref.base_version), self.rules)
-            delta = await self._delta(ref)
-            update = Update(ref.worker_id, ref.base_version, ref.samples, delta, ref.loss)
-            validate_update(update, self._weights, self.current.version, seen, self.rules)
-        except (ProtocolError, KeyError) as exc:
+            await self._checked(ref, self._seen())
+        except ProtocolError as exc:
             self._reject(Reason.UNREADABLE, str(exc), msg)
         except RejectedUpdate as exc:
             self._reject(exc.reason, str(exc), msg)
@@ -379,12 +448,29 @@ class Aggregator:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
         log.warning("delta rejected", extra={"reason": reason, "error": text, "subject": msg.subject})
 
-    async def close_round(self) -> ModelVersion:
-        """Aggregate the accepted deltas into the next version and publish it."""
+    async def close_round(self) -> ModelVersion | None:
+        """Check every accepted delta again and drop the bad ones (module docstring); aggregate the rest into the
+        next version and publish it. None when the drops left the round short of being due."""
         assert self.store is not None and self.current is not None and self._nc is not None
         started = time.monotonic()
-        refs = sorted(self._refs(), key=lambda r: (r.worker_id, r.base_version))
-        updates = [Update(r.worker_id, r.base_version, r.samples, await self._delta(r), r.loss) for r in refs]
+        held = sorted(((decode(data, DeltaRef), data) for data in self.state.accepted), key=_round_order)
+        refs, updates, dropped = [], [], []
+        for ref, data in held:
+            try:
+                updates.append(await self._checked(ref, set()))
+                refs.append(ref)
+            except RejectedUpdate as exc:
+                dropped.append(data)
+                DROPPED.labels(exc.reason).inc()
+                self.drops[exc.reason] = self.drops.get(exc.reason, 0) + 1
+                log.warning(
+                    "accepted delta dropped at the close of its round",
+                    extra={"reason": exc.reason, "error": str(exc), "worker_id": ref.worker_id},
+                )
+        if dropped:
+            await self._drop(dropped)
+            if not self._round_due():
+                return None
         weights = apply_delta(self._weights, self.strategy.aggregate(updates))
         samples = sum(r.samples for r in refs)
         loss = sum(r.samples * r.loss for r in refs) / samples
@@ -403,9 +489,12 @@ class Aggregator:
         self._maybe_crash("latest_moved")
         self.current, self._weights = meta, weights
         self._note_published(meta)
-        self.state = RoundState(base_version=meta.version, opened_ns=time.monotonic_ns())
+        self.state = self._next_round(self.state, meta.version)
         await self._save_round()
-        await self._finish_published_round(refs)
+        self._maybe_crash("round_reset")
+        await self._announce()
+        ROUND.set(meta.version)
+        await self._delete_listed_blobs()
         ROUND_SECONDS.observe(time.monotonic() - started)
         log.info("published version", extra={"version": meta.version, "contributors": meta.contributors, "loss": loss})
         return meta
@@ -416,14 +505,15 @@ class Aggregator:
         await self._nc.publish(FL_GLOBAL_SUBJECT, encode(self.current))
         await self._nc.flush()
 
-    async def _finish_published_round(self, refs: list[DeltaRef]) -> None:
-        """Announce the current version and drop the consumed delta blobs."""
-        assert self.store is not None and self.current is not None
-        await self._announce()
-        for r in refs:
-            with contextlib.suppress(KeyError):
-                await (await self._delta_store(r.region)).delete(r.object_name)
-        ROUND.set(self.current.version)
+    async def _drop(self, dropped: list[bytes]) -> None:
+        """Take the encoded references ``dropped`` out of the round and delete their blobs. They are not consumed
+        (none was counted): a reference to the checked bytes again may join a round later, once."""
+        self.state.accepted = [data for data in self.state.accepted if data not in dropped]
+        self.state.to_delete += dropped
+        if not self.state.accepted:
+            self.state.first_update_ns = 0  # the next accepted delta starts the round's timeout
+        await self._save_round()
+        await self._delete_listed_blobs()
 
     def _maybe_crash(self, step: str) -> None:
         if self.config.crash_after == step:

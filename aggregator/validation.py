@@ -1,7 +1,9 @@
 """Checks an edge update must pass before it may join a round; a failed check names its reason.
 
 Two stages: :func:`validate_ref` looks at the reference alone (who sent it, where its object is, how many samples it
-claims) before the aggregator reads any blob; :func:`validate_update` looks at the delta itself.
+claims) before the aggregator reads any blob; :func:`checked_update` makes sure the blob read is the one the reference
+names (its SHA-256) and :func:`validate_update` looks at the delta itself. The aggregator runs the last two again on
+every delta of a round when it closes the round: a worker may rewrite its region's bucket at any time.
 
 What a delta may claim, and why:
 
@@ -13,6 +15,8 @@ What a delta may claim, and why:
   :attr:`Rules.max_samples_per_s` samples a second (measured: about 1.8 samples/s for the bundled DNN on one CPU
   thread; the default leaves room for a GPU), so since its base version was published it can have trained at most
   ``sample_burst + max_samples_per_s * seconds``; and never more than :attr:`Rules.max_samples` in one update.
+- **Content.** A reference names its blob's SHA-256, so the round state persists the digest of the very bytes that
+  were validated; a blob rewritten after its check (NaN, x1000, another shape) no longer matches and is dropped.
 - **Norm.** A delta's L2 norm may be at most :attr:`Rules.max_relative_norm` times the current model's norm
   (measured: 0.4, 0.9 and 2.0 % for real 4-, 16- and 64-sample deltas of the bundled DNN; the whole weights sent
   as a delta is 100 %),
@@ -26,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggregator.strategies import Update
-from streaming.protocol import DeltaRef, delta_object_prefix, fl_delta_subject
-from streaming.tensors import NamedArrays
+from streaming.model_store import digest
+from streaming.protocol import DeltaRef, ProtocolError, delta_object_prefix, fl_delta_subject
+from streaming.tensors import NamedArrays, decode_tensors
 
 DELTA_DTYPES = frozenset({"float16", "float32"})
 DEFAULT_MAX_STALENESS = 1
@@ -38,6 +43,9 @@ DEFAULT_MAX_SAMPLES = 10_000
 """Largest sample count of one update (a worker publishes every 64 samples by default)."""
 DEFAULT_MAX_SAMPLES_PER_S = 50.0
 """Training samples a worker can produce per second (28x the measured CPU rate of the bundled DNN)."""
+MAX_REF_BYTES = 1024
+"""Largest encoded :class:`DeltaRef` accepted (a real one: about 250 B). The round state keeps every reference of a
+round and of the rounds in the staleness window, and must stay far below the message limit it is read back under."""
 DEFAULT_SAMPLE_BURST = 256
 """Samples allowed on top of the rate (a worker that trained before its base version arrived; 4 x publish-every)."""
 
@@ -57,6 +65,7 @@ class Reason:
     SAMPLES = "samples"
     OWNER = "owner"
     UNREADABLE = "unreadable"
+    DIGEST = "digest"
 
 
 class RejectedUpdate(ValueError):
@@ -111,6 +120,23 @@ def validate_ref(ref: DeltaRef, subject: str, base_age_s: float, rules: Rules) -
             Reason.SAMPLES,
             f"{ref.samples} samples claimed, at most {possible} possible on a base version {base_age_s:.0f} s old",
         )
+
+
+def checked_update(ref: DeltaRef, blob: bytes) -> Update:
+    """The update in ``blob`` if it is the blob ``ref`` names (its SHA-256); :class:`RejectedUpdate` otherwise."""
+    if not ref.sha256:
+        raise RejectedUpdate(Reason.DIGEST, f"the reference to {ref.object_name[:80]!r} names no SHA-256")
+    found = digest(blob)
+    if found != ref.sha256:
+        raise RejectedUpdate(
+            Reason.DIGEST,
+            f"{ref.object_name[:80]!r} has SHA-256 {found[:16]}..., its reference says {ref.sha256[:16]}...",
+        )
+    try:
+        delta = decode_tensors(blob)
+    except ProtocolError as exc:
+        raise RejectedUpdate(Reason.UNREADABLE, str(exc)) from exc
+    return Update(ref.worker_id, ref.base_version, ref.samples, delta, ref.loss)
 
 
 def l2_norm(arrays: NamedArrays) -> float:

@@ -4,9 +4,16 @@ loopback (a nats-server, an in-process worker and gateway, real aiortc phones), 
 Rows: a decompression bomb as a key frame and as a style; an echo bait (a 200 KB unknown field); a flood of offers
 that never finish ICE; the gateway stopped mid-stream and restarted on its port; a gateway process killed with
 SIGKILL mid-stream and restarted on its port (the phone notices by silence); NATS down for longer than the old
-reconnect policy allowed; 8 phone processes at once (each writes its report). Each row: frames out / captured,
-keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after. Every step is bounded in
-time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME`` runs some steps.
+reconnect policy allowed; 8 phone processes at once (each writes its report); a worker rewriting its delta after the
+aggregator checked it (issue 22: NaN, x1000, another shape; an in-process aggregator on a synthetic model); and one
+phone attacking the gateway (issue 22: random frame-id announcements, results far larger than its key frames,
+clock-probe and garbage floods, forged latency reports) while a well-behaved phone streams beside it, whose keys and
+round-trip p95 are the row's figure against the same phone alone (target: >= 95 % of its keys, p95 within 2x);
+a worker credential of one region attacking another (issue 22: streams, consumers and replies aimed at its
+subjects, deltas as other workers) while a phone of that region streams, against the generated accounts. Each
+row: frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after.
+Every step is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME``
+runs some steps.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import socket
 import subprocess
@@ -21,26 +29,53 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgpack
 import nats
+import numpy as np
 
+from aggregator.service import Aggregator, AggregatorConfig
 from bench.common import machine, write_results
-from bench.faults import jpeg_bomb, kill_gateway_mid_stream, png_bomb, unanswered_offer_sdp
-from deploy.nats import NatsServer, free_port
+from bench.faults import (
+    BarePhone,
+    RandomPtsPhone,
+    jpeg_bomb,
+    kill_gateway_mid_stream,
+    png_bomb,
+    unanswered_offer_sdp,
+)
+from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
+from deploy.nats_auth import gateway_user, worker_id, worker_user
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.gateway.session import PhoneSession
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
-from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.model_store import DeltaStore, ModelStore, submit_delta
+from streaming.nats_connect import inbox_prefix, url_user
+from streaming.protocol import (
+    LATENCY_PARTS,
+    STYLIZE_QUEUE_GROUP,
+    ClockPing,
+    DeltaRef,
+    KeyLatency,
+    StylizeReply,
+    StylizeRequest,
+    decode,
+    delta_bucket,
+    encode,
+    fl_delta_subject,
+    stylize_subject,
+)
 from streaming.runtime import die_with_parent, run_main
 from streaming.style_store import StyleStore
+from streaming.tensors import NamedArrays, encode_tensors
 
 FPS = 15.0
 SIZE = (320, 180)
@@ -55,6 +90,18 @@ FLOOD_OFFERS = 50
 FLOOD_CAP = 32
 FLOOD_CONNECT_TIMEOUT_S = 3.0
 STEP_TIMEOUT_S = 60.0
+ATTACK_SECONDS = 6.0
+"""How long the well-behaved phone streams during each phone attack (and alone, for its baseline)."""
+ATTACK_UNMAPPED_TIMEOUT_S = 3.0
+"""The random-pts row's limit on a session whose frames never map (default 10 s: longer than the row)."""
+FLOOD_BATCH = 200
+"""Messages an attacker sends per loop turn (every 5 ms, while less than FLOOD_BUFFERED_BYTES wait to be sent)."""
+FLOOD_BUFFERED_BYTES = 256 * 1024
+SWAP_MODEL: NamedArrays = {"dec.weight": np.ones((64, 64), np.float32)}
+"""The delta-swap step's synthetic model: norm 64, as in the issue's report."""
+SWAP_STEP = 0.01
+"""Each honest delta's value (norm 0.64: 1 % of the model's)."""
+SWAP_ROUND_TIMEOUT_S = 0.5
 
 
 def rss_mb() -> float:
@@ -77,7 +124,7 @@ class Site:
     def __init__(self, nats_port: int, http_port: int, **gateway: object) -> None:
         self.region = f"c{uuid.uuid4().hex[:6]}"
         self.nats_port, self.http_port, self.gateway_settings = nats_port, http_port, gateway
-        self.server = NatsServer(port=nats_port)
+        self.server = NatsServer(port=nats_port, regions=[self.region])  # the setup makes its delta bucket
         self.worker = StylizerWorker(
             WorkerConfig(
                 nats_url=self.server.url,
@@ -257,7 +304,7 @@ async def nats_outage(site: Site) -> dict[str, Any]:
     await asyncio.sleep(2.0)
     site.server.stop()
     await asyncio.sleep(NATS_OUTAGE_S)
-    site.server = NatsServer(port=site.nats_port).start()
+    site.server = NatsServer(port=site.nats_port, regions=[site.region]).start()
     back_at = time.monotonic()
     recovered = None
     while time.monotonic() - back_at < STEP_TIMEOUT_S:
@@ -359,6 +406,284 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
     )
 
 
+CROSS_REGION_SECONDS = 6.0
+ATTACK_PAUSE_S = 0.05
+
+
+async def cross_region(site: Site) -> list[dict[str, Any]]:
+    """Issue 22, item 2, on a secure hub with leaf nodes "eu" and "us" (its own: ``site`` is unused): a "us" phone
+    streams, once alone (the baseline) and once while an "eu" worker's credential keeps trying to create a stream
+    over ``mvs.us.stylize``, a consumer delivering the style bucket into it, direct gets answered into it, and deltas
+    as another worker. The figure: the us phone's keys and round trip against its baseline."""
+    del site
+    with NatsHubAndLeaves(["eu", "us"], secure=True, workers={"eu": 2, "us": 1}) as cluster:
+        us = cluster.leaves["us"]
+        worker = StylizerWorker(
+            WorkerConfig(
+                nats_url=cluster.client_url(us, worker_user(worker_id("us", 0))),
+                region="us",
+                worker_id=worker_id("us", 0),
+                threads=1,
+                js_domain=HUB_DOMAIN,
+            )
+        )
+        gateway = Gateway(
+            GatewayConfig(
+                port=0,
+                nats_url=cluster.client_url(us, gateway_user("us")),
+                region="us",
+                js_domain=HUB_DOMAIN,
+                ice_hosts=LOOPBACK,
+            )
+        )
+        await worker.start()
+        await gateway.start()
+        refusals: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            refusals.append(str(exc))
+
+        attacker_url = cluster.client_url(cluster.leaves["eu"], worker_user(worker_id("eu", 0)))
+        attacker = await nats.connect(
+            attacker_url, error_cb=on_error, inbox_prefix=inbox_prefix(url_user(attacker_url))
+        )
+        try:
+            baseline = await _us_phone(gateway, "us")
+            attack = asyncio.create_task(_attack_us(attacker))
+            try:
+                report = await _us_phone(gateway, "us")
+            finally:
+                attack.cancel()
+                attempts = await attack
+        finally:
+            await attacker.close()
+            await gateway.stop()
+            await worker.stop()
+    refused = sum("permissions violation" in r.lower() for r in refusals)
+    return [
+        _row("cross-region: baseline (a us phone alone)", "baseline", baseline, p95_ms=_p95(baseline)),
+        _row(
+            "cross-region: an eu worker credential attacks us while a us phone streams",
+            f"{refused} of the attacker's {attempts} calls refused by the server (its direct gets are allowed, "
+            f"answered inside eu); us phone p95 {_p95(report)} ms against {_p95(baseline)} ms alone",
+            report,
+            p95_ms=_p95(report),
+            attacks=attempts,
+            refused=refused,
+        ),
+    ]
+
+
+async def _us_phone(gateway: Gateway, region: str) -> dict[str, Any]:
+    config = PhoneConfig(
+        gateway_urls=(gateway.url,),
+        frames=int(CROSS_REGION_SECONDS * FPS),
+        size=SIZE,
+        fps=FPS,
+        key_interval=5,
+        region=region,
+        ice_hosts=LOOPBACK,
+    )
+    return (await asyncio.wait_for(Phone(config).run(), STEP_TIMEOUT_S)).report
+
+
+async def _attack_us(nc: nats.NATS) -> int:
+    """Issue 22's attacks from an eu worker's credential, round after round until cancelled; the calls made."""
+    api = f"$JS.{HUB_DOMAIN}.API"
+    bucket, styles = delta_bucket("eu"), "OBJ_mvs-styles"
+    stream = {"name": f"OBJ_{bucket}", "subjects": [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", stylize_subject("us")]}
+    consumer = {
+        "stream_name": styles,
+        "config": {"deliver_subject": stylize_subject("us"), "deliver_group": STYLIZE_QUEUE_GROUP},
+    }
+    forged = DeltaRef(worker_id=worker_id("eu", 1), region="eu", base_version=0, samples=4, object_name="x")
+    calls = 0
+    try:
+        while True:
+            await nc.publish(f"{api}.STREAM.CREATE.OBJ_{bucket}", json.dumps(stream).encode())
+            await nc.publish(f"{api}.CONSUMER.CREATE.{styles}", json.dumps(consumer).encode())
+            await nc.publish(f"{api}.DIRECT.GET.{styles}", b'{"seq": 1}', reply=stylize_subject("us"))
+            await nc.publish(fl_delta_subject("eu", forged.worker_id), encode(forged))
+            calls += 4
+            await asyncio.sleep(ATTACK_PAUSE_S)
+    except asyncio.CancelledError:
+        return calls
+
+
+def _p95(report: dict[str, Any]) -> float | None:
+    """The phone's key round trip p95 (ms)."""
+    value = report["latency_ms"].get("us", {}).get("round_trip", {}).get("p95")
+    return None if value is None else round(float(value), 1)
+
+
+def _good_figures(site: Site, report: dict[str, Any]) -> tuple[int, float | None]:
+    """The well-behaved phone's keys ok and round-trip p95 (ms)."""
+    p95 = report["latency_ms"].get(site.region, {}).get("round_trip", {}).get("p95")
+    return int(report["key_frames"]["ok"]), p95
+
+
+async def _attacker_session(site: Site, phone: BarePhone, **offer: object) -> PhoneSession:
+    return site.gateway.sessions[(await phone.connect(site.gateway, **offer))["stream_id"]]
+
+
+async def _random_pts(site: Site) -> str:
+    phone = RandomPtsPhone(frames=int(ATTACK_SECONDS * 30) + 60, size=(64, 64))
+    try:
+        session = await _attacker_session(site, phone)
+        phone.flood(1024)
+        phone.feed()
+        await session.closed.wait()
+        return session.close_reason
+    finally:
+        await phone.pc.close()
+
+
+async def _big_results(site: Site) -> str:
+    phone = BarePhone(frames=int(ATTACK_SECONDS * 30) + 60, size=(64, 64), key_every=1)
+    try:
+        session = await _attacker_session(site, phone, out_width=2048, out_height=2048)
+        phone.feed()
+        await session.closed.wait()
+        return session.close_reason
+    finally:
+        await phone.pc.close()
+
+
+async def _flood(site: Site, message: Callable[[int], bytes]) -> str:
+    phone = BarePhone(frames=1, size=(64, 64))
+    try:
+        session = await _attacker_session(site, phone)
+        sent = 0
+        while not session.closed.is_set() and phone.channel.readyState == "open":
+            if phone.channel.bufferedAmount < FLOOD_BUFFERED_BYTES:
+                for _ in range(FLOOD_BATCH):
+                    phone.channel.send(message(sent))
+                    sent += 1
+            await asyncio.sleep(0.005)  # let the data channel move
+        await session.closed.wait()
+        return f"{session.close_reason} (after {sent} sent)"
+    finally:
+        await phone.pc.close()
+
+
+def _forged_report(i: int) -> bytes:
+    return encode(KeyLatency(frame_id=i, parts_ms={part: 60_000.0 for part in LATENCY_PARTS}))
+
+
+PHONE_ATTACKS: dict[str, Callable[[Site], Coroutine[Any, Any, str]]] = {
+    "1,024 random pts announced, then a random pts per frame (64x64 stream)": _random_pts,
+    "2048x2048 results asked for a 64x64 stream, every frame a key": _big_results,
+    "clock-probe flood": lambda site: _flood(site, lambda i: encode(ClockPing(phone_ns=i))),
+    "undecodable-message flood": lambda site: _flood(site, lambda i: b"\x00\xff junk"),
+    "forged 60 s latency reports": lambda site: _flood(site, _forged_report),
+}
+"""One phone's attacks on its gateway (issue 22); each returns why the gateway ended its session."""
+
+
+async def phone_attacks(site: Site) -> list[dict[str, Any]]:
+    """A well-behaved phone alone (its baseline), then beside each attack of :data:`PHONE_ATTACKS`."""
+    limits = dataclasses.replace(site.gateway.settings.limits, unmapped_timeout_s=ATTACK_UNMAPPED_TIMEOUT_S)
+    site.gateway.settings = dataclasses.replace(site.gateway.settings, limits=limits)
+    baseline = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
+    base_keys, base_p95 = _good_figures(site, baseline)
+    rows = [_row("(baseline: the well-behaved phone alone)", "", baseline, p95_ms=base_p95)]
+    for fault, attack in PHONE_ATTACKS.items():
+        attacker = asyncio.create_task(attack(site))
+        report = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
+        try:
+            reason = await asyncio.wait_for(asyncio.shield(attacker), ATTACK_UNMAPPED_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            attacker.cancel()
+            reason = "still open when the good phone finished"
+        keys, p95 = _good_figures(site, report)
+        ratio = None if p95 is None or not base_p95 else round(p95 / base_p95, 2)
+        met = keys >= 0.95 * base_keys and ratio is not None and ratio <= 2.0
+        rows.append(
+            _row(
+                fault,
+                f"good phone: {keys}/{base_keys} keys, p95 x{ratio} ({'met' if met else 'MISSED'}); "
+                f"attacker ended: {reason}",
+                report,
+                p95_ms=p95,
+                p95_ratio=ratio,
+                target_met=met,
+                sessions_after=len(site.gateway.sessions),
+            )
+        )
+    return rows
+
+
+def _swapped(kind: str) -> NamedArrays:
+    """What the attacker writes over its checked delta."""
+    if kind == "nan":
+        return {"dec.weight": np.full((64, 64), np.nan, np.float16)}
+    if kind == "x1000":
+        return {"dec.weight": np.full((64, 64), SWAP_STEP * 1000, np.float16)}
+    return {"dec.weight": np.full((32, 128), SWAP_STEP, np.float16)}
+
+
+async def _until(predicate: Callable[..., Awaitable[bool]], *args: Any) -> None:
+    async def loop() -> None:
+        while not await predicate(*args):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+
+
+async def delta_swap(site: Site) -> dict[str, Any]:
+    """Issue 22's critical finding, three rounds while a phone streams: an attacker's delta is accepted, then its blob
+    is overwritten (NaN, x1000, another shape) before an honest delta completes the round. Survived: every version
+    finite and exactly the model plus the honest steps, each swap dropped by digest."""
+    aggregator = Aggregator(
+        AggregatorConfig(nats_url=site.server.url, min_updates=2, round_timeout_s=SWAP_ROUND_TIMEOUT_S)
+    )
+    await aggregator.start(SWAP_MODEL)
+    serving = asyncio.create_task(aggregator.run())
+    run = asyncio.create_task(site.phone(8.0).run())
+    nc = await nats.connect(site.server.url)
+    js = nc.jetstream()
+    try:
+        deltas, store = DeltaStore(js, site.region), await ModelStore.open(js)
+        honest = {"dec.weight": np.full((64, 64), SWAP_STEP, np.float16)}
+        kinds = ("nan", "x1000", "shape")
+        for base, kind in enumerate(kinds):
+            bad = await submit_delta(js, deltas, worker_id="attacker", base_version=base, samples=8, delta=honest)
+            await _until(_holds, aggregator, bad.object_name)
+            await deltas.put(bad.object_name, encode_tensors(_swapped(kind)))
+            await submit_delta(js, deltas, worker_id="honest", base_version=base, samples=8, delta=honest)
+            await _until(_published, store, base + 1)
+        latest = await store.latest()
+        assert latest is not None
+        weights = (await store.weights(latest))["dec.weight"]
+        running = not serving.done()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await aggregator.stop()
+        await nc.close()
+    report = (await asyncio.wait_for(run, STEP_TIMEOUT_S)).report
+    expected = SWAP_MODEL["dec.weight"] + len(kinds) * np.float32(np.float16(SWAP_STEP))
+    exact = bool(np.allclose(weights, expected, rtol=0, atol=1e-6))
+    finite = bool(np.isfinite(weights).all())
+    return _row(
+        "a worker rewrites its delta after the aggregator checked it (NaN, x1000, another shape; a round each)",
+        f"v{latest.version}: finite {finite}, the model plus the honest steps only {exact}, norm "
+        f"{float(np.linalg.norm(weights)):.2f} (model 64); swaps dropped {aggregator.drops}, contributors "
+        f"{latest.contributors}; aggregator running {running}",
+        report,
+        drops=aggregator.drops,
+        sessions_after=len(site.gateway.sessions),
+    )
+
+
+async def _holds(aggregator: Aggregator, object_name: str) -> bool:
+    return any(object_name.encode() in data for data in aggregator.state.accepted)
+
+
+async def _published(store: ModelStore, version: int) -> bool:
+    return (await store.latest_number() or 0) >= version
+
+
 STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "bombs": ({}, bombs_and_echoes),
     "flood": (
@@ -373,6 +698,9 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "gateway-kill": ({}, gateway_kill),
     "nats-outage": ({}, nats_outage),
     "crowd": ({"max_pending_per_address": CROWD_PHONES}, phone_crowd),
+    "cross-region": ({}, cross_region),
+    "phone-attacks": ({}, phone_attacks),
+    "delta-swap": ({}, delta_swap),
 }
 """The campaign's steps by name (``--only``), in order."""
 

@@ -5,9 +5,13 @@ One CA signs a server certificate (every nats-server's client and leaf-node list
 the host names and addresses given, and a client certificate that a leaf node presents to the hub (the hub's
 leaf-node listener verifies it). Keys are ECDSA P-256 and written with mode 0600.
 
-``mvs local --secure`` makes a fresh set per run in a temp dir; for a cluster,
+``mvs local --secure`` makes a fresh set per run in a temp dir for its NATS links; for a cluster,
 ``python -m deploy.certs --out DIR --host mvs-nats-hub --host ...`` writes the files that become the Secret
 ``mvs-tls`` (deploy/k8s/README.md).
+
+The gateways' HTTPS, which phones open, is signed by a CA kept in a state directory (:func:`state_dir`) across
+runs, so that a person installs it on a phone once: :func:`gateway_certificate` names this host's addresses and
+names (:func:`host_names`) besides the ones given.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import argparse
 import datetime
 import ipaddress
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ifaddr
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,6 +38,11 @@ SERVER_CERT_FILE = "server.pem"
 SERVER_KEY_FILE = "server-key.pem"
 CLIENT_CERT_FILE = "client.pem"
 CLIENT_KEY_FILE = "client-key.pem"
+CA_KEY_FILE = "ca-key.pem"
+GATEWAY_CERT_FILE = "gateway.pem"
+GATEWAY_KEY_FILE = "gateway-key.pem"
+CA_DAYS = 3650  # the kept CA: installed on phones once
+STATE_DIR_ENV = "MVS_STATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -115,9 +126,13 @@ def _certificate(
 
 
 def _write(path: Path, data: bytes, secret: bool) -> None:
-    path.write_bytes(data)
-    if secret:
-        os.chmod(path, 0o600)
+    if not secret:
+        path.write_bytes(data)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -143,6 +158,58 @@ def generate(out: Path, hosts: Sequence[str] = LOCAL_HOSTS, days: int = DEFAULT_
     _write(Path(files.client_cert), client.public_bytes(serialization.Encoding.PEM), secret=False)
     _write(Path(files.client_key), _pem_key(client_key), secret=True)
     return files
+
+
+def state_dir() -> Path:
+    """Where ``mvs local`` keeps its CA: ``$MVS_STATE_DIR``, else ``$XDG_STATE_HOME/mvstylizer``, else
+    ``~/.local/state/mvstylizer``."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mvstylizer"
+
+
+def kept_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA in ``directory`` (``ca.pem``, ``ca-key.pem``), made there (mode 0700, key 0600) if it has none."""
+    cert_path, key_path = directory / CA_FILE, directory / CA_KEY_FILE
+    if cert_path.exists() and key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_path} is not an EC private key")
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = _key()
+    name = _name("MVStylizer local CA")
+    ca = _certificate(name, key, name, key, CA_DAYS, ca=True)
+    _write(key_path, _pem_key(key), secret=True)
+    _write(cert_path, ca.public_bytes(serialization.Encoding.PEM), secret=False)
+    return ca, key
+
+
+def host_names(extra: Sequence[str] = ()) -> list[str]:
+    """``extra``, this host's name, its interface addresses (IPv4, and IPv6 but link-local) and the loopback names,
+    without repeats: what a phone may type to reach a gateway here."""
+    names = [*extra, socket.gethostname(), *LOCAL_HOSTS]
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            if not ipaddress.ip_address(address).is_link_local:
+                names.append(address)
+    return list(dict.fromkeys(n for n in names if n and n not in ("0.0.0.0", "::")))
+
+
+def gateway_certificate(directory: Path, hosts: Sequence[str], days: int = DEFAULT_DAYS) -> tuple[Path, Path]:
+    """An HTTPS certificate for ``hosts`` signed by the CA kept in ``directory`` (made if missing), written there
+    anew (the host's addresses may have changed); returns (certificate, key) paths."""
+    ca, ca_key = kept_ca(directory)
+    key = _key()
+    cert = _certificate(
+        _name(hosts[0]), key, ca.subject, ca_key, days, usage=ExtendedKeyUsageOID.SERVER_AUTH, hosts=hosts
+    )
+    cert_path, key_path = directory / GATEWAY_CERT_FILE, directory / GATEWAY_KEY_FILE
+    _write(key_path, _pem_key(key), secret=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), secret=False)
+    return cert_path, key_path
 
 
 def build_parser() -> argparse.ArgumentParser:

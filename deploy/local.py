@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=DEFAULT_STYLIZER,
-        help="color-transfer, dnn (the bundled paper model) or a model file (.pt) (default: %(default)s)",
+        help="color-transfer, dnn (the bundled paper model), lite (the ImageNet-encoder model) or a model file (.pt) "
+        "(default: %(default)s)",
     )
     p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker (default: %(default)s)")
     p.add_argument(

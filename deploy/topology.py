@@ -5,10 +5,12 @@ per region, its stylizer workers (child processes) and its gateway (in this proc
 ``--federated``, the aggregator (in this process) and retraining workers. Regions come from
 ``--regions FILE`` (``deploy/regions.toml``) or ``--region NAME`` flags. ``--secure`` turns on the
 per-role NATS users and permissions of :mod:`deploy.nats_auth`, TLS on every NATS link (a fresh private CA,
-:mod:`deploy.certs`), HTTPS and admission tokens at the gateways; it is off by default, like ``mvs nats``.
+:mod:`deploy.certs`), HTTPS and admission tokens at the gateways; it is off by default, like ``mvs nats``. The
+gateways' certificates come from a CA kept in a state directory, so a phone trusts it after one install, and the
+summary prints the https URL (with a phone token in its fragment) that a person opens on the phone.
 Secrets (worker credentials, the token secret, a phone token) go to files of mode 0600 in a private temp dir; the
-summary names the files, never their contents. Phones are run separately: the summary prints each region's
-``mvs phone`` command.
+summary names the files, never their contents, but for the phone token in the fragment of the URL to open.
+Phones are run separately: the summary prints each region's ``mvs phone`` command.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shlex
@@ -26,12 +29,13 @@ from pathlib import Path
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
+from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, state_dir
 from deploy.local import LocalTopology
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from deploy.regions import CLUSTER_HUB_SERVERS, Hub, Region, load_hub, load_regions
 from edge_worker.export_weights import learned_weights
-from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, MODEL_SUFFIXES
+from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
@@ -62,6 +66,12 @@ class LocalConfig:
     """Emulated one-way delay between each leaf node and the hub (edge to cloud); 0: none."""
     hub_servers: int = CLUSTER_HUB_SERVERS
     """nats-server processes of the hub: one JetStream cluster (every store min(3, servers) replicas); 1: a lone one."""
+    gateway_host: str = "127.0.0.1"
+    """The gateways' listen address (0.0.0.0: every interface, for phones on the LAN)."""
+    public_names: tuple[str, ...] = ()
+    """Host names phones use for the gateways: their certificate covers them (and this host's name and addresses)."""
+    state_dir: Path | None = None
+    """Where the kept CA lives (None: deploy.certs.state_dir())."""
 
     def __post_init__(self) -> None:
         Hub(self.hub_servers)  # ValueError on a count out of range
@@ -132,9 +142,15 @@ def federated_init(model: str) -> Path:
         from edge_worker.model.stylizer import DEFAULT_MODEL_PATH
 
         return DEFAULT_MODEL_PATH
+    if model in (LITE_NAME, LITE_LOOK_NAME):
+        from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH
+
+        return DEFAULT_LITE_PATH if model == LITE_NAME else LITE_LOOK_PATH
     if model.endswith(MODEL_SUFFIXES):
         return Path(model)
-    raise ValueError(f"federated learning needs a trainable model ({DNN_NAME!r} or a model file), not {model!r}")
+    raise ValueError(
+        f"federated learning needs a trainable model ({DNN_NAME!r}, {LITE_NAME!r} or a model file), not {model!r}"
+    )
 
 
 @dataclass
@@ -173,8 +189,8 @@ class LocalDeployment:
             for region in regions:
                 self.sites[region.name] = self._start_workers(region)
             await asyncio.gather(*(site.wait_for_workers() for site in self.sites.values()))
+            cert, key = self._gateway_certificate() if self.config.secure else (None, None)
             for region in regions:
-                tls = self.nats.tls
                 gateway = Gateway(
                     GatewayConfig(
                         port=region.gateway_port,
@@ -182,9 +198,10 @@ class LocalDeployment:
                         nats_ca=self.nats_ca,
                         region=region.name,
                         js_domain=HUB_DOMAIN,
-                        ice_hosts=LOOPBACK,
-                        tls_cert=Path(tls.cert) if tls else None,
-                        tls_key=Path(tls.key) if tls else None,
+                        host=self.config.gateway_host,
+                        ice_hosts=ice_hosts_for(self.config.gateway_host),
+                        tls_cert=cert,
+                        tls_key=key,
                         require_token=self.secrets is not None,
                         token_secret=self.secrets.token_secret if self.secrets else None,
                     )
@@ -195,6 +212,32 @@ class LocalDeployment:
             await self.stop()
             raise
         log.info("local deployment up", extra={"regions": [r.name for r in regions], "secure": self.config.secure})
+
+    @property
+    def gateway_ca(self) -> Path:
+        """The kept CA of the gateways' HTTPS certificates (install it on a phone once)."""
+        return (self.config.state_dir or state_dir()) / CA_FILE
+
+    def _gateway_certificate(self) -> tuple[Path, Path]:
+        host = self.config.gateway_host
+        names = host_names([*([] if _wildcard(host) else [host]), *self.config.public_names])
+        return gateway_certificate(self.gateway_ca.parent, names)
+
+    def local_url(self, region: str) -> str:
+        """A region's gateway as a client on this host reaches it (its certificate names 127.0.0.1, not 0.0.0.0)."""
+        host = self.config.gateway_host
+        return _base_url(self.gateways[region], LOOPBACK[0] if _wildcard(host) else host)
+
+    def phone_url(self, region: str) -> str:
+        """The page a person opens on a phone: the gateway at an address the phone can reach (with a wildcard
+        listen address, this host's first LAN address) and, when secure, a phone token in the fragment, which
+        the browser never sends to the server."""
+        host = self.config.gateway_host
+        if _wildcard(host):
+            lan = [n for n in host_names() if _is_address(n) and not ipaddress.ip_address(n).is_loopback]
+            host = lan[0] if lan else LOOPBACK[0]
+        fragment = f"#token={self.secrets.phone_token_file.read_text().strip()}" if self.secrets else ""
+        return f"{_base_url(self.gateways[region], host)}/{fragment}"
 
     @property
     def nats_ca(self) -> Path | None:
@@ -238,7 +281,7 @@ class LocalDeployment:
 
     def metrics_urls(self, region: str) -> list[str]:
         """Prometheus endpoints of a region: its gateway's, then each worker's."""
-        return [f"{self.gateways[region].url}/metrics", *self.sites[region].metrics_urls.values()]
+        return [f"{self.local_url(region)}/metrics", *self.sites[region].metrics_urls.values()]
 
     def summary(self) -> str:
         """What runs where, and how to stream a phone to each region."""
@@ -251,12 +294,15 @@ class LocalDeployment:
         if self.secrets is not None:
             lines.append(f"secrets (mode 0600) in {self.secrets.directory}; NATS CA {self.nats_ca}")
             lines.append(f"  a phone token: {TOKEN_SECRET_ENV}=$(cat {self.secrets.token_secret_file}) mvs token")
+            lines.append(f"gateways' CA (kept across runs: install it on a phone once): {self.gateway_ca}")
         for region in self.config.regions:
             gateway, site = self.gateways[region.name], self.sites[region.name]
             server = self.nats.server(region.name)
             where = "hub" if server in self.nats.hubs else f"leaf {server.url}"
             lines.append(f"region {region.name}: gateway {gateway.url}, {len(site.workers)} worker(s) on NATS {where}")
-            phone = ["mvs", "phone", "--gateway", gateway.url, "--region", region.name, "--ice-host", LOOPBACK[0]]
+            lines.append(f"  open on a phone: {self.phone_url(region.name)}")
+            phone = ["mvs", "phone", "--gateway", self.local_url(region.name), "--region", region.name]
+            phone += ["--ice-host", LOOPBACK[0]]
             spare = spare_worker(region)
             worker = ["mvs", "worker", "--region", region.name, "--js-domain", HUB_DOMAIN, "--worker-id", spare]
             if self.secrets is None:
@@ -265,7 +311,7 @@ class LocalDeployment:
                 lines.append(f"  more worker: {env} {shlex.join(worker)}")
             else:
                 token = f"{TOKEN_ENV}=$(cat {shlex.quote(str(self.secrets.phone_token_file))})"
-                phone += [*region.phone_link_flags(), "--gateway-ca", str(self.nats_ca)]
+                phone += [*region.phone_link_flags(), "--gateway-ca", str(self.gateway_ca)]
                 lines.append(f"  phone:       {token} " + shlex.join(phone))
                 env_file = shlex.quote(str(self.secrets.worker_env_file(spare)))
                 lines.append(f"  more worker: (set -a; . {env_file}; {shlex.join(worker)})")
@@ -289,6 +335,33 @@ class LocalDeployment:
             self.secrets.cleanup()
         if self.nats is not None:
             self.nats.stop()
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def _base_url(gateway: Gateway, host: str) -> str:
+    scheme = "https" if gateway.config.tls_cert is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{gateway.port}"
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def ice_hosts_for(host: str) -> tuple[str, ...]:
+    """ICE host candidates for a gateway listening on ``host``: loopback alone for a loopback address, every
+    interface for a wildcard, else that address."""
+    if _wildcard(host):
+        return ()
+    if host == "localhost" or (_is_address(host) and ipaddress.ip_address(host).is_loopback):
+        return LOOPBACK
+    return (host,)
 
 
 async def run_local(config: LocalConfig) -> None:
@@ -322,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway port of the first --region region, the next get the following ports (0: any free port)",
     )
     p.add_argument(
-        "--model", default=DEFAULT_STYLIZER, help="color-transfer, dnn (the bundled paper model) or a model file (.pt)"
+        "--model",
+        default=DEFAULT_STYLIZER,
+        help="color-transfer, dnn (the bundled paper model), lite (the ImageNet-encoder model) or a model file (.pt)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument(
@@ -331,6 +406,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="per-role NATS users and subject permissions, TLS on every NATS link, HTTPS and admission tokens at "
         "the gateways (default: off, anyone may do anything)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the gateways' listen address: 0.0.0.0 for phones on the LAN (default: %(default)s)",
+    )
+    p.add_argument(
+        "--public-name",
+        action="append",
+        default=[],
+        help="a host name phones use for the gateways (repeatable); with --secure their certificate covers it, "
+        "besides this host's name and addresses",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"where the gateways' CA is kept across runs (default: ${STATE_DIR_ENV}, else ~/.local/state/mvstylizer)",
     )
     p.add_argument("--federated", action="store_true", help="run the aggregator; workers retrain (trainable model)")
     p.add_argument(
@@ -370,6 +463,9 @@ def config_from_args(args: argparse.Namespace) -> LocalConfig:
         strategy=args.strategy,
         log_level=args.log_level,
         hub_servers=hub.servers if args.hub_servers is None else args.hub_servers,
+        gateway_host=args.host,
+        public_names=tuple(args.public_name),
+        state_dir=args.state_dir,
     )
 
 

@@ -1,5 +1,6 @@
 """Baselines on the same images, each a :class:`~edge_worker.model.base.Stylizer`.
 
+- :class:`IdentityTransfer`: the content unchanged (resized): the floor every method should beat.
 - :class:`ReinhardTransfer`: Lab mean/std matching (Reinhard et al., "Color transfer between images", 2001).
 - :class:`~edge_worker.model.color_transfer.LinearColorTransfer`: full-covariance Monge-Kantorovich map.
 - :class:`WCTBaseline`: the paper's comparator (Li et al.): closed-form WCT on the same encoder and decoder,
@@ -30,6 +31,22 @@ class LabStats:
 
     mean: np.ndarray
     std: np.ndarray
+
+
+class IdentityTransfer:
+    """Stylizer: the content resized to ``out_size``, the style ignored."""
+
+    name = "identity"
+
+    def prepare_style(self, style: np.ndarray) -> None:
+        """Nothing to prepare."""
+        check_image(style, "style")
+
+    def stylize(self, content: np.ndarray, style: None, out_size: Size) -> np.ndarray:
+        """The content at ``out_size``."""
+        check_image(content, "content")
+        check_size(out_size)
+        return resize(content, out_size)
 
 
 class ReinhardTransfer:

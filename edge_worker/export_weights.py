@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_worker.model.base import Trainable
-from edge_worker.model.registry import DNN_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME, LITE_NAME, load_stylizer
 from streaming.tensors import NamedArrays, encode_tensors
 
 
 def learned_weights(model: str) -> NamedArrays:
-    """The learned weights (what federated learning exchanges) of ``dnn`` or a saved stylizer model file.
+    """The learned weights (what federated learning exchanges) of ``dnn``, ``lite`` or a saved stylizer model file.
 
     ``ValueError`` if the stylizer is not trainable, ``FileNotFoundError`` if the file does not exist.
     """
@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mvs export-weights",
         description="Write a stylizer's learned weights as a tensor blob, the aggregator's --init.",
     )
-    p.add_argument("model", help=f"{DNN_NAME} (the bundled paper model) or a stylizer model file (.pt)")
+    p.add_argument(
+        "model",
+        help=f"{DNN_NAME} (the bundled paper model), {LITE_NAME} (the lite model) or a stylizer model file (.pt)",
+    )
     p.add_argument("out", type=Path, help="the tensor blob to write")
     return p
 

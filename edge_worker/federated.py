@@ -15,9 +15,11 @@ announcements and by reading the store again with a backoff (:data:`JOIN_RETRY_S
 :data:`JOIN_RETRY_MAX_S`), and joins (adopts the version) as soon as one is there. It trains only once it has
 joined: a delta means something only against a global version.
 
-A version is adopted only if its weights match the SHA-256 in its metadata (:meth:`ModelStore.weights`): on
-joining the worker takes the newest kept version that does, and a refused announcement leaves it serving what
-it has. Either way it logs why and keeps serving.
+A version is adopted only if its weights match the SHA-256 in its metadata (:meth:`ModelStore.weights`) and fit
+the served model: the same tensor names and shapes, every value finite (:func:`check_weights`; a digest proves who
+wrote a version, not that it is sane). On joining the worker takes the newest kept version that passes, and a
+refused announcement leaves it serving what it has. Either way it logs why and keeps serving; versions refused for
+unusable weights are counted by reason (``mvs_worker_versions_refused_total``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from prometheus_client import Counter
 
 from edge_worker.key_buffer import DEFAULT_CAPACITY, KeyFrameBuffer
 from edge_worker.model.base import Trainable, TrainingPair
@@ -61,6 +64,29 @@ JOIN_RETRY_S = 0.5
 """First pause before a worker without a global version reads the store again (then doubled)."""
 JOIN_RETRY_MAX_S = 10.0
 """Longest pause between two reads of the store while a worker waits to join."""
+
+REFUSED = Counter("mvs_worker_versions_refused_total", "Global model versions a worker refused", ["reason"])
+
+
+class UnusableWeightsError(ModelIntegrityError):
+    """A version's weights (digest correct) do not fit the served model; ``reason``: names, shape or non_finite."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_weights(weights: NamedArrays, model: NamedArrays) -> None:
+    """Raise :class:`UnusableWeightsError` unless ``weights`` has the tensor names and shapes of ``model`` (the
+    served model's learned state) and only finite values."""
+    if set(weights) != set(model):
+        missing, extra = sorted(set(model) - set(weights)), sorted(set(weights) - set(model))
+        raise UnusableWeightsError("names", f"tensor names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, value in weights.items():
+        if value.shape != model[name].shape:
+            raise UnusableWeightsError("shape", f"{name}: shape {value.shape} != {model[name].shape}")
+        if not np.isfinite(value).all():
+            raise UnusableWeightsError("non_finite", f"{name}: NaN or Inf")
 
 
 class NotTrainableError(ValueError):
@@ -128,6 +154,8 @@ class FederatedLearner:
         self.samples_since_base = 0
         self.losses: list[float] = []
         self._last_request = time.monotonic()
+        self.refusals: dict[str, int] = {}
+        """Global versions refused for unusable weights, by reason."""
 
     async def start(self, nc: NATS) -> None:
         """Load the latest global version (before the worker serves) and follow new ones; without one (none stored
@@ -144,7 +172,7 @@ class FederatedLearner:
         assert self._nc is not None
         try:
             latest = await asyncio.wait_for(self._open_stores(), STORE_TIMEOUT_S)
-            good = None if self._store is None or latest is None else await self._store.newest_good(latest)
+            good = None if self._store is None or latest is None else await self._store.newest_good(latest, self._check)
         except (NatsError, asyncio.TimeoutError, StoreMissingError) as exc:  # direct gets: both look alike
             self._store = None
             if warn:
@@ -308,6 +336,7 @@ class FederatedLearner:
         try:
             meta = await self._store.version(announced.version)
             weights = await self._store.weights(meta)
+            self._check(meta, weights)
         except (KeyError, ModelIntegrityError, NatsError, asyncio.TimeoutError) as exc:
             log.error(
                 "global model version refused: serving the current one",
@@ -315,6 +344,15 @@ class FederatedLearner:
             )
             return
         await self._adopt(meta, weights)
+
+    def _check(self, meta: ModelVersion, weights: NamedArrays) -> None:
+        """:func:`check_weights` against the served model; a refusal is counted by its reason."""
+        try:
+            check_weights(weights, self._base_weights)
+        except UnusableWeightsError as exc:
+            REFUSED.labels(exc.reason).inc()
+            self.refusals[exc.reason] = self.refusals.get(exc.reason, 0) + 1
+            raise UnusableWeightsError(exc.reason, f"model version {meta.version} is refused: {exc}") from exc
 
     async def _adopt(self, meta: ModelVersion, weights: NamedArrays) -> None:
         """Serve and train on ``weights`` (already checked against ``meta``'s digest); one at a time, never older."""

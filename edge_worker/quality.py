@@ -2,8 +2,8 @@
 
 Images are RGB ``uint8`` arrays ``H x W x 3``. Three questions, one metric each (two for style):
 structure kept (:func:`structure_ssim`), style matched (:func:`gaussian_w2`, :func:`sliced_w2`),
-photorealism (:func:`matting_laplacian_residual`); and fidelity to a reference image (:func:`psnr`), the one
-PSNR of the code base (training's reconstruction PSNR and the benchmarks' use it too).
+photorealism (:func:`matting_laplacian_residual`); and fidelity to a reference image (:func:`psnr`, the one
+PSNR of the code base: training's reconstruction PSNR and the benchmarks' use it too; :func:`ciede2000`).
 """
 
 from __future__ import annotations
@@ -165,3 +165,15 @@ def matting_laplacian_residual(content: np.ndarray, output: np.ndarray) -> float
     explained = (cross.permute(0, 3, 4, 2, 1) * solved).sum(-2)  # (1, h, w, out)
     residual = var_t.permute(0, 2, 3, 1) - explained
     return float(residual.sum(-1).clamp_min(0).mean())
+
+
+def ciede2000(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean CIEDE2000 colour difference of two RGB uint8 images of one shape (Sharma, Wu, Dalal, "The CIEDE2000
+    color-difference formula: implementation notes, supplementary test data, and mathematical observations",
+    Color Res. Appl. 2005; scikit-image's ``deltaE_ciede2000`` on :func:`rgb_to_lab`). About 1 is a just
+    noticeable difference."""
+    from skimage.color import deltaE_ciede2000
+
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    return float(np.mean(deltaE_ciede2000(rgb_to_lab(a), rgb_to_lab(b))))

@@ -39,7 +39,7 @@ from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, Se
 from edge_worker.model.int8 import FP32, INT8, PRECISIONS
 from edge_worker.model.registry import DEFAULT_STYLIZER, load_stylizer
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
-from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image
+from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image, image_size
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -52,6 +52,7 @@ from streaming.protocol import (
     StylizeReply,
     StylizeRequest,
     WorkerInfo,
+    check_result_size,
     decode,
     encode,
     stylize_subject,
@@ -110,8 +111,9 @@ class WorkerConfig:
     model: str = field(
         default=DEFAULT_STYLIZER,
         metadata=flag(
-            "color-transfer, dnn (the bundled paper model), emulated (a stand-in for a GPU: sleeps a service time, "
-            "for scaling experiments) or a model file (.pt)"
+            "color-transfer, dnn (the bundled paper model), lite (frozen ImageNet EfficientNet-Lite0, learned head), "
+            "lite-look (the same trained on colour looks, no colour alignment), "
+            "emulated (a stand-in for a GPU: sleeps a service time, for scaling experiments) or a model file (.pt)"
         ),
     )
     device: str = field(
@@ -343,6 +345,7 @@ class StylizerWorker:
         try:
             request = decode(msg.data, StylizeRequest)
             validate_request(request)
+            _check_result_size(request)
         except ProtocolError as exc:
             self._bad_input_log.log(
                 log, logging.WARNING, exc.code, "bad stylize request", {"code": exc.code, "error": str(exc)}
@@ -426,6 +429,16 @@ class StylizerWorker:
         """Decode a style image and prepare it for the stylizer (on the inference thread, off the event loop)."""
         image = decode_image(data, max_side=MAX_FRAME_SIDE)
         return self.stylizer.prepare_style(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+
+def _check_result_size(request: StylizeRequest) -> None:
+    """Refuse (:class:`ProtocolError`, ``too_large``) a result too large for its key frame before any work; a key
+    whose header cannot be read is left to the inference thread, which answers ``invalid``."""
+    try:
+        key_size = image_size(request.image)
+    except ImageDecodeError:
+        return
+    check_result_size(key_size, (request.out_width, request.out_height))
 
 
 async def run(config: WorkerConfig) -> None:

@@ -28,6 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_worker.lite_training import (
+    LITE_BATCH,
+    LITE_CONTENT_WEIGHT,
+    LITE_LR,
+    LITE_PHOTOS,
+    LITE_STYLE_WEIGHT,
+    evaluate_lite,
+    look_batch,
+    look_losses,
+    make_optimizer,
+    sample_pairs,
+)
+from edge_worker.model.lite import LITE_CONFIGS, LiteStylizer
 from edge_worker.model.stylizer import CONFIGS, SMOOTHING_KINDS, PhotoStylizer
 from edge_worker.training import (
     ADAM_BETAS,
@@ -49,6 +62,8 @@ from edge_worker.training import (
 
 logger = logging.getLogger(__name__)
 
+DNN_MODEL, LITE_MODEL = "dnn", "lite"
+TRAIN_MODELS = (DNN_MODEL, LITE_MODEL)
 TRAIN_MODES = ("stylizer", "autoencoder", "decoder")
 """What ``--mode`` trains: Eq. 5, the encoder and decoder on reconstruction, or the decoder alone on it."""
 LOG_EVERY = 20
@@ -62,6 +77,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(
         prog="mvs train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        choices=TRAIN_MODELS,
+        default=DNN_MODEL,
+        help="dnn: the paper's network (Eq. 5); lite: the ImageNet-encoder head on random colour looks "
+        "(edge_worker.lite_training; --config, --mode and the Eq. 5 options do not apply)",
     )
     p.add_argument("--config", choices=sorted(CONFIGS), default="small", help="architecture")
     p.add_argument(
@@ -81,9 +103,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, help="start from this model file (e.g. an autoencoder run's model.pt)")
     p.add_argument("--vgg-weights", type=Path, help="torchvision-format ImageNet VGG19 state dict (config full)")
     p.add_argument("--steps", type=int, default=10000)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--lr", type=float, default=DEFAULT_LR)
-    p.add_argument("--style-weight", type=float, default=DEFAULT_STYLE_WEIGHT, help="λ of Eq. 5")
+    p.add_argument("--batch-size", type=int, help=f"default {DEFAULT_BATCH} (dnn), {LITE_BATCH} (lite)")
+    p.add_argument("--lr", type=float, help=f"default {DEFAULT_LR} (dnn), {LITE_LR} (lite)")
+    p.add_argument(
+        "--style-weight",
+        type=float,
+        help=f"λ of Eq. 5: default {DEFAULT_STYLE_WEIGHT} (dnn), {LITE_STYLE_WEIGHT} (lite)",
+    )
+    p.add_argument(
+        "--content-weight",
+        type=float,
+        default=LITE_CONTENT_WEIGHT,
+        help="lite: weight of Eq. 5's content term beside the look term",
+    )
+    p.add_argument(
+        "--colour-alignment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="lite: compose the maps with the global map onto the style's colour statistics (as served)",
+    )
     p.add_argument("--recon-weight", type=float, default=DEFAULT_RECON_WEIGHT, help="decoder reconstruction term")
     p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE, help="network input side in training")
     p.add_argument("--seed", type=int, default=0)
@@ -118,9 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    photos = load_folder(args.data) if args.data else [bundled_photo(n) for n in BUNDLED_PHOTOS]
     held_out = [bundled_photo(n) for n in HELD_OUT_PHOTOS]
     eval_styles = [bundled_photo(n) for n in HELD_OUT_STYLES]
+    if args.model == LITE_MODEL:
+        photos = load_folder(args.data) if args.data else [bundled_photo(n) for n in LITE_PHOTOS]
+        return train_lite(args, photos, held_out, eval_styles, rng)
+    args.batch_size = args.batch_size or DEFAULT_BATCH
+    args.style_weight = DEFAULT_STYLE_WEIGHT if args.style_weight is None else args.style_weight
+    args.lr = args.lr or DEFAULT_LR
+    photos = load_folder(args.data) if args.data else [bundled_photo(n) for n in BUNDLED_PHOTOS]
     config = CONFIGS[args.config]
     if args.smoothing:
         config = replace(config, smoothing=args.smoothing, colour_alignment=args.smoothing == "affine")
@@ -194,6 +238,85 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar = "#" * int(30 * step / args.steps)
             print(
                 f"\r[{bar:<30}] {step}/{args.steps} {rate:.2f} it/s eta {eta / 60:.0f} min "
+                + " ".join(f"{k} {v:.4f}" for k, v in means.items()),
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            sums = {}
+        if step % args.checkpoint_every == 0 or step == args.steps:
+            print(file=sys.stderr)
+            save(step)
+    if start >= args.steps:
+        save(start)
+    return 0
+
+
+def train_lite(
+    args: argparse.Namespace,
+    photos: Sequence[np.ndarray],
+    held_out: Sequence[np.ndarray],
+    eval_styles: Sequence[np.ndarray],
+    rng: np.random.Generator,
+) -> int:
+    """``--model lite``: the head and smoothing kernels on look-transfer batches; checkpoints hold only them."""
+    config = LITE_CONFIGS[LITE_MODEL if args.config not in LITE_CONFIGS else args.config]
+    model = LiteStylizer(replace(config, colour_alignment=args.colour_alignment))
+    style_weight = LITE_STYLE_WEIGHT if args.style_weight is None else args.style_weight
+    if args.init:
+        model.load_learned_state(LiteStylizer.load(args.init).learned_state())
+    optimizer = make_optimizer(model, args.lr or LITE_LR)
+    batch_size = args.batch_size or LITE_BATCH
+    log: list[dict[str, float]] = []
+    start = 0
+    checkpoint_path = args.out / CHECKPOINT_FILE
+    if args.resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_learned_state(state["learned"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, log = state["step"], state["log"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at step %d", checkpoint_path, start)
+
+    def save(step: int) -> None:
+        metrics = evaluate_lite(model, held_out, eval_styles)
+        log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
+        logger.info("step %d held-out: %s", step, json.dumps(metrics))
+        model.save(args.out / MODEL_FILE)
+        if args.export:
+            model.save(args.export)
+        state = {
+            "learned": model.learned_state(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "log": log,
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(state, checkpoint_path.with_name(CHECKPOINT_FILE + ".partial"))
+        checkpoint_path.with_name(CHECKPOINT_FILE + ".partial").replace(checkpoint_path)
+        (args.out / LOSS_LOG_FILE).write_text(json.dumps(log, indent=1))
+
+    tic = time.monotonic()
+    sums: dict[str, float] = {}
+    for step in range(start + 1, args.steps + 1):
+        contents, styles = sample_pairs(photos, batch_size, rng)
+        batch = look_batch(contents, styles, rng, model.config.work_size)
+        losses = look_losses(model, batch, style_weight, args.content_weight)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        if step % args.log_every == 0:
+            means = {k: v / args.log_every for k, v in sums.items()}
+            log.append({"step": step, **means})
+            rate = (step - start) / (time.monotonic() - tic)
+            bar = "#" * int(30 * step / args.steps)
+            print(
+                f"\r[{bar:<30}] {step}/{args.steps} {rate:.2f} it/s "
+                f"eta {(args.steps - step) / max(rate, 1e-9) / 60:.0f} min "
                 + " ".join(f"{k} {v:.4f}" for k, v in means.items()),
                 end="",
                 file=sys.stderr,

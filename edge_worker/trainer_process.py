@@ -10,6 +10,7 @@ serving and resumes exactly where it stopped. Calls are plain request/response o
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import multiprocessing
@@ -41,6 +42,7 @@ def _serve(conn: Connection, model_bytes: bytes, threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     model = torch.load(io.BytesIO(model_bytes), weights_only=False)  # our own bytes, from the parent
+    importlib.import_module("torch._dynamo")  # the first torch.optim optimizer imports it (seconds): done here
     while True:
         try:
             method, args = conn.recv()

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -135,13 +136,19 @@ class ModelStore:
         except ProtocolError as exc:
             raise ModelIntegrityError(f"{what} is refused: {exc}") from exc
 
-    async def newest_good(self, newest: int) -> tuple[ModelVersion, NamedArrays] | None:
-        """The newest version at or below ``newest`` (among the kept ones) whose weights pass :meth:`weights`, or
-        None. Each refused version is skipped with a warning naming why."""
+    async def newest_good(
+        self, newest: int, check: Callable[[ModelVersion, NamedArrays], None] | None = None
+    ) -> tuple[ModelVersion, NamedArrays] | None:
+        """The newest version at or below ``newest`` (among the kept ones) whose weights pass :meth:`weights` and
+        ``check`` (which raises :class:`ModelIntegrityError`), or None. Each refused version is skipped with a warning
+        naming why."""
         for version in range(newest, max(-1, newest - self.keep - 1), -1):
             try:
                 meta = await self.version(version)
-                return meta, await self.weights(meta)
+                weights = await self.weights(meta)
+                if check is not None:
+                    check(meta, weights)
+                return meta, weights
             except (KeyError, ModelIntegrityError) as exc:
                 log.warning("skipping a global model version", extra={"version": version, "error": str(exc)})
         return None
@@ -202,10 +209,10 @@ class DeltaStore:
         await self._objects.put(name, data)
 
     async def get(self, name: str) -> bytes:
-        """Read a delta blob (KeyError if absent or its chunks do not match its metadata)."""
+        """Read a delta blob (KeyError if absent, its bucket too, or its chunks do not match its metadata)."""
         try:
             return await self._objects.get(name)
-        except ObjectIntegrityError as exc:
+        except (ObjectIntegrityError, BucketMissingError) as exc:
             raise KeyError(str(exc)) from exc
 
     async def delete(self, name: str) -> None:
@@ -223,9 +230,9 @@ async def submit_delta(
     delta: NamedArrays,
     loss: float = float("nan"),
 ) -> DeltaRef:
-    """What an edge does: store the delta blob in its region's bucket, then publish its reference on
-    ``mvs.fl.delta.<region>.<worker id>``."""
-    region = deltas.region
+    """What an edge does: store the delta blob in its region's bucket, then publish its reference (with the blob's
+    SHA-256) on ``mvs.fl.delta.<region>.<worker id>``."""
+    region, blob = deltas.region, encode_tensors(delta)
     ref = DeltaRef(
         worker_id=worker_id,
         region=region,
@@ -233,7 +240,8 @@ async def submit_delta(
         samples=samples,
         object_name=f"{delta_object_prefix(region, worker_id)}v{base_version}-{uuid.uuid4().hex[:8]}",
         loss=loss,
+        sha256=digest(blob),
     )
-    await deltas.put(ref.object_name, encode_tensors(delta))
+    await deltas.put(ref.object_name, blob)
     await js.publish(fl_delta_subject(region, worker_id), encode(ref))
     return ref

@@ -108,6 +108,11 @@ MAX_REPORTED_LATENCY_MS = 60_000.0
 """Longest key-frame latency part a phone may report (:class:`KeyLatency`); beyond it the report is invalid."""
 MAX_FRAME_SIDE = 4096
 """Largest width or height of a frame the system accepts."""
+MAX_RESULT_PIXELS = 3840 * 2160
+"""Largest result (width x height) a key may ask for: 4K UHD."""
+MAX_RESULT_AREA_RATIO = 4
+"""A key's result may have at most this many times the key frame's pixels (twice its width and height): a worker's
+time grows with the result (issue 22: a 64x64 stream asking for 4096x4096 results cost 0.74 s per key, ~300x)."""
 MAX_STYLE_BYTES = 8 * 1024 * 1024
 """Largest encoded style image accepted at signaling."""
 MAX_ERROR_CHARS = 256
@@ -411,6 +416,9 @@ class DeltaRef(Message):
     samples: int
     object_name: str
     loss: float = float("nan")
+    sha256: str = ""
+    """Hex SHA-256 of the delta blob: the aggregator refuses a blob that differs, when the reference arrives and
+    again when its round closes (a worker may rewrite its region's bucket in between)."""
 
 
 @dataclass
@@ -446,6 +454,11 @@ class RoundState(Message):
     """Wall-clock ``time.time_ns()`` when the round's first delta was accepted (0: none yet); the round timeout
     counts from here. Wall clock, not monotonic: the state outlives the process and may be resumed on another
     host."""
+    consumed: list[bytes] = field(default_factory=list)
+    """Encoded :class:`DeltaRef` of the deltas aggregated by closed rounds whose base may still be a delta's base: a
+    replay of one is a duplicate, not a new delta."""
+    to_delete: list[bytes] = field(default_factory=list)
+    """Encoded :class:`DeltaRef` whose blobs are still to be deleted (written before any is, so a restart finishes)."""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -562,6 +575,19 @@ def validate_request(request: StylizeRequest) -> None:
         raise ProtocolError(ErrorCode.INVALID, f"at most {MAX_STAMPS} stamps with names of {MAX_QUOTED_CHARS} chars")
     if request.budget_ms <= 0:
         raise ProtocolError(ErrorCode.DEADLINE, f"budget {request.budget_ms} ms already spent")
+
+
+def check_result_size(key_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+    """Raise :class:`ProtocolError` (``too_large``) when a result of ``out_size`` (width, height) for a key frame of
+    ``key_size`` exceeds :data:`MAX_RESULT_PIXELS` or :data:`MAX_RESULT_AREA_RATIO` times the key's pixels."""
+    (key_w, key_h), (out_w, out_h) = key_size, out_size
+    if out_w * out_h > MAX_RESULT_PIXELS:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"result of {out_w}x{out_h} exceeds {MAX_RESULT_PIXELS} pixels")
+    if out_w * out_h > MAX_RESULT_AREA_RATIO * key_w * key_h:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"result of {out_w}x{out_h} exceeds {MAX_RESULT_AREA_RATIO}x the pixels of the {key_w}x{key_h} key frame",
+        )
 
 
 def chunk_payload(frame_id: int, payload: bytes, chunk_bytes: int = DATA_CHANNEL_CHUNK_BYTES) -> list[Chunk]:
@@ -681,6 +707,8 @@ def decode_offer(body: bytes) -> Offer:
         if not valid:
             raise ProtocolError(ErrorCode.INVALID, f"out_width/out_height must be integers in 1..{MAX_FRAME_SIDE}")
         out_size = (typing.cast(int, w), typing.cast(int, h))
+        if out_size[0] * out_size[1] > MAX_RESULT_PIXELS:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"out_width x out_height exceeds {MAX_RESULT_PIXELS} pixels")
     result = data.get("result", ResultKind.FRAME.value)
     if result not in RESULT_KIND_VALUES:
         raise ProtocolError(

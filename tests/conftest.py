@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
+from deploy.certs import CA_FILE, kept_ca
 from deploy.nats import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
+from tests.browser_support import firefox_process
+from tests.firefox_bidi import Firefox
 
 # One intra-op thread: tests run real models beside real servers on 2 cores; more threads only contend.
 torch.set_num_threads(1)
@@ -22,6 +26,22 @@ torch.set_num_threads(1)
 def nats_server() -> Iterator[NatsServer]:
     with NatsServer(monitor_port=0) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ``mvs local`` state directory with its kept CA, made before the test browsers start, which trust it (as
+    a person installs it on a phone once)."""
+    directory = tmp_path_factory.mktemp("mvs-state")
+    kept_ca(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def firefox(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[Firefox]:
+    """One Firefox for every browser test (started at the first that asks for it: its start is the slow part)."""
+    with firefox_process(tmp_path_factory.mktemp("firefox-profile"), state_dir / CA_FILE) as browser:
+        yield browser
 
 
 @pytest.fixture

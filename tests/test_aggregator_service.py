@@ -291,13 +291,16 @@ async def _until_settled(js: JetStreamContext, version: int, deltas: int = 0) ->
     await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
 
 
-@pytest.mark.parametrize("crash_after", ["", "delta_accepted", "delta_saved", "weights_stored", "latest_moved"])
+@pytest.mark.parametrize(
+    "crash_after", ["", "delta_accepted", "delta_saved", "weights_stored", "latest_moved", "round_reset"]
+)
 async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     server: NatsServer, nc: NATS, tmp_path: Path, crash_after: str
 ) -> None:
     """Killed (-9) with two deltas persisted, or crashed at a named step: a delta accepted but not yet persisted
     (an aggregator acking before persisting loses it here), persisted but not acked (redelivered after the ack
-    wait and recognised, not rejected), or half-way through publishing a round."""
+    wait and recognised, not rejected), or half-way through publishing a round (the round state reset included, its
+    blobs not deleted yet). Either way the round's blobs end up deleted."""
     js = nc.jetstream()
     ack_wait = ["--ack-wait", str(TEST_ACK_WAIT_S)]
     first = _start_aggregator(server, tmp_path, *ack_wait, *(["--crash-after", crash_after] if crash_after else []))
@@ -310,9 +313,11 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
             announced.append(decode(msg.data, ModelVersion).version)
 
         await nc.subscribe(FL_GLOBAL_SUBJECT, cb=on_version)
-        for i, worker in enumerate(("a", "b")):
+        refs = [
             await _submit(js, "us", worker_id=worker, base_version=0, samples=i + 1, delta=_delta(3.0 * (i + 1)))
-        closing = crash_after in ("weights_stored", "latest_moved")  # crashes while closing the round
+            for i, worker in enumerate(("a", "b"))
+        ]
+        closing = crash_after in ("weights_stored", "latest_moved", "round_reset")  # crashes while closing the round
         if crash_after.startswith("delta_"):
             first.wait(timeout=STEP_TIMEOUT_S)  # crashed at the first delta
         else:
@@ -321,7 +326,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
             first.kill()  # kill -9 between receiving and publishing
 
         async def submit_last() -> None:
-            await _submit(js, "us", worker_id="c", base_version=0, samples=3, delta=_delta(-1.0))
+            refs.append(await _submit(js, "us", worker_id="c", base_version=0, samples=3, delta=_delta(-1.0)))
 
         if closing:
             await submit_last()
@@ -351,6 +356,10 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     weights = await store.weights(latest)
     assert np.allclose(weights["dec.weight"], BASE + expected), weights["dec.weight"]
     assert sorted(latest.contributors) == ["a", "b", "c"] and latest.samples == 6
+    deltas = DeltaStore(js, "us")
+    for ref in refs:
+        with pytest.raises(KeyError):
+            await deltas.get(ref.object_name)
 
 
 async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(server: NatsServer, nc: NATS) -> None:

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from aggregator.service import Aggregator, AggregatorConfig
 from deploy.nats import NatsServer
 from edge_worker.federated import FederatedConfig
 from edge_worker.key_buffer import KeyFrameBuffer
+from edge_worker.lite_training import RetrainableLite
 from edge_worker.model.base import Trainable
+from edge_worker.model.lite import LITE_CONFIGS
 from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
@@ -39,6 +42,12 @@ def _tiny_dnn() -> RetrainableStylizer:
     """The paper's network in its tiny test configuration, retrainable."""
     torch.manual_seed(0)
     return RetrainableStylizer(PhotoStylizer.from_config("tiny"), train_size=64)
+
+
+def _tiny_lite() -> RetrainableLite:
+    """The lite stylizer (ImageNet encoder, learned head) in its tiny test configuration, retrainable."""
+    torch.manual_seed(0)
+    return RetrainableLite(LITE_CONFIGS["tiny"])
 
 
 def test_key_frame_buffer_is_bounded_and_survives_restarts(tmp_path: Path) -> None:
@@ -117,9 +126,12 @@ async def _until(predicate: object, what: str) -> None:
     await asyncio.wait_for(loop(), WAIT_S)
 
 
-async def test_worker_adopts_trains_when_idle_publishes_and_follows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("make_model", [_tiny_dnn, _tiny_lite], ids=["dnn", "lite"])
+async def test_worker_adopts_trains_when_idle_publishes_and_follows(
+    tmp_path: Path, make_model: Callable[[], Trainable]
+) -> None:
     with NatsServer(regions=["fl"]) as server:
-        model = _tiny_dnn()
+        model = make_model()
         initial = {name: value + 0.01 for name, value in model.learned_state().items()}  # v0 != the bundled weights
         aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1))
         await aggregator.start(initial)

@@ -9,18 +9,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import cv2
 import nats
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 import streaming.gateway.session as session_module
-from bench.faults import unanswered_offer_sdp
+from bench.faults import BarePhone, unanswered_offer_sdp
 from deploy.nats import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
-from mobile_sim.link import CameraTrack, Outgoing, SenderPts
-from mobile_sim.sources import default_style_photo, sample_photo
+from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import MAX_PENDING_FRAMES
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
@@ -31,12 +29,10 @@ from streaming.protocol import (
     STYLE_BUCKET,
     ChannelError,
     Chunk,
-    ChunkAssembler,
     ClockPing,
     ClockPong,
     ErrorCode,
     FrameMeta,
-    KeyResult,
     decode,
     decode_any,
     encode,
@@ -87,6 +83,7 @@ def _body(**fields: object) -> bytes:
         (lambda sdp: _body(type="offer", sdp=sdp, style="%%%"), "base64"),
         (lambda sdp: _body(type="offer", sdp=sdp, style=base64.b64encode(b"abc").decode()), "not a usable image"),
         (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=-3, out_height=2), "out_width"),
+        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=4096, out_height=4096), "exceeds"),
         (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, result="pixels"), "'result'"),
     ],
 )
@@ -235,66 +232,9 @@ async def test_cors_only_for_allow_listed_origins(nats_server: NatsServer, regio
         await gateway.stop()
 
 
-class _BarePhone:
-    """A phone reduced to the gateway's side of the contract, built from the phone's real parts (camera track,
-    dithered sender pts, chunk reassembly), so a test can do what ``Phone`` never does (ask for an output size,
-    send frames it does not announce) and see every message the gateway sends back."""
-
-    def __init__(self, frames: int, size: tuple[int, int], key_every: int = 5, announce: bool = True) -> None:
-        restrict_host_candidates(LOOPBACK)
-        self.pc = RTCPeerConnection(rtc_configuration())
-        self.channel = self.pc.createDataChannel("mvs")
-        self.opened = asyncio.Event()
-        self.channel.on("open", self.opened.set)
-        self.channel.on("message", self._on_message)
-        self.results: asyncio.Queue[tuple[KeyResult, bytes]] = asyncio.Queue()
-        self.failures: asyncio.Queue[KeyResult] = asyncio.Queue()
-        self._assembler = ChunkAssembler()
-        self._frames: asyncio.Queue[Outgoing] = asyncio.Queue()
-        self._image = cv2.resize(sample_photo(), size)
-        self._count, self._key_every, self._announce_frames = frames, key_every, announce
-        self.pc.addTrack(CameraTrack(self._next_frame, SenderPts(30.0, frames, seed=0), self._announce))
-
-    def feed(self) -> None:
-        """Start the camera: its frames go out at 30 fps."""
-        for i in range(self._count):
-            key = i % self._key_every == 0
-            self._frames.put_nowait(Outgoing(frame_id=i, image=self._image, key=key, capture_ns=time.monotonic_ns()))
-
-    async def _next_frame(self) -> Outgoing:
-        await asyncio.sleep(1 / 30)  # the camera's pace, not a synchronisation
-        return await self._frames.get()
-
-    def _announce(self, meta: FrameMeta) -> bool:
-        if self._announce_frames:
-            self.channel.send(encode(meta))
-        return True
-
-    def _on_message(self, data: bytes) -> None:
-        message = decode_any(data, (KeyResult, Chunk, ClockPong))
-        if isinstance(message, KeyResult) and not message.ok:
-            self.failures.put_nowait(message)
-        elif isinstance(message, KeyResult):
-            self._assembler.start(message)
-        elif isinstance(message, Chunk) and (complete := self._assembler.add(message)) is not None:
-            self.results.put_nowait(complete)
-
-    async def connect(self, gateway: Gateway, **fields: object) -> dict[str, str]:
-        """Offer, apply the answer, wait for the data channel; the answer (stream and style ids)."""
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        body = _body(type="offer", sdp=self.pc.localDescription.sdp, style=STYLE_B64, **fields)
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{gateway.url}/offer", data=body) as response:
-                assert response.status == 200, await response.text()
-                answer = await response.json()
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-        await asyncio.wait_for(self.opened.wait(), 15)
-        return {"stream_id": answer["stream_id"], "style_id": answer["style_id"]}
-
-
 async def test_explicit_output_size_is_what_the_worker_renders(worker: StylizerWorker, gateway: Gateway) -> None:
     """out_width/out_height in the offer: keys come back at that size, not the video's."""
-    phone = _BarePhone(frames=20, size=(320, 180))
+    phone = BarePhone(frames=20, size=(320, 180))
     try:
         await phone.connect(gateway, out_width=200, out_height=150)
         phone.feed()
@@ -306,7 +246,7 @@ async def test_explicit_output_size_is_what_the_worker_renders(worker: StylizerW
 
 
 async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker, gateway: Gateway) -> None:
-    phone = _BarePhone(frames=10, size=(160, 96))
+    phone = BarePhone(frames=10, size=(160, 96))
     try:
         stream_id = (await phone.connect(gateway))["stream_id"]
         assert stream_id in gateway.sessions
@@ -326,7 +266,7 @@ async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker
 async def test_a_workers_error_reaches_the_phone(
     worker: StylizerWorker, gateway: Gateway, nats_server: NatsServer
 ) -> None:
-    phone = _BarePhone(frames=10, size=(160, 96))
+    phone = BarePhone(frames=10, size=(160, 96))
     try:
         answer = await phone.connect(gateway)
         nc = await nats.connect(nats_server.url)
@@ -361,7 +301,7 @@ async def slow_site(nats_server: NatsServer, region: str) -> AsyncIterator[Gatew
 
 async def test_a_key_overtaken_while_waiting_is_reported_dropped(slow_site: Gateway) -> None:
     """Every frame a key, one stylized at a time: a waiting key replaced by a newer one is failed at once."""
-    phone = _BarePhone(frames=30, size=(160, 96), key_every=1)
+    phone = BarePhone(frames=30, size=(160, 96), key_every=1)
     try:
         stream_id = (await phone.connect(slow_site))["stream_id"]
         phone.feed()
@@ -376,7 +316,7 @@ async def test_a_key_overtaken_while_waiting_is_reported_dropped(slow_site: Gate
 
 async def test_frames_whose_id_stays_unknown_are_evicted(worker: StylizerWorker, gateway: Gateway) -> None:
     """A phone that announces nothing: decoded frames wait for an id, at most MAX_PENDING_FRAMES of them."""
-    phone = _BarePhone(frames=MAX_PENDING_FRAMES + 20, size=(160, 96), announce=False)
+    phone = BarePhone(frames=MAX_PENDING_FRAMES + 20, size=(160, 96), announce=False)
     try:
         session = gateway.sessions[(await phone.connect(gateway))["stream_id"]]
         phone.feed()
@@ -398,7 +338,7 @@ async def test_results_arrive_whole_when_the_data_channel_pushes_back(
     """Water marks so low that the gateway waits for the buffer to drain before nearly every message."""
     monkeypatch.setattr(session_module, "BUFFER_HIGH_WATER", 1)
     monkeypatch.setattr(session_module, "BUFFER_LOW_WATER", 0)
-    phone = _BarePhone(frames=16, size=(640, 360))  # frames past the last key: aiortc releases one when the next comes
+    phone = BarePhone(frames=16, size=(640, 360))  # frames past the last key: aiortc releases one when the next comes
     try:
         await phone.connect(gateway, out_width=1280, out_height=720)  # ~10 chunks a key
         phone.feed()

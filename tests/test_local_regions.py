@@ -70,14 +70,17 @@ def test_region_flags_are_the_other_input() -> None:
 async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path: Path) -> None:
     path = tmp_path / "regions.toml"
     path.write_text(REGIONS)
-    config = config_from_args(build_parser().parse_args(["--regions", str(path), "--secure"]))
+    state = tmp_path / "state"
+    flags = ["--regions", str(path), "--secure", "--state-dir", str(state)]
+    config = config_from_args(build_parser().parse_args(flags))
     assert config.regions[0].link == LinkProfile(delay_ms=20, kbps=8000)
     deployment = LocalDeployment(config)
     await deployment.start()
     try:
         assert deployment.nats is not None and set(deployment.nats.leaves) == {"edge"}  # "cloud" is on the hub
         assert deployment.nats_ca is not None and deployment.secrets is not None
-        https = ssl.create_default_context(cafile=str(deployment.nats_ca))
+        assert deployment.gateway_ca == state / "ca.pem"  # the gateways' CA is the kept one
+        https = ssl.create_default_context(cafile=str(deployment.gateway_ca))
         async with aiohttp.ClientSession() as http:
             for name, gateway in deployment.gateways.items():
                 assert gateway.url.startswith("https://")
@@ -115,7 +118,7 @@ async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path:
         token = deployment.secrets.phone_token_file.read_text().strip()
         phone = PhoneConfig(
             gateway_urls=(deployment.gateways["edge"].url,),
-            gateway_ca=deployment.nats_ca,
+            gateway_ca=deployment.gateway_ca,
             gateway_token=token,
             frames=8,
             size=(160, 90),

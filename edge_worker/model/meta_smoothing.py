@@ -180,15 +180,12 @@ def _depthwise(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, kernel.to(x.dtype).expand(c, 1, -1, -1), groups=c)
 
 
-class MetaSmoothing(nn.Module):
-    """Guided affine meta-smoothing: ``out = A↑ · content_full + b↑`` with A, b fitted at low resolution."""
+class MetaKernels(nn.Module):
+    """The learned smoothing of Eq. 3-4 on coefficient maps: the meta kernel ``W_u^r`` and the smoothing kernel
+    ``W_s``, both positive and summing to one, so a field of affine maps stays a field of affine maps."""
 
-    def __init__(self, radius: int, downsample: int = 1, gain_prior: float = 0.0) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.radius = radius
-        self.downsample = downsample
-        self.gain_prior = gain_prior
-        self.log_eps = nn.Parameter(torch.tensor(math.log(EPS_INIT)))
         self.meta_kernel = nn.Parameter(_gaussian_logits(FILTER_SIZE, META_KERNEL_SIGMA))  # log W_u^1
         delta = torch.full((FILTER_SIZE, FILTER_SIZE), SMOOTH_KERNEL_OFF_CENTER)
         delta[FILTER_SIZE // 2, FILTER_SIZE // 2] = 0.0
@@ -200,6 +197,22 @@ class MetaSmoothing(nn.Module):
         w_u = self.scale_kernel(r) * torch.exp(self.meta_kernel - self.meta_kernel.max())
         w_s = torch.softmax(self.smooth_kernel.flatten(), 0).view_as(self.smooth_kernel)
         return w_u / w_u.sum(), w_s
+
+    def smooth(self, coeffs: torch.Tensor, r: float) -> torch.Tensor:
+        """``(N, 12, h, w)`` maps filtered with ``W_u^r`` then ``W_s`` (replicated borders)."""
+        w_u, w_s = self.kernels(r)
+        return _depthwise(_depthwise(coeffs, w_u), w_s)
+
+
+class MetaSmoothing(MetaKernels):
+    """Guided affine meta-smoothing: ``out = A↑ · content_full + b↑`` with A, b fitted at low resolution."""
+
+    def __init__(self, radius: int, downsample: int = 1, gain_prior: float = 0.0) -> None:
+        super().__init__()
+        self.radius = radius
+        self.downsample = downsample
+        self.gain_prior = gain_prior
+        self.log_eps = nn.Parameter(torch.tensor(math.log(EPS_INIT)))
 
     def coefficients(
         self, content_low: torch.Tensor, stylized_low: torch.Tensor, r: float, style_colours: FeatureStats | None = None
@@ -215,9 +228,7 @@ class MetaSmoothing(nn.Module):
         if self.downsample > 1:
             content_low = F.avg_pool2d(content_low, self.downsample, ceil_mode=True)
             stylized_low = F.avg_pool2d(stylized_low, self.downsample, ceil_mode=True)
-        coeffs = local_affine_fit(content_low, stylized_low, self.radius, eps, prior, self.gain_prior)
-        w_u, w_s = self.kernels(r)
-        return _depthwise(_depthwise(coeffs, w_u), w_s)
+        return self.smooth(local_affine_fit(content_low, stylized_low, self.radius, eps, prior, self.gain_prior), r)
 
     def forward(
         self,

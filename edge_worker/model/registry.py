@@ -12,10 +12,15 @@ from edge_worker.model.int8 import FP32, INT8, PRECISIONS
 DEFAULT_STYLIZER = LinearColorTransfer.name
 DNN_NAME = "dnn"
 """The bundled paper model (``edge_worker/model/weights``)."""
+LITE_NAME = "lite"
+"""The bundled lite model: frozen ImageNet EfficientNet-Lite0 + a learned head predicting the colour maps."""
+LITE_LOOK_NAME = "lite-look"
+"""The lite architecture trained on colour looks alone, without colour alignment: it transfers a look, not the
+style's colour statistics (weights README)."""
 EMULATED_NAME = EmulatedAccelerator.name
 """A stand-in for a GPU model (sleeps a service time): for scaling experiments only."""
 MODEL_SUFFIXES = (".pt", ".pth")
-STYLIZER_NAMES = (LinearColorTransfer.name, DNN_NAME, EMULATED_NAME)
+STYLIZER_NAMES = (LinearColorTransfer.name, DNN_NAME, LITE_NAME, LITE_LOOK_NAME, EMULATED_NAME)
 
 
 def load_stylizer(
@@ -25,9 +30,10 @@ def load_stylizer(
     profile: ServiceTimeProfile | None = None,
     precision: str = FP32,
 ) -> Stylizer:
-    """``color-transfer``, ``dnn`` (the bundled model of the paper), ``emulated`` (a GPU stand-in) or the path of
-    a saved PhotoStylizer. ``device``, ``work_size`` (0: the model's own) and ``precision`` apply to the DNN,
-    ``profile`` to the emulated accelerator.
+    """``color-transfer``, ``dnn`` (the bundled model of the paper), ``lite`` / ``lite-look`` (the bundled lite
+    models), ``emulated``
+    (a GPU stand-in) or the path of a saved PhotoStylizer or LiteStylizer. ``device``, ``work_size`` (0: the model's
+    own) and ``precision`` apply to the DNN and the lite model, ``profile`` to the emulated accelerator.
 
     ``precision="int8"``: the DNN's convolutions in int8 on the CPU (calibrated at load, a few seconds), served
     without retraining (federated learning needs fp32)."""
@@ -37,6 +43,17 @@ def load_stylizer(
         return LinearColorTransfer()
     if spec == EMULATED_NAME:
         return EmulatedAccelerator(profile or ServiceTimeProfile())
+    if spec in (LITE_NAME, LITE_LOOK_NAME) or (spec.endswith(MODEL_SUFFIXES) and is_lite_file(Path(spec))):
+        from edge_worker.lite_training import RetrainableLite
+        from edge_worker.model.lite import DEFAULT_LITE_PATH, LITE_LOOK_PATH
+
+        bundled = {LITE_NAME: DEFAULT_LITE_PATH, LITE_LOOK_NAME: LITE_LOOK_PATH}
+        lite = RetrainableLite.load(bundled.get(spec, Path(spec)), device=device)
+        if work_size > 0 and work_size != lite.config.work_size:
+            lite = lite.with_config(work_size=work_size)
+        if precision == INT8:
+            raise ValueError(f"precision {INT8} is the paper DNN's; the lite model serves in fp32 (fp16 on CUDA)")
+        return lite
     if spec == DNN_NAME or spec.endswith(MODEL_SUFFIXES):
         from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer
         from edge_worker.retrain import RetrainableStylizer
@@ -55,3 +72,15 @@ def load_stylizer(
         return RetrainableStylizer(model)
     names = ", ".join(repr(name) for name in STYLIZER_NAMES)
     raise ValueError(f"unknown stylizer {spec!r}: use one of {names} or a model file ({', '.join(MODEL_SUFFIXES)})")
+
+
+def is_lite_file(path: Path) -> bool:
+    """Whether ``path`` is a saved LiteStylizer (False for a missing file: the DNN's loader reports that)."""
+    if not path.is_file():
+        return False
+    import torch
+
+    from edge_worker.model.lite import MODEL_FORMAT
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT

@@ -17,11 +17,18 @@ recent decoded frame (the newest few held back: their announcements may still be
 every other offset by :data:`LOCK_MARGIN` frames. The true offset always explains all of them and no
 offset can explain more, so a wrong one can win only where announcements are missing, and then none
 explains all.
+
+The work per event is bounded (issue 22: 1,024 random announced pts once cost 214 ms of pure Python per decoded
+frame): the votes of every (decoded pts, announced pts) pair are kept up to date as pts come and go, instead of
+being counted again for each decoded frame. A decoded frame pairs with the newest :data:`VOTE_WINDOW` announced
+pts, an announcement with the at most :data:`MAX_UNMATCHED` decoded ones, and the best offset is read from scores
+kept in buckets, so a decoded frame costs O(:data:`VOTE_WINDOW`) and an announcement O(:data:`MAX_UNMATCHED`)
+whatever the phone announces.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from streaming.protocol import RTP_TIMESTAMP_MODULUS
@@ -40,6 +47,9 @@ LOCK_MARGIN = 3
 """Frames of the window the best offset must explain beyond any other offset."""
 RELOCK_AFTER_MISSES = 30
 """Consecutive decoded frames contradicting the offset before it is searched again."""
+VOTE_WINDOW = 2 * MAX_UNMATCHED
+"""Newest announced pts the search pairs decoded pts with: the unmatched decoded frames are the newest few dozen,
+so their announcements are among the newest ones even with a third of the frames lost on the way."""
 
 
 def _signed(delta: int) -> int:
@@ -53,11 +63,15 @@ class FrameIdMapper:
 
     def __init__(self, window: int = DEFAULT_WINDOW, min_votes: int = MIN_VOTES) -> None:
         self._window = window
+        self._vote_window = min(window, VOTE_WINDOW)
         self._min_votes = min_votes
         self._by_pts: OrderedDict[int, int] = OrderedDict()  # sender pts mod 2**32 -> frame id
+        self._voters: OrderedDict[int, None] = OrderedDict()  # the newest announced pts, as a set in arrival order
         self._newest: int | None = None  # newest announced sender pts
         self._offset: int | None = None
-        self._unmatched: list[int] = []  # decoded pts seen while unlocked (bounded by window)
+        self._unmatched: list[int] = []  # decoded pts seen while unlocked (at most MAX_UNMATCHED)
+        self._votes = _OffsetVotes()  # unmatched x voters
+        self._settled_votes = _OffsetVotes()  # unmatched but the newest LOCK_HOLD_BACK x voters
         self._misses = 0
         self.relocks = 0
 
@@ -74,6 +88,13 @@ class FrameIdMapper:
             self._newest = pts
         while len(self._by_pts) > self._window:
             self._by_pts.popitem(last=False)
+        if pts in self._voters:
+            return
+        self._voters[pts] = None
+        self._vote_sent(pts, +1)
+        while len(self._voters) > self._vote_window:
+            forgotten, _ = self._voters.popitem(last=False)
+            self._vote_sent(forgotten, -1)
 
     def observe(self, received_pts: int) -> None:
         """Record a decoded pts; while no offset is known, search for it."""
@@ -82,7 +103,13 @@ class FrameIdMapper:
         received = received_pts % RTP_TIMESTAMP_MODULUS
         if received not in self._unmatched:
             self._unmatched.append(received)
-            del self._unmatched[:-MAX_UNMATCHED]
+            self._votes.pair(received, self._voters, +1)
+            if len(self._unmatched) > LOCK_HOLD_BACK:
+                self._settled_votes.pair(self._unmatched[-LOCK_HOLD_BACK - 1], self._voters, +1)
+            if len(self._unmatched) > MAX_UNMATCHED:
+                oldest = self._unmatched.pop(0)
+                self._votes.pair(oldest, self._voters, -1)
+                self._settled_votes.pair(oldest, self._voters, -1)
         self._try_lock()
 
     def locate(self, received_pts: int) -> int | None:
@@ -114,40 +141,93 @@ class FrameIdMapper:
                 return frame_id
         return None
 
+    def _vote_sent(self, sent: int, delta: int) -> None:
+        """Pair an announced pts with every unmatched decoded pts (``delta`` +1: it came, -1: it is forgotten)."""
+        if not self._unmatched:
+            return
+        self._votes.pair_sent(sent, self._unmatched, delta)
+        self._settled_votes.pair_sent(sent, self._unmatched[:-LOCK_HOLD_BACK], delta)
+
     def _try_lock(self) -> None:
-        best = _best_offset(self._unmatched, self._by_pts)
+        best = self._votes.best()
         if best is not None and best[1] >= self._min_votes and best[1] >= 2 * best[2]:
             self._lock(best[0])
             return
-        recent = self._unmatched[:-LOCK_HOLD_BACK]
-        best = _best_offset(recent, self._by_pts) if len(recent) >= self._min_votes else None
-        if best is not None and best[1] == len(recent) and best[1] - best[2] >= LOCK_MARGIN:
+        settled = len(self._unmatched) - LOCK_HOLD_BACK
+        best = self._settled_votes.best() if settled >= self._min_votes else None
+        if best is not None and best[1] == settled and best[1] - best[2] >= LOCK_MARGIN:
             self._lock(best[0])
 
     def _lock(self, offset: int) -> None:
         self._offset = offset
         self._unmatched.clear()
+        self._votes = _OffsetVotes()
+        self._settled_votes = _OffsetVotes()
         self._misses = 0
 
 
-def _best_offset(received_pts: list[int], sent_pts: Iterable[int]) -> tuple[int, int, int] | None:
-    """The offset explaining most ``received_pts``: (offset, frames it explains, frames the runner-up explains)."""
-    votes: Counter[int] = Counter()
-    for received in received_pts:
+class _OffsetVotes:
+    """How many (decoded, announced) pairs vote for each offset ``sent - received``, and each voted offset's score
+    (the votes within :data:`PTS_TOLERANCE` of it: truncated pts vote one low), kept in buckets by score so that
+    the best offset and its runner-up are found without looking at every offset.
+
+    A score is at most ``3 * MAX_UNMATCHED`` (a decoded pts votes once per offset), so finding the top score again
+    after a change, or the runner-up, walks down at most that many buckets."""
+
+    def __init__(self) -> None:
+        self._votes: dict[int, int] = {}
+        self._scores: dict[int, int] = {}  # offsets with a vote of their own -> score
+        self._by_score: dict[int, set[int]] = {}
+        self._top = 0
+
+    def pair(self, received: int, sent_pts: Iterable[int], delta: int) -> None:
+        """Add (``delta`` = 1) or take back (-1) the votes of one decoded pts against ``sent_pts``."""
         for sent in sent_pts:
-            votes[(sent - received) % RTP_TIMESTAMP_MODULUS] += 1
-    if not votes:
-        return None
-    # An offset's score counts its neighbours within the tolerance (truncated pts vote one low).
-    scores = Counter(
-        {
-            offset: sum(
-                votes.get((offset + d) % RTP_TIMESTAMP_MODULUS, 0) for d in range(-PTS_TOLERANCE, PTS_TOLERANCE + 1)
+            self._change((sent - received) % RTP_TIMESTAMP_MODULUS, delta)
+
+    def pair_sent(self, sent: int, received_pts: Iterable[int], delta: int) -> None:
+        """Add or take back the votes of one announced pts against ``received_pts``."""
+        for received in received_pts:
+            self._change((sent - received) % RTP_TIMESTAMP_MODULUS, delta)
+
+    def _change(self, offset: int, delta: int) -> None:
+        votes = self._votes.get(offset, 0) + delta
+        if votes:
+            self._votes[offset] = votes
+        else:
+            del self._votes[offset]
+        for near in range(offset - PTS_TOLERANCE, offset + PTS_TOLERANCE + 1):
+            self._rescore(near % RTP_TIMESTAMP_MODULUS)
+
+    def _rescore(self, offset: int) -> None:
+        old = self._scores.pop(offset, 0)
+        if old:
+            bucket = self._by_score[old]
+            bucket.discard(offset)
+            if not bucket:
+                del self._by_score[old]
+        if offset not in self._votes:  # only an offset some pair voted for is a candidate
+            new = 0
+        else:
+            new = sum(
+                self._votes.get((offset + d) % RTP_TIMESTAMP_MODULUS, 0)
+                for d in range(-PTS_TOLERANCE, PTS_TOLERANCE + 1)
             )
-            for offset in votes
-        }
-    )
-    (best, count), *rest = scores.most_common()
-    # The runner-up must be a different offset, not a neighbour sharing the best one's votes.
-    runner_up = next((c for o, c in rest if abs(_signed(o - best)) > 2 * PTS_TOLERANCE), 0)
-    return best, count, runner_up
+            self._scores[offset] = new
+            self._by_score.setdefault(new, set()).add(offset)
+        if new > self._top:
+            self._top = new
+        while self._top and self._top not in self._by_score:
+            self._top -= 1
+
+    def best(self) -> tuple[int, int, int] | None:
+        """(offset, frames it explains, frames the runner-up explains), or None without votes."""
+        if not self._top:
+            return None
+        best = next(iter(self._by_score[self._top]))
+        # The runner-up must be a different offset, not a neighbour sharing the best one's votes.
+        for score in range(self._top, 0, -1):
+            for offset in self._by_score.get(score, ()):
+                if abs(_signed(offset - best)) > 2 * PTS_TOLERANCE:
+                    return best, self._top, score
+        return best, self._top, 0

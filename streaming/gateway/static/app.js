@@ -2,6 +2,7 @@
 // channel (streaming/protocol.py defines every message; MessagePack is the vendored @msgpack/msgpack), and every
 // camera frame rendered here from the latest key's colour maps (affine-gl.js).
 import { AffineGL, decodeCoefficients } from "./affine-gl.js";
+import { testSourceStream } from "./test-source.js";
 
 const SCHEMA_VERSION = 2; // streaming/protocol.py SCHEMA_VERSION
 const DATA_CHANNEL_LABEL = "mvs"; // streaming/protocol.py DATA_CHANNEL_LABEL
@@ -9,13 +10,15 @@ const ICE_GATHER_TIMEOUT_MS = 3000; // the gateway does not trickle ICE (streami
 const RTT_WINDOW = 200; // key round trips kept for the percentiles
 const KEYS_IN_FLIGHT_FORGET_MS = 10000;
 const MAX_QUEUED_ANNOUNCEMENTS = 300; // frames encoded before the data channel opens (~10 s at 30 fps)
+const TEST_SOURCE = "test"; // the camera choice that draws test-source.js instead
+const TOKEN_PARAM = "token"; // #token=... : a fragment never reaches the server or its logs
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   camera: $("camera"), resolution: $("resolution"), keyInterval: $("key-interval"), style: $("style"),
   styleFile: $("style-file"), stylePreview: $("style-preview"), start: $("start"), stop: $("stop"),
   view: $("view"), record: $("record"), download: $("download"), message: $("message"), stage: $("stage"),
-  video: $("source"), output: $("output"), hud: $("hud"),
+  video: $("source"), output: $("output"), hud: $("hud"), token: $("token"), tokenLabel: $("token-label"),
 };
 
 const stats = { keysRequested: 0, keysOk: 0, keysFailed: 0, rtts: [], frames: 0, announced: 0, errors: [], failures: {} };
@@ -32,6 +35,8 @@ function say(text, isError = false) {
 
 const encode = (message) => MessagePack.encode({ v: SCHEMA_VERSION, ...message });
 const decode = (data) => MessagePack.decode(new Uint8Array(data), { useBigInt64: true });
+
+const DASH = "-"; // the HUD before it has data
 
 function percentile(values, p) {
   if (!values.length) return NaN;
@@ -63,7 +68,21 @@ async function loadStyles() {
 // --- frame ids: the sender's RTP timestamp of every encoded frame, read through Encoded Transform ---------
 function encodedTransformSupport() {
   if ("RTCRtpScriptTransform" in window) return "script";
-  if ("createEncodedStreams" in RTCRtpSender.prototype) return "streams"; // older Chromium
+  if ("RTCRtpSender" in window && "createEncodedStreams" in RTCRtpSender.prototype) return "streams"; // older Chromium
+  return null;
+}
+
+// What this browser lacks for the app (null: nothing), said plainly.
+function missingFeature() {
+  if (!("RTCPeerConnection" in window)) {
+    return "This browser has no WebRTC (RTCPeerConnection is not defined), so it cannot stream video to the " +
+      "gateway. Use a current Chrome, Edge, Firefox (117+) or Safari (15.4+).";
+  }
+  if (!encodedTransformSupport()) {
+    return "This browser lacks WebRTC Encoded Transform (RTCRtpScriptTransform), which the gateway needs to tell " +
+      "frames apart. Use a current Chrome, Edge, Safari (15.4+) or Firefox (117+).";
+  }
+  if (!("DecompressionStream" in window)) return "This browser lacks DecompressionStream, needed to unpack the colour maps.";
   return null;
 }
 
@@ -126,9 +145,15 @@ class Session {
       });
     });
     const body = { type: "offer", sdp: this.pc.localDescription.sdp, style: await bytesToBase64(style), result: "coefficients" };
-    const response = await fetch("/offer", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    const answer = await response.json();
-    if (!response.ok) throw new Error(`gateway refused the offer: ${answer.error ?? response.status}`);
+    const headers = { "Content-Type": "application/json" };
+    const token = ui.token.value.trim();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch("/offer", { method: "POST", headers, body: JSON.stringify(body) });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      if (response.status === 401 || response.status === 403) ui.tokenLabel.hidden = false;
+      throw new Error(`gateway refused the offer: ${answer.error ?? response.status}`);
+    }
     this.streamId = answer.stream_id;
     await this.pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   }
@@ -248,11 +273,12 @@ function hudLoop() {
     fps = ((stats.frames - lastFrames) * 1000) / (now - lastAt);
     lastFrames = stats.frames;
     lastAt = now;
-    const p50 = percentile(stats.rtts, 50), p95 = percentile(stats.rtts, 95);
+    const ms = (p) => (stats.rtts.length ? `${percentile(stats.rtts, p).toFixed(0)} ms` : DASH);
     const fails = Object.entries(stats.failures).map(([k, v]) => `${k} ${v}`).join(", ");
+    const size = ui.video.videoWidth ? `${ui.video.videoWidth}x${ui.video.videoHeight}` : DASH;
     ui.hud.textContent = [
-      `${fps.toFixed(1)} fps  ${ui.video.videoWidth}x${ui.video.videoHeight}`,
-      `key round trip p50 ${p50.toFixed(0)} ms  p95 ${p95.toFixed(0)} ms`,
+      `${stats.frames ? fps.toFixed(1) : DASH} fps  ${size}`,
+      `key round trip p50 ${ms(50)}  p95 ${ms(95)}`,
       `keys ${stats.keysRequested} requested  ${stats.keysOk} ok  ${stats.keysFailed} failed${fails ? ` (${fails})` : ""}`,
     ].join("\n");
   }, 500);
@@ -260,26 +286,20 @@ function hudLoop() {
 
 // --- controls ---------------------------------------------------------------------------------------------
 async function start() {
+  const missing = missingFeature();
+  if (missing) {
+    say(missing, true);
+    return;
+  }
   const transformKind = encodedTransformSupport();
-  if (!transformKind) {
-    say("This browser lacks WebRTC Encoded Transform (RTCRtpScriptTransform), which the gateway needs to tell " +
-      "frames apart. Use a current Chrome, Edge, Safari (15.4+) or Firefox (117+).", true);
-    return;
-  }
-  if (!("DecompressionStream" in window)) {
-    say("This browser lacks DecompressionStream, needed to unpack the colour maps.", true);
-    return;
-  }
   ui.start.disabled = true;
   try {
-    const [width, height] = ui.resolution.value.split("x").map(Number);
-    const choice = ui.camera.value;
-    const camera = choice === "user" || choice === "environment" ? { facingMode: choice } : { deviceId: { exact: choice } };
-    const stream = await navigator.mediaDevices.getUserMedia({
-      video: { ...camera, width: { ideal: width }, height: { ideal: height } }, audio: false,
-    });
+    const stream = await openSource();
+    if (!stream) {
+      ui.start.disabled = false;
+      return;
+    }
     ui.video.srcObject = stream;
-    await listCameras();
     latestApplied = -1;
     session = new Session(stream, transformKind);
     say("connecting...");
@@ -292,6 +312,47 @@ async function start() {
     session?.close();
     session = null;
     ui.start.disabled = false;
+  }
+}
+
+// The chosen camera (facingMode front/back, or a listed device), or the test source; null (and a message) when
+// there is no camera to use.
+async function openSource() {
+  const [width, height] = ui.resolution.value.split("x").map(Number);
+  const choice = ui.camera.value;
+  if (choice === TEST_SOURCE) return testSourceStream(width, height);
+  if (!navigator.mediaDevices?.getUserMedia) {
+    say("This page cannot use a camera here: browsers allow it only on https:// or http://localhost pages. " +
+      "Open the gateway's https URL, or pick \"test pattern\" under camera.", true);
+    return null;
+  }
+  const camera = choice === "user" || choice === "environment" ? { facingMode: choice } : { deviceId: { exact: choice } };
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      video: { ...camera, width: { ideal: width }, height: { ideal: height } }, audio: false,
+    });
+    await listCameras();
+    return stream;
+  } catch (err) {
+    say(cameraProblem(err), true);
+    return null;
+  }
+}
+
+function cameraProblem(err) {
+  const hint = ' Pick "test pattern" under camera to try the app without one.';
+  switch (err?.name) {
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return `No camera found on this device.${hint}`;
+    case "NotAllowedError":
+    case "SecurityError":
+      return `The camera was not allowed: allow it in the browser's site settings and press Start again.${hint}`;
+    case "NotReadableError":
+    case "AbortError":
+      return `The camera is busy or failed to start (another app may be using it).${hint}`;
+    default:
+      return `Could not open the camera: ${err}.${hint}`;
   }
 }
 
@@ -352,11 +413,13 @@ window.mvs = {
     const source = image.data;
     // The shader gets the very pixels returned as `source` (a video frame uploaded as a texture may be
     // converted from YUV differently from the 2D canvas's conversion, by a level, which the maps amplify).
+    // The maps rendered with, taken with the render: a key arriving during the awaits below must not replace them.
+    const blob = latestBlob;
     renderer.render(image, bitmap.width, bitmap.height);
     const output = renderer.pixels();
     return {
       width: bitmap.width, height: bitmap.height, source: await bytesToBase64(source),
-      output: await bytesToBase64(output), coefficients: latestBlob ? await bytesToBase64(latestBlob) : null,
+      output: await bytesToBase64(output), coefficients: blob ? await bytesToBase64(blob) : null,
     };
   },
 };
@@ -375,12 +438,20 @@ ui.styleFile.onchange = async () => {
   uploadedStyle = new Uint8Array(await file.arrayBuffer());
   ui.stylePreview.src = URL.createObjectURL(file);
 };
+// A token in the fragment (#token=...) fills the field, and leaves the address bar (no copy of it in a shared link).
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.has(TOKEN_PARAM)) {
+  ui.token.value = fragment.get(TOKEN_PARAM);
+  ui.tokenLabel.hidden = false;
+  history.replaceState(null, "", location.pathname + location.search);
+}
 try {
   renderer = new AffineGL(ui.output);
 } catch (err) {
   say(`${err}`, true);
 }
-if (!encodedTransformSupport()) say("This browser lacks WebRTC Encoded Transform (RTCRtpScriptTransform): frames cannot be identified.", true);
+const missing = missingFeature();
+if (missing) say(missing, true);
 const stylesLoaded = loadStyles();
 renderLoop();
 hudLoop();
