@@ -177,6 +177,14 @@ def _round_order(held: tuple[DeltaRef, bytes]) -> tuple[str, int]:
     return held[0].worker_id, held[0].base_version
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation nats-py turned into a timeout (a pull fetch cancelled mid-wait answers with one)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
+
+
 class Aggregator:
     """Rounds of federated averaging over the deltas of every region."""
 
@@ -387,8 +395,10 @@ class Aggregator:
             try:
                 await self.step()
             except (NatsError, asyncio.TimeoutError, BucketMissingError) as exc:  # no leader, no responder
+                _raise_if_cancelled()
                 self._jetstream(False, exc)
                 await asyncio.sleep(self.config.nats_reconnect_wait_s)
+            _raise_if_cancelled()
 
     async def step(self) -> ModelVersion | None:
         """Take what deltas are waiting, then close the round if it is due; return a new version if any. When none

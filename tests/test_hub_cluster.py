@@ -67,14 +67,15 @@ async def _until(check: Callable[[], Awaitable[T | None]], what: str) -> T:
     return value
 
 
-async def _acked(publish: Callable[[], Awaitable[T]]) -> T:
-    """``publish`` retried until JetStream acknowledges it (a stream without a leader for a moment refuses)."""
+async def _answered(call: Callable[[], Awaitable[T]]) -> T:
+    """``call`` (a publish, a read) retried until JetStream answers: a stream electing a leader, or a client moving
+    to another server, refuses or times out for a moment. A missing or damaged object is no such refusal."""
     deadline = time.monotonic() + WAIT_S
     while True:
         try:
-            return await publish()
+            return await call()
         except (NatsError, asyncio.TimeoutError):
-            assert time.monotonic() < deadline, "JetStream never acknowledged"
+            assert time.monotonic() < deadline, "JetStream never answered"
             await asyncio.sleep(RETRY_S)
 
 
@@ -141,7 +142,7 @@ async def test_a_hub_server_killed_mid_round_loses_no_acknowledged_delta(cluster
     deltas = DeltaStore(js, "eu")
 
     async def submit(i: int) -> None:
-        await _acked(
+        await _answered(
             lambda: submit_delta(js, deltas, worker_id=workers[i], base_version=0, samples=i + 1, delta=_delta(i))
         )
 
@@ -163,7 +164,7 @@ async def test_a_hub_server_killed_mid_round_loses_no_acknowledged_delta(cluster
         await aggregator.stop()
     assert sorted(meta.contributors) == sorted(workers) and meta.samples == sum(range(1, 13))
     expected = sum((i + 1) * i for i in range(12)) / sum(range(1, 13))  # each delta weighted by its samples, once
-    assert np.allclose((await store.weights(meta))["dec.weight"], BASE + expected)
+    assert np.allclose((await _answered(lambda: store.weights(meta)))["dec.weight"], BASE + expected)
     for stream in (FL_DELTA_STREAM, f"OBJ_{MODEL_BUCKET}"):  # the restarted server's replicas caught up
         await _until(lambda s=stream: _caught_up(js, s, victim), f"{victim.name}'s replica of {stream} current")
 
@@ -199,17 +200,19 @@ async def test_a_style_stored_while_its_leader_is_killed_loads_with_its_digest(
     styles = await StyleStore.open(js)
     first, second = (np.random.default_rng(seed).bytes(1 << 20) for seed in (1, 2))
     victim = await _leader(js, STYLES, cluster)
-    upload = asyncio.create_task(_acked(lambda: styles.put(first)))
+    upload = asyncio.create_task(_answered(lambda: styles.put(first)))
     await _until(lambda: _stored_any(js), "a chunk of the style stored")
     victim.kill()
     style_id = await upload
-    assert hashlib.sha256(await styles.get(style_id)).digest() == hashlib.sha256(first).digest()
-    other = await _acked(lambda: styles.put(second))  # a new session's new style, one server down
-    assert await styles.get(other) == second
+    assert hashlib.sha256(await _answered(lambda: styles.get(style_id))).digest() == hashlib.sha256(first).digest()
+    other = await _answered(lambda: styles.put(second))  # a new session's new style, one server down
+    assert await _answered(lambda: styles.get(other)) == second
     victim.start()
     cluster.wait_for_meta_leader(WAIT_S)
     await _until(lambda: _caught_up(js, STYLES, victim), f"{victim.name}'s replica of the styles current")
-    assert await styles.get(style_id) == first and await styles.get(other) == second
+    assert (
+        await _answered(lambda: styles.get(style_id)) == first and await _answered(lambda: styles.get(other)) == second
+    )
 
 
 async def _stored_any(js: JetStreamContext) -> bool | None:
@@ -239,7 +242,7 @@ async def test_the_meta_leader_killed_a_new_one_serves_and_two_down_is_said(
 
     async def round_(version: int) -> ModelVersion:
         worker = f"eu-{version}"
-        await _acked(
+        await _answered(
             lambda: submit_delta(js, deltas, worker_id=worker, base_version=version - 1, samples=1, delta=_delta(1.0))
         )
         return await _until(lambda: _version(store, version), f"version {version}")
@@ -267,7 +270,7 @@ async def test_the_meta_leader_killed_a_new_one_serves_and_two_down_is_said(
         rounds.cancel()
         await asyncio.gather(rounds, return_exceptions=True)
         await aggregator.stop()
-    assert (await store.weights(meta))["dec.weight"].shape == (3, 2)  # loads, digest checked
+    assert (await _answered(lambda: store.weights(meta)))["dec.weight"].shape == (3, 2)  # loads, digest checked
 
 
 async def _no_jetstream(aggregator: Aggregator) -> bool | None:
