@@ -198,13 +198,14 @@ class Bucket:
 
     async def get(self, name: str, settle_s: float = 0.0) -> bytes:
         """Object ``name``'s bytes, checked against its metadata; KeyError if absent, :class:`ObjectIntegrityError`
-        if its chunks do not match. ``settle_s``: an object absent or incomplete is read again for up to that long
-        (a hub cluster's follower may answer a direct get before it holds an object just written)."""
+        if its chunks do not match. ``settle_s``: an object absent or incomplete, or no responder, is read again for up
+        to that long (a hub cluster's follower may answer a direct get before it holds an object just written, and
+        for a moment of a failover no replica answers)."""
         deadline = time.monotonic() + settle_s
         while True:
             try:
                 return await self._get(name)
-            except (KeyError, ObjectIntegrityError):
+            except (LookupError, ObjectIntegrityError):  # missing (or no responder yet: a cluster's failover)
                 if time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(SETTLE_POLL_S)

@@ -27,7 +27,7 @@ from aggregator.service import Aggregator, AggregatorConfig
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.regions import load_hub
 from deploy.topology import build_parser, config_from_args
-from streaming.buckets import deployment_stores, stream_name
+from streaming.buckets import BucketMissingError, deployment_stores, stream_name
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_DELTA_STREAM, MODEL_BUCKET, STYLE_BUCKET, ModelVersion
 from streaming.style_store import StyleStore
@@ -74,7 +74,7 @@ async def _answered(call: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await call()
-        except (NatsError, asyncio.TimeoutError):
+        except (NatsError, asyncio.TimeoutError, BucketMissingError):  # the last: no responder to a direct get
             assert time.monotonic() < deadline, "JetStream never answered"
             await asyncio.sleep(RETRY_S)
 
