@@ -8,9 +8,11 @@ reconnect policy allowed; 8 phone processes at once (each writes its report); a 
 aggregator checked it (issue 22: NaN, x1000, another shape; an in-process aggregator on a synthetic model); and one
 phone attacking the gateway (issue 22: random frame-id announcements, results far larger than its key frames,
 clock-probe and garbage floods, forged latency reports) while a well-behaved phone streams beside it, whose keys and
-round-trip p95 are the row's figure against the same phone alone (target: >= 95 % of its keys, p95 within 2x);
-a worker credential of one region attacking another (issue 22: streams, consumers and replies aimed at its
-subjects, deltas as other workers) while a phone of that region streams, against the generated accounts. Each
+round-trip p95 are the row's figure against the same phone alone (target: >= 95 % of its keys, p95 within 2x); the
+same for the signaling and storage attacks of issue 22 (slow offers and idle connections, SDP bombs, a candidate
+flood, a style flood); a worker credential of one region attacking another (issue 22: streams, consumers and replies
+aimed at its subjects, deltas as other workers) while a phone of that region streams, against the generated
+accounts. Each
 row: frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after.
 Every step is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME``
 runs some steps.
@@ -43,16 +45,21 @@ from bench.common import machine, write_results
 from bench.faults import (
     BarePhone,
     RandomPtsPhone,
+    StunTargets,
     jpeg_bomb,
     kill_gateway_mid_stream,
     png_bomb,
+    sdp_bombs,
+    slow_offer_head,
     unanswered_offer_sdp,
+    with_candidates,
 )
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
 from deploy.nats_auth import gateway_user, worker_id, worker_user
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.sources import default_style_photo
+from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import PhoneSession
 from streaming.ice import LOOPBACK
@@ -61,6 +68,7 @@ from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.nats_connect import inbox_prefix, url_user
 from streaming.protocol import (
     LATENCY_PARTS,
+    STYLE_BUCKET,
     STYLIZE_QUEUE_GROUP,
     ClockPing,
     DeltaRef,
@@ -102,6 +110,16 @@ SWAP_MODEL: NamedArrays = {"dec.weight": np.ones((64, 64), np.float32)}
 SWAP_STEP = 0.01
 """Each honest delta's value (norm 0.64: 1 % of the model's)."""
 SWAP_ROUND_TIMEOUT_S = 0.5
+SLOW_ADDRESSES = 4
+SLOW_OFFERS_PER_ADDRESS = 8
+IDLE_CONNECTIONS = 300
+"""Idle and partial-header connections, spread over addresses of 64 (the per-address cap) each."""
+FLOOD_CANDIDATES = 2000
+LISTENING_CANDIDATES = 200
+STYLE_FLOOD_OFFERS = 32
+STYLE_FLOOD_ADDRESSES = 8
+STYLE_FLOOD_SIDE = 2600
+"""Noise photos of this side are ~7.5 MB as JPEG (quality 95), the issue's style size."""
 
 
 def rss_mb() -> float:
@@ -135,6 +153,8 @@ class Site:
             )
         )
         self.gateway = self.new_gateway()
+        self.flood_styles: list[str] = []
+        """Style uploads the style-flood attack posts (made before the phone streams: the attack is the posting)."""
 
     def new_gateway(self) -> Gateway:
         return Gateway(
@@ -684,6 +704,166 @@ async def _published(store: ModelStore, version: int) -> bool:
     return (await store.latest_number() or 0) >= version
 
 
+async def _raw(site: Site, source: str, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw TCP connection to the site's gateway from the loopback address ``source``, having sent ``data``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.gateway.port, local_addr=(source, 0))
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def _slow_offers_and_idle_connections(site: Site, stop: asyncio.Event) -> tuple[str, dict[str, Any]]:
+    raw = [
+        await _raw(site, f"127.0.1.{a + 1}", slow_offer_head(site.gateway.port))
+        for a in range(SLOW_ADDRESSES)
+        for _ in range(SLOW_OFFERS_PER_ADDRESS)
+    ]
+    idle = [
+        await _raw(site, f"127.0.2.{i // 64 + 1}", b"" if i % 2 else b"GET / HTTP/1.1\r\nX: ")
+        for i in range(IDLE_CONNECTIONS)
+    ]
+    start = time.monotonic()
+    answers = await asyncio.gather(*(asyncio.wait_for(r.read(), STEP_TIMEOUT_S) for r, _ in raw + idle))
+    closed_s = time.monotonic() - start
+    for _, writer in raw + idle:
+        writer.close()
+    await stop.wait()
+    slow = [a[:12].decode(errors="replace") for a in answers[: len(raw)]]
+    fault = (
+        f"{SLOW_OFFERS_PER_ADDRESS} slow offers from each of {SLOW_ADDRESSES} addresses, {IDLE_CONNECTIONS} idle and "
+        "partial-header connections"
+    )
+    return fault, {
+        "slow_408": sum(a.endswith("408") for a in slow),
+        "connections_closed_s": round(closed_s, 3),
+        "what": f"slow offers answered 408 x{sum(a.endswith('408') for a in slow)}, every connection closed by the "
+        f"gateway {closed_s:.1f} s after the attack began",
+    }
+
+
+async def _sdp_bombs(site: Site, stop: asyncio.Event) -> tuple[str, dict[str, Any]]:
+    sdp = await unanswered_offer_sdp()
+    style = base64.b64encode(encode_jpeg(default_style_photo())).decode()
+    bodies = [json.dumps({"type": "offer", "sdp": b, "style": style}) for b in sdp_bombs(sdp).values()]
+    statuses: list[int] = []
+    worst_livez = 0.0
+    connector = aiohttp.TCPConnector(local_addr=("127.0.3.1", 0))
+    async with aiohttp.ClientSession(connector=connector) as http, aiohttp.ClientSession() as probe:
+
+        async def livez() -> None:
+            nonlocal worst_livez
+            while not stop.is_set():
+                start = time.monotonic()
+                async with probe.get(f"{site.gateway.url}/livez") as response:
+                    await response.read()
+                worst_livez = max(worst_livez, time.monotonic() - start)
+                await asyncio.sleep(0.05)
+
+        prober = asyncio.create_task(livez())
+        while not stop.is_set():
+            for body in bodies:
+                async with http.post(f"{site.gateway.url}/offer", data=body) as response:
+                    statuses.append(response.status)
+        await prober
+    counts = {str(s): statuses.count(s) for s in sorted(set(statuses))}
+    return "SDP bombs in a loop (20,000 rtpmap/fmtp lines, 50,000 a=ssrc lines, 1,000 m-sections)", {
+        "livez_worst_s": round(worst_livez, 3),
+        "what": f"answers {counts}; /livez answered within {worst_livez:.3f} s throughout",
+    }
+
+
+async def _candidate_flood(site: Site, stop: asyncio.Event) -> tuple[str, dict[str, Any]]:
+    sdp = await unanswered_offer_sdp()
+    style = base64.b64encode(encode_jpeg(default_style_photo())).decode()
+    targets = await StunTargets().open(LISTENING_CANDIDATES)
+    statuses = []
+    try:
+        flood = targets.ports + list(range(40_000, 40_000 + FLOOD_CANDIDATES - LISTENING_CANDIDATES))
+        async with aiohttp.ClientSession() as http:
+            for ports in (flood, targets.ports):  # the issue's 2,000; then as many as fit the SDP's line limit
+                candidates = [f"127.0.0.1 {p}" for p in ports]
+                body = json.dumps({"type": "offer", "sdp": with_candidates(sdp, candidates), "style": style})
+                async with http.post(f"{site.gateway.url}/offer", data=body) as response:
+                    statuses.append(response.status)
+        await stop.wait()
+    finally:
+        targets.close()
+    return f"offers with {FLOOD_CANDIDATES} and {LISTENING_CANDIDATES} remote candidates on loopback", {
+        "ports_probed": len(targets.probed),
+        "what": f"HTTP {statuses[0]} and {statuses[1]}; the gateway sent STUN to {len(targets.probed)} of the "
+        f"{LISTENING_CANDIDATES} listening ports (at most {MAX_REMOTE_CANDIDATES})",
+    }
+
+
+def _noise_style(seed: int) -> str:
+    """A distinct noise photo of ``STYLE_FLOOD_SIDE`` px (~7.5 MB as JPEG), base64."""
+    noise = np.random.default_rng(seed).integers(0, 256, (STYLE_FLOOD_SIDE, STYLE_FLOOD_SIDE, 3), dtype=np.uint8)
+    return base64.b64encode(encode_jpeg(noise, quality=95)).decode()
+
+
+async def _style_flood(site: Site, stop: asyncio.Event) -> tuple[str, dict[str, Any]]:
+    sdp = await unanswered_offer_sdp()
+    nc = await nats.connect(site.server.url)
+    try:
+        js = nc.jetstream()
+        before = (await js.stream_info(f"OBJ_{STYLE_BUCKET}")).state.bytes
+
+        async def offer(i: int) -> int:
+            connector = aiohttp.TCPConnector(local_addr=(f"127.0.4.{i % STYLE_FLOOD_ADDRESSES + 1}", 0))
+            body = json.dumps({"type": "offer", "sdp": sdp, "style": site.flood_styles[i]})
+            async with aiohttp.ClientSession(connector=connector) as http:
+                async with http.post(f"{site.gateway.url}/offer", data=body) as response:
+                    return response.status
+
+        start = time.monotonic()
+        statuses = await asyncio.gather(*(offer(i) for i in range(len(site.flood_styles))))
+        seconds = time.monotonic() - start
+        added_mb = ((await js.stream_info(f"OBJ_{STYLE_BUCKET}")).state.bytes - before) / 1e6
+    finally:
+        await nc.close()
+    await stop.wait()
+    upload_mb = sum(len(s) * 3 / 4 for s in site.flood_styles) / 1e6
+    counts = {str(s): statuses.count(s) for s in sorted(set(statuses))}
+    return (
+        f"{len(statuses)} offers of distinct {upload_mb / len(statuses):.1f} MB styles "
+        f"from {STYLE_FLOOD_ADDRESSES} addresses",
+        {
+            "bucket_added_mb": round(added_mb, 1),
+            "what": f"answers {counts} in {seconds:.1f} s; {upload_mb:.0f} MB uploaded, the style bucket grew "
+            f"{added_mb:.1f} MB (styles re-encoded; quota per address)",
+        },
+    )
+
+
+Attack = Callable[[Site, asyncio.Event], Coroutine[Any, Any, tuple[str, dict[str, Any]]]]
+
+
+async def signaling_attacks(site: Site) -> list[dict[str, Any]]:
+    """Issue 22's signaling and storage attacks, each beside a well-behaved phone that offers once the attack is
+    under way; first that phone alone (the baseline its keys and round-trip p95 are compared with)."""
+    loop = asyncio.get_running_loop()
+    styles = (loop.run_in_executor(None, _noise_style, seed) for seed in range(STYLE_FLOOD_OFFERS))
+    site.flood_styles = list(await asyncio.gather(*styles))
+    baseline = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
+    base_keys, base_p95 = _good_figures(site, baseline)
+    rows = [_row("(baseline: the well-behaved phone alone)", "", baseline, p95_ms=base_p95)]
+    attacks: list[Attack] = [_slow_offers_and_idle_connections, _sdp_bombs, _candidate_flood, _style_flood]
+    for attack in attacks:
+        stop = asyncio.Event()
+        running = asyncio.create_task(attack(site, stop))
+        await asyncio.sleep(0.5)  # the attack is under way when the phone offers
+        report = (await asyncio.wait_for(site.phone(ATTACK_SECONDS).run(), STEP_TIMEOUT_S)).report
+        stop.set()
+        fault, numbers = await asyncio.wait_for(running, STEP_TIMEOUT_S)
+        keys, p95 = _good_figures(site, report)
+        ratio = None if p95 is None or not base_p95 else round(p95 / base_p95, 2)
+        met = keys >= 0.95 * base_keys and ratio is not None and ratio <= 2.0
+        what = numbers.pop("what")
+        survived = f"{what}; good phone: {keys}/{base_keys} keys, p95 x{ratio} ({'met' if met else 'MISSED'})"
+        rows.append(_row(fault, survived, report, p95_ms=p95, p95_ratio=ratio, target_met=met, **numbers))
+    return rows
+
+
 STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "bombs": ({}, bombs_and_echoes),
     "flood": (
@@ -701,6 +881,7 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "cross-region": ({}, cross_region),
     "phone-attacks": ({}, phone_attacks),
     "delta-swap": ({}, delta_swap),
+    "signaling": ({"max_sessions": STYLE_FLOOD_OFFERS + 4}, signaling_attacks),
 }
 """The campaign's steps by name (``--only``), in order."""
 

@@ -247,6 +247,80 @@ async def kill_gateway_mid_stream(
         gateway.stop()
 
 
+def slow_offer_head(port: int, length: int = 100_000) -> bytes:
+    """The head and first bytes of an offer whose body never finishes (issue 22: such offers held every slot)."""
+    head = f"POST /offer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    return (head + f"Content-Length: {length}\r\n\r\n" + '{"type": "offer", "sdp": "').encode()
+
+
+def _sdp_with(sdp: str, extra: list[str], after: str = "m=video") -> str:
+    """``sdp`` with ``extra`` lines inserted after its first line starting with ``after``."""
+    lines = sdp.split("\r\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith(after)) + 1
+    return "\r\n".join(lines[:at] + extra + lines[at:])
+
+
+def sdp_bombs(sdp: str) -> dict[str, str]:
+    """Offers built on ``sdp`` (a genuine one) that kept aiortc busy on the gateway's loop for seconds each (issue
+    22): 20,000 rtpmap/fmtp lines, 50,000 ``a=ssrc`` lines, 1,000 bundled m-sections."""
+    lines = sdp.split("\r\n")
+    video = next(i for i, line in enumerate(lines) if line.startswith("m=video"))
+    end = next(i for i in range(video + 1, len(lines)) if lines[i].startswith("m="))
+    sections = [line.replace("a=mid:0", f"a=mid:v{k}") for k in range(1000) for line in lines[video:end]]
+    codecs = [f"a=rtpmap:{96 + k % 32} VP8/90000\r\na=fmtp:{96 + k % 32} x={k}" for k in range(10_000)]
+    return {
+        "20,000 rtpmap/fmtp lines": _sdp_with(sdp, codecs),
+        "50,000 a=ssrc lines": _sdp_with(sdp, [f"a=ssrc:{k} cname:bomb{k}" for k in range(50_000)]),
+        "1,000 bundled m-sections": "\r\n".join(lines[:video] + sections + lines[video:]),
+    }
+
+
+def with_candidates(sdp: str, candidates: list[str]) -> str:
+    """``sdp`` with its own candidates replaced by ``candidates`` (``"address port"``), highest priority first, in
+    each m-section (issue 22: 2,000 of them made the gateway send STUN to 200 ports of one address)."""
+    out: list[str] = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=candidate:"):
+            continue
+        out.append(line)
+        if line.startswith("m="):
+            out += [f"a=candidate:c{k} 1 udp {2_000_000_000 - k} {c} typ host" for k, c in enumerate(candidates)]
+    return "\r\n".join(out)
+
+
+class StunTargets:
+    """UDP sockets on loopback that count which of them received anything (the gateway's connectivity checks)."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+        self.probed: set[int] = set()
+        self._transports: list[asyncio.DatagramTransport] = []
+
+    async def open(self, count: int) -> StunTargets:
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Target(self), local_addr=("127.0.0.1", 0))
+            self._transports.append(transport)
+            self.ports.append(int(transport.get_extra_info("sockname")[1]))
+        return self
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+
+
+class _Target(asyncio.DatagramProtocol):
+    def __init__(self, targets: StunTargets) -> None:
+        self._targets = targets
+        self._port = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._port = int(transport.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._targets.probed.add(self._port)
+
+
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 
 

@@ -415,6 +415,11 @@ def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
             str(DEFAULT_HTTP_PORT),
             "--ice-host",
             "$(NODE_IP)",
+            # Host names the gateway answers for (DNS rebinding): its Service's; add the public one of your Ingress.
+            "--public-name",
+            name,
+            "--public-name",
+            f"{name}.{NAMESPACE}.svc",
             "--log-level",
             "info",
         ],

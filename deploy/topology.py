@@ -202,6 +202,7 @@ class LocalDeployment:
                         ice_hosts=ice_hosts_for(self.config.gateway_host),
                         tls_cert=cert,
                         tls_key=key,
+                        public_names=tuple(host_names(self.config.public_names)),  # the Host names it answers
                         require_token=self.secrets is not None,
                         token_secret=self.secrets.token_secret if self.secrets else None,
                     )

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
@@ -76,17 +77,51 @@ def meta_subject(bucket: str, name: str) -> str:
     return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
 
 
-# What a deployment has: every bucket and stream, with its config. Limits (max bytes, expiry) go here.
-STYLES = ObjectStoreConfig(bucket=STYLE_BUCKET, storage=StorageType.FILE)
+# What a deployment has: every bucket and stream, with its config and its limits (named beside it).
+MIB = 1024 * 1024
+JS_MAX_BYTES_EXCEEDED = 10077
+"""JetStream's error code for a publish refused by a full stream (discard policy "new", as object stores have)."""
+
+STYLE_BUCKET_MAX_BYTES = 1024 * MIB
+"""Capacity of the style bucket (1 GiB: >= 1,024 styles); once full, new styles are refused until some expire."""
+STYLE_TTL_S = 24 * 3600.0
+"""A style expires this long after it was (last) stored."""
+STYLES = ObjectStoreConfig(
+    bucket=STYLE_BUCKET, storage=StorageType.FILE, max_bytes=STYLE_BUCKET_MAX_BYTES, ttl=STYLE_TTL_S
+)
+
 MODELS = ObjectStoreConfig(bucket=MODEL_BUCKET, storage=StorageType.FILE)
 MODEL_LATEST = KeyValueConfig(bucket=MODEL_LATEST_BUCKET, storage=StorageType.FILE, direct=True)
 ROUNDS = KeyValueConfig(bucket=FL_ROUND_BUCKET, storage=StorageType.FILE)
-DELTA_REFS = StreamConfig(name=FL_DELTA_STREAM, subjects=[FL_DELTA_SUBJECTS], storage=StorageType.FILE)
+
+DELTA_STREAM_MAX_BYTES = 256 * MIB
+"""Capacity of the delta stream (its messages are references of ~200 B; the blobs live in the delta buckets)."""
+DELTA_STREAM_MAX_PER_SUBJECT = 10_000
+"""References kept per worker's subject (``mvs.fl.delta.<region>.<worker>``): one flooding its subject pushes out
+only its own oldest."""
+DELTA_STREAM_MAX_MSG_BYTES = 64 * 1024
+DELTA_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+DELTA_REFS = StreamConfig(
+    name=FL_DELTA_STREAM,
+    subjects=[FL_DELTA_SUBJECTS],
+    storage=StorageType.FILE,
+    max_bytes=DELTA_STREAM_MAX_BYTES,
+    max_msgs_per_subject=DELTA_STREAM_MAX_PER_SUBJECT,
+    max_msg_size=DELTA_STREAM_MAX_MSG_BYTES,
+    max_age=DELTA_STREAM_MAX_AGE_S,
+)
+
+DELTA_BUCKET_MAX_BYTES = 2 * 1024 * MIB
+"""Capacity of a region's delta bucket (2 GiB: ~1,000 deltas of the DNN); once full, new deltas are refused."""
+DELTA_TTL_S = 7 * 24 * 3600.0
+"""A delta blob left behind (its round never closed) expires after this long."""
 
 
 def deltas(region: str) -> ObjectStoreConfig:
-    """Region ``region``'s delta bucket."""
-    return ObjectStoreConfig(bucket=delta_bucket(region), storage=StorageType.FILE)
+    """Region ``region``'s delta bucket (bounded in bytes and age)."""
+    return ObjectStoreConfig(
+        bucket=delta_bucket(region), storage=StorageType.FILE, max_bytes=DELTA_BUCKET_MAX_BYTES, ttl=DELTA_TTL_S
+    )
 
 
 Store = ObjectStoreConfig | KeyValueConfig | StreamConfig
@@ -228,7 +263,9 @@ class Bucket:
         return bytes(data)
 
     async def put(self, name: str, data: bytes) -> None:
-        """Store ``data`` as object ``name``: its chunks on a fresh subject, then its metadata."""
+        """Store ``data`` as object ``name``: its chunks on a fresh subject, then its metadata (with its ``mtime``, as
+        nats-py writes it). A refused publish (a full bucket: :data:`JS_MAX_BYTES_EXCEEDED`) raises its
+        ``APIError``."""
         nuid = uuid.uuid4().hex
         for start in range(0, len(data), CHUNK_BYTES):
             await self.js.publish(chunk_subject(self.name, nuid), data[start : start + CHUNK_BYTES])
@@ -240,6 +277,7 @@ class Bucket:
             "size": len(data),
             "chunks": -(-len(data) // CHUNK_BYTES),
             "digest": digest,
+            "mtime": datetime.now(timezone.utc).isoformat(),
             "options": {"max_chunk_size": CHUNK_BYTES},
         }
         await self.js.publish(meta_subject(self.name, name), json.dumps(info).encode(), headers={ROLLUP_HEADER: "sub"})

@@ -34,7 +34,12 @@ def run_main(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(guarded())
 
 
+# Looked up once, in the parent: a forked child of a threaded parent must not dlopen (the loader's lock may be held
+# by a thread that does not exist in the child, and the child then hangs before exec).
+_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linux" else None
+
+
 def die_with_parent() -> None:
     """``preexec_fn`` for child processes: SIGTERM when the parent dies (Linux), so a crash leaves no orphan."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,10 +1,12 @@
-"""Gateway signaling: garbage offers are HTTP 400 with a message; health and metrics are served."""
+"""Gateway signaling: garbage offers are HTTP 400 with a message; health and metrics are served; every answer
+carries the security headers and a request naming an unknown host is refused (issue 22, item 7)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -19,6 +21,7 @@ from deploy.nats import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo
+from streaming.gateway.admission import SECURITY_HEADERS
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import MAX_PENDING_FRAMES
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
@@ -37,6 +40,7 @@ from streaming.protocol import (
     decode_any,
     encode,
 )
+from streaming.telemetry import LOG_BURST
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 
@@ -189,6 +193,78 @@ async def test_a_data_channel_with_another_label_is_refused_with_a_reason(gatewa
         assert gateway.sessions[answer["stream_id"]].counts["refused_channels"] == 1
     finally:
         await pc.close()
+
+
+async def test_refused_data_channels_are_logged_rate_limited(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A phone opening many channels with other labels used to write a warning for each (15: 15 lines)."""
+    caplog.set_level(logging.WARNING, logger="streaming.gateway.session")
+    restrict_host_candidates(LOOPBACK)
+    pc = RTCPeerConnection(rtc_configuration())
+    refused = 15  # under the session's limit of refusals (it closes the session at 20)
+    for k in range(refused):
+        pc.createDataChannel(f"spam-{k}")
+    pc.addTrack(VideoStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{gateway.url}/offer", data=_body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
+            ) as response:
+                answer = await response.json()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        session = gateway.sessions[answer["stream_id"]]
+        deadline = time.monotonic() + HEALTHY_WITHIN_S
+        while session.counts.get("refused_channels", 0) < refused and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert session.counts["refused_channels"] == refused
+    finally:
+        await pc.close()
+    logged = [r for r in caplog.records if r.getMessage() == "data channel refused"]
+    assert 0 < len(logged) <= LOG_BURST
+
+
+async def test_every_answer_carries_the_security_headers(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        for method, path in (
+            ("GET", "/"),
+            ("GET", "/static/app.js"),
+            ("GET", "/livez"),
+            ("GET", "/nope"),
+            ("POST", "/offer"),
+        ):
+            async with http.request(
+                method, f"{gateway.url}{path}", data=b"{}" if method == "POST" else None
+            ) as response:
+                for name, value in SECURITY_HEADERS.items():
+                    assert response.headers.get(name) == value, (path, response.status, name)
+    csp = SECURITY_HEADERS["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self';" in csp
+
+
+async def test_requests_naming_an_unknown_host_are_refused(nats_server: NatsServer, region: str) -> None:
+    """DNS rebinding: a page of http://rebind.example:<port> whose name now resolves to the gateway sends requests
+    with that Host and Origin, which the origin check took for the gateway's own."""
+    gateway = Gateway(GatewayConfig(port=0, nats_url=nats_server.url, region=region, public_names=("gw.example",)))
+    await gateway.start()
+    json_body = {"Content-Type": "application/json"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            for name in ("rebind.example", "gw.example.rebind.example"):
+                host = f"{name}:{gateway.port}"
+                for method, path in (("GET", "/"), ("GET", "/metrics"), ("POST", "/offer")):
+                    headers = {"Host": host, "Origin": f"http://{host}", **json_body}
+                    async with http.request(method, f"{gateway.url}{path}", headers=headers, data=b"{}") as response:
+                        assert response.status == 421, (host, path)
+            for host in (f"gw.example:{gateway.port}", f"localhost:{gateway.port}", f"127.0.0.1:{gateway.port}"):
+                headers = {"Host": host, "Origin": f"http://{host}", **json_body}
+                async with http.get(f"{gateway.url}/", headers={"Host": host}) as response:
+                    assert response.status == 200, host
+                async with http.post(f"{gateway.url}/offer", headers=headers, data=b"{}") as response:
+                    assert response.status == 400, host  # past admission: the body is what is wrong
+    finally:
+        await gateway.stop()
 
 
 async def test_the_browser_app_and_its_styles_are_served(gateway: Gateway) -> None:

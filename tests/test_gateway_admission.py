@@ -1,6 +1,9 @@
 """Gateway admission (issue 14, item 5), with real aiortc offers that never finish ICE: the session cap holds
 under concurrent offers, sessions that never connect (or fall silent) are closed and their sockets freed, one
-address cannot hold many pending offers, and /healthz reports the capacity."""
+address cannot hold many pending offers, and /healthz reports the capacity. Signaling bounded (issue 22, items 4
+and 6): slow bodies hold no slot, idle and partial-header connections are closed and capped per address, SDP
+bombs are refused before aiortc parses them while /livez answers, and remote ICE candidates are capped and
+filtered (real raw sockets and UDP listeners counting the gateway's STUN)."""
 
 from __future__ import annotations
 
@@ -8,17 +11,22 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
+from bench.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
+from deploy.certs import generate
 from deploy.nats import NatsServer
 from mobile_sim.sources import default_style_photo
+from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway, GatewayConfig
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
 from streaming.images import encode_jpeg
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
@@ -141,3 +149,186 @@ async def test_a_connected_phone_that_falls_silent_is_closed(nats_server: NatsSe
             assert "silent" in session.close_reason
         finally:
             await pc.close()
+
+
+# --- issue 22: signaling bounded (items 4 and 6's ICE part) ---------------------------------------------------------
+
+LIVEZ_WITHIN_S = 0.5
+MAX_LOOP_STALL_S = 0.25
+
+
+async def _raw(gateway: Gateway, source: str, data: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw TCP connection to the gateway from the loopback address ``source``, having sent ``data``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port, local_addr=(source, 0))
+    if data:
+        writer.write(data)
+        await writer.drain()
+    return reader, writer
+
+
+async def _loop_stall(stop: asyncio.Event) -> float:
+    """The longest the event loop went without running this task (a blocked loop shows here)."""
+    worst, last = 0.0, time.monotonic()
+    while not stop.is_set():
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        worst, last = max(worst, now - last), now
+    return worst
+
+
+async def test_slow_offer_bodies_hold_no_session_slot_and_are_cut_at_the_deadline(
+    nats_server: NatsServer, region: str
+) -> None:
+    """8 slow offers from each of 4 addresses used to hold every session slot (503 for the whole run)."""
+    pc, sdp = await _client()
+    await pc.close()
+    settings = {"max_sessions": 4, "offer_read_timeout_s": 1.5, "connect_timeout_s": 30.0}
+    async with _gateway(nats_server, region, **settings) as gateway:
+        slow = [
+            await _raw(gateway, f"127.0.0.{2 + a}", slow_offer_head(gateway.port)) for a in range(4) for _ in range(8)
+        ]
+        async with aiohttp.ClientSession() as http:
+            assert await _wait_for(lambda: sum(gateway._reading.values()) == len(slow), CLOSED_WITHIN_S)
+            start = time.monotonic()
+            async with http.post(f"{gateway.url}/offer", data=_offer_body(sdp)) as response:
+                assert response.status == 200, await response.text()
+            assert time.monotonic() - start < 1.0
+            answers = [await asyncio.wait_for(reader.read(), CLOSED_WITHIN_S) for reader, _ in slow]
+            assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[0][:80]
+            async with http.get(f"{gateway.url}/healthz") as response:
+                health = await response.json()
+            assert health["offers_reading"] == 0 and health["sessions"] == 1
+        for _, writer in slow:
+            writer.close()
+
+
+async def test_idle_and_partial_header_connections_are_closed_and_capped_per_address(
+    nats_server: NatsServer, region: str
+) -> None:
+    """601 idle and partial-header connections used to stay open for good."""
+    settings = {"http_idle_timeout_s": 1.0, "max_connections_per_address": 6}
+    async with _gateway(nats_server, region, **settings) as gateway:
+        idle = [await _raw(gateway, "127.0.0.2") for _ in range(3)]
+        partial = [
+            await _raw(gateway, "127.0.0.2", b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ") for _ in range(3)
+        ]
+        assert await _wait_for(lambda: gateway.connections.open["127.0.0.2"] == 6, CLOSED_WITHIN_S)
+        reader, writer = await _raw(gateway, "127.0.0.2", b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        refusal = await asyncio.wait_for(reader.read(), CLOSED_WITHIN_S)
+        assert refusal.startswith(b"HTTP/1.1 429") and b"Retry-After" in refusal
+        writer.close()
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/livez") as response:
+            assert response.status == 200  # another address is served meanwhile
+        start = time.monotonic()
+        for reader, writer in idle + partial:
+            assert await asyncio.wait_for(reader.read(), CLOSED_WITHIN_S) == b""  # closed by the gateway
+            writer.close()
+        assert time.monotonic() - start < 1.0 + CLOSED_WITHIN_S
+        assert await _wait_for(lambda: "127.0.0.2" not in gateway.connections.open, CLOSED_WITHIN_S)
+
+
+async def test_sdp_bombs_are_refused_before_aiortc_and_livez_answers_meanwhile(
+    nats_server: NatsServer, region: str
+) -> None:
+    """Offers of 20k rtpmap/fmtp lines, 50k a=ssrc lines or 1,000 m-sections blocked the loop for 4-38 s each."""
+    pc, sdp = await _client()
+    await pc.close()
+    async with _gateway(nats_server, region, max_pending_per_address=32) as gateway:
+        stop = asyncio.Event()
+        stall = asyncio.create_task(_loop_stall(stop))
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+
+            async def offer(body: str) -> tuple[int, str]:
+                async with http.post(f"{gateway.url}/offer", data=body) as response:
+                    return response.status, (await response.json())["error"]
+
+            async def livez() -> float:
+                worst = 0.0
+                while not stop.is_set():
+                    start = time.monotonic()
+                    async with http.get(f"{gateway.url}/livez") as response:
+                        assert response.status == 200
+                    worst = max(worst, time.monotonic() - start)
+                    await asyncio.sleep(0.05)
+                return worst
+
+            probe = asyncio.create_task(livez())
+            bombs = sdp_bombs(sdp)
+            answers = await asyncio.gather(*(offer(_offer_body(b)) for b in bombs.values() for _ in range(3)))
+            stop.set()
+            assert all(status == 400 and "SDP offer" in error for status, error in answers), answers
+            assert await probe < LIVEZ_WITHIN_S
+            assert await stall < MAX_LOOP_STALL_S
+            async with http.post(f"{gateway.url}/offer", data=_offer_body(sdp)) as response:
+                assert response.status == 200  # a genuine offer still gets a session
+
+
+def _remote_candidates(gateway: Gateway, stream_id: str) -> set[str]:
+    """The addresses of the remote candidates the gateway's ICE agent kept for a session."""
+    pc = gateway.sessions[stream_id].pc
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport.transport)
+    return {c.ip for t in transports for c in t.getRemoteCandidates()}
+
+
+async def test_remote_candidates_are_capped_so_the_gateway_probes_few_ports(
+    nats_server: NatsServer, region: str
+) -> None:
+    """2,000 remote candidates made the gateway send STUN to 200 ports of an address of the offer's choosing."""
+    pc, sdp = await _client()
+    await pc.close()
+    targets = await StunTargets().open(64)
+    try:
+        candidates = [f"127.0.0.1 {port}" for port in targets.ports]
+        async with _gateway(nats_server, region, connect_timeout_s=2.0) as gateway:
+            async with aiohttp.ClientSession() as http:
+                body = _offer_body(with_candidates(sdp, candidates))
+                async with http.post(f"{gateway.url}/offer", data=body) as response:
+                    assert response.status == 200, await response.text()
+                    session = gateway.sessions[(await response.json())["stream_id"]]
+            await asyncio.wait_for(session.closed.wait(), CLOSED_WITHIN_S)  # the ICE checks end with the session
+        assert 0 < len(targets.probed) <= MAX_REMOTE_CANDIDATES, len(targets.probed)
+    finally:
+        targets.close()
+
+
+async def test_private_link_local_and_named_candidates_are_refused_unless_configured(
+    nats_server: NatsServer, region: str
+) -> None:
+    pc, sdp = await _client()
+    await pc.close()
+    candidates = ["127.0.0.1 9", "10.1.2.3 9", "192.168.1.9 9", "169.254.1.1 9", "fe80::1 9", "100.64.0.1 9"]
+    body = _offer_body(with_candidates(sdp, [*candidates, "f00d.local 9"]))
+    kept = {}
+    for networks in ((), ("10.0.0.0/8", "fe80::/10")):
+        async with _gateway(nats_server, region, ice_remote_networks=networks) as gateway:
+            async with aiohttp.ClientSession() as http, http.post(f"{gateway.url}/offer", data=body) as response:
+                assert response.status == 200, await response.text()
+                kept[networks] = _remote_candidates(gateway, (await response.json())["stream_id"])
+    assert kept[()] == {"127.0.0.1"}  # loopback: this gateway gathers on loopback (--ice-host 127.0.0.1)
+    assert kept[("10.0.0.0/8", "fe80::/10")] == {"127.0.0.1", "10.1.2.3", "fe80::1"}
+    everywhere = RemoteCandidatePolicy.of(ice_hosts=())  # a gateway on every interface: loopback is refused too
+    assert not everywhere.allows("127.0.0.1") and everywhere.allows("8.8.8.8") and not everywhere.allows("::1")
+
+
+async def test_an_https_gateway_caps_connections_per_address_too(
+    nats_server: NatsServer, region: str, tmp_path: Path
+) -> None:
+    """The connection guard sits above TLS: an HTTPS gateway serves through it and refuses over the cap."""
+    files = generate(tmp_path)
+    tls = {"tls_cert": Path(files.cert), "tls_key": Path(files.key), "max_connections_per_address": 2}
+    context = ssl.create_default_context(cafile=files.ca)
+    async with _gateway(nats_server, region, **tls) as gateway:
+        assert gateway.url.startswith("https://")
+        held = [await asyncio.open_connection("127.0.0.1", gateway.port, ssl=context) for _ in range(2)]
+        assert await _wait_for(lambda: gateway.connections.open["127.0.0.1"] == 2, CLOSED_WITHIN_S)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port, ssl=context)
+        writer.write(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), CLOSED_WITHIN_S)).startswith(b"HTTP/1.1 429")
+        for _, w in [*held, (reader, writer)]:
+            w.close()
+        assert await _wait_for(lambda: "127.0.0.1" not in gateway.connections.open, CLOSED_WITHIN_S)
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/livez", ssl=context) as response:
+            assert response.status == 200

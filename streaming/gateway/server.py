@@ -6,16 +6,29 @@
 ``GET /healthz`` is 200 only when the site can take a phone (NATS up, a worker of the region answers, a free
 session slot) and says its capacity.
 
-Admission is bounded before any work: an offer reserves its session slot synchronously, before the first await, so
-concurrent offers can never exceed ``max_sessions``; one client address may hold at most
-``max_pending_per_address`` offers and unconnected sessions (HTTP 429 beyond). The style image's header is checked
-on the event loop (size limits, microseconds) and the image is decoded on a thread of its own. A session that does
-not connect within ``connect_timeout_s``, or whose phone falls silent for ``idle_timeout_s``, is closed and its
-ports freed (``PhoneSession.supervise``).
+Admission is bounded before any work. One client address holds at most ``max_connections_per_address`` HTTP
+connections (:mod:`streaming.gateway.connections`), and a connection without a complete request head for
+``http_idle_timeout_s`` is closed. An offer's body must arrive within ``offer_read_timeout_s`` (HTTP 408) and is read
+before a session slot is reserved, so slow senders hold no slot; the slot is then reserved synchronously, before the
+next await, so concurrent offers can never exceed ``max_sessions``; one client address may hold at most
+``max_pending_per_address`` offers (being read or served) and unconnected sessions (HTTP 429 beyond). The SDP is
+bounded before aiortc parses it (:mod:`streaming.gateway.sdp_limits`: bytes, lines, m-sections, ``a=ssrc`` lines,
+remote candidates and their addresses), so parsing and answering it on the event loop stays short. The style
+image's header is checked on the event loop (size limits, microseconds); the image is decoded, scaled down and
+re-encoded on a thread of its own (:func:`streaming.style_store.normalized_style`: what is stored is a bounded JPEG,
+never the upload's bytes), and an address (or a token's subject) stores at most ``style_quota_bytes`` of new
+styles per ``style_quota_window_s``. An upload seen lately whose style is still stored is not decoded again (the
+bundled styles), and at most :data:`MAX_STYLES_WAITING` offers wait for the style thread (503 beyond), so a flood
+of big new styles delays no phone offering a known one. A session that does not connect within
+``connect_timeout_s``, or whose phone falls silent for ``idle_timeout_s``, is closed and its ports freed
+(``PhoneSession.supervise``).
 
 ``GET /`` is the browser phone (``static/``: plain HTML and JavaScript modules, no build step), ``GET /styles``
-lists the bundled style photos it offers. Signaling from another origin is refused by the browser unless that
-origin is in ``--cors-origin`` (none by default: the app is served from here, same origin).
+lists the bundled style photos it offers. Every answer carries the security headers of
+:data:`streaming.gateway.admission.SECURITY_HEADERS` (a Content-Security-Policy of this origin only, no framing, no
+sniffing). Signaling from another origin is refused by the browser unless that origin is in ``--cors-origin`` (none
+by default: the app is served from here, same origin), and a request naming a host other than an IP address,
+``localhost`` or a ``--public-name`` is refused (DNS rebinding).
 
 ICE is not trickled: aiortc gathers all its candidates inside ``setLocalDescription`` and has no API to send
 them one by one, so the answer carries them all; the browser waits for its own gathering to complete (bounded
@@ -26,11 +39,15 @@ either side) gathering completes in milliseconds, so trickling would save nothin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
+import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +57,16 @@ from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S
 from streaming.clock import ClockOffset
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
-from streaming.gateway.admission import AdmissionPolicy, admission_middleware
+from streaming.gateway.admission import TOKEN_CLAIMS, AdmissionPolicy, admission_middleware, security_middleware
+from streaming.gateway.connections import ConnectionGuard, GuardedAppRunner
+from streaming.gateway.sdp_limits import SdpRefused, screen_sdp
 from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
-from streaming.ice import restrict_host_candidates, rtc_configuration
-from streaming.images import ImageDecodeError, check_image_size, decode_image
+from streaming.ice import RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
+from streaming.images import ImageDecodeError, check_image_size
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -62,7 +82,15 @@ from streaming.protocol import (
     encode_answer,
     stylize_subject,
 )
-from streaming.style_store import StyleStore
+from streaming.style_store import (
+    STORED_STYLE_MAX_BYTES,
+    STORED_STYLE_MAX_SIDE,
+    StyleStore,
+    StyleStoreFull,
+    normalized_style,
+    style_id_of,
+    upload_digest,
+)
 from streaming.telemetry import LogLimiter
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
@@ -77,6 +105,21 @@ DEFAULT_MAX_SESSIONS = 32
 DEFAULT_MAX_PENDING_PER_ADDRESS = 8
 DEFAULT_CONNECT_TIMEOUT_S = 15.0
 DEFAULT_IDLE_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
+DEFAULT_HTTP_IDLE_TIMEOUT_S = 5.0
+DEFAULT_OFFER_READ_TIMEOUT_S = 10.0
+"""An offer's body (up to ~11 MB with an 8 MB style) must arrive within this: 9 Mbit/s for the largest."""
+DEFAULT_STYLE_QUOTA_BYTES = 32 * 1024 * 1024
+DEFAULT_STYLE_QUOTA_WINDOW_S = 3600.0
+LINGER_S = 1.0
+"""How long aiohttp reads and discards the rest of a body the gateway refused before closing (its default: 10 s)."""
+MAX_STYLES_WAITING = 4
+"""Offers whose new style may wait for the style thread (each ~0.1-0.5 s for an 8 MB photo); more get 503 at once,
+so a flood of big styles neither piles up bodies in memory nor delays the offers of known styles."""
+MAX_KNOWN_UPLOADS = 1024
+"""Uploads remembered by digest with the id of their stored style (the bundled styles are sent again and again)."""
+MAX_QUOTA_IDENTITIES = 10_000
+"""Addresses or token subjects whose recent style uploads are remembered (the oldest are forgotten first)."""
 CODEC_THREADS = 2
 STYLE_THREADS = 1
 RETRY_AFTER_S = 2
@@ -117,6 +160,27 @@ class GatewayConfig:
     max_pending_per_address: int = field(
         default=DEFAULT_MAX_PENDING_PER_ADDRESS, metadata=flag("offers and unconnected sessions per client address")
     )
+    max_connections_per_address: int = field(
+        default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, metadata=flag("open HTTP connections per client address")
+    )
+    http_idle_timeout_s: float = field(
+        default=DEFAULT_HTTP_IDLE_TIMEOUT_S,
+        metadata=flag("close an HTTP connection without a complete request head after this long (s)"),
+    )
+    offer_read_timeout_s: float = field(
+        default=DEFAULT_OFFER_READ_TIMEOUT_S, metadata=flag("an offer's body must arrive within this (s; else 408)")
+    )
+    style_quota_bytes: int = field(
+        default=DEFAULT_STYLE_QUOTA_BYTES,
+        metadata=flag(
+            "bytes of new styles one address (or token subject) may store per quota window; a style is stored as a "
+            f"JPEG of at most {STORED_STYLE_MAX_SIDE} px a side and {STORED_STYLE_MAX_BYTES // MIB} MiB, in a bucket "
+            f"of {STYLE_BUCKET_MAX_BYTES // MIB} MiB, for {STYLE_TTL_S / 3600:g} h after its last offer"
+        ),
+    )
+    style_quota_window_s: float = field(
+        default=DEFAULT_STYLE_QUOTA_WINDOW_S, metadata=flag("the style quota's window (s)")
+    )
     connect_timeout_s: float = field(
         default=DEFAULT_CONNECT_TIMEOUT_S, metadata=flag("close a session not connected after this long")
     )
@@ -129,6 +193,19 @@ class GatewayConfig:
         default_factory=tuple, metadata=flag("gather ICE candidates only here (repeatable)", name="ice-host")
     )
     """Gather ICE host candidates only on these addresses (e.g. 127.0.0.1); empty: all interfaces."""
+    ice_remote_networks: tuple[str, ...] = field(
+        default_factory=tuple,
+        metadata=flag(
+            "also send ICE checks to phones' candidates in this network (CIDR, repeatable)", name="ice-remote-network"
+        ),
+    )
+    """Private or link-local networks whose remote candidates are kept (:class:`RemoteCandidatePolicy`); global
+    addresses always are, this host's own ones when an ``--ice-host`` is loopback."""
+    public_names: tuple[str, ...] = field(
+        default_factory=tuple,
+        metadata=flag("a host name phones and browsers use for this gateway (repeatable)", name="public-name"),
+    )
+    """Host names requests may name besides IP addresses and ``localhost``: any other ``Host`` is refused."""
     tls_cert: Path | None = field(default=None, metadata=flag("serve HTTPS with this certificate (PEM)"))
     """HTTPS certificate chain; browsers give a page the camera only in a secure context. None: plain HTTP."""
     tls_key: Path | None = field(default=None, metadata=flag("the certificate's private key (PEM)"))
@@ -147,13 +224,15 @@ class BadOffer(ValueError):
     """A signaling request that cannot be served (HTTP 400)."""
 
 
-def parse_offer(body: bytes) -> Offer:
-    """Decode a ``POST /offer`` body (``streaming.protocol``) and check what only the gateway can: that the SDP
-    parses and offers a video stream and a data channel, and that the style's header is a JPEG or PNG within the
-    size limits (decoding it is the caller's, off the event loop); raise :class:`BadOffer` with a clear message."""
+def parse_offer(body: bytes, candidates: RemoteCandidatePolicy) -> Offer:
+    """Decode a ``POST /offer`` body (``streaming.protocol``) and check what only the gateway can: that the SDP is
+    within :mod:`~streaming.gateway.sdp_limits` (its remote candidates cut to what ``candidates`` allows), parses
+    and offers a video stream and a data channel, and that the style's header is a JPEG or PNG within the size
+    limits (decoding it is the caller's, off the event loop); raise :class:`BadOffer` with a clear message."""
     try:
         offer = decode_offer(body)
-    except ProtocolError as exc:
+        offer = dataclasses.replace(offer, sdp=screen_sdp(offer.sdp, candidates).sdp)
+    except (ProtocolError, SdpRefused) as exc:
         raise BadOffer(str(exc)) from exc
     try:
         kinds = [media.kind for media in SessionDescription.parse(offer.sdp).media]
@@ -190,8 +269,18 @@ class Gateway:
         self._executor = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="gateway-codec")
         self._style_executor = ThreadPoolExecutor(max_workers=STYLE_THREADS, thread_name_prefix="gateway-style")
         """Style images are decoded here, apart from key frames: a flood of offers never delays a phone's keys."""
+        self._reading: Counter[str] = Counter()
+        """Offers whose body is being read, by client address (they hold no session slot yet)."""
         self._offering: Counter[str] = Counter()
         """Offers being served right now, by client address (each holds a session slot)."""
+        self._uploads: OrderedDict[str, str] = OrderedDict()
+        """Style id by digest of the upload it was made from, most recent last: a known upload is not decoded."""
+        self._making: dict[str, asyncio.Task[str]] = {}
+        """The new styles being made (waiting for the style thread, on it, or being stored), by digest of upload."""
+        self._stored: dict[str, deque[tuple[float, int]]] = {}
+        """New styles stored recently (time, bytes) by address or token subject: the style quota."""
+        self.connections = ConnectionGuard(config.max_connections_per_address, RETRY_AFTER_S)
+        self.candidates = RemoteCandidatePolicy.of(config.ice_hosts, config.ice_remote_networks)
         self._nc: NATS | None = None
         self._styles: StyleStore | None = None
         self._runner: web.AppRunner | None = None
@@ -204,13 +293,13 @@ class Gateway:
             raise ValueError(f"--require-token needs the token secret in ${TOKEN_SECRET_ENV}")
         if (config.tls_cert is None) != (config.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
-        self.admission = AdmissionPolicy(config.region, config.cors_origin, secret)
+        self.admission = AdmissionPolicy(config.region, config.cors_origin, secret, config.public_names)
 
     def app(self) -> web.Application:
         """The aiohttp application (routes: /offer, /metrics, /healthz, /livez, the browser phone)."""
         app = web.Application(
             client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES,
-            middlewares=[admission_middleware(self.admission)],
+            middlewares=[security_middleware(self.admission), admission_middleware(self.admission)],
         )
         app.router.add_post("/offer", self._offer)
         app.router.add_get("/metrics", self._metrics)
@@ -233,7 +322,13 @@ class Gateway:
             reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
         self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = GuardedAppRunner(
+            self.app(),
+            self.connections,
+            access_log=None,
+            keepalive_timeout=self.config.http_idle_timeout_s,
+            lingering_time=LINGER_S,
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._ssl_context()).start()
         self.port = int(self._runner.addresses[0][1])  # the real port when config.port is 0
@@ -267,39 +362,46 @@ class Gateway:
         return len(self.sessions) + sum(self._offering.values())
 
     def pending(self, address: str) -> int:
-        """Offers being served and sessions not connected yet, of one client address."""
+        """Offers being read or served and sessions not connected yet, of one client address."""
         unconnected = sum(1 for s in self.sessions.values() if s.address == address and not s.connected.is_set())
-        return self._offering[address] + unconnected
+        return self._reading[address] + self._offering[address] + unconnected
 
     async def _offer(self, request: web.Request) -> web.Response:
         address = request.remote or "unknown"
-        # Admission and the slot reservation happen before the first await: no offer can pass a full check.
         if self.pending(address) >= self.config.max_pending_per_address:
             return _refuse(
                 429, f"too many pending offers from this address (limit {self.config.max_pending_per_address})"
             )
         if self.occupied() >= self.config.max_sessions:
             return _refuse(503, "gateway full")
-        self._offering[address] += 1
-        try:
-            return await self._open_session(request, address)
-        finally:
-            self._offering[address] -= 1
-            if self._offering[address] <= 0:
-                del self._offering[address]
+        with _held(self._reading, address):
+            try:
+                async with asyncio.timeout(self.config.offer_read_timeout_s):
+                    body = await request.read()
+            except TimeoutError:
+                return _refuse(408, f"offer body not received within {self.config.offer_read_timeout_s:g} s")
+        # The slot is reserved after the body is in and before the next await: no offer can pass a full check.
+        if self.occupied() >= self.config.max_sessions:
+            return _refuse(503, "gateway full")
+        claims = request.get(TOKEN_CLAIMS)
+        identity = f"token:{claims.sub}" if claims is not None else address
+        with _held(self._offering, address):
+            return await self._open_session(body, address, identity)
 
-    async def _open_session(self, request: web.Request, address: str) -> web.Response:
+    async def _open_session(self, body: bytes, address: str, identity: str) -> web.Response:
         try:
-            offer = parse_offer(await request.read())
+            offer = parse_offer(body, self.candidates)
         except BadOffer as exc:
             return self._bad_offer(address, str(exc))
+        assert self._nc is not None and self._styles is not None
         try:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._style_executor, decode_image, offer.style, MAX_FRAME_SIDE)
+            style_id = await self._style_of(offer.style, identity)
         except ImageDecodeError as exc:
             return self._bad_offer(address, f"'style' is not a usable image: {exc}")
-        assert self._nc is not None and self._styles is not None
-        style_id = await self._styles.put(offer.style)
+        except StyleQuotaExceeded as exc:
+            return _refuse(429, str(exc))
+        except (StyleStoreFull, StylesBusy) as exc:
+            return _refuse(503, str(exc))
         stream_id = uuid.uuid4().hex[:12]
         pc = RTCPeerConnection(rtc_configuration())
         session = PhoneSession(
@@ -333,6 +435,56 @@ class Gateway:
             content_type="application/json",
             headers={GATEWAY_INSTANCE_HEADER: self.instance},
         )
+
+    async def _style_of(self, upload: bytes, identity: str) -> str:
+        """The id of the stored style of an upload: one seen lately whose style is still stored costs a digest;
+        another is normalized on the style thread (at most :data:`MAX_STYLES_WAITING` offers wait for it, else
+        :class:`StylesBusy`) and stored (:meth:`_store_style`)."""
+        assert self._styles is not None
+        digest = await asyncio.to_thread(upload_digest, upload)
+        known = self._uploads.get(digest)
+        if known is not None and await self._styles.fresh(known):
+            self._uploads.move_to_end(digest)
+            return known
+        making = self._making.get(digest)
+        if making is None:  # (offers of one upload at once share its work)
+            if len(self._making) >= MAX_STYLES_WAITING:
+                raise StylesBusy(f"busy with {len(self._making)} new styles: retry shortly")
+            making = asyncio.create_task(self._new_style(upload, digest, identity))
+            self._making[digest] = making
+            making.add_done_callback(lambda _: self._making.pop(digest, None))
+        return await asyncio.shield(making)
+
+    async def _new_style(self, upload: bytes, digest: str, identity: str) -> str:
+        """Normalize an upload on the style thread and store it (:meth:`_style_of`)."""
+        loop = asyncio.get_running_loop()
+        style = await loop.run_in_executor(self._style_executor, normalized_style, upload)
+        style_id = await self._store_style(style, identity)
+        self._uploads[digest] = style_id
+        while len(self._uploads) > MAX_KNOWN_UPLOADS:
+            self._uploads.popitem(last=False)
+        return style_id
+
+    async def _store_style(self, style: bytes, identity: str) -> str:
+        """Store a style (its id); a new one counts against ``identity``'s quota, checked first."""
+        assert self._styles is not None
+        if await self._styles.fresh(style_id_of(style)):
+            return await self._styles.put(style)
+        now = time.monotonic()
+        recent = self._stored.pop(identity, deque())
+        while recent and now - recent[0][0] >= self.config.style_quota_window_s:
+            recent.popleft()
+        self._stored[identity] = recent  # most recent last: the oldest identities are forgotten first
+        while len(self._stored) > MAX_QUOTA_IDENTITIES:
+            del self._stored[next(iter(self._stored))]
+        used = sum(size for _, size in recent)
+        if used + len(style) > self.config.style_quota_bytes:
+            raise StyleQuotaExceeded(
+                f"style quota used: {used} of {self.config.style_quota_bytes} B of new styles per "
+                f"{self.config.style_quota_window_s:g} s"
+            )
+        recent.append((now, len(style)))
+        return await self._styles.put(style)
 
     async def _reap(self, session: PhoneSession) -> None:
         await session.closed.wait()
@@ -379,12 +531,33 @@ class Gateway:
             "sessions": len(self.sessions),
             "max_sessions": self.config.max_sessions,
             "offers_in_progress": sum(self._offering.values()),
+            "offers_reading": sum(self._reading.values()),
             "unconnected": sum(1 for s in self.sessions.values() if not s.connected.is_set()),
             "full": full,
             "nats_connected": connected,
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)
+
+
+class StylesBusy(Exception):
+    """Too many new styles wait for the style thread (HTTP 503)."""
+
+
+class StyleQuotaExceeded(Exception):
+    """An address or token subject stored its quota of new styles (HTTP 429)."""
+
+
+@contextmanager
+def _held(counter: Counter[str], address: str) -> Iterator[None]:
+    """Count ``address`` in ``counter`` for the duration of the block."""
+    counter[address] += 1
+    try:
+        yield
+    finally:
+        counter[address] -= 1
+        if counter[address] <= 0:
+            del counter[address]
 
 
 def _refuse(status: int, error: str) -> web.Response:
