@@ -26,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(config: AggregatorConfig, initial: NamedArrays | None) -> None:
     """Run the aggregator until cancelled, with its health endpoint on ``--metrics-port``: ``/metrics``
-    (Prometheus), ``/healthz`` (200 once started and while NATS is connected: readiness) and ``/livez`` (200 unless
-    its NATS connection is closed for good: liveness; during an outage it reconnects by itself). The endpoint is up
-    from the start, so a slow start (NATS not there yet) reads unready, not dead."""
+    (Prometheus), ``/healthz`` (200 once started and while NATS is connected and JetStream answers: readiness) and
+    ``/livez`` (200 unless its NATS connection is closed for good: liveness; during an outage it reconnects by
+    itself). The endpoint is up from the start, so a slow start (NATS not there yet) reads unready, not dead."""
     aggregator = Aggregator(config)
     health = await start_health_server(
         config.metrics_port, config.metrics_host, ready=aggregator.ready, live=aggregator.live

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -66,7 +67,7 @@ from aggregator.validation import (
     validate_ref,
     validate_update,
 )
-from streaming.buckets import aggregator_stores, create_stores
+from streaming.buckets import BucketMissingError, aggregator_stores, create_stores
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, flag
 from streaming.model_store import (
     DEFAULT_KEEP_VERSIONS,
@@ -107,6 +108,10 @@ FETCH_BATCH = 16
 FETCH_WAIT_S = 0.5
 
 ROUND = Gauge("mvs_aggregator_version", "Newest published global version")
+JETSTREAM_AVAILABLE = Gauge(
+    "mvs_aggregator_jetstream_available",
+    "1 while the hub's JetStream answers (the delta stream has a leader: a quorum of the hub's servers), else 0",
+)
 ACCEPTED = Counter("mvs_aggregator_updates_accepted_total", "Deltas accepted into a round")
 REJECTED = Counter("mvs_aggregator_updates_rejected_total", "Deltas rejected", ["reason"])
 DROPPED = Counter("mvs_aggregator_updates_dropped_total", "Accepted deltas dropped when their round closed", ["reason"])
@@ -172,6 +177,14 @@ def _round_order(held: tuple[DeltaRef, bytes]) -> tuple[str, int]:
     return held[0].worker_id, held[0].base_version
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation nats-py turned into a timeout (a pull fetch cancelled mid-wait answers with one)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
+
+
 class Aggregator:
     """Rounds of federated averaging over the deltas of every region."""
 
@@ -199,6 +212,9 @@ class Aggregator:
         self._weights: NamedArrays = {}
         self.state = RoundState(base_version=-1)
         self.rejections: dict[str, int] = {}
+        self.jetstream_available = True
+        """False from a JetStream call that failed (a hub cluster without a quorum) to the next that succeeds."""
+        JETSTREAM_AVAILABLE.set(1)
         self.drops: dict[str, int] = {}
         """Accepted deltas dropped at the close of their round, by reason."""
 
@@ -233,8 +249,20 @@ class Aggregator:
         log.info("aggregator ready", extra={"version": latest.version, "pending": len(self.state.accepted)})
 
     def ready(self) -> bool:
-        """Serving: started (stores bound, consumer subscribed) and NATS connected now (a readiness probe)."""
-        return self._nc is not None and self._sub is not None and self._nc.is_connected
+        """Serving: started (stores bound, consumer subscribed), NATS connected and JetStream answering now (a
+        readiness probe: a hub cluster with two servers of three down is connected but cannot store anything)."""
+        connected = self._nc is not None and self._sub is not None and self._nc.is_connected
+        return connected and self.jetstream_available
+
+    def _jetstream(self, available: bool, error: BaseException | None = None) -> None:
+        """Note whether JetStream answers; log each change (a warning when it stops)."""
+        if available != self.jetstream_available:
+            if available:
+                log.info("jetstream available again")
+            else:
+                log.warning("jetstream unavailable", extra={"error": f"{type(error).__name__}: {error}"})
+        self.jetstream_available = available
+        JETSTREAM_AVAILABLE.set(1 if available else 0)
 
     def live(self) -> bool:
         """Not dead: starting, connected, or reconnecting during a NATS outage (which it does forever,
@@ -277,10 +305,11 @@ class Aggregator:
         self._published_ns = {v: t for v, t in self._published_ns.items() if v >= oldest}
 
     async def _delta_store(self, region: str) -> DeltaStore:
-        """The region's delta bucket (the setup creates it)."""
+        """The region's delta bucket (the setup creates it), read through its leader: a follower answering a direct
+        get may not hold a delta just written, which would reject a good delta as unreadable."""
         assert self._js is not None
         if region not in self._deltas:
-            self._deltas[region] = DeltaStore(self._js, region)
+            self._deltas[region] = DeltaStore(self._js, region, direct=False)
         return self._deltas[region]
 
     async def _checked(self, ref: DeltaRef, seen: set[tuple[str, int]]) -> Update:
@@ -360,17 +389,28 @@ class Aggregator:
         return {(r.worker_id, r.base_version) for r in refs}
 
     async def run(self) -> None:
-        """Serve until cancelled."""
+        """Serve until cancelled. A step that JetStream fails (a hub cluster electing leaders, or without a quorum)
+        is tried again after the reconnect wait: nothing is acked before it is persisted, so nothing is lost."""
         while True:
-            await self.step()
+            try:
+                await self.step()
+            except (NatsError, asyncio.TimeoutError, BucketMissingError) as exc:  # no leader, no responder
+                _raise_if_cancelled()
+                self._jetstream(False, exc)
+                await asyncio.sleep(self.config.nats_reconnect_wait_s)
+            _raise_if_cancelled()
 
     async def step(self) -> ModelVersion | None:
-        """Take what deltas are waiting, then close the round if it is due; return a new version if any."""
-        assert self._sub is not None
+        """Take what deltas are waiting, then close the round if it is due; return a new version if any. When none
+        came, ask JetStream for the delta stream (a fetch's silence cannot tell an idle stream from one without a
+        leader)."""
+        assert self._sub is not None and self._js is not None
         try:
             msgs = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
         except (NatsTimeoutError, asyncio.TimeoutError):
             msgs = []
+            await self._js.stream_info(FL_DELTA_STREAM)
+        self._jetstream(True)
         for msg in msgs:
             await self._consume(msg)
         if self._round_due():

@@ -2,10 +2,11 @@
 
 Each file is block-style YAML, one Kubernetes object per document, documents separated by ``---`` lines
 (:func:`render`; ``kubectl apply -f deploy/k8s/`` reads every file). Per edge region: a NATS leaf node, stylizer
-workers and a gateway pinned to the region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub
-(JetStream on a volume) and the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m
-deploy.nats_config --secret``). ``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check``
-fails when the files are stale. deploy/k8s/README.md explains the choices.
+workers and a gateway pinned to the region's nodes (label ``mvs/region=<name>``); in the cloud: the NATS hub (a
+StatefulSet of the regions file's ``[hub] servers`` pods, one JetStream cluster, with a PodDisruptionBudget) and
+the aggregator. Passwords come from the Secret ``mvs-nats-users`` (``python -m deploy.nats_config --secret``).
+``--image`` (or ``--registry``/``--tag``) names the services' image. ``--check`` fails when the files are stale.
+deploy/k8s/README.md explains the choices.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from deploy.certs import CA_FILE
-from deploy.nats import HUB_DOMAIN
+from deploy.nats import HUB_DOMAIN, route_url_env
 from deploy.nats_auth import (
     AGGREGATOR_USER,
     LEAF_URL_ENV,
+    ROUTE_USER,
     SETUP_USER,
     gateway_user,
     leaf_user,
@@ -32,11 +34,14 @@ from deploy.nats_auth import (
 )
 from deploy.nats_config import (
     CLIENT_PORT,
+    HUB_ROUTES_SERVICE,
     HUB_SERVICE,
     LEAF_PORT,
     MONITOR_PORT,
     NAMESPACE,
+    ROUTE_PORT,
     SECRET_NAME,
+    SERVER_NAME_ENV,
     STORE_DIR,
     TLS,
     TLS_DIR,
@@ -44,10 +49,11 @@ from deploy.nats_config import (
     cluster_workers,
     deployment_configs,
     hub_auth,
+    hub_pod_host,
     write_generated,
 )
 from deploy.observability import scrape_annotations
-from deploy.regions import DEFAULT_REGIONS_FILE, Region, load_regions
+from deploy.regions import DEFAULT_REGIONS_FILE, Hub, Region, load_hub, load_regions
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT
 
@@ -212,33 +218,67 @@ def nats_config_map(configs: dict[str, str]) -> Manifest:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(NATS_CONFIG_MAP, "nats"), "data": configs}
 
 
-def nats_hub(users: Sequence[str]) -> list[Manifest]:
-    """The cloud hub: one replica, JetStream on a persistent volume; it authenticates every user."""
+def nats_hub(users: Sequence[str], hub: Hub | None = None) -> list[Manifest]:
+    """The cloud hub: a StatefulSet of ``hub.servers`` pods, JetStream on a persistent volume each; it authenticates
+    every user. A cluster's pods route to each other by their DNS names (a headless Service that publishes them
+    before they are ready: JetStream is not ready without its routes), start together (``Parallel``: a server is
+    not ready before its meta group has a quorum), prefer distinct nodes, and a PodDisruptionBudget keeps a quorum
+    up through voluntary disruptions (node drains)."""
+    hub = hub or Hub()
+    clustered = hub.servers > 1
     ports = {"client": CLIENT_PORT, "leafnodes": LEAF_PORT, "monitor": MONITOR_PORT}
-    container = _nats_container("hub.conf", [_password(user) for user in users], ports)
+    env = [_password(user) for user in users]
+    if clustered:
+        env.insert(0, {"name": SERVER_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        env.append(_password(ROUTE_USER))
+        env += [
+            {
+                "name": route_url_env(i),
+                "value": f"nats-route://{ROUTE_USER}:$({password_env(ROUTE_USER)})@{hub_pod_host(i)}:{ROUTE_PORT}",
+            }
+            for i in range(hub.servers)
+        ]
+    container = _nats_container("hub.conf", env, {**ports, "cluster": ROUTE_PORT} if clustered else ports)
     container["volumeMounts"].append({"name": "data", "mountPath": STORE_DIR.rsplit("/", 1)[0]})
     container["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+    pod = _mount_tls({"containers": [container], "volumes": [_config_volume("hub.conf")]}, False)
+    spec: Manifest = {
+        "serviceName": HUB_ROUTES_SERVICE if clustered else HUB_SERVICE,
+        "replicas": hub.servers,
+        "selector": {"matchLabels": _pod_labels(HUB_SERVICE)},
+        "template": {"metadata": {"labels": _pod_labels(HUB_SERVICE)}, "spec": pod},
+        "volumeClaimTemplates": [
+            {
+                "metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
+            }
+        ],
+    }
     stateful_set = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": _meta(HUB_SERVICE, "nats"),
-        "spec": {
-            "serviceName": HUB_SERVICE,
-            "replicas": 1,
-            "selector": {"matchLabels": _pod_labels(HUB_SERVICE)},
-            "template": {
-                "metadata": {"labels": _pod_labels(HUB_SERVICE)},
-                "spec": _mount_tls({"containers": [container], "volumes": [_config_volume("hub.conf")]}, False),
-            },
-            "volumeClaimTemplates": [
-                {
-                    "metadata": {"name": "data"},
-                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
-                }
-            ],
-        },
+        "spec": spec,
     }
-    return [_service(HUB_SERVICE, "nats", None, ports), stateful_set]
+    objects = [_service(HUB_SERVICE, "nats", None, ports)]
+    if not clustered:
+        return [*objects, stateful_set]
+    spec["podManagementPolicy"] = "Parallel"
+    host = {"labelSelector": {"matchLabels": _pod_labels(HUB_SERVICE)}, "topologyKey": "kubernetes.io/hostname"}
+    pod["affinity"] = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": host}]
+        }
+    }
+    routes = _service(HUB_ROUTES_SERVICE, "nats", None, {"cluster": ROUTE_PORT})
+    routes["spec"] |= {"selector": _pod_labels(HUB_SERVICE), "clusterIP": "None", "publishNotReadyAddresses": True}
+    budget = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(HUB_SERVICE, "nats"),
+        "spec": {"minAvailable": hub.servers // 2 + 1, "selector": {"matchLabels": _pod_labels(HUB_SERVICE)}},
+    }
+    return [*objects, routes, stateful_set, budget]
 
 
 def nats_leaf(region: str) -> list[Manifest]:
@@ -329,14 +369,19 @@ def worker(region: str, index: int, worker_id: str, image: str, federated: bool,
     return deployment
 
 
-def setup_job(regions: Sequence[Region], image: str = IMAGE) -> Manifest:
+def setup_job(regions: Sequence[Region], image: str = IMAGE, hub: Hub | None = None) -> Manifest:
     """The operator's setup (``mvs setup``): creates every bucket and stream on the hub before the services use them
-    (they may not create any); retried until the hub answers, harmless to run again."""
+    (they may not create any), each with min(3, hub servers) replicas; retried until the hub answers, harmless to run
+    again."""
     container = {
         "name": "setup",
         "image": image,
         "command": ["mvs", "setup"],
-        "args": [arg for region in regions for arg in ("--region", region.name)],
+        "args": [
+            *(arg for region in regions for arg in ("--region", region.name)),
+            "--hub-servers",
+            str((hub or Hub()).servers),
+        ],
         "env": _nats_url(SETUP_USER, HUB_SERVICE),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
     }
@@ -426,16 +471,17 @@ def aggregator(image: str = IMAGE) -> Manifest:
 
 
 def manifests(
-    regions: Sequence[Region], source: str, image: str = IMAGE, gpu_image: str = GPU_IMAGE
+    regions: Sequence[Region], source: str, image: str = IMAGE, gpu_image: str = GPU_IMAGE, hub: Hub | None = None
 ) -> dict[str, list[Manifest]]:
     """File name -> its objects, for every part of the deployment; the services run ``image``, the workers of
     GPU regions ``gpu_image``."""
+    hub = hub or Hub()
     files: dict[str, list[Manifest]] = {
         "00-namespace.yaml": [namespace()],
-        "nats-config.yaml": [nats_config_map(deployment_configs(regions, source))],
-        "nats-hub.yaml": nats_hub(hub_auth(regions).user_names()),
+        "nats-config.yaml": [nats_config_map(deployment_configs(regions, source, hub))],
+        "nats-hub.yaml": nats_hub(hub_auth(regions).user_names(), hub),
         "aggregator.yaml": [aggregator(image)],
-        "setup.yaml": [setup_job(regions, image)],
+        "setup.yaml": [setup_job(regions, image, hub)],
     }
     for region in regions:
         if region.nats == "leaf":
@@ -546,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--image names the whole reference: give it alone, or --registry/--tag")
     image = args.image or image_reference(args.registry, args.tag or DEFAULT_TAG)
     gpu_image = args.gpu_image or image_reference(args.registry, args.tag or DEFAULT_TAG, GPU_IMAGE_NAME)
-    objects = manifests(load_regions(args.regions), args.regions.name, image, gpu_image)
+    objects = manifests(load_regions(args.regions), args.regions.name, image, gpu_image, load_hub(args.regions))
     files = {name: render(objs) for name, objs in objects.items()}
     write_generated(files, args.out, ".yaml", "python -m deploy.k8s_manifests", args.check)
 

@@ -14,11 +14,25 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deploy.backhaul import DelayedTcpRelay
 from deploy.certs import LOCAL_HOSTS, TlsFiles, generate
-from deploy.nats_auth import LEAF_URL_ENV, SETUP_USER, Credentials, ServerAuth, indent, leaf_user, worker_ids
+from deploy.nats_auth import (
+    LEAF_URL_ENV,
+    ROUTE_URL_ENV,
+    ROUTE_USER,
+    SETUP_USER,
+    Credentials,
+    ServerAuth,
+    indent,
+    leaf_user,
+    new_password,
+    password_env,
+    worker_ids,
+)
 from deploy.nats_setup import run_setup
 from streaming.config import NATS_URL_ENV
 from streaming.runtime import die_with_parent
@@ -41,7 +55,7 @@ def nats_server_binary() -> str:
     return found
 
 
-SECRET_ENV_PREFIXES = ("MVS_NATS_PASSWORD_", LEAF_URL_ENV, NATS_URL_ENV, TOKEN_SECRET_ENV)
+SECRET_ENV_PREFIXES = ("MVS_NATS_PASSWORD_", LEAF_URL_ENV, ROUTE_URL_ENV, NATS_URL_ENV, TOKEN_SECRET_ENV)
 """Variables a nats-server child must not inherit from its parent: it gets exactly the secrets its config names."""
 
 
@@ -77,6 +91,40 @@ def _ephemeral_low() -> int:
         return 49152
 
 
+HUB_CLUSTER = "mvs-hub"
+"""Name of the hub's NATS cluster (its servers' routes and JetStream meta group)."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A server's part in the hub cluster: where it listens for routes and how many routes it has.
+
+    Every server gets the same route list (a route to itself is ignored), read from the environment variables
+    ``MVS_NATS_ROUTE_<i>`` as ``nats-route://route:<password>@host:port``: route URLs carry the route user's
+    password, which the ``authorization`` block reads from ``MVS_NATS_PASSWORD_ROUTE`` (never in the file)."""
+
+    listen: str
+    routes: int
+    name: str = HUB_CLUSTER
+
+    def render(self) -> str:
+        """The ``cluster`` block."""
+        routes = ", ".join(f"${route_url_env(i)}" for i in range(self.routes))
+        auth = f"authorization {{ user: {json.dumps(ROUTE_USER)}, password: ${password_env(ROUTE_USER)} }}"
+        body = [f"name: {json.dumps(self.name)}", f"listen: {json.dumps(self.listen)}", auth, f"routes: [ {routes} ]"]
+        return "cluster {\n" + "\n".join(indent(line, 1) for line in body) + "\n}"
+
+
+def route_url_env(index: int) -> str:
+    """The variable holding the URL (with the route password) of hub server ``index``'s route listener."""
+    return f"{ROUTE_URL_ENV}_{index}"
+
+
+def leaf_url_env(index: int, remotes: int) -> str:
+    """The variable holding a leaf's URL (with its password) of hub server ``index`` of ``remotes``."""
+    return LEAF_URL_ENV if remotes == 1 else f"{LEAF_URL_ENV}_{index}"
+
+
 def server_config(
     name: str,
     listen: str,
@@ -85,18 +133,23 @@ def server_config(
     store_dir: str | None = None,
     js_domain: str | None = None,
     leaf_listen: str | None = None,
-    leaf_remote: str | None = None,
+    leaf_remote: str | Sequence[str] | None = None,
     auth: ServerAuth | None = None,
     tls: TlsFiles | None = None,
+    cluster: ClusterSpec | None = None,
 ) -> str:
-    """A nats-server config: JetStream when ``store_dir`` is set, leaf-node listener and/or remote, accounts.
+    """A nats-server config: JetStream when ``store_dir`` is set, leaf-node listener and/or remote, accounts, and
+    with ``cluster`` the routes to the other hub servers (a clustered JetStream: one meta group, replicated streams).
 
-    With ``auth``, a leaf's remote URL (which must carry the leaf user's password) is read from the
-    environment variable ``MVS_NATS_LEAF_URL``, not written here: ``leaf_remote`` only says there is one.
+    ``name`` starting with ``$`` is read from that environment variable (a StatefulSet's pod name). ``leaf_remote``
+    may list several URLs (every hub server: the leaf connects to one and fails over to the next). With ``auth``, a
+    leaf's remote URLs (which must carry the leaf user's password) are read from the environment variable
+    ``MVS_NATS_LEAF_URL`` (one URL; several: ``MVS_NATS_LEAF_URL_<i>``), not written here.
     With ``tls``, clients must speak TLS (the server's certificate), the leaf-node listener demands a client
     certificate of the CA, and a leaf's remote presents one and checks the hub's against the CA.
     """
-    lines = [f"server_name: {json.dumps(name)}", f"listen: {json.dumps(listen)}"]
+    server_name = name if name.startswith("$") else json.dumps(name)
+    lines = [f"server_name: {server_name}", f"listen: {json.dumps(listen)}"]
     if tls is not None:
         lines.append(_tls_block(tls.cert, tls.key, tls.ca))
     if monitor is not None:
@@ -104,6 +157,8 @@ def server_config(
     if store_dir is not None:
         domain = f", domain: {json.dumps(js_domain)}" if js_domain else ""
         lines.append(f"jetstream {{ store_dir: {json.dumps(store_dir)}{domain} }}")
+    if cluster is not None:
+        lines.append(cluster.render())
     if auth is not None:
         lines.append(auth.render_accounts())
     leaf = []
@@ -114,10 +169,12 @@ def server_config(
         if auth is not None and auth.leaf_users:
             leaf.append(auth.leaf_authorization())
     if leaf_remote is not None:
-        url = f"${LEAF_URL_ENV}" if auth else json.dumps(leaf_remote)
+        remotes = [leaf_remote] if isinstance(leaf_remote, str) else list(leaf_remote)
+        urls = [f"${leaf_url_env(i, len(remotes))}" if auth else json.dumps(r) for i, r in enumerate(remotes)]
+        where = f"url: {urls[0]}" if len(urls) == 1 else f"urls: [ {', '.join(urls)} ]"
         account = f", account: {json.dumps(auth.remote_account)}" if auth and auth.remote_account else ""
         remote_tls = "" if tls is None else ", " + _tls_block(tls.client_cert, tls.client_key, tls.ca)
-        leaf.append(f"remotes: [ {{ url: {url}{account}{remote_tls} }} ]")
+        leaf.append(f"remotes: [ {{ {where}{account}{remote_tls} }} ]")
     if leaf:
         lines.append("leafnodes {\n" + "\n".join(indent(block, 1) for block in leaf) + "\n}")
     return "\n".join(lines) + "\n"
@@ -158,12 +215,14 @@ class NatsServer:
         jetstream: bool = True,
         js_domain: str | None = None,
         leaf_port: int | None = None,
-        leaf_remote: str | None = None,
+        leaf_remote: str | Sequence[str] | None = None,
         name: str = "mvs",
         auth: ServerAuth | None = None,
         env: Mapping[str, str] | None = None,
         tls: TlsFiles | None = None,
         regions: Sequence[str] = (),
+        cluster_port: int | None = None,
+        cluster_routes: int = 0,
     ) -> None:
         if leaf_port == 0 and monitor_port is None:
             raise ValueError("a random leaf_port is read back from monitoring: set monitor_port too (0: any)")
@@ -184,6 +243,10 @@ class NatsServer:
         """Certificates of the client and leaf-node listeners (and a leaf's remote); None: plain TCP."""
         self.regions = tuple(regions)
         """Regions whose delta buckets the setup creates (a server without ``auth``)."""
+        self.cluster_port = cluster_port
+        """Route listener of a hub cluster's server (a fixed port: the others' routes name it); None: no cluster."""
+        self.cluster_routes = cluster_routes
+        """Routes of a cluster's server, one per server (their URLs in the environment, see :class:`ClusterSpec`)."""
         self._env = {**inherited_env(), **(env or {})}
         """The server's environment: with ``auth``, the passwords its config names (and a leaf's remote URL)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="mvs-nats-")
@@ -210,13 +273,13 @@ class NatsServer:
             raise RuntimeError(f"the {what} port is any free port: known once the server has started")
         return port
 
-    def set_leaf_remote(self, url: str, env_url: str | None = None) -> None:
-        """Connect to the hub at ``url`` once started; with auth, ``env_url`` (the URL with the leaf user's
-        password) goes to the server in :data:`~deploy.nats_auth.LEAF_URL_ENV`. For a hub started after this
-        server was made, on any free leaf-node port."""
-        self.leaf_remote = url
-        if env_url is not None:
-            self._env[LEAF_URL_ENV] = env_url
+    def set_leaf_remote(self, urls: Sequence[str], env_urls: Sequence[str] | None = None) -> None:
+        """Connect to the hub at one of ``urls`` (every hub server's) once started; with auth, ``env_urls`` (the
+        URLs with the leaf user's password) go to the server in :func:`leaf_url_env`'s variables. For a hub started
+        after this server was made, on any free leaf-node port."""
+        self.leaf_remote = list(urls)
+        for i, url in enumerate(env_urls or ()):
+            self._env[leaf_url_env(i, len(urls))] = url
 
     def config(self) -> str:
         """The server's config file (port 0 written as nats-server's "any free port", -1)."""
@@ -234,14 +297,23 @@ class NatsServer:
             leaf_remote=self.leaf_remote,
             auth=self.auth,
             tls=self.tls,
+            cluster=None if self.cluster_port is None else ClusterSpec(listen(self.cluster_port), self.cluster_routes),
         )
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def start(self) -> NatsServer:
-        """Start the server, learn the ports it bound, and wait until it accepts connections."""
+        """Start the server, learn the ports it bound, and wait until it accepts connections. After :meth:`kill`,
+        starts it again on the same ports and store (a restarted cluster member)."""
         config_path = Path(self._tmp.name) / "nats.conf"
         config_path.write_text(self.config())
         ports_dir = Path(self._tmp.name) / "ports"
         ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):  # a killed server's
+            stale.unlink()
         cmd = [nats_server_binary(), "-c", str(config_path), "-l", str(self.log_path)]
         cmd += ["--ports_file_dir", str(ports_dir)]
         with self.log_path.open("ab") as early_errors:  # config errors go to stderr before the log is open
@@ -273,7 +345,7 @@ class NatsServer:
                             f"nats-server did not listen on {self.url} within {STARTUP_TIMEOUT_S} s"
                         ) from None
                     time.sleep(POLL_S)
-            if self.jetstream and self.auth is None:
+            if self.jetstream and self.auth is None and self.cluster_port is None:  # a cluster's: once all are up
                 run_setup(self.url, self.regions, Path(self.tls.ca) if self.tls else None)
             return self
         except BaseException:
@@ -305,6 +377,14 @@ class NatsServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL: no goodbye to clients or routes), keeping its store, config and log, so
+        :meth:`start` brings it back as it was."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its temp dir (config, log, temp store)."""
@@ -343,11 +423,14 @@ class NatsHubAndLeaves:
 
     Stylize traffic stays on a region's leaf (NATS serves local queue-group members first); store
     traffic crosses to the hub through the JetStream domain :data:`HUB_DOMAIN`. ``cloud_regions`` have
-    no leaf: their services connect to the hub. With ``secure``, every server requires the users and
+    no leaf: their services connect to the hub. With ``hub_servers`` > 1 the hub is a NATS cluster of that many
+    servers (routes between all of them, one JetStream meta group; :attr:`hubs`), every leaf knows every hub server,
+    and the setup gives every store min(3, servers) replicas. With ``secure``, every server requires the users and
     permissions of :mod:`deploy.nats_auth` (fresh random passwords in :attr:`credentials`; a user per worker of
-    :attr:`workers`); connect with :meth:`client_url`. The operator's setup creates every bucket and stream on the
-    hub before anything else connects. With ``tls``, every link (client-server and leaf-hub) is TLS with certificates
-    of a fresh private CA (:attr:`tls`; clients verify the servers against ``tls.ca``).
+    :attr:`workers`); connect with :meth:`client_url` or :meth:`hub_url`. The operator's setup creates every bucket
+    and stream on the hub before anything else connects. With ``tls``, every client and leaf link is TLS with
+    certificates of a fresh private CA (:attr:`tls`; clients verify the servers against ``tls.ca``); routes between
+    hub servers (loopback here) authenticate with a password of their own.
     """
 
     def __init__(
@@ -359,37 +442,63 @@ class NatsHubAndLeaves:
         backhaul_delay_ms: float = 0.0,
         tls: bool = False,
         workers: Mapping[str, int] | None = None,
+        hub_servers: int = 1,
     ) -> None:
         every = [*regions, *cloud_regions]
         if not every or len(set(every)) != len(every):
             raise ValueError(f"regions must be distinct and non-empty, got {every}")
+        if hub_servers < 1:
+            raise ValueError(f"the hub needs at least one server, got {hub_servers}")
         self.workers = {region: worker_ids(region, (workers or {}).get(region, 1)) for region in every}
         """Each region's worker ids (a NATS user each when secure): ``workers[region]`` of them, default 1."""
+        self.regions = every
         hub_auth = ServerAuth.hub(self.workers, regions, HUB_DOMAIN) if secure else None
         self.credentials = Credentials.generate(hub_auth.user_names()) if hub_auth else None
         self._tls_dir = tempfile.TemporaryDirectory(prefix="mvs-tls-") if tls else None
         self.tls = generate(Path(self._tls_dir.name), (host, *LOCAL_HOSTS)) if self._tls_dir else None
         """The CA and certificates of every link; None: plain TCP."""
-        self.hub = NatsServer(
-            host,
-            js_domain=HUB_DOMAIN,
-            leaf_port=0,
-            monitor_port=0,
-            name="hub",
-            auth=hub_auth,
-            env=self.credentials.env(hub_auth.user_names()) if self.credentials and hub_auth else None,
-            tls=self.tls,
-            regions=every,
-        )
+        env = self.credentials.env(hub_auth.user_names()) if self.credentials and hub_auth else {}
+        if hub_servers > 1:
+            route_ports = [free_port(host) for _ in range(hub_servers)]
+            password = new_password()
+            env = {**env, password_env(ROUTE_USER): password}
+            env |= {
+                route_url_env(i): f"nats-route://{ROUTE_USER}:{password}@{host}:{port}"
+                for i, port in enumerate(route_ports)
+            }
+        self.hubs = [
+            NatsServer(
+                host,
+                js_domain=HUB_DOMAIN,
+                leaf_port=0,
+                monitor_port=0,
+                name="hub" if hub_servers == 1 else f"hub-{i}",
+                auth=hub_auth,
+                env=env,
+                tls=self.tls,
+                regions=every,
+                cluster_port=route_ports[i] if hub_servers > 1 else None,
+                cluster_routes=hub_servers if hub_servers > 1 else 0,
+            )
+            for i in range(hub_servers)
+        ]
+        """The hub's servers: one, or a cluster (routes between all, one JetStream meta group)."""
+        self.hub = self.hubs[0]
+        """The hub's first server."""
         self.backhaul_delay_ms = backhaul_delay_ms
-        self.backhauls: dict[str, DelayedTcpRelay] = {}
-        """With ``backhaul_delay_ms``: the emulated link between each leaf and the hub (one-way delay), in place
-        once the hub has started."""
+        self.backhauls: dict[str, list[DelayedTcpRelay]] = {}
+        """With ``backhaul_delay_ms``: the emulated links between each leaf and every hub server (one-way delay), in
+        place once the hub has started."""
         self.leaves = {r: self._leaf(host, r, secure) for r in regions}
 
+    @property
+    def replicas(self) -> int:
+        """Replicas of every store: min(3, hub servers)."""
+        return min(3, len(self.hubs))
+
     def _leaf(self, host: str, region: str, secure: bool) -> NatsServer:
-        """Region ``region``'s leaf node, its remote set once the hub has started (:meth:`start`); secure, its
-        environment holds only its own users' passwords (and, from :meth:`start`, its remote URL with the leaf
+        """Region ``region``'s leaf node, its remotes set once the hub has started (:meth:`start`); secure, its
+        environment holds only its own users' passwords (and, from :meth:`start`, its remote URLs with the leaf
         user's password), nothing of the other regions'."""
         auth = ServerAuth.leaf(region, self.workers[region], HUB_DOMAIN) if secure else None
         env = self.credentials.env(auth.user_names()) if self.credentials is not None and auth is not None else None
@@ -400,28 +509,39 @@ class NatsHubAndLeaves:
         return self.leaves.get(region, self.hub)
 
     def client_url(self, server: NatsServer, user: str) -> str:
-        """URL of ``server`` for ``user`` (with its password when secure; the plain URL otherwise)."""
+        """URL of ``server`` for ``user`` (with its password when secure; the plain URL otherwise); for a hub
+        server, every hub server's (:meth:`hub_url`)."""
+        if server in self.hubs:
+            return self.hub_url(user)
         return self.credentials.url(server.url, user) if self.credentials else server.url
 
+    def hub_url(self, user: str) -> str:
+        """Every hub server's URL for ``user``, comma-separated (a client fails over between them)."""
+        return ",".join(self.credentials.url(h.url, user) if self.credentials else h.url for h in self.hubs)
+
     def start(self) -> NatsHubAndLeaves:
-        """Start the hub (and run the setup on it), then the leaves, and wait until every leaf is connected to the
-        hub."""
-        self.hub.start()
+        """Start the hub's servers, wait for JetStream (a cluster: its meta leader), run the setup, then start the
+        leaves, and wait until every leaf is connected to a hub server."""
         try:
-            if self.credentials is not None:
+            for hub in self.hubs:
+                hub.start()
+            if len(self.hubs) > 1:
+                self.wait_for_meta_leader()
+            if self.credentials is not None or len(self.hubs) > 1:  # a lone open hub ran it itself
                 ca = Path(self.tls.ca) if self.tls else None
-                run_setup(self.client_url(self.hub, SETUP_USER), list(self.workers), ca)
-            assert self.hub.leaf_port is not None
+                run_setup(self.hub_url(SETUP_USER), self.regions, ca, self.replicas)
             for region, leaf in self.leaves.items():
-                port = self.hub.leaf_port
-                if self.backhaul_delay_ms:
-                    relay = DelayedTcpRelay((self.hub.host, port), self.backhaul_delay_ms, self.hub.host).start()
-                    self.backhauls[region] = relay
-                    port = relay.port
-                remote = f"nats-leaf://{self.hub.host}:{port}"
-                leaf.set_leaf_remote(
-                    remote, self.credentials.url(remote, leaf_user(region)) if self.credentials else None
-                )
+                remotes = []
+                for hub in self.hubs:
+                    assert hub.leaf_port is not None
+                    port = hub.leaf_port
+                    if self.backhaul_delay_ms:
+                        relay = DelayedTcpRelay((hub.host, port), self.backhaul_delay_ms, hub.host).start()
+                        self.backhauls.setdefault(region, []).append(relay)
+                        port = relay.port
+                    remotes.append(f"nats-leaf://{hub.host}:{port}")
+                env_urls = [self.credentials.url(r, leaf_user(region)) for r in remotes] if self.credentials else None
+                leaf.set_leaf_remote(remotes, env_urls)
                 leaf.start()
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while self._connected_leaves() < len(self.leaves):
@@ -433,17 +553,61 @@ class NatsHubAndLeaves:
             raise
         return self
 
+    def meta_leader(self) -> int | None:
+        """Index in :attr:`hubs` of the JetStream meta leader as a running server sees it, None while there is
+        none (no quorum)."""
+        names = [hub.name for hub in self.hubs]
+        for hub in self.hubs:
+            if hub.pid is None:
+                continue
+            try:
+                jsz = _monitor(hub, "/jsz")
+            except OSError:
+                continue
+            leader = (jsz.get("meta_cluster") or {}).get("leader")
+            if leader in names:
+                return names.index(leader)
+        return None
+
+    def wait_for_meta_leader(self, timeout_s: float = 30.0) -> int:
+        """Wait until the running servers agree on a meta leader with every running server a current peer; its
+        index."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            leader = self.meta_leader()
+            if leader is not None and self._peers_current():
+                return leader
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no JetStream meta leader among the hub servers within {timeout_s} s")
+            time.sleep(POLL_S * 5)
+
+    def _peers_current(self) -> bool:
+        """Every running hub server is a current member of the meta group (as the leader reports it)."""
+        running = {hub.name for hub in self.hubs if hub.pid is not None}
+        for hub in self.hubs:
+            if hub.pid is None:
+                continue
+            try:
+                meta = _monitor(hub, "/jsz").get("meta_cluster") or {}
+            except OSError:
+                return False
+            if meta.get("leader") == hub.name:
+                current = {hub.name} | {p["name"] for p in meta.get("replicas") or [] if p.get("current")}
+                return running <= current
+        return False
+
     def _connected_leaves(self) -> int:
-        with urllib.request.urlopen(f"{self.hub.monitor_url}/leafz", timeout=STARTUP_TIMEOUT_S) as response:
-            return int(json.load(response).get("leafnodes", 0))
+        return sum(int(_monitor(hub, "/leafz").get("leafnodes", 0)) for hub in self.hubs if hub.pid is not None)
 
     def stop(self) -> None:
         """Stop every server (and remove the certificates)."""
         for leaf in self.leaves.values():
             leaf.stop()
-        for relay in self.backhauls.values():
-            relay.close()
-        self.hub.stop()
+        for relays in self.backhauls.values():
+            for relay in relays:
+                relay.close()
+        for hub in self.hubs:
+            hub.stop()
         if self._tls_dir is not None:
             self._tls_dir.cleanup()
 
@@ -452,3 +616,10 @@ class NatsHubAndLeaves:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _monitor(server: NatsServer, path: str) -> dict[str, Any]:
+    """A monitoring endpoint's JSON (``/jsz``, ``/leafz``)."""
+    with urllib.request.urlopen(f"{server.monitor_url}{path}", timeout=STARTUP_TIMEOUT_S) as response:
+        data = json.load(response)
+    return data if isinstance(data, dict) else {}

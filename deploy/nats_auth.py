@@ -77,6 +77,10 @@ from streaming.protocol import (
 APP_ACCOUNT = "MVS"
 """The cloud's account: JetStream on the hub, the aggregator, the setup user; it exports to the region accounts."""
 LEAF_URL_ENV = "MVS_NATS_LEAF_URL"
+ROUTE_USER = "route"
+"""The user hub servers' routes authenticate as (the cluster's ``authorization``; never a client)."""
+ROUTE_URL_ENV = "MVS_NATS_ROUTE"
+"""Prefix of the variables holding the hub servers' route URLs, each with the route user's password."""
 """Environment variable holding a leaf node's remote URL with its credentials (remotes take no password field)."""
 AGGREGATOR_USER = "aggregator"
 SETUP_USER = "setup"
@@ -214,6 +218,7 @@ def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None)
                 *_direct_get(MODEL_LATEST_STREAM),
                 *_bind(ROUND_STREAM),
                 *(call for stream in delta_streams for call in _direct_get(stream)),
+                *(f"STREAM.MSG.GET.{stream}" for stream in delta_streams),  # reads through the leader
                 *(f"STREAM.PURGE.{stream}" for stream in delta_streams),
             ),
             f"$JS.ACK.{FL_DELTA_STREAM}.>",

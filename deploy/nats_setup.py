@@ -2,9 +2,10 @@
 start (:func:`streaming.buckets.create_stores`; workers and gateways may not create any).
 
 Connects as the ``setup`` user (URL in ``MVS_NATS_URL``, CA in ``MVS_NATS_CA``) to the hub and creates the style
-bucket, the model stores, the delta stream and a delta bucket per ``--region``; what exists is left as it is, so it
-may run again. ``mvs nats``, ``mvs demo`` and ``mvs local`` run it themselves; a cluster runs it as the Job
-``mvs-setup`` (deploy/k8s).
+bucket, the model stores, the delta stream and a delta bucket per ``--region``, each with
+min(3, ``--hub-servers``) replicas; what exists is left as it is (but for its replicas), so it may run again.
+``mvs nats``, ``mvs demo`` and ``mvs local`` run it themselves; a cluster runs it as the Job ``mvs-setup``
+(deploy/k8s).
 """
 
 from __future__ import annotations
@@ -23,20 +24,21 @@ from streaming.nats_connect import connect_nats
 from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
 
 
-async def set_up(url: str, regions: Sequence[str], tls_ca: Path | None = None) -> list[str]:
-    """Create the buckets and streams of a deployment serving ``regions`` on the server at ``url``; the streams
-    created (none when all existed)."""
+async def set_up(url: str, regions: Sequence[str], tls_ca: Path | None = None, replicas: int = 1) -> list[str]:
+    """Create the buckets and streams of a deployment serving ``regions`` on the server at ``url`` (a hub cluster:
+    its servers' URLs, comma-separated), each with ``replicas``; the streams created or changed (none when all
+    existed as they should)."""
     nc = await connect_nats(url, SETUP_USER, service="setup", max_reconnect_attempts=0, tls_ca=tls_ca)
     try:
-        return await create_stores(nc.jetstream(), deployment_stores(regions))
+        return await create_stores(nc.jetstream(), deployment_stores(regions), replicas)
     finally:
         await nc.close()
 
 
-def run_setup(url: str, regions: Sequence[str], tls_ca: Path | None = None) -> list[str]:
+def run_setup(url: str, regions: Sequence[str], tls_ca: Path | None = None, replicas: int = 1) -> list[str]:
     """:func:`set_up` from synchronous code (in a thread of its own, so it may be called inside an event loop too)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nats-setup") as pool:
-        return pool.submit(asyncio.run, set_up(url, regions, tls_ca)).result()
+        return pool.submit(asyncio.run, set_up(url, regions, tls_ca, replicas)).result()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--region", action="append", default=None, help=f"a region served (repeatable; default: {DEFAULT_REGION})"
     )
+    p.add_argument(
+        "--hub-servers",
+        type=int,
+        default=1,
+        help="servers of the hub's JetStream cluster: every store gets min(3, N) replicas (default: %(default)s)",
+    )
     return p
 
 
@@ -52,9 +60,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: the URL and CA from the environment (a URL may carry a password: never in argv)."""
     args = build_parser().parse_args(argv)
     ca = os.environ.get(NATS_CA_ENV)
-    created = run_setup(
-        os.environ.get(NATS_URL_ENV, DEFAULT_NATS_URL), args.region or [DEFAULT_REGION], Path(ca) if ca else None
-    )
+    if args.hub_servers < 1:
+        raise SystemExit(f"mvs setup: --hub-servers must be at least 1, got {args.hub_servers}")
+    url = os.environ.get(NATS_URL_ENV, DEFAULT_NATS_URL)
+    created = run_setup(url, args.region or [DEFAULT_REGION], Path(ca) if ca else None, min(3, args.hub_servers))
     print(f"created {', '.join(created)}" if created else "every bucket and stream exists already")
 
 

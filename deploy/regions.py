@@ -19,6 +19,10 @@ DEFAULT_REGIONS_FILE = Path(__file__).with_name("regions.toml")
 NATS_KINDS = ("leaf", "hub")
 REGION_KEYS = frozenset({"name", "nats", "gateway_port", "workers", "gpu", "link"})
 LINK_KEYS = frozenset({"delay_ms", "kbps", "loss"})
+HUB_KEYS = frozenset({"servers"})
+CLUSTER_HUB_SERVERS = 3
+"""Hub servers of a deployment unless its regions file says otherwise: a JetStream cluster that survives one down."""
+MAX_HUB_SERVERS = 9
 
 
 class RegionsError(ValueError):
@@ -63,6 +67,22 @@ class Region:
         return [part for flag, value in flags.items() if value for part in (flag, f"{value:g}")]
 
 
+@dataclass(frozen=True)
+class Hub:
+    """The cloud hub: ``servers`` nats-server processes in one JetStream cluster (1: a lone server, ``mvs demo``)."""
+
+    servers: int = CLUSTER_HUB_SERVERS
+
+    def __post_init__(self) -> None:
+        if type(self.servers) is not int or not 1 <= self.servers <= MAX_HUB_SERVERS:
+            raise ValueError(f"hub: servers must be an integer from 1 to {MAX_HUB_SERVERS}, got {self.servers!r}")
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of every stream, bucket and KV: min(3, servers) (JetStream's limit is 5; 3 survives one loss)."""
+        return min(3, self.servers)
+
+
 def _unknown(table: Mapping[str, Any], known: frozenset[str], where: str) -> None:
     extra = sorted(set(table) - known)
     if extra:
@@ -85,7 +105,7 @@ def parse_regions(text: str, source: str = "<regions>") -> list[Region]:
 
     try:
         data = tomllib.loads(text)
-        _unknown(data, frozenset({"regions"}), "top level")
+        _unknown(data, frozenset({"regions", "hub"}), "top level")
         regions = [_region(table) for table in data.get("regions", [])]
     except (tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
         raise RegionsError(f"{source}: {exc}") from exc
@@ -95,6 +115,25 @@ def parse_regions(text: str, source: str = "<regions>") -> list[Region]:
     return regions
 
 
+def parse_hub(text: str, source: str = "<regions>") -> Hub:
+    """The optional ``[hub]`` table of a regions file (``servers``; default :data:`CLUSTER_HUB_SERVERS`)."""
+    import tomllib
+
+    try:
+        table = tomllib.loads(text).get("hub", {})
+        if not isinstance(table, dict):
+            raise ValueError("hub must be a table")
+        _unknown(table, HUB_KEYS, "hub")
+        return Hub(**table)
+    except (tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
+        raise RegionsError(f"{source}: {exc}") from exc
+
+
 def load_regions(path: Path = DEFAULT_REGIONS_FILE) -> list[Region]:
     """Regions from a TOML file."""
     return parse_regions(path.read_text(), str(path))
+
+
+def load_hub(path: Path = DEFAULT_REGIONS_FILE) -> Hub:
+    """The hub of a regions file."""
+    return parse_hub(path.read_text(), str(path))

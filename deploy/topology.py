@@ -44,7 +44,7 @@ from deploy.local import (
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, free_port
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from deploy.observability import ALERTS_FILE, alert_rules, local_prometheus_config
-from deploy.regions import Region, load_regions
+from deploy.regions import CLUSTER_HUB_SERVERS, Hub, Region, load_hub, load_regions
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
 from edge_worker.service import WorkerConfig
@@ -80,6 +80,8 @@ class LocalConfig:
     log_level: str = "warning"
     backhaul_delay_ms: float = 0.0
     """Emulated one-way delay between each leaf node and the hub (edge to cloud); 0: none."""
+    hub_servers: int = CLUSTER_HUB_SERVERS
+    """nats-server processes of the hub: one JetStream cluster (every store min(3, servers) replicas); 1: a lone one."""
     gateway_host: str = "127.0.0.1"
     """The gateways' listen address (0.0.0.0: every interface, for phones on the LAN)."""
     public_names: tuple[str, ...] = ()
@@ -88,6 +90,7 @@ class LocalConfig:
     """Where the kept CA lives (None: deploy.certs.state_dir())."""
 
     def __post_init__(self) -> None:
+        Hub(self.hub_servers)  # ValueError on a count out of range
         if self.federated:
             federated_init(self.model)  # ValueError now rather than after NATS started
 
@@ -202,6 +205,7 @@ class LocalDeployment:
             backhaul_delay_ms=self.config.backhaul_delay_ms,
             tls=self.config.secure,
             workers={r.name: r.workers + SPARE_WORKERS for r in regions},
+            hub_servers=self.config.hub_servers,
         ).start()
         try:
             if self.config.secure:
@@ -288,7 +292,7 @@ class LocalDeployment:
         return Path(self.nats.tls.ca) if self.nats is not None and self.nats.tls is not None else None
 
     def url(self, region: str | None, user: str) -> str:
-        """NATS URL for ``user`` at ``region``'s server (the hub for None)."""
+        """NATS URL for ``user`` at ``region``'s server (the hub for None: every hub server's, comma-separated)."""
         assert self.nats is not None
         server = self.nats.hub if region is None else self.nats.server(region)
         return self.nats.client_url(server, user)
@@ -355,7 +359,9 @@ class LocalDeployment:
     def summary(self) -> str:
         """What runs where, and how to stream a phone to each region."""
         assert self.nats is not None
-        lines = [f"NATS hub {self.nats.hub.url} (JetStream domain {HUB_DOMAIN}; secure: {self.config.secure})"]
+        hubs = " ".join(hub.url for hub in self.nats.hubs)
+        lines = [f"NATS hub {hubs} (JetStream domain {HUB_DOMAIN}, {self.nats.replicas} replica(s) of every store; "]
+        lines[0] += f"secure: {self.config.secure})"
         if self.aggregator is not None:
             lines.append(f"aggregator: federated learning on ({self.config.strategy}), v0 published")
             lines.append(f"  metrics:     {self.aggregator_metrics_url}")
@@ -367,7 +373,7 @@ class LocalDeployment:
         for region in self.config.regions:
             gateway, site = self.gateways[region.name], self.sites[region.name]
             server = self.nats.server(region.name)
-            where = "hub" if server is self.nats.hub else f"leaf {server.url}"
+            where = "hub" if server in self.nats.hubs else f"leaf {server.url}"
             lines.append(f"region {region.name}: gateway {gateway.url}, {len(site.workers)} worker(s) on NATS {where}")
             lines.append(f"  open on a phone: {self.phone_url(region.name)}")
             phone = ["mvs", "phone", "--gateway", self.local_url(region.name), "--region", region.name]
@@ -501,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(STRATEGIES),
         help="the aggregator's rule: median or trimmed-mean resist a few poisoned deltas (default: %(default)s)",
     )
+    p.add_argument(
+        "--hub-servers",
+        type=int,
+        default=None,
+        help=f"nats-server processes of the hub, one JetStream cluster (default: the regions file's [hub] servers, "
+        f"else {CLUSTER_HUB_SERVERS}; 1: a lone server)",
+    )
     p.add_argument("--log-level", default="warning", help="debug, info, warning or error")
     add_worker_model_arguments(p)
     return p
@@ -510,8 +523,9 @@ def config_from_args(args: argparse.Namespace, worker: WorkerConfig | None = Non
     """LocalConfig from parsed flags (regions from the file, or one leaf region per --region); ``worker``: the
     workers' model settings (default: from the flags, unchecked)."""
     worker = worker or service_config.config_from_args(WorkerConfig, args)
+    hub = Hub()
     if args.regions is not None:
-        regions = load_regions(args.regions)
+        regions, hub = load_regions(args.regions), load_hub(args.regions)
     else:
         names = args.region or ["local"]
         port = args.gateway_port
@@ -527,6 +541,7 @@ def config_from_args(args: argparse.Namespace, worker: WorkerConfig | None = Non
         federated=args.federated,
         strategy=args.strategy,
         log_level=args.log_level,
+        hub_servers=hub.servers if args.hub_servers is None else args.hub_servers,
         gateway_host=args.host,
         public_names=tuple(args.public_name),
         state_dir=args.state_dir,

@@ -14,9 +14,11 @@ other service binds to what exists and uses two kinds of call only (``deploy/nat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +40,8 @@ from streaming.protocol import (
 )
 
 CHUNK_BYTES = 128 * 1024
+SETTLE_POLL_S = 0.05
+"""Pause between reads of an object not (fully) on the replica that answered yet."""
 """An object's chunk size (nats-py's default)."""
 DIGEST_PREFIX = "SHA-256="
 ROLLUP_HEADER = "Nats-Rollup"
@@ -149,10 +153,18 @@ def read_directly(store: Store) -> bool:
     return isinstance(store, ObjectStoreConfig) or (isinstance(store, KeyValueConfig) and bool(store.direct))
 
 
-async def create_stores(js: JetStreamContext, stores: Sequence[Store]) -> list[str]:
-    """Create each of ``stores`` that does not exist yet; one that exists is left as it is, except that direct gets
-    are turned on where services read by direct get (a store made before they did). The streams created or
-    changed."""
+def with_replicas(store: Store, replicas: int) -> Store:
+    """A copy of ``store`` with ``replicas`` copies of its stream on as many servers of a JetStream cluster."""
+    if isinstance(store, StreamConfig):
+        return replace(store, num_replicas=replicas)
+    return replace(store, replicas=replicas)
+
+
+async def create_stores(js: JetStreamContext, stores: Sequence[Store], replicas: int | None = None) -> list[str]:
+    """Create each of ``stores`` that does not exist yet, with ``replicas`` (the setup's: min(3, hub servers); None:
+    one); one that exists is left as it is, except that direct gets are turned on where services read by direct get
+    (a store made before they did) and, given ``replicas``, its replicas are set to that (a hub grown from one server
+    to a cluster; the aggregator, which passes none, never changes them). The streams created or changed."""
     created = []
     for store in stores:
         name = stream_name(store)
@@ -161,27 +173,36 @@ async def create_stores(js: JetStreamContext, stores: Sequence[Store]) -> list[s
         except NotFoundError:
             pass
         else:
-            if read_directly(store) and not info.config.allow_direct:
-                await js.update_stream(replace(info.config, allow_direct=True))
+            direct = read_directly(store) and not info.config.allow_direct
+            rescale = replicas is not None and (info.config.num_replicas or 1) != replicas
+            if direct or rescale:
+                changed = replace(info.config, num_replicas=replicas) if rescale else info.config
+                await js.update_stream(replace(changed, allow_direct=True) if direct else changed)
                 created.append(name)
             continue
+        store = with_replicas(store, replicas or 1)
         if isinstance(store, ObjectStoreConfig):  # nats-py overwrites the config's bucket: give it a copy
             assert store.bucket is not None
-            await js.create_object_store(store.bucket, config=replace(store))
+            await js.create_object_store(store.bucket, config=store)
         elif isinstance(store, KeyValueConfig):
-            await js.create_key_value(config=replace(store))
+            await js.create_key_value(config=store)
         else:
-            await js.add_stream(replace(store))
+            await js.add_stream(store)
         created.append(name)
     return created
 
 
 @dataclass
 class Bucket:
-    """An object store bucket, read with direct gets and written with acknowledged publishes."""
+    """An object store bucket, read with direct gets and written with acknowledged publishes.
+
+    In a hub cluster any replica answers a direct get, and a follower may not hold the newest writes yet: a reader
+    that must see an object just written by someone else (the aggregator, a delta whose reference it holds) reads
+    through the stream's leader instead (``direct=False``: ``STREAM.MSG.GET``)."""
 
     js: JetStreamContext
     name: str
+    direct: bool = True
 
     @property
     def stream(self) -> str:
@@ -192,9 +213,9 @@ class Bucket:
         KeyError when there is none, :class:`BucketMissingError` when the bucket does not exist."""
         try:
             if after is None:
-                msg = await self.js.get_last_msg(self.stream, subject, direct=True)
+                msg = await self.js.get_last_msg(self.stream, subject, direct=self.direct)
             else:
-                msg = await self.js.get_msg(self.stream, seq=after + 1, subject=subject, direct=True, next=True)
+                msg = await self.js.get_msg(self.stream, seq=after + 1, subject=subject, direct=self.direct, next=True)
         except NotFoundError as exc:
             raise KeyError(subject) from exc
         except NoRespondersError as exc:
@@ -210,9 +231,21 @@ class Bucket:
         info = ObjectInfo.from_response(json.loads(data))
         return None if info.deleted else info
 
-    async def get(self, name: str) -> bytes:
+    async def get(self, name: str, settle_s: float = 0.0) -> bytes:
         """Object ``name``'s bytes, checked against its metadata; KeyError if absent, :class:`ObjectIntegrityError`
-        if its chunks do not match."""
+        if its chunks do not match. ``settle_s``: an object absent or incomplete, or no responder, is read again for up
+        to that long (a hub cluster's follower may answer a direct get before it holds an object just written, and
+        for a moment of a failover no replica answers)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            try:
+                return await self._get(name)
+            except (LookupError, ObjectIntegrityError):  # missing (or no responder yet: a cluster's failover)
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def _get(self, name: str) -> bytes:
         info = await self.info(name)
         if info is None:
             raise KeyError(f"no object {name!r} in {self.name}")

@@ -199,8 +199,9 @@ class ModelStore:
 class DeltaStore:
     """One region's delta blobs (bucket :func:`streaming.protocol.delta_bucket`)."""
 
-    def __init__(self, js: JetStreamContext, region: str) -> None:
-        self._objects = Bucket(js, delta_bucket(region))
+    def __init__(self, js: JetStreamContext, region: str, direct: bool = True) -> None:
+        """``direct=False``: reads through the bucket's stream leader (the aggregator's: see :class:`Bucket`)."""
+        self._objects = Bucket(js, delta_bucket(region), direct)
         self.region = region
 
     async def put(self, name: str, data: bytes) -> None:

@@ -71,7 +71,8 @@ async def connect_nats(
     inbox_prefix: str | None = None,
     tls_ca: Path | None = None,
 ) -> NATS:
-    """Connect to ``url`` as client ``name`` (shown by the server's monitoring) with the reconnect policy above.
+    """Connect to ``url`` (a server's, or several comma-separated: a hub cluster's) as client ``name`` (shown by the
+    server's monitoring) with the reconnect policy above.
 
     Disconnects, reconnects, errors and the final close are logged (``extra``: service, name, and the url or
     error) and counted in ``mvs_nats_connection_events_total{service, event}``; ``mvs_nats_connected{service}``
@@ -108,7 +109,7 @@ async def connect_nats(
             await closed_cb()
 
     nc = await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
@@ -123,6 +124,11 @@ async def connect_nats(
     event("connected", connected=True)
     log.info("nats connected", extra={**fields, "url": _server_url(nc)})
     return nc
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of ``url``: one URL, or several comma-separated (a hub cluster's; the client fails over)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def tls_context(ca: Path | None) -> ssl.SSLContext | None:

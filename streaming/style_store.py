@@ -22,6 +22,9 @@ from streaming.images import decode_image, encode_jpeg
 from streaming.protocol import MAX_FRAME_SIDE, STYLE_BUCKET
 
 STYLE_ID_HEX_CHARS = 32
+REPLICA_SETTLE_S = 2.0
+"""How long a style just stored may take to reach the replica answering a read (a hub cluster's follower is
+milliseconds behind its leader; past this, the style is unknown)."""
 STORED_STYLE_MAX_SIDE = 1024
 """Longest side of a stored style (px): the DNN encodes styles at its working size (<= 512), colour transfer
 uses their statistics."""
@@ -104,8 +107,9 @@ class StyleStore:
         return style_id
 
     async def get(self, style_id: str) -> bytes:
-        """The encoded style image with id ``style_id``."""
+        """The encoded style image with id ``style_id`` (:class:`UnknownStyleError` if none has been stored, after
+        :data:`REPLICA_SETTLE_S`)."""
         try:
-            return await self._store.get(style_id)
+            return await self._store.get(style_id, REPLICA_SETTLE_S)
         except KeyError as exc:
             raise UnknownStyleError(style_id) from exc

@@ -32,9 +32,9 @@ import yaml
 from deploy import k8s_manifests, nats_config
 from deploy.certs import generate
 from deploy.cli import COMMANDS
-from deploy.nats import HUB_DOMAIN, nats_server_binary
+from deploy.nats import HUB_DOMAIN, nats_server_binary, route_url_env
 from deploy.nats_auth import LEAF_URL_ENV, SETUP_USER, new_password
-from deploy.regions import DEFAULT_REGIONS_FILE, load_regions
+from deploy.regions import DEFAULT_REGIONS_FILE, load_hub, load_regions
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 
 K8S = k8s_manifests.DEFAULT_OUT
@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.latest_version())
 """Schemas the objects must match: the first release with Pod Security admission (the namespace's labels) and the
 newest kubernetes-validate ships."""
-VARIABLE = re.compile(r":\s*\$([A-Z0-9_]+)\b")
-"""A config value read from the environment (``password: $MVS_NATS_PASSWORD_...``); quoted "$JS..." are subjects."""
+VARIABLE = re.compile(r"[:\[,]\s*\$([A-Z0-9_]+)\b")
+"""A config value read from the environment (``password: $MVS_NATS_PASSWORD_...``, ``routes: [ $MVS_NATS_ROUTE_0``);
+quoted "$JS..." are subjects."""
 EXPANSION = re.compile(r"\$\(([A-Za-z0-9_]+)\)")
 """Kubernetes' $(VAR) expansion in env values and args."""
 
@@ -102,6 +103,7 @@ def test_service_containers_use_only_flags_the_real_clis_accept() -> None:
         seen.add(command)
         if command == "setup":  # the operator's setup Job: every region's delta bucket, as the setup user
             assert args.region == [r.name for r in load_regions(DEFAULT_REGIONS_FILE)] and obj["kind"] == "Job"
+            assert args.hub_servers == load_hub(DEFAULT_REGIONS_FILE).servers == 3  # stores with 3 replicas
             assert SETUP_USER in next(e["value"] for e in container["env"] if e["name"] == NATS_URL_ENV)
             continue
         module = importlib.import_module(COMMANDS[command][0])
@@ -144,7 +146,8 @@ def test_every_variable_is_defined_before_it_is_used() -> None:
 
 def test_nats_servers_get_every_variable_their_config_reads_from_the_secret() -> None:
     regions = load_regions(DEFAULT_REGIONS_FILE)
-    secret_keys = set(nats_config.secret_manifest(regions)["stringData"])  # type: ignore[arg-type]
+    secret = nats_config.secret_manifest(regions, load_hub(DEFAULT_REGIONS_FILE))
+    secret_keys = set(secret["stringData"])  # type: ignore[arg-type]
     for name, _, container in _containers():
         refs = [
             e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
@@ -167,6 +170,9 @@ def test_nats_server_accepts_the_deployment_configs(config: str, tmp_path: Path)
     env = {var: new_password() for var in VARIABLE.findall(text)}
     if LEAF_URL_ENV in env:
         env[LEAF_URL_ENV] = f"nats-leaf://leaf:{new_password()}@{nats_config.HUB_SERVICE}:{nats_config.LEAF_PORT}"
+    for i in range(load_hub(DEFAULT_REGIONS_FILE).servers if config == "hub.conf" else 0):
+        assert route_url_env(i) in env  # the cluster's routes, from the environment
+        env[route_url_env(i)] = f"nats-route://route:{new_password()}@{nats_config.hub_pod_host(i)}:6222"
     done = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(checked)],
         env={**os.environ, **env},
@@ -175,6 +181,27 @@ def test_nats_server_accepts_the_deployment_configs(config: str, tmp_path: Path)
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_hub_is_a_three_server_jetstream_cluster_with_a_disruption_budget() -> None:
+    """Three pods that route to each other by name, start together, prefer distinct nodes; the budget keeps a
+    quorum (2 of 3) through a node drain; the config names every pod's route and each server by its pod."""
+    objects = {(o["kind"], o["metadata"]["name"]): o for _, o in _objects()}
+    hub = objects[("StatefulSet", nats_config.HUB_SERVICE)]["spec"]
+    assert hub["replicas"] == 3 and hub["podManagementPolicy"] == "Parallel"
+    routes = objects[("Service", hub["serviceName"])]["spec"]
+    assert routes["clusterIP"] == "None" and routes["publishNotReadyAddresses"] is True
+    assert routes["ports"] == [{"name": "cluster", "port": 6222, "targetPort": 6222}]
+    budget = objects[("PodDisruptionBudget", nats_config.HUB_SERVICE)]["spec"]
+    assert budget["minAvailable"] == 2 and budget["selector"] == hub["selector"]
+    (container,) = hub["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[nats_config.SERVER_NAME_ENV]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    hosts = [f"{nats_config.HUB_SERVICE}-{i}.{hub['serviceName']}.{nats_config.NAMESPACE}.svc:6222" for i in range(3)]
+    assert [env[route_url_env(i)]["value"].split("@")[1] for i in range(3)] == hosts
+    config = (NATS / "hub.conf").read_text()
+    assert f"server_name: ${nats_config.SERVER_NAME_ENV}" in config
+    assert "routes: [ $MVS_NATS_ROUTE_0, $MVS_NATS_ROUTE_1, $MVS_NATS_ROUTE_2 ]" in config
 
 
 def test_services_reach_their_pods() -> None:
@@ -345,7 +372,8 @@ def test_kubectl_reads_every_object_of_every_file(tmp_path: Path) -> None:
 
 def _validate_all(version: str) -> int:
     regions = load_regions(DEFAULT_REGIONS_FILE)
-    objects = [*_objects(), ("python -m deploy.nats_config --secret", nats_config.secret_manifest(regions))]
+    secret = nats_config.secret_manifest(regions, load_hub(DEFAULT_REGIONS_FILE))
+    objects = [*_objects(), ("python -m deploy.nats_config --secret", secret)]
     errors = []
     for source, obj in objects:
         try:  # an unknown kind or apiVersion raises SchemaNotFoundError, which fails the test too
