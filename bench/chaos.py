@@ -81,7 +81,7 @@ from streaming.protocol import (
     fl_delta_subject,
     stylize_subject,
 )
-from streaming.runtime import die_with_parent, run_main
+from streaming.runtime import dying_with_parent, run_main
 from streaming.style_store import StyleStore
 from streaming.tensors import NamedArrays, encode_tensors
 
@@ -370,30 +370,31 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
         outs = [Path(tmp) / f"phone{i}" for i in range(CROWD_PHONES)]
         procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mobile_sim",
-                    "--gateway",
-                    site.gateway.url,
-                    "--region",
-                    site.region,
-                    "--ice-host",
-                    "127.0.0.1",
-                    "--frames",
-                    str(int(CROWD_SECONDS * FPS)),
-                    "--fps",
-                    str(FPS),
-                    "--size",
-                    f"{SIZE[0]}x{SIZE[1]}",
-                    "--out",
-                    str(out),
-                    "--log-level",
-                    "error",
-                ],
+                dying_with_parent(
+                    [
+                        sys.executable,
+                        "-m",
+                        "mobile_sim",
+                        "--gateway",
+                        site.gateway.url,
+                        "--region",
+                        site.region,
+                        "--ice-host",
+                        "127.0.0.1",
+                        "--frames",
+                        str(int(CROWD_SECONDS * FPS)),
+                        "--fps",
+                        str(FPS),
+                        "--size",
+                        f"{SIZE[0]}x{SIZE[1]}",
+                        "--out",
+                        str(out),
+                        "--log-level",
+                        "error",
+                    ]
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
             )
             for out in outs
         ]

@@ -45,7 +45,7 @@ from streaming.protocol import (
     decode_any,
     encode,
 )
-from streaming.runtime import die_with_parent
+from streaming.runtime import dying_with_parent
 
 JPEG_SOF0 = b"\xff\xc0"
 GATEWAY_UP_TIMEOUT_S = 20.0
@@ -121,7 +121,7 @@ class GatewayProcess:
         ]
         log = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=die_with_parent)
+            self.proc = subprocess.Popen(dying_with_parent(cmd), stdout=log, stderr=log)
         finally:
             if not isinstance(log, int):
                 log.close()

@@ -69,7 +69,7 @@ from streaming.gateway.server import DEFAULT_FIRST_ATTEMPT_MS
 from streaming.gateway.stylize_client import discover_workers
 from streaming.images import encode_jpeg
 from streaming.protocol import Stamp
-from streaming.runtime import die_with_parent, run_main
+from streaming.runtime import dying_with_parent, run_main
 from streaming.style_store import StyleStore
 
 FRAME_SIZE = (640, 360)
@@ -201,7 +201,7 @@ class WorkerFleet:
             cmd = [sys.executable, "-m", "bench.worker_host", f"--count={count}", f"--id-prefix={prefix}"]
             cmd += [f"--nats={self.nats_url}", f"--region={self.region}", "--threads=1", "--log-level=warning"]
             cmd += list(self.flags)
-            self.procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent, start_new_session=True))
+            self.procs.append(subprocess.Popen(dying_with_parent(cmd), start_new_session=True))
             self.ids += worker_ids(prefix, count)
             remaining -= count
             host += 1
@@ -449,7 +449,7 @@ async def gateway_cost(setup: Setup, counts: Sequence[int], frames: int) -> list
         port = free_port()
         cmd = [sys.executable, "-m", "streaming.gateway", f"--port={port}", f"--nats={setup.server.url}"]
         cmd += [f"--region={region}", f"--ice-host={LOOPBACK[0]}", "--log-level=warning"]
-        gateway = subprocess.Popen(cmd, preexec_fn=die_with_parent, start_new_session=True)
+        gateway = subprocess.Popen(dying_with_parent(cmd), start_new_session=True)
         try:
             await _wait_healthy(f"http://127.0.0.1:{port}/healthz")
             for n in counts:

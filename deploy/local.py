@@ -31,7 +31,7 @@ from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
 from streaming.nats_connect import connect_nats
-from streaming.runtime import die_with_parent, run_main
+from streaming.runtime import dying_with_parent, run_main
 from streaming.telemetry import DEFAULT_METRICS_HOST, setup_logging
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class LocalTopology:
         if self.nats_ca is not None:
             env[NATS_CA_ENV] = str(self.nats_ca)
         # Own session: Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
-        proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent, start_new_session=True)
+        proc = subprocess.Popen(dying_with_parent(cmd), env=env, start_new_session=True)
         self.workers[worker_id] = proc
         return proc
 

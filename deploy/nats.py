@@ -35,7 +35,7 @@ from deploy.nats_auth import (
 )
 from deploy.nats_setup import run_setup
 from streaming.config import NATS_URL_ENV
-from streaming.runtime import die_with_parent
+from streaming.runtime import dying_with_parent
 from streaming.tokens import TOKEN_SECRET_ENV
 
 STARTUP_TIMEOUT_S = 10.0
@@ -318,11 +318,10 @@ class NatsServer:
         cmd += ["--ports_file_dir", str(ports_dir)]
         with self.log_path.open("ab") as early_errors:  # config errors go to stderr before the log is open
             self._proc = subprocess.Popen(
-                cmd,
+                dying_with_parent(cmd),
                 stdout=subprocess.DEVNULL,
                 stderr=early_errors,
                 env=self._env,
-                preexec_fn=die_with_parent,
                 start_new_session=True,  # Ctrl-C reaches the parent only, which stops its clients first
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

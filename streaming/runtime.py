@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import shutil
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -34,12 +35,19 @@ def run_main(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(guarded())
 
 
-# Looked up once, in the parent: a forked child of a threaded parent must not dlopen (the loader's lock may be held
-# by a thread that does not exist in the child, and the child then hangs before exec).
-_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linux" else None
-
-
 def die_with_parent() -> None:
-    """``preexec_fn`` for child processes: SIGTERM when the parent dies (Linux), so a crash leaves no orphan."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+    """Make this process get SIGTERM when its parent dies (Linux); for a child started by ``multiprocessing``."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def dying_with_parent(cmd: Sequence[str]) -> list[str]:
+    """``cmd`` run so that it gets SIGTERM when the process starting it dies, so a crash leaves no orphan: under
+    util-linux's ``setpriv --pdeathsig`` where there is one (Linux), else as it is.
+
+    Not a ``preexec_fn``: with one, CPython runs Python code in the forked child, which first frees the other
+    threads' thread-local objects; an aiortc codec's frees wait on a condition variable of a thread that does not
+    exist in the child, and the child hung before exec (seen in the test suite, once the loop had codec threads).
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else list(cmd)

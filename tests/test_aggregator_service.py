@@ -34,7 +34,7 @@ from streaming.protocol import (
     encode,
     fl_delta_subject,
 )
-from streaming.runtime import die_with_parent
+from streaming.runtime import dying_with_parent
 from streaming.tensors import NamedArrays, encode_tensors
 
 BASE = 100.0
@@ -237,7 +237,7 @@ def _start_aggregator(
         "warning",
         *extra,
     ]
-    return subprocess.Popen(cmd, preexec_fn=die_with_parent, stderr=stderr)
+    return subprocess.Popen(dying_with_parent(cmd), stderr=stderr)
 
 
 async def _wait_latest(store: ModelStore, version: int) -> ModelVersion:

@@ -16,7 +16,7 @@ from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.stylize_client import discover_workers
 from streaming.images import encode_jpeg
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
-from streaming.runtime import die_with_parent
+from streaming.runtime import dying_with_parent
 from streaming.style_store import StyleStore
 
 WAIT_S = 30.0
@@ -39,7 +39,7 @@ async def test_worker_process_serves_its_metrics(nats_server: NatsServer, region
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    proc = subprocess.Popen(dying_with_parent(cmd))
     nc = await nats.connect(nats_server.url)
     try:
         deadline = time.monotonic() + WAIT_S
