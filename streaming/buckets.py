@@ -57,6 +57,10 @@ class ObjectIntegrityError(ValueError):
     """An object's chunks do not match its metadata (count, size or SHA-256)."""
 
 
+class ObjectDeletedError(KeyError):
+    """The object's metadata says it was deleted: final, no replica will come to hold it (not read again)."""
+
+
 def object_stream(bucket: str) -> str:
     """The stream behind an object store bucket."""
     return f"OBJ_{bucket}"
@@ -225,30 +229,41 @@ class Bucket:
     async def info(self, name: str) -> ObjectInfo | None:
         """The metadata of object ``name``, or None if there is none (or it was deleted)."""
         try:
-            _, data = await self._direct_get(meta_subject(self.name, name))
+            return await self._info(name)
         except KeyError:
             return None
+
+    async def _info(self, name: str) -> ObjectInfo:
+        """The metadata of object ``name``; KeyError if there is none, :class:`ObjectDeletedError` if deleted."""
+        _, data = await self._direct_get(meta_subject(self.name, name))
         info = ObjectInfo.from_response(json.loads(data))
-        return None if info.deleted else info
+        if info.deleted:
+            raise ObjectDeletedError(f"object {name!r} of {self.name} was deleted")
+        return info
 
     async def get(self, name: str, settle_s: float = 0.0) -> bytes:
         """Object ``name``'s bytes, checked against its metadata; KeyError if absent, :class:`ObjectIntegrityError`
         if its chunks do not match. ``settle_s``: an object absent or incomplete, or no responder, is read again for up
         to that long (a hub cluster's follower may answer a direct get before it holds an object just written, and
-        for a moment of a failover no replica answers)."""
+        for a moment of a failover no replica answers); a deleted one is not (:class:`ObjectDeletedError`)."""
         deadline = time.monotonic() + settle_s
         while True:
             try:
                 return await self._get(name)
+            except ObjectDeletedError:
+                raise
             except (LookupError, ObjectIntegrityError):  # missing (or no responder yet: a cluster's failover)
                 if time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(SETTLE_POLL_S)
 
     async def _get(self, name: str) -> bytes:
-        info = await self.info(name)
-        if info is None:
-            raise KeyError(f"no object {name!r} in {self.name}")
+        try:
+            info = await self._info(name)
+        except ObjectDeletedError:
+            raise
+        except KeyError as exc:
+            raise KeyError(f"no object {name!r} in {self.name}") from exc
         subject, seq = chunk_subject(self.name, info.nuid), 0
         data = bytearray()
         for _ in range(info.chunks or 0):
