@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -10,7 +11,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.metrics_core import Metric
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -148,6 +156,14 @@ def region_metrics(region: str) -> bytes:
     return view_metrics(lambda name, labels: labels.get(REGION_LABEL, region) == region)
 
 
+TASKS = Gauge("mvs_asyncio_tasks", "Unfinished asyncio tasks of the process's event loop (a leak grows it)")
+
+
+def count_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Make :data:`TASKS` count ``loop``'s unfinished tasks when scraped (the loop serving the process)."""
+    TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
+
+
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Metrics listen on loopback unless told otherwise (``--metrics-host 0.0.0.0`` in a cluster)."""
 
@@ -164,26 +180,31 @@ async def start_health_server(
     ready: Callable[[], bool],
     live: Callable[[], bool],
     exposition: Callable[[], bytes] = generate_latest,
+    details: Callable[[], dict[str, object]] = dict,
 ) -> web.AppRunner | None:
     """Serve ``/metrics`` (Prometheus: ``exposition()``, by default the whole process's), ``/healthz`` (200 while
     ``ready()``, else 503: a readiness probe) and ``/livez`` (200 while ``live()``, else 503: a liveness probe) on
-    ``http://host:port`` (None for port 0)."""
+    ``http://host:port`` (None for port 0); ``details()`` adds fields to ``/healthz``'s body (whether JetStream
+    answers); :data:`TASKS` counts the running loop's tasks."""
+    count_tasks(asyncio.get_running_loop())
     if not port:
         return None
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def check(condition: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def check(
+        condition: Callable[[], bool], fields: Callable[[], dict[str, object]] = dict
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             ok = condition()
-            return web.json_response({"ok": ok}, status=200 if ok else 503)
+            return web.json_response({"ok": ok, **fields()}, status=200 if ok else 503)
 
         return handler
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", check(ready))
+    app.router.add_get("/healthz", check(ready, details))
     app.router.add_get("/livez", check(live))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

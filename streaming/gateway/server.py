@@ -55,9 +55,10 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge
 
-from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S
+from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S, BucketMissingError, object_stream
 from streaming.clock import ClockOffset
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.gateway.admission import TOKEN_CLAIMS, AdmissionPolicy, admission_middleware, security_middleware
@@ -67,6 +68,7 @@ from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, check_image_size
+from streaming.jetstream_health import JetStreamProbe
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -74,6 +76,7 @@ from streaming.protocol import (
     GATEWAY_INSTANCE_HEADER,
     MAX_FRAME_SIDE,
     MAX_STYLE_BYTES,
+    STYLE_BUCKET,
     Answer,
     Offer,
     ProtocolError,
@@ -91,7 +94,7 @@ from streaming.style_store import (
     style_id_of,
     upload_digest,
 )
-from streaming.telemetry import LogLimiter, region_metrics
+from streaming.telemetry import LogLimiter, count_tasks, region_metrics
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
 log = logging.getLogger(__name__)
@@ -283,6 +286,9 @@ class Gateway:
         self.candidates = RemoteCandidatePolicy.of(config.ice_hosts, config.ice_remote_networks)
         self._nc: NATS | None = None
         self._styles: StyleStore | None = None
+        self.jetstream: JetStreamProbe | None = None
+        """Whether the hub's JetStream (the style store) answers, once started (streaming.jetstream_health)."""
+        self._probing: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port = config.port
         self._reapers: set[asyncio.Task[None]] = set()
@@ -321,7 +327,10 @@ class Gateway:
             tls_ca=self.config.nats_ca,
             reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
-        self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
+        js = self._nc.jetstream(domain=self.config.js_domain)
+        self._styles = await StyleStore.open(js)
+        self.jetstream = JetStreamProbe(self._nc, js, object_stream(STYLE_BUCKET), "gateway", self.config.region)
+        self._probing = asyncio.create_task(self.jetstream.run(), name="jetstream-probe")
         self._runner = GuardedAppRunner(
             self.app(),
             self.connections,
@@ -332,6 +341,7 @@ class Gateway:
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._ssl_context()).start()
         self.port = int(self._runner.addresses[0][1])  # the real port when config.port is 0
+        count_tasks(asyncio.get_running_loop())  # its /metrics says how many tasks the process runs
         log.info("gateway listening", extra={"url": self.url, "region": self.config.region})
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -350,6 +360,9 @@ class Gateway:
     async def stop(self) -> None:
         """Close every session, the HTTP server and the NATS connection."""
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
@@ -402,6 +415,9 @@ class Gateway:
             return _refuse(429, str(exc))
         except (StyleStoreFull, StylesBusy) as exc:
             return _refuse(503, str(exc))
+        except (NatsError, asyncio.TimeoutError, BucketMissingError) as exc:  # a hub server down: no leader yet
+            self._bad_offer_log.log(log, logging.WARNING, "style-store", "style store unavailable", {"error": str(exc)})
+            return _refuse(503, "the style store does not answer (the hub is electing a leader): retry shortly")
         stream_id = uuid.uuid4().hex[:12]
         pc = RTCPeerConnection(rtc_configuration())
         session = PhoneSession(
@@ -519,7 +535,8 @@ class Gateway:
         return web.json_response({"error": error}, status=400)
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        """200 when this site can take a phone (NATS connected, a worker answers, a free slot), else 503."""
+        """200 when this site can take a phone (NATS connected, a worker answers, a free slot), else 503; the body
+        also says whether the hub's JetStream answers (not the status: streaming.jetstream_health)."""
         nc = self._nc
         connected = nc is not None and nc.is_connected
         workers = await discover_workers(nc, self.config.region, HEALTH_DISCOVERY_S) if nc and connected else []
@@ -535,6 +552,7 @@ class Gateway:
             "unconnected": sum(1 for s in self.sessions.values() if not s.connected.is_set()),
             "full": full,
             "nats_connected": connected,
+            "jetstream": self.jetstream is not None and self.jetstream.available,
             "workers": sorted(w.worker_id for w in workers),
         }
         return web.json_response(body, status=200 if ok else 503)

@@ -1,0 +1,113 @@
+"""Whether the hub's JetStream answers, said by every service (issue 26): a hub cluster with two servers of three
+down is still connected (the leaf node and the one server left answer) but no store has a leader, so nothing can
+be stored or, for most reads, read.
+
+Each service reports it three ways: the ``mvs_jetstream_available{service,region}`` gauge (1/0), a warning log line
+when it stops answering (rate-limited) and an info line when it answers again, and a ``jetstream`` field in its
+``/healthz`` body. Gateways and workers keep their readiness (the status code) as it was: every one of them shares
+the hub, so taking them out of rotation would turn the stores' outage into a total one, and phones whose style is
+already cached keep streaming; the aggregator, which does nothing but JetStream work, turns unready. No service's
+liveness depends on it: they all recover by themselves when a quorum is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from prometheus_client import Gauge
+
+from streaming.telemetry import LogLimiter
+
+log = logging.getLogger(__name__)
+
+JETSTREAM_AVAILABLE = Gauge(
+    "mvs_jetstream_available",
+    "1 while the hub's JetStream answers this service (a store has a leader: a quorum of the hub's servers), else 0",
+    ["service", "region"],
+)
+PROBE_EVERY_S = 2.0
+"""How often gateways and workers ask."""
+PROBE_TIMEOUT_S = 2.0
+FAILURES_TO_REPORT = 2
+"""Consecutive failed probes before a service says JetStream is unavailable (a stream electing a new leader after one
+server died takes a moment; that is not an outage)."""
+
+
+class LeaderlessError(Exception):
+    """A stream's info came from a replica that knows no leader (fewer than a quorum of its servers are up)."""
+
+
+class JetStreamStatus:
+    """A service's view of JetStream: :attr:`available`, its gauge and its log lines."""
+
+    def __init__(self, service: str, region: str = "") -> None:
+        self.service = service
+        self.region = region
+        self.available = True
+        self._gauge = JETSTREAM_AVAILABLE.labels(service, region)
+        self._gauge.set(1)
+        self._log = LogLimiter()
+
+    def note(self, available: bool, error: BaseException | None = None) -> None:
+        """Record whether the last JetStream call was answered; log each change (a warning when it stops)."""
+        if available != self.available:
+            extra: dict[str, object] = {"service": self.service, "region": self.region}
+            if available:
+                self._log.log(log, logging.INFO, self.service, "jetstream available again", extra)
+            else:
+                extra["error"] = f"{type(error).__name__}: {error}" if error is not None else "unknown"
+                self._log.log(log, logging.WARNING, self.service, "jetstream unavailable", extra)
+        self.available = available
+        self._gauge.set(1 if available else 0)
+
+
+class JetStreamProbe:
+    """Asks JetStream for ``stream``'s info every :data:`PROBE_EVERY_S` while NATS is connected and keeps :attr:`status`
+    up to date: available when the answer names the stream's leader (a replica left alone answers without one)."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        stream: str,
+        service: str,
+        region: str = "",
+        every_s: float = PROBE_EVERY_S,
+    ) -> None:
+        self.status = JetStreamStatus(service, region)
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+        self._every_s = every_s
+        self._failures = 0
+
+    @property
+    def available(self) -> bool:
+        """JetStream answered lately (or failed fewer than :data:`FAILURES_TO_REPORT` probes in a row)."""
+        return self.status.available
+
+    async def probe(self) -> None:
+        """One probe (nothing while NATS is disconnected: its own gauge says so)."""
+        if not self._nc.is_connected:
+            return
+        try:
+            info = await asyncio.wait_for(self._js.stream_info(self._stream), PROBE_TIMEOUT_S)
+            if info.cluster is not None and not info.cluster.leader:  # a replica's answer: no leader to store
+                raise LeaderlessError(f"stream {self._stream} has no leader")
+        except (NatsError, asyncio.TimeoutError, LeaderlessError) as exc:
+            self._failures += 1
+            if self._failures >= FAILURES_TO_REPORT:
+                self.status.note(False, exc)
+            return
+        self._failures = 0
+        self.status.note(True)
+
+    async def run(self) -> None:
+        """Probe until cancelled."""
+        while True:
+            await self.probe()
+            await asyncio.sleep(self._every_s)
