@@ -41,6 +41,7 @@ import nats
 import numpy as np
 
 from aggregator.service import Aggregator, AggregatorConfig
+from bench.chaos_hub import kill_during_style_upload, kill_meta_leader, kill_mid_round
 from bench.common import machine, write_results
 from bench.faults import (
     BarePhone,
@@ -868,6 +869,17 @@ async def signaling_attacks(site: Site) -> list[dict[str, Any]]:
     return rows
 
 
+def _hub_step(fault: Callable[[], Awaitable[dict[str, Any]]]) -> Callable[[Site], Awaitable[dict[str, Any]]]:
+    """A hub fault of :mod:`bench.chaos_hub` (its own three-server hub: the site is unused) as a row."""
+
+    async def step(site: Site) -> dict[str, Any]:
+        del site
+        found = await fault()
+        return _row(found.pop("fault"), found.pop("survived"), found.pop("report"), **found)
+
+    return step
+
+
 STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "bombs": ({}, bombs_and_echoes),
     "flood": (
@@ -886,6 +898,9 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "phone-attacks": ({}, phone_attacks),
     "delta-swap": ({}, delta_swap),
     "signaling": ({"max_sessions": STYLE_FLOOD_OFFERS + 4}, signaling_attacks),
+    "hub-mid-round": ({}, _hub_step(kill_mid_round)),
+    "hub-style-upload": ({}, _hub_step(kill_during_style_upload)),
+    "hub-meta-leader": ({}, _hub_step(kill_meta_leader)),
 }
 """The campaign's steps by name (``--only``), in order."""
 
