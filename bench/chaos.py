@@ -12,7 +12,8 @@ round-trip p95 are the row's figure against the same phone alone (target: >= 95 
 same for the signaling and storage attacks of issue 22 (slow offers and idle connections, SDP bombs, a candidate
 flood, a style flood); a worker credential of one region attacking another (issue 22: streams, consumers and replies
 aimed at its subjects, deltas as other workers) while a phone of that region streams, against the generated
-accounts. Each
+accounts; one server of a three-server hub killed (-9) mid-round, during a new style's upload and as the meta leader
+(issue 26, :mod:`bench.chaos_hub`: deltas acked against counted, versions loading with their digest). Each
 row: frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after.
 Every step is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME``
 runs some steps.

@@ -198,21 +198,21 @@ class Soak:
                 if server.name not in self.restarting:
                     self._died(f"{server.name} exited")
                 continue
-            self._proc(server.name, pid)
+            self._proc(server.name, pid, "nats_rss_mb")
             if server.monitor_port is not None:
                 storage = await _jetstream_storage(http, server)
                 if storage is not None:
                     self.record(server.name, "js_storage_mb", storage / 2**20, pid)
 
-    def _proc(self, process: str, pid: int) -> None:
-        """RSS (MB) and open fds of ``pid`` from /proc."""
+    def _proc(self, process: str, pid: int, rss_kind: str = "rss_mb") -> None:
+        """RSS (MB, as ``rss_kind``) and open fds of ``pid`` from /proc."""
         try:
             status = Path(f"/proc/{pid}/status").read_text()
             fds = len(os.listdir(f"/proc/{pid}/fd"))
         except OSError:
             return  # it just exited: the next sample says so
         rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        self.record(process, "rss_mb", rss / 1024, pid)
+        self.record(process, rss_kind, rss / 1024, pid)
         self.record(process, "fds", fds, pid)
 
     def _died(self, what: str) -> None:

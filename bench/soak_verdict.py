@@ -36,12 +36,15 @@ class Limit:
 
 LIMITS: dict[str, Limit] = {
     "rss_mb": Limit("MB", noise=16.0, per_hour=48.0),
+    "nats_rss_mb": Limit("MB", noise=32.0, per_hour=64.0),
     "fds": Limit("fds", noise=8.0, per_hour=16.0),
     "tasks": Limit("tasks", noise=32.0, per_hour=64.0),
     "sessions": Limit("sessions", noise=4.0, per_hour=4.0),
     "js_storage_mb": Limit("MB", noise=16.0, per_hour=64.0),
 }
-"""The soak's thresholds by kind of series (README, "Soak")."""
+"""The soak's thresholds by kind of series (README, "Soak"). A nats-server's RSS (Go) moves in larger steps than a
+Python process's: its heap grows by arenas, is given back lazily, and a server takes over stream leaders when a peer
+restarts (a survivor was seen +14 MB in a minute of a 3-minute run)."""
 
 
 def fitted_slope(times: list[float], values: list[float]) -> float:
