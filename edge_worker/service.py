@@ -47,16 +47,14 @@ from edge_worker.model.serving import (
     parse_work_size,
     resolve_serving,
 )
-from streaming.buckets import object_stream
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image, image_size
-from streaming.jetstream_health import JetStreamProbe
+from streaming.jetstream_health import JetStreamProbe, probe_subject
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
     DEFAULT_REGION,
     MAX_FRAME_SIDE,
-    STYLE_BUCKET,
     STYLIZE_QUEUE_GROUP,
     ErrorCode,
     ProtocolError,
@@ -66,6 +64,7 @@ from streaming.protocol import (
     WorkerInfo,
     check_result_size,
     decode,
+    delta_bucket,
     encode,
     stylize_subject,
     validate_request,
@@ -304,7 +303,8 @@ class StylizerWorker:
         )
         js = self._nc.jetstream(domain=self.config.js_domain)
         self._style_store = await StyleStore.open(js)
-        self.jetstream = JetStreamProbe(self._nc, js, object_stream(STYLE_BUCKET), "worker", self.config.region)
+        probe = probe_subject(delta_bucket(self.config.region))  # a worker writes its region's deltas
+        self.jetstream = JetStreamProbe(self._nc, js, probe, "worker", self.config.region)
         self._probing = asyncio.create_task(self.jetstream.run(), name="jetstream-probe")
         if self.config.federated is not None:
             await self._start_learner(self.config.federated)

@@ -1,13 +1,14 @@
 """Whether the hub's JetStream answers, said by every service (issue 26): a hub cluster with two servers of three
 down is still connected (the leaf node and the one server left answer) but no store has a leader, so nothing can
-be stored or, for most reads, read.
+be stored.
 
-Each service reports it three ways: the ``mvs_jetstream_available{service,region}`` gauge (1/0), a warning log line
-when it stops answering (rate-limited) and an info line when it answers again, and a ``jetstream`` field in its
-``/healthz`` body. Gateways and workers keep their readiness (the status code) as it was: every one of them shares
-the hub, so taking them out of rotation would turn the stores' outage into a total one, and phones whose style is
-already cached keep streaming; the aggregator, which does nothing but JetStream work, turns unready. No service's
-liveness depends on it: they all recover by themselves when a quorum is back.
+Gateways and workers probe with a publish the stream's leader refuses unstored (:class:`JetStreamProbe`); the
+aggregator notices on its own calls. Each reports it three ways: the ``mvs_jetstream_available{service,region}``
+gauge (1/0), a warning log line when it stops answering (rate-limited) and an info line when it answers again, and
+a ``jetstream`` field in its ``/healthz`` body. Gateways and workers keep their readiness (the status code) as it
+was: every one of them shares the hub, so taking them out of rotation would turn the stores' outage into a total
+one, and phones whose style is already cached keep streaming; the aggregator, which does nothing but JetStream
+work, turns unready. No service's liveness depends on it: they all recover by themselves when a quorum is back.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import logging
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 from prometheus_client import Gauge
 
+from streaming.buckets import chunk_subject
 from streaming.telemetry import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -32,13 +35,18 @@ JETSTREAM_AVAILABLE = Gauge(
 PROBE_EVERY_S = 2.0
 """How often gateways and workers ask."""
 PROBE_TIMEOUT_S = 2.0
+PROBE_EXPECTED_STREAM = "mvs-jetstream-probe"
+"""The stream name a probe expects: no stream has it, so the leader of the one that gets it refuses it, unstored."""
+JS_STREAM_MISMATCH = 10060
+"""JetStream's error code for a publish whose expected stream is another."""
 FAILURES_TO_REPORT = 2
 """Consecutive failed probes before a service says JetStream is unavailable (a stream electing a new leader after one
 server died takes a moment; that is not an outage)."""
 
 
-class LeaderlessError(Exception):
-    """A stream's info came from a replica that knows no leader (fewer than a quorum of its servers are up)."""
+def probe_subject(bucket: str) -> str:
+    """The subject a :class:`JetStreamProbe` publishes on: a chunk subject of ``bucket``, which its writers may use."""
+    return chunk_subject(bucket, "jetstream-probe")
 
 
 class JetStreamStatus:
@@ -66,14 +74,16 @@ class JetStreamStatus:
 
 
 class JetStreamProbe:
-    """Asks JetStream for ``stream``'s info every :data:`PROBE_EVERY_S` while NATS is connected and keeps :attr:`status`
-    up to date: available when the answer names the stream's leader (a replica left alone answers without one)."""
+    """Every :data:`PROBE_EVERY_S` while NATS is connected, publishes an empty message that a bucket's stream must
+    refuse unstored (it expects another stream's name, :data:`PROBE_EXPECTED_STREAM`) and keeps :attr:`status` up to
+    date: available when the refusal comes, which only the stream's leader sends (so a quorum of its servers is up).
+    It takes no permission a service lacks: ``subject`` is one it may write to (a chunk subject of its bucket)."""
 
     def __init__(
         self,
         nc: NATS,
         js: JetStreamContext,
-        stream: str,
+        subject: str,
         service: str,
         region: str = "",
         every_s: float = PROBE_EVERY_S,
@@ -81,7 +91,7 @@ class JetStreamProbe:
         self.status = JetStreamStatus(service, region)
         self._nc = nc
         self._js = js
-        self._stream = stream
+        self._subject = subject
         self._every_s = every_s
         self._failures = 0
 
@@ -95,16 +105,19 @@ class JetStreamProbe:
         if not self._nc.is_connected:
             return
         try:
-            info = await asyncio.wait_for(self._js.stream_info(self._stream), PROBE_TIMEOUT_S)
-            if info.cluster is not None and not info.cluster.leader:  # a replica's answer: no leader to store
-                raise LeaderlessError(f"stream {self._stream} has no leader")
-        except (NatsError, asyncio.TimeoutError, LeaderlessError) as exc:
-            self._failures += 1
-            if self._failures >= FAILURES_TO_REPORT:
-                self.status.note(False, exc)
-            return
-        self._failures = 0
-        self.status.note(True)
+            await self._js.publish(self._subject, b"", timeout=PROBE_TIMEOUT_S, stream=PROBE_EXPECTED_STREAM)
+            error: BaseException = RuntimeError(f"the probe on {self._subject} was stored")  # cannot: no such stream
+        except APIError as exc:
+            if exc.err_code == JS_STREAM_MISMATCH:
+                self._failures = 0
+                self.status.note(True)
+                return
+            error = exc
+        except (NatsError, asyncio.TimeoutError) as exc:  # no response from the stream: it has no leader
+            error = exc
+        self._failures += 1
+        if self._failures >= FAILURES_TO_REPORT:
+            self.status.note(False, error)
 
     async def run(self) -> None:
         """Probe until cancelled."""

@@ -323,6 +323,7 @@ async def test_two_hub_servers_down_gateways_and_workers_say_so_and_recover(
             await _until(lambda: _health(http, urls, jetstream=True), "both saying JetStream is back")
             for service, url in urls.items():
                 assert await _gauge(http, url, service) == 1
+                assert await _series(http, url, "mvs_asyncio_tasks ") >= 1  # what bench.soak watches for leaks
     finally:
         await gateway.stop()
         worker.cancel()
@@ -348,7 +349,11 @@ async def _health(
 
 
 async def _gauge(http: aiohttp.ClientSession, url: str, service: str) -> float:
+    return await _series(http, url, f'mvs_jetstream_available{{region="eu",service="{service}"}} ')
+
+
+async def _series(http: aiohttp.ClientSession, url: str, series: str) -> float:
+    """The value of the series (its name and labels, then a space) at ``url``'s /metrics."""
     async with http.get(f"{url}/metrics") as response:
         text = await response.text()
-    series = f'mvs_jetstream_available{{region="eu",service="{service}"}} '
     return float(next(line for line in text.splitlines() if line.startswith(series)).split()[1])

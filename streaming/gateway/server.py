@@ -58,7 +58,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge
 
-from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S, BucketMissingError, object_stream
+from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S, BucketMissingError
 from streaming.clock import ClockOffset
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.gateway.admission import TOKEN_CLAIMS, AdmissionPolicy, admission_middleware, security_middleware
@@ -68,7 +68,7 @@ from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
 from streaming.images import ImageDecodeError, check_image_size
-from streaming.jetstream_health import JetStreamProbe
+from streaming.jetstream_health import JetStreamProbe, probe_subject
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -329,7 +329,8 @@ class Gateway:
         )
         js = self._nc.jetstream(domain=self.config.js_domain)
         self._styles = await StyleStore.open(js)
-        self.jetstream = JetStreamProbe(self._nc, js, object_stream(STYLE_BUCKET), "gateway", self.config.region)
+        probe = probe_subject(STYLE_BUCKET)  # a gateway writes styles
+        self.jetstream = JetStreamProbe(self._nc, js, probe, "gateway", self.config.region)
         self._probing = asyncio.create_task(self.jetstream.run(), name="jetstream-probe")
         self._runner = GuardedAppRunner(
             self.app(),
