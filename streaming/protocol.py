@@ -102,8 +102,6 @@ MAX_MESSAGE_BYTES = 512 * 1024
 """Nothing bigger rides a subject; blobs go to the object store."""
 MAX_CONTROL_BYTES = 1024
 """Largest phone -> gateway data-channel message (frame announcements, clock probes, latency reports)."""
-MAX_ERROR_TEXT = 300
-"""Characters of explanation a :class:`ChannelError` carries at most."""
 MAX_REPORTED_LATENCY_MS = 60_000.0
 """Longest key-frame latency part a phone may report (:class:`KeyLatency`); beyond it the report is invalid."""
 MAX_FRAME_SIDE = 4096
@@ -356,12 +354,12 @@ class ChannelError(Message):
     code: str
     """An :class:`ErrorCode` value."""
     error: str
-    """What was wrong, at most :data:`MAX_ERROR_TEXT` characters."""
+    """What was wrong, at most :data:`MAX_ERROR_CHARS` characters."""
 
     @classmethod
     def of(cls, exc: ProtocolError) -> ChannelError:
-        """The answer to a message that raised ``exc`` (text cut to :data:`MAX_ERROR_TEXT`)."""
-        return cls(code=str(exc.code), error=str(exc)[:MAX_ERROR_TEXT])
+        """The answer to a message that raised ``exc`` (its text clipped to :data:`MAX_ERROR_CHARS`)."""
+        return cls(code=str(exc.code), error=clip(str(exc)))
 
 
 @dataclass
