@@ -32,9 +32,10 @@ import numpy as np  # noqa: E402
 
 from bench.common import RESULTS_DIR, machine, real_clip_path, write_results  # noqa: E402
 from bench.metrics import WarpingError, ms_ssim  # noqa: E402
-from edge_worker.model.registry import DNN_NAME, load_stylizer  # noqa: E402
+from edge_worker.model.registry import DNN_NAME  # noqa: E402
 from edge_worker.model.stylizer import PhotoStylizer  # noqa: E402
 from edge_worker.quality import psnr  # noqa: E402
+from edge_worker.stylizers import load_stylizer  # noqa: E402
 from mobile_sim.affine import AffineCoefficients, AffineRenderer  # noqa: E402
 from mobile_sim.colormap import ColorMap  # noqa: E402
 from mobile_sim.flow import DEFAULT_MAX_WIDTH, DEFAULT_METHOD, FLOW_METHODS, FlowEstimator, chain_flows  # noqa: E402

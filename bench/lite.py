@@ -25,7 +25,8 @@ from edge_worker.lite_training import evaluate_lite
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.int8 import INT8
 from edge_worker.model.lite import LITE_LOOK_PATH, LiteStylizer
-from edge_worker.model.registry import DNN_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME
+from edge_worker.stylizers import load_stylizer
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 
 NAME = "lite"

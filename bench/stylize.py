@@ -42,7 +42,7 @@ from edge_worker.looks import random_look
 from edge_worker.model.base import Size, Stylizer
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.int8 import FP32, INT8
-from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, LITE_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, LITE_NAME
 from edge_worker.model.stylizer import PhotoStylizer, resize
 from edge_worker.quality import (
     ciede2000,
@@ -52,6 +52,7 @@ from edge_worker.quality import (
     sliced_w2,
     structure_ssim,
 )
+from edge_worker.stylizers import load_stylizer
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 
 logger = logging.getLogger(__name__)

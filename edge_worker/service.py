@@ -35,7 +35,7 @@ from edge_worker.model.base import Stylizer
 from edge_worker.model.device import DEFAULT_DEVICE, DEVICE_SPECS, resolve_device, serve_on
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
 from edge_worker.model.int8 import FP32, INT8
-from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, STYLIZER_NAMES, is_dnn, is_lite, load_stylizer
+from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, STYLIZER_NAMES, is_dnn, is_lite
 from edge_worker.model.serving import (
     AUTO,
     CPU_LIVE_PRECISION,
@@ -45,6 +45,7 @@ from edge_worker.model.serving import (
     parse_work_size,
     resolve_serving,
 )
+from edge_worker.stylizers import load_stylizer
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, image_size
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
