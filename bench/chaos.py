@@ -41,7 +41,7 @@ import nats
 import numpy as np
 
 from aggregator.service import Aggregator, AggregatorConfig
-from bench.common import machine, write_results
+from bench.common import machine, table, write_results
 from bench.faults import (
     BarePhone,
     RandomPtsPhone,
@@ -924,11 +924,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['seconds']} s. Loopback only: nats-server, an in-process worker (colour transfer) and gateway, "
         "aiortc phones. RSS is this one process's, all services included.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *table(COLUMNS, [[row.get(c) for c in COLUMNS] for row in data["rows"]]),
     ]
-    for row in data["rows"]:
-        lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
