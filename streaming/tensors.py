@@ -15,6 +15,7 @@ little-endian in C (row-major) order.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Any
 
@@ -31,6 +32,11 @@ MAX_TENSOR_BYTES = 1 << 30
 
 NamedArrays = dict[str, np.ndarray]
 """Arrays by name (model weights, deltas): the one definition every package uses."""
+
+
+def digest(blob: bytes) -> str:
+    """Hex SHA-256 of a tensor blob (weights, a delta), as kept in ``ModelVersion.sha256`` and ``DeltaRef.sha256``."""
+    return hashlib.sha256(blob).hexdigest()
 
 
 def encode_tensors(tensors: NamedArrays, compress: bool = True) -> bytes:
