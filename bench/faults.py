@@ -128,18 +128,20 @@ class GatewayProcess:
         return self
 
     async def wait_answering(self, timeout_s: float = GATEWAY_UP_TIMEOUT_S) -> float:
-        """Poll ``/healthz`` until it answers at all (200 or 503: the HTTP server is up); the monotonic time then."""
+        """Poll ``/livez`` until it answers at all (200 or 503: the HTTP server is up); the monotonic time then.
+        Not ``/healthz``: its answer waits up to ``HEALTH_DISCOVERY_S`` for workers, and a phone could reconnect
+        before it came (test_gateway_kill saw the reconnect 0.29 s before such an "up")."""
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"gateway exited with {self.proc.returncode} during start-up")
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    async with http.get(f"{self.url}/healthz") as response:
+                    async with http.get(f"{self.url}/livez") as response:
                         await response.read()
                         return time.monotonic()
                 await asyncio.sleep(HEALTH_POLL_S)
-        raise TimeoutError(f"gateway at {self.url} did not answer /healthz within {timeout_s} s")
+        raise TimeoutError(f"gateway at {self.url} did not answer /livez within {timeout_s} s")
 
     def kill(self) -> None:
         """SIGKILL, and reap it."""
