@@ -23,10 +23,9 @@ from aiortc import RTCConfiguration
 LOOPBACK = ("127.0.0.1",)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+_original_get_host_addresses = aioice.ice.get_host_addresses
 _GATHER_ON: ContextVar[tuple[IPAddress, ...] | None] = ContextVar("mvs_ice_host_addresses", default=None)
 """The addresses the current context gathers host candidates on; None: aioice's own choice."""
 
@@ -56,9 +55,6 @@ def gathering_on(addresses: Sequence[str]) -> Iterator[None]:
 def rtc_configuration() -> RTCConfiguration:
     """Peer-connection settings: no STUN/TURN servers (aiortc's default would query a public STUN server)."""
     return RTCConfiguration(iceServers=[])
-
-
-_original_get_host_addresses = aioice.ice.get_host_addresses
 
 
 @dataclass(frozen=True)
