@@ -28,6 +28,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from aggregator.service import Aggregator, AggregatorConfig
+from bench.common import table
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
@@ -123,6 +124,36 @@ async def hub_site(min_updates: int = 1) -> AsyncIterator[HubSite]:
             await aggregator.stop()
             await gateway.stop()
             await worker.stop()
+
+
+COLUMNS = (
+    "fault",
+    "deltas_acked",
+    "deltas_counted",
+    "exactly_once",
+    "keys_ok",
+    "keys_failed",
+    "second_keys_ok",
+    "second_keys_failed",
+    "recovery_s",
+    "rss_mb_after",
+    "survived",
+)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The hub rows of a ``bench.chaos --only hub-...`` run (its results file), with their own columns."""
+    m = data["machine"]
+    lines = [
+        "# Hub faults (issue 26)",
+        "",
+        f"`python -m bench.chaos --only hub-...` at commit {m['commit']} on {m['cpus']} CPUs (load "
+        f"{m['load_avg_1m']}), {data['seconds']} s. Three hub servers, a leaf node, an in-process worker (colour "
+        "transfer), gateway and aggregator, aiortc phones; recovery: the kill to a new leader.",
+        "",
+        *table(COLUMNS, [[row.get(c) for c in COLUMNS] for row in data["rows"]], align="lrrlrrrrrrl"),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 async def _answered(call: Callable[[], Awaitable[T]]) -> T:

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import machine, publish
+from bench.common import machine, publish, table
 from bench.soak_verdict import LIMITS, judge
 from deploy.nats import NatsServer
 from deploy.regions import Region
@@ -302,18 +302,17 @@ def markdown(data: dict[str, Any]) -> str:
         + ", ".join(f"{r['leader_s']} s" for r in data["hub_restarts"])
         + ".",
         "",
-        "| process | series | first | last | max | fitted rise, last half | allowed | verdict |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
+    rows = []
     for key, entry in sorted(data["series"].items()):
         values = [s[1] for s in entry["samples"]]
         v = data["verdicts"][key]
         word = "n/a" if v["grows"] is None else ("GROWS" if v["grows"] else "bounded")
-        rise = "" if v["rise"] is None else f"{v['rise']:+}"
-        lines.append(
-            f"| {entry['process']} | {entry['kind']} | {values[0]:g} | {values[-1]:g} | {max(values):g} | {rise} | "
-            f"{v['allowed'] if v['allowed'] is not None else ''} | {word} |"
-        )
+        rise = None if v["rise"] is None else f"{v['rise']:+}"
+        extremes = [f"{values[0]:g}", f"{values[-1]:g}", f"{max(values):g}"]
+        rows.append([entry["process"], entry["kind"], *extremes, rise, v["allowed"], word])
+    header = ["process", "series", "first", "last", "max", "fitted rise, last half", "allowed", "verdict"]
+    lines += table(header, rows, align="llrrrrrl")
     return "\n".join(lines) + "\n"
 
 
