@@ -7,8 +7,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 import torch
+from nats.aio.client import Client as NATS
 
 from deploy.certs import CA_FILE, kept_ca
 from deploy.nats import NatsServer
@@ -26,6 +28,14 @@ torch.set_num_threads(1)
 def nats_server() -> Iterator[NatsServer]:
     with NatsServer(monitor_port=0) as server:
         yield server
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    """A client of the test's server (of ``nats_server``, which a module may override with a fresh one)."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="session")

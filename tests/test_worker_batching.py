@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
-import cv2
-import nats
-import numpy as np
 import pytest
 import torch
 from nats.aio.client import Client as NATS
@@ -18,7 +14,7 @@ from nats.aio.client import Client as NATS
 from deploy.nats import NatsServer
 from edge_worker.model.base import BatchStylizer, Stylizer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
-from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
+from edge_worker.quality import psnr
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.images import decode_image, encode_jpeg
@@ -26,26 +22,16 @@ from streaming.protocol import (
     ErrorCode,
     ResultKind,
     Stamp,
-    StylizeReply,
     StylizeRequest,
-    decode,
-    encode,
-    stylize_subject,
 )
 from streaming.style_store import StyleStore
+from tests.support import ask_worker, stylize_request, tiny_dnn, wait_until
 
 TIMEOUT_S = 20.0
 BATCH = 4
 MIN_PSNR_DB = 40.0
 """Batched vs unbatched frames through JPEG (quality 90): a batched network sums in another fp32 order, which
 moves a tiny net's maps by ~2e-3 and its frames by at most one level on under 1 % of values (test_model_batch)."""
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture
@@ -62,56 +48,32 @@ async def _worker(nats_server: NatsServer, region: str, stylizer: Stylizer, **co
 
 
 def _request(frame_id: int, style_id: str, budget_ms: float = 10_000.0, **overrides: object) -> StylizeRequest:
-    photo = cv2.resize(sample_photo(), (320, 180))
-    frame = np.roll(photo, 17 * frame_id, axis=1)  # a different picture per frame
-    values: dict[str, object] = dict(
-        stream_id="s",
-        frame_id=frame_id,
-        style_id=style_id,
-        image=encode_jpeg(frame),
-        out_width=320,
-        out_height=180,
-        budget_ms=budget_ms,
-    )
-    values.update(overrides)
-    return StylizeRequest(**values)  # type: ignore[arg-type]
-
-
-async def _ask(nc: NATS, region: str, request: StylizeRequest) -> StylizeReply:
-    msg = await nc.request(stylize_subject(region), encode(request), timeout=TIMEOUT_S)
-    return decode(msg.data, StylizeReply)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def _tiny_dnn() -> PhotoStylizer:
-    torch.manual_seed(0)
-    return PhotoStylizer(CONFIGS["tiny"]).eval()
+    """Another picture per frame."""
+    return stylize_request(style_id, frame_id=frame_id, shift=17 * frame_id, budget_ms=budget_ms, **overrides)
 
 
 async def test_a_full_batch_runs_once_and_equals_single_requests(
     nats_server: NatsServer, nc: NATS, region: str, style_ids: list[str]
 ) -> None:
-    model = _tiny_dnn()
+    model = tiny_dnn()
     assert isinstance(model, BatchStylizer)
     worker = await _worker(nats_server, region, model, max_batch=BATCH, batch_wait_ms=60_000.0)
     try:
         requests = [_request(i, style_ids[i % 2]) for i in range(BATCH)]
-        batched = await asyncio.wait_for(asyncio.gather(*(_ask(nc, region, r) for r in requests)), TIMEOUT_S)
+        batched = await asyncio.wait_for(
+            asyncio.gather(*(ask_worker(nc, region, r, TIMEOUT_S) for r in requests)), TIMEOUT_S
+        )
         assert all(reply.ok for reply in batched)
         # A full batch does not wait out its 60 s, and its items ran in one call (one inference start).
         assert len({reply.stamps[Stamp.W_INFER_START] for reply in batched}) == 1
         await worker.stop()
         worker = await _worker(nats_server, region, model, max_batch=1)
-        single = [await _ask(nc, region, r) for r in requests]
+        single = [await ask_worker(nc, region, r, TIMEOUT_S) for r in requests]
         assert all(reply.ok for reply in single)
         assert len({reply.stamps[Stamp.W_INFER_START] for reply in single}) == BATCH
         for a, b in zip(batched, single, strict=True):
             assert a.frame_id == b.frame_id
-            assert _psnr(decode_image(a.image), decode_image(b.image)) >= MIN_PSNR_DB
+            assert psnr(decode_image(a.image), decode_image(b.image)) >= MIN_PSNR_DB
     finally:
         await worker.stop()
 
@@ -119,11 +81,13 @@ async def test_a_full_batch_runs_once_and_equals_single_requests(
 async def test_mixed_results_in_one_batch_each_get_their_kind(
     nats_server: NatsServer, nc: NATS, region: str, style_ids: list[str]
 ) -> None:
-    worker = await _worker(nats_server, region, _tiny_dnn(), max_batch=BATCH, batch_wait_ms=60_000.0)
+    worker = await _worker(nats_server, region, tiny_dnn(), max_batch=BATCH, batch_wait_ms=60_000.0)
     try:
         kinds = [ResultKind.COEFFICIENTS, ResultKind.FRAME] * (BATCH // 2)
         requests = [_request(i, style_ids[0], result=kind) for i, kind in enumerate(kinds)]
-        replies = await asyncio.wait_for(asyncio.gather(*(_ask(nc, region, r) for r in requests)), TIMEOUT_S)
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(ask_worker(nc, region, r, TIMEOUT_S) for r in requests)), TIMEOUT_S
+        )
         assert [reply.kind for reply in replies] == kinds and all(reply.ok for reply in replies)
     finally:
         await worker.stop()
@@ -135,7 +99,7 @@ async def test_a_lone_request_leaves_after_the_batch_wait(
     wait_ms = 150.0
     worker = await _worker(nats_server, region, EmulatedAccelerator(), max_batch=BATCH, batch_wait_ms=wait_ms)
     try:
-        reply = await _ask(nc, region, _request(1, style_ids[0], result=ResultKind.COEFFICIENTS))
+        reply = await ask_worker(nc, region, _request(1, style_ids[0], result=ResultKind.COEFFICIENTS), TIMEOUT_S)
         assert reply.ok and reply.kind == ResultKind.COEFFICIENTS
         assert reply.stamps[Stamp.W_START] - reply.stamps[Stamp.W_RECEIVED] >= wait_ms * 1e6
     finally:
@@ -148,10 +112,11 @@ async def test_requests_past_their_deadline_are_answered_deadline(
     slow = EmulatedAccelerator(ServiceTimeProfile(fixed_ms=400.0, per_item_ms=0.0))
     worker = await _worker(nats_server, region, slow, max_batch=1)
     try:
-        first = asyncio.create_task(_ask(nc, region, _request(1, style_ids[0])))
-        while worker._idle.is_set() and not first.done():  # until the first is being served
-            await asyncio.sleep(0.005)
-        late = await _ask(nc, region, _request(2, style_ids[0], budget_ms=50.0))
+        first = asyncio.create_task(ask_worker(nc, region, _request(1, style_ids[0]), TIMEOUT_S))
+        await wait_until(
+            lambda: not worker._idle.is_set() or first.done(), TIMEOUT_S, "the first request served", poll_s=0.005
+        )
+        late = await ask_worker(nc, region, _request(2, style_ids[0], budget_ms=50.0), TIMEOUT_S)
         assert not late.ok and late.error_code == ErrorCode.DEADLINE
         assert (await first).ok
     finally:

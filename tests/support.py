@@ -1,0 +1,138 @@
+"""Helpers the tests share: one way to wait for a condition, to build a stylize request, to ask a worker, to post
+an offer to a gateway and to make the tiny test network. Fixtures live in ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import inspect
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aiohttp
+import cv2
+import numpy as np
+import torch
+from nats.aio.client import Client as NATS
+
+from deploy.nats import NatsServer
+from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
+from mobile_sim.sources import default_style_photo, sample_photo
+from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.ice import LOOPBACK
+from streaming.images import encode_jpeg
+from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
+
+T = TypeVar("T")
+
+POLL_S = 0.05
+"""How often :func:`wait_until` looks again: short against every wait here, long against a loop turn."""
+
+
+async def wait_until(
+    predicate: Callable[[], T | Awaitable[T]], timeout_s: float, what: str, poll_s: float = POLL_S
+) -> T:
+    """The first truthy value of ``predicate`` (a plain or an async callable), asked every ``poll_s`` seconds;
+    fails the test naming ``what`` and the last value seen when none comes within ``timeout_s`` seconds (a
+    predicate still running then is cancelled). ``poll_s=0`` only yields to the loop: for predicates that wait
+    themselves (an aggregator's ``step``, a discovery round)."""
+    last: object = None
+    try:
+        async with asyncio.timeout(timeout_s) as deadline:
+            while True:
+                value = predicate()
+                if inspect.isawaitable(value):
+                    value = await value
+                if value:
+                    return value  # type: ignore[return-value]
+                last = value
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        if deadline.expired():
+            raise AssertionError(f"not within {timeout_s} s: {what} (last: {last!r})") from None
+        raise
+
+
+def wait_until_sync(predicate: Callable[[], T], timeout_s: float, what: str, poll_s: float = POLL_S) -> T:
+    """:func:`wait_until` for code outside an event loop (another process's state, a file)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what} (last: {value!r})")
+        time.sleep(poll_s)
+    return value
+
+
+def stylize_request(
+    style_id: str, size: tuple[int, int] = (320, 180), shift: int = 0, **overrides: Any
+) -> StylizeRequest:
+    """A request to stylize the sample photo resized to ``size`` (rolled ``shift`` columns: another picture per
+    frame), answered at that size within 3 s; ``overrides`` sets any other field (``image`` included)."""
+    values: dict[str, Any] = dict(
+        stream_id="s", frame_id=1, style_id=style_id, out_width=size[0], out_height=size[1], budget_ms=3000.0
+    )
+    values.update(overrides)
+    if "image" not in values:
+        values["image"] = encode_jpeg(np.roll(cv2.resize(sample_photo(), size), shift, axis=1))
+    return StylizeRequest(**values)
+
+
+async def ask_worker(nc: NATS, region: str, request: StylizeRequest | bytes, timeout_s: float) -> StylizeReply:
+    """One stylize request to ``region``'s workers (raw bytes are sent as they are), its decoded reply."""
+    data = request if isinstance(request, bytes) else encode(request)
+    msg = await nc.request(stylize_subject(region), data, timeout=timeout_s)
+    return decode(msg.data, StylizeReply)
+
+
+def tiny_dnn(**config: Any) -> PhotoStylizer:
+    """The paper's network in its ``tiny`` test configuration (fields of ``config`` replaced), seeded, in eval."""
+    torch.manual_seed(0)
+    return PhotoStylizer(dataclasses.replace(CONFIGS["tiny"], **config)).eval()
+
+
+DEFAULT_STYLE_JPEG = encode_jpeg(default_style_photo())
+"""The bundled style photo as a phone uploads it."""
+
+
+def offer_body(sdp: str, style: bytes = DEFAULT_STYLE_JPEG, **fields: object) -> str:
+    """A phone's ``/offer`` JSON: the SDP offer, the style image (base64) and any other ``fields``."""
+    return json.dumps({"type": "offer", "sdp": sdp, "style": base64.b64encode(style).decode(), **fields})
+
+
+async def post_offer(
+    gateway: Gateway, body: str | bytes, source: str = "127.0.0.1", token: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to the gateway's ``/offer`` from the loopback address ``source`` (with a bearer ``token``):
+    the status and the JSON answer."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.post(f"{gateway.url}/offer", data=body, headers=headers) as response:
+            return response.status, await response.json()
+
+
+@asynccontextmanager
+async def running_gateway(nats_server: NatsServer, region: str, **settings: Any) -> AsyncIterator[Gateway]:
+    """A gateway on loopback with ``settings`` (fields of :class:`GatewayConfig`), stopped on exit."""
+    gateway = Gateway(GatewayConfig(port=0, nats_url=nats_server.url, region=region, ice_hosts=LOOPBACK, **settings))
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+async def longest_loop_stall(stop: asyncio.Event) -> float:
+    """The longest the event loop went without running this task until ``stop`` (a blocked loop shows here)."""
+    worst, last = 0.0, time.monotonic()
+    while not stop.is_set():
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        worst, last = max(worst, now - last), now
+    return worst
