@@ -31,6 +31,14 @@ def nats_server() -> Iterator[NatsServer]:
 
 
 @pytest.fixture
+def fresh_nats_server() -> Iterator[NatsServer]:
+    """A server of the test's own, for what is global on a server (the model store, the delta stream); its setup
+    made regions "eu" and "us"'s delta buckets."""
+    with NatsServer(regions=["eu", "us"]) as server:
+        yield server
+
+
+@pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     """A client of the test's server (of ``nats_server``, which a module may override with a fresh one)."""
     client = await nats.connect(nats_server.url)

@@ -21,11 +21,13 @@ from nats.aio.client import Client as NATS
 
 from deploy.nats import NatsServer
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
+from edge_worker.retrain import RetrainableStylizer
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.style_store import StyleStore
 
 T = TypeVar("T")
 
@@ -92,6 +94,23 @@ def tiny_dnn(**config: Any) -> PhotoStylizer:
     """The paper's network in its ``tiny`` test configuration (fields of ``config`` replaced), seeded, in eval."""
     torch.manual_seed(0)
     return PhotoStylizer(dataclasses.replace(CONFIGS["tiny"], **config)).eval()
+
+
+TRAINING_WAIT_S = 30.0
+"""How long a federated test waits for a worker to train, publish or adopt a version on a busy 2-core machine."""
+
+
+def tiny_retrainable_dnn() -> RetrainableStylizer:
+    """:func:`tiny_dnn`, retrainable on 64-pixel crops."""
+    return RetrainableStylizer(tiny_dnn(), train_size=64)
+
+
+async def serve_key_frames(nc: NATS, count: int, region: str = "fl") -> None:
+    """Store the default style and have ``region`` stylize ``count`` small key frames; each must succeed."""
+    style_id = await (await StyleStore.open(nc.jetstream())).put(DEFAULT_STYLE_JPEG)
+    for i in range(count):
+        request = stylize_request(style_id, size=(64, 36), frame_id=i, budget_ms=2000.0)
+        assert (await ask_worker(nc, region, request, timeout_s=5.0)).ok
 
 
 DEFAULT_STYLE_JPEG = encode_jpeg(default_style_photo())

@@ -7,13 +7,10 @@ blobs. A worker in turn refuses a global version whose weights do not fit its mo
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
@@ -29,7 +26,6 @@ from test_aggregator_service import (
     _wait_latest,
 )
 from test_aggregator_service import _delta as _process_delta
-from test_federated_edge import _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
 from deploy.nats import NatsServer
@@ -37,6 +33,7 @@ from edge_worker.federated import FederatedConfig, FederatedLearner
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode, encode, fl_delta_subject
 from streaming.tensors import NamedArrays, encode_tensors
+from tests.support import TRAINING_WAIT_S, tiny_retrainable_dnn, wait_until
 
 MODEL: NamedArrays = {"dec.weight": np.full((4, 4), 16.0, np.float32)}
 """A synthetic model of norm 64, as in the report (64 -> 32,231)."""
@@ -57,16 +54,9 @@ WRONG_SHAPE_FOR_PROCESS = {"dec.weight": np.full((2, 3), 0.5, np.float16), "dec.
 
 
 @pytest.fixture
-def server() -> NatsServer:
-    with NatsServer(regions=["eu", "us"]) as s:
-        yield s
-
-
-@pytest.fixture
-async def nc(server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(server.url)
-    yield client
-    await client.close()
+def nats_server(fresh_nats_server: NatsServer) -> NatsServer:
+    """A server per test: the model store and the delta stream are global, not per region."""
+    return fresh_nats_server
 
 
 def _dropped(reason: str) -> float:
@@ -82,22 +72,24 @@ async def _blob_gone(deltas: DeltaStore, name: str) -> bool:
 
 
 async def _until_accepted(aggregator: Aggregator, count: int) -> None:
-    async def loop() -> None:
-        while len(aggregator.state.accepted) < count:
-            assert await aggregator.step() is None
+    async def accepted() -> bool:
+        if len(aggregator.state.accepted) >= count:
+            return True
+        assert await aggregator.step() is None
+        return False
 
-    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    await wait_until(accepted, STEP_TIMEOUT_S, f"{count} deltas accepted", poll_s=0)
 
 
 @pytest.mark.parametrize("swap", sorted(SWAPS))
 async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_closes(
-    server: NatsServer, nc: NATS, swap: str
+    nats_server: NatsServer, nc: NATS, swap: str
 ) -> None:
     """The report's attack: delta A is accepted, then its blob is overwritten (NaN, x1000, another shape) before
     a second delta closes the round. Main aggregated the new bytes (an all-NaN v1 with a valid SHA-256, a x1000
     step, or a crash); now A is dropped (counted as ``digest``), its blob deleted, and v1 is B's step alone."""
     aggregator = Aggregator(
-        AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="swap")
+        AggregatorConfig(nats_url=nats_server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="swap")
     )
     await aggregator.start(MODEL)
     js = nc.jetstream()
@@ -118,13 +110,13 @@ async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_close
     assert await _blob_gone(eu, a.object_name)
 
 
-async def test_every_delta_is_validated_again_when_its_round_closes(server: NatsServer, nc: NATS) -> None:
+async def test_every_delta_is_validated_again_when_its_round_closes(nats_server: NatsServer, nc: NATS) -> None:
     """The digest proves the bytes are those checked; the checks themselves run again too. An aggregator restarted
     with a tighter --max-norm drops a held delta that no longer passes (counted as ``norm``) instead of publishing
     it."""
     js = nc.jetstream()
     eu = DeltaStore(js, "eu")
-    first = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=3, durable="recheck"))
+    first = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=3, durable="recheck"))
     await first.start(MODEL)
     try:
         big = await submit_delta(js, eu, worker_id="big", base_version=0, samples=4, delta=_delta(2.0))  # norm 8
@@ -134,7 +126,7 @@ async def test_every_delta_is_validated_again_when_its_round_closes(server: Nats
         await first.stop()
     second = Aggregator(
         AggregatorConfig(
-            nats_url=server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, max_norm=4.0, durable="recheck"
+            nats_url=nats_server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, max_norm=4.0, durable="recheck"
         )
     )
     await second.start()
@@ -148,12 +140,12 @@ async def test_every_delta_is_validated_again_when_its_round_closes(server: Nats
     assert await _blob_gone(eu, big.object_name)
 
 
-async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(server: NatsServer, nc: NATS) -> None:
+async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(nats_server: NatsServer, nc: NATS) -> None:
     """Main counted A in v1 and again in v2 when its reference was replayed (blob put back) after v1: a base stays
     a valid base for --max-staleness versions. Now a replay, and any second delta of A on the same base, is a
     duplicate for as long as that base is accepted."""
     aggregator = Aggregator(
-        AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="replay")
+        AggregatorConfig(nats_url=nats_server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="replay")
     )
     await aggregator.start(MODEL)
     js = nc.jetstream()
@@ -176,10 +168,10 @@ async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(serv
     assert np.array_equal(weights["dec.weight"], MODEL["dec.weight"] + 0.125 + 0.25)
 
 
-async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -> None:
+async def test_an_oversized_reference_is_refused(nats_server: NatsServer, nc: NATS) -> None:
     """The round state keeps references across rounds: a 2 KB worker id (main accepted it) is refused, so a few
     such deltas cannot grow the state past the size it is read back under (a crash loop at restart)."""
-    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable="big-ref"))
+    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=2, durable="big-ref"))
     await aggregator.start(MODEL)
     js = nc.jetstream()
     eu = DeltaStore(js, "eu")
@@ -193,7 +185,7 @@ async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -
 
 
 async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor_leaks(
-    server: NatsServer, nc: NATS, tmp_path: Path
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     """Killed right after the reset round state is saved (crash point ``round_reset``), before any blob is deleted:
     the restarted aggregator deletes the listed blobs, and the closed round's references, replayed meanwhile, are
@@ -201,7 +193,7 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
     js = nc.jetstream()
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
-    first = _start_aggregator(server, tmp_path, "--min-updates", "2", "--crash-after", "round_reset")
+    first = _start_aggregator(nats_server, tmp_path, "--min-updates", "2", "--crash-after", "round_reset")
     second: subprocess.Popen[bytes] | None = None
     try:
         await _wait_latest(store, 0)
@@ -214,7 +206,7 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
         assert not any([await _blob_gone(us, r.object_name) for r in refs])  # the window: none deleted yet
         for ref in refs:
             await js.publish(fl_delta_subject("us", ref.worker_id), encode(ref))  # replayed while it is down
-        second = _start_aggregator(server, tmp_path, "--min-updates", "1")  # one counted replay would make v2
+        second = _start_aggregator(nats_server, tmp_path, "--min-updates", "1")  # one counted replay would make v2
         await _until_settled(js, 1)
         state = await _round_state(js)
     finally:
@@ -231,23 +223,24 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
 async def _wait_alive(process: subprocess.Popen[bytes], store: ModelStore, version: int) -> ModelVersion:
     """Until ``version`` is published; fails at once if the process exits first."""
 
-    async def loop() -> ModelVersion:
-        while (latest := await store.latest()) is None or latest.version < version:
-            assert process.poll() is None, f"the aggregator exited with {process.returncode}"
-            await asyncio.sleep(0.05)
-        return latest
+    async def published() -> ModelVersion | None:
+        latest = await store.latest()
+        if latest is not None and latest.version >= version:
+            return latest
+        assert process.poll() is None, f"the aggregator exited with {process.returncode}"
+        return None
 
-    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    return await wait_until(published, STEP_TIMEOUT_S, f"v{version} published")
 
 
 async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restarted_aggregator(
-    server: NatsServer, nc: NATS, tmp_path: Path
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     """Main crashed on every restart while the round holding a rewritten wrong-shape blob was due."""
     js = nc.jetstream()
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
-    first = _start_aggregator(server, tmp_path)  # 3 updates needed: the round stays open
+    first = _start_aggregator(nats_server, tmp_path)  # 3 updates needed: the round stays open
     second: subprocess.Popen[bytes] | None = None
     try:
         await _wait_latest(store, 0)
@@ -257,7 +250,7 @@ async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restar
         first.kill()
         first.wait(timeout=STEP_TIMEOUT_S)
         await us.put(a.object_name, encode_tensors(WRONG_SHAPE_FOR_PROCESS))
-        second = _start_aggregator(server, tmp_path, "--min-updates", "2", "--round-timeout", str(ROUND_TIMEOUT_S))
+        second = _start_aggregator(nats_server, tmp_path, "--min-updates", "2", "--round-timeout", str(ROUND_TIMEOUT_S))
         meta = await _wait_alive(second, store, 1)
         await _until_settled(js, 1)
         assert second.poll() is None
@@ -288,16 +281,16 @@ def _learner(model: object, tmp_path: Path, worker_id: str) -> FederatedLearner:
 
 @pytest.mark.parametrize("damage", ["non_finite", "shape"])
 async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
-    server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    nats_server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A version with a valid SHA-256 but NaN weights (what main's aggregator published after the swap) or another
     shape: a serving worker refuses it (counted) and keeps its model; a starting worker takes the newest good one."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     v0_weights = {name: value + 0.01 for name, value in model.learned_state().items()}
     store = await ModelStore.open(nc.jetstream())
     await store.publish(v0_weights, ModelVersion(version=0, object_name=""))
     serving = _learner(model, tmp_path, "edge-1")
-    starting = _learner(_tiny_dnn(), tmp_path, "edge-2")
+    starting = _learner(tiny_retrainable_dnn(), tmp_path, "edge-2")
     before = _refused(damage)
     try:
         await serving.start(nc)
@@ -308,7 +301,9 @@ async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
         v1 = await store.publish(bad, ModelVersion(version=1, object_name="", parent=0))
         await nc.publish(FL_GLOBAL_SUBJECT, encode(v1))
         refused = "global model version refused"
-        await _until(lambda: refused in caplog.text or serving.base_version != 0, "v1 neither refused nor adopted")
+        await wait_until(
+            lambda: refused in caplog.text or serving.base_version != 0, TRAINING_WAIT_S, "v1 refused or adopted"
+        )
         assert serving.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
         assert serving.refusals == {damage: 1}
@@ -320,12 +315,12 @@ async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
     assert _refused(damage) - before == 2
 
 
-async def test_the_aggregator_does_not_go_on_from_a_non_finite_version(server: NatsServer, nc: NATS) -> None:
+async def test_the_aggregator_does_not_go_on_from_a_non_finite_version(nats_server: NatsServer, nc: NATS) -> None:
     """Main's aggregator carried on from the all-NaN v1 of the report (a NaN model norm passes every bound): now it
     refuses to start from it, as from a version that fails its digest."""
     store = await ModelStore.open(nc.jetstream())
     await store.publish({"dec.weight": np.full((4, 4), np.nan, np.float32)}, ModelVersion(version=0, object_name=""))
-    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, durable="nan"))
+    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, durable="nan"))
     try:
         with pytest.raises(RuntimeError, match="NaN/Inf"):
             await aggregator.start()

@@ -25,23 +25,14 @@ from edge_worker.key_buffer import KeyFrameBuffer
 from edge_worker.lite_training import RetrainableLite
 from edge_worker.model.base import Trainable
 from edge_worker.model.lite import LITE_CONFIGS
-from edge_worker.model.stylizer import PhotoStylizer
-from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from edge_worker.trainer_process import TrainerProcess
-from mobile_sim.sources import default_style_photo, sample_photo
+from mobile_sim.sources import sample_photo
 from streaming.images import encode_jpeg
 from streaming.model_store import ModelStore
-from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
-from streaming.style_store import StyleStore
+from tests.support import TRAINING_WAIT_S, serve_key_frames, tiny_retrainable_dnn, wait_until
 
-WAIT_S = 30.0
-
-
-def _tiny_dnn() -> RetrainableStylizer:
-    """The paper's network in its tiny test configuration, retrainable."""
-    torch.manual_seed(0)
-    return RetrainableStylizer(PhotoStylizer.from_config("tiny"), train_size=64)
+WAIT_S = TRAINING_WAIT_S
 
 
 def _tiny_lite() -> RetrainableLite:
@@ -69,7 +60,7 @@ def test_key_frame_buffer_is_bounded_and_survives_restarts(tmp_path: Path) -> No
 def test_interim_colour_transfer_cannot_join_federated_learning() -> None:
     from edge_worker.model.color_transfer import LinearColorTransfer
 
-    assert isinstance(_tiny_dnn(), Trainable) and not isinstance(LinearColorTransfer(), Trainable)
+    assert isinstance(tiny_retrainable_dnn(), Trainable) and not isinstance(LinearColorTransfer(), Trainable)
 
 
 def _process_state(pid: int) -> str:
@@ -78,7 +69,7 @@ def _process_state(pid: int) -> str:
 
 
 def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     trainer = TrainerProcess(model, threads=1)
     try:
         start = trainer.learned_state()
@@ -106,27 +97,7 @@ def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
     assert not Path(f"/proc/{trainer.pid}").exists() or _process_state(trainer.pid) in ("Z", "X")
 
 
-async def _serve_key_frames(nc: nats.NATS, count: int) -> None:
-    """Store the default style and have region "fl" stylize `count` small key frames; each must succeed."""
-    style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
-    frame = encode_jpeg(cv2.resize(sample_photo(), (64, 36)))
-    for i in range(count):
-        request = StylizeRequest(
-            stream_id="s", frame_id=i, style_id=style_id, image=frame, out_width=64, out_height=36, budget_ms=2000.0
-        )
-        reply = decode((await nc.request(stylize_subject("fl"), encode(request), timeout=5)).data, StylizeReply)
-        assert reply.ok
-
-
-async def _until(predicate: object, what: str) -> None:
-    async def loop() -> None:
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(loop(), WAIT_S)
-
-
-@pytest.mark.parametrize("make_model", [_tiny_dnn, _tiny_lite], ids=["dnn", "lite"])
+@pytest.mark.parametrize("make_model", [tiny_retrainable_dnn, _tiny_lite], ids=["dnn", "lite"])
 async def test_worker_adopts_trains_when_idle_publishes_and_follows(
     tmp_path: Path, make_model: Callable[[], Trainable]
 ) -> None:
@@ -152,9 +123,9 @@ async def test_worker_adopts_trains_when_idle_publishes_and_follows(
             # Adopted v0 before serving anything.
             assert worker.learner is not None and worker.learner.base_version == 0
             assert all(np.array_equal(model.learned_state()[k], initial[k]) for k in initial)
-            await _serve_key_frames(nc, 4)
+            await serve_key_frames(nc, 4)
             assert len(worker.learner.buffer) == 4 and not worker.learner.losses  # no training while busy
-            await _until(lambda: worker.learner.base_version == 1, "worker never adopted v1")
+            await wait_until(lambda: worker.learner.base_version == 1, WAIT_S, "the worker adopting v1")
             store = await ModelStore.open(nc.jetstream())
             v1 = await store.latest()
             assert v1 is not None and v1.version == 1 and v1.contributors == ["edge-1"] and v1.samples >= 4
@@ -179,7 +150,7 @@ async def test_without_a_model_store_the_worker_keeps_the_bundled_model(
 
     with NatsServer(jetstream=False) as server:
         nc = await nats.connect(server.url)
-        model = _tiny_dnn()
+        model = tiny_retrainable_dnn()
         bundled = model.learned_state()
         learner = FederatedLearner(
             FederatedConfig(buffer_dir=tmp_path),
@@ -206,7 +177,7 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
     for _ in range(3):
         stale.add(encode_jpeg(cv2.resize(sample_photo(), (64, 36))), "deadbeef")
     with NatsServer(regions=["fl"]) as server:
-        model = _tiny_dnn()
+        model = tiny_retrainable_dnn()
         aggregator = Aggregator(AggregatorConfig(nats_url=server.url))
         await aggregator.start(model.learned_state())
         await aggregator.stop()
@@ -223,13 +194,15 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
         try:
             await worker.start()
             assert worker.learner is not None
-            await _serve_key_frames(nc, 2)
+            await serve_key_frames(nc, 2)
             learner = worker.learner
 
             def stale_left() -> bool:
                 return any(p.name.endswith("-deadbeef.jpg") for p in (tmp_path / "buffer").iterdir())
 
-            await _until(lambda: not stale_left() and len(learner.losses) >= 2, "stale frames kept or training stopped")
+            await wait_until(
+                lambda: not stale_left() and len(learner.losses) >= 2, WAIT_S, "stale frames dropped and two trainings"
+            )
             assert len(learner.buffer) == 2 and not learner.trainer.paused
         finally:
             await worker.stop()
@@ -247,7 +220,7 @@ async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) ->
 
     learner = FederatedLearner(
         FederatedConfig(buffer_dir=tmp_path, batch_size=2),
-        _tiny_dnn(),
+        tiny_retrainable_dnn(),
         ThreadPoolExecutor(1),
         fetch_style=busy_store,
         worker_id="edge-t",
@@ -265,7 +238,7 @@ async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) ->
 def test_zero_threads_means_torch_default_in_the_trainer_process() -> None:
     """``mvs worker --threads 0`` (the default) with ``--federated-dir``: the trainer must not call
     ``torch.set_num_threads(0)`` (it raised, and the worker died with "the trainer process is gone")."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     trainer = TrainerProcess(model, threads=0)
     try:
         state = trainer.learned_state()
@@ -281,7 +254,7 @@ async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_
     --min-updates 2: the worker serves the bundled model, adopts v0 when the aggregator announces it, publishes a
     delta, and the round closes with that one delta after --round-timeout since it arrived; the worker adopts v1."""
     with NatsServer(regions=["fl"]) as server:
-        model = _tiny_dnn()
+        model = tiny_retrainable_dnn()
         bundled = model.learned_state()
         worker = StylizerWorker(
             WorkerConfig(
@@ -300,14 +273,14 @@ async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_
             await worker.start()
             learner = worker.learner
             assert learner is not None and learner.base_version == -1 and not learner.joined.is_set()
-            await _serve_key_frames(nc, 4)  # served by the bundled model meanwhile
+            await serve_key_frames(nc, 4)  # served by the bundled model meanwhile
             await asyncio.sleep(1.0)  # idle, frames buffered: still no training without a global version
             assert not learner.losses
             initial = {name: value + 0.01 for name, value in bundled.items()}
             await aggregator.start(initial)
             agg_task = asyncio.create_task(aggregator.run())
-            await _until(lambda: learner.base_version >= 0, "worker never joined")
-            await _until(lambda: learner.base_version == 1, "worker never adopted v1")
+            await wait_until(lambda: learner.base_version >= 0, WAIT_S, "the worker joining")
+            await wait_until(lambda: learner.base_version == 1, WAIT_S, "the worker adopting v1")
             store = await ModelStore.open(nc.jetstream())
             v1 = await store.latest()
             assert v1 is not None and v1.version == 1 and v1.contributors == ["edge-early"]
