@@ -6,23 +6,23 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 
 import aiohttp
-import nats
+from nats.aio.client import Client as NATS
 
 from deploy.nats import NatsServer, free_port
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.stylize_client import discover_workers
 from streaming.images import encode_jpeg
-from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.protocol import stylize_subject
 from streaming.runtime import dying_with_parent
 from streaming.style_store import StyleStore
+from tests.support import ask_worker, stylize_request, wait_until
 
 WAIT_S = 30.0
 
 
-async def test_worker_process_serves_its_metrics(nats_server: NatsServer, region: str) -> None:
+async def test_worker_process_serves_its_metrics(nats_server: NatsServer, nc: NATS, region: str) -> None:
     port = free_port()
     cmd = [
         sys.executable,
@@ -40,36 +40,29 @@ async def test_worker_process_serves_its_metrics(nats_server: NatsServer, region
         "warning",
     ]
     proc = subprocess.Popen(dying_with_parent(cmd))
-    nc = await nats.connect(nats_server.url)
     try:
-        deadline = time.monotonic() + WAIT_S
+
+        async def metrics_up() -> bool:  # metrics are the readiness signal: up only once the worker serves
+            assert proc.poll() is None, "the worker exited"
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
         async with aiohttp.ClientSession() as http:
-            while True:  # metrics are the readiness signal: up only once the worker serves
-                assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+            await wait_until(metrics_up, WAIT_S, "the worker's /metrics")
         assert await discover_workers(nc, region, 0.2), "metrics were up before the worker served"
         style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
-        request = StylizeRequest(
-            stream_id="s",
-            frame_id=1,
-            style_id=style_id,
-            image=encode_jpeg(sample_photo()),
-            out_width=64,
-            out_height=64,
-            budget_ms=5000.0,
+        request = stylize_request(
+            style_id, image=encode_jpeg(sample_photo()), out_width=64, out_height=64, budget_ms=5000.0
         )
-        assert decode((await nc.request(stylize_subject(region), encode(request), timeout=10)).data, StylizeReply).ok
+        assert (await ask_worker(nc, region, request, timeout_s=10)).ok
         await nc.request(stylize_subject(region), b"junk", timeout=10)
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                 text = await response.text()
     finally:
-        await nc.close()
         proc.terminate()
         await asyncio.get_running_loop().run_in_executor(None, proc.wait, WAIT_S)
     assert f'mvs_worker_requests_total{{outcome="ok",region="{region}"}} 1.0' in text
