@@ -17,6 +17,7 @@ import aiohttp
 import cv2
 import numpy as np
 import torch
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from nats.aio.client import Client as NATS
 
 from deploy.nats import NatsServer
@@ -134,6 +135,16 @@ async def post_offer(
     async with aiohttp.ClientSession(connector=connector) as http:
         async with http.post(f"{gateway.url}/offer", data=body, headers=headers) as response:
             return response.status, await response.json()
+
+
+async def offer_peer(gateway: Gateway, pc: RTCPeerConnection) -> dict[str, Any]:
+    """Offer ``pc`` (its channels and tracks added) with the default style and take the gateway's answer: the
+    answer's JSON (``stream_id``, ``style_id``, ...)."""
+    await pc.setLocalDescription(await pc.createOffer())
+    status, answer = await post_offer(gateway, offer_body(pc.localDescription.sdp))
+    assert status == 200, answer
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    return answer
 
 
 @asynccontextmanager

@@ -11,9 +11,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import nats
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCPeerConnection, VideoStreamTrack
+from nats.aio.client import Client as NATS
 
 import streaming.gateway.session as session_module
 from bench.faults import BarePhone, unanswered_offer_sdp
@@ -41,6 +41,7 @@ from streaming.protocol import (
     encode,
 )
 from streaming.telemetry import LOG_BURST
+from tests.support import offer_peer, wait_until
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
 
@@ -117,13 +118,8 @@ async def test_garbage_on_the_data_channel_is_answered_with_errors_and_the_sessi
     channel.on("open", opened.set)
     channel.on("message", lambda data: pongs.put_nowait(data))
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
-    body = _body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{gateway.url}/offer", data=body) as response:
-                answer = await response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        answer = await offer_peer(gateway, pc)
         await asyncio.wait_for(opened.wait(), 15)
         float_capture = encode(FrameMeta(frame_id=1, pts=3000, key=True, capture_ns=1.5e12))  # type: ignore[arg-type]
         junk = [
@@ -162,15 +158,16 @@ async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_s
         worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, worker_id="h1", threads=1))
         await worker.start()
         try:
-            deadline = time.monotonic() + HEALTHY_WITHIN_S  # a busy machine may miss one discovery window
-            while True:
+
+            async def healthy() -> dict[str, object] | None:
                 async with http.get(f"{gateway.url}/healthz") as response:
-                    body = await response.json()
-                if response.status == 200 or time.monotonic() > deadline:
-                    break
+                    return await response.json() if response.status == 200 else None
+
+            # a busy machine may miss one discovery window
+            body = await wait_until(healthy, HEALTHY_WITHIN_S, "/healthz saying the site can stylize")
         finally:
             await worker.stop()
-        assert response.status == 200 and body["ok"] and body["workers"] == ["h1"]
+        assert body["ok"] and body["workers"] == ["h1"]
 
 
 async def test_a_data_channel_with_another_label_is_refused_with_a_reason(gateway: Gateway) -> None:
@@ -180,14 +177,8 @@ async def test_a_data_channel_with_another_label_is_refused_with_a_reason(gatewa
     messages = asyncio.Queue[bytes]()
     channel.on("message", lambda data: messages.put_nowait(data))
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{gateway.url}/offer", data=_body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
-            ) as response:
-                answer = await response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        answer = await offer_peer(gateway, pc)
         refusal = decode_any(await asyncio.wait_for(messages.get(), 15), (ChannelError,))
         assert isinstance(refusal, ChannelError) and "'mvs'" in refusal.error
         assert gateway.sessions[answer["stream_id"]].counts["refused_channels"] == 1
@@ -206,18 +197,12 @@ async def test_refused_data_channels_are_logged_rate_limited(
     for k in range(refused):
         pc.createDataChannel(f"spam-{k}")
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{gateway.url}/offer", data=_body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
-            ) as response:
-                answer = await response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        answer = await offer_peer(gateway, pc)
         session = gateway.sessions[answer["stream_id"]]
-        deadline = time.monotonic() + HEALTHY_WITHIN_S
-        while session.counts.get("refused_channels", 0) < refused and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: session.counts.get("refused_channels", 0) >= refused, HEALTHY_WITHIN_S, "every channel refused"
+        )
         assert session.counts["refused_channels"] == refused
     finally:
         await pc.close()
@@ -330,26 +315,19 @@ async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker
     finally:
         await phone.pc.close()
     await asyncio.wait_for(session.closed.wait(), 60)  # ICE/DTLS notice the peer is gone
-    deadline = time.monotonic() + 5
-    while stream_id in gateway.sessions and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)  # the reaper runs right after the session closes
-    assert stream_id not in gateway.sessions
+    # the reaper runs right after the session closes
+    await wait_until(lambda: stream_id not in gateway.sessions, 5, "the session reaped", poll_s=0.01)
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gateway.url}/healthz") as response:
             assert (await response.json())["sessions"] == 0
 
 
-async def test_a_workers_error_reaches_the_phone(
-    worker: StylizerWorker, gateway: Gateway, nats_server: NatsServer
-) -> None:
+async def test_a_workers_error_reaches_the_phone(worker: StylizerWorker, gateway: Gateway, nc: NATS) -> None:
     phone = BarePhone(frames=10, size=(160, 96))
     try:
         answer = await phone.connect(gateway)
-        nc = await nats.connect(nats_server.url)
-        try:  # the style vanishes before the first key frame: the worker answers unknown_style
-            await (await nc.jetstream().object_store(STYLE_BUCKET)).delete(answer["style_id"])
-        finally:
-            await nc.close()
+        # the style vanishes before the first key frame: the worker answers unknown_style
+        await (await nc.jetstream().object_store(STYLE_BUCKET)).delete(answer["style_id"])
         phone.feed()
         failure = await asyncio.wait_for(phone.failures.get(), 30)
     finally:
@@ -397,11 +375,7 @@ async def test_frames_whose_id_stays_unknown_are_evicted(worker: StylizerWorker,
         session = gateway.sessions[(await phone.connect(gateway))["stream_id"]]
         phone.feed()
 
-        async def evicting() -> None:
-            while not session.counts.get("unmapped_frames_dropped"):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(evicting(), 30)
+        await wait_until(lambda: session.counts.get("unmapped_frames_dropped"), 30, "frames evicted", poll_s=0.01)
         assert not session.closed.is_set()
     finally:
         await phone.pc.close()
