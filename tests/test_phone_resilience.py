@@ -18,6 +18,7 @@ from mobile_sim.__main__ import main as phone_main
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
+from tests.support import wait_until
 
 SIZE = (320, 180)
 FPS = 15.0
@@ -50,13 +51,6 @@ def _phone(urls: tuple[str, ...], region: str, frames: int, out: Path | None = N
     return Phone(config)
 
 
-async def _wait_for(condition: object, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
     worker: StylizerWorker, nats_server: NatsServer, region: str, tmp_path: Path
 ) -> None:
@@ -67,13 +61,17 @@ async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
     run = asyncio.create_task(phone.run())
     second: Gateway | None = None
     try:
-        await _wait_for(lambda: any(r.ok for r in phone._ledger.records.values()), 10.0)
+        await wait_until(lambda: any(r.ok for r in phone._ledger.records.values()), 10.0, "a key frame served")
         await first.stop()  # the gateway goes away mid-stream
         await asyncio.sleep(1.0)
         second = _gateway(nats_server, region, port)
         await second.start()
         up_at = time.monotonic()
-        await _wait_for(lambda: phone._link.outages and phone._link.outages[0].reconnected is not None, 10.0)
+        await wait_until(
+            lambda: phone._link.outages and phone._link.outages[0].reconnected is not None,
+            10.0,
+            "the phone reconnected",
+        )
         outage = phone._link.outages[0]
         assert outage.reconnected is not None and outage.reconnected - up_at < RECONNECT_WITHIN_S
         result = await asyncio.wait_for(run, 30.0)
