@@ -133,8 +133,9 @@ async def test_a_phone_whose_outputs_stall_writes_a_partial_report(
 
 
 def test_the_phone_exits_non_zero_on_its_own_failure_and_when_it_never_streamed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("mobile_sim.client.CONNECT_TIMEOUT_S", 1.0)  # the phone waited 15 s for a refused gateway
     dead = f"http://127.0.0.1:{_free_port()}"
     common = ["--gateway", dead, "--frames", "3", "--size", "64x36", "--result-timeout-ms", "200"]
     # Its own failure: a style that does not exist is refused in one line before anything runs (nothing to report).
