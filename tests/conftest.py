@@ -23,6 +23,23 @@ from tests.firefox_bidi import Firefox
 # One intra-op thread: tests run real models beside real servers on 2 cores; more threads only contend.
 torch.set_num_threads(1)
 
+SLOW_S = 3.0
+"""A test whose call takes longer than this belongs under ``@pytest.mark.slow`` (``make test-fast`` leaves those
+out); the run's summary names the ones that are not marked."""
+_unmarked_slow: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.duration > SLOW_S and "slow" not in report.keywords:
+        _unmarked_slow[report.nodeid] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _unmarked_slow:
+        terminalreporter.section(f"over {SLOW_S:g} s without the slow marker")
+        for nodeid, seconds in sorted(_unmarked_slow.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
+
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
