@@ -106,11 +106,10 @@ class Client:
         """Wait for the server's violation of ``what`` ("publish" or "subscription") on ``subject``."""
         expected = f'permissions violation for {what} to "{subject}"'.lower()  # nats-py lower-cases the error
 
-        async def arrived() -> None:
-            while not any(expected in e.lower() for e in self.errors):
-                await asyncio.sleep(0.02)
+        def arrived() -> bool:
+            return any(expected in e.lower() for e in self.errors)
 
-        await asyncio.wait_for(arrived(), REFUSAL_WAIT_S)
+        await wait_until(arrived, REFUSAL_WAIT_S, f"the server refusing {what} to {subject}", poll_s=0.02)
         assert self.nc.is_connected  # a violation is refused, the connection lives on
 
     async def close(self) -> None:

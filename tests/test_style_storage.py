@@ -139,8 +139,12 @@ async def test_a_flood_of_big_new_styles_neither_queues_without_bound_nor_delays
             return status
 
         flooding = [asyncio.create_task(offer(f"flood{i}", s, f"127.0.0.{10 + i}")) for i, s in enumerate(flood)]
-        busy = lambda: len(gateway._making) >= MAX_STYLES_WAITING  # noqa: E731
-        await wait_until(busy, 30.0, "the style thread busy with the flood", poll_s=0.01)
+        await wait_until(
+            lambda: len(gateway._making) >= MAX_STYLES_WAITING,
+            30.0,
+            "the style thread busy with the flood",
+            poll_s=0.01,
+        )
         assert await offer("known", known, "127.0.0.9") == 200
         statuses = await asyncio.gather(*flooding)
     assert statuses.count(503) >= len(flood) - MAX_STYLES_WAITING - 1, statuses  # refused at once, not queued
