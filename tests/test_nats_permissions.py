@@ -14,7 +14,6 @@ import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import nats
@@ -31,7 +30,6 @@ from aggregator.service import Aggregator, AggregatorConfig
 from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from edge_worker.federated import FederatedConfig
-from edge_worker.model.base import Stylizer
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
@@ -121,22 +119,21 @@ async def _user_connection(url: str) -> NATS:
     return await nats.connect(url, inbox_prefix=inbox_prefix(url_user(url)))
 
 
-def _restricted_worker(
-    cluster: NatsHubAndLeaves, region: str, worker_id: str, stylizer: Stylizer | None = None, **config: Any
-) -> StylizerWorker:
-    """A worker on ``region``'s leaf as its own restricted user, using the hub's JetStream."""
-    url = cluster.client_url(cluster.leaves[region], worker_user(worker_id))
-    settings = WorkerConfig(nats_url=url, region=region, worker_id=worker_id, threads=1, js_domain=HUB_DOMAIN, **config)
-    return StylizerWorker(settings, stylizer=stylizer)
-
-
 async def _client(cluster: NatsHubAndLeaves, server: NatsServer, user: str) -> Client:
     return await Client().connect(cluster.client_url(server, user))
 
 
 async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHubAndLeaves) -> None:
     leaf = cluster.leaves["eu"]
-    worker = _restricted_worker(cluster, "eu", EU_0)
+    worker = StylizerWorker(
+        WorkerConfig(
+            nats_url=cluster.client_url(leaf, worker_user(EU_0)),
+            region="eu",
+            worker_id=EU_0,
+            threads=1,
+            js_domain=HUB_DOMAIN,
+        )
+    )
     gateway = Gateway(
         GatewayConfig(
             port=0,
@@ -170,8 +167,18 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
     aggregator = Aggregator(AggregatorConfig(nats_url=cluster.client_url(cluster.hub, AGGREGATOR_USER), min_updates=1))
     await aggregator.start(initial)
     rounds = asyncio.create_task(aggregator.run())
-    federated = FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4)
-    worker = _restricted_worker(cluster, "fl", FL_0, model, federated=federated)
+    leaf = cluster.leaves["fl"]
+    worker = StylizerWorker(
+        WorkerConfig(
+            nats_url=cluster.client_url(leaf, worker_user(FL_0)),
+            region="fl",
+            worker_id=FL_0,
+            threads=1,
+            js_domain=HUB_DOMAIN,
+            federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4),
+        ),
+        stylizer=model,
+    )
     # Stores the style and sends key frames (through the hub: the helper uses JetStream without a domain).
     phone_side = await _user_connection(cluster.client_url(cluster.hub, gateway_user("fl")))
     try:
@@ -240,10 +247,20 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
     aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
     store = await ModelStore.open(aggregator.nc.jetstream())
     await store.publish(v0_weights, ModelVersion(version=0, object_name=""))
+    leaf = cluster.leaves["fl"]
 
     def federated_worker(worker: str, stylizer: RetrainableStylizer) -> StylizerWorker:
-        federated = FederatedConfig(buffer_dir=tmp_path / worker, idle_s=60.0, publish_every=10**6)
-        return _restricted_worker(cluster, "fl", worker, stylizer, federated=federated)
+        return StylizerWorker(
+            WorkerConfig(
+                nats_url=cluster.client_url(leaf, worker_user(worker)),
+                region="fl",
+                worker_id=worker,
+                threads=1,
+                js_domain=HUB_DOMAIN,
+                federated=FederatedConfig(buffer_dir=tmp_path / worker, idle_s=60.0, publish_every=10**6),
+            ),
+            stylizer=stylizer,
+        )
 
     serving = federated_worker(FL_0, model)
     phone_side = await _user_connection(cluster.client_url(cluster.hub, gateway_user("fl")))
