@@ -7,7 +7,6 @@ import asyncio
 import base64
 import dataclasses
 import inspect
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ import torch
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from nats.aio.client import Client as NATS
 
+from bench.faults import offer_body
 from deploy.nats import NatsServer
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
@@ -118,9 +118,9 @@ DEFAULT_STYLE_JPEG = encode_jpeg(default_style_photo())
 """The bundled style photo as a phone uploads it."""
 
 
-def offer_body(sdp: str, style: bytes = DEFAULT_STYLE_JPEG, **fields: object) -> str:
-    """A phone's ``/offer`` JSON: the SDP offer, the style image (base64) and any other ``fields``."""
-    return json.dumps({"type": "offer", "sdp": sdp, "style": base64.b64encode(style).decode(), **fields})
+def phone_offer(sdp: str, style: bytes = DEFAULT_STYLE_JPEG, **fields: object) -> bytes:
+    """A phone's ``/offer`` body: the SDP offer, the style image (base64) and any other ``fields``."""
+    return offer_body(type="offer", sdp=sdp, style=base64.b64encode(style).decode(), **fields)
 
 
 async def post_offer(
@@ -141,7 +141,7 @@ async def offer_peer(gateway: Gateway, pc: RTCPeerConnection) -> dict[str, Any]:
     """Offer ``pc`` (its channels and tracks added) with the default style and take the gateway's answer: the
     answer's JSON (``stream_id``, ``style_id``, ...)."""
     await pc.setLocalDescription(await pc.createOffer())
-    status, answer = await post_offer(gateway, offer_body(pc.localDescription.sdp))
+    status, answer = await post_offer(gateway, phone_offer(pc.localDescription.sdp))
     assert status == 200, answer
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
     return answer

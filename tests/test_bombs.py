@@ -17,7 +17,7 @@ from streaming.gateway.server import Gateway
 from streaming.images import encode_jpeg
 from streaming.protocol import ErrorCode, StylizeReply, decode, encode, stylize_subject
 from streaming.style_store import StyleStore
-from tests.support import longest_loop_stall, offer_body, stylize_request
+from tests.support import longest_loop_stall, phone_offer, stylize_request
 
 ANSWERED_WITHIN_S = 1.0
 MAX_LOOP_STALL_S = 0.25
@@ -57,7 +57,7 @@ async def test_gateway_refuses_a_bomb_style_fast_without_blocking_its_loop(gatew
     stall = asyncio.create_task(longest_loop_stall(stop))
     async with aiohttp.ClientSession() as http:
         for bomb in bombs:
-            body = offer_body(sdp, bomb)
+            body = phone_offer(sdp, bomb)
             start = time.monotonic()
             async with http.post(f"{gateway.url}/offer", data=body) as response:
                 assert response.status == 400

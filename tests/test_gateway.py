@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,16 +15,15 @@ from aiortc import RTCPeerConnection, VideoStreamTrack
 from nats.aio.client import Client as NATS
 
 import streaming.gateway.session as session_module
-from bench.faults import BarePhone, unanswered_offer_sdp
+from bench.faults import STYLE_B64, BarePhone, offer_body, unanswered_offer_sdp
 from deploy.nats import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
-from mobile_sim.sources import default_style_photo
 from streaming.gateway.admission import SECURITY_HEADERS
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import MAX_PENDING_FRAMES
 from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
-from streaming.images import decode_image, encode_jpeg
+from streaming.images import decode_image
 from streaming.protocol import (
     MAX_ERROR_TEXT,
     MAX_STYLE_BYTES,
@@ -42,9 +40,6 @@ from streaming.protocol import (
 )
 from streaming.telemetry import LOG_BURST
 from tests.support import offer_peer, wait_until
-
-STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
-
 
 HEALTHY_WITHIN_S = 5.0
 AUDIO_ONLY_SDP = (
@@ -69,27 +64,26 @@ def video_sdp() -> str:
     return asyncio.run(unanswered_offer_sdp())
 
 
-def _body(**fields: object) -> bytes:
-    return json.dumps(fields).encode()
-
-
 @pytest.mark.parametrize(
     ("make_body", "message"),
     [
         (lambda sdp: b"this is not json", "not JSON"),
         (lambda sdp: b"[1, 2]", "JSON object"),
-        (lambda sdp: _body(type="answer", sdp=sdp, style=STYLE_B64), '"type": "offer"'),
-        (lambda sdp: _body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "it has no media"),
-        (lambda sdp: _body(type="offer", sdp=UNPARSABLE_SDP, style=STYLE_B64), "unparsable SDP offer"),
-        (lambda sdp: _body(type="offer", sdp=_without_ice_credentials(sdp), style=STYLE_B64), "unusable SDP offer"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=OVERSIZE_STYLE_B64), "exceeds"),
-        (lambda sdp: _body(type="offer", sdp=AUDIO_ONLY_SDP, style=STYLE_B64), "video stream"),
-        (lambda sdp: _body(type="offer", sdp=sdp), "style"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style="%%%"), "base64"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=base64.b64encode(b"abc").decode()), "not a usable image"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=-3, out_height=2), "out_width"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=4096, out_height=4096), "exceeds"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, result="pixels"), "'result'"),
+        (lambda sdp: offer_body(type="answer", sdp=sdp, style=STYLE_B64), '"type": "offer"'),
+        (lambda sdp: offer_body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "it has no media"),
+        (lambda sdp: offer_body(type="offer", sdp=UNPARSABLE_SDP, style=STYLE_B64), "unparsable SDP offer"),
+        (
+            lambda sdp: offer_body(type="offer", sdp=_without_ice_credentials(sdp), style=STYLE_B64),
+            "unusable SDP offer",
+        ),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=OVERSIZE_STYLE_B64), "exceeds"),
+        (lambda sdp: offer_body(type="offer", sdp=AUDIO_ONLY_SDP, style=STYLE_B64), "video stream"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp), "style"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style="%%%"), "base64"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=base64.b64encode(b"abc").decode()), "not a usable image"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=STYLE_B64, out_width=-3, out_height=2), "out_width"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=STYLE_B64, out_width=4096, out_height=4096), "exceeds"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=STYLE_B64, result="pixels"), "'result'"),
     ],
 )
 async def test_garbage_offers_are_400(

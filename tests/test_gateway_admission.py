@@ -22,7 +22,7 @@ from deploy.nats import NatsServer
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK, RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
-from tests.support import longest_loop_stall, offer_body, running_gateway, wait_until
+from tests.support import longest_loop_stall, phone_offer, running_gateway, wait_until
 
 CLOSED_WITHIN_S = 5.0
 SOCKET_SLACK = 4
@@ -71,7 +71,7 @@ async def test_concurrent_offers_never_pass_the_cap_and_unconnected_sessions_are
         async with aiohttp.ClientSession() as http:
 
             async def offer() -> int:
-                async with http.post(f"{gateway.url}/offer", data=offer_body(sdp)) as response:
+                async with http.post(f"{gateway.url}/offer", data=phone_offer(sdp)) as response:
                     return response.status
 
             statuses = await asyncio.gather(*(offer() for _ in range(offers)))
@@ -99,7 +99,7 @@ async def test_one_address_holds_only_a_few_pending_offers(nats_server: NatsServ
         async with aiohttp.ClientSession() as http:
             statuses, retry_after = [], []
             for _ in range(5):
-                async with http.post(f"{gateway.url}/offer", data=offer_body(sdp)) as response:
+                async with http.post(f"{gateway.url}/offer", data=phone_offer(sdp)) as response:
                     statuses.append(response.status)
                     retry_after.append(response.headers.get("Retry-After"))
     assert statuses == [200, 200, 200, 429, 429] and retry_after[3] is not None
@@ -112,7 +112,7 @@ async def test_a_connected_phone_that_falls_silent_is_closed(nats_server: NatsSe
         pc.on("connectionstatechange", lambda: closed.set() if pc.connectionState == "closed" else None)
         try:
             async with aiohttp.ClientSession() as http:
-                async with http.post(f"{gateway.url}/offer", data=offer_body(sdp)) as response:
+                async with http.post(f"{gateway.url}/offer", data=phone_offer(sdp)) as response:
                     answer = await response.json()
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
             session = gateway.sessions[answer["stream_id"]]
@@ -154,7 +154,7 @@ async def test_slow_offer_bodies_hold_no_session_slot_and_are_cut_at_the_deadlin
                 lambda: sum(gateway._reading.values()) == len(slow), CLOSED_WITHIN_S, "every slow offer being read"
             )
             start = time.monotonic()
-            async with http.post(f"{gateway.url}/offer", data=offer_body(sdp)) as response:
+            async with http.post(f"{gateway.url}/offer", data=phone_offer(sdp)) as response:
                 assert response.status == 200, await response.text()
             assert time.monotonic() - start < 1.0
             answers = [await asyncio.wait_for(reader.read(), CLOSED_WITHIN_S) for reader, _ in slow]
@@ -223,12 +223,12 @@ async def test_sdp_bombs_are_refused_before_aiortc_and_livez_answers_meanwhile(
 
             probe = asyncio.create_task(livez())
             bombs = sdp_bombs(sdp)
-            answers = await asyncio.gather(*(offer(offer_body(b)) for b in bombs.values() for _ in range(3)))
+            answers = await asyncio.gather(*(offer(phone_offer(b)) for b in bombs.values() for _ in range(3)))
             stop.set()
             assert all(status == 400 and "SDP offer" in error for status, error in answers), answers
             assert await probe < LIVEZ_WITHIN_S
             assert await stall < MAX_LOOP_STALL_S
-            async with http.post(f"{gateway.url}/offer", data=offer_body(sdp)) as response:
+            async with http.post(f"{gateway.url}/offer", data=phone_offer(sdp)) as response:
                 assert response.status == 200  # a genuine offer still gets a session
 
 
@@ -252,7 +252,7 @@ async def test_remote_candidates_are_capped_so_the_gateway_probes_few_ports(
         candidates = [f"127.0.0.1 {port}" for port in targets.ports]
         async with running_gateway(nats_server, region, connect_timeout_s=2.0) as gateway:
             async with aiohttp.ClientSession() as http:
-                body = offer_body(with_candidates(sdp, candidates))
+                body = phone_offer(with_candidates(sdp, candidates))
                 async with http.post(f"{gateway.url}/offer", data=body) as response:
                     assert response.status == 200, await response.text()
                     session = gateway.sessions[(await response.json())["stream_id"]]
@@ -268,7 +268,7 @@ async def test_private_link_local_and_named_candidates_are_refused_unless_config
     pc, sdp = await _client()
     await pc.close()
     candidates = ["127.0.0.1 9", "10.1.2.3 9", "192.168.1.9 9", "169.254.1.1 9", "fe80::1 9", "100.64.0.1 9"]
-    body = offer_body(with_candidates(sdp, [*candidates, "f00d.local 9"]))
+    body = phone_offer(with_candidates(sdp, [*candidates, "f00d.local 9"]))
     kept = {}
     for networks in ((), ("10.0.0.0/8", "fe80::/10")):
         async with running_gateway(nats_server, region, ice_remote_networks=networks) as gateway:

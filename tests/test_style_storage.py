@@ -34,7 +34,7 @@ from streaming.style_store import (
     normalized_style,
 )
 from streaming.tokens import issue
-from tests.support import offer_body, post_offer, running_gateway, wait_until
+from tests.support import phone_offer, post_offer, running_gateway, wait_until
 
 JPEG_END = b"\xff\xd9"
 SECRET = "test-secret-of-the-style-quota-test-0123456789"
@@ -56,7 +56,7 @@ async def test_a_style_is_stored_re_encoded_without_what_followed_its_image(
     payload = b"\x00INJECTED" * 20_000
     sdp = await unanswered_offer_sdp()
     async with running_gateway(nats_server, region) as gateway:
-        status, answer = await post_offer(gateway, offer_body(sdp, photo + payload))
+        status, answer = await post_offer(gateway, phone_offer(sdp, photo + payload))
         assert status == 200, answer
     stored = await (await StyleStore.open(nc.jetstream())).get(answer["style_id"])
     assert b"INJECTED" not in stored and stored.endswith(JPEG_END) and stored.count(JPEG_END) == 1
@@ -71,18 +71,18 @@ async def test_new_styles_are_bounded_per_address_and_per_token_subject(nats_ser
     sdp = await unanswered_offer_sdp()
     settings = {"style_quota_bytes": stored[0] + stored[1], "max_pending_per_address": 32}
     async with running_gateway(nats_server, region, **settings) as gateway:
-        assert [(await post_offer(gateway, offer_body(sdp, s)))[0] for s in styles[:3]] == [200, 200, 429]
-        status, answer = await post_offer(gateway, offer_body(sdp, styles[2]))
+        assert [(await post_offer(gateway, phone_offer(sdp, s)))[0] for s in styles[:3]] == [200, 200, 429]
+        status, answer = await post_offer(gateway, phone_offer(sdp, styles[2]))
         assert status == 429 and "style quota" in answer["error"]
-        assert (await post_offer(gateway, offer_body(sdp, styles[0])))[0] == 200  # stored already: costs nothing
-        assert (await post_offer(gateway, offer_body(sdp, styles[2]), source="127.0.0.2"))[0] == 200  # another address
+        assert (await post_offer(gateway, phone_offer(sdp, styles[0])))[0] == 200  # stored already: costs nothing
+        assert (await post_offer(gateway, phone_offer(sdp, styles[2]), source="127.0.0.2"))[0] == 200  # another address
     fresh = [_noise_jpeg(seed) for seed in range(10, 13)]
     settings["style_quota_bytes"] = sum(len(normalized_style(style)) for style in fresh[:2])
     async with running_gateway(nats_server, region, require_token=True, token_secret=SECRET, **settings) as gateway:
         token = issue(SECRET, "tenant-a")
         sources = ("127.0.0.3", "127.0.0.4", "127.0.0.5")  # one subject, many addresses: one quota
         assert [
-            (await post_offer(gateway, offer_body(sdp, s), a, token))[0] for s, a in zip(fresh, sources, strict=True)
+            (await post_offer(gateway, phone_offer(sdp, s), a, token))[0] for s, a in zip(fresh, sources, strict=True)
         ] == [
             200,
             200,
@@ -130,11 +130,11 @@ async def test_a_flood_of_big_new_styles_neither_queues_without_bound_nor_delays
     known = _noise_jpeg(99)
     sdp = await unanswered_offer_sdp()
     async with running_gateway(nats_server, region, max_pending_per_address=32) as gateway:
-        assert (await post_offer(gateway, offer_body(sdp, known)))[0] == 200
+        assert (await post_offer(gateway, phone_offer(sdp, known)))[0] == 200
         done: list[str] = []
 
         async def offer(name: str, style: bytes, source: str) -> int:
-            status = (await post_offer(gateway, offer_body(sdp, style), source))[0]
+            status = (await post_offer(gateway, phone_offer(sdp, style), source))[0]
             done.append(name)
             return status
 
