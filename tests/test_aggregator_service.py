@@ -270,6 +270,7 @@ async def _until_settled(js: JetStreamContext, version: int, deltas: int = 0) ->
     await wait_until(settled, STEP_TIMEOUT_S, f"the round after v{version} settled with {deltas} deltas")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "crash_after", ["", "delta_accepted", "delta_saved", "weights_stored", "latest_moved", "round_reset"]
 )

@@ -82,6 +82,7 @@ async def test_a_region_without_workers_is_no_workers_not_a_timeout(nc: NATS, re
     assert result.outcomes() == {ErrorCode.NO_WORKERS: 6}
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_its_results(tmp_path: Path) -> None:
     scaling.main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "scaling.json").read_text())

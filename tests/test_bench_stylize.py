@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench import stylize
 from bench.held_out import MATE_CONTENTS, MATE_STYLES
@@ -44,6 +45,7 @@ def test_held_out_pairs_are_many_distinct_and_never_training_photos() -> None:
     assert not set(MATE_CONTENTS) & set(MATE_STYLES)
 
 
+@pytest.mark.slow
 def test_the_bench_runs_quick(tmp_path: Path) -> None:
     grid = tmp_path / "grid.png"
     assert (

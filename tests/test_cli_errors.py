@@ -50,6 +50,7 @@ async def test_gateway_port_in_use_is_one_line(nats_server: NatsServer, busy_por
     )
 
 
+@pytest.mark.slow
 async def test_a_nats_url_that_does_not_answer_is_named_in_the_log_without_its_password(busy_port: int) -> None:
     url = f"nats://gw:s3cret@127.0.0.1:{busy_port}"  # listens, never speaks NATS
     proc = await asyncio.create_subprocess_exec(
@@ -64,6 +65,7 @@ async def test_a_nats_url_that_does_not_answer_is_named_in_the_log_without_its_p
     assert f'"nats_url": "nats://127.0.0.1:{busy_port}"' in line.decode() and b"s3cret" not in line
 
 
+@pytest.mark.slow
 async def test_ctrl_c_on_the_demo_exits_130_without_a_traceback(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

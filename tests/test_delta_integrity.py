@@ -279,6 +279,7 @@ def _learner(model: object, tmp_path: Path, worker_id: str) -> FederatedLearner:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["non_finite", "shape"])
 async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
     nats_server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture

@@ -68,6 +68,7 @@ def _process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+@pytest.mark.slow
 def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
     model = tiny_retrainable_dnn()
     trainer = TrainerProcess(model, threads=1)
@@ -97,6 +98,7 @@ def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
     assert not Path(f"/proc/{trainer.pid}").exists() or _process_state(trainer.pid) in ("Z", "X")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_model", [tiny_retrainable_dnn, _tiny_lite], ids=["dnn", "lite"])
 async def test_worker_adopts_trains_when_idle_publishes_and_follows(
     tmp_path: Path, make_model: Callable[[], Trainable]
@@ -141,6 +143,7 @@ async def test_worker_adopts_trains_when_idle_publishes_and_follows(
             await nc.close()
 
 
+@pytest.mark.slow
 async def test_without_a_model_store_the_worker_keeps_the_bundled_model(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -170,6 +173,7 @@ async def test_without_a_model_store_the_worker_keeps_the_bundled_model(
     assert all(np.array_equal(model.learned_state()[k], bundled[k]) for k in bundled)
 
 
+@pytest.mark.slow
 async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes_on(tmp_path: Path) -> None:
     """A restarted worker's buffer may hold frames of styles the store no longer has: they are dropped, the
     learner keeps training on the others and is never left frozen."""
@@ -209,6 +213,7 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
             await nc.close()
 
 
+@pytest.mark.slow
 async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) -> None:
     """A busy store is not a missing style: the frame stays for a later step (TimeoutError is an OSError)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -235,6 +240,7 @@ async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) ->
         learner.close()
 
 
+@pytest.mark.slow
 def test_zero_threads_means_torch_default_in_the_trainer_process() -> None:
     """``mvs worker --threads 0`` (the default) with ``--federated-dir``: the trainer must not call
     ``torch.set_num_threads(0)`` (it raised, and the worker died with "the trainer process is gone")."""
@@ -249,6 +255,7 @@ def test_zero_threads_means_torch_default_in_the_trainer_process() -> None:
         TrainerProcess(model, threads=-1)
 
 
+@pytest.mark.slow
 async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_path: Path) -> None:
     """As the README starts the federated pair, worker first (default --threads 0), then the aggregator with
     --min-updates 2: the worker serves the bundled model, adopts v0 when the aggregator announces it, publishes a

@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 import msgpack
+import pytest
 from nats.aio.client import Client as NATS
 
 from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
@@ -67,6 +68,7 @@ def _mutations(valid: bytes, rng: random.Random) -> bytes:
     return msgpack.packb(body)
 
 
+@pytest.mark.slow
 async def test_worker_answers_every_mutated_request_briefly_and_keeps_serving(
     worker: StylizerWorker, nats_server: NatsServer, nc: NATS, region: str
 ) -> None:

@@ -34,6 +34,9 @@ from streaming.style_store import StyleStore
 from streaming.tensors import NamedArrays
 from tests.support import wait_until
 
+pytestmark = pytest.mark.slow  # a three-server hub cluster per test
+
+
 REGIONS = ["eu", "us"]
 WAIT_S = 60.0
 """Patience for any event: generous, the machine is shared by many."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 from nats.aio.client import Client as NATS
 
 from deploy.nats import NatsServer, free_port
@@ -18,6 +19,9 @@ from streaming.protocol import stylize_subject
 from streaming.runtime import dying_with_parent
 from streaming.style_store import StyleStore
 from tests.support import ask_worker, stylize_request, wait_until
+
+pytestmark = pytest.mark.slow  # a worker process
+
 
 WAIT_S = 30.0
 

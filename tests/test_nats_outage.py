@@ -9,6 +9,7 @@ import asyncio
 import uuid
 
 import aiohttp
+import pytest
 
 from deploy.nats import NatsServer, free_port
 from edge_worker.service import StylizerWorker, WorkerConfig
@@ -16,6 +17,9 @@ from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from tests.support import wait_until
+
+pytestmark = pytest.mark.slow  # a phone streaming through a NATS outage
+
 
 RECONNECT_WAIT_S = 0.1
 OUTAGE_S = 7.0

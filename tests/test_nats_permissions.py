@@ -55,6 +55,9 @@ from streaming.style_store import StyleStore
 from streaming.tensors import encode_tensors
 from tests.support import TRAINING_WAIT_S, serve_key_frames, tiny_retrainable_dnn, wait_until
 
+pytestmark = pytest.mark.slow  # a secured hub and leaf nodes per test
+
+
 FRAMES = 20
 KEY_FRAMES = 12
 GLOBAL_V0_META = f"$O.{MODEL_BUCKET}.M.Z2xvYmFsL3Yw"

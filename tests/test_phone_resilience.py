@@ -51,6 +51,7 @@ def _phone(urls: tuple[str, ...], region: str, frames: int, out: Path | None = N
     return Phone(config)
 
 
+@pytest.mark.slow
 async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
     worker: StylizerWorker, nats_server: NatsServer, region: str, tmp_path: Path
 ) -> None:
@@ -113,6 +114,7 @@ async def test_a_phone_without_any_gateway_still_reports(tmp_path: Path, monkeyp
     assert report["frames"]["captured"] == 10 and report["key_frames"]["ok"] == 0
 
 
+@pytest.mark.slow
 async def test_a_phone_whose_outputs_stall_writes_a_partial_report(
     worker: StylizerWorker, gateway: Gateway, region: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

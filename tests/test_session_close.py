@@ -118,6 +118,7 @@ async def roomy_gateway(nats_server: NatsServer, region: str) -> AsyncIterator[G
     await gateway.stop()
 
 
+@pytest.mark.slow
 async def test_a_churn_of_sessions_returns_tasks_fds_and_memory_to_their_baseline(roomy_gateway: Gateway) -> None:
     """500 sessions opened and closed; tasks, file descriptors and RSS come back to where they were.
 

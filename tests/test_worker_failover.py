@@ -17,6 +17,9 @@ from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from tests.support import wait_until
 
+pytestmark = pytest.mark.slow  # worker processes and a phone streaming
+
+
 FRAMES = 120
 POLL_S = 0.05
 WAIT_S = 20.0

@@ -109,6 +109,7 @@ async def test_stop_gives_up_on_a_request_running_past_its_grace(
         await asyncio.gather(pending, return_exceptions=True)
 
 
+@pytest.mark.slow
 async def test_the_worker_exits_once_nats_is_gone_for_good(
     region: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
