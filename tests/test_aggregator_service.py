@@ -344,6 +344,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
             await deltas.get(ref.object_name)
 
 
+@pytest.mark.slow
 async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(nats_server: NatsServer, nc: NATS) -> None:
     """With fewer than --min-updates deltas a round closes --round-timeout after its first accepted delta, never on
     its age alone; the initial version is announced like every other."""

@@ -184,6 +184,7 @@ async def test_an_oversized_reference_is_refused(nats_server: NatsServer, nc: NA
     assert aggregator.rejections == {"unreadable": 1} and not aggregator.state.accepted
 
 
+@pytest.mark.slow
 async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor_leaks(
     nats_server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
@@ -233,6 +234,7 @@ async def _wait_alive(process: subprocess.Popen[bytes], store: ModelStore, versi
     return await wait_until(published, STEP_TIMEOUT_S, f"v{version} published")
 
 
+@pytest.mark.slow
 async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restarted_aggregator(
     nats_server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:

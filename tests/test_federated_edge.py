@@ -300,6 +300,7 @@ async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_
             await nc.close()
 
 
+@pytest.mark.slow
 def test_a_colour_transfer_worker_with_federated_dir_is_a_one_line_error(tmp_path: Path) -> None:
     with NatsServer(regions=["fl"]) as server:
         done = subprocess.run(

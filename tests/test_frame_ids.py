@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streaming.gateway.frame_ids import RELOCK_AFTER_MISSES, FrameIdMapper
 from streaming.protocol import RTP_TIMESTAMP_MODULUS
 
@@ -147,6 +149,7 @@ def _replay(pts: list[int], lost_first: int, lag: int) -> tuple[int | None, int]
     return locked_at, wrong
 
 
+@pytest.mark.slow
 def test_chromium_like_timestamps_with_the_first_30_frames_lost_lock_within_two_seconds() -> None:
     for seed in range(30):
         for lag in (-2, 0, 3):  # announcements late by two frames, on time, three frames early

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from bench.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
@@ -138,6 +139,7 @@ async def _raw(gateway: Gateway, source: str, data: bytes = b"") -> tuple[asynci
     return reader, writer
 
 
+@pytest.mark.slow
 async def test_slow_offer_bodies_hold_no_session_slot_and_are_cut_at_the_deadline(
     nats_server: NatsServer, region: str
 ) -> None:

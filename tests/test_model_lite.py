@@ -107,6 +107,7 @@ def held_out() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
 
 
+@pytest.mark.slow
 def test_bundled_lite_on_the_held_out_pairs(
     bundled: LiteStylizer, held_out: tuple[list[np.ndarray], list[np.ndarray]]
 ) -> None:
@@ -115,6 +116,7 @@ def test_bundled_lite_on_the_held_out_pairs(
     assert metrics["ssim"] >= LITE_MIN_SSIM and metrics["gaussian_w2"] <= LITE_MAX_W2, metrics
 
 
+@pytest.mark.slow
 def test_bundled_lite_look_transfers_a_look_better_than_leaving_the_content_alone(
     held_out: tuple[list[np.ndarray], list[np.ndarray]],
 ) -> None:
@@ -133,6 +135,7 @@ def _train(out: Path, data: Path, steps: int, every: int, resume: bool = False) 
     assert main(argv + (["--resume"] if resume else [])) == 0
 
 
+@pytest.mark.slow
 def test_mvs_train_lite_is_seeded_and_resumes_where_it_stopped(tmp_path: Path) -> None:
     import cv2
 

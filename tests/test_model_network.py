@@ -215,6 +215,7 @@ def test_mismatched_vgg_state_dict_is_refused() -> None:
         encoder.load_torchvision(_torchvision_vgg19_state_dict())
 
 
+@pytest.mark.slow
 def test_bundled_model_moves_colours_to_the_style_and_keeps_structure(photos) -> None:
     """Against a noisy copy (absolute bounds), a freshly initialised model of the same config (what training
     added) and Reinhard's Lab transfer (the classic baseline), by margins set near the measured values."""

@@ -65,6 +65,7 @@ async def test_a_key_with_no_result_in_time_fails_on_the_phone(slow_worker: Styl
     assert report["counters"].get("late_or_unknown_results", 0) >= 1
 
 
+@pytest.mark.slow
 async def test_a_key_dropped_before_sending_fails_at_once(worker: StylizerWorker, gateway: Gateway) -> None:
     """Every frame a key, captured far faster than the encoder takes them: keys are precious in the send queue,
     but when it holds only keys the oldest goes, and it fails as dropped (never sent, so never timed out)."""

@@ -67,6 +67,7 @@ def _messages(cls: type[Message]) -> st.SearchStrategy[Message]:
 ANY_MESSAGE = st.sampled_from(sorted(MESSAGE_TYPES.values(), key=lambda c: c.TYPE)).flatmap(_messages)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(ANY_MESSAGE)
 def test_every_message_survives_the_wire(message: Message) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 
+import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
@@ -48,6 +49,7 @@ async def _in_order(phone: BarePhone) -> None:
     await asyncio.wait_for(phone.pongs.get(), WAIT_S)
 
 
+@pytest.mark.slow
 async def test_a_phone_announcing_random_pts_neither_stalls_a_good_one_nor_stays(
     worker: StylizerWorker, gateway: Gateway
 ) -> None:

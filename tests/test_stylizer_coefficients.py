@@ -62,6 +62,7 @@ def _apply_maps(coeffs: np.ndarray, content: np.ndarray, size: tuple[int, int], 
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize(
     "make", [_tiny_dnn, _retrainable_dnn, LinearColorTransfer], ids=["dnn", "retrainable-dnn", "color-transfer"]
