@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 
 from aggregator.__main__ import run
 from aggregator.service import AggregatorConfig
@@ -36,6 +37,7 @@ async def _until(http: aiohttp.ClientSession, base: str, healthz: int, livez: in
     await wait_until(seen, WAIT_S, f"/healthz {healthz} and /livez {livez}")
 
 
+@pytest.mark.slow
 async def test_aggregator_is_unready_not_dead_during_a_nats_outage(tmp_path: Path) -> None:
     nats_port, port = free_port(), free_port()
     store = tmp_path / "jetstream"

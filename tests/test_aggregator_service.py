@@ -98,6 +98,7 @@ async def test_round_is_the_weighted_average_announced_and_cleaned_up(nats_serve
         await DeltaStore(js, "eu").get(r1.object_name)  # consumed deltas are removed
 
 
+@pytest.mark.slow
 async def test_rejected_deltas_are_never_applied(nats_server: NatsServer, nc: NATS) -> None:
     aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=1, durable="rej"))
     await aggregator.start(INITIAL)
@@ -130,6 +131,7 @@ async def test_rejected_deltas_are_never_applied(nats_server: NatsServer, nc: NA
     assert aggregator.rejections == {"non_finite": 1, "keys": 1, "future_base": 1, "unreadable": 1, "duplicate": 1}
 
 
+@pytest.mark.slow
 async def test_poisoned_deltas_are_rejected_and_counted(nats_server: NatsServer, nc: NATS) -> None:
     """Issue 14's attacks: the whole global weights sent as a delta, norm 999 claiming 10^12 samples, a delta that
     names another worker's object, one whose region is not its subject's; each rejected and counted by reason."""
@@ -165,6 +167,7 @@ def _rejected(reason: str) -> float:
     return REGISTRY.get_sample_value("mvs_aggregator_updates_rejected_total", {"reason": reason}) or 0.0
 
 
+@pytest.mark.slow
 async def test_a_round_closes_on_its_timeout_with_fewer_updates(nats_server: NatsServer, nc: NATS) -> None:
     timeout_s = 2.0
     aggregator = Aggregator(

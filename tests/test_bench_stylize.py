@@ -23,6 +23,7 @@ def test_no_strength_keeps_it() -> None:
     assert chosen_strength({"0.0": {"ssim": 0.5}, "1.0": {"ssim": 0.4}}, reinhard_ssim=0.6) == 0.0
 
 
+@pytest.mark.slow
 def test_tuning_pairs_share_no_content_with_the_held_out_or_training_photos() -> None:
     tuning = tuning_pairs()
     assert len(tuning) == len(TUNING_FRAMES) * len(TUNING_STYLES)

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from nats.aio.client import Client as NATS
 
 from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
@@ -49,6 +50,7 @@ async def test_worker_refuses_bomb_frames_and_styles_and_keeps_serving(
     assert decode(msg.data, StylizeReply).ok
 
 
+@pytest.mark.slow
 async def test_gateway_refuses_a_bomb_style_fast_without_blocking_its_loop(gateway: Gateway) -> None:
     sdp = await unanswered_offer_sdp()
     bombs = [png_bomb(16_000, 16_000), jpeg_bomb(30_000, 30_000), png_bomb(4000, 4000)]  # the last one passes

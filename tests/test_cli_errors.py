@@ -35,6 +35,7 @@ async def _run(*argv: str) -> tuple[int, list[str]]:
     return proc.returncode, err.decode().splitlines()
 
 
+@pytest.mark.slow
 async def test_nats_port_in_use_is_one_line(nats_server: NatsServer) -> None:
     code, err = await _run("nats", "--port", str(nats_server.port))
     assert code == 1 and len(err) == 1, err
@@ -42,6 +43,7 @@ async def test_nats_port_in_use_is_one_line(nats_server: NatsServer) -> None:
     assert err[0].endswith('bind: address already in use"')
 
 
+@pytest.mark.slow
 async def test_gateway_port_in_use_is_one_line(nats_server: NatsServer, busy_port: int) -> None:
     code, err = await _run("gateway", "--nats", nats_server.url, "--port", str(busy_port), "--log-level", "warning")
     assert code == 1 and len(err) == 1, err

@@ -81,6 +81,7 @@ async def _until_accepted(aggregator: Aggregator, count: int) -> None:
     await wait_until(accepted, STEP_TIMEOUT_S, f"{count} deltas accepted", poll_s=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swap", sorted(SWAPS))
 async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_closes(
     nats_server: NatsServer, nc: NATS, swap: str
@@ -110,6 +111,7 @@ async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_close
     assert await _blob_gone(eu, a.object_name)
 
 
+@pytest.mark.slow
 async def test_every_delta_is_validated_again_when_its_round_closes(nats_server: NatsServer, nc: NATS) -> None:
     """The digest proves the bytes are those checked; the checks themselves run again too. An aggregator restarted
     with a tighter --max-norm drops a held delta that no longer passes (counted as ``norm``) instead of publishing
@@ -140,6 +142,7 @@ async def test_every_delta_is_validated_again_when_its_round_closes(nats_server:
     assert await _blob_gone(eu, big.object_name)
 
 
+@pytest.mark.slow
 async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(nats_server: NatsServer, nc: NATS) -> None:
     """Main counted A in v1 and again in v2 when its reference was replayed (blob put back) after v1: a base stays
     a valid base for --max-staleness versions. Now a replay, and any second delta of A on the same base, is a

@@ -158,6 +158,7 @@ def test_chromium_like_timestamps_with_the_first_30_frames_lost_lock_within_two_
             assert locked_at is not None and locked_at < 30 + 2 * 30, (seed, lag, locked_at)
 
 
+@pytest.mark.slow
 def test_perfectly_periodic_chromium_timestamps_stay_unlocked_rather_than_guess() -> None:
     pts = [round(i * 1000 / 30) * 90 for i in range(300)]  # 2970, 3060, 2970, ... and no jitter at all
     locked_at, wrong = _replay(pts, 30, 0)
@@ -321,6 +322,7 @@ def test_recorded_chromium_trace_with_the_first_30_frames_lost_locks_fast_and_ne
     assert locked_at is not None and locked_at <= LOCK_WITHIN_FIRST_30_LOST, locked_at
 
 
+@pytest.mark.slow
 def test_recorded_chromium_trace_with_any_number_of_first_frames_lost_never_mismaps() -> None:
     events = _recorded_events()
     for lost_first in range(MOST_LOST_FIRST + 1):

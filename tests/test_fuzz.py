@@ -129,6 +129,7 @@ def _bad_offer(sdp: str, style: str, rng: random.Random) -> bytes:
     return json.dumps(body).encode()
 
 
+@pytest.mark.slow
 async def test_gateway_answers_every_bad_offer_briefly_and_keeps_serving(gateway: Gateway) -> None:
     rng = random.Random(SEED)
     sdp = await unanswered_offer_sdp()

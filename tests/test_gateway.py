@@ -64,6 +64,7 @@ def video_sdp() -> str:
     return asyncio.run(unanswered_offer_sdp())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make_body", "message"),
     [
@@ -144,6 +145,7 @@ async def test_garbage_on_the_data_channel_is_answered_with_errors_and_the_sessi
         await pc.close()
 
 
+@pytest.mark.slow
 async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_server: NatsServer, region: str) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gateway.url}/healthz") as response:
@@ -300,6 +302,7 @@ async def test_explicit_output_size_is_what_the_worker_renders(worker: StylizerW
     assert decode_image(payload).shape == (150, 200, 3)
 
 
+@pytest.mark.slow
 async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker, gateway: Gateway) -> None:
     phone = BarePhone(frames=10, size=(160, 96))
     try:
@@ -347,6 +350,7 @@ async def slow_site(nats_server: NatsServer, region: str) -> AsyncIterator[Gatew
     await worker.stop()
 
 
+@pytest.mark.slow
 async def test_a_key_overtaken_while_waiting_is_reported_dropped(slow_site: Gateway) -> None:
     """Every frame a key, one stylized at a time: a waiting key replaced by a newer one is failed at once."""
     phone = BarePhone(frames=30, size=(160, 96), key_every=1)
@@ -362,6 +366,7 @@ async def test_a_key_overtaken_while_waiting_is_reported_dropped(slow_site: Gate
     assert counts["key_dropped"] >= 1
 
 
+@pytest.mark.slow
 async def test_frames_whose_id_stays_unknown_are_evicted(worker: StylizerWorker, gateway: Gateway) -> None:
     """A phone that announces nothing: decoded frames wait for an id, at most MAX_PENDING_FRAMES of them."""
     phone = BarePhone(frames=MAX_PENDING_FRAMES + 20, size=(160, 96), announce=False)
@@ -376,6 +381,7 @@ async def test_frames_whose_id_stays_unknown_are_evicted(worker: StylizerWorker,
     assert phone.results.empty() and phone.failures.empty()  # nothing was stylized: no frame had an id
 
 
+@pytest.mark.slow
 async def test_results_arrive_whole_when_the_data_channel_pushes_back(
     worker: StylizerWorker, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

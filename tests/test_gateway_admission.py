@@ -59,6 +59,7 @@ def _sockets() -> int:
     return count
 
 
+@pytest.mark.slow
 async def test_concurrent_offers_never_pass_the_cap_and_unconnected_sessions_are_closed(
     nats_server: NatsServer, region: str
 ) -> None:
@@ -106,6 +107,7 @@ async def test_one_address_holds_only_a_few_pending_offers(nats_server: NatsServ
     assert statuses == [200, 200, 200, 429, 429] and retry_after[3] is not None
 
 
+@pytest.mark.slow
 async def test_a_connected_phone_that_falls_silent_is_closed(nats_server: NatsServer, region: str) -> None:
     async with running_gateway(nats_server, region, idle_timeout_s=1.0) as gateway:
         pc, sdp = await _client(SilentTrack())
@@ -168,6 +170,7 @@ async def test_slow_offer_bodies_hold_no_session_slot_and_are_cut_at_the_deadlin
             writer.close()
 
 
+@pytest.mark.slow
 async def test_idle_and_partial_header_connections_are_closed_and_capped_per_address(
     nats_server: NatsServer, region: str
 ) -> None:
@@ -197,6 +200,7 @@ async def test_idle_and_partial_header_connections_are_closed_and_capped_per_add
         )
 
 
+@pytest.mark.slow
 async def test_sdp_bombs_are_refused_before_aiortc_and_livez_answers_meanwhile(
     nats_server: NatsServer, region: str
 ) -> None:
@@ -243,6 +247,7 @@ def _remote_candidates(gateway: Gateway, stream_id: str) -> set[str]:
     return {c.ip for t in transports for c in t.getRemoteCandidates()}
 
 
+@pytest.mark.slow
 async def test_remote_candidates_are_capped_so_the_gateway_probes_few_ports(
     nats_server: NatsServer, region: str
 ) -> None:

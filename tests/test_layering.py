@@ -108,6 +108,7 @@ def test_no_import_across_process_packages(module: str) -> None:
     assert not wrong, f"{module} ({mine}) imports {wrong}"
 
 
+@pytest.mark.slow
 def test_no_import_cycles() -> None:
     graph = {module: imports(module) for module in modules()}
     state: dict[str, int] = {}
@@ -128,6 +129,7 @@ def test_no_import_cycles() -> None:
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+@pytest.mark.slow
 def test_torch_is_unreachable_from_the_aggregator() -> None:
     seen: set[str] = set()
     todo = [m for m in modules() if owner(m) == "aggregator"]

@@ -61,6 +61,7 @@ async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, EmulatedLink
             link.close()
 
 
+@pytest.mark.slow
 async def test_peers_connect_through_the_relay_and_pay_its_delay() -> None:
     direct, _ = await _echo_rtt_ms(None)
     shimmed, link = await _echo_rtt_ms(LinkProfile(delay_ms=60))

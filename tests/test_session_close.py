@@ -41,6 +41,7 @@ def _waiting_on_a_resolved_reply(task: asyncio.Task[None]) -> bool:
     return False
 
 
+@pytest.mark.slow
 async def test_a_close_landing_with_the_workers_reply_still_closes_the_session(
     worker: StylizerWorker, gateway: Gateway
 ) -> None:

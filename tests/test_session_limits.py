@@ -109,6 +109,7 @@ async def test_the_worker_refuses_a_result_too_large_for_its_key(
     assert time.monotonic() - start < 1.0 and worker.served == 0
 
 
+@pytest.mark.slow
 async def test_a_clock_probe_flood_is_dropped_and_ends_the_session(gateway: Gateway) -> None:
     """On main, each of 79,591 probes was answered and a good phone's p95 rose to 0.36 s."""
     limits = _limit(gateway, max_dropped_messages=500)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ObjectStoreConfig, StorageType
 
@@ -47,6 +48,7 @@ def _noise_jpeg(seed: int, side: int = 192) -> bytes:
     return encode_jpeg(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
 
 
+@pytest.mark.slow
 async def test_a_style_is_stored_re_encoded_without_what_followed_its_image(
     nats_server: NatsServer, nc: NATS, region: str
 ) -> None:
@@ -64,6 +66,7 @@ async def test_a_style_is_stored_re_encoded_without_what_followed_its_image(
     assert len(stored) < len(photo)
 
 
+@pytest.mark.slow
 async def test_new_styles_are_bounded_per_address_and_per_token_subject(nats_server: NatsServer, region: str) -> None:
     """32 offers of distinct 7.5 MB styles stored 239 MB in 17.6 s, from one address."""
     styles = [_noise_jpeg(seed) for seed in range(4)]
@@ -120,6 +123,7 @@ async def test_the_delta_stream_and_buckets_are_bounded(nats_server: NatsServer,
     assert bucket.max_bytes == DELTA_BUCKET_MAX_BYTES and bucket.max_age == DELTA_TTL_S
 
 
+@pytest.mark.slow
 async def test_a_flood_of_big_new_styles_neither_queues_without_bound_nor_delays_a_known_style(
     nats_server: NatsServer, region: str
 ) -> None:

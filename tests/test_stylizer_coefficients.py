@@ -39,6 +39,7 @@ def _retrainable_dnn() -> RetrainableStylizer:
     return RetrainableStylizer(_tiny_dnn())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 def test_dnn_coefficients_are_those_of_stylize_with_coefficients(size: tuple[int, int]) -> None:
     """Two code paths (``coefficients_batch`` and the frame's ``_maps``) that must agree bit for bit."""

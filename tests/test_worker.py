@@ -136,6 +136,7 @@ async def test_oversize_frame_and_output_are_refused(
     await _assert_alive(nc, region, style_id)
 
 
+@pytest.mark.slow
 async def test_bad_image_and_unknown_style(worker: StylizerWorker, nc: NATS, region: str, style_id: str) -> None:
     reply = await ask_worker(nc, region, stylize_request(style_id, image=b"not a jpeg"), TIMEOUT_S)
     assert reply.error_code == ErrorCode.INVALID
@@ -172,12 +173,14 @@ async def test_full_queue_sheds_the_oldest_with_overloaded(
     assert replies[-1].ok  # the newest frame always wins
 
 
+@pytest.mark.slow
 async def test_workers_answer_discovery(worker: StylizerWorker, nc: NATS, region: str) -> None:
     infos = await discover_workers(nc, region, wait_s=0.5)
     assert [(i.worker_id, i.region, i.model) for i in infos] == [("w-inproc", region, "color-transfer")]
     assert await discover_workers(nc, region + "x", wait_s=0.2) == []
 
 
+@pytest.mark.slow
 async def test_stop_hands_queued_requests_back(nats_server: NatsServer, nc: NATS, region: str, style_id: str) -> None:
     worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, queue_size=8, threads=1))
     await worker.start()

@@ -52,6 +52,7 @@ def _request(frame_id: int, style_id: str, budget_ms: float = 10_000.0, **overri
     return stylize_request(style_id, frame_id=frame_id, shift=17 * frame_id, budget_ms=budget_ms, **overrides)
 
 
+@pytest.mark.slow
 async def test_a_full_batch_runs_once_and_equals_single_requests(
     nats_server: NatsServer, nc: NATS, region: str, style_ids: list[str]
 ) -> None:
@@ -93,6 +94,7 @@ async def test_mixed_results_in_one_batch_each_get_their_kind(
         await worker.stop()
 
 
+@pytest.mark.slow
 async def test_a_lone_request_leaves_after_the_batch_wait(
     nats_server: NatsServer, nc: NATS, region: str, style_ids: list[str]
 ) -> None:
@@ -106,6 +108,7 @@ async def test_a_lone_request_leaves_after_the_batch_wait(
         await worker.stop()
 
 
+@pytest.mark.slow
 async def test_requests_past_their_deadline_are_answered_deadline(
     nats_server: NatsServer, nc: NATS, region: str, style_ids: list[str]
 ) -> None:

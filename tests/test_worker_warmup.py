@@ -32,6 +32,7 @@ def _tiny_dnn() -> PhotoStylizer:
     return PhotoStylizer.from_config("tiny").eval()
 
 
+@pytest.mark.slow
 async def test_worker_warms_up_before_serving_its_first_request(
     nats_server: NatsServer, region: str, caplog: pytest.LogCaptureFixture
 ) -> None:
