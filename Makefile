@@ -34,7 +34,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# The tests not marked slow (pyproject's markers): under a minute on 2 cores, for the edit-test loop. CI runs `make test`.
+# The tests not marked slow (pyproject's markers): about a minute on 2 busy cores, for the edit-test loop. CI runs `make test`.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 

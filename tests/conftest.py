@@ -24,8 +24,9 @@ from tests.firefox_bidi import Firefox
 torch.set_num_threads(1)
 
 SLOW_S = 3.0
-"""A test whose call takes longer than this belongs under ``@pytest.mark.slow`` (``make test-fast`` leaves those
-out); the run's summary names the ones that are not marked."""
+"""A test whose call takes longer than this even on a busy machine belongs under ``@pytest.mark.slow`` (``make
+test-fast`` leaves those out: the marker goes on anything over ~0.5 s here); the run's summary names the ones that
+are not marked."""
 _unmarked_slow: dict[str, float] = {}
 
 
