@@ -18,6 +18,7 @@ from edge_worker.model.meta_smoothing import GAIN_PRIOR_WEIGHT
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from tests.oracles import monge_kantorovich
+from tests.support import tiny_dnn
 
 SIZES = [(640, 360), (1920, 1080), (97, 71)]
 REBUILD_MAX_LEVELS = 2
@@ -26,9 +27,7 @@ REBUILD_MEAN_LEVELS = 0.1
 
 def _tiny_dnn() -> PhotoStylizer:
     """Tiny, fitting 2x below network size toward the global map as ``small`` does; Q(r) not all ones."""
-    torch.manual_seed(0)
-    config = dataclasses.replace(CONFIGS["tiny"], smoothing_downsample=2, smoothing_gain_prior=GAIN_PRIOR_WEIGHT)
-    model = PhotoStylizer(config).eval()
+    model = tiny_dnn(smoothing_downsample=2, smoothing_gain_prior=GAIN_PRIOR_WEIGHT)
     with torch.no_grad():
         for p in model.smoothing.scale_kernel.parameters():
             p.normal_(0.0, 0.5)
