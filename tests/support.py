@@ -25,7 +25,7 @@ from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.server import Gateway, GatewayConfig
-from streaming.ice import LOOPBACK
+from streaming.ice import LOOPBACK, gathering_on
 from streaming.images import encode_jpeg
 from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
 from streaming.style_store import StyleStore
@@ -138,9 +138,10 @@ async def post_offer(
 
 
 async def offer_peer(gateway: Gateway, pc: RTCPeerConnection) -> dict[str, Any]:
-    """Offer ``pc`` (its channels and tracks added) with the default style and take the gateway's answer: the
-    answer's JSON (``stream_id``, ``style_id``, ...)."""
-    await pc.setLocalDescription(await pc.createOffer())
+    """Offer ``pc`` (its channels and tracks added; host candidates on loopback) with the default style and take
+    the gateway's answer: the answer's JSON (``stream_id``, ``style_id``, ...)."""
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     status, answer = await post_offer(gateway, phone_offer(pc.localDescription.sdp))
     assert status == 200, answer
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))

@@ -22,7 +22,7 @@ from deploy.certs import generate
 from deploy.nats import NatsServer
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway
-from streaming.ice import LOOPBACK, RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, RemoteCandidatePolicy, gathering_on, rtc_configuration
 from tests.support import longest_loop_stall, phone_offer, running_gateway, wait_until
 
 CLOSED_WITHIN_S = 5.0
@@ -40,11 +40,11 @@ class SilentTrack(MediaStreamTrack):
 
 
 async def _client(track: MediaStreamTrack | None = None) -> tuple[RTCPeerConnection, str]:
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     pc.createDataChannel("mvs")
     pc.addTrack(track or SilentTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     return pc, pc.localDescription.sdp
 
 
