@@ -21,8 +21,10 @@ from nats.aio.client import Client as NATS
 
 from bench.faults import offer_body
 from deploy.nats import NatsServer
+from edge_worker.model.base import Stylizer
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
+from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK, gathering_on
@@ -157,6 +159,20 @@ async def running_gateway(nats_server: NatsServer, region: str, **settings: Any)
         yield gateway
     finally:
         await gateway.stop()
+
+
+@asynccontextmanager
+async def running_worker(
+    nats_server: NatsServer, region: str, stylizer: Stylizer | None = None, **settings: Any
+) -> AsyncIterator[StylizerWorker]:
+    """A worker on one inference thread with ``settings`` (fields of :class:`WorkerConfig`), stopped on exit."""
+    config = WorkerConfig(nats_url=nats_server.url, region=region, threads=1, **settings)
+    worker = StylizerWorker(config, stylizer=stylizer)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
 
 
 async def longest_loop_stall(stop: asyncio.Event) -> float:
