@@ -54,9 +54,15 @@ def _delta(value: float, dtype: str = "float16") -> NamedArrays:
 
 
 @pytest.fixture
-def nats_server(fresh_nats_server: NatsServer) -> NatsServer:
+def server(fresh_nats_server: NatsServer) -> NatsServer:
     """A server per test: the model store and the delta stream are global, not per region."""
     return fresh_nats_server
+
+
+@pytest.fixture
+def nats_server(server: NatsServer) -> NatsServer:
+    """The conftest ``nc`` connects to this test's own server."""
+    return server
 
 
 async def _until_version(aggregator: Aggregator, version: int) -> ModelVersion:
@@ -67,10 +73,8 @@ async def _until_version(aggregator: Aggregator, version: int) -> ModelVersion:
     return await wait_until(stepped, STEP_TIMEOUT_S, f"the aggregator publishing v{version}", poll_s=0)
 
 
-async def test_round_is_the_weighted_average_announced_and_cleaned_up(nats_server: NatsServer, nc: NATS) -> None:
-    aggregator = Aggregator(
-        AggregatorConfig(nats_url=nats_server.url, min_updates=2, durable=f"a{uuid.uuid4().hex[:6]}")
-    )
+async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: NatsServer, nc: NATS) -> None:
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable=f"a{uuid.uuid4().hex[:6]}"))
     await aggregator.start(INITIAL)
     announced: list[ModelVersion] = []
 
@@ -99,8 +103,8 @@ async def test_round_is_the_weighted_average_announced_and_cleaned_up(nats_serve
 
 
 @pytest.mark.slow
-async def test_rejected_deltas_are_never_applied(nats_server: NatsServer, nc: NATS) -> None:
-    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=1, durable="rej"))
+async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -> None:
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, durable="rej"))
     await aggregator.start(INITIAL)
     js = nc.jetstream()
     store = await ModelStore.open(js)
@@ -132,10 +136,10 @@ async def test_rejected_deltas_are_never_applied(nats_server: NatsServer, nc: NA
 
 
 @pytest.mark.slow
-async def test_poisoned_deltas_are_rejected_and_counted(nats_server: NatsServer, nc: NATS) -> None:
+async def test_poisoned_deltas_are_rejected_and_counted(server: NatsServer, nc: NATS) -> None:
     """Issue 14's attacks: the whole global weights sent as a delta, norm 999 claiming 10^12 samples, a delta that
     names another worker's object, one whose region is not its subject's; each rejected and counted by reason."""
-    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=1, durable="poison"))
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, durable="poison"))
     await aggregator.start(INITIAL)
     js = nc.jetstream()
     eu = DeltaStore(js, "eu")
@@ -168,10 +172,10 @@ def _rejected(reason: str) -> float:
 
 
 @pytest.mark.slow
-async def test_a_round_closes_on_its_timeout_with_fewer_updates(nats_server: NatsServer, nc: NATS) -> None:
+async def test_a_round_closes_on_its_timeout_with_fewer_updates(server: NatsServer, nc: NATS) -> None:
     timeout_s = 2.0
     aggregator = Aggregator(
-        AggregatorConfig(nats_url=nats_server.url, min_updates=3, round_timeout_s=timeout_s, durable="timeout")
+        AggregatorConfig(nats_url=server.url, min_updates=3, round_timeout_s=timeout_s, durable="timeout")
     )
     opened = time.monotonic()
     await aggregator.start(INITIAL)  # the round opens here
@@ -189,8 +193,8 @@ async def test_a_round_closes_on_its_timeout_with_fewer_updates(nats_server: Nat
     assert np.allclose(weights["dec.weight"], BASE + 2.0)
 
 
-async def test_only_the_newest_versions_are_kept(nats_server: NatsServer, nc: NATS) -> None:
-    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=1, keep_versions=2, durable="prune"))
+async def test_only_the_newest_versions_are_kept(server: NatsServer, nc: NATS) -> None:
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, keep_versions=2, durable="prune"))
     await aggregator.start(INITIAL)
     js = nc.jetstream()
     store = await ModelStore.open(js)
@@ -212,7 +216,7 @@ async def test_only_the_newest_versions_are_kept(nats_server: NatsServer, nc: NA
 
 
 def _start_aggregator(
-    nats_server: NatsServer, tmp_path: Path, *extra: str, stderr: IO[bytes] | None = None
+    server: NatsServer, tmp_path: Path, *extra: str, stderr: IO[bytes] | None = None
 ) -> subprocess.Popen[bytes]:
     init = tmp_path / "init.bin"
     init.write_bytes(encode_tensors(INITIAL))
@@ -221,7 +225,7 @@ def _start_aggregator(
         "-m",
         "aggregator",
         "--nats",
-        nats_server.url,
+        server.url,
         "--min-updates",
         "3",
         "--init",
@@ -278,7 +282,7 @@ async def _until_settled(js: JetStreamContext, version: int, deltas: int = 0) ->
     "crash_after", ["", "delta_accepted", "delta_saved", "weights_stored", "latest_moved", "round_reset"]
 )
 async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
-    nats_server: NatsServer, nc: NATS, tmp_path: Path, crash_after: str
+    server: NatsServer, nc: NATS, tmp_path: Path, crash_after: str
 ) -> None:
     """Killed (-9) with two deltas persisted, or crashed at a named step: a delta accepted but not yet persisted
     (an aggregator acking before persisting loses it here), persisted but not acked (redelivered after the ack
@@ -286,9 +290,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     blobs not deleted yet). Either way the round's blobs end up deleted."""
     js = nc.jetstream()
     ack_wait = ["--ack-wait", str(TEST_ACK_WAIT_S)]
-    first = _start_aggregator(
-        nats_server, tmp_path, *ack_wait, *(["--crash-after", crash_after] if crash_after else [])
-    )
+    first = _start_aggregator(server, tmp_path, *ack_wait, *(["--crash-after", crash_after] if crash_after else []))
     try:
         store = await ModelStore.open(js)
         await _wait_latest(store, 0)
@@ -318,7 +320,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
         first.wait(timeout=STEP_TIMEOUT_S)  # killed, or crashed at the injected step
         log = tmp_path / "second.log"
         with log.open("wb") as stderr:
-            second = _start_aggregator(nats_server, tmp_path, *ack_wait, stderr=stderr)
+            second = _start_aggregator(server, tmp_path, *ack_wait, stderr=stderr)
             try:
                 if not closing:
                     await _until_settled(js, 0, deltas=2)  # a and b held once, redeliveries included
@@ -348,7 +350,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
 
 
 @pytest.mark.slow
-async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(nats_server: NatsServer, nc: NATS) -> None:
+async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(server: NatsServer, nc: NATS) -> None:
     """With fewer than --min-updates deltas a round closes --round-timeout after its first accepted delta, never on
     its age alone; the initial version is announced like every other."""
     announced: list[ModelVersion] = []
@@ -359,7 +361,7 @@ async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(nat
     sub = await nc.subscribe(FL_GLOBAL_SUBJECT, cb=on_version)
     await nc.flush()
     timeout_s = 1.0
-    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=2, round_timeout_s=timeout_s))
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=timeout_s))
     await aggregator.start(INITIAL)
     js = nc.jetstream()
     try:

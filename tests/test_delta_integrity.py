@@ -54,9 +54,15 @@ WRONG_SHAPE_FOR_PROCESS = {"dec.weight": np.full((2, 3), 0.5, np.float16), "dec.
 
 
 @pytest.fixture
-def nats_server(fresh_nats_server: NatsServer) -> NatsServer:
+def server(fresh_nats_server: NatsServer) -> NatsServer:
     """A server per test: the model store and the delta stream are global, not per region."""
     return fresh_nats_server
+
+
+@pytest.fixture
+def nats_server(server: NatsServer) -> NatsServer:
+    """The conftest ``nc`` connects to this test's own server."""
+    return server
 
 
 def _dropped(reason: str) -> float:
@@ -84,13 +90,13 @@ async def _until_accepted(aggregator: Aggregator, count: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("swap", sorted(SWAPS))
 async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_closes(
-    nats_server: NatsServer, nc: NATS, swap: str
+    server: NatsServer, nc: NATS, swap: str
 ) -> None:
     """The report's attack: delta A is accepted, then its blob is overwritten (NaN, x1000, another shape) before
     a second delta closes the round. Main aggregated the new bytes (an all-NaN v1 with a valid SHA-256, a x1000
     step, or a crash); now A is dropped (counted as ``digest``), its blob deleted, and v1 is B's step alone."""
     aggregator = Aggregator(
-        AggregatorConfig(nats_url=nats_server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="swap")
+        AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="swap")
     )
     await aggregator.start(MODEL)
     js = nc.jetstream()
@@ -112,13 +118,13 @@ async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_close
 
 
 @pytest.mark.slow
-async def test_every_delta_is_validated_again_when_its_round_closes(nats_server: NatsServer, nc: NATS) -> None:
+async def test_every_delta_is_validated_again_when_its_round_closes(server: NatsServer, nc: NATS) -> None:
     """The digest proves the bytes are those checked; the checks themselves run again too. An aggregator restarted
     with a tighter --max-norm drops a held delta that no longer passes (counted as ``norm``) instead of publishing
     it."""
     js = nc.jetstream()
     eu = DeltaStore(js, "eu")
-    first = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=3, durable="recheck"))
+    first = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=3, durable="recheck"))
     await first.start(MODEL)
     try:
         big = await submit_delta(js, eu, worker_id="big", base_version=0, samples=4, delta=_delta(2.0))  # norm 8
@@ -128,7 +134,7 @@ async def test_every_delta_is_validated_again_when_its_round_closes(nats_server:
         await first.stop()
     second = Aggregator(
         AggregatorConfig(
-            nats_url=nats_server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, max_norm=4.0, durable="recheck"
+            nats_url=server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, max_norm=4.0, durable="recheck"
         )
     )
     await second.start()
@@ -143,12 +149,12 @@ async def test_every_delta_is_validated_again_when_its_round_closes(nats_server:
 
 
 @pytest.mark.slow
-async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(nats_server: NatsServer, nc: NATS) -> None:
+async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(server: NatsServer, nc: NATS) -> None:
     """Main counted A in v1 and again in v2 when its reference was replayed (blob put back) after v1: a base stays
     a valid base for --max-staleness versions. Now a replay, and any second delta of A on the same base, is a
     duplicate for as long as that base is accepted."""
     aggregator = Aggregator(
-        AggregatorConfig(nats_url=nats_server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="replay")
+        AggregatorConfig(nats_url=server.url, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S, durable="replay")
     )
     await aggregator.start(MODEL)
     js = nc.jetstream()
@@ -171,10 +177,10 @@ async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(nats
     assert np.array_equal(weights["dec.weight"], MODEL["dec.weight"] + 0.125 + 0.25)
 
 
-async def test_an_oversized_reference_is_refused(nats_server: NatsServer, nc: NATS) -> None:
+async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -> None:
     """The round state keeps references across rounds: a 2 KB worker id (main accepted it) is refused, so a few
     such deltas cannot grow the state past the size it is read back under (a crash loop at restart)."""
-    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, min_updates=2, durable="big-ref"))
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable="big-ref"))
     await aggregator.start(MODEL)
     js = nc.jetstream()
     eu = DeltaStore(js, "eu")
@@ -189,7 +195,7 @@ async def test_an_oversized_reference_is_refused(nats_server: NatsServer, nc: NA
 
 @pytest.mark.slow
 async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor_leaks(
-    nats_server: NatsServer, nc: NATS, tmp_path: Path
+    server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     """Killed right after the reset round state is saved (crash point ``round_reset``), before any blob is deleted:
     the restarted aggregator deletes the listed blobs, and the closed round's references, replayed meanwhile, are
@@ -197,7 +203,7 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
     js = nc.jetstream()
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
-    first = _start_aggregator(nats_server, tmp_path, "--min-updates", "2", "--crash-after", "round_reset")
+    first = _start_aggregator(server, tmp_path, "--min-updates", "2", "--crash-after", "round_reset")
     second: subprocess.Popen[bytes] | None = None
     try:
         await _wait_latest(store, 0)
@@ -210,7 +216,7 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
         assert not any([await _blob_gone(us, r.object_name) for r in refs])  # the window: none deleted yet
         for ref in refs:
             await js.publish(fl_delta_subject("us", ref.worker_id), encode(ref))  # replayed while it is down
-        second = _start_aggregator(nats_server, tmp_path, "--min-updates", "1")  # one counted replay would make v2
+        second = _start_aggregator(server, tmp_path, "--min-updates", "1")  # one counted replay would make v2
         await _until_settled(js, 1)
         state = await _round_state(js)
     finally:
@@ -239,13 +245,13 @@ async def _wait_alive(process: subprocess.Popen[bytes], store: ModelStore, versi
 
 @pytest.mark.slow
 async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restarted_aggregator(
-    nats_server: NatsServer, nc: NATS, tmp_path: Path
+    server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     """Main crashed on every restart while the round holding a rewritten wrong-shape blob was due."""
     js = nc.jetstream()
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
-    first = _start_aggregator(nats_server, tmp_path)  # 3 updates needed: the round stays open
+    first = _start_aggregator(server, tmp_path)  # 3 updates needed: the round stays open
     second: subprocess.Popen[bytes] | None = None
     try:
         await _wait_latest(store, 0)
@@ -255,7 +261,7 @@ async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restar
         first.kill()
         first.wait(timeout=STEP_TIMEOUT_S)
         await us.put(a.object_name, encode_tensors(WRONG_SHAPE_FOR_PROCESS))
-        second = _start_aggregator(nats_server, tmp_path, "--min-updates", "2", "--round-timeout", str(ROUND_TIMEOUT_S))
+        second = _start_aggregator(server, tmp_path, "--min-updates", "2", "--round-timeout", str(ROUND_TIMEOUT_S))
         meta = await _wait_alive(second, store, 1)
         await _until_settled(js, 1)
         assert second.poll() is None
@@ -287,7 +293,7 @@ def _learner(model: object, tmp_path: Path, worker_id: str) -> FederatedLearner:
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["non_finite", "shape"])
 async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
-    nats_server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A version with a valid SHA-256 but NaN weights (what main's aggregator published after the swap) or another
     shape: a serving worker refuses it (counted) and keeps its model; a starting worker takes the newest good one."""
@@ -321,12 +327,12 @@ async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
     assert _refused(damage) - before == 2
 
 
-async def test_the_aggregator_does_not_go_on_from_a_non_finite_version(nats_server: NatsServer, nc: NATS) -> None:
+async def test_the_aggregator_does_not_go_on_from_a_non_finite_version(server: NatsServer, nc: NATS) -> None:
     """Main's aggregator carried on from the all-NaN v1 of the report (a NaN model norm passes every bound): now it
     refuses to start from it, as from a version that fails its digest."""
     store = await ModelStore.open(nc.jetstream())
     await store.publish({"dec.weight": np.full((4, 4), np.nan, np.float32)}, ModelVersion(version=0, object_name=""))
-    aggregator = Aggregator(AggregatorConfig(nats_url=nats_server.url, durable="nan"))
+    aggregator = Aggregator(AggregatorConfig(nats_url=server.url, durable="nan"))
     try:
         with pytest.raises(RuntimeError, match="NaN/Inf"):
             await aggregator.start()
