@@ -30,7 +30,7 @@ from edge_worker.trainer_process import TrainerProcess
 from mobile_sim.sources import sample_photo
 from streaming.images import encode_jpeg
 from streaming.model_store import ModelStore
-from tests.support import TRAINING_WAIT_S, serve_key_frames, tiny_retrainable_dnn, wait_until
+from tests.support import TRAINING_WAIT_S, serve_key_frames, tiny_retrainable_dnn, wait_until, wait_until_sync
 
 WAIT_S = TRAINING_WAIT_S
 
@@ -77,10 +77,9 @@ def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
         assert all(np.array_equal(start[k], v) for k, v in model.learned_state().items())
         assert trainer.pid is not None
         trainer.pause()
-        deadline = time.monotonic() + 1.0  # SIGSTOP lands asynchronously
-        while _process_state(trainer.pid) != "T" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert trainer.paused and _process_state(trainer.pid) == "T"
+        # SIGSTOP lands asynchronously
+        wait_until_sync(lambda: _process_state(trainer.pid) == "T", 1.0, "the trainer process stopped", poll_s=0.01)
+        assert trainer.paused
         photo = cv2.cvtColor(sample_photo(), cv2.COLOR_BGR2RGB)
         with ThreadPoolExecutor(max_workers=1) as pool:
             step = pool.submit(trainer.train_step, [(photo, photo), (photo, photo)])
