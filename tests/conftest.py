@@ -43,22 +43,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
+def shared_nats_server() -> Iterator[NatsServer]:
     with NatsServer(monitor_port=0) as server:
         yield server
 
 
 @pytest.fixture
-def fresh_nats_server() -> Iterator[NatsServer]:
-    """A server of the test's own, for what is global on a server (the model store, the delta stream); its setup
-    made regions "eu" and "us"'s delta buckets."""
+def nats_server(request: pytest.FixtureRequest, shared_nats_server: NatsServer) -> Iterator[NatsServer]:
+    """The session's server; one of the test's own under ``@pytest.mark.fresh_nats_server`` (for what is global on a
+    server: the model store, the delta stream), its setup having made regions "eu" and "us"'s delta buckets."""
+    if request.node.get_closest_marker("fresh_nats_server") is None:
+        yield shared_nats_server
+        return
     with NatsServer(regions=["eu", "us"]) as server:
         yield server
 
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    """A client of the test's server (of ``nats_server``, which a module may override with a fresh one)."""
+    """A client of the test's ``nats_server``."""
     client = await nats.connect(nats_server.url)
     yield client
     await client.close()

@@ -36,6 +36,9 @@ from streaming.runtime import dying_with_parent
 from streaming.tensors import NamedArrays, encode_tensors
 from tests.support import wait_until
 
+pytestmark = pytest.mark.fresh_nats_server  # the model store and the delta stream are global on a server
+
+
 BASE = 100.0
 """The initial weights' value: large enough that the test deltas stay under the relative norm bound (25 %)."""
 INITIAL: NamedArrays = {"dec.weight": np.full((3, 2), BASE, np.float32), "dec.bias": np.zeros(2, np.float32)}
@@ -54,15 +57,8 @@ def _delta(value: float, dtype: str = "float16") -> NamedArrays:
 
 
 @pytest.fixture
-def server(fresh_nats_server: NatsServer) -> NatsServer:
-    """A server per test: the model store and the delta stream are global, not per region."""
-    return fresh_nats_server
-
-
-@pytest.fixture
-def nats_server(server: NatsServer) -> NatsServer:
-    """The conftest ``nc`` connects to this test's own server."""
-    return server
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 async def _until_version(aggregator: Aggregator, version: int) -> ModelVersion:

@@ -35,6 +35,9 @@ from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode
 from streaming.tensors import NamedArrays, encode_tensors
 from tests.support import TRAINING_WAIT_S, tiny_retrainable_dnn, wait_until
 
+pytestmark = pytest.mark.fresh_nats_server  # the model store and the delta stream are global on a server
+
+
 MODEL: NamedArrays = {"dec.weight": np.full((4, 4), 16.0, np.float32)}
 """A synthetic model of norm 64, as in the report (64 -> 32,231)."""
 ROUND_TIMEOUT_S = 1.0
@@ -54,15 +57,8 @@ WRONG_SHAPE_FOR_PROCESS = {"dec.weight": np.full((2, 3), 0.5, np.float16), "dec.
 
 
 @pytest.fixture
-def server(fresh_nats_server: NatsServer) -> NatsServer:
-    """A server per test: the model store and the delta stream are global, not per region."""
-    return fresh_nats_server
-
-
-@pytest.fixture
-def nats_server(server: NatsServer) -> NatsServer:
-    """The conftest ``nc`` connects to this test's own server."""
-    return server
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 def _dropped(reason: str) -> float:
