@@ -54,8 +54,8 @@ from bench.faults import (
     unanswered_offer_sdp,
     with_candidates,
 )
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
 from deploy.nats_auth import gateway_user, worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.sources import default_style_photo

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
-from deploy.nats import free_port
+from deploy.nats_servers import free_port
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link import CLOCK_PROBE_PERIOD_S, LIVENESS_S, CameraTrack, Outgoing, SenderPts
 from mobile_sim.sources import default_style_photo, sample_photo

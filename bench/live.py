@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, publish
-from deploy.local import run_demo
+from deploy.demo import run_demo
 from mobile_sim.client import PhoneConfig
 from mobile_sim.report import LATENCY_PARTS
 from streaming.runtime import run_main

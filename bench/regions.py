@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine, write_results
-from deploy.local import LocalTopology
-from deploy.nats import HUB_DOMAIN
+from deploy.demo import LocalTopology
+from deploy.local_deployment import LocalConfig, LocalDeployment
 from deploy.nats_auth import gateway_user, worker_user
+from deploy.nats_servers import HUB_DOMAIN
 from deploy.regions import Region
-from deploy.topology import LocalConfig, LocalDeployment
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
 from mobile_sim.report import LATENCY_PARTS, summarize

@@ -61,7 +61,7 @@ from bench.loadgen import (
     LoadSpec,
 )
 from bench.worker_host import worker_ids
-from deploy.nats import NatsServer, free_port
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS
 from edge_worker.service import DEFAULT_QUEUE_SIZE
 from mobile_sim.sources import default_style_photo, sample_photo

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from deploy.certs import CA_FILE
-from deploy.nats import HUB_DOMAIN, route_url_env
 from deploy.nats_auth import (
     AGGREGATOR_USER,
     LEAF_URL_ENV,
@@ -52,7 +51,8 @@ from deploy.nats_config import (
     hub_pod_host,
     write_generated,
 )
-from deploy.observability import scrape_annotations
+from deploy.nats_servers import HUB_DOMAIN, route_url_env
+from deploy.observability_gen import scrape_annotations
 from deploy.regions import DEFAULT_REGIONS_FILE, Hub, Region, load_hub, load_regions
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 from streaming.gateway.server import DEFAULT_HTTP_PORT

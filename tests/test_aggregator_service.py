@@ -21,7 +21,7 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import REGISTRY
 
 from aggregator.service import DURABLE, ROUND_KEY, Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from streaming.model_store import DeltaStore, ModelStore, submit_delta, version_object
 from streaming.protocol import (
     FL_DELTA_STREAM,

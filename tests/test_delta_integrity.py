@@ -32,7 +32,7 @@ from test_aggregator_service import _delta as _process_delta
 from test_federated_edge import _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.federated import FederatedConfig, FederatedLearner
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode, encode, fl_delta_subject

@@ -17,11 +17,11 @@ import nats
 import numpy as np
 import pytest
 
-from deploy.local import LocalTopology
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
+from deploy.demo import LocalTopology
+from deploy.local_deployment import LocalConfig, LocalDeployment, build_parser, config_from_args, federated_init
 from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, RegionsError, load_regions, parse_regions
-from deploy.topology import LocalConfig, LocalDeployment, build_parser, config_from_args, federated_init
 from edge_worker.__main__ import build_parser as worker_parser
 from edge_worker.__main__ import config_from_args as worker_config
 from edge_worker.export_weights import learned_weights

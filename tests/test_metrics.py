@@ -11,7 +11,7 @@ import time
 import aiohttp
 import nats
 
-from deploy.nats import NatsServer, free_port
+from deploy.nats_servers import NatsServer, free_port
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.stylize_client import discover_workers
 from streaming.images import encode_jpeg

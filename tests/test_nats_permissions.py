@@ -28,8 +28,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from test_federated_edge import _serve_key_frames, _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from edge_worker.federated import FederatedConfig
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig

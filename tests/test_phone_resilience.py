@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.__main__ import main as phone_main
 from mobile_sim.client import Phone, PhoneConfig

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from deploy.local import LocalTopology
-from deploy.nats import NatsServer
+from deploy.demo import LocalTopology
+from deploy.nats_servers import NatsServer
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.__main__ import build_parser, config_from_args
 from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.quality import gaussian_w2

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from deploy.nats import NatsServer, free_port
 from deploy.nats_auth import worker_id as nth_worker_id
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.model.registry import DEFAULT_STYLIZER
 from edge_worker.service import WorkerConfig, preflight
 from mobile_sim.__main__ import INTERRUPTED, add_phone_arguments, finish, phone_config_from_args

@@ -34,16 +34,16 @@ from aiohttp import web
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
 from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, state_dir
-from deploy.local import (
+from deploy.demo import (
     METRICS_HOST,
     WORKER_MODEL_FIELDS,
     LocalTopology,
     add_worker_model_arguments,
     worker_model_config,
 )
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, free_port
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
-from deploy.observability import ALERTS_FILE, alert_rules, local_prometheus_config
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, free_port
+from deploy.observability_gen import ALERTS_FILE, alert_rules, local_prometheus_config
 from deploy.regions import CLUSTER_HUB_SERVERS, Hub, Region, load_hub, load_regions
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
