@@ -9,160 +9,142 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.launch import ServiceProcess, StartupError, service_args, stop_all, wait_ready, workers_discovered
 from deploy.nats_auth import worker_id as nth_worker_id
 from deploy.nats_servers import NatsServer, free_port
-from edge_worker.model.registry import DEFAULT_STYLIZER
+from edge_worker.federated import FederatedConfig
 from edge_worker.service import WorkerConfig, preflight
 from mobile_sim.__main__ import INTERRUPTED, add_phone_arguments, finish, phone_config_from_args
 from mobile_sim.__main__ import preflight as phone_preflight
 from mobile_sim.client import Phone, PhoneConfig, PhoneResult
-from streaming.cli import DefaultsHelpFormatter
-from streaming.config import NATS_CA_ENV, NATS_URL_ENV, add_config_arguments, config_flags, config_from_args
+from streaming.cli import DefaultsHelpFormatter, ServiceOptions
+from streaming.config import add_config_arguments, config_from_args, flag
 from streaming.gateway.server import Gateway, GatewayConfig
-from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import LOOPBACK
 from streaming.nats_connect import connect_nats
-from streaming.runtime import dying_with_parent, run_main
+from streaming.runtime import run_main
 from streaming.telemetry import DEFAULT_METRICS_HOST, setup_logging
 
 log = logging.getLogger(__name__)
 
 WORKER_READY_TIMEOUT_S = 180.0
 """How long workers may take to load, quantize (int8) and warm up: ~30 s on 2 idle cores, 60-90 s under load."""
-WORKER_PROBE_S = 0.2
-WORKER_STOP_TIMEOUT_S = 10.0
 METRICS_HOST = DEFAULT_METRICS_HOST
-
-
-class StartupError(RuntimeError):
-    """A worker exited or did not answer during start-up (the message says which and how long was waited)."""
+LOCAL_WORKER = WorkerConfig(threads=1)
+"""The workers' settings on this machine unless flags say otherwise: one torch thread each (they share the cores)."""
+WORKER_LOG_LEVEL = "warning"
 
 
 @dataclass
 class LocalTopology:
-    """Processes of a local edge site: workers as child processes (the gateway runs in-process)."""
+    """Processes of a local edge site: workers as child processes (the gateway runs in-process), each started from
+    :attr:`worker` (region, model, threads, ...) with its own id, NATS URL, buffer directory and metrics port."""
 
     nats_url: str
-    region: str
-    model: str = DEFAULT_STYLIZER
-    worker_threads: int = 1
-    log_level: str = "warning"
-    js_domain: str | None = None
-    """JetStream domain of the stores (workers on a leaf node of the hub)."""
+    worker: WorkerConfig = field(default_factory=lambda: LOCAL_WORKER)
+    """Every worker's settings; its NATS URL is replaced by :attr:`nats_url` (or the one given per worker)."""
+    options: ServiceOptions = field(default_factory=lambda: ServiceOptions(log_level=WORKER_LOG_LEVEL))
     discovery_url: str | None = None
     """URL :meth:`wait_for_workers` connects with (a user allowed to discover); None: ``nats_url``."""
     federated_dir: Path | None = None
     """With a directory, workers retrain and join federated learning (a key-frame buffer each, inside it)."""
-    worker_args: tuple[str, ...] = ()
-    """More ``mvs worker`` flags for every worker (e.g. ``--work-size 192``)."""
     metrics: bool = False
     """Each worker serves Prometheus metrics on a free loopback port (:attr:`metrics_urls`)."""
-    nats_ca: Path | None = None
-    """CA of the NATS servers' TLS certificates (with ``tls://`` URLs)."""
-    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    workers: dict[str, ServiceProcess] = field(default_factory=dict)
     """Worker processes by worker id."""
     metrics_urls: dict[str, str] = field(default_factory=dict)
     """Metrics URL of each worker started with :attr:`metrics`, by worker id."""
 
-    def worker_flags(self, worker_id: str, metrics_port: int | None = None) -> list[str]:
-        """``mvs worker`` flags of the worker ``worker_id`` of this site (no secret: the NATS URL goes in the
-        environment); with ``metrics_port``, its metrics on that loopback port."""
-        flags = ["--region", self.region, "--model", self.model, "--worker-id", worker_id]
-        flags += ["--threads", str(self.worker_threads), "--log-level", self.log_level]
-        if self.js_domain is not None:
-            flags += ["--js-domain", self.js_domain]
+    @property
+    def region(self) -> str:
+        """The site's region."""
+        return self.worker.region
+
+    def worker_config(self, worker_id: str, nats_url: str | None = None, metrics_port: int = 0) -> WorkerConfig:
+        """The config of the worker ``worker_id`` of this site; with ``metrics_port``, its metrics on that loopback
+        port."""
+        federated = self.worker.federated
         if self.federated_dir is not None:
-            flags += ["--federated-dir", str(self.federated_dir / worker_id)]
-        if metrics_port is not None:
-            flags += ["--metrics-port", str(metrics_port), "--metrics-host", METRICS_HOST]
-        return flags + list(self.worker_args)
+            federated = dataclasses.replace(
+                federated or FederatedConfig(self.federated_dir), buffer_dir=self.federated_dir / worker_id
+            )
+        config = dataclasses.replace(
+            self.worker, nats_url=nats_url or self.nats_url, worker_id=worker_id, federated=federated
+        )
+        if metrics_port:
+            config = dataclasses.replace(config, metrics_port=metrics_port, metrics_host=METRICS_HOST)
+        return config
+
+    def worker_flags(self, worker_id: str) -> list[str]:
+        """``mvs worker`` flags of the worker ``worker_id`` of this site (no secret: the NATS URL goes in the
+        environment)."""
+        return service_args(self.worker_config(worker_id), self.options)
 
     def next_worker_id(self) -> str:
         """The id the site's next worker gets."""
         return nth_worker_id(self.region, len(self.workers))
 
-    def start_worker(self, worker_id: str, nats_url: str | None = None) -> subprocess.Popen[bytes]:
-        """Start one ``python -m edge_worker`` child; its NATS URL (default :attr:`nats_url`; the worker's own
-        credentials, when each worker has a user), which may hold a password, in its environment."""
-        port = free_port(METRICS_HOST) if self.metrics else None
-        cmd = [sys.executable, "-m", "edge_worker", *self.worker_flags(worker_id, port)]
-        if port is not None:
+    def worker_process(self, worker_id: str, nats_url: str | None = None, metrics_port: int = 0) -> ServiceProcess:
+        """The ``python -m edge_worker`` child of the worker ``worker_id`` (not started)."""
+        config = self.worker_config(worker_id, nats_url, metrics_port)
+        # Own session (the default): Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
+        return ServiceProcess(config, options=self.options, name=f"stylizer worker {worker_id}")
+
+    def start_worker(self, worker_id: str, nats_url: str | None = None) -> ServiceProcess:
+        """Start one worker; its NATS URL (default :attr:`nats_url`; the worker's own credentials, when each worker
+        has a user), which may hold a password, goes in its environment."""
+        port = free_port(METRICS_HOST) if self.metrics else 0
+        if port:
             self.metrics_urls[worker_id] = f"http://{METRICS_HOST}:{port}/metrics"
-        env = {**os.environ, NATS_URL_ENV: nats_url or self.nats_url}
-        if self.nats_ca is not None:
-            env[NATS_CA_ENV] = str(self.nats_ca)
-        # Own session: Ctrl-C reaches the parent only, which stops the workers while NATS is still up.
-        proc = subprocess.Popen(dying_with_parent(cmd), env=env, start_new_session=True)
-        self.workers[worker_id] = proc
-        return proc
+        self.workers[worker_id] = self.worker_process(worker_id, nats_url, port).start()
+        return self.workers[worker_id]
 
     async def wait_for_workers(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Wait until every started worker answers on the region's discovery subject."""
         url = self.discovery_url or self.nats_url
-        nc = await connect_nats(url, "mvs-local-discovery", service="local", tls_ca=self.nats_ca)
-        deadline = time.monotonic() + timeout_s
+        nc = await connect_nats(url, "mvs-local-discovery", service="local", tls_ca=self.worker.nats_ca)
         try:
-            while time.monotonic() < deadline:
-                exited = [worker_id for worker_id, p in self.workers.items() if p.poll() is not None]
-                if exited:
-                    raise StartupError(f"stylizer worker(s) {exited} exited during start-up (see their log above)")
-                found = {info.worker_id for info in await discover_workers(nc, self.region, WORKER_PROBE_S)}
-                if set(self.workers) <= found:
-                    return
-            raise StartupError(f"stylizer workers {sorted(self.workers)} did not all answer within {timeout_s:g} s")
+            ready = workers_discovered(nc, self.region, lambda: self.workers)
+            await wait_ready(self.workers.values(), ready, timeout_s, f"stylizer workers {sorted(self.workers)}")
         finally:
             await nc.close()
 
     def stop(self) -> None:
         """Terminate the workers (SIGTERM, then SIGKILL)."""
-        for proc in self.workers.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.workers.values():
-            try:
-                proc.wait(timeout=WORKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.workers.values())
         self.workers.clear()
         self.metrics_urls.clear()
 
 
 async def run_demo(
     phone_config: PhoneConfig,
+    worker: WorkerConfig = LOCAL_WORKER,
     workers: int = 1,
-    model: str = DEFAULT_STYLIZER,
-    log_level: str = "warning",
-    worker_threads: int = 1,
-    worker_args: Sequence[str] = (),
+    log_level: str = WORKER_LOG_LEVEL,
     progress: Callable[[str], None] | None = None,
 ) -> PhoneResult:
-    """Start NATS, workers and a gateway; run the phone against them; stop everything. ``progress`` hears what is
-    being started (a line each)."""
+    """Start NATS, ``workers`` workers of ``worker``'s settings in the phone's region and a gateway; run the phone
+    against them; stop everything. ``progress`` hears what is being started (a line each)."""
     say = progress or (lambda line: None)
     with NatsServer(regions=[phone_config.region]) as server:  # the setup creates the region's buckets
         topology = LocalTopology(
             server.url,
-            phone_config.region,
-            model=model,
-            log_level=log_level,
-            worker_threads=worker_threads,
-            worker_args=tuple(worker_args),
+            dataclasses.replace(worker, region=phone_config.region),
+            options=ServiceOptions(log_level=log_level),
         )
         gateway = Gateway(GatewayConfig(port=0, nats_url=server.url, region=phone_config.region, ice_hosts=LOOPBACK))
         try:
             for _ in range(workers):
                 topology.start_worker(topology.next_worker_id())
-            say(f"NATS at {server.url}; {workers} {model} worker(s) loading and warming up...")
+            say(f"NATS at {server.url}; {workers} {worker.model} worker(s) loading and warming up...")
             started = time.monotonic()
             await topology.wait_for_workers()
             say(f"worker(s) ready in {time.monotonic() - started:.1f} s; streaming {phone_config.frames} frames")
@@ -175,23 +157,25 @@ async def run_demo(
             topology.stop()
 
 
-WORKER_MODEL_FIELDS = ("model", "device", "work_size", "precision")
-"""The worker's flags ``mvs demo`` and ``mvs local`` take (derived from WorkerConfig) and hand to their workers."""
+SITE_FIELDS = ("nats_url", "nats_ca", "region", "js_domain", "worker_id", "metrics_port", "metrics_host", "federated")
+"""The worker's fields a site sets per worker; every other flag of :class:`WorkerConfig` is a flag of ``mvs demo`` and
+``mvs local`` that their workers get (so a flag added to WorkerConfig reaches them with no other edit)."""
 
 
-def add_worker_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The worker's model flags (:data:`WORKER_MODEL_FIELDS`), derived from :class:`WorkerConfig`."""
-    group = p.add_argument_group("the workers' model (mvs worker's flags)")
-    add_config_arguments(
-        group, WorkerConfig, exclude=[f.name for f in fields(WorkerConfig) if f.name not in WORKER_MODEL_FIELDS]
-    )
+def add_worker_arguments(p: argparse.ArgumentParser, cls: type[WorkerConfig] = WorkerConfig) -> None:
+    """The workers' flags (all of ``cls``'s but :data:`SITE_FIELDS`), defaults from :data:`LOCAL_WORKER`."""
+    group = p.add_argument_group("the workers (mvs worker's flags)")
+    add_config_arguments(group, cls, exclude=SITE_FIELDS)
+    p.set_defaults(threads=LOCAL_WORKER.threads)
 
 
-def worker_model_config(args: argparse.Namespace, prog: str, trainable: bool = False) -> WorkerConfig:
-    """The workers' model settings from the flags, checked before anything starts (one line and exit 2 if they
-    cannot run here); the DNN's or lite model's resolved settings are printed."""
-    config = config_from_args(WorkerConfig, args)
+def worker_config(
+    args: argparse.Namespace, prog: str, trainable: bool = False, cls: type[WorkerConfig] = WorkerConfig
+) -> WorkerConfig:
+    """The workers' settings from the flags, checked before anything starts (one line and exit 2 if they cannot
+    run here); the DNN's or lite model's resolved settings are printed."""
     try:
+        config = config_from_args(cls, args)
         settings = preflight(config, trainable=trainable)
     except ValueError as exc:
         raise SystemExit(f"{prog}: {exc}") from None
@@ -200,7 +184,14 @@ def worker_model_config(args: argparse.Namespace, prog: str, trainable: bool = F
     return config
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass
+class DemoOptions:
+    """``mvs demo``'s own flags (the phone's and the workers' come from their configs)."""
+
+    workers: int = field(default=1, metadata=flag("stylizer worker processes"))
+
+
+def build_parser(worker_cls: type[WorkerConfig] = WorkerConfig) -> argparse.ArgumentParser:
     """CLI of the demo."""
     p = argparse.ArgumentParser(
         prog="mvs demo",
@@ -209,9 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
     )
     add_phone_arguments(p, out_default=Path("out/demo"))
-    p.add_argument("--workers", type=int, default=1, help="stylizer worker processes")
-    p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker")
-    add_worker_model_arguments(p)
+    add_config_arguments(p, DemoOptions)
+    add_worker_arguments(p, worker_cls)
     return p
 
 
@@ -224,16 +214,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         phone_preflight(phone)
     except ValueError as exc:
         raise SystemExit(f"mvs demo: {exc}") from None
-    worker = worker_model_config(args, "mvs demo")
+    worker = worker_config(args, "mvs demo")
+    options = config_from_args(DemoOptions, args)
     try:
         result = run_main(
             run_demo(
                 phone,
-                workers=args.workers,
-                model=worker.model,
+                worker,
+                workers=options.workers,
                 log_level=args.log_level,
-                worker_threads=args.worker_threads,
-                worker_args=config_flags(worker, set(WORKER_MODEL_FIELDS) - {"model"}),
                 progress=lambda line: print(f"mvs demo: {line}", flush=True),
             )
         )
