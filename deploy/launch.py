@@ -141,6 +141,12 @@ class ServiceProcess:
         """Until ``ready()`` says so; the monotonic time then. :class:`StartupError` when it exits or time is up."""
         return await wait_ready([self], ready, timeout_s, self.name)
 
+    async def wait_exit(self) -> int:
+        """Until it exits (polled: the event loop's child watcher is not ours to replace); its exit status."""
+        while (code := self.returncode) is None:
+            await asyncio.sleep(READY_POLL_S)
+        return code
+
     def send_signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` while it runs (SIGSTOP: a hung process that still holds its connections)."""
         if self.proc is not None and self.proc.poll() is None:

@@ -12,7 +12,7 @@ import aiohttp
 import nats
 from nats.aio.client import Client as NATS
 
-from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
+from deploy.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
 from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo

@@ -10,7 +10,7 @@ import time
 import nats
 from prometheus_client import REGISTRY
 
-from bench.faults import BarePhone, RandomPtsPhone
+from deploy.faults import BarePhone, RandomPtsPhone
 from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.report import latency_split
