@@ -124,6 +124,13 @@ class LocalTopology:
         self.metrics_urls.clear()
 
 
+def demo_site(nats_url: str, region: str, worker: WorkerConfig, log_level: str) -> LocalTopology:
+    """The demo's workers: ``worker``'s settings in the phone's region."""
+    return LocalTopology(
+        nats_url, dataclasses.replace(worker, region=region), options=ServiceOptions(log_level=log_level)
+    )
+
+
 async def run_demo(
     phone_config: PhoneConfig,
     worker: WorkerConfig = LOCAL_WORKER,
@@ -135,11 +142,7 @@ async def run_demo(
     against them; stop everything. ``progress`` hears what is being started (a line each)."""
     say = progress or (lambda line: None)
     with NatsServer(regions=[phone_config.region]) as server:  # the setup creates the region's buckets
-        topology = LocalTopology(
-            server.url,
-            dataclasses.replace(worker, region=phone_config.region),
-            options=ServiceOptions(log_level=log_level),
-        )
+        topology = demo_site(server.url, phone_config.region, worker, log_level)
         gateway = Gateway(GatewayConfig(port=0, nats_url=server.url, region=phone_config.region, ice_hosts=LOOPBACK))
         try:
             for _ in range(workers):

@@ -358,8 +358,9 @@ class LocalDeployment:
                 self.say(f"aggregator: {len(aggregator.state.accepted)} of {need} delta(s) in for the next version")
             pending = len(aggregator.state.accepted)
 
-    def _start_workers(self, region: Region) -> LocalTopology:
-        site = LocalTopology(
+    def site(self, region: Region) -> LocalTopology:
+        """The workers of ``region`` (none started yet): :attr:`LocalConfig.worker` in the region, on its leaf."""
+        return LocalTopology(
             self.url(region.name, worker_user(spare_worker(region))),
             dataclasses.replace(self.config.worker, region=region.name, js_domain=HUB_DOMAIN, nats_ca=self.nats_ca),
             options=ServiceOptions(log_level=self.config.log_level),
@@ -367,6 +368,9 @@ class LocalDeployment:
             federated_dir=Path(self._buffers.name) if self._buffers is not None else None,
             metrics=True,
         )
+
+    def _start_workers(self, region: Region) -> LocalTopology:
+        site = self.site(region)
         for _ in range(region.workers):
             worker = site.next_worker_id()
             site.start_worker(worker, self.url(region.name, worker_user(worker)))
@@ -474,8 +478,9 @@ async def run_local(config: LocalConfig) -> None:
         await deployment.stop()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """CLI of ``mvs local``: where the regions come from, then :class:`LocalConfig`'s flags and the workers'."""
+def build_parser(worker_cls: type[WorkerConfig] = WorkerConfig) -> argparse.ArgumentParser:
+    """CLI of ``mvs local``: where the regions come from, then :class:`LocalConfig`'s flags and the workers' (those
+    of ``worker_cls``)."""
     p = argparse.ArgumentParser(
         prog="mvs local",
         formatter_class=DefaultsHelpFormatter,
@@ -495,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway port of the first --region region, the next get the following ports (0: any free port)",
     )
     add_config_arguments(p, LocalConfig)
-    add_worker_arguments(p)
+    add_worker_arguments(p, worker_cls)
     return p
 
 
