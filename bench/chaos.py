@@ -45,6 +45,7 @@ from deploy.faults import (
     RandomPtsPhone,
     StunTargets,
     jpeg_bomb,
+    key_request,
     kill_gateway_mid_stream,
     loopback_phone,
     png_bomb,
@@ -77,7 +78,6 @@ from streaming.protocol import (
     DeltaRef,
     KeyLatency,
     StylizeReply,
-    StylizeRequest,
     decode,
     delta_bucket,
     encode,
@@ -211,19 +211,7 @@ async def bombs_and_echoes(site: Site) -> list[dict[str, Any]]:
         frame = encode_jpeg(default_style_photo()[:64, :64])
 
         def request(style_id: str, image: bytes, **extra: object) -> bytes:
-            body = msgpack.unpackb(
-                encode(
-                    StylizeRequest(
-                        stream_id="s",
-                        frame_id=1,
-                        style_id=style_id,
-                        image=image,
-                        out_width=64,
-                        out_height=64,
-                        budget_ms=3000.0,
-                    )
-                )
-            )
+            body = msgpack.unpackb(encode(key_request(style_id, image, (64, 64), 3000.0)))
             body.update(extra)
             return bytes(msgpack.packb(body))
 

@@ -44,6 +44,7 @@ from streaming.protocol import (
     ClockPong,
     FrameMeta,
     KeyResult,
+    StylizeRequest,
     decode_any,
     encode,
 )
@@ -93,6 +94,23 @@ async def unanswered_offer_sdp() -> str:
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
+
+
+def key_request(
+    style_id: str, image: bytes, out_size: tuple[int, int], budget_ms: float, **fields: Any
+) -> StylizeRequest:
+    """A stylize request for key frame 1 of stream ``s``, ``image`` to be stylized into ``out_size``."""
+    width, height = out_size
+    return StylizeRequest(
+        stream_id="s",
+        frame_id=1,
+        style_id=style_id,
+        image=image,
+        out_width=width,
+        out_height=height,
+        budget_ms=budget_ms,
+        **fields,
+    )
 
 
 def loopback_phone(urls: Sequence[str], region: str, frames: int, **fields: Any) -> PhoneConfig:
