@@ -141,6 +141,12 @@ class ServiceProcess:
         """Until ``ready()`` says so; the monotonic time then. :class:`StartupError` when it exits or time is up."""
         return await wait_ready([self], ready, timeout_s, self.name)
 
+    def wait(self, timeout_s: float) -> int:
+        """Until it exits (``subprocess.TimeoutExpired`` after ``timeout_s``); its exit status."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self.proc.wait(timeout=timeout_s)
+
     async def wait_exit(self) -> int:
         """Until it exits (polled: the event loop's child watcher is not ours to replace); its exit status."""
         while (code := self.returncode) is None:
