@@ -55,12 +55,13 @@ from deploy.nats_config import (
     write_generated,
 )
 from deploy.nats_servers import HUB_DOMAIN, route_url_env
+from deploy.nats_setup import SetupConfig
 from deploy.observability_gen import scrape_annotations
 from deploy.regions import DEFAULT_REGIONS_FILE, Hub, Region, load_hub, load_regions
 from edge_worker.federated import FederatedConfig
 from edge_worker.service import WorkerConfig
 from streaming.cli import ServiceOptions
-from streaming.config import NATS_CA_ENV, NATS_URL_ENV
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV, argv_from_config
 from streaming.gateway.server import DEFAULT_HTTP_PORT, GatewayConfig
 
 DEFAULT_OUT = Path(__file__).with_name("k8s")
@@ -393,11 +394,9 @@ def setup_job(regions: Sequence[Region], image: str = IMAGE, hub: Hub | None = N
         "name": "setup",
         "image": image,
         "command": ["mvs", "setup"],
-        "args": [
-            *(arg for region in regions for arg in ("--region", region.name)),
-            "--hub-servers",
-            str((hub or Hub()).servers),
-        ],
+        "args": argv_from_config(
+            SetupConfig(regions=tuple(region.name for region in regions), hub_servers=(hub or Hub()).servers)
+        ),
         "env": _nats_url(SETUP_USER, HUB_SERVICE),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
     }

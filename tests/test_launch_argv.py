@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from aggregator.service import AggregatorConfig
 from deploy.demo import DemoOptions
 from deploy.launch import ServiceProcess
+from deploy.nats_setup import SetupConfig
 from edge_worker.model.serving import MAX_WORK_SIZE, MIN_WORK_SIZE, parse_work_size
 from edge_worker.service import WorkerConfig
 from mobile_sim.client import PhoneConfig, parse_size, parse_smoothing_weight, parse_style_path
@@ -36,7 +37,7 @@ from streaming.config import (
 )
 from streaming.gateway.server import GatewayConfig
 
-SERVICE_CONFIGS = (WorkerConfig, GatewayConfig, AggregatorConfig, PhoneConfig, ServiceOptions, DemoOptions)
+SERVICE_CONFIGS = (WorkerConfig, GatewayConfig, AggregatorConfig, PhoneConfig, ServiceOptions, DemoOptions, SetupConfig)
 WORDS = st.text(string.ascii_letters + string.digits + "._:/@", min_size=1, max_size=12)
 """Flag values as a person types them (argparse takes a leading ``-`` for an option)."""
 BY_PARSER: dict[Callable[[str], Any], st.SearchStrategy[Any]] = {
