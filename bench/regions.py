@@ -183,7 +183,7 @@ class Bench:
     async def stop(self) -> None:
         """Stop everything."""
         if self.overflow is not None:
-            self.overflow.stop()
+            await asyncio.to_thread(self.overflow.stop)
         await self.deployment.stop()
 
     @property

@@ -157,7 +157,7 @@ async def run_demo(
             return await Phone(phone_config).run()
         finally:
             await gateway.stop()
-            topology.stop()
+            await asyncio.to_thread(topology.stop)  # waits for the workers' exits: off the event loop
 
 
 SITE_FIELDS = ("nats_url", "nats_ca", "region", "js_domain", "worker_id", "metrics_port", "metrics_host", "federated")

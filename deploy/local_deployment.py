@@ -422,7 +422,7 @@ class LocalDeployment:
         for gateway in self.gateways.values():
             await gateway.stop()
         for site in self.sites.values():
-            site.stop()
+            await asyncio.to_thread(site.stop)  # waits for the workers' exits: off the event loop
         if self._rounds is not None:
             self._rounds.cancel()
             await asyncio.gather(self._rounds, return_exceptions=True)
