@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine, write_results
-from deploy.demo import LOCAL_WORKER, LocalTopology
 from deploy.local_deployment import LocalConfig, LocalDeployment
 from deploy.nats_auth import gateway_user, worker_user
 from deploy.nats_servers import HUB_DOMAIN
 from deploy.regions import Region
+from deploy.worker_site import LOCAL_WORKER, WorkerSite
 from edge_worker.service import WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
@@ -166,13 +166,13 @@ class Bench:
         self.deployment = LocalDeployment(
             LocalConfig(regions=regions, worker=plan.worker(), backhaul_delay_ms=plan.backhaul_delay_ms)
         )
-        self.overflow: LocalTopology | None = None
+        self.overflow: WorkerSite | None = None
 
     async def start(self) -> None:
         """Start the hub, leaves, workers and gateways, and the hub's overflow worker for the edge site."""
         await self.deployment.start()
         edge = self.edge.name
-        self.overflow = LocalTopology(
+        self.overflow = WorkerSite(
             self.deployment.url(None, worker_user(edge)),
             replace(self.plan.worker(), region=edge, js_domain=HUB_DOMAIN),
             discovery_url=self.deployment.url(None, gateway_user(edge)),

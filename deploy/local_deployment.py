@@ -35,11 +35,18 @@ from aiohttp import web
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
 from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, state_dir
-from deploy.demo import LOCAL_WORKER, METRICS_HOST, WORKER_LOG_LEVEL, LocalTopology, add_worker_arguments, worker_config
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, free_port
 from deploy.observability_gen import ALERTS_FILE, alert_rules, local_prometheus_config
 from deploy.regions import CLUSTER_HUB_SERVERS, Hub, Region, load_hub, load_regions
+from deploy.worker_site import (
+    LOCAL_WORKER,
+    METRICS_HOST,
+    WORKER_LOG_LEVEL,
+    WorkerSite,
+    add_worker_arguments,
+    worker_config,
+)
 from edge_worker.export_weights import learned_weights
 from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
 from edge_worker.service import WorkerConfig
@@ -205,7 +212,7 @@ class LocalDeployment:
 
     config: LocalConfig
     nats: NatsHubAndLeaves | None = None
-    sites: dict[str, LocalTopology] = field(default_factory=dict)
+    sites: dict[str, WorkerSite] = field(default_factory=dict)
     """Workers by region."""
     gateways: dict[str, Gateway] = field(default_factory=dict)
     aggregator: Aggregator | None = None
@@ -358,9 +365,9 @@ class LocalDeployment:
                 self.say(f"aggregator: {len(aggregator.state.accepted)} of {need} delta(s) in for the next version")
             pending = len(aggregator.state.accepted)
 
-    def site(self, region: Region) -> LocalTopology:
+    def site(self, region: Region) -> WorkerSite:
         """The workers of ``region`` (none started yet): :attr:`LocalConfig.worker` in the region, on its leaf."""
-        return LocalTopology(
+        return WorkerSite(
             self.url(region.name, worker_user(spare_worker(region))),
             dataclasses.replace(self.config.worker, region=region.name, js_domain=HUB_DOMAIN, nats_ca=self.nats_ca),
             options=ServiceOptions(log_level=self.config.log_level),
@@ -369,7 +376,7 @@ class LocalDeployment:
             metrics=True,
         )
 
-    def _start_workers(self, region: Region) -> LocalTopology:
+    def _start_workers(self, region: Region) -> WorkerSite:
         site = self.site(region)
         for _ in range(region.workers):
             worker = site.next_worker_id()

@@ -10,6 +10,7 @@ from bench.scaling import WorkerFleet
 from deploy import demo, k8s_manifests, local_deployment
 from deploy.local_deployment import LocalDeployment
 from deploy.nats_servers import NatsHubAndLeaves
+from deploy.worker_site import worker_config
 from edge_worker.service import WorkerConfig
 from streaming.config import flag
 
@@ -27,7 +28,7 @@ def _knob(argv: list[str]) -> str | None:
 
 def test_mvs_demo_passes_a_new_worker_flag_to_its_workers() -> None:
     args = demo.build_parser(KnobWorkerConfig).parse_args(["--knob", "7", "--threads", "2"])
-    worker = demo.worker_config(args, "mvs demo", cls=KnobWorkerConfig)
+    worker = worker_config(args, "mvs demo", cls=KnobWorkerConfig)
     site = demo.demo_site("nats://127.0.0.1:4222", "demo", worker, "warning")
     command = site.worker_process(site.next_worker_id()).command
     assert _knob(command) == "7" and command[command.index("--threads") + 1] == "2"
@@ -35,7 +36,7 @@ def test_mvs_demo_passes_a_new_worker_flag_to_its_workers() -> None:
 
 def test_mvs_local_passes_a_new_worker_flag_to_its_workers() -> None:
     args = local_deployment.build_parser(KnobWorkerConfig).parse_args(["--region", "knob", "--knob", "7"])
-    worker = demo.worker_config(args, "mvs local", cls=KnobWorkerConfig)
+    worker = worker_config(args, "mvs local", cls=KnobWorkerConfig)
     deployment = LocalDeployment(local_deployment.config_from_args(args, worker))
     deployment.nats = NatsHubAndLeaves(["knob"]).start()
     try:

@@ -18,11 +18,11 @@ import nats
 import numpy as np
 import pytest
 
-from deploy.demo import LocalTopology
 from deploy.local_deployment import LocalConfig, LocalDeployment, build_parser, config_from_args, federated_init
 from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_id, worker_user
 from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, RegionsError, load_regions, parse_regions
+from deploy.worker_site import WorkerSite
 from edge_worker.__main__ import build_parser as worker_parser
 from edge_worker.__main__ import config_from_args as worker_config
 from edge_worker.export_weights import learned_weights
@@ -85,7 +85,7 @@ def test_the_workers_model_flags_are_the_workers_own_and_reach_an_added_worker()
     argv = ["--region", "a", "--model", "dnn", "--work-size", "256", "--precision", "fp32", "--threads", "2"]
     config = config_from_args(build_parser().parse_args([*argv, "--federated"]))
     assert (config.worker.model, config.worker.work_size, config.worker.precision) == ("dnn", 256, "fp32")
-    site = LocalTopology(
+    site = WorkerSite(
         "nats://127.0.0.1:4222",
         dataclasses.replace(config.worker, region="a", js_domain=HUB_DOMAIN),
         federated_dir=Path("/buffers"),
