@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
 import nats
 import numpy as np
 
 from aggregator.service import Aggregator, AggregatorConfig
-from bench.common import machine, write_results
+from bench.common import machine, table, write_results
 from deploy.faults import (
     BarePhone,
     RandomPtsPhone,
@@ -82,7 +81,9 @@ from streaming.protocol import (
     delta_bucket,
     encode,
     fl_delta_subject,
+    pack,
     stylize_subject,
+    unpack,
 )
 from streaming.runtime import run_main
 from streaming.style_store import StyleStore
@@ -211,9 +212,9 @@ async def bombs_and_echoes(site: Site) -> list[dict[str, Any]]:
         frame = encode_jpeg(default_style_photo()[:64, :64])
 
         def request(style_id: str, image: bytes, **extra: object) -> bytes:
-            body = msgpack.unpackb(encode(key_request(style_id, image, (64, 64), 3000.0)))
+            body = unpack(encode(key_request(style_id, image, (64, 64), 3000.0)), "a stylize request")
             body.update(extra)
-            return bytes(msgpack.packb(body))
+            return pack(body)
 
         cases = [
             ("JPEG key frame claiming 30000x30000 (820 B)", request(good_style, jpeg_bomb())),
@@ -857,11 +858,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['seconds']} s. Loopback only: nats-server, an in-process worker (colour transfer) and gateway, "
         "aiortc phones. RSS is this one process's, all services included.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *table(COLUMNS, [[row.get(c) for c in COLUMNS] for row in data["rows"]]),
     ]
-    for row in data["rows"]:
-        lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ from mobile_sim.link import CLOCK_PROBE_PERIOD_S, LIVENESS_S, CameraTrack, Outgo
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.cli import ServiceOptions
 from streaming.gateway.server import Gateway, GatewayConfig
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, gathering_on, rtc_configuration
 from streaming.images import PNG_SIGNATURE, encode_jpeg
 from streaming.protocol import (
     DATA_CHANNEL_LABEL,
@@ -86,11 +86,11 @@ def png_bomb(width: int = 16_000, height: int = 16_000) -> bytes:
 async def unanswered_offer_sdp() -> str:
     """A genuine aiortc SDP offer with a video track and the data channel, whose peer is closed at once: a phone
     that will never finish ICE (loopback host candidates only)."""
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     pc.createDataChannel(DATA_CHANNEL_LABEL)
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
@@ -148,8 +148,10 @@ def gateway_url(process: ServiceProcess) -> str:
 
 
 async def wait_answering(process: ServiceProcess, timeout_s: float = GATEWAY_UP_TIMEOUT_S) -> float:
-    """Until the gateway's ``/healthz`` answers at all (200 or 503: the HTTP server is up); the monotonic time."""
-    return await process.wait_ready(http_answers(f"{gateway_url(process)}/healthz", statuses=None), timeout_s)
+    """Until the gateway's ``/livez`` answers at all (200 or 503: the HTTP server is up); the monotonic time then.
+    Not ``/healthz``: its answer waits up to ``HEALTH_DISCOVERY_S`` for workers, and a phone could reconnect before
+    it came (test_gateway_kill saw the reconnect 0.29 s before such an "up")."""
+    return await process.wait_ready(http_answers(f"{gateway_url(process)}/livez", statuses=None), timeout_s)
 
 
 @dataclass
@@ -322,7 +324,6 @@ class BarePhone:
     pongs and channel errors."""
 
     def __init__(self, frames: int, size: tuple[int, int], key_every: int = 5, announce: bool = True) -> None:
-        restrict_host_candidates(LOOPBACK)
         self.pc = RTCPeerConnection(rtc_configuration())
         self.channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL)
         self.opened = asyncio.Event()
@@ -373,7 +374,8 @@ class BarePhone:
     async def connect(self, gateway: Gateway | str, **fields: object) -> dict[str, str]:
         """Offer, apply the answer, wait for the data channel; the answer (stream and style ids)."""
         url = gateway if isinstance(gateway, str) else gateway.url
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        with gathering_on(LOOPBACK):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
         body = offer_body(type="offer", sdp=self.pc.localDescription.sdp, style=STYLE_B64, **fields)
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{url}/offer", data=body) as response:

@@ -26,7 +26,7 @@ from deploy.nats_servers import NatsServer
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway, GatewayConfig
-from streaming.ice import LOOPBACK, RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, RemoteCandidatePolicy, gathering_on, rtc_configuration
 from streaming.images import encode_jpeg
 
 STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
@@ -45,11 +45,11 @@ class SilentTrack(MediaStreamTrack):
 
 
 async def _client(track: MediaStreamTrack | None = None) -> tuple[RTCPeerConnection, str]:
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     pc.createDataChannel("mvs")
     pc.addTrack(track or SilentTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     return pc, pc.localDescription.sdp
 
 
