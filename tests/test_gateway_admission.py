@@ -20,9 +20,9 @@ from pathlib import Path
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from bench.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
 from deploy.certs import generate
-from deploy.nats import NatsServer
+from deploy.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
+from deploy.nats_servers import NatsServer
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway, GatewayConfig
