@@ -13,7 +13,7 @@ import torch
 from nats.aio.client import Client as NATS
 
 from deploy.certs import CA_FILE, kept_ca
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK

@@ -19,8 +19,8 @@ import torch
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from nats.aio.client import Client as NATS
 
-from bench.faults import offer_body
-from deploy.nats import NatsServer
+from deploy.faults import key_request, offer_body
+from deploy.nats_servers import NatsServer
 from edge_worker.model.base import Stylizer
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
@@ -75,15 +75,14 @@ def wait_until_sync(predicate: Callable[[], T], timeout_s: float, what: str, pol
 def stylize_request(
     style_id: str, size: tuple[int, int] = (320, 180), shift: int = 0, **overrides: Any
 ) -> StylizeRequest:
-    """A request to stylize the sample photo resized to ``size`` (rolled ``shift`` columns: another picture per
-    frame), answered at that size within 3 s; ``overrides`` sets any other field (``image`` included)."""
-    values: dict[str, Any] = dict(
-        stream_id="s", frame_id=1, style_id=style_id, out_width=size[0], out_height=size[1], budget_ms=3000.0
-    )
-    values.update(overrides)
-    if "image" not in values:
-        values["image"] = encode_jpeg(np.roll(cv2.resize(sample_photo(), size), shift, axis=1))
-    return StylizeRequest(**values)
+    """The fault kit's :func:`key_request` for the sample photo resized to ``size`` (rolled ``shift`` columns:
+    another picture per frame), answered at that size within 3 s; ``overrides`` sets any other field (``image``
+    included)."""
+    image = overrides.pop("image", None)
+    if image is None:
+        image = encode_jpeg(np.roll(cv2.resize(sample_photo(), size), shift, axis=1))
+    request = key_request(style_id, image, size, 3000.0)
+    return dataclasses.replace(request, **overrides)
 
 
 async def ask_worker(nc: NATS, region: str, request: StylizeRequest | bytes, timeout_s: float) -> StylizeReply:

@@ -14,7 +14,7 @@ import pytest
 
 from aggregator.__main__ import run
 from aggregator.service import AggregatorConfig
-from deploy.nats import NatsServer, free_port
+from deploy.nats_servers import NatsServer, free_port
 from streaming.tensors import NamedArrays
 from tests.support import wait_until
 

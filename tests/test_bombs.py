@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
-from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway

@@ -15,8 +15,8 @@ from aiortc import RTCPeerConnection, VideoStreamTrack
 from nats.aio.client import Client as NATS
 
 import streaming.gateway.session as session_module
-from bench.faults import STYLE_B64, BarePhone, offer_body, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import STYLE_B64, BarePhone, offer_body, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
 from streaming.gateway.admission import SECURITY_HEADERS

@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from bench.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
 from deploy.certs import generate
-from deploy.nats import NatsServer
+from deploy.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
+from deploy.nats_servers import NatsServer
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK, RemoteCandidatePolicy, gathering_on, rtc_configuration

@@ -3,22 +3,20 @@ metrics come up only once it serves (readiness)."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-
 import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
-from deploy.nats import NatsServer, free_port
+from deploy.launch import ServiceProcess, http_answers
+from deploy.nats_servers import NatsServer, free_port
+from edge_worker.service import WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
+from streaming.cli import ServiceOptions
 from streaming.gateway.stylize_client import discover_workers
 from streaming.images import encode_jpeg
 from streaming.protocol import stylize_subject
-from streaming.runtime import dying_with_parent
 from streaming.style_store import StyleStore
-from tests.support import ask_worker, stylize_request, wait_until
+from tests.support import ask_worker, stylize_request
 
 pytestmark = pytest.mark.slow  # a worker process
 
@@ -28,34 +26,11 @@ WAIT_S = 30.0
 
 async def test_worker_process_serves_its_metrics(nats_server: NatsServer, nc: NATS, region: str) -> None:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "edge_worker",
-        "--nats",
-        nats_server.url,
-        "--region",
-        region,
-        "--worker-id",
-        "m1",
-        "--metrics-port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(dying_with_parent(cmd))
+    config = WorkerConfig(nats_url=nats_server.url, region=region, worker_id="m1", metrics_port=port)
+    proc = ServiceProcess(config, options=ServiceOptions(log_level="warning")).start()
     try:
-
-        async def metrics_up() -> bool:  # metrics are the readiness signal: up only once the worker serves
-            assert proc.poll() is None, "the worker exited"
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                    return response.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
-
-        async with aiohttp.ClientSession() as http:
-            await wait_until(metrics_up, WAIT_S, "the worker's /metrics")
+        # Metrics are the readiness signal: up only once the worker serves.
+        await proc.wait_ready(http_answers(f"http://127.0.0.1:{port}/metrics"), WAIT_S)
         assert await discover_workers(nc, region, 0.2), "metrics were up before the worker served"
         style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
         request = stylize_request(
@@ -67,8 +42,7 @@ async def test_worker_process_serves_its_metrics(nats_server: NatsServer, nc: NA
             async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                 text = await response.text()
     finally:
-        proc.terminate()
-        await asyncio.get_running_loop().run_in_executor(None, proc.wait, WAIT_S)
+        await proc.stop_async()
     assert f'mvs_worker_requests_total{{outcome="ok",region="{region}"}} 1.0' in text
     assert f'mvs_worker_requests_total{{outcome="malformed",region="{region}"}} 1.0' in text
     assert "mvs_worker_inference_seconds_bucket" in text

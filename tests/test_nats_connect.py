@@ -8,7 +8,7 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from streaming.nats_connect import connect_nats
 from tests.support import wait_until
 
