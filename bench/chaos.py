@@ -874,6 +874,7 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
         {
             "max_sessions": FLOOD_CAP,
             "max_pending_per_address": FLOOD_OFFERS,
+            "offer_burst_per_address": FLOOD_OFFERS,
             "connect_timeout_s": FLOOD_CONNECT_TIMEOUT_S,
         },
         offer_flood,
