@@ -231,14 +231,16 @@ async def submit_delta(
     loss: float = float("nan"),
 ) -> DeltaRef:
     """What an edge does: store the delta blob in its region's bucket, then publish its reference (with the blob's
-    SHA-256) on ``mvs.fl.delta.<region>.<worker id>``."""
+    SHA-256) on ``mvs.fl.delta.<region>.<worker id>``. The object's name ends in 122 random bits: another worker of
+    the region may write the bucket (one bucket per region) but NATS lets it read neither the bucket nor the
+    references, so it has no name to overwrite short of guessing one (the digest check makes an overwrite a drop)."""
     region, blob = deltas.region, encode_tensors(delta)
     ref = DeltaRef(
         worker_id=worker_id,
         region=region,
         base_version=base_version,
         samples=samples,
-        object_name=f"{delta_object_prefix(region, worker_id)}v{base_version}-{uuid.uuid4().hex[:8]}",
+        object_name=f"{delta_object_prefix(region, worker_id)}v{base_version}-{uuid.uuid4().hex}",
         loss=loss,
         sha256=digest(blob),
     )

@@ -50,6 +50,7 @@ from streaming.protocol import (
     delta_bucket,
     encode,
     fl_delta_subject,
+    fl_region_delta_subjects,
     stylize_subject,
 )
 from streaming.style_store import StyleStore
@@ -58,6 +59,10 @@ from streaming.tensors import encode_tensors
 FRAMES = 20
 KEY_FRAMES = 12
 GLOBAL_V0_META = f"$O.{MODEL_BUCKET}.M.Z2xvYmFsL3Yw"
+DELTA_META_EU = f"$O.{delta_bucket('eu')}.M.>"
+DELTA_READS_EU = [
+    f"$JS.{HUB_DOMAIN}.API.{call}.OBJ_{delta_bucket('eu')}" for call in ("DIRECT.GET", "STREAM.MSG.GET", "STREAM.INFO")
+]
 """The metadata subject of object ``global/v0`` (its name in URL-safe base64)."""
 WEIGHTS = {"dec.weight": np.ones((3, 2), np.float32), "dec.bias": np.zeros(2, np.float32)}
 MODEL_SIZED_BYTES = 4 * 1024 * 1024
@@ -399,6 +404,11 @@ def _stream_publish(subject: str) -> Action:
             f"$JS.hub.API.STREAM.CREATE.OBJ_{MODEL_BUCKET}",
         ),
         (worker_user(EU_0), "eu", _publish(f"$O.{delta_bucket('fl')}.C.x"), "publish", f"$O.{delta_bucket('fl')}.C.x"),
+        # ... nor learn the names of its region's other workers' delta objects (a blob can be overwritten only by
+        # name): not their references, not the bucket's metadata, not the bucket's stream.
+        (worker_user(EU_1), "eu", _subscribe(fl_region_delta_subjects("eu")), "subscription", "mvs.fl.delta.eu.*"),
+        (worker_user(EU_1), "eu", _subscribe(DELTA_META_EU), "subscription", DELTA_META_EU),
+        *((worker_user(EU_1), "eu", _publish(read), "publish", read) for read in DELTA_READS_EU),
         # ... nor read every frame of its region outside the queue group, nor another region's frames.
         (worker_user(EU_0), "eu", _subscribe(stylize_subject("eu")), "subscription", stylize_subject("eu")),
         (
