@@ -1,4 +1,4 @@
-"""bench.chaos writes a table with a row per fault (the campaign itself runs in ~70 s: `python -m bench.chaos`)."""
+"""bench.chaos writes a table with a row per fault (the campaign itself runs in ~4 min: `python -m bench.chaos`)."""
 
 from __future__ import annotations
 
