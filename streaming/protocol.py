@@ -88,15 +88,25 @@ def token(name: str) -> str:
 def delta_bucket(region: str) -> str:
     """The object store bucket of a region's deltas.
 
-    One bucket per region, not a name prefix in a shared bucket, because NATS permissions cannot enforce an object
-    name prefix: an object's chunks go to ``$O.<bucket>.C.<random nuid>`` and its metadata to
-    ``$O.<bucket>.M.<base64 of the name>``, and subject wildcards match whole tokens only."""
+    One bucket per region (its workers may write no other), and in it each worker's objects under subjects that
+    carry its id (``streaming.buckets.Bucket``'s ``owner``): NATS permissions cannot enforce an object name prefix
+    (an object's chunks go to ``$O.<bucket>.C.<random nuid>`` and its metadata to ``$O.<bucket>.M.<base64 of the
+    name>``; subject wildcards match whole tokens only), but they can a token ``$O.<bucket>.C|M.<worker id>.*``."""
     return f"{DELTA_BUCKET_PREFIX}-{region}"
 
 
 def delta_object_prefix(region: str, worker_id: str) -> str:
     """Names of a worker's delta objects start with this (in its region's :func:`delta_bucket`)."""
     return f"delta/{region}/{worker_id}/"
+
+
+def delta_object_owner(region: str, name: str) -> str:
+    """The worker whose delta object of region ``region`` is named ``name`` (:func:`delta_object_prefix`);
+    ValueError for a name that is not one."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "delta" or parts[1] != region or not parts[3]:
+        raise ValueError(f"{name[:80]!r} is not a delta object name of region {region!r}")
+    return token(parts[2])
 
 
 # Size limits.
