@@ -39,13 +39,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Every bench that runs on a CPU machine, each writing bench/results/<name>.{json,md,png}: over an hour on the 2-core
+# VM (chaos < 1 min, regions ~3 min, interpolation ~11 min, federated ~33 min with the settings of the README's
+# figures). Not here: bench.gpu needs CUDA (run `python -m bench.gpu` on a GPU machine; its `--device cpu --quick`
+# run is tests/test_bench_gpu.py).
+CPU_BENCHES := live cpu_path int8 interpolation stylize regions lite chaos scaling
+FEDERATED_FLAGS ?= --model edge_worker/model/weights/mvstylizer-small.pt --fresh-learned --scaled-server-lr \
+	--syncs 20 --sync-every 16
 bench: $(STAMP)
-	$(PY) -m bench.live
-	$(PY) -m bench.cpu_path
-	$(PY) -m bench.int8
-	$(PY) -m bench.interpolation
-	$(PY) -m bench.stylize
-	$(PY) -m bench.regions
+	set -e; for name in $(CPU_BENCHES); do $(PY) -m bench.$$name; done
+	$(PY) -m bench.federated $(FEDERATED_FLAGS)
 
 # Mutation testing of the pure cores (slow: minutes per module; not in CI). One module: make mutate MODULE=mobile_sim.warp
 MUTATE_MODULES := mobile_sim.warp mobile_sim.flow mobile_sim.keyframes streaming.gateway.frame_ids \

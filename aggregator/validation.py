@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggregator.strategies import Update
-from streaming.model_store import digest
 from streaming.protocol import DeltaRef, ProtocolError, delta_object_prefix, fl_delta_subject
-from streaming.tensors import NamedArrays, decode_tensors
+from streaming.tensors import NamedArrays, decode_tensors, digest
 
 DELTA_DTYPES = frozenset({"float16", "float32"})
 DEFAULT_MAX_STALENESS = 1

@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
 import nats
 import numpy as np
 
 from aggregator.service import Aggregator, AggregatorConfig
-from bench.common import machine, write_results
+from bench.common import machine, table, write_results
 from bench.faults import (
     BarePhone,
     RandomPtsPhone,
@@ -79,7 +78,9 @@ from streaming.protocol import (
     delta_bucket,
     encode,
     fl_delta_subject,
+    pack,
     stylize_subject,
+    unpack,
 )
 from streaming.runtime import dying_with_parent, run_main
 from streaming.style_store import StyleStore
@@ -221,7 +222,7 @@ async def bombs_and_echoes(site: Site) -> list[dict[str, Any]]:
         frame = encode_jpeg(default_style_photo()[:64, :64])
 
         def request(style_id: str, image: bytes, **extra: object) -> bytes:
-            body = msgpack.unpackb(
+            body = unpack(
                 encode(
                     StylizeRequest(
                         stream_id="s",
@@ -232,10 +233,11 @@ async def bombs_and_echoes(site: Site) -> list[dict[str, Any]]:
                         out_height=64,
                         budget_ms=3000.0,
                     )
-                )
+                ),
+                "a stylize request",
             )
             body.update(extra)
-            return bytes(msgpack.packb(body))
+            return pack(body)
 
         cases = [
             ("JPEG key frame claiming 30000x30000 (820 B)", request(good_style, jpeg_bomb())),
@@ -995,11 +997,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['seconds']} s. Loopback only: nats-server, an in-process worker (colour transfer) and gateway, "
         "aiortc phones. RSS is this one process's, all services included.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *table(COLUMNS, [[row.get(c) for c in COLUMNS] for row in data["rows"]]),
     ]
-    for row in data["rows"]:
-        lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""What every benchmark records about where it ran, and how it writes its results."""
+"""What every benchmark records about where it ran, and how it writes its results (files, Markdown tables)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,6 +72,18 @@ def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path 
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> list[str]:
+    """The lines of a Markdown table: the header, its rule, one line per row (a cell is ``str(value)``, None blank).
+    ``align``: a letter a column, ``r`` for right-aligned (numbers), anything else or none for left. Every bench's
+    ``markdown()`` writes its tables with it."""
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join("" if cell is None else str(cell) for cell in cells) + " |"
+
+    rule = "|" + "".join(" ---: |" if align[i : i + 1] == "r" else " --- |" for i in range(len(header)))
+    return [line(header), rule, *(line(row) for row in rows)]
 
 
 K = TypeVar("K")

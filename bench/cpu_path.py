@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import interleaved_medians, machine, publish
+from bench.common import interleaved_medians, machine, publish, table
 from bench.stylize import held_out_pairs, quality_rows
 from edge_worker.model.stylizer import PhotoStylizer
 
@@ -101,17 +101,16 @@ def markdown(data: dict[str, Any]) -> str:
         f"taking turns call by call. Acceptable: SSIM within {MAX_SSIM_LOSS} and Gaussian W2 within {MAX_W2_GAIN} "
         f"of work size {data['rows'][0]['work_size']}.",
         "",
-        "| work size | network input | SSIM | Δ SSIM | Gaussian W2 | Δ W2 | acceptable | ms, 1 thread | ms, 2 threads "
-        "| time vs bundled (1 / 2 threads) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in data["rows"]:
-        lines.append(
-            f"| {row['work_size']} | {row['network_input'][0]}x{row['network_input'][1]} | {row['ssim']} | "
-            f"{row['ssim_delta']} | {row['gaussian_w2']} | {row['w2_delta']} | "
-            f"{'yes' if row['acceptable'] else 'no'} | {row['key_ms_1t']} | {row['key_ms_2t']} | "
-            f"{row['time_ratio_1t']} / {row['time_ratio_2t']} |"
-        )
+    header = ["work size", "network input", "SSIM", "Δ SSIM", "Gaussian W2", "Δ W2", "acceptable", "ms, 1 thread"]
+    header += ["ms, 2 threads", "time vs bundled (1 / 2 threads)"]
+    rows = [
+        [row["work_size"], f"{row['network_input'][0]}x{row['network_input'][1]}", row["ssim"], row["ssim_delta"]]
+        + [row["gaussian_w2"], row["w2_delta"], "yes" if row["acceptable"] else "no", row["key_ms_1t"]]
+        + [row["key_ms_2t"], f"{row['time_ratio_1t']} / {row['time_ratio_2t']}"]
+        for row in data["rows"]
+    ]
+    lines += table(header, rows)
     lines += ["", f"Chosen for live serving: work size {data['chosen']}."]
     return "\n".join(lines) + "\n"
 

@@ -31,7 +31,7 @@ from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link import CLOCK_PROBE_PERIOD_S, LIVENESS_S, CameraTrack, Outgoing, SenderPts
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.gateway.server import Gateway
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, gathering_on, rtc_configuration
 from streaming.images import PNG_SIGNATURE, encode_jpeg
 from streaming.protocol import (
     DATA_CHANNEL_LABEL,
@@ -83,11 +83,11 @@ def png_bomb(width: int = 16_000, height: int = 16_000) -> bytes:
 async def unanswered_offer_sdp() -> str:
     """A genuine aiortc SDP offer with a video track and the data channel, whose peer is closed at once: a phone
     that will never finish ICE (loopback host candidates only)."""
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     pc.createDataChannel(DATA_CHANNEL_LABEL)
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
@@ -128,18 +128,20 @@ class GatewayProcess:
         return self
 
     async def wait_answering(self, timeout_s: float = GATEWAY_UP_TIMEOUT_S) -> float:
-        """Poll ``/healthz`` until it answers at all (200 or 503: the HTTP server is up); the monotonic time then."""
+        """Poll ``/livez`` until it answers at all (200 or 503: the HTTP server is up); the monotonic time then.
+        Not ``/healthz``: its answer waits up to ``HEALTH_DISCOVERY_S`` for workers, and a phone could reconnect
+        before it came (test_gateway_kill saw the reconnect 0.29 s before such an "up")."""
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"gateway exited with {self.proc.returncode} during start-up")
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    async with http.get(f"{self.url}/healthz") as response:
+                    async with http.get(f"{self.url}/livez") as response:
                         await response.read()
                         return time.monotonic()
                 await asyncio.sleep(HEALTH_POLL_S)
-        raise TimeoutError(f"gateway at {self.url} did not answer /healthz within {timeout_s} s")
+        raise TimeoutError(f"gateway at {self.url} did not answer /livez within {timeout_s} s")
 
     def kill(self) -> None:
         """SIGKILL, and reap it."""
@@ -337,7 +339,6 @@ class BarePhone:
     pongs and channel errors."""
 
     def __init__(self, frames: int, size: tuple[int, int], key_every: int = 5, announce: bool = True) -> None:
-        restrict_host_candidates(LOOPBACK)
         self.pc = RTCPeerConnection(rtc_configuration())
         self.channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL)
         self.opened = asyncio.Event()
@@ -388,7 +389,8 @@ class BarePhone:
     async def connect(self, gateway: Gateway | str, **fields: object) -> dict[str, str]:
         """Offer, apply the answer, wait for the data channel; the answer (stream and style ids)."""
         url = gateway if isinstance(gateway, str) else gateway.url
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        with gathering_on(LOOPBACK):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
         body = offer_body(type="offer", sdp=self.pc.localDescription.sdp, style=STYLE_B64, **fields)
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{url}/offer", data=body) as response:

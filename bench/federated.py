@@ -29,7 +29,7 @@ import torch
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import DEFAULT_SERVER_LR, FedAvg, Update
-from bench.common import RESULTS_DIR, machine, write_results
+from bench.common import RESULTS_DIR, machine, table, write_results
 from deploy.nats import NatsServer
 from edge_worker.federated import DELTA_DTYPE, FederatedConfig
 from edge_worker.model.stylizer import PhotoStylizer
@@ -339,51 +339,58 @@ def markdown(data: dict[str, Any]) -> str:
             if (lm := data.get("latency_machine"))
             else []
         ),
-        "| worker | p50 (ms) | p95 (ms) | training steps |",
-        "| --- | --- | --- | --- |",
+        *table(
+            ["worker", "p50 (ms)", "p95 (ms)", "training steps"],
+            [
+                [mode, f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}", row["training_steps"]]
+                for mode, row in data["latency"].items()
+            ],
+        ),
     ]
-    for mode, row in data["latency"].items():
-        lines.append(f"| {mode} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['training_steps']} |")
     curves = f["curves"]
     lines += [
         "",
         "Held-out Eq. 5 loss (total / content / style) of the global model vs images per edge:",
         "",
-        "| images per edge | " + " | ".join(curves) + " |",
-        "| --- |" + " --- |" * len(curves),
+        *table(
+            ["images per edge", *curves],
+            [
+                [row[0]["images_per_edge"]] + [f"{p['total']:.4f} / {p['content']:.4f} / {p['style']:.4f}" for p in row]
+                for row in zip(*curves.values(), strict=True)
+            ],
+        ),
     ]
-    for row in zip(*curves.values(), strict=True):
-        cells = [f"{p['total']:.4f} / {p['content']:.4f} / {p['style']:.4f}" for p in row]
-        lines.append(f"| {row[0]['images_per_edge']} | " + " | ".join(cells) + " |")
     r = f["reach"]
     lines += [
         "",
         f"Images per edge to first reach the {r['reference']} final total loss {r['target_total']:.4f} "
         "(linear between points), and rounds through JetStream and the aggregator:",
         "",
-        "| setup | images per edge | ratio to 1 edge | real delta (B) | delta / fp32 weights | round (ms) |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for label, row in r["setups"].items():
         cost = f["rounds"][label]
-        lines.append(
-            f"| {label} | {_fmt_images(row['images_per_edge'])} | {_fmt_ratio(row['ratio_to_reference'])} | "
-            f"{cost['delta_bytes_mean']:.0f} | {100 * cost['delta_bytes_mean'] / c['weights_fp32_bytes']:.1f} % | "
-            f"{1000 * cost['round_s_median']:.0f} |"
+        rows.append(
+            [label, _fmt_images(row["images_per_edge"]), _fmt_ratio(row["ratio_to_reference"])]
+            + [f"{cost['delta_bytes_mean']:.0f}", f"{100 * cost['delta_bytes_mean'] / c['weights_fp32_bytes']:.1f} %"]
+            + [f"{1000 * cost['round_s_median']:.0f}"]
         )
+    header = ["setup", "images per edge", "ratio to 1 edge", "real delta (B)", "delta / fp32 weights", "round (ms)"]
+    lines += table(header, rows)
     if "half_drop" in r:
         lines += [
             "",
             f"Images per edge to first get halfway from the start to the {r['reference']} final loss "
             f"({r['half_drop_total']:.4f}):",
             "",
-            "| setup | images per edge | ratio to 1 edge |",
-            "| --- | --- | --- |",
+            *table(
+                ["setup", "images per edge", "ratio to 1 edge"],
+                [
+                    [label, _fmt_images(row["images_per_edge"]), _fmt_ratio(row["ratio_to_reference"])]
+                    for label, row in r["half_drop"].items()
+                ],
+            ),
         ]
-        for label, row in r["half_drop"].items():
-            lines.append(
-                f"| {label} | {_fmt_images(row['images_per_edge'])} | {_fmt_ratio(row['ratio_to_reference'])} |"
-            )
     return "\n".join(lines) + "\n"
 
 

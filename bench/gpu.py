@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.common import RESULTS_DIR, machine, write_results
+from bench.common import RESULTS_DIR, machine, table, write_results
 from edge_worker.model.base import Size
 from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, device_name, resolve_device, synchronize
 from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer, StyleState
@@ -388,44 +388,43 @@ def markdown(data: dict[str, Any]) -> str:
         f"Agreement with the CPU's fp32 output ({data['agreement']['pairs']} synthetic pairs at "
         f"{data['agreement']['frame'][0]}x{data['agreement']['frame'][1]}):",
         "",
-        "| network precision | worst PSNR (dB) | max abs diff (levels) |",
-        "| --- | ---: | ---: |",
     ]
+    agreement: list[list[object]] = []
     for label in ("fp32", "fp16"):
         row = data["agreement"][label]
         if not row["applies"]:
-            lines.append(f"| {label} | n/a | {row['note']} |")
+            agreement.append([label, "n/a", row["note"]])
             continue
         worst = "identical" if row["identical"] else f"{row['psnr_db_min']:.1f}"
-        lines.append(f"| {label} | {worst} | {row['max_abs_diff']} |")
+        agreement.append([label, worst, row["max_abs_diff"]])
+    lines += table(["network precision", "worst PSNR (dB)", "max abs diff (levels)"], agreement, align="lrr")
     lines += [
         "",
         "Key time (ms, median / p95): one key frame's coefficients, and the rendered frame, by output size:",
         "",
-        "| output size | network size | coefficients | stylize (frame) | |",
-        "| --- | --- | ---: | ---: | --- |",
     ]
+    rows = []
     for row in data["key_time"]:
         net = "x".join(map(str, row.get("network_size", []))) or "—"
         coeffs, frame = row.get("coefficients", {}), row.get("stylize", {})
-        lines.append(
-            f"| {row['size'][0]}x{row['size'][1]} | {net} | {_ms(coeffs)} / {_ms(coeffs, 'p95_ms')} | "
-            f"{_ms(frame)} / {_ms(frame, 'p95_ms')} | {_status(row)} |"
+        rows.append(
+            [f"{row['size'][0]}x{row['size'][1]}", net, f"{_ms(coeffs)} / {_ms(coeffs, 'p95_ms')}"]
+            + [f"{_ms(frame)} / {_ms(frame, 'p95_ms')}", _status(row)]
         )
+    lines += table(["output size", "network size", "coefficients", "stylize (frame)", ""], rows, align="llrrl")
     bw, bh = data["plan"]["batch_frame"]
     lines += [
         "",
         f"Batched coefficients at {bw}x{bh} (B frames, 2 styles):",
         "",
-        "| B | keys/s | batch p50 (ms) | batch p95 (ms) | peak memory (MiB) | |",
-        "| ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for row in data["batched"]:
-        keys = f"{row['keys_per_s']:.1f}" if "keys_per_s" in row else "—"
-        lines.append(
-            f"| {row['batch']} | {keys} | {_ms(row)} | {_ms(row, 'p95_ms')} | {row.get('peak_memory_mib', '—')} | "
-            f"{_status(row)} |"
-        )
+    rows = [
+        [row["batch"], f"{row['keys_per_s']:.1f}" if "keys_per_s" in row else "—", _ms(row), _ms(row, "p95_ms")]
+        + [row.get("peak_memory_mib", "—"), _status(row)]
+        for row in data["batched"]
+    ]
+    header = ["B", "keys/s", "batch p50 (ms)", "batch p95 (ms)", "peak memory (MiB)", ""]
+    lines += table(header, rows, align="rrrrrl")
     s = data["streams"]
     lines += [
         "",

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, interleaved_medians, machine, write_results
+from bench.common import RESULTS_DIR, interleaved_medians, machine, table, write_results
 from bench.stylize import Pair, held_out_pairs, mean_row, pair_rows, tuning_pairs
 from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer, StyleState, resize
 from edge_worker.quality import psnr
@@ -110,16 +110,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"of {results['repeats']} calls, fp32 and int8 interleaved (absolute times move with the machine's load; "
         "the ratios are the result).",
         "",
-        "| work size | threads | network fp32 | network int8 | ratio | coefficients() fp32 | int8 | ratio |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for ws, per_size in results["work_sizes"].items():
-        for threads, t in per_size["timing_ms"].items():
-            lines.append(
-                f"| {ws} | {threads} | {t['fp32_network']:.0f} | {t['int8_network']:.0f} | "
-                f"×{t['int8_network'] / t['fp32_network']:.2f} | {t['fp32_coefficients']:.0f} | "
-                f"{t['int8_coefficients']:.0f} | ×{t['int8_coefficients'] / t['fp32_coefficients']:.2f} |"
-            )
+    timing = [
+        [ws, threads, f"{t['fp32_network']:.0f}", f"{t['int8_network']:.0f}"]
+        + [f"×{t['int8_network'] / t['fp32_network']:.2f}", f"{t['fp32_coefficients']:.0f}"]
+        + [f"{t['int8_coefficients']:.0f}", f"×{t['int8_coefficients'] / t['fp32_coefficients']:.2f}"]
+        for ws, per_size in results["work_sizes"].items()
+        for threads, t in per_size["timing_ms"].items()
+    ]
+    header = ["work size", "threads", "network fp32", "network int8", "ratio", "coefficients() fp32", "int8", "ratio"]
+    lines += table(header, timing, align="rrrrrrrr")
     lines += [
         "",
         f"Quality on {results['held_out_pairs']} held-out pairs (bench.stylize's metrics); PSNR of int8 vs fp32 output "
@@ -128,20 +128,20 @@ def markdown(results: dict[str, Any]) -> str:
         f"its mean is within {SSIM_LIMIT} SSIM / {W2_LIMIT} W2 of the reference, every pair within the same of "
         f"fp32 at its work size, and the worst PSNR ≥ {MIN_WORST_PSNR_DB:.0f} dB.",
         "",
-        "| work size | SSIM fp32 | SSIM int8 | W2 fp32 | W2 int8 | max pair ΔSSIM | max pair ΔW2 | "
-        "PSNR median / worst (dB) | calibration s | holds |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    rows = []
     for ws, per_size in results["work_sizes"].items():
         q = per_size["quality"]
         holds = all(per_size["verdict"].values())
         failed = ", ".join(k for k, ok in per_size["verdict"].items() if not ok)
-        lines.append(
-            f"| {ws} | {q['fp32']['ssim']:.4f} | {q['int8']['ssim']:.4f} | {q['fp32']['gaussian_w2']:.3f} | "
-            f"{q['int8']['gaussian_w2']:.3f} | {q['max_pair_ssim_diff']:.4f} | {q['max_pair_w2_diff']:.3f} | "
-            f"{statistics.median(q['psnr_db']):.1f} / {min(q['psnr_db']):.1f} | {per_size['calibration_s']:.1f} | "
-            f"{'yes' if holds else 'no: ' + failed} |"
+        rows.append(
+            [ws, f"{q['fp32']['ssim']:.4f}", f"{q['int8']['ssim']:.4f}", f"{q['fp32']['gaussian_w2']:.3f}"]
+            + [f"{q['int8']['gaussian_w2']:.3f}", f"{q['max_pair_ssim_diff']:.4f}", f"{q['max_pair_w2_diff']:.3f}"]
+            + [f"{statistics.median(q['psnr_db']):.1f} / {min(q['psnr_db']):.1f}", f"{per_size['calibration_s']:.1f}"]
+            + ["yes" if holds else "no: " + failed]
         )
+    header = ["work size", "SSIM fp32", "SSIM int8", "W2 fp32", "W2 int8", "max pair ΔSSIM", "max pair ΔW2"]
+    lines += table(header + ["PSNR median / worst (dB)", "calibration s", "holds"], rows, align="rrrrrrrrr")
     return "\n".join(lines) + "\n"
 
 

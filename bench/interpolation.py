@@ -30,11 +30,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS_DIR, machine, real_clip_path, write_results  # noqa: E402
+from bench.common import RESULTS_DIR, machine, real_clip_path, table, write_results  # noqa: E402
 from bench.metrics import WarpingError, ms_ssim  # noqa: E402
-from edge_worker.model.registry import DNN_NAME, load_stylizer  # noqa: E402
+from edge_worker.model.registry import DNN_NAME  # noqa: E402
 from edge_worker.model.stylizer import PhotoStylizer  # noqa: E402
 from edge_worker.quality import psnr  # noqa: E402
+from edge_worker.stylizers import load_stylizer  # noqa: E402
 from mobile_sim.affine import AffineCoefficients, AffineRenderer  # noqa: E402
 from mobile_sim.colormap import ColorMap  # noqa: E402
 from mobile_sim.flow import DEFAULT_MAX_WIDTH, DEFAULT_METHOD, FLOW_METHODS, FlowEstimator, chain_flows  # noqa: E402
@@ -467,11 +468,6 @@ def _size(size: list[int]) -> str:
     return "x".join(map(str, size))
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
-
-
 def markdown(data: dict[str, Any]) -> str:
     """The tables as Markdown."""
     load = data["machine"]["load_avg_1m"], data["machine_after"]["load_avg_1m"]
@@ -502,7 +498,7 @@ def markdown(data: dict[str, Any]) -> str:
         cells += [ms.get(k, "") for k in ("affine_move", "affine", "affine_flow")]
         cells.append(" / ".join(str(ms[k]) for k in ("ratio_plain", "ratio", "ratio_affine") if k in ms))
         rows.append(cells)
-    lines += _table(header, rows)
+    lines += [*table(header, rows), ""]
     lines += [
         f"## Fig. 5, Eq. 6 for a {SPEEDUP_VIDEO_FRAMES}-frame video: t_i measured (occlusion-aware), t_d measured "
         "(this stylizer, this CPU) / t_d of the paper's DNN (Table 2, GPU)",
@@ -519,7 +515,7 @@ def markdown(data: dict[str, Any]) -> str:
                 cell += f" / {eq6_speedup(k, paper * MS_PER_S, ms['interpolation']):.2f}"
             cells.append(cell)
         rows.append(cells)
-    lines += _table(["size"] + [f"K={k}" for k in FIXED_INTERVALS], rows)
+    lines += [*table(["size"] + [f"K={k}" for k in FIXED_INTERVALS], rows), ""]
     lines += [
         "## Fig. 5: measured whole-video speedup (real clip; all work counted: DNN on the keys + the phone's "
         f"whole run), target >= {TARGET_SPEEDUP_FRACTION} x K",
@@ -530,7 +526,7 @@ def markdown(data: dict[str, Any]) -> str:
         if clip["source"] == "real":
             for variant, speedups in clip["measured_speedup"].items():
                 rows.append([_size(clip["size"]), variant] + [speedups.get(k, "") for k in FIXED_INTERVALS])
-    lines += _table(["size", "variant"] + [f"K={k}" for k in FIXED_INTERVALS], rows)
+    lines += [*table(["size", "variant"] + [f"K={k}" for k in FIXED_INTERVALS], rows), ""]
     lines += [
         "## Downlink per key and the phone's decode",
         "",
@@ -544,7 +540,7 @@ def markdown(data: dict[str, Any]) -> str:
             + [d.get("coefficient_bytes", ""), grid, d.get("coefficient_decode_ms", "")]
         )
     header = ["clip", f"JPEG q{DEFAULT_JPEG_QUALITY} bytes", "JPEG decode ms", "coefficient bytes"]
-    lines += _table(header + ["decoded grid (w x h)", "coefficient decode ms"], rows)
+    lines += [*table(header + ["decoded grid (w x h)", "coefficient decode ms"], rows), ""]
     lines += [
         "## Table 4: MS-SSIM / PSNR (dB) of interpolated frames vs per-frame stylization; phone ms per frame "
         "(whole run / frames)",
@@ -563,7 +559,7 @@ def markdown(data: dict[str, Any]) -> str:
                 for n in names
             ]
             rows.append([policy, next(iter(variants.values()))["mean_interval"], *cells])
-        lines += _table(["policy", "mean interval", *names], rows)
+        lines += [*table(["policy", "mean interval", *names], rows), ""]
     lines += ["## Temporal consistency: warping error (Lai et al. 2018), lower is better", ""]
     lines += [
         "Pairs of frames across a cut are not graded: "
@@ -575,7 +571,7 @@ def markdown(data: dict[str, Any]) -> str:
         for clip in data["clips"]
         for name, value in clip["warping_error"].items()
     ]
-    lines += _table(["clip", "output", "warping error"], rows)
+    lines += [*table(["clip", "output", "warping error"], rows), ""]
     lines += [
         f"## Flow: method and path at {_size(list(FLOW_STUDY_SIZE))}, key interval {FLOW_STUDY_INTERVAL}, plain warp",
         "",
@@ -584,7 +580,7 @@ def markdown(data: dict[str, Any]) -> str:
         [r["source"], r["method"], r["max_width"] or "full", r["path"], r["flow_ms"], f"{r['ms_ssim']:.4f}"]
         for r in data["flow_study"]
     ]
-    lines += _table(["source", "method", "flow width", "path", "flow ms/frame", "MS-SSIM"], rows)
+    lines += [*table(["source", "method", "flow width", "path", "flow ms/frame", "MS-SSIM"], rows), ""]
     return "\n".join(lines)
 
 

@@ -19,19 +19,22 @@ from typing import Any
 import cv2
 import torch
 
-from bench.common import interleaved_medians, machine, write_results
+from bench.common import interleaved_medians, machine, table, write_results
 from bench.stylize import held_out_pairs, mean_row, pair_rows
 from edge_worker.lite_training import evaluate_lite
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.int8 import INT8
 from edge_worker.model.lite import LITE_LOOK_PATH, LiteStylizer
-from edge_worker.model.registry import DNN_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME
+from edge_worker.stylizers import load_stylizer
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 
 NAME = "lite"
 KEY_SIZE = (640, 360)
 DNN_WORK_SIZE = 192
 REPEATS = 15
+QUALITY_KEYS = ("ssim", "gaussian_w2", "sliced_w2", "matting_x1e4", "look_psnr")
+"""The quality table's columns, in order."""
 STRENGTHS = (0.0, 0.5, 1.0)
 
 
@@ -80,16 +83,15 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# bench.lite at {data['machine']['commit']}, load {data['machine']['load_avg_1m']}",
         "",
-        "| model | coefficients() of a 640x360 key, 1 thread (ms, median) |",
-        "| --- | ---: |",
-        *[f"| {k} | {v} |" for k, v in data["cost_ms"].items()],
+        *table(["model", "coefficients() of a 640x360 key, 1 thread (ms, median)"], data["cost_ms"].items(), "lr"),
         "",
-        "| method | structure SSIM | Gaussian W2 | sliced W2 | matting x1e4 | look-transfer PSNR (dB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, row in data["quality"].items():
-        cells = [row.get(k) for k in ("ssim", "gaussian_w2", "sliced_w2", "matting_x1e4", "look_psnr")]
-        lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
+    rows = [
+        [name] + [None if row.get(k) is None else f"{row[k]:.3f}" for k in QUALITY_KEYS]
+        for name, row in data["quality"].items()
+    ]
+    header = ["method", "structure SSIM", "Gaussian W2", "sliced W2", "matting x1e4", "look-transfer PSNR (dB)"]
+    lines += table(header, rows, align="lrrrrr")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, publish
+from bench.common import machine, publish, table
 from deploy.local import run_demo
 from mobile_sim.client import PhoneConfig
 from mobile_sim.report import LATENCY_PARTS
@@ -109,29 +109,24 @@ def markdown(data: dict[str, Any]) -> str:
         f"Target for the DNN: keys ok >= {TARGET['keys_ok']:.0%}, >= {TARGET['output_fps']} fps out, no fallback "
         f"frame, round trip p95 <= {TARGET['round_trip_p95_ms']:.0f} ms.",
         "",
-        "| run | frames out | output fps | key frames ok/marked | fallback frames | dropped before send | "
-        "round trip p50 / p95 / p99 (ms) | target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for row in data["runs"]:
         rt = row["latency_ms"]["round_trip"]
         target = "" if row["model"] == "color-transfer" else ("met" if meets_target(row) else "missed")
-        lines.append(
-            f"| {_label(row)} | {row['frames']['output']}/{row['frames']['captured']} | "
-            f"{row['throughput']['output_fps']} | {row['key_frames']['ok']}/{row['key_frames']['marked']} | "
-            f"{row['frames']['by_output'].get('fallback', 0)} | {row['frames']['dropped_before_send']} | "
-            f"{rt['p50']:.0f} / {rt['p95']:.0f} / {rt['p99']:.0f} | {target} |"
+        rows.append(
+            [_label(row), f"{row['frames']['output']}/{row['frames']['captured']}", row["throughput"]["output_fps"]]
+            + [
+                f"{row['key_frames']['ok']}/{row['key_frames']['marked']}",
+                row["frames"]["by_output"].get("fallback", 0),
+            ]
+            + [row["frames"]["dropped_before_send"], f"{rt['p50']:.0f} / {rt['p95']:.0f} / {rt['p99']:.0f}", target]
         )
-    lines += [
-        "",
-        "Key-frame round trip split (p50 ms):",
-        "",
-        "| run | " + " | ".join(LATENCY_PARTS) + " |",
-        "| --- |" + " --- |" * len(LATENCY_PARTS),
-    ]
-    for row in data["runs"]:
-        parts = " | ".join(f"{row['latency_ms'][p]['p50']:.1f}" for p in LATENCY_PARTS)
-        lines.append(f"| {_label(row)} | {parts} |")
+    header = ["run", "frames out", "output fps", "key frames ok/marked", "fallback frames", "dropped before send"]
+    lines += table(header + ["round trip p50 / p95 / p99 (ms)", "target"], rows)
+    lines += ["", "Key-frame round trip split (p50 ms):", ""]
+    parts = [[_label(row)] + [f"{row['latency_ms'][p]['p50']:.1f}" for p in LATENCY_PARTS] for row in data["runs"]]
+    lines += table(["run", *LATENCY_PARTS], parts)
     return "\n".join(lines) + "\n"
 
 

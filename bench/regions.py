@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import machine, write_results
+from bench.common import machine, table, write_results
 from deploy.local import LocalTopology
 from deploy.nats import HUB_DOMAIN
 from deploy.nats_auth import gateway_user, worker_user
@@ -392,17 +392,14 @@ def _pct(stats: dict[str, float]) -> str:
 
 def region_table(data: dict[str, Any]) -> list[str]:
     """The per-region table: keys and round trip at 640x360 K=5 by result kind."""
-    lines = [
-        "| region | stands for | result | keys ok/marked | round trip p50 / p95 / p99 (ms) | downlink B/key |",
-        "| --- | --- | --- | --- | --- | --- |",
+    rows = [
+        [site["name"], site["stands_for"], kind, f"{row['keys_ok']}/{row['keys_marked']}"]
+        + [_pct(row["latency_ms"]["round_trip"]), row["downlink_bytes_per_key"]]
+        for site in data["sites"]
+        for kind, row in data["split"][site["name"]].items()
     ]
-    for site in data["sites"]:
-        for kind, row in data["split"][site["name"]].items():
-            lines.append(
-                f"| {site['name']} | {site['stands_for']} | {kind} | {row['keys_ok']}/{row['keys_marked']} | "
-                f"{_pct(row['latency_ms']['round_trip'])} | {row['downlink_bytes_per_key']} |"
-            )
-    return lines
+    header = ["region", "stands for", "result", "keys ok/marked", "round trip p50 / p95 / p99 (ms)", "downlink B/key"]
+    return table(header, rows)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -419,15 +416,14 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Sites",
         "",
-        "| site | stands for | NATS | one-way delay (ms) | bandwidth (kbit/s) | loss | where the numbers come from |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for s in sites:
-        link = s["link"]
-        lines.append(
-            f"| {s['name']} | {s['stands_for']} | {s['nats']} | {link['delay_ms']:g} | {link['kbps']:g} | "
-            f"{link['loss']:.1%} | {s['source']} |"
-        )
+    rows = [
+        [s["name"], s["stands_for"], s["nats"], f"{s['link']['delay_ms']:g}", f"{s['link']['kbps']:g}"]
+        + [f"{s['link']['loss']:.1%}", s["source"]]
+        for s in sites
+    ]
+    header = ["site", "stands for", "NATS", "one-way delay (ms)", "bandwidth (kbit/s)", "loss"]
+    lines += table(header + ["where the numbers come from"], rows)
     lines += [
         "",
         f"## Table 5: sending one key frame to the site (p50, ms; {plan['fps']:g} fps, a key every "
@@ -436,32 +432,32 @@ def markdown(data: dict[str, Any]) -> str:
         "Uplink: capture on the phone -> decoded at the site's gateway (VP8 over WebRTC, as the system sends it); "
         "round trip: -> the stylized key decoded on the phone.",
         "",
-        "| size | " + " | ".join(f"{s['name']} uplink | {s['name']} round trip" for s in sites) + " |",
-        "| --- |" + " --- | --- |" * len(sites),
     ]
+    rows = []
     for i, size in enumerate(plan["table5_sizes"]):
-        cells = []
+        cells = [f"{size[0]}x{size[1]}"]
         for s in sites:
             row = data["table5"][s["name"]][i]
             ok = f" ({row['keys_ok']}/{row['keys_marked']})" if row["keys_ok"] < row["keys_marked"] else ""
-            cells.append(f"{_ms(row['latency_ms']['uplink'])} | {_ms(row['latency_ms']['round_trip'])}{ok}")
-        lines.append(f"| {size[0]}x{size[1]} | " + " | ".join(cells) + " |")
-    paper = [f"{PAPER_1080P_UPLOAD_S[s['name']] * 1000:.0f} | " for s in sites if s["name"] in PAPER_1080P_UPLOAD_S]
+            cells += [_ms(row["latency_ms"]["uplink"]), _ms(row["latency_ms"]["round_trip"]) + ok]
+        rows.append(cells)
+    paper = [f"{PAPER_1080P_UPLOAD_S[s['name']] * 1000:.0f}" for s in sites if s["name"] in PAPER_1080P_UPLOAD_S]
     if len(paper) == len(sites):
-        lines.append("| paper, 1920x1080 upload | " + " | ".join(p + "-" for p in paper) + " |")
+        rows.append(["paper, 1920x1080 upload"] + [cell for p in paper for cell in (p, "-")])
+    lines += table(["size"] + [f"{s['name']} {what}" for s in sites for what in ("uplink", "round trip")], rows)
     size = plan["split_size"]
     lines += [
         "",
         f"## Key round trip split at {size[0]}x{size[1]}, K={KEY_INTERVAL}, {plan['fps']:g} fps, "
         f"{plan['split_frames']} frames (ms, p50 / p95 / p99)",
         "",
-        "| site | result | " + " | ".join(LATENCY_PARTS) + " | downlink B/key |",
-        "| --- | --- |" + " --- |" * len(LATENCY_PARTS) + " --- |",
     ]
-    for s in sites:
-        for kind, row in data["split"][s["name"]].items():
-            parts = " | ".join(_pct(row["latency_ms"][p]) for p in LATENCY_PARTS)
-            lines.append(f"| {s['name']} | {kind} | {parts} | {row['downlink_bytes_per_key']} |")
+    rows = [
+        [s["name"], kind, *(_pct(row["latency_ms"][p]) for p in LATENCY_PARTS), row["downlink_bytes_per_key"]]
+        for s in sites
+        for kind, row in data["split"][s["name"]].items()
+    ]
+    lines += table(["site", "result", *LATENCY_PARTS, "downlink B/key"], rows)
     o = data["overflow"]
     lines += [
         "",
@@ -472,14 +468,17 @@ def markdown(data: dict[str, Any]) -> str:
         f"{o['backhaul_delay_ms']:g} ms each way). Keys in flight at the kill get no reply: the gateway's first "
         "attempt times out and its retry reaches the hub's worker.",
         "",
-        "| keys | served by | keys ok/total | round trip p50 / p95 / p99 (ms) |",
-        "| --- | --- | --- | --- |",
-        f"| settled before the kill | {', '.join(o['workers_before']) or '-'} | "
-        f"{o['before']['ok']}/{o['before']['keys']} | {_pct(o['before']['round_trip_ms'])} |",
-        f"| in flight at the kill | | {o['in_flight']['ok']}/{o['in_flight']['keys']} "
-        f"| {_pct(o['in_flight']['round_trip_ms'])} |",
-        f"| captured after the kill | {', '.join(o['workers_after']) or '-'} | "
-        f"{o['after']['ok']}/{o['after']['keys']} | {_pct(o['after']['round_trip_ms'])} |",
+        *table(
+            ["keys", "served by", "keys ok/total", "round trip p50 / p95 / p99 (ms)"],
+            [
+                [label, workers, f"{o[key]['ok']}/{o[key]['keys']}", _pct(o[key]["round_trip_ms"])]
+                for label, workers, key in (
+                    ("settled before the kill", ", ".join(o["workers_before"]) or "-", "before"),
+                    ("in flight at the kill", "", "in_flight"),
+                    ("captured after the kill", ", ".join(o["workers_after"]) or "-", "after"),
+                )
+            ],
+        ),
         "",
         f"Keys lost beyond those in flight: **{o['lost_beyond_in_flight']}**.",
     ]

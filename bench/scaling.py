@@ -50,7 +50,7 @@ import nats
 import numpy as np
 from nats.aio.client import Client as NATS
 
-from bench.common import machine, publish
+from bench.common import machine, publish, table
 from bench.loadgen import (
     KEY_INTERVAL,
     KEYS_PER_STREAM_S,
@@ -543,22 +543,26 @@ def markdown(data: dict[str, Any]) -> str:
         f"efficiency = max(K) / (K x max(1)). Latency, deadline misses and mean batch at {HEALTHY_LOAD:.0%} of "
         "capacity.",
         "",
-        "| batching | workers | capacity (keys/s) | max throughput (keys/s) | = streams at K=5 | efficiency | "
-        f"ok at {HEALTHY_LOAD:.0%} | latency p50 / p95 / p99 at {HEALTHY_LOAD:.0%} (ms) | mean batch | "
-        f"deadline misses at {HEALTHY_LOAD:.0%} | CPU ms per key (workers / generator) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for row in data["emulated"]:
         healthy = row["healthy"]
         lat = healthy.get("latency_ms", {})
-        lines.append(
-            f"| {row['batching']} | {row['workers']} | {row['capacity_keys_s']:.1f} | "
-            f"{row['max_throughput_keys_s']:.1f} | {row['max_throughput_keys_s'] / KEYS_PER_STREAM_S:.1f} | "
-            f"{_fmt(row.get('efficiency'), 2)} | {_fmt(healthy.get('ok_fraction'), 3)} | "
-            f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))} | "
-            f"{_fmt(healthy.get('mean_batch'), 2)} | {_fmt(healthy.get('deadline_misses'))} | "
-            f"{row['cpu']['workers_ms_per_key']:.2f} / {row['cpu']['generator_ms_per_key']:.2f} |"
+        rows.append(
+            [row["batching"], row["workers"], f"{row['capacity_keys_s']:.1f}", f"{row['max_throughput_keys_s']:.1f}"]
+            + [f"{row['max_throughput_keys_s'] / KEYS_PER_STREAM_S:.1f}", _fmt(row.get("efficiency"), 2)]
+            + [
+                _fmt(healthy.get("ok_fraction"), 3),
+                f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} / {_fmt(lat.get('p99'))}",
+            ]
+            + [_fmt(healthy.get("mean_batch"), 2), _fmt(healthy.get("deadline_misses"))]
+            + [f"{row['cpu']['workers_ms_per_key']:.2f} / {row['cpu']['generator_ms_per_key']:.2f}"]
         )
+    healthy_load = f"{HEALTHY_LOAD:.0%}"
+    header = ["batching", "workers", "capacity (keys/s)", "max throughput (keys/s)", "= streams at K=5", "efficiency"]
+    header += [f"ok at {healthy_load}", f"latency p50 / p95 / p99 at {healthy_load} (ms)", "mean batch"]
+    header += [f"deadline misses at {healthy_load}", "CPU ms per key (workers / generator)"]
+    lines += table(header, rows)
     ceiling = data.get("generator_ceiling")
     if ceiling:
         lines += [
@@ -583,31 +587,30 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"## The paper's DNN on this CPU (one torch thread per worker process, budget {DNN_BUDGET_MS:g} ms)",
             "",
-            "| workers | inference p50 alone (ms) | max sustained (keys/s) | streams at K=5 | "
-            "latency p50 / p95 at max (ms) |",
-            "| --- | --- | --- | --- | --- |",
         ]
+        rows = []
         for row in data["dnn"]:
             lat = (row["at_max"] or {}).get("latency_ms", {})
-            lines.append(
-                f"| {row['workers']} | {row['inference_ms_p50_alone']:.0f} | {row['max_sustained_keys_s']:.2f} | "
-                f"{row['streams_at_k5']:.2f} | {_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))} |"
+            rows.append(
+                [row["workers"], f"{row['inference_ms_p50_alone']:.0f}", f"{row['max_sustained_keys_s']:.2f}"]
+                + [f"{row['streams_at_k5']:.2f}", f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p95'))}"]
             )
+        header = ["workers", "inference p50 alone (ms)", "max sustained (keys/s)", "streams at K=5"]
+        lines += table(header + ["latency p50 / p95 at max (ms)"], rows)
     if data.get("gateway"):
         lines += [
             "",
             f"## Gateway cost per stream (real aiortc phones, {FRAME_SIZE[0]}x{FRAME_SIZE[1]} at {STREAM_FPS:g} fps, "
             f"K={KEY_INTERVAL}, {GATEWAY_FRAMES} frames each; gateway CPU from /proc)",
             "",
-            "| streams | gateway CPU s per stream-s | streams per gateway core | phone output fps | keys ok |",
-            "| --- | --- | --- | --- | --- |",
         ]
-        for row in data["gateway"]:
-            fps = ", ".join(f"{v:.1f}" for v in row["phone_output_fps"])
-            lines.append(
-                f"| {row['streams']} | {row['cpu_s_per_stream_s']:.3f} | {_fmt(row['streams_per_core'], 1)} | {fps} | "
-                f"{row['keys_ok']}/{row['keys_marked']} |"
-            )
+        rows = [
+            [row["streams"], f"{row['cpu_s_per_stream_s']:.3f}", _fmt(row["streams_per_core"], 1)]
+            + [", ".join(f"{v:.1f}" for v in row["phone_output_fps"]), f"{row['keys_ok']}/{row['keys_marked']}"]
+            for row in data["gateway"]
+        ]
+        header = ["streams", "gateway CPU s per stream-s", "streams per gateway core", "phone output fps", "keys ok"]
+        lines += table(header, rows)
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.common import RESULTS_DIR, machine, real_clip_path, write_results
+from bench.common import RESULTS_DIR, machine, real_clip_path, table, write_results
 from bench.deep_metrics import DeepFeatures, deep_features, feature_content_distance, gram_style_distance
 from bench.held_out import DEFAULT_CACHE, Photo, held_out_photos, mate_backgrounds, short_side
 from edge_worker.baselines import IdentityTransfer, ReinhardTransfer, WCTBaseline
@@ -42,7 +42,7 @@ from edge_worker.looks import random_look
 from edge_worker.model.base import Size, Stylizer
 from edge_worker.model.color_transfer import LinearColorTransfer
 from edge_worker.model.int8 import FP32, INT8
-from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, LITE_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, LITE_NAME
 from edge_worker.model.stylizer import PhotoStylizer, resize
 from edge_worker.quality import (
     ciede2000,
@@ -52,6 +52,7 @@ from edge_worker.quality import (
     sliced_w2,
     structure_ssim,
 )
+from edge_worker.stylizers import load_stylizer
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 
 logger = logging.getLogger(__name__)
@@ -332,11 +333,12 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Seconds per key frame (style prepared once):",
         "",
-        "| method | " + " | ".join(sizes) + " |",
-        "| --- |" + " ---: |" * len(sizes),
+        *table(
+            ["method", *sizes],
+            [[method] + [f"{row[s]:.3f}" for s in sizes] for method, row in timing.items()],
+            align="l" + "r" * len(sizes),
+        ),
     ]
-    for method, row in timing.items():
-        lines.append(f"| {method} | " + " | ".join(f"{row[s]:.3f}" for s in sizes) + " |")
     lines += [
         "",
         f"Quality over {len(results['pair_names'])} held-out content/style pairs (short side {EVAL_SHORT_SIDE}; "
@@ -344,37 +346,37 @@ def markdown(results: dict[str, Any]) -> str:
         "colours vs style (lower), matting-Laplacian residual ×1e4 (lower = more photorealistic), Gram style "
         "distance and content distance in EfficientNet-Lite2's features (lower; bench.deep_metrics).",
         "",
-        "| method | SSIM | Gaussian W2 | sliced W2 | matting ×1e4 | style | content |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for method, r in results["quality"].items():
-        lines.append(
-            f"| {method} | {r['ssim']:.3f} | {r['gaussian_w2']:.2f} | {r['sliced_w2']:.2f} | {r['matting_x1e4']:.3f} "
-            f"| {r['style']:.1f} | {r['content']:.2f} |"
-        )
+    rows = [
+        [method, f"{r['ssim']:.3f}", f"{r['gaussian_w2']:.2f}", f"{r['sliced_w2']:.2f}", f"{r['matting_x1e4']:.3f}"]
+        + [f"{r['style']:.1f}", f"{r['content']:.2f}"]
+        for method, r in results["quality"].items()
+    ]
+    header = ["method", "SSIM", "Gaussian W2", "sliced W2", "matting ×1e4", "style", "content"]
+    lines += table(header, rows, align="lrrrrrr")
     lines += [
         "",
         f"Look transfer over {len(results['look_triples'])} cases (content I, style a(J), target a(I), I != J held-out "
         "photos, a a seeded random look of edge_worker.looks): PSNR (dB, higher) and mean CIEDE2000 (lower) of the "
         "output against the target; identity is the content unchanged.",
         "",
-        "| method | PSNR | CIEDE2000 |",
-        "| --- | ---: | ---: |",
+        *table(
+            ["method", "PSNR", "CIEDE2000"],
+            [[method, f"{r['psnr']:.2f}", f"{r['ciede2000']:.2f}"] for method, r in results["look_transfer"].items()],
+            align="lrr",
+        ),
     ]
-    for method, r in results["look_transfer"].items():
-        lines.append(f"| {method} | {r['psnr']:.2f} | {r['ciede2000']:.2f} |")
     lines += [
         "",
         "Strength curves on the held-out pairs (0 = the global colour map alone, 1 = the model's full local maps):",
         "",
-        "| model | strength | SSIM | Gaussian W2 | style | content |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for model, curve in results["strength_curves"].items():
-        for s, r in curve.items():
-            lines.append(
-                f"| {model} | {s} | {r['ssim']:.3f} | {r['gaussian_w2']:.2f} | {r['style']:.1f} | {r['content']:.2f} |"
-            )
+    rows = [
+        [model, s, f"{r['ssim']:.3f}", f"{r['gaussian_w2']:.2f}", f"{r['style']:.1f}", f"{r['content']:.2f}"]
+        for model, curve in results["strength_curves"].items()
+        for s, r in curve.items()
+    ]
+    lines += table(["model", "strength", "SSIM", "Gaussian W2", "style", "content"], rows, align="lrrrrr")
     tuning = results["tuning"]
     lines += [
         "",
@@ -387,12 +389,13 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{k} **{v}**" for k, v in tuning["chosen_strength"].items())
         + ".",
         "",
-        "| model | strength | SSIM | Gaussian W2 |",
-        "| --- | ---: | ---: | ---: |",
     ]
-    for model, curve in tuning["curves"].items():
-        for s, r in curve.items():
-            lines.append(f"| {model} | {s} | {r['ssim']:.3f} | {r['gaussian_w2']:.2f} |")
+    rows = [
+        [model, s, f"{r['ssim']:.3f}", f"{r['gaussian_w2']:.2f}"]
+        for model, curve in tuning["curves"].items()
+        for s, r in curve.items()
+    ]
+    lines += table(["model", "strength", "SSIM", "Gaussian W2"], rows, align="lrrr")
     lines += ["", "Held-out pairs (content × style):", ""]
     lines += [f"- {c} × {s}" for c, s in results["pair_names"]]
     lines += ["", "Look-transfer cases (I, J, look seed):", ""]

@@ -22,6 +22,7 @@ from deploy.backhaul import DelayedTcpRelay
 from deploy.certs import LOCAL_HOSTS, TlsFiles, generate
 from deploy.nats_auth import (
     LEAF_URL_ENV,
+    PASSWORD_ENV_PREFIX,
     ROUTE_URL_ENV,
     ROUTE_USER,
     SETUP_USER,
@@ -55,7 +56,7 @@ def nats_server_binary() -> str:
     return found
 
 
-SECRET_ENV_PREFIXES = ("MVS_NATS_PASSWORD_", LEAF_URL_ENV, ROUTE_URL_ENV, NATS_URL_ENV, TOKEN_SECRET_ENV)
+SECRET_ENV_PREFIXES = (PASSWORD_ENV_PREFIX, LEAF_URL_ENV, ROUTE_URL_ENV, NATS_URL_ENV, TOKEN_SECRET_ENV)
 """Variables a nats-server child must not inherit from its parent: it gets exactly the secrets its config names."""
 
 

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_worker.model.base import Trainable
-from edge_worker.model.registry import DNN_NAME, LITE_NAME, load_stylizer
+from edge_worker.model.registry import DNN_NAME, LITE_NAME
+from edge_worker.stylizers import load_stylizer
 from streaming.tensors import NamedArrays, encode_tensors
 
 

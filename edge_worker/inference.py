@@ -82,6 +82,12 @@ class Inference:
         self.worker_id = worker_id
         self.jpeg_quality = jpeg_quality
 
+    def prepare_style(self, data: bytes) -> Any:
+        """Decode a style image (JPEG/PNG bytes) and prepare it for the stylizer, which takes RGB (call it on the
+        inference thread: decoding and preparing are heavy)."""
+        image = decode_image(data, max_side=MAX_FRAME_SIDE)
+        return self.stylizer.prepare_style(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
     def run(self, items: Sequence[Item]) -> list[StylizeReply]:
         """One reply per item, in order."""
         replies: list[StylizeReply | None] = [None] * len(items)

@@ -22,10 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
-import torch
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,10 +32,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from edge_worker.federated import FederatedConfig, FederatedLearner, require_trainable
 from edge_worker.inference import WARMUP_SIZE, Inference, Item, error_reply, warm_up
 from edge_worker.model.base import Stylizer
-from edge_worker.model.device import CUDA, DEFAULT_DEVICE, DEVICE_SPECS, resolve_device
+from edge_worker.model.device import DEFAULT_DEVICE, DEVICE_SPECS, resolve_device, serve_on
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS, ServiceTimeProfile
 from edge_worker.model.int8 import FP32, INT8
-from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, STYLIZER_NAMES, is_dnn, is_lite, load_stylizer
+from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, STYLIZER_NAMES, is_dnn, is_lite
 from edge_worker.model.serving import (
     AUTO,
     CPU_LIVE_PRECISION,
@@ -47,8 +45,9 @@ from edge_worker.model.serving import (
     parse_work_size,
     resolve_serving,
 )
+from edge_worker.stylizers import load_stylizer
 from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
-from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, decode_image, image_size
+from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, image_size
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
     DEFAULT_NATS_URL,
@@ -71,6 +70,9 @@ from streaming.protocol import (
 from streaming.queues import LatestQueue
 from streaming.style_store import StyleStore, UnknownStyleError
 from streaming.telemetry import DEFAULT_METRICS_HOST, LATENCY_BUCKETS_S, LogLimiter, start_health_server
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +274,7 @@ class StylizerWorker:
         """Warm the stylizer up (while connecting), subscribe to the region's subject in the queue group, serve."""
         if is_dnn(self.config.model) or is_lite(self.config.model):
             log.info("worker settings", extra={"worker_id": self.config.worker_id, "dnn": self.serving.describe()})
-        if self.config.threads > 0:
-            torch.set_num_threads(self.config.threads)
-        if self.device.type == CUDA:
-            torch.backends.cudnn.benchmark = True  # frames of one size: let cuDNN pick its fastest kernels once
+        serve_on(self.device, self.config.threads)
         if self.config.warmup:
             log.info(
                 "worker warming up",
@@ -476,16 +475,11 @@ class StylizerWorker:
         data = await self._style_store.get(style_id)
         check_image_size(data, max_side=MAX_FRAME_SIDE)  # a bomb is refused here, before any thread decodes it
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._executor, self._prepare_style, data)
+        prepared = await loop.run_in_executor(self._executor, self._inference.prepare_style, data)
         self._styles[style_id] = prepared
         while len(self._styles) > self.config.style_cache:
             self._styles.popitem(last=False)
         return prepared
-
-    def _prepare_style(self, data: bytes) -> Any:
-        """Decode a style image and prepare it for the stylizer (on the inference thread, off the event loop)."""
-        image = decode_image(data, max_side=MAX_FRAME_SIDE)
-        return self.stylizer.prepare_style(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
 
 
 def _check_result_size(request: StylizeRequest) -> None:

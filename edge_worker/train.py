@@ -21,9 +21,10 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,6 +152,106 @@ def _load_init(model: PhotoStylizer, path: Path) -> None:
     logger.info("initialized %s from %s", ", ".join(copied), path)
 
 
+@dataclass
+class TrainingRun:
+    """The bookkeeping of an ``mvs train`` run, whichever model it trains: resuming from a checkpoint, the step loop
+    with its progress line and loss log, held-out evaluation, and checkpoints written whole or not at all."""
+
+    args: argparse.Namespace
+    optimizer: torch.optim.Optimizer
+    rng: np.random.Generator
+    evaluate: Callable[[], dict[str, float]]
+    """Held-out metrics of the model as it is now."""
+    save_model: Callable[[Path], None]
+    model_state: Callable[[], dict[str, Any]]
+    """What of the model a checkpoint holds (a key of its own beside the optimizer, step, log and RNG states)."""
+    log: list[dict[str, float]] = field(default_factory=list)
+    start: int = 0
+    """The last step done before this run (a resumed run's checkpoint step)."""
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where checkpoints go (and a resumed run reads one)."""
+        return Path(self.args.out) / CHECKPOINT_FILE
+
+    def resume(self, load_model: Callable[[dict[str, Any]], None]) -> None:
+        """With ``--resume`` and a checkpoint: restore the model (``load_model`` of the checkpoint), the optimizer,
+        the step, the log and both RNGs, so that the run continues bit-exactly."""
+        path = self.checkpoint_path
+        if not (self.args.resume and path.is_file()):
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        load_model(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start, self.log = state["step"], state["log"]
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at step %d", path, self.start)
+
+    def save(self, step: int) -> None:
+        """Evaluate, write the model (and ``--export``), the checkpoint (whole or not at all) and the loss log."""
+        metrics = self.evaluate()
+        self.log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
+        logger.info("step %d held-out: %s", step, json.dumps(metrics))
+        out = Path(self.args.out)
+        self.save_model(out / MODEL_FILE)
+        if self.args.export:
+            self.save_model(self.args.export)
+        state = {
+            **self.model_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "log": self.log,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+        partial = self.checkpoint_path.with_name(CHECKPOINT_FILE + ".partial")
+        torch.save(state, partial)
+        partial.replace(self.checkpoint_path)
+        (out / LOSS_LOG_FILE).write_text(json.dumps(self.log, indent=1))
+
+    def train(self, step: Callable[[], tuple[dict[str, torch.Tensor], dict[str, float]]]) -> None:
+        """Steps ``start + 1 .. --steps``: ``step()`` returns the losses (``total`` is minimised) and fields logged
+        beside their means every ``--log-every`` steps; a checkpoint every ``--checkpoint-every`` and at the end."""
+        args = self.args
+        tic = time.monotonic()
+        sums: dict[str, float] = {}
+        for index in range(self.start + 1, args.steps + 1):
+            losses, fields = step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            self.optimizer.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            if index % args.log_every == 0:
+                means = {k: v / args.log_every for k, v in sums.items()}
+                self.log.append({"step": index, **fields, **means})
+                _progress(index, args.steps, (index - self.start) / (time.monotonic() - tic), means)
+                sums = {}
+            if index % args.checkpoint_every == 0 or index == args.steps:
+                print(file=sys.stderr)
+                self.save(index)
+        if self.start >= args.steps:
+            self.save(self.start)
+        out = Path(args.out)
+        exported = f" and {args.export}" if args.export else ""
+        logs = f"checkpoint {self.checkpoint_path}, loss log {out / LOSS_LOG_FILE}"
+        print(f"mvs train: wrote {out / MODEL_FILE}{exported}; {logs}")
+
+
+def _progress(step: int, steps: int, rate: float, means: dict[str, float]) -> None:
+    """Rewrite the progress line on stderr: a bar, the rate, the time left, the mean losses."""
+    bar = "#" * int(30 * step / steps)
+    eta = (steps - step) / max(rate, 1e-9)
+    print(
+        f"\r[{bar:<30}] {step}/{steps} {rate:.2f} it/s eta {eta / 60:.0f} min "
+        + " ".join(f"{k} {v:.4f}" for k, v in means.items()),
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run training; returns the exit code."""
     args = parse_args(argv)
@@ -183,79 +284,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         params = model.learned_parameters()
     optimizer = torch.optim.Adam(params, lr=args.lr, betas=ADAM_BETAS)
-    log: list[dict[str, float]] = []
-    start = 0
-    checkpoint_path = args.out / CHECKPOINT_FILE
-    if args.resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, log = state["step"], state["log"]
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        logger.info("resumed from %s at step %d", checkpoint_path, start)
+    run = TrainingRun(
+        args,
+        optimizer,
+        rng,
+        evaluate=lambda: evaluate(model, held_out, eval_styles),
+        save_model=model.save,
+        model_state=lambda: {"model": model.state_dict()},
+    )
+    run.resume(lambda state: model.load_state_dict(state["model"]))
 
-    def save(step: int) -> None:
-        metrics = evaluate(model, held_out, eval_styles)
-        log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
-        logger.info("step %d held-out: %s", step, json.dumps(metrics))
-        model.save(args.out / MODEL_FILE)
-        if args.export:
-            model.save(args.export)
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "log": log,
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            checkpoint_path,
-        )
-        (args.out / LOSS_LOG_FILE).write_text(json.dumps(log, indent=1))
-
-    model.train()
-    tic = time.monotonic()
-    sums: dict[str, float] = {}
-    for step in range(start + 1, args.steps + 1):
+    def step() -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         batch = sample_batch(photos, args.batch_size, args.train_size, model.encoder.downsampling, rng)
         if args.mode != "stylizer":  # pixels only when the encoder learns: else it would shape its own target
             total, pixel = reconstruction_loss(model, batch.content_low, feature_term=args.mode == "decoder")
-            losses = {"total": total, "recon_pixel": pixel}
-        else:
-            losses = stylization_losses(model, batch, args.style_weight)
-            if args.recon_weight > 0:
-                recon, pixel = reconstruction_loss(model, batch.content_low)
-                losses["total"] = losses["total"] + args.recon_weight * recon
-                losses["recon_pixel"] = pixel
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        if step % args.log_every == 0:
-            means = {k: v / args.log_every for k, v in sums.items()}
-            log.append({"step": step, "r": batch.r, **means})
-            rate = (step - start) / (time.monotonic() - tic)
-            eta = (args.steps - step) / max(rate, 1e-9)
-            bar = "#" * int(30 * step / args.steps)
-            print(
-                f"\r[{bar:<30}] {step}/{args.steps} {rate:.2f} it/s eta {eta / 60:.0f} min "
-                + " ".join(f"{k} {v:.4f}" for k, v in means.items()),
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-            sums = {}
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            print(file=sys.stderr)
-            save(step)
-    if start >= args.steps:
-        save(start)
-    exported = f" and {args.export}" if args.export else ""
-    logs = f"checkpoint {checkpoint_path}, loss log {args.out / LOSS_LOG_FILE}"
-    print(f"mvs train: wrote {args.out / MODEL_FILE}{exported}; {logs}")
+            return {"total": total, "recon_pixel": pixel}, {"r": batch.r}
+        losses = stylization_losses(model, batch, args.style_weight)
+        if args.recon_weight > 0:
+            recon, pixel = reconstruction_loss(model, batch.content_low)
+            losses["total"] = losses["total"] + args.recon_weight * recon
+            losses["recon_pixel"] = pixel
+        return losses, {"r": batch.r}
+
+    model.train()
+    run.train(step)
     return 0
 
 
@@ -274,67 +326,22 @@ def train_lite(
         model.load_learned_state(LiteStylizer.load(args.init).learned_state())
     optimizer = make_optimizer(model, args.lr or LITE_LR)
     batch_size = args.batch_size or LITE_BATCH
-    log: list[dict[str, float]] = []
-    start = 0
-    checkpoint_path = args.out / CHECKPOINT_FILE
-    if args.resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_learned_state(state["learned"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, log = state["step"], state["log"]
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        logger.info("resumed from %s at step %d", checkpoint_path, start)
+    run = TrainingRun(
+        args,
+        optimizer,
+        rng,
+        evaluate=lambda: evaluate_lite(model, held_out, eval_styles),
+        save_model=model.save,
+        model_state=lambda: {"learned": model.learned_state()},
+    )
+    run.resume(lambda state: model.load_learned_state(state["learned"]))
 
-    def save(step: int) -> None:
-        metrics = evaluate_lite(model, held_out, eval_styles)
-        log.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
-        logger.info("step %d held-out: %s", step, json.dumps(metrics))
-        model.save(args.out / MODEL_FILE)
-        if args.export:
-            model.save(args.export)
-        state = {
-            "learned": model.learned_state(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "log": log,
-            "numpy_rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-        }
-        torch.save(state, checkpoint_path.with_name(CHECKPOINT_FILE + ".partial"))
-        checkpoint_path.with_name(CHECKPOINT_FILE + ".partial").replace(checkpoint_path)
-        (args.out / LOSS_LOG_FILE).write_text(json.dumps(log, indent=1))
-
-    tic = time.monotonic()
-    sums: dict[str, float] = {}
-    for step in range(start + 1, args.steps + 1):
+    def step() -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         contents, styles = sample_pairs(photos, batch_size, rng)
         batch = look_batch(contents, styles, rng, model.config.work_size)
-        losses = look_losses(model, batch, style_weight, args.content_weight)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        if step % args.log_every == 0:
-            means = {k: v / args.log_every for k, v in sums.items()}
-            log.append({"step": step, **means})
-            rate = (step - start) / (time.monotonic() - tic)
-            bar = "#" * int(30 * step / args.steps)
-            print(
-                f"\r[{bar:<30}] {step}/{args.steps} {rate:.2f} it/s "
-                f"eta {(args.steps - step) / max(rate, 1e-9) / 60:.0f} min "
-                + " ".join(f"{k} {v:.4f}" for k, v in means.items()),
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-            sums = {}
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            print(file=sys.stderr)
-            save(step)
-    if start >= args.steps:
-        save(start)
+        return look_losses(model, batch, style_weight, args.content_weight), {}
+
+    run.train(step)
     return 0
 
 

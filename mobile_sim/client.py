@@ -248,9 +248,10 @@ def load_style(path: str | None) -> bytes:
 def make_reconstructor(config: PhoneConfig, policy: KeyFramePolicy) -> Reconstructor:
     """The phone's reconstructor, holding at most the frames that may wait on their key's outcome (buffered: and
     the next key's); each costs ~9 B/pixel."""
-    interval = config.key_interval if config.key_policy == DEFAULT_KEY_POLICY else config.max_key_interval
     intervals = 2 if config.mode == "buffered" else 1
-    max_waiting = int(config.result_timeout_ms / 1000.0 * config.fps) + intervals * interval + WAITING_FRAMES_SLACK
+    max_waiting = (
+        int(config.result_timeout_ms / 1000.0 * config.fps) + intervals * policy.max_interval + WAITING_FRAMES_SLACK
+    )
     return Reconstructor(
         FlowEstimator(config.flow),
         Warper(),

@@ -89,6 +89,8 @@ class KeyFramePolicy(Protocol):
 
     needs_occlusion: bool
     looks_at_frames: bool
+    max_interval: int
+    """The most frame ids from one key to the next unless a key is forced (a fixed policy's interval)."""
 
     def decide(self, frame_id: int, frame: np.ndarray, motion: MotionProbe | None = None) -> KeyDecision:
         """Decide for the next captured frame; `motion` to the last key, for policies that use it."""

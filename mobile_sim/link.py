@@ -38,7 +38,7 @@ from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessi
 
 from mobile_sim.link_shim import LinkProfile
 from mobile_sim.network import EmulatedLink, GatewayClock
-from streaming.ice import restrict_host_candidates, rtc_configuration
+from streaming.ice import gathering_on, rtc_configuration
 from streaming.protocol import (
     DATA_CHANNEL_LABEL,
     EXACT_PTS_QUANTUM,
@@ -352,8 +352,6 @@ class GatewayLink:
     async def _connect(self, url: str, track: MediaStreamTrack, style: bytes, result: ResultKind) -> None:
         """One attempt: offer ``track``, the style image and the result kind wanted; apply the answer; wait for
         the data channel."""
-        if self._ice_hosts:
-            restrict_host_candidates(self._ice_hosts)
         self._lost.clear()
         self._discarded += self._assembler.discarded
         self._assembler = ChunkAssembler()
@@ -369,7 +367,8 @@ class GatewayLink:
         pc.on("connectionstatechange", lambda: self._on_state(pc))
         self._channel = channel
         pc.addTrack(track)
-        await pc.setLocalDescription(await pc.createOffer())
+        with gathering_on(self._ice_hosts):
+            await pc.setLocalDescription(await pc.createOffer())
         sdp = pc.localDescription.sdp
         offer = Offer(
             sdp=await self._emulated.offer(sdp) if self._emulated is not None else sdp, style=style, result=result

@@ -2,7 +2,9 @@
 
 aioice gathers host candidates on every interface address except 127.0.0.1, so two peers on one
 machine with only loopback reachable (tests, ``mvs demo``) never connect. aioice has no option for
-this; :func:`restrict_host_candidates` replaces its address lookup for the whole process.
+this: :func:`gathering_on` replaces its module-level address lookup once with one that reads the addresses of
+the caller's context (a :class:`~contextvars.ContextVar`), so each peer connection gathers on its own instance's
+addresses: a gateway and a phone in one process (``mvs demo``) each keep theirs.
 :class:`RemoteCandidatePolicy` says which addresses named by an offer's candidates may receive the gateway's
 connectivity checks (``streaming/gateway/sdp_limits.py`` applies it before aiortc sees the offer).
 """
@@ -10,7 +12,9 @@ connectivity checks (``streaming/gateway/sdp_limits.py`` applies it before aiort
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aioice.ice
@@ -19,27 +23,38 @@ from aiortc import RTCConfiguration
 LOOPBACK = ("127.0.0.1",)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_GATHER_ON: ContextVar[tuple[IPAddress, ...] | None] = ContextVar("mvs_ice_host_addresses", default=None)
+"""The addresses the current context gathers host candidates on; None: aioice's own choice."""
 
 
-def restrict_host_candidates(addresses: Sequence[str]) -> None:
-    """Gather ICE host candidates on exactly ``addresses`` (process-wide); empty restores the default."""
-    if not addresses:
-        aioice.ice.get_host_addresses = _original_get_host_addresses
-        return
-    parsed = [ipaddress.ip_address(a) for a in addresses]  # ValueError on a bad address
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """aioice's address lookup, answered from the caller's context when :func:`gathering_on` set one."""
+    chosen = _GATHER_ON.get()
+    if chosen is None:
+        return _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+    return [str(a) for a in chosen if (a.version == 4 and use_ipv4) or (a.version == 6 and use_ipv6)]
 
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [str(a) for a in parsed if (a.version == 4 and use_ipv4) or (a.version == 6 and use_ipv6)]
 
-    aioice.ice.get_host_addresses = get_host_addresses
+@contextmanager
+def gathering_on(addresses: Sequence[str]) -> Iterator[None]:
+    """Peer connections gather ICE host candidates on exactly ``addresses`` inside this block (empty: every
+    interface but loopback, aioice's default). Wrap ``setLocalDescription``, where aiortc gathers; the tasks it
+    starts inherit the setting, other tasks and instances do not see it. ValueError on a bad address."""
+    parsed = tuple(ipaddress.ip_address(a) for a in addresses) or None
+    aioice.ice.get_host_addresses = _host_addresses  # idempotent; without a setting it answers like aioice
+    token = _GATHER_ON.set(parsed)
+    try:
+        yield
+    finally:
+        _GATHER_ON.reset(token)
 
 
 def rtc_configuration() -> RTCConfiguration:
     """Peer-connection settings: no STUN/TURN servers (aiortc's default would query a public STUN server)."""
     return RTCConfiguration(iceServers=[])
-
-
-_original_get_host_addresses = aioice.ice.get_host_addresses
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ submits its deltas (:func:`submit_delta`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -41,7 +40,7 @@ from streaming.protocol import (
     encode,
     fl_delta_subject,
 )
-from streaming.tensors import NamedArrays, decode_tensors, encode_tensors
+from streaming.tensors import NamedArrays, decode_tensors, digest, encode_tensors
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,6 @@ LATEST_KEY = "latest"
 def version_object(version: int) -> str:
     """Object name of a global version's weights."""
     return f"global/v{version}"
-
-
-def digest(blob: bytes) -> str:
-    """Hex SHA-256 of a weights blob, as kept in :attr:`ModelVersion.sha256`."""
-    return hashlib.sha256(blob).hexdigest()
 
 
 class ModelIntegrityError(ValueError):

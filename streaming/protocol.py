@@ -114,8 +114,6 @@ MAX_MESSAGE_BYTES = 512 * 1024
 """Nothing bigger rides a subject; blobs go to the object store."""
 MAX_CONTROL_BYTES = 1024
 """Largest phone -> gateway data-channel message (frame announcements, clock probes, latency reports)."""
-MAX_ERROR_TEXT = 300
-"""Characters of explanation a :class:`ChannelError` carries at most."""
 MAX_REPORTED_LATENCY_MS = 60_000.0
 """Longest key-frame latency part a phone may report (:class:`KeyLatency`); beyond it the report is invalid."""
 MAX_FRAME_SIDE = 4096
@@ -374,12 +372,12 @@ class ChannelError(Message):
     code: str
     """An :class:`ErrorCode` value."""
     error: str
-    """What was wrong, at most :data:`MAX_ERROR_TEXT` characters."""
+    """What was wrong, at most :data:`MAX_ERROR_CHARS` characters."""
 
     @classmethod
     def of(cls, exc: ProtocolError) -> ChannelError:
-        """The answer to a message that raised ``exc`` (text cut to :data:`MAX_ERROR_TEXT`)."""
-        return cls(code=str(exc.code), error=str(exc)[:MAX_ERROR_TEXT])
+        """The answer to a message that raised ``exc`` (its text clipped to :data:`MAX_ERROR_CHARS`)."""
+        return cls(code=str(exc.code), error=clip(str(exc)))
 
 
 @dataclass
@@ -501,12 +499,27 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 M = TypeVar("M", bound=Message)
 
 
+def pack(value: object) -> bytes:
+    """msgpack of ``value`` (bytes as msgpack bin): the one serializer of the project's binary formats, the messages
+    here and the tensor blobs of :mod:`streaming.tensors` (no other module calls msgpack: tests/test_layering.py)."""
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+def unpack(data: bytes, what: str) -> Any:
+    """The value :func:`pack` wrote (maps with str keys only); :class:`ProtocolError` ``malformed``, its text
+    starting with ``what``, if ``data`` is not msgpack."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise ProtocolError(ErrorCode.MALFORMED, f"{what} ({type(exc).__name__}: {exc})") from exc
+
+
 def encode(message: Message) -> bytes:
     """Serialize a message (schema version and type included)."""
     body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}  # type: ignore[arg-type]
     body["v"] = SCHEMA_VERSION
     body["t"] = message.TYPE
-    return msgpack.packb(body, use_bin_type=True)
+    return pack(body)
 
 
 def _check_type(value: Any, annotation: Any) -> bool:
@@ -537,10 +550,7 @@ def decode_any(data: bytes, expected: tuple[type[Message], ...], max_bytes: int 
     """Parse ``data`` as one of the ``expected`` message types."""
     if len(data) > max_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message of {len(data)} B exceeds the {max_bytes} B limit")
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError(ErrorCode.MALFORMED, f"not a msgpack message ({type(exc).__name__}: {exc})") from exc
+    body = unpack(data, "not a msgpack message")
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.MALFORMED, f"expected a msgpack map, got {type(body).__name__}")
     version = body.pop("v", None)

@@ -7,10 +7,10 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -152,10 +152,45 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 """Metrics listen on loopback unless told otherwise (``--metrics-host 0.0.0.0`` in a cluster)."""
 
 
-def start_metrics_server(port: int, host: str = DEFAULT_METRICS_HOST) -> None:
-    """Expose Prometheus metrics on ``http://host:port/metrics`` (no-op for port 0)."""
-    if port:
-        start_http_server(port, addr=host)
+Check = Callable[[], Awaitable[tuple[bool, Mapping[str, object]]]]
+"""A probe: whether it passes, and what else its JSON answer says (``{"ok": ...}`` is always there)."""
+
+
+def check_of(condition: Callable[[], bool]) -> Check:
+    """The :data:`Check` of a plain condition (its answer is only ``{"ok": ...}``)."""
+
+    async def check() -> tuple[bool, Mapping[str, object]]:
+        return condition(), {}
+
+    return check
+
+
+def add_health_routes(
+    app: web.Application,
+    ready: Check,
+    live: Check,
+    exposition: Callable[[], bytes] = generate_latest,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Route ``/metrics`` (Prometheus: ``exposition()``, by default the whole process's), ``/healthz`` (200 while
+    ``ready`` passes, else 503: a readiness probe) and ``/livez`` (200 while ``live`` passes, else 503: a liveness
+    probe) in ``app``; every answer carries ``headers``. Every service's probes answer alike, whether on their own
+    port (:func:`start_health_server`) or beside a service's other routes (the gateway's signaling port)."""
+    extra = dict(headers or {})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST, **extra})
+
+    def probe(check: Check) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            ok, detail = await check()
+            return web.json_response({"ok": ok, **detail}, status=200 if ok else 503, headers=extra)
+
+        return handler
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", probe(ready))
+    app.router.add_get("/livez", probe(live))
 
 
 async def start_health_server(
@@ -165,26 +200,12 @@ async def start_health_server(
     live: Callable[[], bool],
     exposition: Callable[[], bytes] = generate_latest,
 ) -> web.AppRunner | None:
-    """Serve ``/metrics`` (Prometheus: ``exposition()``, by default the whole process's), ``/healthz`` (200 while
-    ``ready()``, else 503: a readiness probe) and ``/livez`` (200 while ``live()``, else 503: a liveness probe) on
-    ``http://host:port`` (None for port 0)."""
+    """Serve :func:`add_health_routes` alone on ``http://host:port`` (None for port 0): a service without HTTP of
+    its own (worker, aggregator)."""
     if not port:
         return None
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    def check(condition: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            ok = condition()
-            return web.json_response({"ok": ok}, status=200 if ok else 503)
-
-        return handler
-
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", check(ready))
-    app.router.add_get("/livez", check(live))
+    add_health_routes(app, check_of(ready), check_of(live), exposition)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -1,4 +1,5 @@
-"""Named tensors (model weights, deltas) as bytes: msgpack of dtype, shape and raw little-endian data.
+"""Named tensors (model weights, deltas) as bytes: msgpack (``streaming.protocol.pack``) of dtype, shape and raw
+little-endian data.
 
 No pickle, so a blob from the network cannot run code; numpy only, so the gateway needs no torch.
 The tensor map is zlib-compressed (level 1): an fp16 delta of the stylizer shrinks to about a third
@@ -14,13 +15,13 @@ little-endian in C (row-major) order.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Any
 
-import msgpack
 import numpy as np
 
-from streaming.protocol import ErrorCode, ProtocolError
+from streaming.protocol import ErrorCode, ProtocolError, pack, unpack
 
 TENSORS_FORMAT = "mvs-tensors/1"
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int64", "int32", "uint8", "bool"})
@@ -31,6 +32,11 @@ MAX_TENSOR_BYTES = 1 << 30
 
 NamedArrays = dict[str, np.ndarray]
 """Arrays by name (model weights, deltas): the one definition every package uses."""
+
+
+def digest(blob: bytes) -> str:
+    """Hex SHA-256 of a tensor blob (weights, a delta), as kept in ``ModelVersion.sha256`` and ``DeltaRef.sha256``."""
+    return hashlib.sha256(blob).hexdigest()
 
 
 def encode_tensors(tensors: NamedArrays, compress: bool = True) -> bytes:
@@ -45,18 +51,15 @@ def encode_tensors(tensors: NamedArrays, compress: bool = True) -> bytes:
             "shape": list(array.shape),
             "data": array.astype(array.dtype.newbyteorder("<")).tobytes(order="C"),
         }
-    packed = msgpack.packb(body, use_bin_type=True)
+    packed = pack(body)
     if compress:
-        return msgpack.packb({"format": TENSORS_FORMAT, "zlib": zlib.compress(packed, ZLIB_LEVEL)}, use_bin_type=True)
-    return msgpack.packb({"format": TENSORS_FORMAT, "tensors": packed}, use_bin_type=True)
+        return pack({"format": TENSORS_FORMAT, "zlib": zlib.compress(packed, ZLIB_LEVEL)})
+    return pack({"format": TENSORS_FORMAT, "tensors": packed})
 
 
 def decode_tensors(data: bytes) -> NamedArrays:
     """Parse :func:`encode_tensors` output; :class:`ProtocolError` on anything else."""
-    try:
-        body = msgpack.unpackb(data, raw=False)
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError(ErrorCode.MALFORMED, f"not a tensor blob ({type(exc).__name__}: {exc})") from exc
+    body = unpack(data, "not a tensor blob")
     if not isinstance(body, dict) or body.get("format") != TENSORS_FORMAT:
         raise ProtocolError(ErrorCode.VERSION, f"expected a {TENSORS_FORMAT} blob")
     packed: Any = body.get("tensors")
@@ -68,10 +71,7 @@ def decode_tensors(data: bytes) -> NamedArrays:
             raise ProtocolError(ErrorCode.MALFORMED, f"corrupt tensor blob: {exc}") from exc
         if inflater.unconsumed_tail:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"tensor map larger than {MAX_TENSOR_BYTES} B")
-    try:
-        tensors = msgpack.unpackb(packed, raw=False) if isinstance(packed, bytes) else None
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError(ErrorCode.MALFORMED, f"corrupt tensor map ({type(exc).__name__}: {exc})") from exc
+    tensors = unpack(packed, "corrupt tensor map") if isinstance(packed, bytes) else None
     if not isinstance(tensors, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "tensor blob holds no tensor map")
     out: NamedArrays = {}

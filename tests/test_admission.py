@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from streaming.gateway.admission import AdmissionPolicy, admission_middleware
+from streaming.telemetry import LogLimiter
 from streaming.tokens import TOKEN_SECRET_ENV, TokenError, issue, new_secret, verify
 
 SECRET = new_secret()
@@ -56,7 +57,7 @@ async def _serve(policy: AdmissionPolicy) -> AsyncIterator[str]:
     async def offer(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    app = web.Application(middlewares=[admission_middleware(policy)])
+    app = web.Application(middlewares=[admission_middleware(policy, LogLimiter())])
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", offer)
     runner = web.AppRunner(app)

@@ -24,10 +24,10 @@ from mobile_sim.sources import default_style_photo
 from streaming.gateway.admission import SECURITY_HEADERS
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import MAX_PENDING_FRAMES
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, gathering_on, rtc_configuration
 from streaming.images import decode_image, encode_jpeg
 from streaming.protocol import (
-    MAX_ERROR_TEXT,
+    MAX_ERROR_CHARS,
     MAX_STYLE_BYTES,
     STYLE_BUCKET,
     ChannelError,
@@ -110,14 +110,14 @@ async def test_metrics_endpoint(gateway: Gateway) -> None:
 
 
 async def test_garbage_on_the_data_channel_is_answered_with_errors_and_the_session_lives(gateway: Gateway) -> None:
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     channel = pc.createDataChannel("mvs")
     opened, pongs = asyncio.Event(), asyncio.Queue[bytes]()
     channel.on("open", opened.set)
     channel.on("message", lambda data: pongs.put_nowait(data))
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     body = _body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
     try:
         async with aiohttp.ClientSession() as http:
@@ -143,7 +143,7 @@ async def test_garbage_on_the_data_channel_is_answered_with_errors_and_the_sessi
             ErrorCode.TOO_LARGE,
             ErrorCode.INVALID,
         ]
-        assert "capture_ns" in errors[-1].error and all(len(e.error) <= MAX_ERROR_TEXT for e in errors)
+        assert "capture_ns" in errors[-1].error and all(len(e.error) <= MAX_ERROR_CHARS for e in errors)
         sent_at = time.monotonic_ns()
         channel.send(encode(ClockPing(phone_ns=sent_at)))
         pong = decode(await asyncio.wait_for(pongs.get(), 10), ClockPong)
@@ -174,13 +174,13 @@ async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_s
 
 
 async def test_a_data_channel_with_another_label_is_refused_with_a_reason(gateway: Gateway) -> None:
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     channel = pc.createDataChannel("video-meta")
     messages = asyncio.Queue[bytes]()
     channel.on("message", lambda data: messages.put_nowait(data))
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(
@@ -200,13 +200,13 @@ async def test_refused_data_channels_are_logged_rate_limited(
 ) -> None:
     """A phone opening many channels with other labels used to write a warning for each (15: 15 lines)."""
     caplog.set_level(logging.WARNING, logger="streaming.gateway.session")
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     refused = 15  # under the session's limit of refusals (it closes the session at 20)
     for k in range(refused):
         pc.createDataChannel(f"spam-{k}")
     pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(

@@ -31,7 +31,7 @@ from mobile_sim.sources import default_style_photo
 from streaming.gateway.rate_limit import KeyedTokenBuckets
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway, GatewayConfig
-from streaming.ice import LOOPBACK, RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, RemoteCandidatePolicy, gathering_on, rtc_configuration
 from streaming.images import encode_jpeg
 from streaming.protocol import MAX_STYLE_BYTES, decode_offer
 
@@ -51,11 +51,11 @@ class SilentTrack(MediaStreamTrack):
 
 
 async def _client(track: MediaStreamTrack | None = None) -> tuple[RTCPeerConnection, str]:
-    restrict_host_candidates(LOOPBACK)
     pc = RTCPeerConnection(rtc_configuration())
     pc.createDataChannel("mvs")
     pc.addTrack(track or SilentTrack())
-    await pc.setLocalDescription(await pc.createOffer())
+    with gathering_on(LOOPBACK):
+        await pc.setLocalDescription(await pc.createOffer())
     return pc, pc.localDescription.sdp
 
 

@@ -12,7 +12,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from mobile_sim.link_shim import LinkProfile, LinkShim, host_candidates, rewrite_candidates
 from mobile_sim.network import EmulatedLink
-from streaming.ice import LOOPBACK, restrict_host_candidates, rtc_configuration
+from streaming.ice import LOOPBACK, gathering_on, rtc_configuration
 
 SDP = (
     "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
@@ -32,7 +32,6 @@ def test_only_host_candidates_are_read_and_rewritten() -> None:
 
 async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, EmulatedLink | None]:
     """Median data-channel echo round trip between two real peers, through an emulated link or directly."""
-    restrict_host_candidates(LOOPBACK)
     near, far = RTCPeerConnection(rtc_configuration()), RTCPeerConnection(rtc_configuration())
     link = EmulatedLink(profile) if profile else None
     channel = near.createDataChannel("echo")
@@ -41,10 +40,12 @@ async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, EmulatedLink
     channel.on("message", lambda _: echoes.put_nowait(time.perf_counter()))
     far.on("datachannel", lambda ch: ch.on("message", lambda m: ch.send(m)))
     try:
-        await near.setLocalDescription(await near.createOffer())
+        with gathering_on(LOOPBACK):
+            await near.setLocalDescription(await near.createOffer())
         offer = await link.offer(near.localDescription.sdp) if link else near.localDescription.sdp
         await far.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-        await far.setLocalDescription(await far.createAnswer())
+        with gathering_on(LOOPBACK):
+            await far.setLocalDescription(await far.createAnswer())
         answer = link.answer(far.localDescription.sdp) if link else far.localDescription.sdp
         await near.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         await asyncio.wait_for(opened.wait(), 20)

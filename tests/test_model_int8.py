@@ -10,10 +10,10 @@ from torch.ao.nn import quantized as qnn
 
 from edge_worker.__main__ import build_parser, config_from_args
 from edge_worker.model.int8 import INT8
-from edge_worker.model.registry import load_stylizer
 from edge_worker.model.stylizer import DEFAULT_MODEL_PATH, PhotoStylizer
 from edge_worker.quality import psnr
 from edge_worker.service import StylizerWorker
+from edge_worker.stylizers import load_stylizer
 from edge_worker.training import calibration_pairs
 
 WORK_SIZE = 64

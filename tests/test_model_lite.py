@@ -15,8 +15,8 @@ from edge_worker.lite_training import evaluate_lite
 from edge_worker.model.base import BatchStylizer, CoefficientStylizer, Trainable
 from edge_worker.model.efficientnet_lite import EfficientNetLite0, imagenet_weights_path, load_imagenet
 from edge_worker.model.lite import LITE_CONFIGS, LiteStylizer
-from edge_worker.model.registry import load_stylizer
 from edge_worker.model.stylizer import resize, to_tensor
+from edge_worker.stylizers import load_stylizer
 from edge_worker.training import HELD_OUT_PHOTOS, HELD_OUT_STYLES, bundled_photo
 from streaming.coefficients import decode_coefficients, encode_coefficients
 

@@ -64,3 +64,12 @@ def synchronize(device: torch.device) -> None:
     """Wait for the work queued on ``device`` (no-op on the CPU, where every call is synchronous)."""
     if device.type == CUDA:
         torch.cuda.synchronize(device)
+
+
+def serve_on(device: torch.device, threads: int = 0) -> None:
+    """torch's process-wide settings for serving on ``device``: ``threads`` intra-op threads (0 keeps torch's
+    default) and, on CUDA, cuDNN autotuning (frames of one size: it picks its fastest kernels once)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if device.type == CUDA:
+        torch.backends.cudnn.benchmark = True

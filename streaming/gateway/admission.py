@@ -55,7 +55,6 @@ SECURITY_HEADERS = {
 }
 """Headers of every answer: the browser phone runs only this origin's scripts, is never framed, and no file is
 sniffed into another type."""
-REFUSAL_LOG = LogLimiter()
 
 REFUSED = Counter("mvs_gateway_offers_refused_total", "Signaling requests refused by admission", ["reason"])
 
@@ -91,11 +90,16 @@ class AdmissionPolicy:
 
 
 def _refuse(
-    request: web.Request, status: int, reason: str, message: str, headers: dict[str, str] | None = None
+    refusals: LogLimiter,
+    request: web.Request,
+    status: int,
+    reason: str,
+    message: str,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     REFUSED.labels(reason).inc()
     source = request.remote or "unknown"
-    REFUSAL_LOG.log(log, logging.INFO, source, "request refused", {"reason": reason, "address": source})
+    refusals.log(log, logging.INFO, source, "request refused", {"reason": reason, "address": source})
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
@@ -103,13 +107,14 @@ def _cors_headers(request: web.Request) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": request.headers["Origin"], "Vary": "Origin"}
 
 
-def security_middleware(policy: AdmissionPolicy) -> Middleware:
-    """The middleware refusing unknown ``Host`` names and adding :data:`SECURITY_HEADERS` to every answer."""
+def security_middleware(policy: AdmissionPolicy, refusals: LogLimiter) -> Middleware:
+    """The middleware refusing unknown ``Host`` names and adding :data:`SECURITY_HEADERS` to every answer;
+    refusals are logged through ``refusals`` (one per gateway, rate-limited per client address)."""
 
     @web.middleware
     async def secure(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not policy.host_allowed(request):
-            response: web.StreamResponse = _refuse(request, 421, "host", "unknown host name for this gateway")
+            response: web.StreamResponse = _refuse(refusals, request, 421, "host", "unknown host name for this gateway")
         else:
             try:
                 response = await handler(request)
@@ -122,8 +127,8 @@ def security_middleware(policy: AdmissionPolicy) -> Middleware:
     return secure
 
 
-def admission_middleware(policy: AdmissionPolicy) -> Middleware:
-    """The middleware enforcing ``policy`` on the signaling paths."""
+def admission_middleware(policy: AdmissionPolicy, refusals: LogLimiter) -> Middleware:
+    """The middleware enforcing ``policy`` on the signaling paths; refusals are logged through ``refusals``."""
 
     @web.middleware
     async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -131,10 +136,10 @@ def admission_middleware(policy: AdmissionPolicy) -> Middleware:
             return await handler(request)
         browser = "Origin" in request.headers
         if browser and not policy.origin_allowed(request):
-            return _refuse(request, 403, "origin", "this origin may not use the gateway")
+            return _refuse(refusals, request, 403, "origin", "this origin may not use the gateway")
         if request.method == "OPTIONS":
             if not browser:
-                return _refuse(request, 403, "origin", "a preflight needs an Origin")
+                return _refuse(refusals, request, 403, "origin", "a preflight needs an Origin")
             headers = {
                 **_cors_headers(request),
                 "Access-Control-Allow-Methods": "POST",
@@ -143,15 +148,19 @@ def admission_middleware(policy: AdmissionPolicy) -> Middleware:
             }
             return web.Response(status=204, headers=headers)
         if (browser or policy.token_secret is not None) and request.content_type != JSON:
-            return _refuse(request, 415, "content_type", f"Content-Type must be {JSON}")
+            return _refuse(refusals, request, 415, "content_type", f"Content-Type must be {JSON}")
         if policy.token_secret is not None:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token:
-                return _refuse(request, 401, "token", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+                return _refuse(
+                    refusals, request, 401, "token", "a bearer token is required", {"WWW-Authenticate": "Bearer"}
+                )
             try:
                 claims: Claims = verify(policy.token_secret, token.strip(), policy.region)
             except TokenError as exc:
-                return _refuse(request, 401, "token", str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                return _refuse(
+                    refusals, request, 401, "token", str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                )
             request[TOKEN_CLAIMS] = claims
         response = await handler(request)
         if browser:

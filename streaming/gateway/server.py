@@ -50,7 +50,7 @@ import ssl
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,7 +60,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge
+from prometheus_client import Gauge
 
 from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S
 from streaming.clock import ClockOffset
@@ -77,7 +77,7 @@ from streaming.gateway.rate_limit import KeyedTokenBuckets
 from streaming.gateway.sdp_limits import SdpRefused, screen_sdp
 from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
-from streaming.ice import RemoteCandidatePolicy, restrict_host_candidates, rtc_configuration
+from streaming.ice import RemoteCandidatePolicy, gathering_on, rtc_configuration
 from streaming.images import ImageDecodeError, check_image_size
 from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
 from streaming.protocol import (
@@ -103,7 +103,7 @@ from streaming.style_store import (
     style_id_of,
     upload_digest,
 )
-from streaming.telemetry import LogLimiter, region_metrics
+from streaming.telemetry import LogLimiter, add_health_routes, region_metrics
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
 log = logging.getLogger(__name__)
@@ -317,9 +317,12 @@ class Gateway:
         self._styles: StyleStore | None = None
         self._runner: web.AppRunner | None = None
         self.port = config.port
-        self._reapers: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()
+        """This gateway's tasks that nothing awaits (session reapers, closes), kept referenced until they end."""
         self._bad_offer_log = LogLimiter()
         """Refused offers are logged rate-limited per client address."""
+        self._refusal_log = LogLimiter()
+        """Requests admission refused are logged rate-limited per client address."""
         secret = (config.token_secret or secret_from_env()) if config.require_token else None
         if config.require_token and secret is None:
             raise ValueError(f"--require-token needs the token secret in ${TOKEN_SECRET_ENV}")
@@ -331,12 +334,19 @@ class Gateway:
         """The aiohttp application (routes: /offer, /metrics, /healthz, /livez, the browser phone)."""
         app = web.Application(
             client_max_size=int(MAX_STYLE_BYTES * BASE64_OVERHEAD) + SIGNALING_SLACK_BYTES,
-            middlewares=[security_middleware(self.admission), admission_middleware(self.admission)],
+            middlewares=[
+                security_middleware(self.admission, self._refusal_log),
+                admission_middleware(self.admission, self._refusal_log),
+            ],
         )
         app.router.add_post("/offer", self._offer)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/livez", self._livez)
+        add_health_routes(
+            app,
+            ready=self._readiness,
+            live=self._liveness,
+            exposition=lambda: region_metrics(self.config.region),
+            headers={GATEWAY_INSTANCE_HEADER: self.instance},
+        )
         app.router.add_get("/", self._index)
         app.router.add_get("/styles", self._styles_list)
         app.router.add_static("/static/", STATIC_DIR)
@@ -344,8 +354,6 @@ class Gateway:
 
     async def start(self) -> None:
         """Connect to NATS and start serving HTTP."""
-        if self.config.ice_hosts:
-            restrict_host_candidates(self.config.ice_hosts)
         self._nc = await connect_nats(
             self.config.nats_url,
             f"gateway-{self.config.region}",
@@ -456,12 +464,14 @@ class Gateway:
             style_id,
             offer.out_size,
             self.worker_clocks,
+            self._background,
             offer.result,
             address=address,
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-            await pc.setLocalDescription(await pc.createAnswer())
+            with gathering_on(self.config.ice_hosts):
+                await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot use
             await pc.close()
             return self._bad_offer(address, f"unusable SDP offer: {exc}")
@@ -469,8 +479,8 @@ class Gateway:
         SESSIONS.labels(self.config.region).set(len(self.sessions))
         session.start_supervision(self.config.connect_timeout_s, self.config.idle_timeout_s)
         reaper = asyncio.create_task(self._reap(session))
-        self._reapers.add(reaper)
-        reaper.add_done_callback(self._reapers.discard)
+        self._background.add(reaper)
+        reaper.add_done_callback(self._background.discard)
         log.info("phone offered", extra={"stream_id": stream_id, "style_id": style_id, "address": address})
         answer = Answer(sdp=pc.localDescription.sdp, stream_id=stream_id, style_id=style_id)
         return web.Response(
@@ -543,17 +553,12 @@ class Gateway:
         styles = [{"name": p.stem, "url": f"/static/styles/{p.name}"} for p in photos]
         return web.json_response({"styles": styles})
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=region_metrics(self.config.region), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _livez(self, request: web.Request) -> web.Response:
-        """Liveness: 200 while the event loop answers and the NATS connection is up or reconnecting (the gateway
-        reconnects forever, streaming.nats_connect); 503 once it is closed for good: restart me. Its
-        :data:`GATEWAY_INSTANCE_HEADER` tells a silent phone whether this is still the gateway it connected to."""
-        alive = self._nc is not None and not self._nc.is_closed
-        return web.json_response(
-            {"ok": alive}, status=200 if alive else 503, headers={GATEWAY_INSTANCE_HEADER: self.instance}
-        )
+    async def _liveness(self) -> tuple[bool, Mapping[str, object]]:
+        """``/livez``: passes while the event loop answers and the NATS connection is up or reconnecting (the
+        gateway reconnects forever, streaming.nats_connect); fails once it is closed for good: restart me. The
+        answer's :data:`GATEWAY_INSTANCE_HEADER` tells a silent phone whether this is still the gateway it
+        connected to."""
+        return self._nc is not None and not self._nc.is_closed, {}
 
     def _bad_offer(self, address: str, error: str) -> web.Response:
         """HTTP 400 with the reason (clipped: it may quote the offer), logged rate-limited per address."""
@@ -561,15 +566,14 @@ class Gateway:
         self._bad_offer_log.log(log, logging.INFO, address, "offer refused", {"address": address, "error": error})
         return web.json_response({"error": error}, status=400)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        """200 when this site can take a phone (NATS connected, a worker answers, a free slot), else 503."""
+    async def _readiness(self) -> tuple[bool, Mapping[str, object]]:
+        """``/healthz``: passes when this site can take a phone (NATS connected, a worker answers, a free slot)."""
         nc = self._nc
         connected = nc is not None and nc.is_connected
         workers = await discover_workers(nc, self.config.region, HEALTH_DISCOVERY_S) if nc and connected else []
         full = self.occupied() >= self.config.max_sessions
         ok = connected and bool(workers) and not full
-        body = {
-            "ok": ok,
+        return ok, {
             "region": self.config.region,
             "sessions": len(self.sessions),
             "max_sessions": self.config.max_sessions,
@@ -580,7 +584,6 @@ class Gateway:
             "nats_connected": connected,
             "workers": sorted(w.worker_id for w in workers),
         }
-        return web.json_response(body, status=200 if ok else 503)
 
 
 class StylesBusy(Exception):

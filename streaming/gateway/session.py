@@ -85,8 +85,6 @@ CLOSE_GRACE_S = 2.0
 CLOSE_RETRY_S = 0.1
 """How often it cancels again a task that has not ended (one that swallowed its cancellation)."""
 
-_BACKGROUND: set[asyncio.Future[None]] = set()
-
 KEY_FRAMES = Counter("mvs_gateway_key_frames_total", "Key frames by outcome", ["region", "outcome"])
 FRAMES = Counter("mvs_gateway_frames_total", "Decoded video frames by fate", ["region", "fate"])
 BAD_MESSAGES = Counter("mvs_gateway_bad_messages_total", "Undecodable data-channel messages", ["region"])
@@ -197,10 +195,14 @@ class PhoneSession:
         style_id: str,
         out_size: tuple[int, int] | None,
         worker_clocks: dict[str, ClockOffset],
+        background: set[asyncio.Future[None]],
         result: str = ResultKind.FRAME,
         address: str = "",
     ) -> None:
         self.stream_id = stream_id
+        self._background = background
+        """The gateway's tasks that outlive their session (a close, a peer connection still closing): kept referenced
+        here until they end."""
         self.address = address
         """The client address the offer came from."""
         self.pc = pc
@@ -326,8 +328,8 @@ class PhoneSession:
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, kept referenced (not one of the tasks close() cancels)."""
         task = asyncio.ensure_future(work)
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self, reason: str = "closed by the gateway") -> None:
         """Stop every task of this session and close its peer connection (its ports are freed), whatever the tasks
@@ -361,8 +363,8 @@ class PhoneSession:
                 extra={"stream_id": self.stream_id, "tasks": stuck, "peer_closed": closing.done()},
             )
             if not closing.done():
-                _BACKGROUND.add(closing)
-                closing.add_done_callback(_BACKGROUND.discard)
+                self._background.add(closing)
+                closing.add_done_callback(self._background.discard)
         elif not closing.cancelled() and closing.exception() is not None:
             log.warning("peer connection close failed", exc_info=closing.exception())
         log.info("session closed", extra={"stream_id": self.stream_id, "reason": reason, **self.counts})
