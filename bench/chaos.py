@@ -1020,20 +1020,19 @@ def _pair(row: dict[str, Any], first: str, second: str) -> str:
 def readme_table(data: dict[str, Any]) -> str:
     """The README's "Under fault" table of a campaign's results: its figures only (what each row survived, in words,
     is in ``chaos.md``); p95 is the well-behaved phone's key round trip, and the target that of issue 22, item 8."""
-    lines = ["| " + " | ".join(README_COLUMNS) + " |", "|" + " --- |" * len(README_COLUMNS)]
-    for row in data["rows"]:
-        target = {True: "met", False: "MISSED"}.get(row.get("target_met"), "")
-        cells = [
+    rows = [
+        [
             row["fault"],
             _pair(row, "frames_out", "frames_captured"),
             _pair(row, "keys_ok", "keys_failed"),
-            "" if row.get("recovery_s") is None else str(row["recovery_s"]),
-            "" if row.get("p95_ms") is None else str(row["p95_ms"]),
-            "" if row.get("p95_ratio") is None else f"x{row['p95_ratio']}",
-            target,
+            row.get("recovery_s"),
+            row.get("p95_ms"),
+            None if row.get("p95_ratio") is None else f"x{row['p95_ratio']}",
+            {True: "met", False: "MISSED"}.get(row.get("target_met"), ""),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        for row in data["rows"]
+    ]
+    return "\n".join(table(README_COLUMNS, rows)) + "\n"
 
 
 async def _main(out: Path | None, only: Sequence[str]) -> None:
