@@ -26,7 +26,7 @@ lock: $(STAMP)
 venv: $(STAMP)
 
 # The paper's DNN live: work size 192, int8 network, colour maps rendered on the phone (bench.live, README).
-DEMO_FLAGS ?= --model dnn --work-size 192 --precision int8 --render affine --worker-threads 2
+DEMO_FLAGS ?= --model dnn --work-size 192 --precision int8 --render affine --threads 2
 
 demo: $(STAMP)
 	$(VENV)/bin/mvs demo $(DEMO_FLAGS)

@@ -26,8 +26,6 @@ import base64
 import dataclasses
 import json
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -41,23 +39,29 @@ import numpy as np
 
 from aggregator.service import Aggregator, AggregatorConfig
 from bench.common import machine, table, write_results
-from bench.faults import (
+from deploy.faults import (
     BarePhone,
     RandomPtsPhone,
     StunTargets,
     jpeg_bomb,
+    key_request,
     kill_gateway_mid_stream,
+    loopback_phone,
     png_bomb,
+    restricted_gateway,
+    restricted_worker,
     sdp_bombs,
     slow_offer_head,
     unanswered_offer_sdp,
     with_candidates,
 )
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
-from deploy.nats_auth import gateway_user, worker_id, worker_user
+from deploy.launch import ServiceProcess, stop_all
+from deploy.nats_auth import worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
 from edge_worker.service import StylizerWorker, WorkerConfig
-from mobile_sim.client import Phone, PhoneConfig
+from mobile_sim.client import Phone
 from mobile_sim.sources import default_style_photo
+from streaming.cli import ServiceOptions
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import PhoneSession
@@ -73,7 +77,6 @@ from streaming.protocol import (
     DeltaRef,
     KeyLatency,
     StylizeReply,
-    StylizeRequest,
     decode,
     delta_bucket,
     encode,
@@ -82,7 +85,7 @@ from streaming.protocol import (
     stylize_subject,
     unpack,
 )
-from streaming.runtime import dying_with_parent, run_main
+from streaming.runtime import run_main
 from streaming.style_store import StyleStore
 from streaming.tensors import NamedArrays, encode_tensors
 
@@ -185,16 +188,7 @@ class Site:
         self.server.stop()
 
     def phone(self, seconds: float) -> Phone:
-        config = PhoneConfig(
-            gateway_urls=(self.gateway.url,),
-            frames=int(seconds * FPS),
-            size=SIZE,
-            fps=FPS,
-            key_interval=5,
-            region=self.region,
-            ice_hosts=LOOPBACK,
-        )
-        return Phone(config)
+        return Phone(loopback_phone([self.gateway.url], self.region, int(seconds * FPS), size=SIZE, fps=FPS))
 
     async def health(self) -> dict[str, Any]:
         async with aiohttp.ClientSession() as http, http.get(f"{self.gateway.url}/healthz") as response:
@@ -222,20 +216,7 @@ async def bombs_and_echoes(site: Site) -> list[dict[str, Any]]:
         frame = encode_jpeg(default_style_photo()[:64, :64])
 
         def request(style_id: str, image: bytes, **extra: object) -> bytes:
-            body = unpack(
-                encode(
-                    StylizeRequest(
-                        stream_id="s",
-                        frame_id=1,
-                        style_id=style_id,
-                        image=image,
-                        out_width=64,
-                        out_height=64,
-                        budget_ms=3000.0,
-                    )
-                ),
-                "a stylize request",
-            )
+            body = unpack(encode(key_request(style_id, image, (64, 64), 3000.0)), "a stylize request")
             body.update(extra)
             return pack(body)
 
@@ -349,7 +330,7 @@ async def nats_outage(site: Site) -> dict[str, Any]:
 
 
 async def gateway_kill(site: Site) -> dict[str, Any]:
-    """The site's worker serves a gateway *process* (``bench.faults.kill_gateway_mid_stream``): SIGKILL mid-stream,
+    """The site's worker serves a gateway *process* (``deploy.faults.kill_gateway_mid_stream``): SIGKILL mid-stream,
     the same command again on its port ``GATEWAY_DOWN_S`` later."""
     kill = await kill_gateway_mid_stream(site.server.url, site.region, None, down_s=GATEWAY_DOWN_S, fps=FPS, size=SIZE)
     noticed, back = kill.noticed_after_s, kill.reconnect_after_up_s
@@ -373,47 +354,23 @@ async def phone_crowd(site: Site) -> dict[str, Any]:
     write its report (complete; degraded or partial with the reason) and exit 0 (non-zero only on its own failure
     or when it never streamed)."""
     with tempfile.TemporaryDirectory(prefix="mvs-crowd-") as tmp:
+        frames = int(CROWD_SECONDS * FPS)
         outs = [Path(tmp) / f"phone{i}" for i in range(CROWD_PHONES)]
-        procs = [
-            subprocess.Popen(
-                dying_with_parent(
-                    [
-                        sys.executable,
-                        "-m",
-                        "mobile_sim",
-                        "--gateway",
-                        site.gateway.url,
-                        "--region",
-                        site.region,
-                        "--ice-host",
-                        "127.0.0.1",
-                        "--frames",
-                        str(int(CROWD_SECONDS * FPS)),
-                        "--fps",
-                        str(FPS),
-                        "--size",
-                        f"{SIZE[0]}x{SIZE[1]}",
-                        "--out",
-                        str(out),
-                        "--log-level",
-                        "error",
-                    ]
-                ),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        phones = [
+            ServiceProcess(
+                loopback_phone([site.gateway.url], site.region, frames, size=SIZE, fps=FPS, out_dir=out),
+                options=ServiceOptions(log_level="error"),
+                log_path=out.with_suffix(".log"),
+            ).start()
             for out in outs
         ]
         start = time.monotonic()
-        while any(p.poll() is None for p in procs) and time.monotonic() - start < STEP_TIMEOUT_S:
-            await asyncio.sleep(0.2)
-        for p in procs:  # bounded: a phone still running now counts as one that wrote nothing
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        # Bounded: a phone still running then counts as one that wrote nothing.
+        await asyncio.gather(*(asyncio.wait_for(p.wait_exit(), STEP_TIMEOUT_S) for p in phones), return_exceptions=True)
+        stop_all(phones)
         seconds = time.monotonic() - start
         reports = [json.loads((o / "report.json").read_text()) for o in outs if (o / "report.json").is_file()]
-    codes = [p.returncode for p in procs]
+    codes = [code for p in phones if (code := p.returncode) is not None]  # all: stopped
     status = [r["outcome"]["status"] for r in reports]
     reasons = sorted({r["outcome"]["reason"] for r in reports if r["outcome"]["reason"]})
     return _row(
@@ -447,25 +404,8 @@ async def cross_region(site: Site) -> list[dict[str, Any]]:
     as another worker. The figure: the us phone's keys and round trip against its baseline."""
     del site
     with NatsHubAndLeaves(["eu", "us"], secure=True, workers={"eu": 2, "us": 1}) as cluster:
-        us = cluster.leaves["us"]
-        worker = StylizerWorker(
-            WorkerConfig(
-                nats_url=cluster.client_url(us, worker_user(worker_id("us", 0))),
-                region="us",
-                worker_id=worker_id("us", 0),
-                threads=1,
-                js_domain=HUB_DOMAIN,
-            )
-        )
-        gateway = Gateway(
-            GatewayConfig(
-                port=0,
-                nats_url=cluster.client_url(us, gateway_user("us")),
-                region="us",
-                js_domain=HUB_DOMAIN,
-                ice_hosts=LOOPBACK,
-            )
-        )
+        worker = StylizerWorker(restricted_worker(cluster, "us"))
+        gateway = Gateway(restricted_gateway(cluster, "us"))
         await worker.start()
         await gateway.start()
         refusals: list[str] = []
@@ -506,15 +446,7 @@ async def cross_region(site: Site) -> list[dict[str, Any]]:
 
 
 async def _us_phone(gateway: Gateway, region: str) -> dict[str, Any]:
-    config = PhoneConfig(
-        gateway_urls=(gateway.url,),
-        frames=int(CROSS_REGION_SECONDS * FPS),
-        size=SIZE,
-        fps=FPS,
-        key_interval=5,
-        region=region,
-        ice_hosts=LOOPBACK,
-    )
+    config = loopback_phone([gateway.url], region, int(CROSS_REGION_SECONDS * FPS), size=SIZE, fps=FPS)
     return (await asyncio.wait_for(Phone(config).run(), STEP_TIMEOUT_S)).report
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deploy.certs import CA_FILE, kept_ca
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK

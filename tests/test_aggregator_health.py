@@ -14,7 +14,7 @@ import numpy as np
 
 from aggregator.__main__ import run
 from aggregator.service import AggregatorConfig
-from deploy.nats import NatsServer, free_port
+from deploy.nats_servers import NatsServer, free_port
 from streaming.tensors import NamedArrays
 
 INITIAL: NamedArrays = {"dec.weight": np.full((3, 2), 100.0, np.float32)}

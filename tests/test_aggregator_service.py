@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nats
 import numpy as np
@@ -21,7 +19,9 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import REGISTRY
 
 from aggregator.service import DURABLE, ROUND_KEY, Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.launch import ServiceProcess
+from deploy.nats_servers import NatsServer
+from streaming.cli import ServiceOptions
 from streaming.model_store import DeltaStore, ModelStore, submit_delta, version_object
 from streaming.protocol import (
     FL_DELTA_STREAM,
@@ -34,7 +34,6 @@ from streaming.protocol import (
     encode,
     fl_delta_subject,
 )
-from streaming.runtime import dying_with_parent
 from streaming.tensors import NamedArrays, encode_tensors
 
 BASE = 100.0
@@ -219,25 +218,12 @@ async def test_only_the_newest_versions_are_kept(server: NatsServer, nc: NATS) -
 
 
 def _start_aggregator(
-    server: NatsServer, tmp_path: Path, *extra: str, stderr: IO[bytes] | None = None
-) -> subprocess.Popen[bytes]:
+    server: NatsServer, tmp_path: Path, log_path: Path | None = None, **fields: Any
+) -> ServiceProcess:
     init = tmp_path / "init.bin"
     init.write_bytes(encode_tensors(INITIAL))
-    cmd = [
-        sys.executable,
-        "-m",
-        "aggregator",
-        "--nats",
-        server.url,
-        "--min-updates",
-        "3",
-        "--init",
-        str(init),
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-    return subprocess.Popen(dying_with_parent(cmd), stderr=stderr)
+    config = AggregatorConfig(**{"nats_url": server.url, "min_updates": 3, "init": init, **fields})
+    return ServiceProcess(config, options=ServiceOptions(log_level="warning"), log_path=log_path).start()
 
 
 async def _wait_latest(store: ModelStore, version: int) -> ModelVersion:
@@ -302,8 +288,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     wait and recognised, not rejected), or half-way through publishing a round (the round state reset included, its
     blobs not deleted yet). Either way the round's blobs end up deleted."""
     js = nc.jetstream()
-    ack_wait = ["--ack-wait", str(TEST_ACK_WAIT_S)]
-    first = _start_aggregator(server, tmp_path, *ack_wait, *(["--crash-after", crash_after] if crash_after else []))
+    first = _start_aggregator(server, tmp_path, ack_wait_s=TEST_ACK_WAIT_S, crash_after=crash_after)
     try:
         store = await ModelStore.open(js)
         await _wait_latest(store, 0)
@@ -319,7 +304,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
         ]
         closing = crash_after in ("weights_stored", "latest_moved", "round_reset")  # crashes while closing the round
         if crash_after.startswith("delta_"):
-            first.wait(timeout=STEP_TIMEOUT_S)  # crashed at the first delta
+            first.wait(STEP_TIMEOUT_S)  # crashed at the first delta
         else:
             await _until_persisted(js, 2)  # round not due yet (3 updates needed)
         if not crash_after:
@@ -330,24 +315,21 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
 
         if closing:
             await submit_last()
-        first.wait(timeout=STEP_TIMEOUT_S)  # killed, or crashed at the injected step
+        first.wait(STEP_TIMEOUT_S)  # killed, or crashed at the injected step
         log = tmp_path / "second.log"
-        with log.open("wb") as stderr:
-            second = _start_aggregator(server, tmp_path, *ack_wait, stderr=stderr)
-            try:
-                if not closing:
-                    await _until_settled(js, 0, deltas=2)  # a and b held once, redeliveries included
-                    await submit_last()
-                latest = await _wait_latest(store, 1)
-                await asyncio.wait_for(_announced(announced, 1), STEP_TIMEOUT_S)  # published, or re-announced
-                await _until_settled(js, 1)  # nothing left that could make a second version
-                assert (await store.latest()).version == 1  # type: ignore[union-attr]
-            finally:
-                second.terminate()
-                second.wait(timeout=STEP_TIMEOUT_S)
+        second = _start_aggregator(server, tmp_path, log, ack_wait_s=TEST_ACK_WAIT_S)
+        try:
+            if not closing:
+                await _until_settled(js, 0, deltas=2)  # a and b held once, redeliveries included
+                await submit_last()
+            latest = await _wait_latest(store, 1)
+            await asyncio.wait_for(_announced(announced, 1), STEP_TIMEOUT_S)  # published, or re-announced
+            await _until_settled(js, 1)  # nothing left that could make a second version
+            assert (await store.latest()).version == 1  # type: ignore[union-attr]
+        finally:
+            second.stop()
     finally:
-        if first.poll() is None:
-            first.kill()
+        first.kill()
     # v1 once, never a v2; a restarted aggregator also re-announces the version it finds stored (v0 when it came
     # back before the round closed), so that workers that started before it join.
     assert 1 in announced and set(announced) <= {0, 1}

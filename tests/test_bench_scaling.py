@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 
 from bench import scaling
 from bench.loadgen import OK, LoadGenerator, LoadSpec, schedule
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local_deployment import LocalConfig, LocalDeployment
 from deploy.regions import Region
-from deploy.topology import LocalConfig, LocalDeployment
 from tests.browser_support import (
     ENGINES,
     Page,

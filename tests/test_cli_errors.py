@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 
 TIMEOUT_S = 120
 

@@ -8,7 +8,6 @@ blobs. A worker in turn refuses a global version whose weights do not fit its mo
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +31,8 @@ from test_aggregator_service import _delta as _process_delta
 from test_federated_edge import _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.launch import ServiceProcess
+from deploy.nats_servers import NatsServer
 from edge_worker.federated import FederatedConfig, FederatedLearner
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode, encode, fl_delta_subject
@@ -202,39 +202,38 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
     js = nc.jetstream()
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
-    first = _start_aggregator(server, tmp_path, "--min-updates", "2", "--crash-after", "round_reset")
-    second: subprocess.Popen[bytes] | None = None
+    first = _start_aggregator(server, tmp_path, min_updates=2, crash_after="round_reset")
+    second: ServiceProcess | None = None
     try:
         await _wait_latest(store, 0)
         refs = [
             await submit_delta(js, us, worker_id=w, base_version=0, samples=4, delta=_process_delta(v))
             for w, v in (("a", 0.5), ("b", -0.25))
         ]
-        assert first.wait(timeout=STEP_TIMEOUT_S) == 1  # crashed at round_reset, after publishing v1
+        assert first.wait(STEP_TIMEOUT_S) == 1  # crashed at round_reset, after publishing v1
         assert (await store.latest()).version == 1  # type: ignore[union-attr]
         assert not any([await _blob_gone(us, r.object_name) for r in refs])  # the window: none deleted yet
         for ref in refs:
             await js.publish(fl_delta_subject("us", ref.worker_id), encode(ref))  # replayed while it is down
-        second = _start_aggregator(server, tmp_path, "--min-updates", "1")  # one counted replay would make v2
+        second = _start_aggregator(server, tmp_path, min_updates=1)  # one counted replay would make v2
         await _until_settled(js, 1)
         state = await _round_state(js)
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
+            if process is not None:
                 process.kill()
-                process.wait(timeout=STEP_TIMEOUT_S)
     assert (await store.latest()).version == 1  # type: ignore[union-attr]
     assert all([await _blob_gone(us, r.object_name) for r in refs])
     assert state is not None and state.to_delete == [] and not state.accepted
     assert sorted(decode(data, DeltaRef).worker_id for data in state.consumed) == ["a", "b"]
 
 
-async def _wait_alive(process: subprocess.Popen[bytes], store: ModelStore, version: int) -> ModelVersion:
+async def _wait_alive(process: ServiceProcess, store: ModelStore, version: int) -> ModelVersion:
     """Until ``version`` is published; fails at once if the process exits first."""
 
     async def loop() -> ModelVersion:
         while (latest := await store.latest()) is None or latest.version < version:
-            assert process.poll() is None, f"the aggregator exited with {process.returncode}"
+            assert process.returncode is None, f"the aggregator exited with {process.returncode}"
             await asyncio.sleep(0.05)
         return latest
 
@@ -249,24 +248,22 @@ async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restar
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
     first = _start_aggregator(server, tmp_path)  # 3 updates needed: the round stays open
-    second: subprocess.Popen[bytes] | None = None
+    second: ServiceProcess | None = None
     try:
         await _wait_latest(store, 0)
         a = await submit_delta(js, us, worker_id="a", base_version=0, samples=4, delta=_process_delta(0.5))
         await submit_delta(js, us, worker_id="b", base_version=0, samples=4, delta=_process_delta(-0.25))
         await _until_persisted(js, 2)
         first.kill()
-        first.wait(timeout=STEP_TIMEOUT_S)
         await us.put(a.object_name, encode_tensors(WRONG_SHAPE_FOR_PROCESS))
-        second = _start_aggregator(server, tmp_path, "--min-updates", "2", "--round-timeout", str(ROUND_TIMEOUT_S))
+        second = _start_aggregator(server, tmp_path, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S)
         meta = await _wait_alive(second, store, 1)
         await _until_settled(js, 1)
-        assert second.poll() is None
+        assert second.returncode is None
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
+            if process is not None:
                 process.kill()
-                process.wait(timeout=STEP_TIMEOUT_S)
     assert meta.contributors == ["b"]
     weights = await store.weights(meta)
     assert np.array_equal(weights["dec.weight"], np.full((3, 2), BASE - 0.25, np.float32))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from deploy.cli import COMMANDS
-from deploy.local import build_parser, run_demo
+from deploy.demo import build_parser, run_demo
 from mobile_sim.__main__ import phone_config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.federated import FederatedConfig
 from edge_worker.key_buffer import KeyFrameBuffer
 from edge_worker.lite_training import RetrainableLite

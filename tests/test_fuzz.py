@@ -15,8 +15,8 @@ import msgpack
 import nats
 import pytest
 
-from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig

@@ -16,8 +16,8 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 import streaming.gateway.session as session_module
-from bench.faults import BarePhone, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import BarePhone, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo

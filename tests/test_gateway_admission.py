@@ -24,9 +24,9 @@ import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from prometheus_client import REGISTRY
 
-from bench.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
 from deploy.certs import generate
-from deploy.nats import NatsServer
+from deploy.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
+from deploy.nats_servers import NatsServer
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.rate_limit import KeyedTokenBuckets
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 
 from deploy.certs import CA_FILE, CA_KEY_FILE, gateway_certificate, host_names, kept_ca
-from deploy.topology import build_parser, config_from_args, ice_hosts_for
+from deploy.local_deployment import build_parser, config_from_args, ice_hosts_for
 from streaming.ice import LOOPBACK
 
 

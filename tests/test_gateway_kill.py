@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.faults import kill_gateway_mid_stream
-from deploy.nats import NatsServer, free_port
+from deploy.faults import kill_gateway_mid_stream
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.service import StylizerWorker
 from mobile_sim.link import CLOCK_PROBE_PERIOD_S, LIVENESS_S, GatewayLink
 from streaming.gateway.server import Gateway

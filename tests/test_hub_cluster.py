@@ -24,9 +24,9 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
+from deploy.local_deployment import build_parser, config_from_args
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.regions import load_hub
-from deploy.topology import build_parser, config_from_args
 from streaming.buckets import BucketMissingError, deployment_stores, stream_name
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_DELTA_STREAM, MODEL_BUCKET, STYLE_BUCKET, ModelVersion

@@ -32,8 +32,8 @@ import yaml
 from deploy import k8s_manifests, nats_config
 from deploy.certs import generate
 from deploy.cli import COMMANDS
-from deploy.nats import HUB_DOMAIN, nats_server_binary, route_url_env
 from deploy.nats_auth import LEAF_URL_ENV, SETUP_USER, new_password
+from deploy.nats_servers import HUB_DOMAIN, nats_server_binary, route_url_env
 from deploy.regions import DEFAULT_REGIONS_FILE, load_hub, load_regions
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 
@@ -544,7 +544,7 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     assert "edge_worker/model/weights/mvstylizer-small.pt" in files
     assert [f for f in files if _docker_ignored(f, patterns)] == []
     heavy = [".venv/bin/python", ".git/HEAD", "bench/results/live.png", "out/x", "mvstylizer.egg-info/PKG-INFO"]
-    for path in [*heavy, "edge_worker/__pycache__/service.cpython-311.pyc", "deploy/nats.pyc"]:
+    for path in [*heavy, "edge_worker/__pycache__/service.cpython-311.pyc", "deploy/nats_servers.pyc"]:
         assert _docker_ignored(path, patterns), path
 
 

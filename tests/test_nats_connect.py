@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from streaming.nats_connect import connect_nats
 
 WAIT_S = 10.0

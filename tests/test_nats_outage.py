@@ -11,7 +11,7 @@ import uuid
 
 import aiohttp
 
-from deploy.nats import NatsServer, free_port
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig

@@ -28,14 +28,15 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from test_federated_edge import _serve_key_frames, _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
+from deploy.faults import restricted_gateway, restricted_worker
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from edge_worker.federated import FederatedConfig
 from edge_worker.retrain import RetrainableStylizer
-from edge_worker.service import StylizerWorker, WorkerConfig
+from edge_worker.service import StylizerWorker
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.buckets import Bucket, chunk_subject, object_stream
-from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.nats_connect import inbox_prefix, url_user
@@ -132,25 +133,8 @@ async def _client(cluster: NatsHubAndLeaves, server: NatsServer, user: str) -> C
 
 
 async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHubAndLeaves) -> None:
-    leaf = cluster.leaves["eu"]
-    worker = StylizerWorker(
-        WorkerConfig(
-            nats_url=cluster.client_url(leaf, worker_user(EU_0)),
-            region="eu",
-            worker_id=EU_0,
-            threads=1,
-            js_domain=HUB_DOMAIN,
-        )
-    )
-    gateway = Gateway(
-        GatewayConfig(
-            port=0,
-            nats_url=cluster.client_url(leaf, gateway_user("eu")),
-            region="eu",
-            js_domain=HUB_DOMAIN,
-            ice_hosts=LOOPBACK,
-        )
-    )
+    worker = StylizerWorker(restricted_worker(cluster, "eu"))
+    gateway = Gateway(restricted_gateway(cluster, "eu"))
     await worker.start()
     await gateway.start()
     try:
@@ -175,15 +159,9 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
     aggregator = Aggregator(AggregatorConfig(nats_url=cluster.client_url(cluster.hub, AGGREGATOR_USER), min_updates=1))
     await aggregator.start(initial)
     rounds = asyncio.create_task(aggregator.run())
-    leaf = cluster.leaves["fl"]
     worker = StylizerWorker(
-        WorkerConfig(
-            nats_url=cluster.client_url(leaf, worker_user(FL_0)),
-            region="fl",
-            worker_id=FL_0,
-            threads=1,
-            js_domain=HUB_DOMAIN,
-            federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4),
+        restricted_worker(
+            cluster, "fl", federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4)
         ),
         stylizer=model,
     )
@@ -255,22 +233,12 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
     aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
     store = await ModelStore.open(aggregator.nc.jetstream())
     await store.publish(v0_weights, ModelVersion(version=0, object_name=""))
-    leaf = cluster.leaves["fl"]
 
-    def federated_worker(worker: str, stylizer: RetrainableStylizer) -> StylizerWorker:
-        return StylizerWorker(
-            WorkerConfig(
-                nats_url=cluster.client_url(leaf, worker_user(worker)),
-                region="fl",
-                worker_id=worker,
-                threads=1,
-                js_domain=HUB_DOMAIN,
-                federated=FederatedConfig(buffer_dir=tmp_path / worker, idle_s=60.0, publish_every=10**6),
-            ),
-            stylizer=stylizer,
-        )
+    def federated_worker(index: int, stylizer: RetrainableStylizer) -> StylizerWorker:
+        buffer = FederatedConfig(buffer_dir=tmp_path / str(index), idle_s=60.0, publish_every=10**6)
+        return StylizerWorker(restricted_worker(cluster, "fl", index, federated=buffer), stylizer=stylizer)
 
-    serving = federated_worker(FL_0, model)
+    serving = federated_worker(0, model)
     phone_side = await _user_connection(cluster.client_url(cluster.hub, gateway_user("fl")))
     starting = None
     try:
@@ -286,7 +254,7 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
         assert serving.learner.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
         await _serve_key_frames(phone_side, 2)  # still serving
-        starting = federated_worker(FL_1, _tiny_dnn())
+        starting = federated_worker(1, _tiny_dnn())
         await starting.start()
         assert starting.learner is not None and starting.learner.base_version == 0
     finally:

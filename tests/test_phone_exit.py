@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from deploy.certs import generate
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.__main__ import finish
 from mobile_sim.client import Phone, PhoneConfig

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig, load_style

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.nats import NatsServer
+from deploy.faults import loopback_phone
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.__main__ import main as phone_main
-from mobile_sim.client import Phone, PhoneConfig
+from mobile_sim.client import Phone
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 
@@ -36,18 +37,7 @@ def _gateway(nats_server: NatsServer, region: str, port: int) -> Gateway:
 
 
 def _phone(urls: tuple[str, ...], region: str, frames: int, out: Path | None = None, **extra: object) -> Phone:
-    config = PhoneConfig(
-        gateway_urls=urls,
-        frames=frames,
-        size=SIZE,
-        fps=FPS,
-        key_interval=5,
-        region=region,
-        ice_hosts=LOOPBACK,
-        out_dir=out,
-        **extra,  # type: ignore[arg-type]
-    )
-    return Phone(config)
+    return Phone(loopback_phone(urls, region, frames, size=SIZE, fps=FPS, out_dir=out, **extra))
 
 
 async def _wait_for(condition: object, within_s: float) -> None:

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig

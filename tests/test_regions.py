@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from nats.aio.msg import Msg
 
-from bench.faults import BarePhone, offer_body, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import BarePhone, offer_body, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig

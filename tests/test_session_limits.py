@@ -10,8 +10,8 @@ import time
 import nats
 from prometheus_client import REGISTRY
 
-from bench.faults import BarePhone, RandomPtsPhone
-from deploy.nats import NatsServer
+from deploy.faults import BarePhone, RandomPtsPhone
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.report import latency_split
 from mobile_sim.sources import sample_photo

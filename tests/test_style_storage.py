@@ -15,8 +15,8 @@ import nats
 import numpy as np
 from nats.js.api import ObjectStoreConfig, StorageType
 
-from bench.faults import unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from streaming.buckets import (
     DELTA_BUCKET_MAX_BYTES,
     DELTA_REFS,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.coefficients import decode_coefficients

@@ -15,7 +15,7 @@ import pytest
 import torch
 from nats.aio.client import Client as NATS
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.model.base import BatchStylizer, Stylizer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer

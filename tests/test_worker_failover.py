@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -11,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from deploy.local import LocalTopology
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
+from deploy.worker_site import LOCAL_WORKER, WorkerSite
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
@@ -39,14 +40,14 @@ async def _wait_for(predicate: Any, what: str) -> None:
 
 
 @pytest.fixture
-async def topology(nats_server: NatsServer, region: str) -> AsyncIterator[LocalTopology]:
-    topo = LocalTopology(nats_server.url, region)
+async def topology(nats_server: NatsServer, region: str) -> AsyncIterator[WorkerSite]:
+    topo = WorkerSite(nats_server.url, dataclasses.replace(LOCAL_WORKER, region=region))
     yield topo
     topo.stop()
 
 
 async def test_gateway_retries_on_another_worker_when_one_is_killed(
-    nats_server: NatsServer, region: str, topology: LocalTopology
+    nats_server: NatsServer, region: str, topology: WorkerSite
 ) -> None:
     doomed, survivor = topology.start_worker("a"), topology.start_worker("b")
 
@@ -93,7 +94,7 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
         result = await phone
     finally:
         await gateway.stop()
-    assert survivor.poll() is None
+    assert survivor.returncode is None
     report = result.report
     assert report["frames"]["captured"] == FRAMES and report["frames"]["output"] == FRAMES
     per_key = report["per_key"]

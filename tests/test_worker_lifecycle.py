@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 
 import edge_worker.service as service
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.model.color_transfer import ColorStats, LinearColorTransfer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig, run

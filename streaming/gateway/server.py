@@ -64,7 +64,7 @@ from prometheus_client import Gauge
 
 from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S
 from streaming.clock import ClockOffset
-from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
+from streaming.config import REGION_FLAG, flag
 from streaming.gateway.admission import (
     REFUSED,
     TOKEN_CLAIMS,
@@ -79,9 +79,8 @@ from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import RemoteCandidatePolicy, gathering_on, rtc_configuration
 from streaming.images import ImageDecodeError, check_image_size
-from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
+from streaming.nats_connect import NatsClientConfig, connect_nats
 from streaming.protocol import (
-    DEFAULT_NATS_URL,
     DEFAULT_REGION,
     GATEWAY_INSTANCE_HEADER,
     MAX_FRAME_SIDE,
@@ -158,15 +157,10 @@ SESSIONS = Gauge("mvs_gateway_sessions", "Phones connected", ["region"])
 
 
 @dataclass
-class GatewayConfig:
+class GatewayConfig(NatsClientConfig):
     """Settings of one edge gateway (each field with a ``flag`` is a ``mvs gateway`` flag)."""
 
-    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
-    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
-    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
-    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
-    """JetStream domain of the style store (when this site's NATS is a leaf node of the hub)."""
     host: str = field(default="127.0.0.1", metadata=flag("HTTP listen address"))
     port: int = field(default=DEFAULT_HTTP_PORT, metadata=flag("HTTP port (0: any free port)"))
     deadline_ms: float = field(default=DEFAULT_DEADLINE_MS, metadata=flag("budget per key frame, retry included"))
