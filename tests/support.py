@@ -174,11 +174,15 @@ async def running_worker(
         await worker.stop()
 
 
+LOOP_TICK_S = 0.01
+"""How often :func:`longest_loop_stall` wakes (its worst gap includes this)."""
+
+
 async def longest_loop_stall(stop: asyncio.Event) -> float:
     """The longest the event loop went without running this task until ``stop`` (a blocked loop shows here)."""
     worst, last = 0.0, time.monotonic()
     while not stop.is_set():
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(LOOP_TICK_S)
         now = time.monotonic()
         worst, last = max(worst, now - last), now
     return worst

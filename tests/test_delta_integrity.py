@@ -179,9 +179,10 @@ async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -
     aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable="big-ref"))
     await aggregator.start(MODEL)
     js = nc.jetstream()
-    eu = DeltaStore(js, "eu")
+    worker = "w" * 2048  # its blob's subjects would pass the server's line limit: the reference alone is sent
+    ref = DeltaRef(worker_id=worker, region="eu", base_version=0, samples=8, object_name=f"delta/eu/{worker}/v0-x")
     try:
-        await submit_delta(js, eu, worker_id="w" * 2048, base_version=0, samples=8, delta=_delta(0.5))
+        await js.publish(fl_delta_subject("eu", worker), encode(ref))
         while not (aggregator.rejections or aggregator.state.accepted):
             assert await aggregator.step() is None
     finally:

@@ -8,6 +8,7 @@ import base64
 import json
 import random
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import msgpack
@@ -18,7 +19,8 @@ from deploy.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
 from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
-from streaming.gateway.server import Gateway
+from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
 from streaming.protocol import (
     MAX_MESSAGE_BYTES,
@@ -127,6 +129,18 @@ def _bad_offer(sdp: str, style: str, rng: random.Random) -> bytes:
     else:
         body["style"] = "%%" + "A" * rng.randint(1, 1000)
     return json.dumps(body).encode()
+
+
+@pytest.fixture
+async def gateway(nats_server: NatsServer, region: str) -> AsyncIterator[Gateway]:
+    """A gateway whose offer rate per address lets :data:`OFFERS` bad offers from this one address through."""
+    config = GatewayConfig(
+        port=0, nats_url=nats_server.url, region=region, ice_hosts=LOOPBACK, offer_burst_per_address=OFFERS
+    )
+    g = Gateway(config)
+    await g.start()
+    yield g
+    await g.stop()
 
 
 @pytest.mark.slow

@@ -3,27 +3,37 @@ under concurrent offers, sessions that never connect (or fall silent) are closed
 address cannot hold many pending offers, and /healthz reports the capacity. Signaling bounded (issue 22, items 4
 and 6): slow bodies hold no slot, idle and partial-header connections are closed and capped per address, SDP
 bombs are refused before aiortc parses them while /livez answers, and remote ICE candidates are capped and
-filtered (real raw sockets and UDP listeners counting the gateway's STUN)."""
+filtered (real raw sockets and UDP listeners counting the gateway's STUN); a max-size offer's body is decoded off
+the event loop, and offers are rate-limited per address."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import ssl
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from prometheus_client import REGISTRY
 
 from deploy.certs import generate
 from deploy.faults import StunTargets, sdp_bombs, slow_offer_head, with_candidates
 from deploy.nats_servers import NatsServer
+from mobile_sim.sources import default_style_photo
+from streaming.gateway.rate_limit import KeyedTokenBuckets
 from streaming.gateway.sdp_limits import MAX_REMOTE_CANDIDATES
 from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK, RemoteCandidatePolicy, gathering_on, rtc_configuration
-from tests.support import longest_loop_stall, phone_offer, running_gateway, wait_until
+from streaming.images import encode_jpeg
+from streaming.protocol import MAX_STYLE_BYTES, decode_offer
+from tests.support import LOOP_TICK_S, longest_loop_stall, phone_offer, running_gateway, wait_until
 
 CLOSED_WITHIN_S = 5.0
 SOCKET_SLACK = 4
@@ -231,7 +241,8 @@ async def test_sdp_bombs_are_refused_before_aiortc_and_livez_answers_meanwhile(
             bombs = sdp_bombs(sdp)
             answers = await asyncio.gather(*(offer(phone_offer(b)) for b in bombs.values() for _ in range(3)))
             stop.set()
-            assert all(status == 400 and "SDP offer" in error for status, error in answers), answers
+            refused_early = ("SDP offer", "only its style")  # screened, or too big for an offer: before aiortc
+            assert all(status == 400 and any(r in error for r in refused_early) for status, error in answers), answers
             assert await probe < LIVEZ_WITHIN_S
             assert await stall < MAX_LOOP_STALL_S
             async with http.post(f"{gateway.url}/offer", data=phone_offer(sdp)) as response:
@@ -311,3 +322,75 @@ async def test_an_https_gateway_caps_connections_per_address_too(
         )
         async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/livez", ssl=context) as response:
             assert response.status == 200
+
+
+# --- issue 22: an offer's body decoded off the event loop, offers rate-limited per address --------------------------
+
+
+async def test_a_max_size_offer_is_decoded_off_the_event_loop(nats_server: NatsServer, region: str) -> None:
+    """An 11 MB body (8 MB style) cost ~50-200 ms of JSON and base64 on the loop; its decoding now stalls the loop
+    for a fraction of what a plain parse costs. The SDP has no video, so the offer is refused right after the whole
+    body is decoded: the stall measured is the body's."""
+    pc = RTCPeerConnection(rtc_configuration())
+    pc.createDataChannel("mvs")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    jpeg = encode_jpeg(default_style_photo())
+    style = jpeg + os.urandom(MAX_STYLE_BYTES - len(jpeg))  # a JPEG with trailing bytes: its header is fine
+    body = phone_offer(sdp, style)
+    assert decode_offer(body).style == style
+    start = time.monotonic()
+    assert base64.b64decode(json.loads(body)["style"], validate=True) == style
+    cost = time.monotonic() - start  # a plain parse, as the gateway made on its loop (stalling it as long)
+    async with running_gateway(nats_server, region) as gateway:
+        assert await asyncio.to_thread(_post, gateway.url, b"{}") == 400  # warm: the first answer's setup is apart
+        stop = asyncio.Event()
+        stall = asyncio.create_task(longest_loop_stall(stop))
+        for _ in range(2):  # sent from a thread: the client's writes are not on the loop measured
+            assert await asyncio.to_thread(_post, gateway.url, body) == 400
+        stop.set()
+        worst = await stall - LOOP_TICK_S
+    assert worst < cost / 2, f"the loop stalled {worst * 1e3:.0f} ms; a plain parse takes {cost * 1e3:.0f} ms"
+
+
+def _post(url: str, body: bytes) -> int:
+    """POST an offer with a blocking client; its HTTP status."""
+    request = urllib.request.Request(f"{url}/offer", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _refused_for_rate() -> float:
+    return REGISTRY.get_sample_value("mvs_gateway_offers_refused_total", {"reason": "rate"}) or 0.0
+
+
+async def test_offers_beyond_an_address_rate_are_refused_with_retry_after_and_counted(
+    nats_server: NatsServer, region: str
+) -> None:
+    settings = {"offer_burst_per_address": 3, "offer_rate_per_address": 0.25}
+    async with running_gateway(nats_server, region, **settings) as gateway:
+        refused_before = _refused_for_rate()
+        async with aiohttp.ClientSession() as http:
+            answers = []
+            for _ in range(5):
+                async with http.post(f"{gateway.url}/offer", data=b"{}") as response:
+                    answers.append((response.status, response.headers.get("Retry-After")))
+        assert [status for status, _ in answers] == [400, 400, 400, 429, 429], answers
+        assert answers[3][1] == "4"  # a token every 4 s
+        assert _refused_for_rate() - refused_before == 2
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as other:
+            async with other.post(f"{gateway.url}/offer", data=b"{}") as response:
+                assert response.status == 400  # another address has its own bucket
+
+
+def test_keyed_token_buckets_refill_at_their_rate_and_forget_the_least_recent_address() -> None:
+    buckets = KeyedTokenBuckets(rate=2.0, burst=2, max_keys=2)
+    assert [buckets.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.5]
+    assert buckets.take("a", 0.25) == 0.25 and buckets.take("a", 0.5) == 0.0  # the refused take spent nothing
+    assert buckets.take("b", 0.5) == 0.0 and buckets.take("c", 0.5) == 0.0 and len(buckets) == 2
+    assert buckets.take("a", 0.5) == 0.0  # "a" was forgotten: a full bucket again

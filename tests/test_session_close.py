@@ -104,7 +104,7 @@ def _fds() -> int:
 
 @pytest.fixture
 async def roomy_gateway(nats_server: NatsServer, region: str) -> AsyncIterator[Gateway]:
-    """A gateway taking :data:`CHURN_CONCURRENCY` offers at once from one address."""
+    """A gateway taking :data:`CHURN_CONCURRENCY` offers at once from one address, and all the churn's."""
     config = GatewayConfig(
         port=0,
         nats_url=nats_server.url,
@@ -112,6 +112,7 @@ async def roomy_gateway(nats_server: NatsServer, region: str) -> AsyncIterator[G
         ice_hosts=LOOPBACK,
         max_sessions=CHURN_CONCURRENCY,
         max_pending_per_address=CHURN_CONCURRENCY,
+        offer_burst_per_address=CHURN_SESSIONS + WARM_UP_SESSIONS,
     )
     gateway = Gateway(config)
     await gateway.start()

@@ -143,6 +143,15 @@ async def test_a_flood_of_big_new_styles_neither_queues_without_bound_nor_delays
             return status
 
         flooding = [asyncio.create_task(offer(f"flood{i}", s, f"127.0.0.{10 + i}")) for i, s in enumerate(flood)]
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(gateway._making))
+                await asyncio.sleep(0)
+
+        watching = asyncio.create_task(watch())
         await wait_until(
             lambda: len(gateway._making) >= MAX_STYLES_WAITING,
             30.0,
@@ -151,5 +160,10 @@ async def test_a_flood_of_big_new_styles_neither_queues_without_bound_nor_delays
         )
         assert await offer("known", known, "127.0.0.9") == 200
         statuses = await asyncio.gather(*flooding)
-    assert statuses.count(503) >= len(flood) - MAX_STYLES_WAITING - 1, statuses  # refused at once, not queued
+        watching.cancel()
+    assert peak == MAX_STYLES_WAITING
+    # Beyond MAX_STYLES_WAITING new styles the rest are refused at once, not queued. How many of the flood find the
+    # style thread full depends on how fast their bodies come off the gateway's offer thread (decoded one at a time,
+    # a few ms each) against how fast the style thread empties: some do, every other one is stored.
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 1, statuses
     assert done.index("known") < len(done) - 1  # answered before the flood was through
