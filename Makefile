@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock demo test lint bench mutate clean
+.PHONY: venv lock demo test test-fast lint bench mutate clean
 
 # Installs exactly what requirements.lock pins (every distribution of .[dev], torch's CPU wheel included), then
 # the project itself without resolving anything: an upstream release changes nothing until `make lock`.
@@ -33,6 +33,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The tests not marked slow (pyproject's markers): about a minute on 2 busy cores, for the edit-test loop. CI runs `make test`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
@@ -35,6 +33,10 @@ from streaming.protocol import (
     fl_delta_subject,
 )
 from streaming.tensors import NamedArrays, encode_tensors
+from tests.support import wait_until
+
+pytestmark = pytest.mark.fresh_nats_server  # the model store and the delta stream are global on a server
+
 
 BASE = 100.0
 """The initial weights' value: large enough that the test deltas stay under the relative norm bound (25 %)."""
@@ -54,28 +56,16 @@ def _delta(value: float, dtype: str = "float16") -> NamedArrays:
 
 
 @pytest.fixture
-def server() -> NatsServer:
-    """A fresh server per test (the model store and the delta stream are global, not per region); its setup made
-    regions "eu" and "us"'s delta buckets."""
-    with NatsServer(regions=["eu", "us"]) as s:
-        yield s
-
-
-@pytest.fixture
-async def nc(server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(server.url)
-    yield client
-    await client.close()
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 async def _until_version(aggregator: Aggregator, version: int) -> ModelVersion:
-    async def loop() -> ModelVersion:
-        while True:
-            new = await aggregator.step()
-            if new is not None and new.version >= version:
-                return new
+    async def stepped() -> ModelVersion | None:
+        new = await aggregator.step()
+        return new if new is not None and new.version >= version else None
 
-    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    return await wait_until(stepped, STEP_TIMEOUT_S, f"the aggregator publishing v{version}", poll_s=0)
 
 
 async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: NatsServer, nc: NATS) -> None:
@@ -107,6 +97,7 @@ async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: Na
         await DeltaStore(js, "eu").get(r1.object_name)  # consumed deltas are removed
 
 
+@pytest.mark.slow
 async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -> None:
     aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, durable="rej"))
     await aggregator.start(INITIAL)
@@ -139,6 +130,7 @@ async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -
     assert aggregator.rejections == {"non_finite": 1, "keys": 1, "future_base": 1, "unreadable": 1, "duplicate": 1}
 
 
+@pytest.mark.slow
 async def test_poisoned_deltas_are_rejected_and_counted(server: NatsServer, nc: NATS) -> None:
     """Issue 14's attacks: the whole global weights sent as a delta, norm 999 claiming 10^12 samples, a delta that
     names another worker's object, one whose region is not its subject's; each rejected and counted by reason."""
@@ -174,6 +166,7 @@ def _rejected(reason: str) -> float:
     return REGISTRY.get_sample_value("mvs_aggregator_updates_rejected_total", {"reason": reason}) or 0.0
 
 
+@pytest.mark.slow
 async def test_a_round_closes_on_its_timeout_with_fewer_updates(server: NatsServer, nc: NATS) -> None:
     timeout_s = 2.0
     aggregator = Aggregator(
@@ -227,19 +220,11 @@ def _start_aggregator(
 
 
 async def _wait_latest(store: ModelStore, version: int) -> ModelVersion:
-    async def loop() -> ModelVersion:
-        while True:
-            latest = await store.latest()
-            if latest is not None and latest.version >= version:
-                return latest
-            await asyncio.sleep(0.05)
+    async def latest() -> ModelVersion | None:
+        latest = await store.latest()
+        return latest if latest is not None and latest.version >= version else None
 
-    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
-
-
-async def _announced(announced: list[int], version: int) -> None:
-    while version not in announced:
-        await asyncio.sleep(0.05)
+    return await wait_until(latest, STEP_TIMEOUT_S, f"v{version} as the store's latest")
 
 
 async def _round_state(js: JetStreamContext) -> RoundState | None:
@@ -254,29 +239,27 @@ async def _round_state(js: JetStreamContext) -> RoundState | None:
 async def _until_persisted(js: JetStreamContext, deltas: int) -> None:
     """Until the persisted round state holds ``deltas`` deltas."""
 
-    async def loop() -> None:
-        while (state := await _round_state(js)) is None or len(state.accepted) < deltas:
-            await asyncio.sleep(0.05)
+    async def persisted() -> bool:
+        state = await _round_state(js)
+        return state is not None and len(state.accepted) >= deltas
 
-    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    await wait_until(persisted, STEP_TIMEOUT_S, f"{deltas} deltas in the persisted round")
 
 
 async def _until_settled(js: JetStreamContext, version: int, deltas: int = 0) -> None:
     """Until no delta is waiting or delivered-but-unacked and the round after ``version`` holds ``deltas``: from
     then on nothing (a redelivery included) changes the round until another delta comes."""
 
-    async def loop() -> None:
-        while True:
-            info = await js.consumer_info(FL_DELTA_STREAM, DURABLE)
-            state = await _round_state(js)
-            if info.num_pending == 0 and info.num_ack_pending == 0 and state is not None:
-                if state.base_version == version and len(state.accepted) == deltas:
-                    return
-            await asyncio.sleep(0.05)
+    async def settled() -> bool:
+        info = await js.consumer_info(FL_DELTA_STREAM, DURABLE)
+        state = await _round_state(js)
+        idle = info.num_pending == 0 and info.num_ack_pending == 0
+        return idle and state is not None and state.base_version == version and len(state.accepted) == deltas
 
-    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    await wait_until(settled, STEP_TIMEOUT_S, f"the round after v{version} settled with {deltas} deltas")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "crash_after", ["", "delta_accepted", "delta_saved", "weights_stored", "latest_moved", "round_reset"]
 )
@@ -323,7 +306,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
                 await _until_settled(js, 0, deltas=2)  # a and b held once, redeliveries included
                 await submit_last()
             latest = await _wait_latest(store, 1)
-            await asyncio.wait_for(_announced(announced, 1), STEP_TIMEOUT_S)  # published, or re-announced
+            await wait_until(lambda: 1 in announced, STEP_TIMEOUT_S, "v1 announced")  # published, or re-announced
             await _until_settled(js, 1)  # nothing left that could make a second version
             assert (await store.latest()).version == 1  # type: ignore[union-attr]
         finally:
@@ -344,6 +327,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
             await deltas.get(ref.object_name)
 
 
+@pytest.mark.slow
 async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(server: NatsServer, nc: NATS) -> None:
     """With fewer than --min-updates deltas a round closes --round-timeout after its first accepted delta, never on
     its age alone; the initial version is announced like every other."""

@@ -27,6 +27,9 @@ from tests.browser_support import (
 )
 from tests.firefox_bidi import Firefox
 
+pytestmark = pytest.mark.slow  # real browsers
+
+
 MIN_KEYS_RETURNED = 0.95
 KEYS = 5  # stream until this many keys came back
 KEY_INTERVAL = 5

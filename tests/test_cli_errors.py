@@ -35,6 +35,7 @@ async def _run(*argv: str) -> tuple[int, list[str]]:
     return proc.returncode, err.decode().splitlines()
 
 
+@pytest.mark.slow
 async def test_nats_port_in_use_is_one_line(nats_server: NatsServer) -> None:
     code, err = await _run("nats", "--port", str(nats_server.port))
     assert code == 1 and len(err) == 1, err
@@ -42,6 +43,7 @@ async def test_nats_port_in_use_is_one_line(nats_server: NatsServer) -> None:
     assert err[0].endswith('bind: address already in use"')
 
 
+@pytest.mark.slow
 async def test_gateway_port_in_use_is_one_line(nats_server: NatsServer, busy_port: int) -> None:
     code, err = await _run("gateway", "--nats", nats_server.url, "--port", str(busy_port), "--log-level", "warning")
     assert code == 1 and len(err) == 1, err
@@ -50,6 +52,7 @@ async def test_gateway_port_in_use_is_one_line(nats_server: NatsServer, busy_por
     )
 
 
+@pytest.mark.slow
 async def test_a_nats_url_that_does_not_answer_is_named_in_the_log_without_its_password(busy_port: int) -> None:
     url = f"nats://gw:s3cret@127.0.0.1:{busy_port}"  # listens, never speaks NATS
     proc = await asyncio.create_subprocess_exec(
@@ -64,6 +67,7 @@ async def test_a_nats_url_that_does_not_answer_is_named_in_the_log_without_its_p
     assert f'"nats_url": "nats://127.0.0.1:{busy_port}"' in line.decode() and b"s3cret" not in line
 
 
+@pytest.mark.slow
 async def test_ctrl_c_on_the_demo_exits_130_without_a_traceback(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -7,12 +7,9 @@ blobs. A worker in turn refuses a global version whose weights do not fit its mo
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
@@ -28,7 +25,6 @@ from test_aggregator_service import (
     _wait_latest,
 )
 from test_aggregator_service import _delta as _process_delta
-from test_federated_edge import _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
 from deploy.launch import ServiceProcess
@@ -37,6 +33,10 @@ from edge_worker.federated import FederatedConfig, FederatedLearner
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode, encode, fl_delta_subject
 from streaming.tensors import NamedArrays, encode_tensors
+from tests.support import TRAINING_WAIT_S, tiny_retrainable_dnn, wait_until
+
+pytestmark = pytest.mark.fresh_nats_server  # the model store and the delta stream are global on a server
+
 
 MODEL: NamedArrays = {"dec.weight": np.full((4, 4), 16.0, np.float32)}
 """A synthetic model of norm 64, as in the report (64 -> 32,231)."""
@@ -57,16 +57,8 @@ WRONG_SHAPE_FOR_PROCESS = {"dec.weight": np.full((2, 3), 0.5, np.float16), "dec.
 
 
 @pytest.fixture
-def server() -> NatsServer:
-    with NatsServer(regions=["eu", "us"]) as s:
-        yield s
-
-
-@pytest.fixture
-async def nc(server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(server.url)
-    yield client
-    await client.close()
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 def _dropped(reason: str) -> float:
@@ -82,13 +74,16 @@ async def _blob_gone(deltas: DeltaStore, name: str) -> bool:
 
 
 async def _until_accepted(aggregator: Aggregator, count: int) -> None:
-    async def loop() -> None:
-        while len(aggregator.state.accepted) < count:
-            assert await aggregator.step() is None
+    async def accepted() -> bool:
+        if len(aggregator.state.accepted) >= count:
+            return True
+        assert await aggregator.step() is None
+        return False
 
-    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    await wait_until(accepted, STEP_TIMEOUT_S, f"{count} deltas accepted", poll_s=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swap", sorted(SWAPS))
 async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_closes(
     server: NatsServer, nc: NATS, swap: str
@@ -118,6 +113,7 @@ async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_close
     assert await _blob_gone(eu, a.object_name)
 
 
+@pytest.mark.slow
 async def test_every_delta_is_validated_again_when_its_round_closes(server: NatsServer, nc: NATS) -> None:
     """The digest proves the bytes are those checked; the checks themselves run again too. An aggregator restarted
     with a tighter --max-norm drops a held delta that no longer passes (counted as ``norm``) instead of publishing
@@ -148,6 +144,7 @@ async def test_every_delta_is_validated_again_when_its_round_closes(server: Nats
     assert await _blob_gone(eu, big.object_name)
 
 
+@pytest.mark.slow
 async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(server: NatsServer, nc: NATS) -> None:
     """Main counted A in v1 and again in v2 when its reference was replayed (blob put back) after v1: a base stays
     a valid base for --max-staleness versions. Now a replay, and any second delta of A on the same base, is a
@@ -193,6 +190,7 @@ async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -
     assert aggregator.rejections == {"unreadable": 1} and not aggregator.state.accepted
 
 
+@pytest.mark.slow
 async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor_leaks(
     server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
@@ -231,15 +229,17 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
 async def _wait_alive(process: ServiceProcess, store: ModelStore, version: int) -> ModelVersion:
     """Until ``version`` is published; fails at once if the process exits first."""
 
-    async def loop() -> ModelVersion:
-        while (latest := await store.latest()) is None or latest.version < version:
-            assert process.returncode is None, f"the aggregator exited with {process.returncode}"
-            await asyncio.sleep(0.05)
-        return latest
+    async def published() -> ModelVersion | None:
+        latest = await store.latest()
+        if latest is not None and latest.version >= version:
+            return latest
+        assert process.returncode is None, f"the aggregator exited with {process.returncode}"
+        return None
 
-    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    return await wait_until(published, STEP_TIMEOUT_S, f"v{version} published")
 
 
+@pytest.mark.slow
 async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restarted_aggregator(
     server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
@@ -284,18 +284,19 @@ def _learner(model: object, tmp_path: Path, worker_id: str) -> FederatedLearner:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["non_finite", "shape"])
 async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
     server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A version with a valid SHA-256 but NaN weights (what main's aggregator published after the swap) or another
     shape: a serving worker refuses it (counted) and keeps its model; a starting worker takes the newest good one."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     v0_weights = {name: value + 0.01 for name, value in model.learned_state().items()}
     store = await ModelStore.open(nc.jetstream())
     await store.publish(v0_weights, ModelVersion(version=0, object_name=""))
     serving = _learner(model, tmp_path, "edge-1")
-    starting = _learner(_tiny_dnn(), tmp_path, "edge-2")
+    starting = _learner(tiny_retrainable_dnn(), tmp_path, "edge-2")
     before = _refused(damage)
     try:
         await serving.start(nc)
@@ -306,7 +307,9 @@ async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
         v1 = await store.publish(bad, ModelVersion(version=1, object_name="", parent=0))
         await nc.publish(FL_GLOBAL_SUBJECT, encode(v1))
         refused = "global model version refused"
-        await _until(lambda: refused in caplog.text or serving.base_version != 0, "v1 neither refused nor adopted")
+        await wait_until(
+            lambda: refused in caplog.text or serving.base_version != 0, TRAINING_WAIT_S, "v1 refused or adopted"
+        )
         assert serving.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
         assert serving.refusals == {damage: 1}

@@ -19,6 +19,9 @@ from deploy.cli import COMMANDS
 from deploy.demo import build_parser, run_demo
 from mobile_sim.__main__ import phone_config_from_args
 
+pytestmark = pytest.mark.slow  # mvs demo and CLI processes
+
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FLAGS = ("--source", "--style", "--frames", "--size", "--fps", "--key-interval", "--region", "--out")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from deploy.faults import kill_gateway_mid_stream
 from deploy.nats_servers import NatsServer, free_port
 from edge_worker.service import StylizerWorker
@@ -25,6 +27,7 @@ SLACK_S = 1.0
 """A loaded event loop's lateness in noticing."""
 
 
+@pytest.mark.slow
 async def test_phone_is_served_again_by_a_gateway_restarted_after_kill_9(
     worker: StylizerWorker, nats_server: NatsServer, region: str, tmp_path: Path
 ) -> None:

@@ -333,6 +333,7 @@ def _discovery_server(objects: list[dict[str, Any]]) -> Iterator[str]:
         thread.join()
 
 
+@pytest.mark.slow
 def test_kubectl_reads_every_object_of_every_file(tmp_path: Path) -> None:
     """What a user runs, ``kubectl apply --dry-run=client --validate=false -f deploy/k8s/``: every document parses
     and names a kind and a name kubectl maps (any parse error fails; the schemas are checked above)."""
@@ -385,12 +386,14 @@ def _validate_all(version: str) -> int:
     return len(objects)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_matches_the_kubernetes_schema(version: str) -> None:
     """Offline: the schemas ship with kubernetes-validate. Strict: a misspelt field fails too."""
     assert _validate_all(version) > len(list(K8S.glob("*.yaml")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "breakage",
     [
@@ -482,6 +485,7 @@ def _service_images(out: Path) -> set[str]:
     return images
 
 
+@pytest.mark.slow
 def test_the_image_is_an_option_of_the_generator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _service_images(K8S) == {k8s_manifests.IMAGE} == {f"mvstylizer:{k8s_manifests.DEFAULT_TAG}"}
     k8s_manifests.main(["--registry", "registry.example/team/", "--tag", "2", "--out", str(tmp_path / "a")])

@@ -94,6 +94,7 @@ def _round_trip(config: Any) -> Any:
         return config_from_args(cls, parser.parse_args(argv_from_config(config)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", SERVICE_CONFIGS, ids=lambda c: c.__name__)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(data=st.data())

@@ -15,6 +15,9 @@ from streaming.cli import ServiceOptions
 from streaming.gateway.server import GatewayConfig
 from streaming.ice import LOOPBACK
 
+pytestmark = pytest.mark.slow  # service processes started, awaited and killed
+
+
 READY_S = 60.0
 
 

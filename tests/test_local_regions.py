@@ -97,6 +97,7 @@ def test_the_workers_model_flags_are_the_workers_own_and_reach_an_added_worker()
     assert worker.federated is not None and worker.federated.buffer_dir == Path("/buffers/a-worker-0")
 
 
+@pytest.mark.slow
 async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path: Path) -> None:
     path = tmp_path / "regions.toml"
     path.write_text(REGIONS)
@@ -192,6 +193,7 @@ def _environment(server: NatsServer) -> set[str]:
     return {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}
 
 
+@pytest.mark.slow
 async def test_mvs_local_federated_says_its_rounds_and_serves_the_aggregators_metrics() -> None:
     """The aggregator in ``mvs local --federated``: its metrics URL in the summary (its series only, the gateways
     export theirs) and a line per delta and per published version. Deltas here come from a stand-in edge (no

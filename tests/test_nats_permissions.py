@@ -25,7 +25,6 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from test_federated_edge import _serve_key_frames, _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
 from deploy.faults import restricted_gateway, restricted_worker
@@ -56,6 +55,10 @@ from streaming.protocol import (
 )
 from streaming.style_store import StyleStore
 from streaming.tensors import encode_tensors
+from tests.support import TRAINING_WAIT_S, serve_key_frames, tiny_retrainable_dnn, wait_until
+
+pytestmark = pytest.mark.slow  # a secured hub and leaf nodes per test
+
 
 FRAMES = 20
 KEY_FRAMES = 12
@@ -112,11 +115,10 @@ class Client:
         expected = f'permissions violation for {what} to "{subject}'.lower()  # nats-py lower-cases the error
         expected += "" if prefix else '"'
 
-        async def arrived() -> None:
-            while not any(expected in e.lower() for e in self.errors):
-                await asyncio.sleep(0.02)
+        def arrived() -> bool:
+            return any(expected in e.lower() for e in self.errors)
 
-        await asyncio.wait_for(arrived(), REFUSAL_WAIT_S)
+        await wait_until(arrived, REFUSAL_WAIT_S, f"the server refusing {what} to {subject}", poll_s=0.02)
         assert self.nc.is_connected  # a violation is refused, the connection lives on
 
     async def close(self) -> None:
@@ -154,7 +156,7 @@ async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHub
 
 async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tmp_path: Path) -> None:
     """A worker on the "fl" leaf adopts v0, trains, sends its delta; the aggregator in the cloud publishes v1."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     initial = {name: value + 0.01 for name, value in model.learned_state().items()}
     aggregator = Aggregator(AggregatorConfig(nats_url=cluster.client_url(cluster.hub, AGGREGATOR_USER), min_updates=1))
     await aggregator.start(initial)
@@ -170,8 +172,8 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
     try:
         await worker.start()
         assert worker.learner is not None and worker.learner.base_version == 0
-        await _serve_key_frames(phone_side, 4)
-        await _until(lambda: worker.learner.base_version == 1, "worker never adopted v1")
+        await serve_key_frames(phone_side, 4)
+        await wait_until(lambda: worker.learner.base_version == 1, TRAINING_WAIT_S, "the worker adopting v1")
         v1 = aggregator.current
         assert v1 is not None and aggregator.store is not None and v1.contributors == [FL_0]
         published = await aggregator.store.weights(v1)
@@ -228,7 +230,7 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
 ) -> None:
     """v1's weights are replaced after its metadata was written (a corrupt store, or a writer that got past NATS):
     a serving worker refuses v1 and keeps serving v0; a starting worker falls back to v0, the newest good one."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     v0_weights = {name: value + 0.01 for name, value in model.learned_state().items()}
     aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
     store = await ModelStore.open(aggregator.nc.jetstream())
@@ -248,13 +250,15 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
         tampered = {name: value + 1.0 for name, value in v0_weights.items()}
         await store.put_blob(v1.object_name, encode_tensors(tampered))
         await aggregator.nc.publish(FL_GLOBAL_SUBJECT, encode(v1))
-        await _until(lambda: "global model version refused" in caplog.text, "the tampered version was not refused")
+        await wait_until(
+            lambda: "global model version refused" in caplog.text, TRAINING_WAIT_S, "the tampered version refused"
+        )
         why = [str(getattr(r, "error", "")) for r in caplog.records if r.getMessage().startswith("global model")]
         assert "model version 1 ('global/v1') is refused" in why[0] and "the version's metadata says" in why[0], why
         assert serving.learner.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
-        await _serve_key_frames(phone_side, 2)  # still serving
-        starting = federated_worker(1, _tiny_dnn())
+        await serve_key_frames(phone_side, 2)  # still serving
+        starting = federated_worker(1, tiny_retrainable_dnn())
         await starting.start()
         assert starting.learner is not None and starting.learner.base_version == 0
     finally:

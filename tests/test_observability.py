@@ -153,6 +153,7 @@ def _metrics_port(container: dict[str, Any]) -> int:
     return int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args else k8s_manifests.DEFAULT_HTTP_PORT
 
 
+@pytest.mark.slow
 def test_each_job_scrapes_its_services_pods_on_the_port_their_metrics_listen_on() -> None:
     jobs = {job["job_name"]: job for job in _config()["scrape_configs"]}
     assert set(jobs) == {f"mvs-{service}" for service in observability_gen.SERVICES}

@@ -23,6 +23,9 @@ from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.tokens import new_secret
 
+pytestmark = pytest.mark.slow  # mvs phone processes
+
+
 COMMON = ("--frames", "6", "--size", "64x36", "--fps", "15", "--result-timeout-ms", "500", "--ice-host", "127.0.0.1")
 
 

@@ -33,6 +33,7 @@ def _count(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
 
 
+@pytest.mark.slow
 async def test_a_phone_run_leaves_the_regions_latency_in_the_gateways_histograms(
     worker: StylizerWorker, gateway: Gateway, region: str
 ) -> None:

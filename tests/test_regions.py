@@ -44,6 +44,7 @@ async def _stream(gateway: Gateway) -> dict[str, object]:
     return report["key_frames"]  # type: ignore[return-value]
 
 
+@pytest.mark.slow
 async def test_edge_workers_serve_their_region_first_and_the_cloud_takes_over(
     cluster: NatsHubAndLeaves, eu_gateway: Gateway
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,10 @@ from deploy.worker_site import LOCAL_WORKER, WorkerSite
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
+from tests.support import wait_until
+
+pytestmark = pytest.mark.slow  # worker processes and a phone streaming
+
 
 FRAMES = 120
 POLL_S = 0.05
@@ -28,15 +31,6 @@ async def _connection(monitor_url: str, name: str) -> dict[str, Any] | None:
         async with http.get(f"{monitor_url}/connz", params={"subs": "1"}) as response:
             conns = (await response.json())["connections"] or []
     return next((c for c in conns if c.get("name") == name), None)
-
-
-async def _wait_for(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(POLL_S)
-    raise TimeoutError(what)
 
 
 @pytest.fixture
@@ -81,7 +75,9 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
             conns = [await _connection(nats_server.monitor_url, f"worker-{w}") for w in ("a", "b")]
             return all(c is not None and c["out_msgs"] > before[c["name"]] for c in conns)
 
-        await _wait_for(both_serving, "the phone's key frames never reached both workers")  # streaming
+        await wait_until(
+            both_serving, WAIT_S, "the phone's key frames reaching both workers", poll_s=POLL_S
+        )  # streaming
         doomed.send_signal(signal.SIGSTOP)
         stopped_at = (await _connection(nats_server.monitor_url, "worker-a") or {})["out_msgs"]
 
@@ -89,7 +85,7 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
             conn = await _connection(nats_server.monitor_url, "worker-a")
             return conn is not None and conn["out_msgs"] > stopped_at
 
-        await _wait_for(request_in_flight_to_doomed, "no key frame was routed to the stopped worker")
+        await wait_until(request_in_flight_to_doomed, WAIT_S, "a key frame routed to the worker to stop", poll_s=POLL_S)
         doomed.kill()  # SIGKILL while it holds a request
         result = await phone
     finally:
