@@ -34,7 +34,7 @@ from aiohttp import web
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
-from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, state_dir
+from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, is_address, state_dir
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
 from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, free_port
 from deploy.observability_gen import ALERTS_FILE, alert_rules, local_prometheus_config
@@ -313,7 +313,7 @@ class LocalDeployment:
         the browser never sends to the server."""
         host = self.config.gateway_host
         if _wildcard(host):
-            lan = [n for n in host_names() if _is_address(n) and not ipaddress.ip_address(n).is_loopback]
+            lan = [n for n in host_names() if is_address(n) and not ipaddress.ip_address(n).is_loopback]
             host = lan[0] if lan else LOOPBACK[0]
         fragment = f"#token={self.secrets.phone_token_file.read_text().strip()}" if self.secrets else ""
         return f"{_base_url(self.gateways[region], host)}/{fragment}"
@@ -456,20 +456,12 @@ def _base_url(gateway: Gateway, host: str) -> str:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{gateway.port}"
 
 
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 def ice_hosts_for(host: str) -> tuple[str, ...]:
     """ICE host candidates for a gateway listening on ``host``: loopback alone for a loopback address, every
     interface for a wildcard, else that address."""
     if _wildcard(host):
         return ()
-    if host == "localhost" or (_is_address(host) and ipaddress.ip_address(host).is_loopback):
+    if host == "localhost" or (is_address(host) and ipaddress.ip_address(host).is_loopback):
         return LOOPBACK
     return (host,)
 
