@@ -7,6 +7,7 @@ import asyncio
 import base64
 import dataclasses
 import inspect
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -186,3 +187,20 @@ async def longest_loop_stall(stop: asyncio.Event) -> float:
         now = time.monotonic()
         worst, last = max(worst, now - last), now
     return worst
+
+
+async def start_module(
+    module: str, *argv: str, stdout: int | None = asyncio.subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """``python -m module argv...`` as a user runs it, stderr piped (and stdout when asked)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *argv, stdout=stdout, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def run_module(module: str, *argv: str, timeout_s: float = 120.0) -> tuple[int, list[str]]:
+    """Run ``python -m module argv...`` to its end: its exit status and stderr lines."""
+    proc = await start_module(module, *argv)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode().splitlines()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from deploy.faults import loopback_phone
-from deploy.nats_servers import NatsServer
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.service import StylizerWorker
 from mobile_sim.__main__ import main as phone_main
 from mobile_sim.client import Phone
@@ -25,12 +24,6 @@ SIZE = (320, 180)
 FPS = 15.0
 RECONNECT_WITHIN_S = 5.0
 """The issue's target: a restarted gateway serves the phone again within 5 s of coming up."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _gateway(nats_server: NatsServer, region: str, port: int) -> Gateway:
@@ -45,7 +38,7 @@ def _phone(urls: tuple[str, ...], region: str, frames: int, out: Path | None = N
 async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
     worker: StylizerWorker, nats_server: NatsServer, region: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     first = _gateway(nats_server, region, port)
     await first.start()
     phone = _phone((first.url,), region, frames=int(9 * FPS), out=tmp_path)
@@ -85,7 +78,7 @@ async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
 async def test_phone_moves_to_the_next_gateway_when_its_first_is_gone(
     worker: StylizerWorker, nats_server: NatsServer, region: str
 ) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     gateway = _gateway(nats_server, region, 0)
     await gateway.start()
     try:
@@ -99,7 +92,7 @@ async def test_phone_moves_to_the_next_gateway_when_its_first_is_gone(
 @pytest.mark.slow
 async def test_a_phone_without_any_gateway_still_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("mobile_sim.client.CONNECT_TIMEOUT_S", 1.0)
-    phone = _phone((f"http://127.0.0.1:{_free_port()}",), "nowhere", frames=10, out=tmp_path, result_timeout_ms=500.0)
+    phone = _phone((f"http://127.0.0.1:{free_port()}",), "nowhere", frames=10, out=tmp_path, result_timeout_ms=500.0)
     report = (await phone.run()).report
     assert json.loads((tmp_path / "report.json").read_text())["outcome"] == report["outcome"]
     assert report["outcome"]["status"] == "partial" and "no gateway reached" in report["outcome"]["reason"]
@@ -131,7 +124,7 @@ def test_the_phone_exits_non_zero_on_its_own_failure_and_when_it_never_streamed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("mobile_sim.client.CONNECT_TIMEOUT_S", 1.0)  # the phone waited 15 s for a refused gateway
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     common = ["--gateway", dead, "--frames", "3", "--size", "64x36", "--result-timeout-ms", "200"]
     # Its own failure: a style that does not exist is refused in one line before anything runs (nothing to report).
     with pytest.raises(SystemExit) as own:
