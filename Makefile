@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock demo test lint bench soak-ci mutate clean
+.PHONY: venv lock demo test test-fast lint bench soak-ci mutate clean
 
 # Installs exactly what requirements.lock pins (every distribution of .[dev], torch's CPU wheel included), then
 # the project itself without resolving anything: an upstream release changes nothing until `make lock`.
@@ -26,13 +26,17 @@ lock: $(STAMP)
 venv: $(STAMP)
 
 # The paper's DNN live: work size 192, int8 network, colour maps rendered on the phone (bench.live, README).
-DEMO_FLAGS ?= --model dnn --work-size 192 --precision int8 --render affine --worker-threads 2
+DEMO_FLAGS ?= --model dnn --work-size 192 --precision int8 --render affine --threads 2
 
 demo: $(STAMP)
 	$(VENV)/bin/mvs demo $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The tests not marked slow (pyproject's markers): about a minute on 2 busy cores, for the edit-test loop. CI runs `make test`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -68,7 +68,7 @@ from aggregator.validation import (
     validate_update,
 )
 from streaming.buckets import BucketMissingError, aggregator_stores, create_stores
-from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, flag
+from streaming.config import flag
 from streaming.jetstream_health import JetStreamStatus
 from streaming.model_store import (
     DEFAULT_KEEP_VERSIONS,
@@ -76,9 +76,8 @@ from streaming.model_store import (
     ModelIntegrityError,
     ModelStore,
 )
-from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
+from streaming.nats_connect import NatsClientConfig, connect_nats
 from streaming.protocol import (
-    DEFAULT_NATS_URL,
     FL_DELTA_STREAM,
     FL_DELTA_SUBJECTS,
     FL_GLOBAL_SUBJECT,
@@ -120,14 +119,9 @@ ROUND_SECONDS = Histogram("mvs_aggregator_round_seconds", "Time to aggregate and
 
 
 @dataclass
-class AggregatorConfig:
-    """Settings of the cloud aggregator."""
+class AggregatorConfig(NatsClientConfig):
+    """Settings of the cloud aggregator (``js_domain``: the hub's, None when connected to the hub itself)."""
 
-    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
-    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
-    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
-    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
-    """JetStream domain of the hub (None when connected to the hub itself)."""
     strategy: str = field(default="fedavg", metadata=flag("aggregation rule", choices=sorted(STRATEGIES)))
     server_lr: float = field(
         default=DEFAULT_SERVER_LR,

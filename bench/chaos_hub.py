@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 
 from aggregator.service import Aggregator, AggregatorConfig
 from bench.common import table
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.buckets import BucketMissingError, object_stream

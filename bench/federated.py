@@ -30,7 +30,7 @@ import torch
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import DEFAULT_SERVER_LR, FedAvg, Update
 from bench.common import RESULTS_DIR, machine, table, write_results
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.federated import DELTA_DTYPE, FederatedConfig
 from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer

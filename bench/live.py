@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, publish, table
-from deploy.local import run_demo
+from deploy.demo import run_demo
+from edge_worker.service import WorkerConfig
 from mobile_sim.client import PhoneConfig
 from mobile_sim.report import LATENCY_PARTS
 from streaming.runtime import run_main
@@ -41,6 +42,12 @@ class Setup:
     precision: str = "fp32"
     render: str = "warp"
     worker_threads: int = 1
+
+    def worker(self) -> WorkerConfig:
+        """The workers' settings."""
+        return WorkerConfig(
+            model=self.model, work_size=self.work_size, precision=self.precision, threads=self.worker_threads
+        )
 
 
 def meets_target(row: dict[str, Any]) -> bool:
@@ -69,14 +76,7 @@ async def measure(
                 out_dir=Path(tmp),
                 render=setup.render,  # type: ignore[arg-type]
             )
-            report = (
-                await run_demo(
-                    config,
-                    model=setup.model,
-                    worker_threads=setup.worker_threads,
-                    worker_args=("--work-size", str(setup.work_size), "--precision", setup.precision),
-                )
-            ).report
+            report = (await run_demo(config, setup.worker())).report
         rows.append(
             {
                 **asdict(setup),

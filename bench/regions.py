@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine, table, write_results
-from deploy.local import LocalTopology
-from deploy.nats import HUB_DOMAIN
+from deploy.local_deployment import LocalConfig, LocalDeployment
 from deploy.nats_auth import gateway_user, worker_user
+from deploy.nats_servers import HUB_DOMAIN
 from deploy.regions import Region
-from deploy.topology import LocalConfig, LocalDeployment
+from deploy.worker_site import LOCAL_WORKER, WorkerSite
+from edge_worker.service import WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
 from mobile_sim.report import LATENCY_PARTS, summarize
@@ -130,6 +131,10 @@ class Plan:
     backhaul_delay_ms: float = BACKHAUL_DELAY_MS
     model: str = "color-transfer"
 
+    def worker(self) -> WorkerConfig:
+        """The settings of every worker of the run."""
+        return replace(LOCAL_WORKER, model=self.model)
+
 
 QUICK = Plan(
     sites=(SITES[0], SITES[2]),
@@ -159,19 +164,17 @@ class Bench:
         self.plan = plan
         regions = [Region(s.name, nats=s.nats, workers=1, link=s.link) for s in plan.sites]
         self.deployment = LocalDeployment(
-            LocalConfig(regions=regions, model=plan.model, backhaul_delay_ms=plan.backhaul_delay_ms)
+            LocalConfig(regions=regions, worker=plan.worker(), backhaul_delay_ms=plan.backhaul_delay_ms)
         )
-        self.overflow: LocalTopology | None = None
+        self.overflow: WorkerSite | None = None
 
     async def start(self) -> None:
         """Start the hub, leaves, workers and gateways, and the hub's overflow worker for the edge site."""
         await self.deployment.start()
         edge = self.edge.name
-        self.overflow = LocalTopology(
+        self.overflow = WorkerSite(
             self.deployment.url(None, worker_user(edge)),
-            edge,
-            model=self.plan.model,
-            js_domain=HUB_DOMAIN,
+            replace(self.plan.worker(), region=edge, js_domain=HUB_DOMAIN),
             discovery_url=self.deployment.url(None, gateway_user(edge)),
         )
         self.overflow.start_worker(f"{edge}-cloud-0")
@@ -180,7 +183,7 @@ class Bench:
     async def stop(self) -> None:
         """Stop everything."""
         if self.overflow is not None:
-            self.overflow.stop()
+            await asyncio.to_thread(self.overflow.stop)
         await self.deployment.stop()
 
     @property
@@ -191,7 +194,7 @@ class Bench:
     def restart_edge_workers(self) -> None:
         """Bring the edge site's workers back after an overflow run (same ids)."""
         site = self.deployment.sites[self.edge.name]
-        for worker_id in [w for w, p in site.workers.items() if p.poll() is not None]:
+        for worker_id in [w for w, p in site.workers.items() if p.returncode is not None]:
             site.start_worker(worker_id)
 
     def phone(
@@ -305,14 +308,12 @@ async def overflow(bench: Bench) -> dict[str, Any]:
         await asyncio.sleep(plan.overflow_frames / plan.fps * plan.overflow_stop_at)
         killed_ns = time.monotonic_ns()
         for proc in workers.values():
-            proc.kill()  # a crash: the request in hand gets no reply (a SIGTERM would shed it for a retry)
+            proc.kill()  # a crash: the request in hand gets no reply (a SIGTERM would shed it for a retry); reaped
         return killed_ns
 
     killer = asyncio.create_task(kill())
     run = await stream(phone)
     killed_ns = await killer
-    for proc in workers.values():
-        proc.wait()
     bench.restart_edge_workers()
     await bench.deployment.sites[site.name].wait_for_workers()
     kill_s = (killed_ns - min(f.capture_ns for f in phone.frames.values())) / 1e9

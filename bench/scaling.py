@@ -35,10 +35,7 @@ import asyncio
 import dataclasses
 import math
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,21 +58,25 @@ from bench.loadgen import (
     LoadSpec,
 )
 from bench.worker_host import worker_ids
-from deploy.nats import NatsServer, free_port
+from deploy.launch import ServiceProcess, http_answers, stop_all, wait_ready, workers_discovered
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.model.emulated import DEFAULT_FIXED_MS, DEFAULT_PER_ITEM_MS
-from edge_worker.service import DEFAULT_QUEUE_SIZE
+from edge_worker.service import DEFAULT_QUEUE_SIZE, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
-from streaming.gateway.server import DEFAULT_FIRST_ATTEMPT_MS
-from streaming.gateway.stylize_client import discover_workers
+from streaming.cli import ServiceOptions
+from streaming.gateway.server import DEFAULT_FIRST_ATTEMPT_MS, GatewayConfig
 from streaming.images import encode_jpeg
 from streaming.protocol import Stamp
-from streaming.runtime import dying_with_parent, run_main
+from streaming.runtime import run_main
 from streaming.style_store import StyleStore
 
 FRAME_SIZE = (640, 360)
 WORKER_COUNTS = (1, 2, 4, 8, 16, 32)
 QUICK_WORKER_COUNTS = (1, 2)
 WORKERS_PER_PROCESS = 8
+FLEET_WORKER = WorkerConfig(threads=1)
+"""What every worker of the bench starts from: one torch thread (the colour transfer unless a step says)."""
+FLEET_OPTIONS = ServiceOptions(log_level="warning")
 """Emulated workers sharing one process (each with its own NATS connection and inference thread)."""
 TIME_SCALE = 40.0
 """How many times slower than the emulated default profile the bench's emulated accelerator is (budget and batch
@@ -125,13 +126,11 @@ class Batching:
     batch_wait_ms: float
     queue_size: int
 
-    def worker_flags(self, scale: float) -> list[str]:
-        """``mvs worker`` flags."""
-        return [
-            f"--max-batch={self.max_batch}",
-            f"--batch-wait-ms={self.batch_wait_ms * scale}",
-            f"--queue-size={self.queue_size}",
-        ]
+    def applied(self, worker: WorkerConfig, scale: float) -> WorkerConfig:
+        """``worker`` with this batching."""
+        return dataclasses.replace(
+            worker, max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms * scale, queue_size=self.queue_size
+        )
 
 
 BATCHING = (
@@ -151,13 +150,11 @@ class Profile:
         """Keys a second ``workers`` workers serve at most (full batches back to back)."""
         return workers * 1000.0 * max_batch / (self.fixed_ms + max_batch * self.per_item_ms)
 
-    def worker_flags(self) -> list[str]:
-        """``mvs worker`` flags."""
-        return [
-            "--model=emulated",
-            f"--emulated-fixed-ms={self.fixed_ms}",
-            f"--emulated-per-item-ms={self.per_item_ms}",
-        ]
+    def worker(self) -> WorkerConfig:
+        """An emulated worker with this service time."""
+        return dataclasses.replace(
+            FLEET_WORKER, model="emulated", emulated_fixed_ms=self.fixed_ms, emulated_per_item_ms=self.per_item_ms
+        )
 
 
 def bench_profile(scale: float = TIME_SCALE) -> Profile:
@@ -179,43 +176,37 @@ def key_frame_jpeg(size: tuple[int, int] = FRAME_SIZE) -> bytes:
 
 @dataclass
 class WorkerFleet:
-    """``count`` workers in child processes of :mod:`bench.worker_host`, at most ``per_process`` to a process."""
+    """``count`` workers of ``worker``'s settings in child processes of :mod:`bench.worker_host`, at most
+    ``per_process`` to a process."""
 
-    nats_url: str
-    region: str
+    worker: WorkerConfig
     count: int
-    flags: Sequence[str]
     per_process: int = WORKERS_PER_PROCESS
     prefix: str = "w"
 
     def __post_init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[ServiceProcess] = []
         self.ids: list[str] = []
+
+    def host(self, index: int, count: int) -> ServiceProcess:
+        """The worker host ``index`` with ``count`` workers (not started)."""
+        own = [f"--count={count}", f"--id-prefix={self.prefix}{index}"]
+        return ServiceProcess(self.worker, options=FLEET_OPTIONS, module="bench.worker_host", extra_args=own)
 
     def start(self) -> None:
         """Start the child processes."""
-        remaining, host = self.count, 0
+        remaining, index = self.count, 0
         while remaining > 0:
             count = min(self.per_process, remaining)
-            prefix = f"{self.prefix}{host}"
-            cmd = [sys.executable, "-m", "bench.worker_host", f"--count={count}", f"--id-prefix={prefix}"]
-            cmd += [f"--nats={self.nats_url}", f"--region={self.region}", "--threads=1", "--log-level=warning"]
-            cmd += list(self.flags)
-            self.procs.append(subprocess.Popen(dying_with_parent(cmd), start_new_session=True))
-            self.ids += worker_ids(prefix, count)
+            self.procs.append(self.host(index, count).start())
+            self.ids += worker_ids(f"{self.prefix}{index}", count)
             remaining -= count
-            host += 1
+            index += 1
 
     async def wait_ready(self, nc: NATS, timeout_s: float = WORKER_READY_S) -> None:
         """Until every worker answers discovery."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError("a worker host exited during start-up")
-            found = {info.worker_id for info in await discover_workers(nc, self.region, 0.3)}
-            if set(self.ids) <= found:
-                return
-        raise TimeoutError(f"{self.count} workers not ready within {timeout_s} s")
+        ready = workers_discovered(nc, self.worker.region, lambda: self.ids)
+        await wait_ready(self.procs, ready, timeout_s, f"{self.count} workers")
 
     def cpu_s(self) -> float:
         """CPU seconds the worker processes have used so far."""
@@ -223,22 +214,14 @@ class WorkerFleet:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(self.procs)
         self.procs.clear()
 
 
 @contextmanager
-def fleet(nats_url: str, region: str, count: int, flags: Sequence[str], per_process: int) -> Iterator[WorkerFleet]:
-    """A started :class:`WorkerFleet`, stopped on exit."""
-    workers = WorkerFleet(nats_url, region, count, flags, per_process)
+def fleet(nats_url: str, region: str, count: int, worker: WorkerConfig, per_process: int) -> Iterator[WorkerFleet]:
+    """A started :class:`WorkerFleet` of ``worker``'s settings in ``region``, stopped on exit."""
+    workers = WorkerFleet(dataclasses.replace(worker, nats_url=nats_url, region=region), count, per_process)
     try:
         workers.start()
         yield workers
@@ -337,8 +320,8 @@ async def emulated_scaling(
     for batching in BATCHING:
         for count in counts:
             region = f"em{batching.name}{count}"
-            flags = profile.worker_flags() + batching.worker_flags(scale)
-            with fleet(setup.server.url, region, count, flags, WORKERS_PER_PROCESS) as workers:
+            worker = batching.applied(profile.worker(), scale)
+            with fleet(setup.server.url, region, count, worker, WORKERS_PER_PROCESS) as workers:
                 await workers.wait_ready(setup.nc)
                 processes = len(workers.procs)
                 capacity = profile.capacity_keys_s(count, batching.max_batch)
@@ -379,8 +362,8 @@ async def placement_check(setup: Setup, profile: Profile, scale: float, count: i
     capacity = profile.capacity_keys_s(count, 1)
     for per_process in (count, 1):
         region = f"place{per_process}"
-        flags = profile.worker_flags() + BATCHING[0].worker_flags(scale)
-        with fleet(setup.server.url, region, count, flags, per_process) as workers:
+        worker = BATCHING[0].applied(profile.worker(), scale)
+        with fleet(setup.server.url, region, count, worker, per_process) as workers:
             await workers.wait_ready(setup.nc)
             spec = LoadSpec(
                 streams=0.8 * capacity / KEYS_PER_STREAM_S, duration_s=seconds, budget_ms=GPU_BUDGET_MS * scale
@@ -406,8 +389,8 @@ async def dnn_capacity(setup: Setup, counts: Sequence[int], steps: int, work_siz
     rows = []
     for count in counts:
         region = f"dnn{count}"
-        flags = ["--model=dnn", f"--work-size={work_size}"]
-        with fleet(setup.server.url, region, count, flags, per_process=1) as workers:
+        worker = dataclasses.replace(FLEET_WORKER, model="dnn", work_size=work_size)
+        with fleet(setup.server.url, region, count, worker, per_process=1) as workers:
             await workers.wait_ready(setup.nc)
             gen = setup.generator(region)
             probe = await gen.run(LoadSpec(streams=0.2, duration_s=5.0, budget_ms=DNN_BUDGET_MS, arrivals="paced"))
@@ -444,14 +427,13 @@ async def gateway_cost(setup: Setup, counts: Sequence[int], frames: int) -> list
 
     region = "gw"
     rows = []
-    with fleet(setup.server.url, region, 1, ["--model=color-transfer"], per_process=1) as workers:
+    with fleet(setup.server.url, region, 1, FLEET_WORKER, per_process=1) as workers:
         await workers.wait_ready(setup.nc)
         port = free_port()
-        cmd = [sys.executable, "-m", "streaming.gateway", f"--port={port}", f"--nats={setup.server.url}"]
-        cmd += [f"--region={region}", f"--ice-host={LOOPBACK[0]}", "--log-level=warning"]
-        gateway = subprocess.Popen(dying_with_parent(cmd), start_new_session=True)
+        gateway_config = GatewayConfig(nats_url=setup.server.url, region=region, port=port, ice_hosts=LOOPBACK)
+        gateway = ServiceProcess(gateway_config, options=FLEET_OPTIONS).start()
         try:
-            await _wait_healthy(f"http://127.0.0.1:{port}/healthz")
+            await gateway.wait_ready(http_answers(f"http://127.0.0.1:{port}/healthz"), GATEWAY_READY_S)
             for n in counts:
                 config = PhoneConfig(
                     gateway_urls=(f"http://127.0.0.1:{port}",),
@@ -483,27 +465,8 @@ async def gateway_cost(setup: Setup, counts: Sequence[int], frames: int) -> list
                 )
                 print(f"gateway streams={n}: {rows[-1]['cpu_s_per_stream_s']} cpu-s per stream-s", flush=True)
         finally:
-            gateway.terminate()
-            try:
-                gateway.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait()
+            gateway.stop()
     return rows
-
-
-async def _wait_healthy(url: str, timeout_s: float = GATEWAY_READY_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    loop = asyncio.get_running_loop()
-    while time.monotonic() < deadline:
-        try:
-            status = await loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=2).status)
-            if status == 200:
-                return
-        except OSError:
-            pass
-        await asyncio.sleep(0.3)
-    raise TimeoutError(f"gateway not healthy at {url} within {timeout_s} s")
 
 
 # --- report -----------------------------------------------------------------------------------------------------

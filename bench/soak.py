@@ -31,9 +31,11 @@ import aiohttp
 
 from bench.common import machine, publish, table
 from bench.soak_verdict import LIMITS, judge
-from deploy.nats import NatsServer
+from deploy.local_deployment import LocalConfig, LocalDeployment
+from deploy.nats_servers import NatsServer
 from deploy.regions import Region
-from deploy.topology import LocalConfig, LocalDeployment
+from edge_worker.federated import FederatedConfig
+from edge_worker.service import WorkerConfig
 from streaming.ice import LOOPBACK
 from streaming.runtime import dying_with_parent, run_main
 from streaming.telemetry import setup_logging
@@ -41,7 +43,7 @@ from streaming.telemetry import setup_logging
 REGION = "soak"
 MODEL = "lite"
 """The cheapest trainable model: the soak is about the system's resources, not the model's speed."""
-WORKER_ARGS = ("--idle-s", "1", "--publish-every", "8")
+IDLE_S, PUBLISH_EVERY = 1.0, 8
 """Workers retrain after 1 s without a request and publish a delta every 8 trained key frames: rounds every minute
 or so while phones come and go."""
 PHONE_FRAMES = 150
@@ -90,8 +92,11 @@ class Soak:
     async def run(self) -> None:
         config = LocalConfig(
             regions=[Region(REGION, gateway_port=0, workers=self.workers)],
-            model=MODEL,
-            worker_args=WORKER_ARGS,
+            worker=WorkerConfig(
+                model=MODEL,
+                threads=1,
+                federated=FederatedConfig(Path("per-worker"), idle_s=IDLE_S, publish_every=PUBLISH_EVERY),
+            ),
             federated=True,
         )
         self.deployment = LocalDeployment(config)
@@ -185,7 +190,7 @@ class Soak:
         self.record("gateway+aggregator", "sessions", len(gateway.sessions), me)
         site = deployment.sites[REGION]
         for worker, proc in site.workers.items():
-            if proc.poll() is not None:
+            if proc.returncode is not None:
                 self._died(f"worker {worker} exited with {proc.returncode}")
                 continue
             self._proc(worker, proc.pid)
@@ -241,7 +246,7 @@ class Soak:
                 "phones": self.phones,
                 "workers": self.workers,
                 "model": MODEL,
-                "worker_args": list(WORKER_ARGS),
+                "worker_args": ["--idle-s", str(IDLE_S), "--publish-every", str(PUBLISH_EVERY)],
                 "phone_frames": PHONE_FRAMES,
                 "limits": {k: vars(v) for k, v in LIMITS.items()},
             },

@@ -1,6 +1,6 @@
 """An emulated backhaul: a TCP relay that holds every byte for a one-way delay (no netem needed).
 
-A leaf node's connection to the hub goes through one when :class:`deploy.nats.NatsHubAndLeaves` is given
+A leaf node's connection to the hub goes through one when :class:`deploy.nats_servers.NatsHubAndLeaves` is given
 ``backhaul_delay_ms``, so that an edge site's keys served by the cloud's workers (overflow) pay the
 edge-to-cloud distance, on one machine. Threads, not asyncio: the relay must run while
 :meth:`NatsHubAndLeaves.start` blocks its caller waiting for the leaves to connect.

@@ -82,14 +82,19 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def is_address(name: str) -> bool:
+    """Whether ``name`` is an IP address (else a host name)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(names)
+    return x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address(h)) if is_address(h) else x509.DNSName(h) for h in hosts]
+    )
 
 
 def _certificate(

@@ -11,8 +11,11 @@ from importlib.metadata import version
 DISTRIBUTION = "mvstylizer"
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("deploy.local", "run the whole pipeline locally on a bundled sample"),
-    "local": ("deploy.topology", "a multi-region deployment on this machine: NATS hub + leaf nodes, gateways, workers"),
+    "demo": ("deploy.demo", "run the whole pipeline locally on a bundled sample"),
+    "local": (
+        "deploy.local_deployment",
+        "a multi-region deployment on this machine: NATS hub + leaf nodes, gateways, workers",
+    ),
     "gateway": ("streaming.gateway.__main__", "edge gateway: WebRTC signaling, key frames to NATS"),
     "worker": ("edge_worker.__main__", "stylizer worker on mvs.<region>.stylize"),
     "phone": ("mobile_sim.__main__", "simulated phone streaming to a gateway"),

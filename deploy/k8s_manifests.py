@@ -12,6 +12,7 @@ deploy/k8s/README.md explains the choices.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -20,8 +21,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from aggregator.service import AggregatorConfig
 from deploy.certs import CA_FILE
-from deploy.nats import HUB_DOMAIN, route_url_env
+from deploy.launch import service_args
 from deploy.nats_auth import (
     AGGREGATOR_USER,
     LEAF_URL_ENV,
@@ -52,10 +54,15 @@ from deploy.nats_config import (
     hub_pod_host,
     write_generated,
 )
-from deploy.observability import scrape_annotations
+from deploy.nats_servers import HUB_DOMAIN, route_url_env
+from deploy.nats_setup import SetupConfig
+from deploy.observability_gen import scrape_annotations
 from deploy.regions import DEFAULT_REGIONS_FILE, Hub, Region, load_hub, load_regions
-from streaming.config import NATS_CA_ENV, NATS_URL_ENV
-from streaming.gateway.server import DEFAULT_HTTP_PORT
+from edge_worker.federated import FederatedConfig
+from edge_worker.service import WorkerConfig
+from streaming.cli import ServiceOptions
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV, argv_from_config
+from streaming.gateway.server import DEFAULT_HTTP_PORT, GatewayConfig
 
 DEFAULT_OUT = Path(__file__).with_name("k8s")
 IMAGE_NAME = "mvstylizer"
@@ -68,8 +75,9 @@ nodes already have, e.g. loaded into kind or minikube)."""
 GPU_IMAGE_NAME = "mvstylizer-gpu"
 """The GPU workers' image, built from deploy/k8s/Dockerfile.gpu (CUDA torch)."""
 GPU_IMAGE = f"{GPU_IMAGE_NAME}:{DEFAULT_TAG}"
-GPU_WORKER_ARGS = ("--device", "cuda", "--max-batch", "8", "--batch-wait-ms", "2", "--queue-size", "16")
-"""What a GPU worker runs with: the network on the GPU (fp16), dynamic batches of up to 8 keys."""
+CLUSTER_WORKER = WorkerConfig(model="dnn", threads=1, metrics_host="0.0.0.0")
+"""What every worker of the cluster runs (each sets its region, id, NATS domain, metrics port and buffer)."""
+CLUSTER_OPTIONS = ServiceOptions(log_level="info")
 GPU_RESOURCE = "nvidia.com/gpu"
 NATS_SERVER_VERSION = "2.15.1"
 """The NATS server the pods run: the version of the nats-server the tests check deploy/nats/ with (the
@@ -309,46 +317,55 @@ def namespace() -> Manifest:
     }
 
 
-def workers(region: str, image: str = IMAGE, federated: bool = True, gpu: bool = False) -> list[Manifest]:
+def workers(
+    region: str, image: str = IMAGE, federated: bool = True, gpu: bool = False, template: WorkerConfig = CLUSTER_WORKER
+) -> list[Manifest]:
     """A region's stylizer workers, a Deployment of one replica each (:func:`deploy.nats_config.cluster_workers`): a
     worker has its own NATS user, which may act as that worker only, so it is never two pods at once (``Recreate``).
     With ``federated`` each retrains when idle; with ``gpu`` each runs ``image`` (the GPU one) on a GPU of its
-    own."""
+    own. ``template``: the workers' settings (:data:`CLUSTER_WORKER`)."""
     return [
-        worker(region, index, worker_id, image, federated, gpu)
+        worker(region, index, worker_id, image, federated, gpu, template)
         for index, worker_id in enumerate(cluster_workers(region))
     ]
 
 
-def worker(region: str, index: int, worker_id: str, image: str, federated: bool, gpu: bool) -> Manifest:
+def worker_config(
+    region: str, worker_id: str, federated: bool, gpu: bool, template: WorkerConfig = CLUSTER_WORKER
+) -> WorkerConfig:
+    """The config of worker ``worker_id`` of ``region`` (its NATS URL comes from the environment)."""
+    config = dataclasses.replace(
+        template,
+        region=region,
+        worker_id=worker_id,
+        js_domain=HUB_DOMAIN,
+        metrics_port=METRICS_PORT,
+        federated=FederatedConfig(Path(BUFFER_DIR)) if federated else None,
+    )
+    return on_gpu(config) if gpu else config
+
+
+def on_gpu(config: WorkerConfig) -> WorkerConfig:
+    """What a GPU worker changes: the network on the GPU (fp16), dynamic batches of up to 8 keys."""
+    return dataclasses.replace(config, device="cuda", max_batch=8, batch_wait_ms=2.0, queue_size=16)
+
+
+def worker(
+    region: str,
+    index: int,
+    worker_id: str,
+    image: str,
+    federated: bool,
+    gpu: bool,
+    template: WorkerConfig = CLUSTER_WORKER,
+) -> Manifest:
     """Worker ``worker_id`` of ``region``."""
     name = f"mvs-worker-{region}-{index}"
-    federated_args = ["--federated-dir", BUFFER_DIR] if federated else []
-    device_args = list(GPU_WORKER_ARGS) if gpu else []
     container: Manifest = {
         "name": "worker",
         "image": image,
         "command": ["mvs", "worker"],
-        "args": [
-            "--region",
-            region,
-            "--worker-id",
-            worker_id,
-            "--js-domain",
-            HUB_DOMAIN,
-            "--model",
-            "dnn",
-            "--threads",
-            "1",
-            "--metrics-port",
-            str(METRICS_PORT),
-            "--metrics-host",
-            "0.0.0.0",
-            *device_args,
-            *federated_args,
-            "--log-level",
-            "info",
-        ],
+        "args": service_args(worker_config(region, worker_id, federated, gpu, template), CLUSTER_OPTIONS),
         "env": _nats_url(worker_user(worker_id), f"mvs-nats-leaf-{region}"),
         "resources": worker_resources(federated),
         # The rule (streaming.nats_connect): a NATS outage makes a worker unready, never restarts it.
@@ -377,11 +394,9 @@ def setup_job(regions: Sequence[Region], image: str = IMAGE, hub: Hub | None = N
         "name": "setup",
         "image": image,
         "command": ["mvs", "setup"],
-        "args": [
-            *(arg for region in regions for arg in ("--region", region.name)),
-            "--hub-servers",
-            str((hub or Hub()).servers),
-        ],
+        "args": argv_from_config(
+            SetupConfig(regions=tuple(region.name for region in regions), hub_servers=(hub or Hub()).servers)
+        ),
         "env": _nats_url(SETUP_USER, HUB_SERVICE),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
     }
@@ -404,25 +419,18 @@ def gateway(region: str, image: str = IMAGE) -> list[Manifest]:
         "name": "gateway",
         "image": image,
         "command": ["mvs", "gateway"],
-        "args": [
-            "--region",
-            region,
-            "--js-domain",
-            HUB_DOMAIN,
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(DEFAULT_HTTP_PORT),
-            "--ice-host",
-            "$(NODE_IP)",
-            # Host names the gateway answers for (DNS rebinding): its Service's; add the public one of your Ingress.
-            "--public-name",
-            name,
-            "--public-name",
-            f"{name}.{NAMESPACE}.svc",
-            "--log-level",
-            "info",
-        ],
+        "args": service_args(
+            GatewayConfig(
+                region=region,
+                js_domain=HUB_DOMAIN,
+                host="0.0.0.0",
+                port=DEFAULT_HTTP_PORT,
+                ice_hosts=("$(NODE_IP)",),
+                # Host names the gateway answers for (DNS rebinding): its Service's; add your Ingress's public one.
+                public_names=(name, f"{name}.{NAMESPACE}.svc"),
+            ),
+            CLUSTER_OPTIONS,
+        ),
         "env": [
             {"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
             *_nats_url(gateway_user(region), f"mvs-nats-leaf-{region}"),
@@ -447,18 +455,10 @@ def aggregator(image: str = IMAGE) -> Manifest:
         "name": "aggregator",
         "image": image,
         "command": ["mvs", "aggregator"],
-        "args": [
-            "--init",
-            INIT_WEIGHTS,
-            "--min-updates",
-            "2",
-            "--metrics-port",
-            str(METRICS_PORT),
-            "--metrics-host",
-            "0.0.0.0",
-            "--log-level",
-            "info",
-        ],
+        "args": service_args(
+            AggregatorConfig(init=Path(INIT_WEIGHTS), min_updates=2, metrics_port=METRICS_PORT, metrics_host="0.0.0.0"),
+            CLUSTER_OPTIONS,
+        ),
         "env": _nats_url(AGGREGATOR_USER, HUB_SERVICE),
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "readinessProbe": _metrics_probe("/healthz"),

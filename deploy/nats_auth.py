@@ -11,7 +11,8 @@ JetStream answers there), it stays inside ``eu``. ``MVS`` exports, and each regi
 - direct gets (``$JS.API.DIRECT.GET.<stream>``) of the style bucket, the model bucket and the latest-version KV,
   under the hub domain's name too (``$JS.hub.API...``, what a client on a leaf node uses): reads answered to the
   requester, never a consumer whose delivery subject the reader chooses (the JetStream API proper is not imported);
-- publishes into the style bucket and into its own delta bucket (``$O.<bucket>.C|M.*``), each acked by the stream;
+- publishes into the style bucket (``$O.<bucket>.C|M.*``) and into its own delta bucket under a worker's token
+  (``$O.<bucket>.C|M.*.*``: :func:`streaming.buckets.owned_subjects`), each acked by the stream;
 - its own delta references ``mvs.fl.delta.<r>.*`` (into the stream ``MVS_FL_DELTAS``);
 - the stream of version announcements ``mvs.fl.global`` (one way: a region cannot publish into it).
 
@@ -25,8 +26,9 @@ stores) may create a stream; no region user may create a consumer.
   (``P.DIRECT.GET.OBJ_mvs-styles``) and writes (``$O.mvs-styles.C|M.*``); replies on ``_INBOX_gateway-<r>.>``.
 - worker ``worker-<id>`` (:func:`worker_user`, one per worker id: :func:`worker_id`): ``mvs.<r>.stylize`` only in
   queue group ``stylizers``, ``mvs.<r>.workers``, answers (``allow_responses``); direct gets of styles, models and
-  the latest-version KV; writes only into its region's delta bucket and publishes delta references only on
-  ``mvs.fl.delta.<r>.<id>``: the subject attests the worker id, so one credential is one worker.
+  the latest-version KV; writes only its own objects of its region's delta bucket (``$O.<bucket>.C|M.<id>.*``: no
+  other worker's blob, whatever its name) and publishes delta references only on ``mvs.fl.delta.<r>.<id>``: the
+  subject attests the worker id, so one credential is one worker.
 - aggregator (``MVS``): owns the delta stream (durable pull consumer, acks), the model bucket, both KV buckets and
   announces on ``mvs.fl.global``; reads and deletes the deltas of every region's bucket.
 - setup (``MVS``): creates the deployment's buckets and streams (:func:`streaming.buckets.deployment_stores`).
@@ -55,6 +57,7 @@ from streaming.buckets import (
     ROUNDS,
     STYLES,
     deployment_stores,
+    owned_subjects,
     stream_name,
 )
 from streaming.nats_connect import inbox_prefix
@@ -161,7 +164,7 @@ def region_imports(region: str) -> tuple[list[str], list[str]]:
     api = [call for stream in (STYLE_STREAM, MODEL_STREAM, MODEL_LATEST_STREAM) for call in _direct_get(stream)]
     subjects = [
         *_write_objects(STYLE_BUCKET),
-        *_write_objects(delta_bucket(region)),
+        *owned_subjects(delta_bucket(region)),
         fl_region_delta_subjects(region),
     ]
     return api, subjects
@@ -186,7 +189,7 @@ def worker_permissions(region: str, worker: str, js_domain: str | None = None) -
     return Permissions(
         publish=(
             *_api(js_domain, *_direct_get(STYLE_STREAM), *_direct_get(MODEL_STREAM), *_direct_get(MODEL_LATEST_STREAM)),
-            *_write_objects(delta_bucket(region)),
+            *owned_subjects(delta_bucket(region), token(worker)),
             fl_delta_subject(region, worker),
         ),
         subscribe=(
@@ -223,7 +226,7 @@ def aggregator_permissions(regions: Sequence[str], js_domain: str | None = None)
             ),
             f"$JS.ACK.{FL_DELTA_STREAM}.>",
             *_write_objects(MODEL_BUCKET),
-            *(subject for region in regions for subject in _write_objects(delta_bucket(region))),
+            *(subject for region in regions for subject in owned_subjects(delta_bucket(region))),
             f"$KV.{MODEL_LATEST_BUCKET}.>",
             f"$KV.{FL_ROUND_BUCKET}.>",
             FL_GLOBAL_SUBJECT,

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from streaming.cli import DefaultsHelpFormatter
 from streaming.protocol import DEFAULT_REGION
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.certs import TlsFiles
-from deploy.nats import HUB_DOMAIN, ClusterSpec, server_config
 from deploy.nats_auth import ROUTE_USER, ServerAuth, new_password, password_env, worker_ids
+from deploy.nats_servers import HUB_DOMAIN, ClusterSpec, server_config
 from deploy.regions import DEFAULT_REGIONS_FILE, Hub, Region, load_hub, load_regions
 
 DEFAULT_OUT = Path(__file__).with_name("nats")

@@ -15,11 +15,12 @@ import asyncio
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.nats_auth import SETUP_USER
 from streaming.buckets import create_stores, deployment_stores
-from streaming.config import NATS_CA_ENV, NATS_URL_ENV
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV, add_config_arguments, config_from_args, flag
 from streaming.nats_connect import connect_nats
 from streaming.protocol import DEFAULT_NATS_URL, DEFAULT_REGION
 
@@ -41,29 +42,35 @@ def run_setup(url: str, regions: Sequence[str], tls_ca: Path | None = None, repl
         return pool.submit(asyncio.run, set_up(url, regions, tls_ca, replicas)).result()
 
 
+@dataclass
+class SetupConfig:
+    """What ``mvs setup`` creates (its flags; the URL and CA come from the environment: a URL may carry a
+    password, never in argv)."""
+
+    regions: tuple[str, ...] = field(
+        default=(), metadata=flag(f"a region served (repeatable; none: {DEFAULT_REGION})", name="region")
+    )
+    hub_servers: int = field(
+        default=1, metadata=flag("servers of the hub's JetStream cluster: every store gets min(3, N) replicas")
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI of the setup."""
     p = argparse.ArgumentParser(prog="mvs setup", description=__doc__.splitlines()[0].strip("`: "))
-    p.add_argument(
-        "--region", action="append", default=None, help=f"a region served (repeatable; default: {DEFAULT_REGION})"
-    )
-    p.add_argument(
-        "--hub-servers",
-        type=int,
-        default=1,
-        help="servers of the hub's JetStream cluster: every store gets min(3, N) replicas (default: %(default)s)",
-    )
+    add_config_arguments(p, SetupConfig)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: the URL and CA from the environment (a URL may carry a password: never in argv)."""
-    args = build_parser().parse_args(argv)
+    config = config_from_args(SetupConfig, build_parser().parse_args(argv))
     ca = os.environ.get(NATS_CA_ENV)
-    if args.hub_servers < 1:
-        raise SystemExit(f"mvs setup: --hub-servers must be at least 1, got {args.hub_servers}")
+    if config.hub_servers < 1:
+        raise SystemExit(f"mvs setup: --hub-servers must be at least 1, got {config.hub_servers}")
     url = os.environ.get(NATS_URL_ENV, DEFAULT_NATS_URL)
-    created = run_setup(url, args.region or [DEFAULT_REGION], Path(ca) if ca else None, min(3, args.hub_servers))
+    regions = config.regions or (DEFAULT_REGION,)
+    created = run_setup(url, regions, Path(ca) if ca else None, min(3, config.hub_servers))
     print(f"created {', '.join(created)}" if created else "every bucket and stream exists already")
 
 

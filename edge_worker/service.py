@@ -46,12 +46,11 @@ from edge_worker.model.serving import (
     resolve_serving,
 )
 from edge_worker.stylizers import load_stylizer
-from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
+from streaming.config import REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, image_size
 from streaming.jetstream_health import JetStreamProbe, probe_subject
-from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
+from streaming.nats_connect import NatsClientConfig, connect_nats
 from streaming.protocol import (
-    DEFAULT_NATS_URL,
     DEFAULT_REGION,
     MAX_FRAME_SIDE,
     STYLIZE_QUEUE_GROUP,
@@ -112,15 +111,10 @@ def default_worker_id() -> str:
 
 
 @dataclass
-class WorkerConfig:
+class WorkerConfig(NatsClientConfig):
     """Settings of one stylizer worker process (each field with a ``flag`` is a ``mvs worker`` flag)."""
 
-    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
-    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
-    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
-    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
-    """JetStream domain of the style and model stores (when this site's NATS is a leaf node of the hub)."""
     model: str = field(
         default=DEFAULT_STYLIZER,
         metadata=flag(

@@ -82,6 +82,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def show_size(size: tuple[int, int]) -> str:
+    """(640, 360) -> '640x360': the inverse of :func:`parse_size`."""
+    return f"{size[0]}x{size[1]}"
+
+
 def parse_smoothing_weight(text: str) -> float:
     """A temporal smoothing weight in [0, 1); 0 turns it off."""
     try:
@@ -139,7 +144,8 @@ class PhoneConfig:
     """Path of the style image; None: the bundled default style photo."""
     frames: int = field(default=DEFAULT_FRAMES, metadata=flag("frames to stream"))
     size: tuple[int, int] = field(
-        default=DEFAULT_SIZE, metadata=flag("capture size WxH (even sides)", parse=parse_size, metavar="WxH")
+        default=DEFAULT_SIZE,
+        metadata=flag("capture size WxH (even sides)", parse=parse_size, show=show_size, metavar="WxH"),
     )
     fps: float = field(default=DEFAULT_FPS, metadata=flag("capture rate"))
     key_interval: int = field(default=DEFAULT_KEY_INTERVAL, metadata=flag("fixed policy: a key every K frames"))

@@ -37,6 +37,7 @@ from streaming.protocol import (
     MODEL_LATEST_BUCKET,
     STYLE_BUCKET,
     delta_bucket,
+    token,
 )
 
 CHUNK_BYTES = 128 * 1024
@@ -71,14 +72,22 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-def chunk_subject(bucket: str, nuid: str) -> str:
-    """Where an object's chunks are stored (a fresh random ``nuid`` per object version)."""
-    return f"$O.{bucket}.C.{nuid}"
+def chunk_subject(bucket: str, nuid: str, owner: str | None = None) -> str:
+    """Where an object's chunks are stored (a fresh random ``nuid`` per object version), under its ``owner``'s token
+    when it has one (:class:`Bucket`)."""
+    return f"$O.{bucket}.C.{nuid}" if owner is None else f"$O.{bucket}.C.{token(owner)}.{nuid}"
 
 
-def meta_subject(bucket: str, name: str) -> str:
-    """Where an object's metadata is stored (its name in URL-safe base64, as nats-py writes it)."""
-    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+def meta_subject(bucket: str, name: str, owner: str | None = None) -> str:
+    """Where an object's metadata is stored (its name in URL-safe base64, as nats-py writes it), under its
+    ``owner``'s token when it has one (:class:`Bucket`)."""
+    encoded = base64.urlsafe_b64encode(name.encode()).decode()
+    return f"$O.{bucket}.M.{encoded}" if owner is None else f"$O.{bucket}.M.{token(owner)}.{encoded}"
+
+
+def owned_subjects(bucket: str, owner: str = "*") -> list[str]:
+    """The chunk and metadata subjects of ``owner``'s objects in ``bucket`` (``*``: any owner's), for permissions."""
+    return [f"$O.{bucket}.C.{owner}.*", f"$O.{bucket}.M.{owner}.*"]
 
 
 # What a deployment has: every bucket and stream, with its config and its limits (named beside it).
@@ -202,11 +211,18 @@ class Bucket:
 
     In a hub cluster any replica answers a direct get, and a follower may not hold the newest writes yet: a reader
     that must see an object just written by someone else (the aggregator, a delta whose reference it holds) reads
-    through the stream's leader instead (``direct=False``: ``STREAM.MSG.GET``)."""
+    through the stream's leader instead (``direct=False``: ``STREAM.MSG.GET``).
+
+    With an ``owner`` (a subject token: a worker id) the objects' subjects carry it (:func:`owned_subjects`), so
+    NATS permissions can let each owner write its own objects of a shared bucket only: an object's subjects are
+    otherwise one random token (chunks) and the base64 of its name (metadata), and a subject wildcard matches
+    whole tokens only, never a name prefix. nats-py's object store API does not read such objects; this class
+    does (the bucket's stream takes ``$O.<bucket>.C.>`` and ``M.>``)."""
 
     js: JetStreamContext
     name: str
     direct: bool = True
+    owner: str | None = None
 
     @property
     def stream(self) -> str:
@@ -235,7 +251,7 @@ class Bucket:
 
     async def _info(self, name: str) -> ObjectInfo:
         """The metadata of object ``name``; KeyError if there is none, :class:`ObjectDeletedError` if deleted."""
-        _, data = await self._direct_get(meta_subject(self.name, name))
+        _, data = await self._direct_get(meta_subject(self.name, name, self.owner))
         info = ObjectInfo.from_response(json.loads(data))
         if info.deleted:
             raise ObjectDeletedError(f"object {name!r} of {self.name} was deleted")
@@ -264,7 +280,7 @@ class Bucket:
             raise
         except KeyError as exc:
             raise KeyError(f"no object {name!r} in {self.name}") from exc
-        subject, seq = chunk_subject(self.name, info.nuid), 0
+        subject, seq = chunk_subject(self.name, info.nuid, self.owner), 0
         data = bytearray()
         for _ in range(info.chunks or 0):
             try:
@@ -283,7 +299,7 @@ class Bucket:
         ``APIError``."""
         nuid = uuid.uuid4().hex
         for start in range(0, len(data), CHUNK_BYTES):
-            await self.js.publish(chunk_subject(self.name, nuid), data[start : start + CHUNK_BYTES])
+            await self.js.publish(chunk_subject(self.name, nuid, self.owner), data[start : start + CHUNK_BYTES])
         digest = DIGEST_PREFIX + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
         info = {
             "name": name,
@@ -295,7 +311,9 @@ class Bucket:
             "mtime": datetime.now(timezone.utc).isoformat(),
             "options": {"max_chunk_size": CHUNK_BYTES},
         }
-        await self.js.publish(meta_subject(self.name, name), json.dumps(info).encode(), headers={ROLLUP_HEADER: "sub"})
+        await self.js.publish(
+            meta_subject(self.name, name, self.owner), json.dumps(info).encode(), headers={ROLLUP_HEADER: "sub"}
+        )
 
     async def delete(self, name: str) -> None:
         """Remove object ``name`` if present (its metadata marked deleted, its chunks purged): the aggregator's."""
@@ -304,9 +322,11 @@ class Bucket:
             return
         info.deleted, info.size, info.chunks, info.digest = True, 0, 0, ""
         await self.js.publish(
-            meta_subject(self.name, name), json.dumps(info.as_dict()).encode(), headers={ROLLUP_HEADER: "sub"}
+            meta_subject(self.name, name, self.owner),
+            json.dumps(info.as_dict()).encode(),
+            headers={ROLLUP_HEADER: "sub"},
         )
-        await self.js.purge_stream(self.stream, subject=chunk_subject(self.name, info.nuid))
+        await self.js.purge_stream(self.stream, subject=chunk_subject(self.name, info.nuid, self.owner))
 
 
 async def read_key(js: JetStreamContext, bucket: str, key: str) -> bytes | None:

@@ -78,6 +78,8 @@ class Flag:
     hidden: bool = False
     group: str | None = None
     parse: Callable[[str], Any] | None = None
+    show: Callable[[Any], str] | None = None
+    secret: bool = False
 
 
 def flag(
@@ -90,6 +92,8 @@ def flag(
     hidden: bool = False,
     group: str | None = None,
     parse: Callable[[str], Any] | None = None,
+    show: Callable[[Any], str] | None = None,
+    secret: bool = False,
 ) -> dict[str, Any]:
     """Field metadata that makes a config field a command-line flag: ``field(default=X, metadata=flag("..."))``.
 
@@ -97,12 +101,16 @@ def flag(
     variable whose value, when set, is the default; ``hidden``: accepted but left out of ``--help``;
     ``group``: on a nested config field, the title of the argument group of its flags; ``parse``: turns the
     flag's text into the field's value (instead of the annotation's type), raising ``ValueError`` with a message
-    for a person when the text is not acceptable."""
-    return {_FLAG_KEY: Flag(help, name, env, choices, metavar, hidden, group, parse)}
+    for a person when the text is not acceptable; ``show``: the inverse of ``parse`` (default ``str``), used by
+    :func:`argv_from_config`; ``secret``: the value may hold a password, so a launcher passes it in the environment
+    variable ``env`` (required), never in argv."""
+    if secret and env is None:
+        raise ValueError("a secret flag needs an environment variable")
+    return {_FLAG_KEY: Flag(help, name, env, choices, metavar, hidden, group, parse, show, secret)}
 
 
-NATS_FLAG = flag("NATS URL", name="nats", env=NATS_URL_ENV)
-"""Metadata of every config's ``nats_url`` field: ``--nats``, env MVS_NATS_URL."""
+NATS_FLAG = flag("NATS URL", name="nats", env=NATS_URL_ENV, secret=True)
+"""Metadata of every config's ``nats_url`` field: ``--nats``, env MVS_NATS_URL (a secret: it may hold a password)."""
 NATS_CA_FLAG = flag("CA file to verify the NATS server's TLS certificate (with a tls:// URL)", env=NATS_CA_ENV)
 """Metadata of every config's ``nats_ca`` field: ``--nats-ca``, env MVS_NATS_CA."""
 REGION_FLAG = flag("region", env=REGION_ENV)
@@ -266,22 +274,58 @@ def _build(cls: type, args: argparse.Namespace, overrides: Mapping[str, Any], op
     return cls(**values, **overrides)
 
 
-def config_flags(config: Any, names: Collection[str]) -> list[str]:
-    """The flags that give the fields ``names`` of the dataclass instance ``config`` their values: the inverse of
-    :func:`config_from_args` for those fields (a child process gets the settings its parent was given)."""
+def argv_from_config(config: Any) -> list[str]:
+    """The flags that build ``config`` again: the inverse of :func:`config_from_args`, so that
+    ``config_from_args(C, parser.parse_args(argv_from_config(c)))`` is ``c`` when the parser sees
+    :func:`env_from_config`'s environment. A field is given when its value is not its default (always, when it has
+    a ``default_factory``: a worker id made from the host and pid differs in a child); a nested config's flags
+    follow its field; secret fields never appear (they travel in the environment)."""
     argv: list[str] = []
     for f, spec, hint in _flagged_fields(type(config)):
-        if f.name not in names:
-            continue
-        value, flag_name = getattr(config, f.name), _flag_name(f, spec)
+        value = getattr(config, f.name)
         inner, _ = _unwrap_optional(hint)
-        if value is None:
+        if dataclasses.is_dataclass(inner):
+            if value is not None:
+                argv += argv_from_config(value)
             continue
+        if spec.secret or value is None or (f.default is not dataclasses.MISSING and value == f.default):
+            continue
+        flag_name = _flag_name(f, spec)
         if inner is bool:
             argv.append(f"--{flag_name}" if value else f"--no-{flag_name}")
         elif _is_str_tuple(inner):
             for item in value:
                 argv += [f"--{flag_name}", item]
         else:
-            argv += [f"--{flag_name}", str(value)]
+            argv += [f"--{flag_name}", spec.show(value) if spec.show is not None else str(value)]
     return argv
+
+
+def env_from_config(config: Any, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a child process that runs ``config`` (with :func:`argv_from_config`): ``base`` without
+    the variables any flag of the config reads (so that only argv sets them), plus the secret fields' values."""
+    env = {name: value for name, value in base.items() if name not in _env_names(type(config))}
+    env.update(_secrets(config))
+    return env
+
+
+def _env_names(cls: type) -> set[str]:
+    names: set[str] = set()
+    for _, spec, hint in _flagged_fields(cls):
+        inner, _ = _unwrap_optional(hint)
+        if dataclasses.is_dataclass(inner):
+            names |= _env_names(typing.cast(type, inner))
+        elif spec.env is not None:
+            names.add(spec.env)
+    return names
+
+
+def _secrets(config: Any) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for f, spec, hint in _flagged_fields(type(config)):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(_unwrap_optional(hint)[0]):
+            found |= _secrets(value) if value is not None else {}
+        elif spec.secret and spec.env is not None and value is not None:
+            found[spec.env] = str(value)
+    return found

@@ -35,6 +35,7 @@ from streaming.protocol import (
     ProtocolError,
     decode,
     delta_bucket,
+    delta_object_owner,
     delta_object_prefix,
     encode,
     fl_delta_subject,
@@ -191,27 +192,33 @@ class ModelStore:
 
 
 class DeltaStore:
-    """One region's delta blobs (bucket :func:`streaming.protocol.delta_bucket`)."""
+    """One region's delta blobs (bucket :func:`streaming.protocol.delta_bucket`), each under the subjects of the
+    worker its name names (:func:`~streaming.protocol.delta_object_owner`): NATS lets a worker write its own only."""
 
     def __init__(self, js: JetStreamContext, region: str, direct: bool = True) -> None:
         """``direct=False``: reads through the bucket's stream leader (the aggregator's: see :class:`Bucket`)."""
-        self._objects = Bucket(js, delta_bucket(region), direct)
+        self._js, self._direct = js, direct
         self.region = region
+
+    def _objects(self, name: str) -> Bucket:
+        """The bucket as seen by the worker owning object ``name`` (ValueError: not a delta object's name)."""
+        return Bucket(self._js, delta_bucket(self.region), self._direct, delta_object_owner(self.region, name))
 
     async def put(self, name: str, data: bytes) -> None:
         """Store a delta blob."""
-        await self._objects.put(name, data)
+        await self._objects(name).put(name, data)
 
     async def get(self, name: str) -> bytes:
-        """Read a delta blob (KeyError if absent, its bucket too, or its chunks do not match its metadata)."""
+        """Read a delta blob (KeyError if absent, its bucket too, its name not a delta's, or its chunks do not match
+        its metadata)."""
         try:
-            return await self._objects.get(name)
-        except (ObjectIntegrityError, BucketMissingError) as exc:
+            return await self._objects(name).get(name)
+        except (ObjectIntegrityError, BucketMissingError, ValueError) as exc:
             raise KeyError(str(exc)) from exc
 
     async def delete(self, name: str) -> None:
         """Remove a delta blob if present."""
-        await self._objects.delete(name)
+        await self._objects(name).delete(name)
 
 
 async def submit_delta(
@@ -225,14 +232,15 @@ async def submit_delta(
     loss: float = float("nan"),
 ) -> DeltaRef:
     """What an edge does: store the delta blob in its region's bucket, then publish its reference (with the blob's
-    SHA-256) on ``mvs.fl.delta.<region>.<worker id>``."""
+    SHA-256) on ``mvs.fl.delta.<region>.<worker id>``. The blob is written under the worker's own subjects of the
+    bucket (:class:`DeltaStore`), which no other worker may write; its name ends in 122 random bits besides."""
     region, blob = deltas.region, encode_tensors(delta)
     ref = DeltaRef(
         worker_id=worker_id,
         region=region,
         base_version=base_version,
         samples=samples,
-        object_name=f"{delta_object_prefix(region, worker_id)}v{base_version}-{uuid.uuid4().hex[:8]}",
+        object_name=f"{delta_object_prefix(region, worker_id)}v{base_version}-{uuid.uuid4().hex}",
         loss=loss,
         sha256=digest(blob),
     )

@@ -21,11 +21,15 @@ import logging
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter, Gauge
+
+from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG
+from streaming.protocol import DEFAULT_NATS_URL
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,18 @@ MAX_RECONNECT_ATTEMPTS = -1
 """Reconnect attempts before the connection is closed for good: -1, never (see the rule above)."""
 CONNECT_TIMEOUT_S = 2
 """Seconds one attempt to open the TCP connection may take."""
+
+
+@dataclass
+class NatsClientConfig:
+    """How a service reaches NATS: the fields (and flags) that every service config starts with."""
+
+    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
+    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
+    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
+    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
+    """JetStream domain of the stores (set when the service's NATS is a leaf node of the hub)."""
+
 
 INBOX_PREFIX = "_INBOX"
 """nats-py's default prefix of reply subjects, used by a connection without a user."""

@@ -31,6 +31,8 @@ import base64
 import binascii
 import dataclasses
 import json
+import re
+import secrets
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,15 +88,25 @@ def token(name: str) -> str:
 def delta_bucket(region: str) -> str:
     """The object store bucket of a region's deltas.
 
-    One bucket per region, not a name prefix in a shared bucket, because NATS permissions cannot enforce an object
-    name prefix: an object's chunks go to ``$O.<bucket>.C.<random nuid>`` and its metadata to
-    ``$O.<bucket>.M.<base64 of the name>``, and subject wildcards match whole tokens only."""
+    One bucket per region (its workers may write no other), and in it each worker's objects under subjects that
+    carry its id (``streaming.buckets.Bucket``'s ``owner``): NATS permissions cannot enforce an object name prefix
+    (an object's chunks go to ``$O.<bucket>.C.<random nuid>`` and its metadata to ``$O.<bucket>.M.<base64 of the
+    name>``; subject wildcards match whole tokens only), but they can a token ``$O.<bucket>.C|M.<worker id>.*``."""
     return f"{DELTA_BUCKET_PREFIX}-{region}"
 
 
 def delta_object_prefix(region: str, worker_id: str) -> str:
     """Names of a worker's delta objects start with this (in its region's :func:`delta_bucket`)."""
     return f"delta/{region}/{worker_id}/"
+
+
+def delta_object_owner(region: str, name: str) -> str:
+    """The worker whose delta object of region ``region`` is named ``name`` (:func:`delta_object_prefix`);
+    ValueError for a name that is not one."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "delta" or parts[1] != region or not parts[3]:
+        raise ValueError(f"{name[:80]!r} is not a delta object name of region {region!r}")
+    return token(parts[2])
 
 
 # Size limits.
@@ -113,6 +125,12 @@ MAX_RESULT_AREA_RATIO = 4
 time grows with the result (issue 22: a 64x64 stream asking for 4096x4096 results cost 0.74 s per key, ~300x)."""
 MAX_STYLE_BYTES = 8 * 1024 * 1024
 """Largest encoded style image accepted at signaling."""
+MAX_OFFER_FIELDS_BYTES = 256 * 1024
+"""Largest ``POST /offer`` body apart from its style's base64 (the SDP is at most 32 KB): what is JSON-parsed in one
+call (~1 ms); the style's base64 is cut out of a bigger body and decoded in :data:`BASE64_CHUNK_CHARS` pieces."""
+BASE64_CHUNK_CHARS = 256 * 1024
+"""Base64 characters decoded per call (a few ms): a thread decoding an 8 MB style lets the event loop run between
+chunks (one call over 11 MB held the interpreter ~150 ms)."""
 MAX_ERROR_CHARS = 256
 """Longest error text sent back or logged: an error may quote its input, never at length (a 200 KB bad field name
 once came back as an 800 KB reply)."""
@@ -695,17 +713,19 @@ def decode_offer(body: bytes) -> Offer:
     """Parse a ``POST /offer`` body; :class:`ProtocolError` with a clear message if it is not one.
 
     Checks the JSON shape, the base64 and size of the style and the result options; what the SDP and
-    the style image contain is checked by the gateway, which owns the WebRTC stack and the image codecs.
+    the style image contain is checked by the gateway, which owns the WebRTC stack and the image codecs. No single
+    call takes more than a few milliseconds of an 11 MB body (:func:`_split_style`, :func:`_style_bytes`), so a
+    thread running this holds the interpreter only briefly at a time.
     """
-    data = _json_object(body)
+    data, style_b64 = _split_style(body)
     if data.get("type") != "offer" or not isinstance(data.get("sdp"), str) or not data["sdp"].startswith("v="):
         raise ProtocolError(ErrorCode.INVALID, 'expected {"type": "offer", "sdp": "v=0...", "style": ...}')
-    if not isinstance(data.get("style"), str):
+    if not isinstance(style_b64, (str, bytes)):
         raise ProtocolError(ErrorCode.INVALID, "missing 'style': a base64-encoded style image")
-    if len(data["style"]) > 4 * (MAX_STYLE_BYTES // 3 + 1):
+    if len(style_b64) > 4 * (MAX_STYLE_BYTES // 3 + 1):
         raise ProtocolError(ErrorCode.TOO_LARGE, f"style image exceeds {MAX_STYLE_BYTES} B")
     try:
-        style = base64.b64decode(data["style"], validate=True)
+        style = _style_bytes(style_b64)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolError(ErrorCode.INVALID, f"'style' is not base64: {exc}") from exc
     if len(style) > MAX_STYLE_BYTES:
@@ -725,6 +745,53 @@ def decode_offer(body: bytes) -> Offer:
             ErrorCode.INVALID, f"'result' must be one of {list(RESULT_KIND_VALUES)}, got {quote(result)}"
         )
     return Offer(sdp=data["sdp"], style=style, result=ResultKind(result), out_size=out_size)
+
+
+_STYLE_VALUE = re.compile(rb'"style"[ \t\r\n]{0,16}:[ \t\r\n]{0,16}"')
+
+
+def _split_style(body: bytes) -> tuple[dict[str, Any], object]:
+    """An offer body's JSON object and its ``style`` value (base64, or whatever else it is).
+
+    A body of at most :data:`MAX_OFFER_FIELDS_BYTES` is parsed whole. In a bigger one the style's base64 is cut out
+    (found with ``bytes.find``, memchr-fast) and the rest parsed with a random placeholder in its place: the parse
+    giving the placeholder back as ``style`` proves the cut was exactly that string's contents, which the strict
+    base64 decoding then proves held no escape, so the result is the whole body's parse. Anything else that big
+    (a second large field, an escaped or duplicated style) is refused."""
+    if len(body) <= MAX_OFFER_FIELDS_BYTES:
+        data = _json_object(body)
+        return data, data.get("style")
+    too_large = ProtocolError(
+        ErrorCode.TOO_LARGE, f"offer of {len(body)} B: only its style may make it exceed {MAX_OFFER_FIELDS_BYTES} B"
+    )
+    start = end = -1
+    at = body.find(b'"style"')
+    while at >= 0:  # the first "style": "... whose string is all but MAX_OFFER_FIELDS_BYTES of the body
+        match = _STYLE_VALUE.match(body, at)
+        if match is not None:
+            start, end = match.end(), body.find(b'"', match.end())
+            if end >= 0 and len(body) - (end - start) <= MAX_OFFER_FIELDS_BYTES:
+                break
+        at = body.find(b'"style"', at + 1)
+    else:
+        raise too_large
+    placeholder = secrets.token_hex(16)
+    data = _json_object(body[:start] + placeholder.encode() + body[end:])
+    if data.get("style") != placeholder:
+        raise ProtocolError(ErrorCode.INVALID, "'style' must be one plain base64 string")
+    return data, body[start:end]
+
+
+def _style_bytes(text: str | bytes) -> bytes:
+    """Strict base64 (the alphabet, padding only at the end) decoded :data:`BASE64_CHUNK_CHARS` at a time."""
+    data = text.encode("ascii") if isinstance(text, str) else text
+    pieces = []
+    for at in range(0, len(data), BASE64_CHUNK_CHARS):
+        chunk = data[at : at + BASE64_CHUNK_CHARS]
+        if at + BASE64_CHUNK_CHARS < len(data) and b"=" in chunk:
+            raise binascii.Error("padding before the end")
+        pieces.append(binascii.a2b_base64(chunk, strict_mode=True))
+    return b"".join(pieces)
 
 
 def encode_answer(answer: Answer) -> bytes:

@@ -7,11 +7,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 import torch
+from nats.aio.client import Client as NATS
 
 from deploy.certs import CA_FILE, kept_ca
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
@@ -21,11 +23,48 @@ from tests.firefox_bidi import Firefox
 # One intra-op thread: tests run real models beside real servers on 2 cores; more threads only contend.
 torch.set_num_threads(1)
 
+SLOW_S = 3.0
+"""A test whose call takes longer than this even on a busy machine belongs under ``@pytest.mark.slow`` (``make
+test-fast`` leaves those out: the marker goes on anything over ~0.5 s here); the run's summary names the ones that
+are not marked."""
+_unmarked_slow: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.duration > SLOW_S and "slow" not in report.keywords:
+        _unmarked_slow[report.nodeid] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _unmarked_slow:
+        terminalreporter.section(f"over {SLOW_S:g} s without the slow marker")
+        for nodeid, seconds in sorted(_unmarked_slow.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
+
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
+def shared_nats_server() -> Iterator[NatsServer]:
     with NatsServer(monitor_port=0) as server:
         yield server
+
+
+@pytest.fixture
+def nats_server(request: pytest.FixtureRequest, shared_nats_server: NatsServer) -> Iterator[NatsServer]:
+    """The session's server; one of the test's own under ``@pytest.mark.fresh_nats_server`` (for what is global on a
+    server: the model store, the delta stream), its setup having made regions "eu" and "us"'s delta buckets."""
+    if request.node.get_closest_marker("fresh_nats_server") is None:
+        yield shared_nats_server
+        return
+    with NatsServer(regions=["eu", "us"]) as server:
+        yield server
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    """A client of the test's ``nats_server``."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import SyntheticCamera, sample_photo
 from streaming.gateway import frame_ids

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 
 from aggregator.__main__ import run
 from aggregator.service import AggregatorConfig
-from deploy.nats import NatsServer, free_port
+from deploy.nats_servers import NatsServer, free_port
 from streaming.tensors import NamedArrays
+from tests.support import wait_until
 
 INITIAL: NamedArrays = {"dec.weight": np.full((3, 2), 100.0, np.float32)}
 WAIT_S = 20.0
@@ -30,15 +31,13 @@ async def _status(http: aiohttp.ClientSession, url: str) -> int | None:
 
 
 async def _until(http: aiohttp.ClientSession, base: str, healthz: int, livez: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        seen = (await _status(http, f"{base}/healthz"), await _status(http, f"{base}/livez"))
-        if seen == (healthz, livez):
-            return
-        assert time.monotonic() < deadline, f"/healthz, /livez: {seen}, wanted {(healthz, livez)}"
-        await asyncio.sleep(0.05)
+    async def seen() -> bool:
+        return (await _status(http, f"{base}/healthz"), await _status(http, f"{base}/livez")) == (healthz, livez)
+
+    await wait_until(seen, WAIT_S, f"/healthz {healthz} and /livez {livez}")
 
 
+@pytest.mark.slow
 async def test_aggregator_is_unready_not_dead_during_a_nats_outage(tmp_path: Path) -> None:
     nats_port, port = free_port(), free_port()
     store = tmp_path / "jetstream"

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
@@ -21,7 +17,9 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import REGISTRY
 
 from aggregator.service import DURABLE, ROUND_KEY, Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.launch import ServiceProcess
+from deploy.nats_servers import NatsServer
+from streaming.cli import ServiceOptions
 from streaming.model_store import DeltaStore, ModelStore, submit_delta, version_object
 from streaming.protocol import (
     FL_DELTA_STREAM,
@@ -34,8 +32,11 @@ from streaming.protocol import (
     encode,
     fl_delta_subject,
 )
-from streaming.runtime import dying_with_parent
 from streaming.tensors import NamedArrays, encode_tensors
+from tests.support import wait_until
+
+pytestmark = pytest.mark.fresh_nats_server  # the model store and the delta stream are global on a server
+
 
 BASE = 100.0
 """The initial weights' value: large enough that the test deltas stay under the relative norm bound (25 %)."""
@@ -55,28 +56,16 @@ def _delta(value: float, dtype: str = "float16") -> NamedArrays:
 
 
 @pytest.fixture
-def server() -> NatsServer:
-    """A fresh server per test (the model store and the delta stream are global, not per region); its setup made
-    regions "eu" and "us"'s delta buckets."""
-    with NatsServer(regions=["eu", "us"]) as s:
-        yield s
-
-
-@pytest.fixture
-async def nc(server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(server.url)
-    yield client
-    await client.close()
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 async def _until_version(aggregator: Aggregator, version: int) -> ModelVersion:
-    async def loop() -> ModelVersion:
-        while True:
-            new = await aggregator.step()
-            if new is not None and new.version >= version:
-                return new
+    async def stepped() -> ModelVersion | None:
+        new = await aggregator.step()
+        return new if new is not None and new.version >= version else None
 
-    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    return await wait_until(stepped, STEP_TIMEOUT_S, f"the aggregator publishing v{version}", poll_s=0)
 
 
 async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: NatsServer, nc: NATS) -> None:
@@ -108,6 +97,7 @@ async def test_round_is_the_weighted_average_announced_and_cleaned_up(server: Na
         await DeltaStore(js, "eu").get(r1.object_name)  # consumed deltas are removed
 
 
+@pytest.mark.slow
 async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -> None:
     aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=1, durable="rej"))
     await aggregator.start(INITIAL)
@@ -140,6 +130,7 @@ async def test_rejected_deltas_are_never_applied(server: NatsServer, nc: NATS) -
     assert aggregator.rejections == {"non_finite": 1, "keys": 1, "future_base": 1, "unreadable": 1, "duplicate": 1}
 
 
+@pytest.mark.slow
 async def test_poisoned_deltas_are_rejected_and_counted(server: NatsServer, nc: NATS) -> None:
     """Issue 14's attacks: the whole global weights sent as a delta, norm 999 claiming 10^12 samples, a delta that
     names another worker's object, one whose region is not its subject's; each rejected and counted by reason."""
@@ -175,6 +166,7 @@ def _rejected(reason: str) -> float:
     return REGISTRY.get_sample_value("mvs_aggregator_updates_rejected_total", {"reason": reason}) or 0.0
 
 
+@pytest.mark.slow
 async def test_a_round_closes_on_its_timeout_with_fewer_updates(server: NatsServer, nc: NATS) -> None:
     timeout_s = 2.0
     aggregator = Aggregator(
@@ -219,41 +211,20 @@ async def test_only_the_newest_versions_are_kept(server: NatsServer, nc: NATS) -
 
 
 def _start_aggregator(
-    server: NatsServer, tmp_path: Path, *extra: str, stderr: IO[bytes] | None = None
-) -> subprocess.Popen[bytes]:
+    server: NatsServer, tmp_path: Path, log_path: Path | None = None, **fields: Any
+) -> ServiceProcess:
     init = tmp_path / "init.bin"
     init.write_bytes(encode_tensors(INITIAL))
-    cmd = [
-        sys.executable,
-        "-m",
-        "aggregator",
-        "--nats",
-        server.url,
-        "--min-updates",
-        "3",
-        "--init",
-        str(init),
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-    return subprocess.Popen(dying_with_parent(cmd), stderr=stderr)
+    config = AggregatorConfig(**{"nats_url": server.url, "min_updates": 3, "init": init, **fields})
+    return ServiceProcess(config, options=ServiceOptions(log_level="warning"), log_path=log_path).start()
 
 
 async def _wait_latest(store: ModelStore, version: int) -> ModelVersion:
-    async def loop() -> ModelVersion:
-        while True:
-            latest = await store.latest()
-            if latest is not None and latest.version >= version:
-                return latest
-            await asyncio.sleep(0.05)
+    async def latest() -> ModelVersion | None:
+        latest = await store.latest()
+        return latest if latest is not None and latest.version >= version else None
 
-    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
-
-
-async def _announced(announced: list[int], version: int) -> None:
-    while version not in announced:
-        await asyncio.sleep(0.05)
+    return await wait_until(latest, STEP_TIMEOUT_S, f"v{version} as the store's latest")
 
 
 async def _round_state(js: JetStreamContext) -> RoundState | None:
@@ -268,29 +239,27 @@ async def _round_state(js: JetStreamContext) -> RoundState | None:
 async def _until_persisted(js: JetStreamContext, deltas: int) -> None:
     """Until the persisted round state holds ``deltas`` deltas."""
 
-    async def loop() -> None:
-        while (state := await _round_state(js)) is None or len(state.accepted) < deltas:
-            await asyncio.sleep(0.05)
+    async def persisted() -> bool:
+        state = await _round_state(js)
+        return state is not None and len(state.accepted) >= deltas
 
-    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    await wait_until(persisted, STEP_TIMEOUT_S, f"{deltas} deltas in the persisted round")
 
 
 async def _until_settled(js: JetStreamContext, version: int, deltas: int = 0) -> None:
     """Until no delta is waiting or delivered-but-unacked and the round after ``version`` holds ``deltas``: from
     then on nothing (a redelivery included) changes the round until another delta comes."""
 
-    async def loop() -> None:
-        while True:
-            info = await js.consumer_info(FL_DELTA_STREAM, DURABLE)
-            state = await _round_state(js)
-            if info.num_pending == 0 and info.num_ack_pending == 0 and state is not None:
-                if state.base_version == version and len(state.accepted) == deltas:
-                    return
-            await asyncio.sleep(0.05)
+    async def settled() -> bool:
+        info = await js.consumer_info(FL_DELTA_STREAM, DURABLE)
+        state = await _round_state(js)
+        idle = info.num_pending == 0 and info.num_ack_pending == 0
+        return idle and state is not None and state.base_version == version and len(state.accepted) == deltas
 
-    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    await wait_until(settled, STEP_TIMEOUT_S, f"the round after v{version} settled with {deltas} deltas")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "crash_after", ["", "delta_accepted", "delta_saved", "weights_stored", "latest_moved", "round_reset"]
 )
@@ -302,8 +271,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
     wait and recognised, not rejected), or half-way through publishing a round (the round state reset included, its
     blobs not deleted yet). Either way the round's blobs end up deleted."""
     js = nc.jetstream()
-    ack_wait = ["--ack-wait", str(TEST_ACK_WAIT_S)]
-    first = _start_aggregator(server, tmp_path, *ack_wait, *(["--crash-after", crash_after] if crash_after else []))
+    first = _start_aggregator(server, tmp_path, ack_wait_s=TEST_ACK_WAIT_S, crash_after=crash_after)
     try:
         store = await ModelStore.open(js)
         await _wait_latest(store, 0)
@@ -319,7 +287,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
         ]
         closing = crash_after in ("weights_stored", "latest_moved", "round_reset")  # crashes while closing the round
         if crash_after.startswith("delta_"):
-            first.wait(timeout=STEP_TIMEOUT_S)  # crashed at the first delta
+            first.wait(STEP_TIMEOUT_S)  # crashed at the first delta
         else:
             await _until_persisted(js, 2)  # round not due yet (3 updates needed)
         if not crash_after:
@@ -330,24 +298,21 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
 
         if closing:
             await submit_last()
-        first.wait(timeout=STEP_TIMEOUT_S)  # killed, or crashed at the injected step
+        first.wait(STEP_TIMEOUT_S)  # killed, or crashed at the injected step
         log = tmp_path / "second.log"
-        with log.open("wb") as stderr:
-            second = _start_aggregator(server, tmp_path, *ack_wait, stderr=stderr)
-            try:
-                if not closing:
-                    await _until_settled(js, 0, deltas=2)  # a and b held once, redeliveries included
-                    await submit_last()
-                latest = await _wait_latest(store, 1)
-                await asyncio.wait_for(_announced(announced, 1), STEP_TIMEOUT_S)  # published, or re-announced
-                await _until_settled(js, 1)  # nothing left that could make a second version
-                assert (await store.latest()).version == 1  # type: ignore[union-attr]
-            finally:
-                second.terminate()
-                second.wait(timeout=STEP_TIMEOUT_S)
+        second = _start_aggregator(server, tmp_path, log, ack_wait_s=TEST_ACK_WAIT_S)
+        try:
+            if not closing:
+                await _until_settled(js, 0, deltas=2)  # a and b held once, redeliveries included
+                await submit_last()
+            latest = await _wait_latest(store, 1)
+            await wait_until(lambda: 1 in announced, STEP_TIMEOUT_S, "v1 announced")  # published, or re-announced
+            await _until_settled(js, 1)  # nothing left that could make a second version
+            assert (await store.latest()).version == 1  # type: ignore[union-attr]
+        finally:
+            second.stop()
     finally:
-        if first.poll() is None:
-            first.kill()
+        first.kill()
     # v1 once, never a v2; a restarted aggregator also re-announces the version it finds stored (v0 when it came
     # back before the round closed), so that workers that started before it join.
     assert 1 in announced and set(announced) <= {0, 1}
@@ -362,6 +327,7 @@ async def test_killed_aggregator_loses_nothing_and_doubles_nothing(
             await deltas.get(ref.object_name)
 
 
+@pytest.mark.slow
 async def test_round_timeout_counts_from_the_first_delta_and_v0_is_announced(server: NatsServer, nc: NATS) -> None:
     """With fewer than --min-updates deltas a round closes --round-timeout after its first accepted delta, never on
     its age alone; the initial version is announced like every other."""

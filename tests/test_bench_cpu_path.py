@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.cpu_path import MAX_SSIM_LOSS, MAX_W2_GAIN, chosen, markdown, measure
 
 
+@pytest.mark.slow
 def test_rows_time_the_real_model_at_each_working_size() -> None:
     rows = measure([128, 64], repeats=1, quality=False)
     assert [row["work_size"] for row in rows] == [128, 64]

@@ -30,6 +30,7 @@ raise SystemExit(main(sys.argv[1:]))
 CPU_AGREEMENT_DB = 60.0
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_writes_every_table(tmp_path: Path) -> None:
     script = RUN_WITHOUT.format(absent=ABSENT_ON_GPU_MACHINE)
     args = ["--device", "cpu", "--quick", "--threads", "1", "--out", str(tmp_path)]
@@ -50,6 +51,7 @@ def test_quick_cpu_run_writes_every_table(tmp_path: Path) -> None:
     assert (tmp_path / "gpu.md").read_text().startswith("# The DNN on ")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_a_missing_cuda_is_a_usage_error(tmp_path: Path) -> None:
     done = subprocess.run(

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from bench import regions
+
+pytestmark = pytest.mark.slow  # the regions bench, quick
 
 
 def test_the_regions_bench_measures_each_site_and_the_overflow(tmp_path: Path) -> None:

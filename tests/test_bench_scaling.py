@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 
 from bench import scaling
 from bench.loadgen import OK, LoadGenerator, LoadSpec, schedule
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo
@@ -56,6 +56,7 @@ def test_the_schedule_offers_each_stream_its_rate() -> None:
     assert len(poisson) == pytest.approx(1200, rel=0.1)
 
 
+@pytest.mark.slow
 async def test_every_request_is_answered_ok_and_counted_by_stream(
     nc: NATS, region: str, workers: list[StylizerWorker]
 ) -> None:
@@ -76,12 +77,14 @@ async def test_every_request_is_answered_ok_and_counted_by_stream(
     assert all(r.sent_ns >= r.due_ns and r.reply_ns > r.sent_ns for r in result.records)
 
 
+@pytest.mark.slow
 async def test_a_region_without_workers_is_no_workers_not_a_timeout(nc: NATS, region: str) -> None:
     generator = LoadGenerator(nc, region, scaling.key_frame_jpeg(), "no-style")
     result = await generator.run(LoadSpec(streams=1, duration_s=1.0, budget_ms=BUDGET_MS, arrivals="paced"))
     assert result.outcomes() == {ErrorCode.NO_WORKERS: 6}
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_its_results(tmp_path: Path) -> None:
     scaling.main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "scaling.json").read_text())

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench import stylize
 from bench.held_out import MATE_CONTENTS, MATE_STYLES
@@ -22,6 +23,7 @@ def test_no_strength_keeps_it() -> None:
     assert chosen_strength({"0.0": {"ssim": 0.5}, "1.0": {"ssim": 0.4}}, reinhard_ssim=0.6) == 0.0
 
 
+@pytest.mark.slow
 def test_tuning_pairs_share_no_content_with_the_held_out_or_training_photos() -> None:
     tuning = tuning_pairs()
     assert len(tuning) == len(TUNING_FRAMES) * len(TUNING_STYLES)
@@ -44,6 +46,7 @@ def test_held_out_pairs_are_many_distinct_and_never_training_photos() -> None:
     assert not set(MATE_CONTENTS) & set(MATE_STYLES)
 
 
+@pytest.mark.slow
 def test_the_bench_runs_quick(tmp_path: Path) -> None:
     grid = tmp_path / "grid.png"
     assert (

@@ -4,76 +4,62 @@ image is answered with a bounded, fast error, and the worker and the gateway kee
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 
 import aiohttp
-import nats
+import pytest
 from nats.aio.client import Client as NATS
 
-from bench.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import jpeg_bomb, png_bomb, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway
 from streaming.images import encode_jpeg
-from streaming.protocol import ErrorCode, StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.protocol import ErrorCode, StylizeReply, decode, encode, stylize_subject
 from streaming.style_store import StyleStore
+from tests.support import longest_loop_stall, phone_offer, stylize_request
 
 ANSWERED_WITHIN_S = 1.0
 MAX_LOOP_STALL_S = 0.25
 
 
-def _request(style_id: str, image: bytes) -> bytes:
-    return encode(
-        StylizeRequest(
-            stream_id="s", frame_id=1, style_id=style_id, image=image, out_width=64, out_height=64, budget_ms=3000.0
-        )
-    )
-
-
 async def test_worker_refuses_bomb_frames_and_styles_and_keeps_serving(
-    worker: StylizerWorker, nats_server: NatsServer, region: str
+    worker: StylizerWorker, nats_server: NatsServer, nc: NATS, region: str
 ) -> None:
-    nc: NATS = await nats.connect(nats_server.url)
-    try:
-        store = await StyleStore.open(nc.jetstream())
-        good_style = await store.put(encode_jpeg(default_style_photo()))
-        bomb_style = await store.put(png_bomb(16_000, 16_000))
-        good_frame = encode_jpeg(default_style_photo())
-        for style_id, image in ((good_style, jpeg_bomb(30_000, 30_000)), (bomb_style, good_frame)):
-            start = time.monotonic()
-            msg = await nc.request(stylize_subject(region), _request(style_id, image), timeout=5)
-            reply = decode(msg.data, StylizeReply)
-            assert time.monotonic() - start < ANSWERED_WITHIN_S
-            assert not reply.ok and reply.error_code == ErrorCode.INVALID and "exceeds" in reply.error
-            assert len(msg.data) < 1024
-        msg = await nc.request(stylize_subject(region), _request(good_style, good_frame), timeout=10)
-        assert decode(msg.data, StylizeReply).ok
-    finally:
-        await nc.close()
+    store = await StyleStore.open(nc.jetstream())
+    good_style = await store.put(encode_jpeg(default_style_photo()))
+    bomb_style = await store.put(png_bomb(16_000, 16_000))
+    good_frame = encode_jpeg(default_style_photo())
+    for style_id, image in ((good_style, jpeg_bomb(30_000, 30_000)), (bomb_style, good_frame)):
+        start = time.monotonic()
+        msg = await nc.request(
+            stylize_subject(region),
+            encode(stylize_request(style_id, image=image, out_width=64, out_height=64)),
+            timeout=5,
+        )
+        reply = decode(msg.data, StylizeReply)
+        assert time.monotonic() - start < ANSWERED_WITHIN_S
+        assert not reply.ok and reply.error_code == ErrorCode.INVALID and "exceeds" in reply.error
+        assert len(msg.data) < 1024
+    msg = await nc.request(
+        stylize_subject(region),
+        encode(stylize_request(good_style, image=good_frame, out_width=64, out_height=64)),
+        timeout=10,
+    )
+    assert decode(msg.data, StylizeReply).ok
 
 
-async def _loop_stall(stop: asyncio.Event) -> float:
-    """The longest the event loop went without running this task (a blocked loop shows here)."""
-    worst, last = 0.0, time.monotonic()
-    while not stop.is_set():
-        await asyncio.sleep(0.01)
-        now = time.monotonic()
-        worst, last = max(worst, now - last), now
-    return worst
-
-
+@pytest.mark.slow
 async def test_gateway_refuses_a_bomb_style_fast_without_blocking_its_loop(gateway: Gateway) -> None:
     sdp = await unanswered_offer_sdp()
     bombs = [png_bomb(16_000, 16_000), jpeg_bomb(30_000, 30_000), png_bomb(4000, 4000)]  # the last one passes
     # the header check (within limits) but is no real image: the decoder finds out, on its own thread.
     stop = asyncio.Event()
-    stall = asyncio.create_task(_loop_stall(stop))
+    stall = asyncio.create_task(longest_loop_stall(stop))
     async with aiohttp.ClientSession() as http:
         for bomb in bombs:
-            body = json.dumps({"type": "offer", "sdp": sdp, "style": base64.b64encode(bomb).decode()})
+            body = phone_offer(sdp, bomb)
             start = time.monotonic()
             async with http.post(f"{gateway.url}/offer", data=body) as response:
                 assert response.status == 400

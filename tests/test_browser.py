@@ -44,6 +44,9 @@ from tests.browser_support import (
     write_y4m,
 )
 
+pytestmark = pytest.mark.slow  # real browsers
+
+
 SIZE = (640, 360)
 FPS = 30
 CAMERA_FRAMES = 150

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local_deployment import LocalConfig, LocalDeployment
 from deploy.regions import Region
-from deploy.topology import LocalConfig, LocalDeployment
 from tests.browser_support import (
     ENGINES,
     Page,
@@ -26,6 +26,9 @@ from tests.browser_support import (
     wait_for,
 )
 from tests.firefox_bidi import Firefox
+
+pytestmark = pytest.mark.slow  # real browsers
+
 
 MIN_KEYS_RETURNED = 0.95
 KEYS = 5  # stream until this many keys came back

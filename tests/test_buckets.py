@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from streaming.buckets import (
     CHUNK_BYTES,
     Bucket,

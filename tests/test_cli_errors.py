@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
+from tests.support import run_module, start_module
 
 TIMEOUT_S = 120
 
@@ -27,14 +27,10 @@ def busy_port() -> Iterator[int]:
 
 
 async def _run(*argv: str) -> tuple[int, list[str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "deploy.cli", *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode().splitlines()
+    return await run_module("deploy.cli", *argv, timeout_s=TIMEOUT_S)
 
 
+@pytest.mark.slow
 async def test_nats_port_in_use_is_one_line(nats_server: NatsServer) -> None:
     code, err = await _run("nats", "--port", str(nats_server.port))
     assert code == 1 and len(err) == 1, err
@@ -42,6 +38,7 @@ async def test_nats_port_in_use_is_one_line(nats_server: NatsServer) -> None:
     assert err[0].endswith('bind: address already in use"')
 
 
+@pytest.mark.slow
 async def test_gateway_port_in_use_is_one_line(nats_server: NatsServer, busy_port: int) -> None:
     code, err = await _run("gateway", "--nats", nats_server.url, "--port", str(busy_port), "--log-level", "warning")
     assert code == 1 and len(err) == 1, err
@@ -50,11 +47,10 @@ async def test_gateway_port_in_use_is_one_line(nats_server: NatsServer, busy_por
     )
 
 
+@pytest.mark.slow
 async def test_a_nats_url_that_does_not_answer_is_named_in_the_log_without_its_password(busy_port: int) -> None:
     url = f"nats://gw:s3cret@127.0.0.1:{busy_port}"  # listens, never speaks NATS
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "deploy.cli", "gateway", "--nats", url, "--port", "0", stderr=asyncio.subprocess.PIPE
-    )
+    proc = await start_module("deploy.cli", "gateway", "--nats", url, "--port", "0")
     assert proc.stderr is not None
     try:
         line = await asyncio.wait_for(proc.stderr.readline(), TIMEOUT_S)
@@ -64,10 +60,9 @@ async def test_a_nats_url_that_does_not_answer_is_named_in_the_log_without_its_p
     assert f'"nats_url": "nats://127.0.0.1:{busy_port}"' in line.decode() and b"s3cret" not in line
 
 
+@pytest.mark.slow
 async def test_ctrl_c_on_the_demo_exits_130_without_a_traceback(tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    proc = await start_module(
         "deploy.cli",
         "demo",
         "--frames",
@@ -77,7 +72,6 @@ async def test_ctrl_c_on_the_demo_exits_130_without_a_traceback(tmp_path: Path) 
         "--out",
         str(tmp_path),
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     while b"streaming" not in (line := await asyncio.wait_for(proc.stdout.readline(), TIMEOUT_S)):

@@ -18,8 +18,9 @@ from streaming.config import (
     NATS_FLAG,
     NATS_URL_ENV,
     add_config_arguments,
-    config_flags,
+    argv_from_config,
     config_from_args,
+    env_from_config,
     flag,
 )
 
@@ -167,9 +168,12 @@ def test_an_empty_worker_id_is_the_default_host_pid_id() -> None:
     assert config.worker_id and config.worker_id.endswith(f"-{os.getpid()}")
 
 
-def test_config_flags_give_back_the_values_they_were_parsed_from() -> None:
+def test_argv_from_config_gives_back_the_values_they_were_parsed_from() -> None:
     argv = ["--nats", "nats://x:1", "--ratio", "2", "--no-warm", "--host", "a", "--host", "b", "--mode", "b"]
     _, config = _parse(argv)
-    flags = config_flags(config, ("nats_url", "ratio", "warm", "hosts", "mode", "js_domain"))
-    assert flags == ["--nats", "nats://x:1", "--ratio", "2.0", "--no-warm", "--host", "a", "--host", "b", "--mode", "b"]
-    assert _parse(flags)[1] == config
+    flags = argv_from_config(config)
+    assert flags == ["--ratio", "2.0", "--no-warm", "--host", "a", "--host", "b", "--ident", "made", "--mode", "b"]
+    assert env_from_config(config, {NATS_URL_ENV: "nats://other:1", JS_DOMAIN_ENV: "d", "HOME": "/h"}) == {
+        NATS_URL_ENV: "nats://x:1",  # a secret: in the environment, never in argv
+        "HOME": "/h",
+    }

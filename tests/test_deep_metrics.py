@@ -67,6 +67,7 @@ def test_feature_content_distance_is_half_the_mean_squared_difference() -> None:
         feature_content_distance(f, p[:, :2])
 
 
+@pytest.mark.slow
 def test_the_judge_network_has_its_imagenet_weights() -> None:
     """Random weights would not name the cat or the espresso."""
     net = load_efficientnet_lite2()

@@ -7,13 +7,9 @@ blobs. A worker in turn refuses a global version whose weights do not fit its mo
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
@@ -29,14 +25,18 @@ from test_aggregator_service import (
     _wait_latest,
 )
 from test_aggregator_service import _delta as _process_delta
-from test_federated_edge import _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.launch import ServiceProcess
+from deploy.nats_servers import NatsServer
 from edge_worker.federated import FederatedConfig, FederatedLearner
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_GLOBAL_SUBJECT, DeltaRef, ModelVersion, decode, encode, fl_delta_subject
 from streaming.tensors import NamedArrays, encode_tensors
+from tests.support import TRAINING_WAIT_S, tiny_retrainable_dnn, wait_until
+
+pytestmark = pytest.mark.fresh_nats_server  # the model store and the delta stream are global on a server
+
 
 MODEL: NamedArrays = {"dec.weight": np.full((4, 4), 16.0, np.float32)}
 """A synthetic model of norm 64, as in the report (64 -> 32,231)."""
@@ -57,16 +57,8 @@ WRONG_SHAPE_FOR_PROCESS = {"dec.weight": np.full((2, 3), 0.5, np.float16), "dec.
 
 
 @pytest.fixture
-def server() -> NatsServer:
-    with NatsServer(regions=["eu", "us"]) as s:
-        yield s
-
-
-@pytest.fixture
-async def nc(server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(server.url)
-    yield client
-    await client.close()
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 def _dropped(reason: str) -> float:
@@ -82,13 +74,16 @@ async def _blob_gone(deltas: DeltaStore, name: str) -> bool:
 
 
 async def _until_accepted(aggregator: Aggregator, count: int) -> None:
-    async def loop() -> None:
-        while len(aggregator.state.accepted) < count:
-            assert await aggregator.step() is None
+    async def accepted() -> bool:
+        if len(aggregator.state.accepted) >= count:
+            return True
+        assert await aggregator.step() is None
+        return False
 
-    await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    await wait_until(accepted, STEP_TIMEOUT_S, f"{count} deltas accepted", poll_s=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swap", sorted(SWAPS))
 async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_closes(
     server: NatsServer, nc: NATS, swap: str
@@ -118,6 +113,7 @@ async def test_a_delta_rewritten_after_its_check_is_dropped_when_the_round_close
     assert await _blob_gone(eu, a.object_name)
 
 
+@pytest.mark.slow
 async def test_every_delta_is_validated_again_when_its_round_closes(server: NatsServer, nc: NATS) -> None:
     """The digest proves the bytes are those checked; the checks themselves run again too. An aggregator restarted
     with a tighter --max-norm drops a held delta that no longer passes (counted as ``norm``) instead of publishing
@@ -148,6 +144,7 @@ async def test_every_delta_is_validated_again_when_its_round_closes(server: Nats
     assert await _blob_gone(eu, big.object_name)
 
 
+@pytest.mark.slow
 async def test_a_replayed_delta_is_not_counted_again_after_its_round_closed(server: NatsServer, nc: NATS) -> None:
     """Main counted A in v1 and again in v2 when its reference was replayed (blob put back) after v1: a base stays
     a valid base for --max-staleness versions. Now a replay, and any second delta of A on the same base, is a
@@ -182,9 +179,10 @@ async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -
     aggregator = Aggregator(AggregatorConfig(nats_url=server.url, min_updates=2, durable="big-ref"))
     await aggregator.start(MODEL)
     js = nc.jetstream()
-    eu = DeltaStore(js, "eu")
+    worker = "w" * 2048  # its blob's subjects would pass the server's line limit: the reference alone is sent
+    ref = DeltaRef(worker_id=worker, region="eu", base_version=0, samples=8, object_name=f"delta/eu/{worker}/v0-x")
     try:
-        await submit_delta(js, eu, worker_id="w" * 2048, base_version=0, samples=8, delta=_delta(0.5))
+        await js.publish(fl_delta_subject("eu", worker), encode(ref))
         while not (aggregator.rejections or aggregator.state.accepted):
             assert await aggregator.step() is None
     finally:
@@ -192,6 +190,7 @@ async def test_an_oversized_reference_is_refused(server: NatsServer, nc: NATS) -
     assert aggregator.rejections == {"unreadable": 1} and not aggregator.state.accepted
 
 
+@pytest.mark.slow
 async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor_leaks(
     server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
@@ -201,45 +200,46 @@ async def test_a_crash_between_round_reset_and_blob_deletion_neither_doubles_nor
     js = nc.jetstream()
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
-    first = _start_aggregator(server, tmp_path, "--min-updates", "2", "--crash-after", "round_reset")
-    second: subprocess.Popen[bytes] | None = None
+    first = _start_aggregator(server, tmp_path, min_updates=2, crash_after="round_reset")
+    second: ServiceProcess | None = None
     try:
         await _wait_latest(store, 0)
         refs = [
             await submit_delta(js, us, worker_id=w, base_version=0, samples=4, delta=_process_delta(v))
             for w, v in (("a", 0.5), ("b", -0.25))
         ]
-        assert first.wait(timeout=STEP_TIMEOUT_S) == 1  # crashed at round_reset, after publishing v1
+        assert first.wait(STEP_TIMEOUT_S) == 1  # crashed at round_reset, after publishing v1
         assert (await store.latest()).version == 1  # type: ignore[union-attr]
         assert not any([await _blob_gone(us, r.object_name) for r in refs])  # the window: none deleted yet
         for ref in refs:
             await js.publish(fl_delta_subject("us", ref.worker_id), encode(ref))  # replayed while it is down
-        second = _start_aggregator(server, tmp_path, "--min-updates", "1")  # one counted replay would make v2
+        second = _start_aggregator(server, tmp_path, min_updates=1)  # one counted replay would make v2
         await _until_settled(js, 1)
         state = await _round_state(js)
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
+            if process is not None:
                 process.kill()
-                process.wait(timeout=STEP_TIMEOUT_S)
     assert (await store.latest()).version == 1  # type: ignore[union-attr]
     assert all([await _blob_gone(us, r.object_name) for r in refs])
     assert state is not None and state.to_delete == [] and not state.accepted
     assert sorted(decode(data, DeltaRef).worker_id for data in state.consumed) == ["a", "b"]
 
 
-async def _wait_alive(process: subprocess.Popen[bytes], store: ModelStore, version: int) -> ModelVersion:
+async def _wait_alive(process: ServiceProcess, store: ModelStore, version: int) -> ModelVersion:
     """Until ``version`` is published; fails at once if the process exits first."""
 
-    async def loop() -> ModelVersion:
-        while (latest := await store.latest()) is None or latest.version < version:
-            assert process.poll() is None, f"the aggregator exited with {process.returncode}"
-            await asyncio.sleep(0.05)
-        return latest
+    async def published() -> ModelVersion | None:
+        latest = await store.latest()
+        if latest is not None and latest.version >= version:
+            return latest
+        assert process.returncode is None, f"the aggregator exited with {process.returncode}"
+        return None
 
-    return await asyncio.wait_for(loop(), STEP_TIMEOUT_S)
+    return await wait_until(published, STEP_TIMEOUT_S, f"v{version} published")
 
 
+@pytest.mark.slow
 async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restarted_aggregator(
     server: NatsServer, nc: NATS, tmp_path: Path
 ) -> None:
@@ -248,24 +248,22 @@ async def test_a_wrong_shape_blob_in_a_persisted_round_does_not_crash_the_restar
     us = DeltaStore(js, "us")
     store = await ModelStore.open(js)
     first = _start_aggregator(server, tmp_path)  # 3 updates needed: the round stays open
-    second: subprocess.Popen[bytes] | None = None
+    second: ServiceProcess | None = None
     try:
         await _wait_latest(store, 0)
         a = await submit_delta(js, us, worker_id="a", base_version=0, samples=4, delta=_process_delta(0.5))
         await submit_delta(js, us, worker_id="b", base_version=0, samples=4, delta=_process_delta(-0.25))
         await _until_persisted(js, 2)
         first.kill()
-        first.wait(timeout=STEP_TIMEOUT_S)
         await us.put(a.object_name, encode_tensors(WRONG_SHAPE_FOR_PROCESS))
-        second = _start_aggregator(server, tmp_path, "--min-updates", "2", "--round-timeout", str(ROUND_TIMEOUT_S))
+        second = _start_aggregator(server, tmp_path, min_updates=2, round_timeout_s=ROUND_TIMEOUT_S)
         meta = await _wait_alive(second, store, 1)
         await _until_settled(js, 1)
-        assert second.poll() is None
+        assert second.returncode is None
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
+            if process is not None:
                 process.kill()
-                process.wait(timeout=STEP_TIMEOUT_S)
     assert meta.contributors == ["b"]
     weights = await store.weights(meta)
     assert np.array_equal(weights["dec.weight"], np.full((3, 2), BASE - 0.25, np.float32))
@@ -286,18 +284,19 @@ def _learner(model: object, tmp_path: Path, worker_id: str) -> FederatedLearner:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["non_finite", "shape"])
 async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
     server: NatsServer, nc: NATS, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A version with a valid SHA-256 but NaN weights (what main's aggregator published after the swap) or another
     shape: a serving worker refuses it (counted) and keeps its model; a starting worker takes the newest good one."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     v0_weights = {name: value + 0.01 for name, value in model.learned_state().items()}
     store = await ModelStore.open(nc.jetstream())
     await store.publish(v0_weights, ModelVersion(version=0, object_name=""))
     serving = _learner(model, tmp_path, "edge-1")
-    starting = _learner(_tiny_dnn(), tmp_path, "edge-2")
+    starting = _learner(tiny_retrainable_dnn(), tmp_path, "edge-2")
     before = _refused(damage)
     try:
         await serving.start(nc)
@@ -308,7 +307,9 @@ async def test_a_worker_refuses_a_global_version_that_does_not_fit_its_model(
         v1 = await store.publish(bad, ModelVersion(version=1, object_name="", parent=0))
         await nc.publish(FL_GLOBAL_SUBJECT, encode(v1))
         refused = "global model version refused"
-        await _until(lambda: refused in caplog.text or serving.base_version != 0, "v1 neither refused nor adopted")
+        await wait_until(
+            lambda: refused in caplog.text or serving.base_version != 0, TRAINING_WAIT_S, "v1 refused or adopted"
+        )
         assert serving.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
         assert serving.refusals == {damage: 1}

@@ -16,8 +16,11 @@ import pytest
 import torch
 
 from deploy.cli import COMMANDS
-from deploy.local import build_parser, run_demo
+from deploy.demo import build_parser, run_demo
 from mobile_sim.__main__ import phone_config_from_args
+
+pytestmark = pytest.mark.slow  # mvs demo and CLI processes
+
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FLAGS = ("--source", "--style", "--frames", "--size", "--fps", "--key-interval", "--region", "--out")

@@ -9,10 +9,10 @@ import logging
 
 import aiohttp
 import msgpack
-import nats
 import pytest
+from nats.aio.client import Client as NATS
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway
@@ -64,13 +64,9 @@ def test_protocol_errors_quote_briefly() -> None:
     ids=["unknown-key", "result", "style-id", "stamps"],
 )
 async def test_worker_answers_a_huge_echo_bait_with_a_small_reply(
-    worker: StylizerWorker, nats_server: NatsServer, region: str, extra: dict[str, object]
+    worker: StylizerWorker, nats_server: NatsServer, nc: NATS, region: str, extra: dict[str, object]
 ) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        msg = await nc.request(stylize_subject(region), _request_with(**extra), timeout=5)
-    finally:
-        await nc.close()
+    msg = await nc.request(stylize_subject(region), _request_with(**extra), timeout=5)
     reply = decode(msg.data, StylizeReply)
     assert not reply.ok and reply.error_code == ErrorCode.INVALID and len(msg.data) < SMALL_REPLY_BYTES
 

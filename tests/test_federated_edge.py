@@ -19,29 +19,20 @@ import pytest
 import torch
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.federated import FederatedConfig
 from edge_worker.key_buffer import KeyFrameBuffer
 from edge_worker.lite_training import RetrainableLite
 from edge_worker.model.base import Trainable
 from edge_worker.model.lite import LITE_CONFIGS
-from edge_worker.model.stylizer import PhotoStylizer
-from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from edge_worker.trainer_process import TrainerProcess
-from mobile_sim.sources import default_style_photo, sample_photo
+from mobile_sim.sources import sample_photo
 from streaming.images import encode_jpeg
 from streaming.model_store import ModelStore
-from streaming.protocol import StylizeReply, StylizeRequest, decode, encode, stylize_subject
-from streaming.style_store import StyleStore
+from tests.support import TRAINING_WAIT_S, serve_key_frames, tiny_retrainable_dnn, wait_until, wait_until_sync
 
-WAIT_S = 30.0
-
-
-def _tiny_dnn() -> RetrainableStylizer:
-    """The paper's network in its tiny test configuration, retrainable."""
-    torch.manual_seed(0)
-    return RetrainableStylizer(PhotoStylizer.from_config("tiny"), train_size=64)
+WAIT_S = TRAINING_WAIT_S
 
 
 def _tiny_lite() -> RetrainableLite:
@@ -69,7 +60,7 @@ def test_key_frame_buffer_is_bounded_and_survives_restarts(tmp_path: Path) -> No
 def test_interim_colour_transfer_cannot_join_federated_learning() -> None:
     from edge_worker.model.color_transfer import LinearColorTransfer
 
-    assert isinstance(_tiny_dnn(), Trainable) and not isinstance(LinearColorTransfer(), Trainable)
+    assert isinstance(tiny_retrainable_dnn(), Trainable) and not isinstance(LinearColorTransfer(), Trainable)
 
 
 def _process_state(pid: int) -> str:
@@ -77,18 +68,18 @@ def _process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+@pytest.mark.slow
 def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     trainer = TrainerProcess(model, threads=1)
     try:
         start = trainer.learned_state()
         assert all(np.array_equal(start[k], v) for k, v in model.learned_state().items())
         assert trainer.pid is not None
         trainer.pause()
-        deadline = time.monotonic() + 1.0  # SIGSTOP lands asynchronously
-        while _process_state(trainer.pid) != "T" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert trainer.paused and _process_state(trainer.pid) == "T"
+        # SIGSTOP lands asynchronously
+        wait_until_sync(lambda: _process_state(trainer.pid) == "T", 1.0, "the trainer process stopped", poll_s=0.01)
+        assert trainer.paused
         photo = cv2.cvtColor(sample_photo(), cv2.COLOR_BGR2RGB)
         with ThreadPoolExecutor(max_workers=1) as pool:
             step = pool.submit(trainer.train_step, [(photo, photo), (photo, photo)])
@@ -106,27 +97,8 @@ def test_trainer_process_is_frozen_while_paused_and_goes_on_after() -> None:
     assert not Path(f"/proc/{trainer.pid}").exists() or _process_state(trainer.pid) in ("Z", "X")
 
 
-async def _serve_key_frames(nc: nats.NATS, count: int) -> None:
-    """Store the default style and have region "fl" stylize `count` small key frames; each must succeed."""
-    style_id = await (await StyleStore.open(nc.jetstream())).put(encode_jpeg(default_style_photo()))
-    frame = encode_jpeg(cv2.resize(sample_photo(), (64, 36)))
-    for i in range(count):
-        request = StylizeRequest(
-            stream_id="s", frame_id=i, style_id=style_id, image=frame, out_width=64, out_height=36, budget_ms=2000.0
-        )
-        reply = decode((await nc.request(stylize_subject("fl"), encode(request), timeout=5)).data, StylizeReply)
-        assert reply.ok
-
-
-async def _until(predicate: object, what: str) -> None:
-    async def loop() -> None:
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(loop(), WAIT_S)
-
-
-@pytest.mark.parametrize("make_model", [_tiny_dnn, _tiny_lite], ids=["dnn", "lite"])
+@pytest.mark.slow
+@pytest.mark.parametrize("make_model", [tiny_retrainable_dnn, _tiny_lite], ids=["dnn", "lite"])
 async def test_worker_adopts_trains_when_idle_publishes_and_follows(
     tmp_path: Path, make_model: Callable[[], Trainable]
 ) -> None:
@@ -152,9 +124,9 @@ async def test_worker_adopts_trains_when_idle_publishes_and_follows(
             # Adopted v0 before serving anything.
             assert worker.learner is not None and worker.learner.base_version == 0
             assert all(np.array_equal(model.learned_state()[k], initial[k]) for k in initial)
-            await _serve_key_frames(nc, 4)
+            await serve_key_frames(nc, 4)
             assert len(worker.learner.buffer) == 4 and not worker.learner.losses  # no training while busy
-            await _until(lambda: worker.learner.base_version == 1, "worker never adopted v1")
+            await wait_until(lambda: worker.learner.base_version == 1, WAIT_S, "the worker adopting v1")
             store = await ModelStore.open(nc.jetstream())
             v1 = await store.latest()
             assert v1 is not None and v1.version == 1 and v1.contributors == ["edge-1"] and v1.samples >= 4
@@ -170,6 +142,7 @@ async def test_worker_adopts_trains_when_idle_publishes_and_follows(
             await nc.close()
 
 
+@pytest.mark.slow
 async def test_without_a_model_store_the_worker_keeps_the_bundled_model(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -179,7 +152,7 @@ async def test_without_a_model_store_the_worker_keeps_the_bundled_model(
 
     with NatsServer(jetstream=False) as server:
         nc = await nats.connect(server.url)
-        model = _tiny_dnn()
+        model = tiny_retrainable_dnn()
         bundled = model.learned_state()
         learner = FederatedLearner(
             FederatedConfig(buffer_dir=tmp_path),
@@ -199,6 +172,7 @@ async def test_without_a_model_store_the_worker_keeps_the_bundled_model(
     assert all(np.array_equal(model.learned_state()[k], bundled[k]) for k in bundled)
 
 
+@pytest.mark.slow
 async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes_on(tmp_path: Path) -> None:
     """A restarted worker's buffer may hold frames of styles the store no longer has: they are dropped, the
     learner keeps training on the others and is never left frozen."""
@@ -206,7 +180,7 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
     for _ in range(3):
         stale.add(encode_jpeg(cv2.resize(sample_photo(), (64, 36))), "deadbeef")
     with NatsServer(regions=["fl"]) as server:
-        model = _tiny_dnn()
+        model = tiny_retrainable_dnn()
         aggregator = Aggregator(AggregatorConfig(nats_url=server.url))
         await aggregator.start(model.learned_state())
         await aggregator.stop()
@@ -223,19 +197,22 @@ async def test_buffered_frames_whose_style_is_gone_are_dropped_and_training_goes
         try:
             await worker.start()
             assert worker.learner is not None
-            await _serve_key_frames(nc, 2)
+            await serve_key_frames(nc, 2)
             learner = worker.learner
 
             def stale_left() -> bool:
                 return any(p.name.endswith("-deadbeef.jpg") for p in (tmp_path / "buffer").iterdir())
 
-            await _until(lambda: not stale_left() and len(learner.losses) >= 2, "stale frames kept or training stopped")
+            await wait_until(
+                lambda: not stale_left() and len(learner.losses) >= 2, WAIT_S, "stale frames dropped and two trainings"
+            )
             assert len(learner.buffer) == 2 and not learner.trainer.paused
         finally:
             await worker.stop()
             await nc.close()
 
 
+@pytest.mark.slow
 async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) -> None:
     """A busy store is not a missing style: the frame stays for a later step (TimeoutError is an OSError)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -247,7 +224,7 @@ async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) ->
 
     learner = FederatedLearner(
         FederatedConfig(buffer_dir=tmp_path, batch_size=2),
-        _tiny_dnn(),
+        tiny_retrainable_dnn(),
         ThreadPoolExecutor(1),
         fetch_style=busy_store,
         worker_id="edge-t",
@@ -262,10 +239,11 @@ async def test_a_style_fetch_timeout_keeps_the_buffered_frame(tmp_path: Path) ->
         learner.close()
 
 
+@pytest.mark.slow
 def test_zero_threads_means_torch_default_in_the_trainer_process() -> None:
     """``mvs worker --threads 0`` (the default) with ``--federated-dir``: the trainer must not call
     ``torch.set_num_threads(0)`` (it raised, and the worker died with "the trainer process is gone")."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     trainer = TrainerProcess(model, threads=0)
     try:
         state = trainer.learned_state()
@@ -276,12 +254,13 @@ def test_zero_threads_means_torch_default_in_the_trainer_process() -> None:
         TrainerProcess(model, threads=-1)
 
 
+@pytest.mark.slow
 async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_path: Path) -> None:
     """As the README starts the federated pair, worker first (default --threads 0), then the aggregator with
     --min-updates 2: the worker serves the bundled model, adopts v0 when the aggregator announces it, publishes a
     delta, and the round closes with that one delta after --round-timeout since it arrived; the worker adopts v1."""
     with NatsServer(regions=["fl"]) as server:
-        model = _tiny_dnn()
+        model = tiny_retrainable_dnn()
         bundled = model.learned_state()
         worker = StylizerWorker(
             WorkerConfig(
@@ -300,14 +279,14 @@ async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_
             await worker.start()
             learner = worker.learner
             assert learner is not None and learner.base_version == -1 and not learner.joined.is_set()
-            await _serve_key_frames(nc, 4)  # served by the bundled model meanwhile
+            await serve_key_frames(nc, 4)  # served by the bundled model meanwhile
             await asyncio.sleep(1.0)  # idle, frames buffered: still no training without a global version
             assert not learner.losses
             initial = {name: value + 0.01 for name, value in bundled.items()}
             await aggregator.start(initial)
             agg_task = asyncio.create_task(aggregator.run())
-            await _until(lambda: learner.base_version >= 0, "worker never joined")
-            await _until(lambda: learner.base_version == 1, "worker never adopted v1")
+            await wait_until(lambda: learner.base_version >= 0, WAIT_S, "the worker joining")
+            await wait_until(lambda: learner.base_version == 1, WAIT_S, "the worker adopting v1")
             store = await ModelStore.open(nc.jetstream())
             v1 = await store.latest()
             assert v1 is not None and v1.version == 1 and v1.contributors == ["edge-early"]
@@ -320,6 +299,7 @@ async def test_a_worker_started_before_the_aggregator_joins_and_contributes(tmp_
             await nc.close()
 
 
+@pytest.mark.slow
 def test_a_colour_transfer_worker_with_federated_dir_is_a_one_line_error(tmp_path: Path) -> None:
     with NatsServer(regions=["fl"]) as server:
         done = subprocess.run(

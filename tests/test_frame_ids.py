@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streaming.gateway.frame_ids import RELOCK_AFTER_MISSES, FrameIdMapper
 from streaming.protocol import RTP_TIMESTAMP_MODULUS
 
@@ -147,6 +149,7 @@ def _replay(pts: list[int], lost_first: int, lag: int) -> tuple[int | None, int]
     return locked_at, wrong
 
 
+@pytest.mark.slow
 def test_chromium_like_timestamps_with_the_first_30_frames_lost_lock_within_two_seconds() -> None:
     for seed in range(30):
         for lag in (-2, 0, 3):  # announcements late by two frames, on time, three frames early
@@ -155,6 +158,7 @@ def test_chromium_like_timestamps_with_the_first_30_frames_lost_lock_within_two_
             assert locked_at is not None and locked_at < 30 + 2 * 30, (seed, lag, locked_at)
 
 
+@pytest.mark.slow
 def test_perfectly_periodic_chromium_timestamps_stay_unlocked_rather_than_guess() -> None:
     pts = [round(i * 1000 / 30) * 90 for i in range(300)]  # 2970, 3060, 2970, ... and no jitter at all
     locked_at, wrong = _replay(pts, 30, 0)
@@ -318,6 +322,7 @@ def test_recorded_chromium_trace_with_the_first_30_frames_lost_locks_fast_and_ne
     assert locked_at is not None and locked_at <= LOCK_WITHIN_FIRST_30_LOST, locked_at
 
 
+@pytest.mark.slow
 def test_recorded_chromium_trace_with_any_number_of_first_frames_lost_never_mismaps() -> None:
     events = _recorded_events()
     for lost_first in range(MOST_LOST_FIRST + 1):

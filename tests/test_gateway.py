@@ -5,27 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import nats
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCPeerConnection, VideoStreamTrack
+from nats.aio.client import Client as NATS
 
 import streaming.gateway.session as session_module
-from bench.faults import BarePhone, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import STYLE_B64, BarePhone, offer_body, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
-from mobile_sim.sources import default_style_photo
 from streaming.gateway.admission import SECURITY_HEADERS
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import MAX_PENDING_FRAMES
-from streaming.ice import LOOPBACK, gathering_on, rtc_configuration
-from streaming.images import decode_image, encode_jpeg
+from streaming.ice import LOOPBACK, rtc_configuration
+from streaming.images import decode_image
 from streaming.protocol import (
     MAX_ERROR_CHARS,
     MAX_STYLE_BYTES,
@@ -41,9 +39,7 @@ from streaming.protocol import (
     encode,
 )
 from streaming.telemetry import LOG_BURST
-
-STYLE_B64 = base64.b64encode(encode_jpeg(default_style_photo())).decode()
-
+from tests.support import offer_peer, wait_until
 
 HEALTHY_WITHIN_S = 5.0
 AUDIO_ONLY_SDP = (
@@ -68,27 +64,27 @@ def video_sdp() -> str:
     return asyncio.run(unanswered_offer_sdp())
 
 
-def _body(**fields: object) -> bytes:
-    return json.dumps(fields).encode()
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make_body", "message"),
     [
         (lambda sdp: b"this is not json", "not JSON"),
         (lambda sdp: b"[1, 2]", "JSON object"),
-        (lambda sdp: _body(type="answer", sdp=sdp, style=STYLE_B64), '"type": "offer"'),
-        (lambda sdp: _body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "it has no media"),
-        (lambda sdp: _body(type="offer", sdp=UNPARSABLE_SDP, style=STYLE_B64), "unparsable SDP offer"),
-        (lambda sdp: _body(type="offer", sdp=_without_ice_credentials(sdp), style=STYLE_B64), "unusable SDP offer"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=OVERSIZE_STYLE_B64), "exceeds"),
-        (lambda sdp: _body(type="offer", sdp=AUDIO_ONLY_SDP, style=STYLE_B64), "video stream"),
-        (lambda sdp: _body(type="offer", sdp=sdp), "style"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style="%%%"), "base64"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=base64.b64encode(b"abc").decode()), "not a usable image"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=-3, out_height=2), "out_width"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, out_width=4096, out_height=4096), "exceeds"),
-        (lambda sdp: _body(type="offer", sdp=sdp, style=STYLE_B64, result="pixels"), "'result'"),
+        (lambda sdp: offer_body(type="answer", sdp=sdp, style=STYLE_B64), '"type": "offer"'),
+        (lambda sdp: offer_body(type="offer", sdp="v=0\r\nthis is no sdp", style=STYLE_B64), "it has no media"),
+        (lambda sdp: offer_body(type="offer", sdp=UNPARSABLE_SDP, style=STYLE_B64), "unparsable SDP offer"),
+        (
+            lambda sdp: offer_body(type="offer", sdp=_without_ice_credentials(sdp), style=STYLE_B64),
+            "unusable SDP offer",
+        ),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=OVERSIZE_STYLE_B64), "exceeds"),
+        (lambda sdp: offer_body(type="offer", sdp=AUDIO_ONLY_SDP, style=STYLE_B64), "video stream"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp), "style"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style="%%%"), "base64"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=base64.b64encode(b"abc").decode()), "not a usable image"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=STYLE_B64, out_width=-3, out_height=2), "out_width"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=STYLE_B64, out_width=4096, out_height=4096), "exceeds"),
+        (lambda sdp: offer_body(type="offer", sdp=sdp, style=STYLE_B64, result="pixels"), "'result'"),
     ],
 )
 async def test_garbage_offers_are_400(
@@ -116,14 +112,8 @@ async def test_garbage_on_the_data_channel_is_answered_with_errors_and_the_sessi
     channel.on("open", opened.set)
     channel.on("message", lambda data: pongs.put_nowait(data))
     pc.addTrack(VideoStreamTrack())
-    with gathering_on(LOOPBACK):
-        await pc.setLocalDescription(await pc.createOffer())
-    body = _body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{gateway.url}/offer", data=body) as response:
-                answer = await response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        answer = await offer_peer(gateway, pc)
         await asyncio.wait_for(opened.wait(), 15)
         float_capture = encode(FrameMeta(frame_id=1, pts=3000, key=True, capture_ns=1.5e12))  # type: ignore[arg-type]
         junk = [
@@ -154,6 +144,7 @@ async def test_garbage_on_the_data_channel_is_answered_with_errors_and_the_sessi
         await pc.close()
 
 
+@pytest.mark.slow
 async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_server: NatsServer, region: str) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gateway.url}/healthz") as response:
@@ -162,15 +153,16 @@ async def test_health_says_whether_the_site_can_stylize(gateway: Gateway, nats_s
         worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, worker_id="h1", threads=1))
         await worker.start()
         try:
-            deadline = time.monotonic() + HEALTHY_WITHIN_S  # a busy machine may miss one discovery window
-            while True:
+
+            async def healthy() -> dict[str, object] | None:
                 async with http.get(f"{gateway.url}/healthz") as response:
-                    body = await response.json()
-                if response.status == 200 or time.monotonic() > deadline:
-                    break
+                    return await response.json() if response.status == 200 else None
+
+            # a busy machine may miss one discovery window
+            body = await wait_until(healthy, HEALTHY_WITHIN_S, "/healthz saying the site can stylize")
         finally:
             await worker.stop()
-        assert response.status == 200 and body["ok"] and body["workers"] == ["h1"]
+        assert body["ok"] and body["workers"] == ["h1"]
 
 
 async def test_a_data_channel_with_another_label_is_refused_with_a_reason(gateway: Gateway) -> None:
@@ -179,15 +171,8 @@ async def test_a_data_channel_with_another_label_is_refused_with_a_reason(gatewa
     messages = asyncio.Queue[bytes]()
     channel.on("message", lambda data: messages.put_nowait(data))
     pc.addTrack(VideoStreamTrack())
-    with gathering_on(LOOPBACK):
-        await pc.setLocalDescription(await pc.createOffer())
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{gateway.url}/offer", data=_body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
-            ) as response:
-                answer = await response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        answer = await offer_peer(gateway, pc)
         refusal = decode_any(await asyncio.wait_for(messages.get(), 15), (ChannelError,))
         assert isinstance(refusal, ChannelError) and "'mvs'" in refusal.error
         assert gateway.sessions[answer["stream_id"]].counts["refused_channels"] == 1
@@ -205,19 +190,12 @@ async def test_refused_data_channels_are_logged_rate_limited(
     for k in range(refused):
         pc.createDataChannel(f"spam-{k}")
     pc.addTrack(VideoStreamTrack())
-    with gathering_on(LOOPBACK):
-        await pc.setLocalDescription(await pc.createOffer())
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{gateway.url}/offer", data=_body(type="offer", sdp=pc.localDescription.sdp, style=STYLE_B64)
-            ) as response:
-                answer = await response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        answer = await offer_peer(gateway, pc)
         session = gateway.sessions[answer["stream_id"]]
-        deadline = time.monotonic() + HEALTHY_WITHIN_S
-        while session.counts.get("refused_channels", 0) < refused and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: session.counts.get("refused_channels", 0) >= refused, HEALTHY_WITHIN_S, "every channel refused"
+        )
         assert session.counts["refused_channels"] == refused
     finally:
         await pc.close()
@@ -321,6 +299,7 @@ async def test_explicit_output_size_is_what_the_worker_renders(worker: StylizerW
     assert decode_image(payload).shape == (150, 200, 3)
 
 
+@pytest.mark.slow
 async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker, gateway: Gateway) -> None:
     phone = BarePhone(frames=10, size=(160, 96))
     try:
@@ -330,26 +309,19 @@ async def test_a_session_is_removed_when_its_phone_leaves(worker: StylizerWorker
     finally:
         await phone.pc.close()
     await asyncio.wait_for(session.closed.wait(), 60)  # ICE/DTLS notice the peer is gone
-    deadline = time.monotonic() + 5
-    while stream_id in gateway.sessions and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)  # the reaper runs right after the session closes
-    assert stream_id not in gateway.sessions
+    # the reaper runs right after the session closes
+    await wait_until(lambda: stream_id not in gateway.sessions, 5, "the session reaped", poll_s=0.01)
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gateway.url}/healthz") as response:
             assert (await response.json())["sessions"] == 0
 
 
-async def test_a_workers_error_reaches_the_phone(
-    worker: StylizerWorker, gateway: Gateway, nats_server: NatsServer
-) -> None:
+async def test_a_workers_error_reaches_the_phone(worker: StylizerWorker, gateway: Gateway, nc: NATS) -> None:
     phone = BarePhone(frames=10, size=(160, 96))
     try:
         answer = await phone.connect(gateway)
-        nc = await nats.connect(nats_server.url)
-        try:  # the style vanishes before the first key frame: the worker answers unknown_style
-            await (await nc.jetstream().object_store(STYLE_BUCKET)).delete(answer["style_id"])
-        finally:
-            await nc.close()
+        # the style vanishes before the first key frame: the worker answers unknown_style
+        await (await nc.jetstream().object_store(STYLE_BUCKET)).delete(answer["style_id"])
         phone.feed()
         failure = await asyncio.wait_for(phone.failures.get(), 30)
     finally:
@@ -375,6 +347,7 @@ async def slow_site(nats_server: NatsServer, region: str) -> AsyncIterator[Gatew
     await worker.stop()
 
 
+@pytest.mark.slow
 async def test_a_key_overtaken_while_waiting_is_reported_dropped(slow_site: Gateway) -> None:
     """Every frame a key, one stylized at a time: a waiting key replaced by a newer one is failed at once."""
     phone = BarePhone(frames=30, size=(160, 96), key_every=1)
@@ -390,6 +363,7 @@ async def test_a_key_overtaken_while_waiting_is_reported_dropped(slow_site: Gate
     assert counts["key_dropped"] >= 1
 
 
+@pytest.mark.slow
 async def test_frames_whose_id_stays_unknown_are_evicted(worker: StylizerWorker, gateway: Gateway) -> None:
     """A phone that announces nothing: decoded frames wait for an id, at most MAX_PENDING_FRAMES of them."""
     phone = BarePhone(frames=MAX_PENDING_FRAMES + 20, size=(160, 96), announce=False)
@@ -397,17 +371,14 @@ async def test_frames_whose_id_stays_unknown_are_evicted(worker: StylizerWorker,
         session = gateway.sessions[(await phone.connect(gateway))["stream_id"]]
         phone.feed()
 
-        async def evicting() -> None:
-            while not session.counts.get("unmapped_frames_dropped"):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(evicting(), 30)
+        await wait_until(lambda: session.counts.get("unmapped_frames_dropped"), 30, "frames evicted", poll_s=0.01)
         assert not session.closed.is_set()
     finally:
         await phone.pc.close()
     assert phone.results.empty() and phone.failures.empty()  # nothing was stylized: no frame had an id
 
 
+@pytest.mark.slow
 async def test_results_arrive_whole_when_the_data_channel_pushes_back(
     worker: StylizerWorker, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,14 +4,13 @@ for each listen address."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from deploy.certs import CA_FILE, CA_KEY_FILE, gateway_certificate, host_names, kept_ca
-from deploy.topology import build_parser, config_from_args, ice_hosts_for
+from deploy.certs import CA_FILE, CA_KEY_FILE, gateway_certificate, host_names, is_address, kept_ca
+from deploy.local_deployment import build_parser, config_from_args, ice_hosts_for
 from streaming.ice import LOOPBACK
 
 
@@ -31,16 +30,8 @@ def test_the_ca_is_kept_and_every_run_certificate_covers_the_host_and_the_names(
         names = set(san.get_values_for_type(x509.DNSName))
         addresses = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
         assert {"phone-gw.lan", "localhost"} <= names and "127.0.0.1" in addresses
-        expected = {n for n in host_names() if _is_address(n)}
+        expected = {n for n in host_names() if is_address(n)}
         assert expected <= addresses  # every interface address a phone may type
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize(

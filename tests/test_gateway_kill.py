@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.faults import kill_gateway_mid_stream
-from deploy.nats import NatsServer, free_port
+import pytest
+
+from deploy.faults import kill_gateway_mid_stream
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.service import StylizerWorker
 from mobile_sim.link import CLOCK_PROBE_PERIOD_S, LIVENESS_S, GatewayLink
 from streaming.gateway.server import Gateway
@@ -25,6 +27,7 @@ SLACK_S = 1.0
 """A loaded event loop's lateness in noticing."""
 
 
+@pytest.mark.slow
 async def test_phone_is_served_again_by_a_gateway_restarted_after_kill_9(
     worker: StylizerWorker, nats_server: NatsServer, region: str, tmp_path: Path
 ) -> None:

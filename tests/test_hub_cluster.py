@@ -26,9 +26,9 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
+from deploy.local_deployment import build_parser, config_from_args
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
 from deploy.regions import load_hub
-from deploy.topology import build_parser, config_from_args
 from edge_worker.service import WorkerConfig
 from edge_worker.service import run as run_worker
 from streaming.buckets import BucketMissingError, deployment_stores, stream_name
@@ -38,6 +38,10 @@ from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_DELTA_STREAM, MODEL_BUCKET, STYLE_BUCKET, ModelVersion
 from streaming.style_store import StyleStore
 from streaming.tensors import NamedArrays
+from tests.support import wait_until
+
+pytestmark = pytest.mark.slow  # a three-server hub cluster per test
+
 
 REGIONS = ["eu", "us"]
 WAIT_S = 60.0
@@ -64,15 +68,6 @@ async def edge(cluster: NatsHubAndLeaves) -> AsyncIterator[NATS]:
     await nc.close()
 
 
-async def _until(check: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """The first value of ``check`` that is not None, polled until :data:`WAIT_S`."""
-    deadline = time.monotonic() + WAIT_S
-    while (value := await check()) is None:
-        assert time.monotonic() < deadline, f"not within {WAIT_S} s: {what}"
-        await asyncio.sleep(0.05)
-    return value
-
-
 async def _answered(call: Callable[[], Awaitable[T]]) -> T:
     """``call`` (a publish, a read) retried until JetStream answers: a stream electing a leader, or a client moving
     to another server, refuses or times out for a moment. A missing or damaged object is no such refusal."""
@@ -96,7 +91,7 @@ async def _leader(js: JetStreamContext, stream: str, cluster: NatsHubAndLeaves) 
         leader = info.cluster.leader if info.cluster else None
         return next((h for h in cluster.hubs if h.name == leader and h.pid is not None), None)
 
-    return await _until(check, f"a leader of {stream}")
+    return await wait_until(check, WAIT_S, f"a leader of {stream}")
 
 
 def _delta(value: float) -> NamedArrays:
@@ -160,7 +155,7 @@ async def test_a_hub_server_killed_mid_round_loses_no_acknowledged_delta(cluster
         victim.kill()
         await asyncio.gather(*in_flight)
         store = await ModelStore.open(js)
-        meta = await _until(lambda: _version(store, 1), "version 1 with one server down")
+        meta = await wait_until(lambda: _version(store, 1), WAIT_S, "version 1 with one server down")
         assert victim.pid is None
         victim.start()
         cluster.wait_for_meta_leader(WAIT_S)
@@ -172,7 +167,9 @@ async def test_a_hub_server_killed_mid_round_loses_no_acknowledged_delta(cluster
     expected = sum((i + 1) * i for i in range(12)) / sum(range(1, 13))  # each delta weighted by its samples, once
     assert np.allclose((await _answered(lambda: store.weights(meta)))["dec.weight"], BASE + expected)
     for stream in (FL_DELTA_STREAM, f"OBJ_{MODEL_BUCKET}"):  # the restarted server's replicas caught up
-        await _until(lambda s=stream: _caught_up(js, s, victim), f"{victim.name}'s replica of {stream} current")
+        await wait_until(
+            lambda s=stream: _caught_up(js, s, victim), WAIT_S, f"{victim.name}'s replica of {stream} current"
+        )
 
 
 async def _version(store: ModelStore, version: int) -> ModelVersion | None:
@@ -207,7 +204,7 @@ async def test_a_style_stored_while_its_leader_is_killed_loads_with_its_digest(
     first, second = (np.random.default_rng(seed).bytes(1 << 20) for seed in (1, 2))
     victim = await _leader(js, STYLES, cluster)
     upload = asyncio.create_task(_answered(lambda: styles.put(first)))
-    await _until(lambda: _stored_any(js), "a chunk of the style stored")
+    await wait_until(lambda: _stored_any(js), WAIT_S, "a chunk of the style stored")
     victim.kill()
     style_id = await upload
     assert hashlib.sha256(await _answered(lambda: styles.get(style_id))).digest() == hashlib.sha256(first).digest()
@@ -215,7 +212,7 @@ async def test_a_style_stored_while_its_leader_is_killed_loads_with_its_digest(
     assert await _answered(lambda: styles.get(other)) == second
     victim.start()
     cluster.wait_for_meta_leader(WAIT_S)
-    await _until(lambda: _caught_up(js, STYLES, victim), f"{victim.name}'s replica of the styles current")
+    await wait_until(lambda: _caught_up(js, STYLES, victim), WAIT_S, f"{victim.name}'s replica of the styles current")
     assert (
         await _answered(lambda: styles.get(style_id)) == first and await _answered(lambda: styles.get(other)) == second
     )
@@ -251,7 +248,7 @@ async def test_the_meta_leader_killed_a_new_one_serves_and_two_down_is_said(
         await _answered(
             lambda: submit_delta(js, deltas, worker_id=worker, base_version=version - 1, samples=1, delta=_delta(1.0))
         )
-        return await _until(lambda: _version(store, version), f"version {version}")
+        return await wait_until(lambda: _version(store, version), WAIT_S, f"version {version}")
 
     try:
         leader = cluster.hubs[cluster.wait_for_meta_leader(WAIT_S)]
@@ -262,14 +259,14 @@ async def test_the_meta_leader_killed_a_new_one_serves_and_two_down_is_said(
             h for h in cluster.hubs if h.pid is not None and h is not cluster.hubs[cluster.meta_leader() or 0]
         )
         second.kill()
-        await _until(lambda: _no_jetstream(aggregator), "the aggregator noticing two servers of three down")
+        await wait_until(lambda: _no_jetstream(aggregator), WAIT_S, "the aggregator noticing two servers of three down")
         assert not aggregator.ready() and aggregator.live()  # unready (probe), alive: nobody restarts it
         assert _value("mvs_aggregator_jetstream_available") == 0
         assert any(r.getMessage() == "jetstream unavailable" and r.levelname == "WARNING" for r in caplog.records)
         leader.start()
         second.start()
         cluster.wait_for_meta_leader(WAIT_S)
-        await _until(lambda: _ready(aggregator), "the aggregator ready again")
+        await wait_until(lambda: _ready(aggregator), WAIT_S, "the aggregator ready again")
         assert _value("mvs_aggregator_jetstream_available") == 1
         meta = await round_(2)
     finally:
@@ -305,11 +302,15 @@ async def test_two_hub_servers_down_gateways_and_workers_say_so_and_recover(
     urls = {"gateway": gateway.url, "worker": f"http://127.0.0.1:{worker_port}"}
     try:
         async with aiohttp.ClientSession() as http:
-            await _until(lambda: _health(http, urls, jetstream=True), "gateway and worker up, JetStream answering")
+            await wait_until(
+                lambda: _health(http, urls, jetstream=True), WAIT_S, "gateway and worker up, JetStream answering"
+            )
             down = [h for h in cluster.hubs if h is not cluster.hubs[cluster.wait_for_meta_leader(WAIT_S)]]
             for hub in down:
                 hub.kill()
-            health = await _until(lambda: _health(http, urls, jetstream=False), "both saying JetStream is down")
+            health = await wait_until(
+                lambda: _health(http, urls, jetstream=False), WAIT_S, "both saying JetStream is down"
+            )
             assert health["gateway"][0] == 200 and health["gateway"][1]["workers"] == ["eu-w"]  # still takes phones
             for service, url in urls.items():
                 assert await _gauge(http, url, service) == 0
@@ -320,7 +321,7 @@ async def test_two_hub_servers_down_gateways_and_workers_say_so_and_recover(
             for hub in down:
                 hub.start()
             cluster.wait_for_meta_leader(WAIT_S)
-            await _until(lambda: _health(http, urls, jetstream=True), "both saying JetStream is back")
+            await wait_until(lambda: _health(http, urls, jetstream=True), WAIT_S, "both saying JetStream is back")
             for service, url in urls.items():
                 assert await _gauge(http, url, service) == 1
                 assert await _series(http, url, "mvs_asyncio_tasks ") >= 1  # what bench.soak watches for leaks

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.faults import jpeg_bomb, png_bomb
+from deploy.faults import jpeg_bomb, png_bomb
 from streaming.images import MAX_DECODED_PIXELS, ImageDecodeError, decode_image, encode_jpeg, image_size
 
 REFUSED_WITHIN_S = 0.05

@@ -32,8 +32,8 @@ import yaml
 from deploy import k8s_manifests, nats_config
 from deploy.certs import generate
 from deploy.cli import COMMANDS
-from deploy.nats import HUB_DOMAIN, nats_server_binary, route_url_env
 from deploy.nats_auth import LEAF_URL_ENV, SETUP_USER, new_password
+from deploy.nats_servers import HUB_DOMAIN, nats_server_binary, route_url_env
 from deploy.regions import DEFAULT_REGIONS_FILE, load_hub, load_regions
 from streaming.config import NATS_CA_ENV, NATS_URL_ENV
 
@@ -333,6 +333,7 @@ def _discovery_server(objects: list[dict[str, Any]]) -> Iterator[str]:
         thread.join()
 
 
+@pytest.mark.slow
 def test_kubectl_reads_every_object_of_every_file(tmp_path: Path) -> None:
     """What a user runs, ``kubectl apply --dry-run=client --validate=false -f deploy/k8s/``: every document parses
     and names a kind and a name kubectl maps (any parse error fails; the schemas are checked above)."""
@@ -385,12 +386,14 @@ def _validate_all(version: str) -> int:
     return len(objects)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_matches_the_kubernetes_schema(version: str) -> None:
     """Offline: the schemas ship with kubernetes-validate. Strict: a misspelt field fails too."""
     assert _validate_all(version) > len(list(K8S.glob("*.yaml")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "breakage",
     [
@@ -482,6 +485,7 @@ def _service_images(out: Path) -> set[str]:
     return images
 
 
+@pytest.mark.slow
 def test_the_image_is_an_option_of_the_generator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _service_images(K8S) == {k8s_manifests.IMAGE} == {f"mvstylizer:{k8s_manifests.DEFAULT_TAG}"}
     k8s_manifests.main(["--registry", "registry.example/team/", "--tag", "2", "--out", str(tmp_path / "a")])
@@ -544,7 +548,7 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     assert "edge_worker/model/weights/mvstylizer-small.pt" in files
     assert [f for f in files if _docker_ignored(f, patterns)] == []
     heavy = [".venv/bin/python", ".git/HEAD", "bench/results/live.png", "out/x", "mvstylizer.egg-info/PKG-INFO"]
-    for path in [*heavy, "edge_worker/__pycache__/service.cpython-311.pyc", "deploy/nats.pyc"]:
+    for path in [*heavy, "edge_worker/__pycache__/service.cpython-311.pyc", "deploy/nats_servers.pyc"]:
         assert _docker_ignored(path, patterns), path
 
 

@@ -262,6 +262,7 @@ def test_torch_is_unreachable_from_the_aggregator() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_pure_modules_import_no_io_framework() -> None:
     assert not impure_modules(REPO)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
 
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -13,6 +12,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from mobile_sim.link_shim import LinkProfile, LinkShim, host_candidates, rewrite_candidates
 from mobile_sim.network import EmulatedLink
 from streaming.ice import LOOPBACK, gathering_on, rtc_configuration
+from tests.support import wait_until
 
 SDP = (
     "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
@@ -62,6 +62,7 @@ async def _echo_rtt_ms(profile: LinkProfile | None) -> tuple[float, EmulatedLink
             link.close()
 
 
+@pytest.mark.slow
 async def test_peers_connect_through_the_relay_and_pay_its_delay() -> None:
     direct, _ = await _echo_rtt_ms(None)
     shimmed, link = await _echo_rtt_ms(LinkProfile(delay_ms=60))
@@ -94,11 +95,6 @@ SEND_BATCH = 32
 """Datagrams sent before waiting for the shim to take them (a burst of hundreds overflows a socket buffer)."""
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.001)
-
-
 async def _through_shim(profile: LinkProfile, datagrams: list[bytes], expected: int) -> tuple[LinkShim, _Peer, float]:
     """Send ``datagrams`` from a near peer through a shim to a far peer; wait for ``expected`` of them (or for the
     shim to have dealt with all: forwarded ones delivered). Returns the shim, the far peer, the send time."""
@@ -115,7 +111,9 @@ async def _through_shim(profile: LinkProfile, datagrams: list[bytes], expected: 
             for data in datagrams[start : start + SEND_BATCH]:
                 near_transport.sendto(data, (LOOPBACK[0], shim.port("near")))
             handled = min(len(datagrams), start + SEND_BATCH)
-            await asyncio.wait_for(_until(lambda n=handled: shim.forwarded["near"] + shim.dropped["near"] >= n), 30)
+            await wait_until(
+                lambda n=handled: shim.forwarded["near"] + shim.dropped["near"] >= n, 30, "a batch taken", poll_s=0.001
+            )
         await asyncio.wait_for(far.got.wait(), 30)
     finally:
         near_transport.close()

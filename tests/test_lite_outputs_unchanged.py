@@ -31,6 +31,7 @@ def _maps(name: str) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(MODELS))
 def test_maps_equal_the_unoptimised_reference(model: str) -> None:
     reference = np.load(REFERENCE)

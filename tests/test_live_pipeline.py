@@ -18,6 +18,9 @@ from streaming.ice import LOOPBACK
 from streaming.images import decode_image, encode_jpeg
 from tests.oracles import colour_transfer_bgr
 
+pytestmark = pytest.mark.slow  # phones streaming real WebRTC to a worker
+
+
 SIZE = (320, 180)
 FRAMES = 60
 KEY_INTERVAL = 5

@@ -4,6 +4,7 @@ file's regions start (leaf and hub regions, permissions on) with every gateway a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shlex
@@ -17,14 +18,15 @@ import nats
 import numpy as np
 import pytest
 
-from deploy.local import LocalTopology
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
+from deploy.local_deployment import LocalConfig, LocalDeployment, build_parser, config_from_args, federated_init
 from deploy.nats_auth import AGGREGATOR_USER, password_env, worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from deploy.regions import DEFAULT_REGIONS_FILE, Region, RegionsError, load_regions, parse_regions
-from deploy.topology import LocalConfig, LocalDeployment, build_parser, config_from_args, federated_init
+from deploy.worker_site import WorkerSite
 from edge_worker.__main__ import build_parser as worker_parser
 from edge_worker.__main__ import config_from_args as worker_config
 from edge_worker.export_weights import learned_weights
+from edge_worker.service import WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link_shim import LinkProfile
 from streaming.ice import LOOPBACK
@@ -82,21 +84,10 @@ def test_region_flags_are_the_other_input() -> None:
 def test_the_workers_model_flags_are_the_workers_own_and_reach_an_added_worker() -> None:
     argv = ["--region", "a", "--model", "dnn", "--work-size", "256", "--precision", "fp32", "--threads", "2"]
     config = config_from_args(build_parser().parse_args([*argv, "--federated"]))
-    assert config.model == "dnn" and config.worker_args == (
-        "--device",
-        "auto",
-        "--work-size",
-        "256",
-        "--precision",
-        "fp32",
-    )
-    site = LocalTopology(
+    assert (config.worker.model, config.worker.work_size, config.worker.precision) == ("dnn", 256, "fp32")
+    site = WorkerSite(
         "nats://127.0.0.1:4222",
-        "a",
-        model=config.model,
-        worker_args=config.worker_args,
-        worker_threads=config.worker_threads,
-        js_domain=HUB_DOMAIN,
+        dataclasses.replace(config.worker, region="a", js_domain=HUB_DOMAIN),
         federated_dir=Path("/buffers"),
     )
     # What the summary prints after "more worker:" is what the site starts its workers with, the next id.
@@ -106,6 +97,7 @@ def test_the_workers_model_flags_are_the_workers_own_and_reach_an_added_worker()
     assert worker.federated is not None and worker.federated.buffer_dir == Path("/buffers/a-worker-0")
 
 
+@pytest.mark.slow
 async def test_mvs_local_starts_the_regions_of_a_file_with_permissions(tmp_path: Path) -> None:
     path = tmp_path / "regions.toml"
     path.write_text(REGIONS)
@@ -201,12 +193,13 @@ def _environment(server: NatsServer) -> set[str]:
     return {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}
 
 
+@pytest.mark.slow
 async def test_mvs_local_federated_says_its_rounds_and_serves_the_aggregators_metrics() -> None:
     """The aggregator in ``mvs local --federated``: its metrics URL in the summary (its series only, the gateways
     export theirs) and a line per delta and per published version. Deltas here come from a stand-in edge (no
     retraining worker: that takes minutes), through the same store and stream a worker uses."""
     lines: asyncio.Queue[str] = asyncio.Queue()
-    config = LocalConfig(regions=[Region("fl", gateway_port=0)], model="dnn", federated=True)
+    config = LocalConfig(regions=[Region("fl", gateway_port=0)], worker=WorkerConfig(model="dnn"), federated=True)
     deployment = LocalDeployment(config, say=lines.put_nowait)
     deployment.nats = NatsHubAndLeaves(["fl"]).start()
     try:

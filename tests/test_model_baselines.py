@@ -34,6 +34,7 @@ def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(rgb_to_lab(a).reshape(-1, 3).mean(0) - rgb_to_lab(b).reshape(-1, 3).mean(0)))
 
 
+@pytest.mark.slow
 def test_every_baseline_is_a_stylizer_that_moves_mean_colour_to_the_style(pair) -> None:
     content, style = pair
     torch.manual_seed(0)

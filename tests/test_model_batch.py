@@ -54,6 +54,7 @@ def batch() -> Batch:
     return frames, picks, sizes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [_tiny, _bundled], ids=["tiny", "bundled"])
 def test_batched_equals_item_by_item(make: Callable[[], PhotoStylizer], batch: Batch) -> None:
     model = make()

@@ -61,6 +61,7 @@ def test_device_name_is_not_empty() -> None:
     assert device_name(torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_load_on_auto_serves_where_auto_points() -> None:
     model = PhotoStylizer.load(DEFAULT_MODEL_PATH, device="auto")
     assert model.device.type == resolve_device("auto").type and not model.training
@@ -74,6 +75,7 @@ def test_cpu_serving_keeps_nchw_and_the_style_on_the_model(bundled: PhotoStylize
     assert state.features.mean.device == bundled.device == state.colours.cov.device
 
 
+@pytest.mark.slow
 def test_channels_last_on_the_cpu_is_an_option_that_can_be_undone(bundled: PhotoStylizer, photos: Photos) -> None:
     content, style = photos
     model = bundled.with_config()

@@ -46,6 +46,7 @@ def test_convolutions_are_int8_and_pooling_float(int8: PhotoStylizer, fp32: Phot
     )
 
 
+@pytest.mark.slow
 def test_int8_maps_and_frames_are_close_to_fp32(fp32: PhotoStylizer, int8: PhotoStylizer) -> None:
     content, style = skimage.data.coffee(), skimage.data.astronaut()  # held out of the calibration photos
     maps = [m.coefficients(content, m.prepare_style(style), OUT_SIZE) for m in (fp32, int8)]
@@ -64,6 +65,7 @@ def test_int8_is_inference_only(int8: PhotoStylizer) -> None:
         int8.quantized([])
 
 
+@pytest.mark.slow
 def test_precision_flag_reaches_the_worker() -> None:
     args = build_parser().parse_args(["--model", "dnn", "--work-size", str(WORK_SIZE), "--precision", INT8])
     worker = StylizerWorker(config_from_args(args))

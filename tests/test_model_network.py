@@ -70,6 +70,7 @@ def test_literal_smoothing_output_size() -> None:
         assert out.shape == (1, 3, *size)
 
 
+@pytest.mark.slow
 def test_meta_kernel_is_the_meta_kernel_at_r_one() -> None:
     module = MetaSmoothing(radius=2)
     with torch.no_grad():
@@ -116,6 +117,7 @@ def test_gain_prior_keeps_detail_where_the_decoder_output_is_flat() -> None:
         torch.testing.assert_close(gains(mapped, 1e-7, prior=prior, prior_weight=weight), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_output_is_locally_affine_in_the_content_but_literal_upscaling_is_not(photos) -> None:
     """Photorealism by construction: a noisy decoder output still gives an output explained by the content."""
     content = photos[0]
@@ -182,6 +184,7 @@ def _torchvision_vgg19_state_dict() -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_torchvision_vgg19_state_dict_loads_with_its_layer_order(tmp_path: Path) -> None:
     state = _torchvision_vgg19_state_dict()
     path = tmp_path / "vgg19-dcbb9e9d.pth"
@@ -202,6 +205,7 @@ def test_torchvision_vgg19_state_dict_loads_with_its_layer_order(tmp_path: Path)
     assert [f.shape[1] for f in encoded.features] == [64, 128, 256, 512]
 
 
+@pytest.mark.slow
 def test_from_config_takes_imagenet_weights_from_a_path(tmp_path: Path) -> None:
     path = tmp_path / "vgg19.pth"
     torch.save(_torchvision_vgg19_state_dict(), path)
@@ -215,6 +219,7 @@ def test_mismatched_vgg_state_dict_is_refused() -> None:
         encoder.load_torchvision(_torchvision_vgg19_state_dict())
 
 
+@pytest.mark.slow
 def test_bundled_model_moves_colours_to_the_style_and_keeps_structure(photos) -> None:
     """Against a noisy copy (absolute bounds), a freshly initialised model of the same config (what training
     added) and Reinhard's Lab transfer (the classic baseline), by margins set near the measured values."""

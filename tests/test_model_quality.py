@@ -46,6 +46,7 @@ def test_ssim_matches_scikit_image(pair) -> None:
     assert quality.structure_ssim(content, content) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_colour_distances(pair) -> None:
     content, style = pair
     for distance in (quality.gaussian_w2, quality.sliced_w2):
@@ -54,6 +55,7 @@ def test_colour_distances(pair) -> None:
         assert distance(content, style) > 5.0
 
 
+@pytest.mark.slow
 def test_matting_residual_separates_affine_from_noisy(pair) -> None:
     content = pair[0]
     affine = quality.matting_laplacian_residual(content, _affine(content))

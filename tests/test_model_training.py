@@ -37,6 +37,7 @@ def _tiny_args(out: Path, steps: int, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss_on_a_tiny_batch() -> None:
     torch.manual_seed(0)
     model = PhotoStylizer(CONFIGS["tiny"]).train()
@@ -77,6 +78,7 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--resume" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_exactly_and_logs(tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train.main(_tiny_args(straight, 4)) == 0
@@ -89,6 +91,7 @@ def test_resume_continues_bit_exactly_and_logs(tmp_path: Path) -> None:
     assert '"eval_recon_psnr"' in log and '"style"' in log
 
 
+@pytest.mark.slow
 def test_trains_on_a_folder_of_images(tmp_path: Path) -> None:
     data = tmp_path / "images"
     (data / "sub").mkdir(parents=True)
@@ -99,6 +102,7 @@ def test_trains_on_a_folder_of_images(tmp_path: Path) -> None:
     assert (tmp_path / "run" / train.MODEL_FILE).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mode", "trained"),
     [("decoder", {"decoder"}), ("autoencoder", {"encoder", "decoder"}), ("stylizer", {"colorization", "decoder"})],

@@ -18,6 +18,7 @@ IGNORING_SIGINT = ["sh", "-c", "trap '' INT; exec \"$@\"", "sh"]
 keeps. (A shell rather than a ``preexec_fn``: Python code in a forked child of this threaded test process can hang.)"""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_mvs_nats_stops_on_signals_even_if_started_with_sigint_ignored(tmp_path: Path, sig: signal.Signals) -> None:
     cmd = [sys.executable, "-m", "deploy.cli", "nats", "--port", "0", "--store-dir", str(tmp_path)]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 
+import pytest
 from prometheus_client import REGISTRY
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from streaming.nats_connect import connect_nats
+from tests.support import wait_until
 
 WAIT_S = 10.0
 
@@ -23,13 +23,7 @@ def _connected(service: str) -> float | None:
     return REGISTRY.get_sample_value("mvs_nats_connected", {"service": service})
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
+@pytest.mark.slow
 async def test_events_are_counted_and_closed_cb_runs() -> None:
     service = f"s{uuid.uuid4().hex[:8]}"
     closed = asyncio.Event()
@@ -45,10 +39,10 @@ async def test_events_are_counted_and_closed_cb_runs() -> None:
         assert _events(service, "connected") == 1 and _connected(service) == 1
     finally:
         server.__exit__(None, None, None)
-    await _until(lambda: _events(service, "disconnected") >= 1)
+    await wait_until(lambda: _events(service, "disconnected") >= 1, WAIT_S, "a disconnection counted")
     assert _connected(service) == 0
     with NatsServer(port=port):
-        await _until(lambda: _events(service, "reconnected") >= 1)
+        await wait_until(lambda: _events(service, "reconnected") >= 1, WAIT_S, "a reconnection counted")
         assert _connected(service) == 1
         await nc.close()
     assert closed.is_set() and _events(service, "closed") == 1 and _connected(service) == 0

@@ -25,17 +25,17 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from test_federated_edge import _serve_key_frames, _tiny_dnn, _until
 
 from aggregator.service import Aggregator, AggregatorConfig
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
+from deploy.faults import restricted_gateway, restricted_worker
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
 from edge_worker.federated import FederatedConfig
 from edge_worker.retrain import RetrainableStylizer
-from edge_worker.service import StylizerWorker, WorkerConfig
+from edge_worker.service import StylizerWorker
 from mobile_sim.client import Phone, PhoneConfig
-from streaming.buckets import object_stream
-from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.buckets import Bucket, chunk_subject, object_stream
+from streaming.gateway.server import Gateway
 from streaming.ice import LOOPBACK
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.nats_connect import inbox_prefix, url_user
@@ -50,14 +50,23 @@ from streaming.protocol import (
     delta_bucket,
     encode,
     fl_delta_subject,
+    fl_region_delta_subjects,
     stylize_subject,
 )
 from streaming.style_store import StyleStore
 from streaming.tensors import encode_tensors
+from tests.support import TRAINING_WAIT_S, serve_key_frames, tiny_retrainable_dnn, wait_until
+
+pytestmark = pytest.mark.slow  # a secured hub and leaf nodes per test
+
 
 FRAMES = 20
 KEY_FRAMES = 12
 GLOBAL_V0_META = f"$O.{MODEL_BUCKET}.M.Z2xvYmFsL3Yw"
+DELTA_META_EU = f"$O.{delta_bucket('eu')}.M.>"
+DELTA_READS_EU = [
+    f"$JS.{HUB_DOMAIN}.API.{call}.OBJ_{delta_bucket('eu')}" for call in ("DIRECT.GET", "STREAM.MSG.GET", "STREAM.INFO")
+]
 """The metadata subject of object ``global/v0`` (its name in URL-safe base64)."""
 WEIGHTS = {"dec.weight": np.ones((3, 2), np.float32), "dec.bias": np.zeros(2, np.float32)}
 MODEL_SIZED_BYTES = 4 * 1024 * 1024
@@ -100,15 +109,16 @@ class Client:
         await self.nc.connect(url, error_cb=on_error, allow_reconnect=False, inbox_prefix=inbox_prefix(url_user(url)))
         return self
 
-    async def refused(self, what: str, subject: str) -> None:
-        """Wait for the server's violation of ``what`` ("publish" or "subscription") on ``subject``."""
-        expected = f'permissions violation for {what} to "{subject}"'.lower()  # nats-py lower-cases the error
+    async def refused(self, what: str, subject: str, prefix: bool = False) -> None:
+        """Wait for the server's violation of ``what`` ("publish" or "subscription") on ``subject`` (or, with
+        ``prefix``, on a subject starting with it)."""
+        expected = f'permissions violation for {what} to "{subject}'.lower()  # nats-py lower-cases the error
+        expected += "" if prefix else '"'
 
-        async def arrived() -> None:
-            while not any(expected in e.lower() for e in self.errors):
-                await asyncio.sleep(0.02)
+        def arrived() -> bool:
+            return any(expected in e.lower() for e in self.errors)
 
-        await asyncio.wait_for(arrived(), REFUSAL_WAIT_S)
+        await wait_until(arrived, REFUSAL_WAIT_S, f"the server refusing {what} to {subject}", poll_s=0.02)
         assert self.nc.is_connected  # a violation is refused, the connection lives on
 
     async def close(self) -> None:
@@ -125,25 +135,8 @@ async def _client(cluster: NatsHubAndLeaves, server: NatsServer, user: str) -> C
 
 
 async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHubAndLeaves) -> None:
-    leaf = cluster.leaves["eu"]
-    worker = StylizerWorker(
-        WorkerConfig(
-            nats_url=cluster.client_url(leaf, worker_user(EU_0)),
-            region="eu",
-            worker_id=EU_0,
-            threads=1,
-            js_domain=HUB_DOMAIN,
-        )
-    )
-    gateway = Gateway(
-        GatewayConfig(
-            port=0,
-            nats_url=cluster.client_url(leaf, gateway_user("eu")),
-            region="eu",
-            js_domain=HUB_DOMAIN,
-            ice_hosts=LOOPBACK,
-        )
-    )
+    worker = StylizerWorker(restricted_worker(cluster, "eu"))
+    gateway = Gateway(restricted_gateway(cluster, "eu"))
     await worker.start()
     await gateway.start()
     try:
@@ -163,20 +156,14 @@ async def test_gateway_to_worker_round_trip_as_restricted_users(cluster: NatsHub
 
 async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tmp_path: Path) -> None:
     """A worker on the "fl" leaf adopts v0, trains, sends its delta; the aggregator in the cloud publishes v1."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     initial = {name: value + 0.01 for name, value in model.learned_state().items()}
     aggregator = Aggregator(AggregatorConfig(nats_url=cluster.client_url(cluster.hub, AGGREGATOR_USER), min_updates=1))
     await aggregator.start(initial)
     rounds = asyncio.create_task(aggregator.run())
-    leaf = cluster.leaves["fl"]
     worker = StylizerWorker(
-        WorkerConfig(
-            nats_url=cluster.client_url(leaf, worker_user(FL_0)),
-            region="fl",
-            worker_id=FL_0,
-            threads=1,
-            js_domain=HUB_DOMAIN,
-            federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4),
+        restricted_worker(
+            cluster, "fl", federated=FederatedConfig(buffer_dir=tmp_path / "buffer", idle_s=0.3, publish_every=4)
         ),
         stylizer=model,
     )
@@ -185,8 +172,8 @@ async def test_federated_round_as_restricted_users(cluster: NatsHubAndLeaves, tm
     try:
         await worker.start()
         assert worker.learner is not None and worker.learner.base_version == 0
-        await _serve_key_frames(phone_side, 4)
-        await _until(lambda: worker.learner.base_version == 1, "worker never adopted v1")
+        await serve_key_frames(phone_side, 4)
+        await wait_until(lambda: worker.learner.base_version == 1, TRAINING_WAIT_S, "the worker adopting v1")
         v1 = aggregator.current
         assert v1 is not None and aggregator.store is not None and v1.contributors == [FL_0]
         published = await aggregator.store.weights(v1)
@@ -243,27 +230,17 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
 ) -> None:
     """v1's weights are replaced after its metadata was written (a corrupt store, or a writer that got past NATS):
     a serving worker refuses v1 and keeps serving v0; a starting worker falls back to v0, the newest good one."""
-    model = _tiny_dnn()
+    model = tiny_retrainable_dnn()
     v0_weights = {name: value + 0.01 for name, value in model.learned_state().items()}
     aggregator = await _client(cluster, cluster.hub, AGGREGATOR_USER)
     store = await ModelStore.open(aggregator.nc.jetstream())
     await store.publish(v0_weights, ModelVersion(version=0, object_name=""))
-    leaf = cluster.leaves["fl"]
 
-    def federated_worker(worker: str, stylizer: RetrainableStylizer) -> StylizerWorker:
-        return StylizerWorker(
-            WorkerConfig(
-                nats_url=cluster.client_url(leaf, worker_user(worker)),
-                region="fl",
-                worker_id=worker,
-                threads=1,
-                js_domain=HUB_DOMAIN,
-                federated=FederatedConfig(buffer_dir=tmp_path / worker, idle_s=60.0, publish_every=10**6),
-            ),
-            stylizer=stylizer,
-        )
+    def federated_worker(index: int, stylizer: RetrainableStylizer) -> StylizerWorker:
+        buffer = FederatedConfig(buffer_dir=tmp_path / str(index), idle_s=60.0, publish_every=10**6)
+        return StylizerWorker(restricted_worker(cluster, "fl", index, federated=buffer), stylizer=stylizer)
 
-    serving = federated_worker(FL_0, model)
+    serving = federated_worker(0, model)
     phone_side = await _user_connection(cluster.client_url(cluster.hub, gateway_user("fl")))
     starting = None
     try:
@@ -273,13 +250,15 @@ async def test_a_tampered_version_is_refused_and_the_worker_keeps_serving(
         tampered = {name: value + 1.0 for name, value in v0_weights.items()}
         await store.put_blob(v1.object_name, encode_tensors(tampered))
         await aggregator.nc.publish(FL_GLOBAL_SUBJECT, encode(v1))
-        await _until(lambda: "global model version refused" in caplog.text, "the tampered version was not refused")
+        await wait_until(
+            lambda: "global model version refused" in caplog.text, TRAINING_WAIT_S, "the tampered version refused"
+        )
         why = [str(getattr(r, "error", "")) for r in caplog.records if r.getMessage().startswith("global model")]
         assert "model version 1 ('global/v1') is refused" in why[0] and "the version's metadata says" in why[0], why
         assert serving.learner.base_version == 0
         assert all(np.array_equal(model.learned_state()[k], v0_weights[k]) for k in v0_weights)
-        await _serve_key_frames(phone_side, 2)  # still serving
-        starting = federated_worker(FL_1, _tiny_dnn())
+        await serve_key_frames(phone_side, 2)  # still serving
+        starting = federated_worker(1, tiny_retrainable_dnn())
         await starting.start()
         assert starting.learner is not None and starting.learner.base_version == 0
     finally:
@@ -399,6 +378,11 @@ def _stream_publish(subject: str) -> Action:
             f"$JS.hub.API.STREAM.CREATE.OBJ_{MODEL_BUCKET}",
         ),
         (worker_user(EU_0), "eu", _publish(f"$O.{delta_bucket('fl')}.C.x"), "publish", f"$O.{delta_bucket('fl')}.C.x"),
+        # ... nor learn the names of its region's other workers' delta objects (a blob can be overwritten only by
+        # name): not their references, not the bucket's metadata, not the bucket's stream.
+        (worker_user(EU_1), "eu", _subscribe(fl_region_delta_subjects("eu")), "subscription", "mvs.fl.delta.eu.*"),
+        (worker_user(EU_1), "eu", _subscribe(DELTA_META_EU), "subscription", DELTA_META_EU),
+        *((worker_user(EU_1), "eu", _publish(read), "publish", read) for read in DELTA_READS_EU),
         # ... nor read every frame of its region outside the queue group, nor another region's frames.
         (worker_user(EU_0), "eu", _subscribe(stylize_subject("eu")), "subscription", stylize_subject("eu")),
         (
@@ -533,13 +517,18 @@ async def test_a_credential_sends_deltas_as_its_own_worker_only(cluster: NatsHub
         js = first.nc.jetstream(domain=HUB_DOMAIN, timeout=SILENCE_S)
         deltas = DeltaStore(js, "eu")
         await submit_delta(js, deltas, worker_id=EU_0, base_version=0, samples=4, delta=delta)
-        with pytest.raises(NatsError):
+        with pytest.raises(NatsError):  # the other worker's blob is refused first ...
             await submit_delta(js, deltas, worker_id=EU_1, base_version=0, samples=4, delta=delta)
+        await first.refused("publish", "$O.mvs-deltas-eu.C.eu-worker-1.", prefix=True)
+        as_other = DeltaRef(worker_id=EU_1, region="eu", base_version=0, samples=4, object_name=f"delta/eu/{EU_1}/v0-x")
+        with pytest.raises(NatsError):  # ... and its reference too
+            await js.publish(fl_delta_subject("eu", EU_1), encode(as_other))
         await first.refused("publish", fl_delta_subject("eu", EU_1))
         made_up = DeltaRef(
             worker_id="eu-made-up", region="eu", base_version=0, samples=4, object_name="delta/eu/eu-made-up/v0-x"
         )
-        await deltas.put(made_up.object_name, encode_tensors(delta))
+        with pytest.raises(NatsError):  # its blob cannot even be written: it is another worker's name
+            await deltas.put(made_up.object_name, encode_tensors(delta))
         await js.publish(fl_delta_subject("eu", EU_0), encode(made_up))
         await _until_rejected(aggregator, "owner")
         assert aggregator.current is not None and aggregator.current.version == 0  # one credential: one delta
@@ -551,8 +540,51 @@ async def test_a_credential_sends_deltas_as_its_own_worker_only(cluster: NatsHub
         await aggregator.stop()
         await first.close()
         await second.close()
-    (violation,) = _violations(cluster)  # the one refused publish, nothing else
-    assert fl_delta_subject("eu", EU_1) in violation
+    other_blob, other_ref, made_up_blob = _violations(cluster)  # the refused publishes, nothing else
+    assert "$O.mvs-deltas-eu.C.eu-worker-1." in other_blob and fl_delta_subject("eu", EU_1) in other_ref
+    assert "$O.mvs-deltas-eu.C.eu-made-up." in made_up_blob
+
+
+async def test_a_worker_cannot_overwrite_another_workers_delta(cluster: NatsHubAndLeaves) -> None:
+    """Issue 22 (the gap item 1 left): a region's workers share its delta bucket, and a worker knowing another's
+    object name could rewrite that blob; the digest check then dropped the other's delta, a denial. Each worker's
+    objects now live under subjects carrying its id, and NATS lets it write its own only: the rewrite is refused
+    (under the other's subjects and under the plain object-store ones), and the other's delta counts."""
+    aggregator = Aggregator(
+        AggregatorConfig(nats_url=cluster.client_url(cluster.hub, AGGREGATOR_USER), min_updates=2, durable="rewrite")
+    )
+    await aggregator.start(WEIGHTS)
+    owner = await _client(cluster, cluster.leaves["eu"], worker_user(EU_0))
+    other = await _client(cluster, cluster.leaves["eu"], worker_user(EU_1))
+    delta = {name: np.full_like(value, 0.1) for name, value in WEIGHTS.items()}
+    poison = encode_tensors({name: np.full_like(value, np.nan) for name, value in WEIGHTS.items()})
+    try:
+        owner_js = owner.nc.jetstream(domain=HUB_DOMAIN, timeout=SILENCE_S)
+        other_js = other.nc.jetstream(domain=HUB_DOMAIN, timeout=SILENCE_S)
+        ref = await submit_delta(
+            owner_js, DeltaStore(owner_js, "eu"), worker_id=EU_0, base_version=0, samples=4, delta=delta
+        )
+        await _until_holds(aggregator, ref.object_name)
+        with pytest.raises(NatsError):
+            await DeltaStore(other_js, "eu").put(ref.object_name, poison)  # under the owner's subjects
+        with pytest.raises(NatsError):
+            await Bucket(other_js, delta_bucket("eu")).put(ref.object_name, poison)  # as plain objects
+        await other.refused("publish", chunk_subject(delta_bucket("eu"), "x", EU_0).removesuffix("x"), prefix=True)
+        await submit_delta(other_js, DeltaStore(other_js, "eu"), worker_id=EU_1, base_version=0, samples=4, delta=delta)
+        v1 = await asyncio.wait_for(_next_version(aggregator), READ_TIMEOUT_S)
+        assert v1.contributors == [EU_0, EU_1] and aggregator.drops == {} and aggregator.rejections == {}
+    finally:
+        await aggregator.stop()
+        await owner.close()
+        await other.close()
+
+
+async def _until_holds(aggregator: Aggregator, object_name: str) -> None:
+    async def loop() -> None:
+        while not any(object_name.encode() in data for data in aggregator.state.accepted):
+            await aggregator.step()
+
+    await asyncio.wait_for(loop(), READ_TIMEOUT_S)
 
 
 async def _until_rejected(aggregator: Aggregator, reason: str) -> None:

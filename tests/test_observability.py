@@ -18,10 +18,10 @@ from prometheus_client import REGISTRY
 import aggregator.service  # noqa: F401  (registers the aggregator's metrics)
 import edge_worker.service  # noqa: F401  (the worker's)
 import streaming.gateway.server  # noqa: F401  (the gateway's)
-from deploy import k8s_manifests, observability
+from deploy import k8s_manifests, observability_gen
 from deploy.nats_config import NAMESPACE
 
-OUT = observability.DEFAULT_OUT
+OUT = observability_gen.DEFAULT_OUT
 PROMTOOL_MISSING = "promtool not installed: apt-get install -y prometheus (Debian's package ships promtool)"
 METRIC = re.compile(r"\b(mvs_[a-z_]+)")
 BY = re.compile(r"by \(([^)]*)\)")
@@ -50,13 +50,13 @@ def _config() -> dict[str, Any]:
 
 
 def test_the_files_are_generated_and_current() -> None:
-    observability.main(["--check"])
-    assert {p.name for p in OUT.iterdir()} == set(observability.files())
+    observability_gen.main(["--check"])
+    assert {p.name for p in OUT.iterdir()} == set(observability_gen.files())
 
 
 def test_every_dashboard_query_is_about_metrics_and_labels_the_services_export() -> None:
     exported = _exported()
-    queries = observability.queries(_dashboard())
+    queries = observability_gen.queries(_dashboard())
     used: set[str] = set()
     for expr in queries:
         metrics = METRIC.findall(expr)
@@ -89,7 +89,7 @@ def test_promtool_accepts_every_dashboard_query(tmp_path: Path) -> None:
     """Each query as a recording rule (Grafana's variables replaced by what they expand to)."""
     rules = [
         {"record": f"mvs:dashboard:{i}", "expr": expr.replace("$__rate_interval", "1m").replace("$region", ".*")}
-        for i, expr in enumerate(observability.queries(_dashboard()))
+        for i, expr in enumerate(observability_gen.queries(_dashboard()))
     ]
     path = tmp_path / "rules.yml"
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
@@ -141,7 +141,7 @@ def _pod_targets(job: dict[str, Any]) -> dict[str, str]:
             labels = {"__address__": "10.0.0.1", "__metrics_path__": "/metrics", "__meta_kubernetes_pod_name": "p"}
             labels["__meta_kubernetes_pod_label_app"] = meta["labels"]["app"]
             for key, value in meta.get("annotations", {}).items():
-                labels[observability._meta(key)] = value  # noqa: SLF001
+                labels[observability_gen._meta(key)] = value  # noqa: SLF001
             target = _relabel(job["relabel_configs"], labels)
             if target is not None:
                 kept[meta["labels"]["app"]] = target["__address__"] + target["__metrics_path__"]
@@ -153,9 +153,10 @@ def _metrics_port(container: dict[str, Any]) -> int:
     return int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args else k8s_manifests.DEFAULT_HTTP_PORT
 
 
+@pytest.mark.slow
 def test_each_job_scrapes_its_services_pods_on_the_port_their_metrics_listen_on() -> None:
     jobs = {job["job_name"]: job for job in _config()["scrape_configs"]}
-    assert set(jobs) == {f"mvs-{service}" for service in observability.SERVICES}
+    assert set(jobs) == {f"mvs-{service}" for service in observability_gen.SERVICES}
     ports = {}
     for path in sorted(k8s_manifests.DEFAULT_OUT.glob("*.yaml")):
         for obj in yaml.safe_load_all(path.read_text()):
@@ -237,10 +238,10 @@ ALERT_CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason=PROMTOOL_MISSING)
 def test_promtool_accepts_the_alert_rules_and_each_fires_when_it_should(tmp_path: Path) -> None:
-    rules = observability.DEFAULT_OUT / observability.ALERTS_FILE
+    rules = observability_gen.DEFAULT_OUT / observability_gen.ALERTS_FILE
     done = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "SUCCESS: 4 rules found" in done.stdout, done.stdout + done.stderr
-    names = [rule["alert"] for group in observability.alert_rules()["groups"] for rule in group["rules"]]
+    names = [rule["alert"] for group in observability_gen.alert_rules()["groups"] for rule in group["rules"]]
     assert sorted(names) == sorted(ALERT_CASES)
     tests = [
         {

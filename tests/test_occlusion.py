@@ -114,6 +114,7 @@ def test_buffered_mode_waits_for_the_next_key_and_blends() -> None:
     assert [o.frame_id for o in rec.pop_ready()] == [6]
 
 
+@pytest.mark.slow
 def test_buffered_blend_is_closer_to_the_stylized_frame_than_plain_warping() -> None:
     truth = {i: stylize(scene(i)) for i in range(11)}
     errors = {}

@@ -5,49 +5,32 @@ rate says so (``degraded``) and exits non-zero under ``--strict``. The phone run
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deploy.certs import generate
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.__main__ import finish
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.tokens import new_secret
+from tests.support import run_module
+
+pytestmark = pytest.mark.slow  # mvs phone processes
+
 
 COMMON = ("--frames", "6", "--size", "64x36", "--fps", "15", "--result-timeout-ms", "500", "--ice-host", "127.0.0.1")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _phone(out: Path, *argv: str) -> tuple[int, list[str], dict[str, Any]]:
     """Run ``mvs phone`` to its end: exit status, stderr lines, the report."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mobile_sim",
-        *COMMON,
-        "--out",
-        str(out),
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode().splitlines(), json.loads((out / "report.json").read_text())
+    code, err = await run_module("mobile_sim", *COMMON, "--out", str(out), *argv)
+    return code, err, json.loads((out / "report.json").read_text())
 
 
 async def test_a_401_is_not_retried_and_its_reason_is_said(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig, load_style
@@ -52,6 +52,7 @@ async def slow_worker(nats_server: NatsServer, region: str) -> AsyncIterator[Sty
     await worker.stop()
 
 
+@pytest.mark.slow
 async def test_a_key_with_no_result_in_time_fails_on_the_phone(slow_worker: StylizerWorker, gateway: Gateway) -> None:
     """Results come 600 ms after a key is sent, the phone waits 200 ms: every key times out on the phone, its
     frames are marked failed, and the results that come later are counted as late, not used."""
@@ -65,6 +66,7 @@ async def test_a_key_with_no_result_in_time_fails_on_the_phone(slow_worker: Styl
     assert report["counters"].get("late_or_unknown_results", 0) >= 1
 
 
+@pytest.mark.slow
 async def test_a_key_dropped_before_sending_fails_at_once(worker: StylizerWorker, gateway: Gateway) -> None:
     """Every frame a key, captured far faster than the encoder takes them: keys are precious in the send queue,
     but when it holds only keys the oldest goes, and it fails as dropped (never sent, so never timed out)."""
@@ -77,6 +79,7 @@ async def test_a_key_dropped_before_sending_fails_at_once(worker: StylizerWorker
     assert report["frames"]["output"] == 60
 
 
+@pytest.mark.slow
 async def test_an_undecodable_result_is_a_failed_key(nats_server: NatsServer, gateway: Gateway) -> None:
     """A worker (here a stand-in: no real one sends junk) answers ok with bytes that are no image: the phone
     fails that key as invalid and renders its frames from the previous good key, when there is one."""
@@ -111,6 +114,7 @@ def _stylized(request: StylizeRequest) -> bytes:
     return jpeg.tobytes()
 
 
+@pytest.mark.slow
 async def test_a_style_file_of_its_own_is_the_style_applied(
     worker: StylizerWorker, gateway: Gateway, tmp_path: Path
 ) -> None:

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from deploy.nats import NatsServer
+from deploy.faults import loopback_phone
+from deploy.nats_servers import NatsServer, free_port
 from edge_worker.service import StylizerWorker
 from mobile_sim.__main__ import main as phone_main
-from mobile_sim.client import Phone, PhoneConfig
+from mobile_sim.client import Phone
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
+from tests.support import wait_until
 
 SIZE = (320, 180)
 FPS = 15.0
@@ -25,55 +26,36 @@ RECONNECT_WITHIN_S = 5.0
 """The issue's target: a restarted gateway serves the phone again within 5 s of coming up."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _gateway(nats_server: NatsServer, region: str, port: int) -> Gateway:
     return Gateway(GatewayConfig(port=port, nats_url=nats_server.url, region=region, ice_hosts=LOOPBACK))
 
 
 def _phone(urls: tuple[str, ...], region: str, frames: int, out: Path | None = None, **extra: object) -> Phone:
-    config = PhoneConfig(
-        gateway_urls=urls,
-        frames=frames,
-        size=SIZE,
-        fps=FPS,
-        key_interval=5,
-        region=region,
-        ice_hosts=LOOPBACK,
-        out_dir=out,
-        **extra,  # type: ignore[arg-type]
-    )
-    return Phone(config)
+    return Phone(loopback_phone(urls, region, frames, size=SIZE, fps=FPS, out_dir=out, **extra))
 
 
-async def _wait_for(condition: object, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
+@pytest.mark.slow
 async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
     worker: StylizerWorker, nats_server: NatsServer, region: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     first = _gateway(nats_server, region, port)
     await first.start()
     phone = _phone((first.url,), region, frames=int(9 * FPS), out=tmp_path)
     run = asyncio.create_task(phone.run())
     second: Gateway | None = None
     try:
-        await _wait_for(lambda: any(r.ok for r in phone._ledger.records.values()), 10.0)
+        await wait_until(lambda: any(r.ok for r in phone._ledger.records.values()), 10.0, "a key frame served")
         await first.stop()  # the gateway goes away mid-stream
         await asyncio.sleep(1.0)
         second = _gateway(nats_server, region, port)
         await second.start()
         up_at = time.monotonic()
-        await _wait_for(lambda: phone._link.outages and phone._link.outages[0].reconnected is not None, 10.0)
+        await wait_until(
+            lambda: phone._link.outages and phone._link.outages[0].reconnected is not None,
+            10.0,
+            "the phone reconnected",
+        )
         outage = phone._link.outages[0]
         assert outage.reconnected is not None and outage.reconnected - up_at < RECONNECT_WITHIN_S
         result = await asyncio.wait_for(run, 30.0)
@@ -92,10 +74,11 @@ async def test_phone_reconnects_to_a_restarted_gateway_on_the_same_port(
     assert report["outcome"]["status"] == "partial" and "gateway lost" in report["outcome"]["reason"]
 
 
+@pytest.mark.slow
 async def test_phone_moves_to_the_next_gateway_when_its_first_is_gone(
     worker: StylizerWorker, nats_server: NatsServer, region: str
 ) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     gateway = _gateway(nats_server, region, 0)
     await gateway.start()
     try:
@@ -106,15 +89,17 @@ async def test_phone_moves_to_the_next_gateway_when_its_first_is_gone(
     assert report["counters"]["connect_failures"] >= 1 and report["outcome"]["status"] == "complete"
 
 
+@pytest.mark.slow
 async def test_a_phone_without_any_gateway_still_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("mobile_sim.client.CONNECT_TIMEOUT_S", 1.0)
-    phone = _phone((f"http://127.0.0.1:{_free_port()}",), "nowhere", frames=10, out=tmp_path, result_timeout_ms=500.0)
+    phone = _phone((f"http://127.0.0.1:{free_port()}",), "nowhere", frames=10, out=tmp_path, result_timeout_ms=500.0)
     report = (await phone.run()).report
     assert json.loads((tmp_path / "report.json").read_text())["outcome"] == report["outcome"]
     assert report["outcome"]["status"] == "partial" and "no gateway reached" in report["outcome"]["reason"]
     assert report["frames"]["captured"] == 10 and report["key_frames"]["ok"] == 0
 
 
+@pytest.mark.slow
 async def test_a_phone_whose_outputs_stall_writes_a_partial_report(
     worker: StylizerWorker, gateway: Gateway, region: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,10 +119,12 @@ async def test_a_phone_whose_outputs_stall_writes_a_partial_report(
     assert json.loads((tmp_path / "report.json").read_text())["outcome"]["status"] == "partial"
 
 
+@pytest.mark.slow
 def test_the_phone_exits_non_zero_on_its_own_failure_and_when_it_never_streamed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setattr("mobile_sim.client.CONNECT_TIMEOUT_S", 1.0)  # the phone waited 15 s for a refused gateway
+    dead = f"http://127.0.0.1:{free_port()}"
     common = ["--gateway", dead, "--frames", "3", "--size", "64x36", "--result-timeout-ms", "200"]
     # Its own failure: a style that does not exist is refused in one line before anything runs (nothing to report).
     with pytest.raises(SystemExit) as own:

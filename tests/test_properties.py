@@ -67,6 +67,7 @@ def _messages(cls: type[Message]) -> st.SearchStrategy[Message]:
 ANY_MESSAGE = st.sampled_from(sorted(MESSAGE_TYPES.values(), key=lambda c: c.TYPE)).flatmap(_messages)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(ANY_MESSAGE)
 def test_every_message_survives_the_wire(message: Message) -> None:
@@ -75,6 +76,7 @@ def test_every_message_survives_the_wire(message: Message) -> None:
     assert decode_any(data, tuple(MESSAGE_TYPES.values())) == message  # the type on the wire picks the class
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(ANY_MESSAGE, st.text(min_size=1, max_size=8).filter(lambda k: k not in ("v", "t")), INT64)
 def test_unknown_fields_are_ignored_unless_the_message_is_strict(message: Message, name: str, value: int) -> None:
@@ -91,6 +93,7 @@ def test_unknown_fields_are_ignored_unless_the_message_is_strict(message: Messag
         assert decode(data, type(message)) == message
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(ANY_MESSAGE, st.data())
 def test_a_truncated_message_is_a_protocol_error(message: Message, data: st.DataObject) -> None:
@@ -109,6 +112,7 @@ def test_arbitrary_bytes_decode_or_fail_with_a_code(data: bytes) -> None:
         assert exc.code in set(ErrorCode)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(st.binary(max_size=5000), st.integers(min_value=1, max_value=700), st.randoms(use_true_random=False))
 def test_chunks_in_any_order_reassemble_the_payload(payload: bytes, chunk_bytes: int, rng: Any) -> None:
@@ -155,6 +159,7 @@ def _received_pts(pts: list[int], order: list[int]) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(_streams())
 def test_frame_ids_are_never_wrong_under_loss_and_reordering(stream: tuple[list[int], list[int]]) -> None:
@@ -173,6 +178,7 @@ def test_frame_ids_are_never_wrong_under_loss_and_reordering(stream: tuple[list[
         assert located in (None, frame_id)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(st.integers(min_value=0, max_value=2**32))
 def test_sender_pts_never_repeat_a_gap_twice_in_a_row(seed: int) -> None:
@@ -222,6 +228,7 @@ def _rounds(draw: st.DrawFn) -> list[Update]:
     return updates
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(_rounds(), st.randoms(use_true_random=False))
 def test_fedavg_is_the_sample_weighted_mean_in_any_order(updates: list[Update], rng: Any) -> None:
@@ -237,6 +244,7 @@ def test_fedavg_is_the_sample_weighted_mean_in_any_order(updates: list[Update], 
             np.testing.assert_allclose(value, FedAvg().aggregate(updates)[name], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(_rounds())
 def test_robust_rules_stay_within_the_updates_and_agree_on_identical_ones(updates: list[Update]) -> None:
@@ -250,6 +258,7 @@ def test_robust_rules_stay_within_the_updates_and_agree_on_identical_ones(update
             np.testing.assert_allclose(value, updates[0].delta[name], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(_rounds(), st.integers(min_value=0, max_value=3))
 def test_trimmed_mean_is_the_mean_of_the_middle_values(updates: list[Update], tenths: int) -> None:
@@ -262,6 +271,7 @@ def test_trimmed_mean_is_the_mean_of_the_middle_values(updates: list[Update], te
         np.testing.assert_allclose(out[name], by_hand, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(_rounds(), st.floats(min_value=0.01, max_value=10))
 def test_a_server_learning_rate_scales_the_inner_rule(updates: list[Update], lr: float) -> None:

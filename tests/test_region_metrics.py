@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
@@ -33,6 +33,7 @@ def _count(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
 
 
+@pytest.mark.slow
 async def test_a_phone_run_leaves_the_regions_latency_in_the_gateways_histograms(
     worker: StylizerWorker, gateway: Gateway, region: str
 ) -> None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
@@ -44,6 +44,7 @@ async def _stream(gateway: Gateway) -> dict[str, object]:
     return report["key_frames"]  # type: ignore[return-value]
 
 
+@pytest.mark.slow
 async def test_edge_workers_serve_their_region_first_and_the_cloud_takes_over(
     cluster: NatsHubAndLeaves, eu_gateway: Gateway
 ) -> None:

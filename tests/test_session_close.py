@@ -4,7 +4,6 @@ of sessions leaves tasks, file descriptors and memory where they were."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import os
 import time
@@ -16,14 +15,15 @@ import aiohttp
 import pytest
 from nats.aio.msg import Msg
 
-from bench.faults import BarePhone, offer_body, unanswered_offer_sdp
-from deploy.nats import NatsServer
+from deploy.faults import BarePhone, unanswered_offer_sdp
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.sources import default_style_photo
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.gateway.session import CLOSE_GRACE_S
 from streaming.ice import LOOPBACK
 from streaming.images import encode_jpeg
+from tests.support import phone_offer
 
 CLOSE_WITHIN_S = CLOSE_GRACE_S + 3.0
 RACE_STEPS = 4
@@ -41,6 +41,7 @@ def _waiting_on_a_resolved_reply(task: asyncio.Task[None]) -> bool:
     return False
 
 
+@pytest.mark.slow
 async def test_a_close_landing_with_the_workers_reply_still_closes_the_session(
     worker: StylizerWorker, gateway: Gateway
 ) -> None:
@@ -86,6 +87,8 @@ MAX_RSS_GROWTH_MB = 20.0
 hundred sessions and then stays (measured: flat from the 500th to the 800th), hence the warm-up; a session that
 stayed alive would also keep its sockets, which the file descriptor count catches at once."""
 SETTLE_S = 10.0
+QUIET_S = 1.0
+"""The baseline is taken once tasks and descriptors stayed the same this long (it waited out all of SETTLE_S)."""
 
 
 def _rss_mb() -> float:
@@ -101,7 +104,7 @@ def _fds() -> int:
 
 @pytest.fixture
 async def roomy_gateway(nats_server: NatsServer, region: str) -> AsyncIterator[Gateway]:
-    """A gateway taking :data:`CHURN_CONCURRENCY` offers at once from one address."""
+    """A gateway taking :data:`CHURN_CONCURRENCY` offers at once from one address, and all the churn's."""
     config = GatewayConfig(
         port=0,
         nats_url=nats_server.url,
@@ -109,6 +112,7 @@ async def roomy_gateway(nats_server: NatsServer, region: str) -> AsyncIterator[G
         ice_hosts=LOOPBACK,
         max_sessions=CHURN_CONCURRENCY,
         max_pending_per_address=CHURN_CONCURRENCY,
+        offer_burst_per_address=CHURN_SESSIONS + WARM_UP_SESSIONS,
     )
     gateway = Gateway(config)
     await gateway.start()
@@ -116,6 +120,7 @@ async def roomy_gateway(nats_server: NatsServer, region: str) -> AsyncIterator[G
     await gateway.stop()
 
 
+@pytest.mark.slow
 async def test_a_churn_of_sessions_returns_tasks_fds_and_memory_to_their_baseline(roomy_gateway: Gateway) -> None:
     """500 sessions opened and closed; tasks, file descriptors and RSS come back to where they were.
 
@@ -125,8 +130,7 @@ async def test_a_churn_of_sessions_returns_tasks_fds_and_memory_to_their_baselin
     connecting 500 aiortc pairs would take minutes of CI cores, and the close of a connected session with a key in
     flight is the test above."""
     sdp = await unanswered_offer_sdp()
-    style = base64.b64encode(encode_jpeg(default_style_photo()[:64, :64])).decode()  # decoded at every offer
-    body = offer_body(type="offer", sdp=sdp, style=style)
+    body = phone_offer(sdp, encode_jpeg(default_style_photo()[:64, :64]))  # the style is decoded at every offer
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
 
         async def churn(count: int) -> None:
@@ -147,9 +151,19 @@ async def test_a_churn_of_sessions_returns_tasks_fds_and_memory_to_their_baselin
                 await asyncio.sleep(0.05)  # reapers and transports finish a loop step or two after close()
             return len(asyncio.all_tasks()), _fds()
 
+        async def quiet() -> tuple[int, int]:
+            """Tasks and file descriptors once unchanged for :data:`QUIET_S` (at most :data:`SETTLE_S`)."""
+            seen, since = (len(asyncio.all_tasks()), _fds()), time.monotonic()
+            deadline = since + SETTLE_S
+            while time.monotonic() - since < QUIET_S and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                if (now := (len(asyncio.all_tasks()), _fds())) != seen:
+                    seen, since = now, time.monotonic()
+            return seen
+
         await churn(WARM_UP_SESSIONS)
         gc.collect()
-        tasks, fds = await settled(0, 0)  # nothing to wait for: just where things stand once quiet
+        tasks, fds = await quiet()  # where things stand once the warm-up's sessions are gone
         rss = _rss_mb()
         start = time.monotonic()
         await churn(CHURN_SESSIONS)

@@ -7,11 +7,12 @@ import asyncio
 import dataclasses
 import time
 
-import nats
+import pytest
+from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
-from bench.faults import BarePhone, RandomPtsPhone
-from deploy.nats import NatsServer
+from deploy.faults import BarePhone, RandomPtsPhone
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker
 from mobile_sim.report import latency_split
 from mobile_sim.sources import sample_photo
@@ -48,6 +49,7 @@ async def _in_order(phone: BarePhone) -> None:
     await asyncio.wait_for(phone.pongs.get(), WAIT_S)
 
 
+@pytest.mark.slow
 async def test_a_phone_announcing_random_pts_neither_stalls_a_good_one_nor_stays(
     worker: StylizerWorker, gateway: Gateway
 ) -> None:
@@ -89,28 +91,25 @@ async def test_a_result_too_large_for_its_key_is_refused_before_any_work(
 
 
 async def test_the_worker_refuses_a_result_too_large_for_its_key(
-    worker: StylizerWorker, nats_server: NatsServer, region: str
+    worker: StylizerWorker, nats_server: NatsServer, nc: NATS, region: str
 ) -> None:
     """A request straight to the worker (another gateway, an old one) is refused on the key's header alone."""
-    nc = await nats.connect(nats_server.url)
-    try:
-        request = StylizeRequest(
-            stream_id="s",
-            frame_id=1,
-            style_id="any",
-            image=encode_jpeg(sample_photo()[:64, :64]),
-            out_width=4096,
-            out_height=4096,
-            budget_ms=5000.0,
-        )
-        start = time.monotonic()
-        reply = decode((await nc.request(stylize_subject(region), encode(request), timeout=10)).data, StylizeReply)
-    finally:
-        await nc.close()
+    request = StylizeRequest(
+        stream_id="s",
+        frame_id=1,
+        style_id="any",
+        image=encode_jpeg(sample_photo()[:64, :64]),
+        out_width=4096,
+        out_height=4096,
+        budget_ms=5000.0,
+    )
+    start = time.monotonic()
+    reply = decode((await nc.request(stylize_subject(region), encode(request), timeout=10)).data, StylizeReply)
     assert not reply.ok and reply.error_code == ErrorCode.TOO_LARGE and "pixels" in reply.error
     assert time.monotonic() - start < 1.0 and worker.served == 0
 
 
+@pytest.mark.slow
 async def test_a_clock_probe_flood_is_dropped_and_ends_the_session(gateway: Gateway) -> None:
     """On main, each of 79,591 probes was answered and a good phone's p95 rose to 0.36 s."""
     limits = _limit(gateway, max_dropped_messages=500)

@@ -32,6 +32,7 @@ def read_all(source: FrameSource) -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 def test_sample_photos_are_bgr_uint8_offline() -> None:
     for name in PHOTO_NAMES:
         photo = sample_photo(name)

@@ -18,6 +18,7 @@ from edge_worker.model.meta_smoothing import GAIN_PRIOR_WEIGHT
 from edge_worker.model.stylizer import CONFIGS, PhotoStylizer
 from edge_worker.retrain import RetrainableStylizer
 from tests.oracles import monge_kantorovich
+from tests.support import tiny_dnn
 
 SIZES = [(640, 360), (1920, 1080), (97, 71)]
 REBUILD_MAX_LEVELS = 2
@@ -26,9 +27,7 @@ REBUILD_MEAN_LEVELS = 0.1
 
 def _tiny_dnn() -> PhotoStylizer:
     """Tiny, fitting 2x below network size toward the global map as ``small`` does; Q(r) not all ones."""
-    torch.manual_seed(0)
-    config = dataclasses.replace(CONFIGS["tiny"], smoothing_downsample=2, smoothing_gain_prior=GAIN_PRIOR_WEIGHT)
-    model = PhotoStylizer(config).eval()
+    model = tiny_dnn(smoothing_downsample=2, smoothing_gain_prior=GAIN_PRIOR_WEIGHT)
     with torch.no_grad():
         for p in model.smoothing.scale_kernel.parameters():
             p.normal_(0.0, 0.5)
@@ -39,6 +38,7 @@ def _retrainable_dnn() -> RetrainableStylizer:
     return RetrainableStylizer(_tiny_dnn())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 def test_dnn_coefficients_are_those_of_stylize_with_coefficients(size: tuple[int, int]) -> None:
     """Two code paths (``coefficients_batch`` and the frame's ``_maps``) that must agree bit for bit."""
@@ -62,6 +62,7 @@ def _apply_maps(coeffs: np.ndarray, content: np.ndarray, size: tuple[int, int], 
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize(
     "make", [_tiny_dnn, _retrainable_dnn, LinearColorTransfer], ids=["dnn", "retrainable-dnn", "color-transfer"]

@@ -4,7 +4,6 @@ error reply while the worker keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import cv2
 import msgpack
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
 
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.coefficients import decode_coefficients
@@ -25,26 +24,17 @@ from streaming.protocol import (
     SCHEMA_VERSION,
     ErrorCode,
     ResultKind,
-    StylizeReply,
-    StylizeRequest,
     WorkerInfo,
-    decode,
     encode,
     stylize_subject,
 )
 from streaming.style_store import StyleStore
 from tests.oracles import colour_transfer_bgr, monge_kantorovich
+from tests.support import ask_worker, stylize_request, wait_until
 
 TIMEOUT_S = 5.0
 MAP_TOLERANCE = 0.02
 """The worker takes the style's colour statistics on a downsized copy; the oracle on every pixel."""
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> NATS:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture
@@ -57,29 +47,9 @@ async def _style_jpeg(nc: NATS, style_id: str) -> bytes:
     return await (await StyleStore.open(nc.jetstream())).get(style_id)
 
 
-def _request(style_id: str, **overrides: object) -> StylizeRequest:
-    frame = cv2.resize(sample_photo(), (320, 180))
-    values: dict[str, object] = dict(
-        stream_id="s",
-        frame_id=1,
-        style_id=style_id,
-        image=encode_jpeg(frame),
-        out_width=320,
-        out_height=180,
-        budget_ms=3000.0,
-    )
-    values.update(overrides)
-    return StylizeRequest(**values)  # type: ignore[arg-type]
-
-
-async def _ask(nc: NATS, region: str, data: bytes) -> StylizeReply:
-    msg = await nc.request(stylize_subject(region), data, timeout=TIMEOUT_S)
-    return decode(msg.data, StylizeReply)
-
-
 async def test_stylizes_a_key_frame_with_timings(worker: StylizerWorker, nc: NATS, region: str, style_id: str) -> None:
-    request = _request(style_id)
-    reply = await _ask(nc, region, encode(request))
+    request = stylize_request(style_id)
+    reply = await ask_worker(nc, region, request, TIMEOUT_S)
     assert reply.ok and reply.frame_id == 1 and reply.worker_id == "w-inproc"
     out = decode_image(reply.image)
     assert out.shape == (180, 320, 3)
@@ -95,8 +65,8 @@ async def test_stylizes_a_key_frame_with_timings(worker: StylizerWorker, nc: NAT
 async def test_coefficient_request_gets_the_colour_map(
     worker: StylizerWorker, nc: NATS, region: str, style_id: str
 ) -> None:
-    request = _request(style_id, result=ResultKind.COEFFICIENTS)
-    reply = await _ask(nc, region, encode(request))
+    request = stylize_request(style_id, result=ResultKind.COEFFICIENTS)
+    reply = await ask_worker(nc, region, request, TIMEOUT_S)
     assert reply.ok and reply.kind == ResultKind.COEFFICIENTS
     coeffs = decode_coefficients(reply.image)
     assert coeffs.shape == (1, 1, 12)  # colour transfer is one global affine map
@@ -110,11 +80,11 @@ async def test_coefficient_request_gets_the_colour_map(
     np.testing.assert_allclose(a, expected_a, atol=MAP_TOLERANCE)
     np.testing.assert_allclose(b, expected_b, atol=MAP_TOLERANCE)
     restyled = np.clip(content @ a.T + b, 0, 1) * 255
-    framed = await _ask(nc, region, encode(_request(style_id)))
+    framed = await ask_worker(nc, region, stylize_request(style_id), TIMEOUT_S)
     assert framed.kind == ResultKind.FRAME
     expected = cv2.cvtColor(decode_image(framed.image), cv2.COLOR_BGR2RGB)
     assert cv2.PSNR(restyled.round().astype(np.uint8), expected) > 35
-    bad = await _ask(nc, region, encode(_request(style_id, result="pixels")))
+    bad = await ask_worker(nc, region, stylize_request(style_id, result="pixels"), TIMEOUT_S)
     assert not bad.ok and bad.error_code == ErrorCode.INVALID and "result" in bad.error
 
 
@@ -125,15 +95,14 @@ async def _until_delivered(nc: NATS, region: str, requests: int) -> None:
     def delivered(info: WorkerInfo) -> bool:
         return info.queue_depth >= 1 and info.served + info.queue_depth >= requests - 1
 
-    async def loop() -> None:
-        while not [i for i in await discover_workers(nc, region, wait_s=0.05) if delivered(i)]:
-            pass
+    async def holding() -> list[WorkerInfo]:
+        return [i for i in await discover_workers(nc, region, wait_s=0.05) if delivered(i)]
 
-    await asyncio.wait_for(loop(), TIMEOUT_S)
+    await wait_until(holding, TIMEOUT_S, f"the worker holding {requests} requests", poll_s=0)
 
 
 async def _assert_alive(nc: NATS, region: str, style_id: str) -> None:
-    assert (await _ask(nc, region, encode(_request(style_id)))).ok
+    assert (await ask_worker(nc, region, stylize_request(style_id), TIMEOUT_S)).ok
 
 
 @pytest.mark.parametrize(
@@ -148,7 +117,7 @@ async def _assert_alive(nc: NATS, region: str, style_id: str) -> None:
 async def test_undecodable_requests_get_error_replies(
     worker: StylizerWorker, nc: NATS, region: str, style_id: str, payload: bytes, code: str
 ) -> None:
-    reply = await _ask(nc, region, payload)
+    reply = await ask_worker(nc, region, payload, TIMEOUT_S)
     assert not reply.ok and reply.error_code == code and reply.error
     await _assert_alive(nc, region, style_id)
 
@@ -156,30 +125,31 @@ async def test_undecodable_requests_get_error_replies(
 async def test_oversize_frame_and_output_are_refused(
     worker: StylizerWorker, nc: NATS, region: str, style_id: str
 ) -> None:
-    huge = encode(_request(style_id, image=b"\xff" * MAX_MESSAGE_BYTES))
-    reply = await _ask(nc, region, huge)
+    huge = encode(stylize_request(style_id, image=b"\xff" * MAX_MESSAGE_BYTES))
+    reply = await ask_worker(nc, region, huge, TIMEOUT_S)
     assert reply.error_code == ErrorCode.TOO_LARGE
-    reply = await _ask(nc, region, encode(_request(style_id, out_width=MAX_FRAME_SIDE * 2)))
+    reply = await ask_worker(nc, region, stylize_request(style_id, out_width=MAX_FRAME_SIDE * 2), TIMEOUT_S)
     assert reply.error_code == ErrorCode.TOO_LARGE
     big_picture = encode_jpeg(np.zeros((MAX_FRAME_SIDE + 8, 16, 3), np.uint8))
-    reply = await _ask(nc, region, encode(_request(style_id, image=big_picture)))
+    reply = await ask_worker(nc, region, stylize_request(style_id, image=big_picture), TIMEOUT_S)
     assert reply.error_code == ErrorCode.INVALID and "exceeds" in reply.error
     await _assert_alive(nc, region, style_id)
 
 
+@pytest.mark.slow
 async def test_bad_image_and_unknown_style(worker: StylizerWorker, nc: NATS, region: str, style_id: str) -> None:
-    reply = await _ask(nc, region, encode(_request(style_id, image=b"not a jpeg")))
+    reply = await ask_worker(nc, region, stylize_request(style_id, image=b"not a jpeg"), TIMEOUT_S)
     assert reply.error_code == ErrorCode.INVALID
-    reply = await _ask(nc, region, encode(_request("0" * 32)))
+    reply = await ask_worker(nc, region, stylize_request("0" * 32), TIMEOUT_S)
     assert reply.error_code == ErrorCode.UNKNOWN_STYLE
     await _assert_alive(nc, region, style_id)
 
 
 async def test_spent_budget_is_not_computed(worker: StylizerWorker, nc: NATS, region: str, style_id: str) -> None:
-    reply = await _ask(nc, region, encode(_request(style_id, budget_ms=-1.0)))
+    reply = await ask_worker(nc, region, stylize_request(style_id, budget_ms=-1.0), TIMEOUT_S)
     assert reply.error_code == ErrorCode.DEADLINE
     served = worker.served
-    reply = await _ask(nc, region, encode(_request(style_id, budget_ms=0.001)))  # expires while queued
+    reply = await ask_worker(nc, region, stylize_request(style_id, budget_ms=0.001), TIMEOUT_S)  # expires while queued
     assert reply.error_code == ErrorCode.DEADLINE and worker.served == served
 
 
@@ -191,10 +161,10 @@ async def test_full_queue_sheds_the_oldest_with_overloaded(
     try:
         big = cv2.resize(sample_photo(), (1280, 720))
         requests = [
-            dataclasses.replace(_request(style_id, image=encode_jpeg(big), out_width=1280, out_height=720), frame_id=i)
+            stylize_request(style_id, frame_id=i, image=encode_jpeg(big), out_width=1280, out_height=720)
             for i in range(6)
         ]
-        replies = await asyncio.gather(*(_ask(nc, region, encode(r)) for r in requests))
+        replies = await asyncio.gather(*(ask_worker(nc, region, r, TIMEOUT_S) for r in requests))
     finally:
         await worker.stop()
     codes = [r.error_code for r in replies]
@@ -203,18 +173,20 @@ async def test_full_queue_sheds_the_oldest_with_overloaded(
     assert replies[-1].ok  # the newest frame always wins
 
 
+@pytest.mark.slow
 async def test_workers_answer_discovery(worker: StylizerWorker, nc: NATS, region: str) -> None:
     infos = await discover_workers(nc, region, wait_s=0.5)
     assert [(i.worker_id, i.region, i.model) for i in infos] == [("w-inproc", region, "color-transfer")]
     assert await discover_workers(nc, region + "x", wait_s=0.2) == []
 
 
+@pytest.mark.slow
 async def test_stop_hands_queued_requests_back(nats_server: NatsServer, nc: NATS, region: str, style_id: str) -> None:
     worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, queue_size=8, threads=1))
     await worker.start()
     big = encode_jpeg(cv2.resize(sample_photo(), (1920, 1080)))
-    requests = [_request(style_id, frame_id=i, image=big, out_width=1920, out_height=1080) for i in range(4)]
-    pending = [asyncio.ensure_future(_ask(nc, region, encode(r))) for r in requests]
+    requests = [stylize_request(style_id, frame_id=i, image=big, out_width=1920, out_height=1080) for i in range(4)]
+    pending = [asyncio.ensure_future(ask_worker(nc, region, r, TIMEOUT_S)) for r in requests]
     await _until_delivered(nc, region, len(requests))  # the first is being computed, the others wait
     await worker.stop()
     replies = await asyncio.gather(*pending)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from deploy.local import LocalTopology
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
+from deploy.worker_site import LOCAL_WORKER, WorkerSite
 from mobile_sim.client import Phone, PhoneConfig
 from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
+from tests.support import wait_until
+
+pytestmark = pytest.mark.slow  # worker processes and a phone streaming
+
 
 FRAMES = 120
 POLL_S = 0.05
@@ -29,24 +33,15 @@ async def _connection(monitor_url: str, name: str) -> dict[str, Any] | None:
     return next((c for c in conns if c.get("name") == name), None)
 
 
-async def _wait_for(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(POLL_S)
-    raise TimeoutError(what)
-
-
 @pytest.fixture
-async def topology(nats_server: NatsServer, region: str) -> AsyncIterator[LocalTopology]:
-    topo = LocalTopology(nats_server.url, region)
+async def topology(nats_server: NatsServer, region: str) -> AsyncIterator[WorkerSite]:
+    topo = WorkerSite(nats_server.url, dataclasses.replace(LOCAL_WORKER, region=region))
     yield topo
     topo.stop()
 
 
 async def test_gateway_retries_on_another_worker_when_one_is_killed(
-    nats_server: NatsServer, region: str, topology: LocalTopology
+    nats_server: NatsServer, region: str, topology: WorkerSite
 ) -> None:
     doomed, survivor = topology.start_worker("a"), topology.start_worker("b")
 
@@ -80,7 +75,9 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
             conns = [await _connection(nats_server.monitor_url, f"worker-{w}") for w in ("a", "b")]
             return all(c is not None and c["out_msgs"] > before[c["name"]] for c in conns)
 
-        await _wait_for(both_serving, "the phone's key frames never reached both workers")  # streaming
+        await wait_until(
+            both_serving, WAIT_S, "the phone's key frames reaching both workers", poll_s=POLL_S
+        )  # streaming
         doomed.send_signal(signal.SIGSTOP)
         stopped_at = (await _connection(nats_server.monitor_url, "worker-a") or {})["out_msgs"]
 
@@ -88,12 +85,12 @@ async def test_gateway_retries_on_another_worker_when_one_is_killed(
             conn = await _connection(nats_server.monitor_url, "worker-a")
             return conn is not None and conn["out_msgs"] > stopped_at
 
-        await _wait_for(request_in_flight_to_doomed, "no key frame was routed to the stopped worker")
+        await wait_until(request_in_flight_to_doomed, WAIT_S, "a key frame routed to the worker to stop", poll_s=POLL_S)
         doomed.kill()  # SIGKILL while it holds a request
         result = await phone
     finally:
         await gateway.stop()
-    assert survivor.poll() is None
+    assert survivor.returncode is None
     report = result.report
     assert report["frames"]["captured"] == FRAMES and report["frames"]["output"] == FRAMES
     per_key = report["per_key"]

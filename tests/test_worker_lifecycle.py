@@ -8,7 +8,6 @@ import asyncio
 import functools
 import logging
 
-import cv2
 import nats
 import numpy as np
 import pytest
@@ -17,44 +16,24 @@ from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 
 import edge_worker.service as service
-from deploy.nats import NatsServer
+from deploy.nats_servers import NatsServer
 from edge_worker.model.color_transfer import ColorStats, LinearColorTransfer
 from edge_worker.model.emulated import EmulatedAccelerator, ServiceTimeProfile
 from edge_worker.service import StylizerWorker, WorkerConfig, run
-from mobile_sim.sources import default_style_photo, sample_photo
+from mobile_sim.sources import default_style_photo
 from streaming.gateway.stylize_client import discover_workers, request_stylize
 from streaming.images import encode_jpeg
 from streaming.nats_connect import connect_nats
-from streaming.protocol import STYLE_BUCKET, ErrorCode, StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.protocol import STYLE_BUCKET, ErrorCode, StylizeRequest, decode, stylize_subject
 from streaming.style_store import StyleStore
+from tests.support import ask_worker, stylize_request, wait_until
 
 TIMEOUT_S = 10.0
 POISON_WIDTH = 321
 """Frames of this width make the broken model below fail."""
 
 
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> NATS:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
-
-
-def _request(style_id: str, out_width: int = 160, frame_id: int = 1, budget_ms: float = 5000.0) -> StylizeRequest:
-    return StylizeRequest(
-        stream_id="s",
-        frame_id=frame_id,
-        style_id=style_id,
-        image=encode_jpeg(cv2.resize(sample_photo(), (160, 96))),
-        out_width=out_width,
-        out_height=96,
-        budget_ms=budget_ms,
-    )
-
-
-async def _ask(nc: NATS, region: str, request: StylizeRequest) -> StylizeReply:
-    msg = await nc.request(stylize_subject(region), encode(request), timeout=TIMEOUT_S)
-    return decode(msg.data, StylizeReply)
+_request = functools.partial(stylize_request, size=(160, 96), budget_ms=5000.0)
 
 
 async def _put_styles(nc: NATS, count: int) -> list[str]:
@@ -70,11 +49,11 @@ async def test_the_style_cache_keeps_only_the_newest_styles(nats_server: NatsSer
     worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, style_cache=1, warmup=False))
     await worker.start()
     try:
-        assert (await _ask(nc, region, _request(first))).ok
+        assert (await ask_worker(nc, region, _request(first), TIMEOUT_S)).ok
         await (await nc.jetstream().object_store(STYLE_BUCKET)).delete(first)
-        assert (await _ask(nc, region, _request(first))).ok  # cached
-        assert (await _ask(nc, region, _request(second))).ok  # evicts the first
-        reply = await _ask(nc, region, _request(first))
+        assert (await ask_worker(nc, region, _request(first), TIMEOUT_S)).ok  # cached
+        assert (await ask_worker(nc, region, _request(second), TIMEOUT_S)).ok  # evicts the first
+        reply = await ask_worker(nc, region, _request(first), TIMEOUT_S)
         assert not reply.ok and reply.error_code == ErrorCode.UNKNOWN_STYLE
     finally:
         await worker.stop()
@@ -96,9 +75,9 @@ async def test_a_model_failure_is_an_internal_error_reply_and_the_worker_serves_
     worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, warmup=False), _BrokenModel())
     await worker.start()
     try:
-        reply = await _ask(nc, region, _request(style_id, out_width=POISON_WIDTH))
+        reply = await ask_worker(nc, region, _request(style_id, out_width=POISON_WIDTH), TIMEOUT_S)
         assert not reply.ok and reply.error_code == ErrorCode.INTERNAL and "RuntimeError: model bug" in reply.error
-        assert (await _ask(nc, region, _request(style_id))).ok
+        assert (await ask_worker(nc, region, _request(style_id), TIMEOUT_S)).ok
     finally:
         await worker.stop()
 
@@ -113,14 +92,13 @@ async def test_stop_gives_up_on_a_request_running_past_its_grace(
     worker = StylizerWorker(WorkerConfig(nats_url=nats_server.url, region=region, warmup=False), model)
     await worker.start()
     caplog.set_level(logging.WARNING, logger="edge_worker.service")
-    pending = asyncio.ensure_future(_ask(nc, region, _request(style_id, budget_ms=10_000)))
+    pending = asyncio.ensure_future(ask_worker(nc, region, _request(style_id, budget_ms=10_000), TIMEOUT_S))
     try:
 
-        async def started() -> None:  # the batch-size histogram is observed as inference starts
-            while not REGISTRY.get_sample_value("mvs_worker_batch_size_count", {"region": region}):
-                await asyncio.sleep(0.01)
+        def started() -> float | None:  # the batch-size histogram is observed as inference starts
+            return REGISTRY.get_sample_value("mvs_worker_batch_size_count", {"region": region})
 
-        await asyncio.wait_for(started(), TIMEOUT_S)
+        await wait_until(started, TIMEOUT_S, "inference started", poll_s=0.01)
         loop = asyncio.get_running_loop()
         stopping = loop.time()
         await worker.stop()
@@ -131,6 +109,7 @@ async def test_stop_gives_up_on_a_request_running_past_its_grace(
         await asyncio.gather(pending, return_exceptions=True)
 
 
+@pytest.mark.slow
 async def test_the_worker_exits_once_nats_is_gone_for_good(
     region: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -9,33 +9,29 @@ import cv2
 import nats
 import numpy as np
 import pytest
-import torch
 
-from deploy.nats import NatsServer
+from deploy.faults import key_request
+from deploy.nats_servers import NatsServer
 from edge_worker.__main__ import build_parser, config_from_args
-from edge_worker.model.stylizer import PhotoStylizer
 from edge_worker.quality import gaussian_w2
 from edge_worker.retrain import RetrainableStylizer
 from edge_worker.service import StylizerWorker, WorkerConfig
 from mobile_sim.sources import default_style_photo, sample_photo
 from streaming.coefficients import decode_coefficients, encode_coefficients
 from streaming.images import decode_image, encode_jpeg
-from streaming.protocol import ResultKind, StylizeReply, StylizeRequest, decode, encode, stylize_subject
+from streaming.protocol import ResultKind, StylizeReply, decode, encode, stylize_subject
 from streaming.style_store import StyleStore
+from tests.support import tiny_dnn
 
 TIMEOUT_S = 10.0
 COLOUR_W2_RATIO = 0.5
 
 
-def _tiny_dnn() -> PhotoStylizer:
-    torch.manual_seed(0)
-    return PhotoStylizer.from_config("tiny").eval()
-
-
+@pytest.mark.slow
 async def test_worker_warms_up_before_serving_its_first_request(
     nats_server: NatsServer, region: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = _tiny_dnn()
+    model = tiny_dnn()
     nc = await nats.connect(nats_server.url)
     style_jpeg = encode_jpeg(default_style_photo())
     style_id = await (await StyleStore.open(nc.jetstream())).put(style_jpeg)
@@ -46,16 +42,7 @@ async def test_worker_warms_up_before_serving_its_first_request(
     try:
         await worker.start()
         image = encode_jpeg(cv2.resize(sample_photo(), (640, 360)))
-        request = StylizeRequest(
-            stream_id="s",
-            frame_id=1,
-            style_id=style_id,
-            image=image,
-            out_width=1280,
-            out_height=720,
-            budget_ms=5000.0,
-            result=ResultKind.COEFFICIENTS,
-        )
+        request = key_request(style_id, image, (1280, 720), 5000.0, result=ResultKind.COEFFICIENTS)
         msg = await nc.request(stylize_subject(region), encode(request), timeout=TIMEOUT_S)
         reply = decode(msg.data, StylizeReply)
     finally:

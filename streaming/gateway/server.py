@@ -11,9 +11,13 @@ connections (:mod:`streaming.gateway.connections`), and a connection without a c
 ``http_idle_timeout_s`` is closed. An offer's body must arrive within ``offer_read_timeout_s`` (HTTP 408) and is read
 before a session slot is reserved, so slow senders hold no slot; the slot is then reserved synchronously, before the
 next await, so concurrent offers can never exceed ``max_sessions``; one client address may hold at most
-``max_pending_per_address`` offers (being read or served) and unconnected sessions (HTTP 429 beyond). The SDP is
-bounded before aiortc parses it (:mod:`streaming.gateway.sdp_limits`: bytes, lines, m-sections, ``a=ssrc`` lines,
-remote candidates and their addresses), so parsing and answering it on the event loop stays short. The style
+``max_pending_per_address`` offers (being read or served) and unconnected sessions, and make at most
+``offer_burst_per_address`` offers at once and ``offer_rate_per_address`` a second after that (a token bucket per
+address; HTTP 429 beyond, with Retry-After, counted as ``mvs_gateway_offers_refused_total{reason="rate"}``). The
+body (JSON and up to ~11 MB of base64) is decoded on a thread of its own in pieces of a few milliseconds
+(:func:`streaming.protocol.decode_offer`), so the event loop runs between them. The SDP is bounded before aiortc
+parses it (:mod:`streaming.gateway.sdp_limits`: bytes, lines, m-sections, ``a=ssrc`` lines, remote candidates and
+their addresses), so parsing and answering it stays short. The style
 image's header is checked on the event loop (size limits, microseconds); the image is decoded, scaled down and
 re-encoded on a thread of its own (:func:`streaming.style_store.normalized_style`: what is stored is a bounded JPEG,
 never the upload's bytes), and an address (or a token's subject) stores at most ``style_quota_bytes`` of new
@@ -41,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import ssl
 import time
 import uuid
@@ -60,18 +65,24 @@ from prometheus_client import Gauge
 
 from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S, BucketMissingError
 from streaming.clock import ClockOffset
-from streaming.config import JS_DOMAIN_FLAG, NATS_CA_FLAG, NATS_FLAG, NATS_RECONNECT_FLAG, REGION_FLAG, flag
-from streaming.gateway.admission import TOKEN_CLAIMS, AdmissionPolicy, admission_middleware, security_middleware
+from streaming.config import REGION_FLAG, flag
+from streaming.gateway.admission import (
+    REFUSED,
+    TOKEN_CLAIMS,
+    AdmissionPolicy,
+    admission_middleware,
+    security_middleware,
+)
 from streaming.gateway.connections import ConnectionGuard, GuardedAppRunner
+from streaming.gateway.rate_limit import KeyedTokenBuckets
 from streaming.gateway.sdp_limits import SdpRefused, screen_sdp
 from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import RemoteCandidatePolicy, gathering_on, rtc_configuration
 from streaming.images import ImageDecodeError, check_image_size
 from streaming.jetstream_health import JetStreamProbe, probe_subject
-from streaming.nats_connect import RECONNECT_WAIT_S, connect_nats
+from streaming.nats_connect import NatsClientConfig, connect_nats
 from streaming.protocol import (
-    DEFAULT_NATS_URL,
     DEFAULT_REGION,
     GATEWAY_INSTANCE_HEADER,
     MAX_FRAME_SIDE,
@@ -111,6 +122,12 @@ DEFAULT_IDLE_TIMEOUT_S = 10.0
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
 DEFAULT_HTTP_IDLE_TIMEOUT_S = 5.0
 DEFAULT_OFFER_READ_TIMEOUT_S = 10.0
+DEFAULT_OFFER_RATE_PER_ADDRESS = 2.0
+DEFAULT_OFFER_BURST_PER_ADDRESS = 20
+"""A phone offers once per session, again after a lost connection (with a back-off); 20 at once and 2 a second
+leave room for a few dozen phones behind one NAT."""
+MAX_RATE_ADDRESSES = 10_000
+"""Client addresses whose offer rate is remembered (the least recently seen are forgotten first)."""
 """An offer's body (up to ~11 MB with an 8 MB style) must arrive within this: 9 Mbit/s for the largest."""
 DEFAULT_STYLE_QUOTA_BYTES = 32 * 1024 * 1024
 DEFAULT_STYLE_QUOTA_WINDOW_S = 3600.0
@@ -125,6 +142,7 @@ MAX_QUOTA_IDENTITIES = 10_000
 """Addresses or token subjects whose recent style uploads are remembered (the oldest are forgotten first)."""
 CODEC_THREADS = 2
 STYLE_THREADS = 1
+OFFER_THREADS = 1
 RETRY_AFTER_S = 2
 """Retry-After (seconds) of a 429 or 503 answer to an offer."""
 BASE64_OVERHEAD = 4 / 3
@@ -142,15 +160,10 @@ SESSIONS = Gauge("mvs_gateway_sessions", "Phones connected", ["region"])
 
 
 @dataclass
-class GatewayConfig:
+class GatewayConfig(NatsClientConfig):
     """Settings of one edge gateway (each field with a ``flag`` is a ``mvs gateway`` flag)."""
 
-    nats_url: str = field(default=DEFAULT_NATS_URL, metadata=NATS_FLAG)
-    nats_ca: Path | None = field(default=None, metadata=NATS_CA_FLAG)
-    nats_reconnect_wait_s: float = field(default=RECONNECT_WAIT_S, metadata=NATS_RECONNECT_FLAG)
     region: str = field(default=DEFAULT_REGION, metadata=REGION_FLAG)
-    js_domain: str | None = field(default=None, metadata=JS_DOMAIN_FLAG)
-    """JetStream domain of the style store (when this site's NATS is a leaf node of the hub)."""
     host: str = field(default="127.0.0.1", metadata=flag("HTTP listen address"))
     port: int = field(default=DEFAULT_HTTP_PORT, metadata=flag("HTTP port (0: any free port)"))
     deadline_ms: float = field(default=DEFAULT_DEADLINE_MS, metadata=flag("budget per key frame, retry included"))
@@ -172,6 +185,13 @@ class GatewayConfig:
     )
     offer_read_timeout_s: float = field(
         default=DEFAULT_OFFER_READ_TIMEOUT_S, metadata=flag("an offer's body must arrive within this (s; else 408)")
+    )
+    offer_rate_per_address: float = field(
+        default=DEFAULT_OFFER_RATE_PER_ADDRESS,
+        metadata=flag("offers a second one client address may make once its burst is spent (else 429)"),
+    )
+    offer_burst_per_address: int = field(
+        default=DEFAULT_OFFER_BURST_PER_ADDRESS, metadata=flag("offers one client address may make at once")
     )
     style_quota_bytes: int = field(
         default=DEFAULT_STYLE_QUOTA_BYTES,
@@ -231,7 +251,8 @@ def parse_offer(body: bytes, candidates: RemoteCandidatePolicy) -> Offer:
     """Decode a ``POST /offer`` body (``streaming.protocol``) and check what only the gateway can: that the SDP is
     within :mod:`~streaming.gateway.sdp_limits` (its remote candidates cut to what ``candidates`` allows), parses
     and offers a video stream and a data channel, and that the style's header is a JPEG or PNG within the size
-    limits (decoding it is the caller's, off the event loop); raise :class:`BadOffer` with a clear message."""
+    limits (decoding it is the caller's); raise :class:`BadOffer` with a clear message. Pure and bounded: the gateway
+    runs it on its offer thread."""
     try:
         offer = decode_offer(body)
         offer = dataclasses.replace(offer, sdp=screen_sdp(offer.sdp, candidates).sdp)
@@ -272,6 +293,11 @@ class Gateway:
         self._executor = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="gateway-codec")
         self._style_executor = ThreadPoolExecutor(max_workers=STYLE_THREADS, thread_name_prefix="gateway-style")
         """Style images are decoded here, apart from key frames: a flood of offers never delays a phone's keys."""
+        self._offer_executor = ThreadPoolExecutor(max_workers=OFFER_THREADS, thread_name_prefix="gateway-offer")
+        """Offer bodies are decoded and their SDP screened and parsed here, off the event loop."""
+        self._offer_rate = KeyedTokenBuckets(
+            config.offer_rate_per_address, config.offer_burst_per_address, MAX_RATE_ADDRESSES
+        )
         self._reading: Counter[str] = Counter()
         """Offers whose body is being read, by client address (they hold no session slot yet)."""
         self._offering: Counter[str] = Counter()
@@ -378,6 +404,7 @@ class Gateway:
             await self._nc.drain()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._style_executor.shutdown(wait=False, cancel_futures=True)
+        self._offer_executor.shutdown(wait=False, cancel_futures=True)
 
     def occupied(self) -> int:
         """Session slots taken: sessions, and offers being served (each reserved a slot)."""
@@ -390,6 +417,15 @@ class Gateway:
 
     async def _offer(self, request: web.Request) -> web.Response:
         address = request.remote or "unknown"
+        wait_s = self._offer_rate.take(address, time.monotonic())
+        if wait_s > 0:
+            REFUSED.labels("rate").inc()
+            return _refuse(
+                429,
+                f"too many offers from this address (at most {self.config.offer_burst_per_address} at once, "
+                f"{self.config.offer_rate_per_address:g} a second)",
+                retry_after_s=math.ceil(wait_s),
+            )
         if self.pending(address) >= self.config.max_pending_per_address:
             return _refuse(
                 429, f"too many pending offers from this address (limit {self.config.max_pending_per_address})"
@@ -411,8 +447,9 @@ class Gateway:
             return await self._open_session(body, address, identity)
 
     async def _open_session(self, body: bytes, address: str, identity: str) -> web.Response:
+        loop = asyncio.get_running_loop()
         try:
-            offer = parse_offer(body, self.candidates)
+            offer = await loop.run_in_executor(self._offer_executor, parse_offer, body, self.candidates)
         except BadOffer as exc:
             return self._bad_offer(address, str(exc))
         assert self._nc is not None and self._styles is not None
@@ -582,9 +619,9 @@ def _held(counter: Counter[str], address: str) -> Iterator[None]:
             del counter[address]
 
 
-def _refuse(status: int, error: str) -> web.Response:
+def _refuse(status: int, error: str, retry_after_s: int = RETRY_AFTER_S) -> web.Response:
     """An offer turned away before any work, with a hint of when to retry."""
-    return web.json_response({"error": error}, status=status, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return web.json_response({"error": error}, status=status, headers={"Retry-After": str(retry_after_s)})
 
 
 async def run(config: GatewayConfig) -> None:

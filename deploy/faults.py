@@ -1,7 +1,7 @@
-"""The fault kit of the hardening campaign (issue 14): hostile inputs built on the spot, shared by the tests,
-the fuzz test and ``python -m bench.chaos``. Nothing here is stored: every bomb is a tiny real image whose
-header is patched to claim a huge size. :class:`GatewayProcess` is a gateway in its own process, to kill -9;
-:class:`BarePhone` a phone that does what a real one never does."""
+"""The fault kit of the hardening campaign (issue 14): hostile inputs built on the spot, shared by the tests, the
+fuzz test and ``python -m bench.chaos`` (it lives in deploy/, which tests and benches both import). Nothing here is
+stored: every bomb is a tiny real image whose header is patched to claim a huge size. :func:`gateway_process` is a
+gateway in its own process, to kill -9; :class:`BarePhone` a phone that does what a real one never does."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import contextlib
 import dataclasses
 import json
 import random
-import signal
 import struct
-import subprocess
-import sys
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,15 @@ import cv2
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
-from deploy.nats import free_port
+from deploy.launch import ServiceProcess, http_answers
+from deploy.nats_auth import gateway_user, worker_id, worker_user
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, free_port
+from edge_worker.service import WorkerConfig
 from mobile_sim.client import Phone, PhoneConfig
 from mobile_sim.link import CLOCK_PROBE_PERIOD_S, LIVENESS_S, CameraTrack, Outgoing, SenderPts
 from mobile_sim.sources import default_style_photo, sample_photo
-from streaming.gateway.server import Gateway
+from streaming.cli import ServiceOptions
+from streaming.gateway.server import Gateway, GatewayConfig
 from streaming.ice import LOOPBACK, gathering_on, rtc_configuration
 from streaming.images import PNG_SIGNATURE, encode_jpeg
 from streaming.protocol import (
@@ -42,14 +44,15 @@ from streaming.protocol import (
     ClockPong,
     FrameMeta,
     KeyResult,
+    StylizeRequest,
     decode_any,
     encode,
 )
-from streaming.runtime import dying_with_parent
 
 JPEG_SOF0 = b"\xff\xc0"
 GATEWAY_UP_TIMEOUT_S = 20.0
-GATEWAY_STOP_TIMEOUT_S = 5.0
+GATEWAY_STOP_S = 5.0
+QUIET = ServiceOptions(log_level="warning")
 HEALTH_POLL_S = 0.05
 STREAM_SLACK_S = 30.0
 """How much longer than its frames a phone run may take (2 loaded cores) before the step gives up on it."""
@@ -93,70 +96,62 @@ async def unanswered_offer_sdp() -> str:
     return sdp
 
 
-class GatewayProcess:
+def key_request(
+    style_id: str, image: bytes, out_size: tuple[int, int], budget_ms: float, **fields: Any
+) -> StylizeRequest:
+    """A stylize request for key frame 1 of stream ``s``, ``image`` to be stylized into ``out_size``."""
+    width, height = out_size
+    return StylizeRequest(
+        stream_id="s",
+        frame_id=1,
+        style_id=style_id,
+        image=image,
+        out_width=width,
+        out_height=height,
+        budget_ms=budget_ms,
+        **fields,
+    )
+
+
+def loopback_phone(urls: Sequence[str], region: str, frames: int, **fields: Any) -> PhoneConfig:
+    """A phone of ``region`` for gateways on loopback (ICE on loopback, a key every 5 frames); ``fields`` set the
+    rest."""
+    return PhoneConfig(
+        gateway_urls=tuple(urls), frames=frames, key_interval=5, region=region, ice_hosts=LOOPBACK, **fields
+    )
+
+
+def restricted_worker(cluster: NatsHubAndLeaves, region: str, index: int = 0, **fields: Any) -> WorkerConfig:
+    """Worker ``index`` of ``region`` in a secure cluster: its own NATS user on the region's leaf, stores in the
+    hub's domain, one torch thread; ``fields`` set the rest."""
+    worker = worker_id(region, index)
+    url = cluster.client_url(cluster.leaves[region], worker_user(worker))
+    return WorkerConfig(nats_url=url, region=region, worker_id=worker, threads=1, js_domain=HUB_DOMAIN, **fields)
+
+
+def restricted_gateway(cluster: NatsHubAndLeaves, region: str) -> GatewayConfig:
+    """The gateway of ``region`` in a secure cluster: its NATS user on the region's leaf, ICE on loopback."""
+    url = cluster.client_url(cluster.leaves[region], gateway_user(region))
+    return GatewayConfig(port=0, nats_url=url, region=region, js_domain=HUB_DOMAIN, ice_hosts=LOOPBACK)
+
+
+def gateway_process(nats_url: str, region: str, port: int, log_path: Path | None = None) -> ServiceProcess:
     """``python -m streaming.gateway`` as a child process on a fixed loopback port, to be killed with SIGKILL (which
     sends the phone nothing: no BYE, no closed data channel) and started again on the same port."""
+    config = GatewayConfig(nats_url=nats_url, region=region, port=port, ice_hosts=LOOPBACK)
+    return ServiceProcess(config, options=QUIET, log_path=log_path, own_session=False, stop_grace_s=GATEWAY_STOP_S)
 
-    def __init__(self, nats_url: str, region: str, port: int, log_path: Path | None = None) -> None:
-        self.nats_url, self.region, self.port, self.log_path = nats_url, region, port, log_path
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> GatewayProcess:
-        """Start the gateway (returns at once; see :meth:`wait_answering`)."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "streaming.gateway",
-            "--nats",
-            self.nats_url,
-            "--region",
-            self.region,
-            "--port",
-            str(self.port),
-            "--ice-host",
-            "127.0.0.1",
-            "--log-level",
-            "warning",
-        ]
-        log = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
-        try:
-            self.proc = subprocess.Popen(dying_with_parent(cmd), stdout=log, stderr=log)
-        finally:
-            if not isinstance(log, int):
-                log.close()
-        return self
+def gateway_url(process: ServiceProcess) -> str:
+    """The URL of a gateway process on loopback."""
+    return f"http://127.0.0.1:{process.config.port}"
 
-    async def wait_answering(self, timeout_s: float = GATEWAY_UP_TIMEOUT_S) -> float:
-        """Poll ``/livez`` until it answers at all (200 or 503: the HTTP server is up); the monotonic time then.
-        Not ``/healthz``: its answer waits up to ``HEALTH_DISCOVERY_S`` for workers, and a phone could reconnect
-        before it came (test_gateway_kill saw the reconnect 0.29 s before such an "up")."""
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-            while time.monotonic() < deadline:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"gateway exited with {self.proc.returncode} during start-up")
-                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    async with http.get(f"{self.url}/livez") as response:
-                        await response.read()
-                        return time.monotonic()
-                await asyncio.sleep(HEALTH_POLL_S)
-        raise TimeoutError(f"gateway at {self.url} did not answer /livez within {timeout_s} s")
 
-    def kill(self) -> None:
-        """SIGKILL, and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        """SIGTERM (SIGKILL after a grace), and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=GATEWAY_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
+async def wait_answering(process: ServiceProcess, timeout_s: float = GATEWAY_UP_TIMEOUT_S) -> float:
+    """Until the gateway's ``/livez`` answers at all (200 or 503: the HTTP server is up); the monotonic time then.
+    Not ``/healthz``: its answer waits up to ``HEALTH_DISCOVERY_S`` for workers, and a phone could reconnect before
+    it came (test_gateway_kill saw the reconnect 0.29 s before such an "up")."""
+    return await process.wait_ready(http_answers(f"{gateway_url(process)}/livez", statuses=None), timeout_s)
 
 
 @dataclass
@@ -200,22 +195,12 @@ async def kill_gateway_mid_stream(
     phone runs on. Its frames cover ``before_s`` + the phone's silence timeout (``mobile_sim.link.LIVENESS_S``)
     + ``after_s``, plus the time to the first key.
     """
-    port = free_port()
-    gateway = GatewayProcess(nats_url, region, port, log_path).start()
+    gateway = gateway_process(nats_url, region, free_port(), log_path).start()
     try:
-        await gateway.wait_answering()
+        await wait_answering(gateway)
         seconds = before_s + LIVENESS_S + CLOCK_PROBE_PERIOD_S + after_s
         phone = Phone(
-            PhoneConfig(
-                gateway_urls=(gateway.url,),
-                frames=int(seconds * fps),
-                size=size,
-                fps=fps,
-                key_interval=5,
-                region=region,
-                ice_hosts=LOOPBACK,
-                out_dir=out_dir,
-            )
+            loopback_phone([gateway_url(gateway)], region, int(seconds * fps), size=size, fps=fps, out_dir=out_dir)
         )
         run = asyncio.create_task(phone.run())
         try:
@@ -230,7 +215,7 @@ async def kill_gateway_mid_stream(
             await asyncio.sleep(down_s)
             gateway.start()
             restarted_at = time.monotonic()
-            up_at = await gateway.wait_answering()
+            up_at = await wait_answering(gateway)
             report = (await asyncio.wait_for(run, seconds + STREAM_SLACK_S)).report
         finally:
             run.cancel()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -33,24 +34,25 @@ from aiohttp import web
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import STRATEGIES
-from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, state_dir
-from deploy.local import (
-    METRICS_HOST,
-    WORKER_MODEL_FIELDS,
-    LocalTopology,
-    add_worker_model_arguments,
-    worker_model_config,
-)
-from deploy.nats import HUB_DOMAIN, NatsHubAndLeaves, free_port
+from deploy.certs import CA_FILE, STATE_DIR_ENV, gateway_certificate, host_names, is_address, state_dir
 from deploy.nats_auth import AGGREGATOR_USER, gateway_user, worker_id, worker_user
-from deploy.observability import ALERTS_FILE, alert_rules, local_prometheus_config
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, free_port
+from deploy.observability_gen import ALERTS_FILE, alert_rules, local_prometheus_config
 from deploy.regions import CLUSTER_HUB_SERVERS, Hub, Region, load_hub, load_regions
+from deploy.worker_site import (
+    LOCAL_WORKER,
+    METRICS_HOST,
+    WORKER_LOG_LEVEL,
+    WorkerSite,
+    add_worker_arguments,
+    worker_config,
+)
 from edge_worker.export_weights import learned_weights
-from edge_worker.model.registry import DEFAULT_STYLIZER, DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
+from edge_worker.model.registry import DNN_NAME, LITE_LOOK_NAME, LITE_NAME, MODEL_SUFFIXES
 from edge_worker.service import WorkerConfig
-from streaming import config as service_config
-from streaming.cli import DefaultsHelpFormatter
-from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV
+from streaming.cli import DefaultsHelpFormatter, ServiceOptions
+from streaming.config import NATS_CA_ENV, NATS_URL_ENV, REGION_ENV, add_config_arguments, flag
+from streaming.config import config_from_args as service_config
 from streaming.gateway.server import DEFAULT_HTTP_PORT, Gateway, GatewayConfig
 from streaming.ice import LOOPBACK
 from streaming.runtime import run_main
@@ -65,34 +67,64 @@ SPARE_WORKERS = 1
 
 @dataclass
 class LocalConfig:
-    """What ``mvs local`` starts."""
+    """What ``mvs local`` starts (its flags are derived from the fields with ``flag`` metadata and the workers')."""
 
     regions: list[Region]
-    model: str = DEFAULT_STYLIZER
-    worker_args: tuple[str, ...] = ()
-    """The workers' other model flags (``--device``, ``--work-size``, ``--precision``)."""
-    worker_threads: int = 1
-    secure: bool = False
-    federated: bool = False
-    """Start the aggregator and let the workers retrain (needs a trainable model)."""
-    strategy: str = "fedavg"
-    """The aggregator's rule (``median`` or ``trimmed-mean`` resist a few poisoned deltas)."""
-    log_level: str = "warning"
+    worker: WorkerConfig = field(default_factory=lambda: LOCAL_WORKER)
+    """Every worker's settings (model, threads, work size, ...); each site sets region, id, NATS and buffers."""
+    secure: bool = field(
+        default=False,
+        metadata=flag(
+            "per-role NATS users and subject permissions, TLS on every NATS link, HTTPS and admission tokens at the "
+            "gateways (off: anyone may do anything)"
+        ),
+    )
+    federated: bool = field(
+        default=False, metadata=flag("run the aggregator; workers retrain (needs a trainable model)")
+    )
+    strategy: str = field(
+        default="fedavg",
+        metadata=flag(
+            "the aggregator's rule: median or trimmed-mean resist a few poisoned deltas", choices=sorted(STRATEGIES)
+        ),
+    )
+    log_level: str = field(default=WORKER_LOG_LEVEL, metadata=flag("debug, info, warning or error"))
     backhaul_delay_ms: float = 0.0
     """Emulated one-way delay between each leaf node and the hub (edge to cloud); 0: none."""
-    hub_servers: int = CLUSTER_HUB_SERVERS
-    """nats-server processes of the hub: one JetStream cluster (every store min(3, servers) replicas); 1: a lone one."""
-    gateway_host: str = "127.0.0.1"
-    """The gateways' listen address (0.0.0.0: every interface, for phones on the LAN)."""
-    public_names: tuple[str, ...] = ()
-    """Host names phones use for the gateways: their certificate covers them (and this host's name and addresses)."""
-    state_dir: Path | None = None
-    """Where the kept CA lives (None: deploy.certs.state_dir())."""
+    hub_servers: int | None = field(
+        default=None,
+        metadata=flag(
+            f"nats-server processes of the hub, one JetStream cluster (default: the regions file's [hub] servers, "
+            f"else {CLUSTER_HUB_SERVERS}; 1: a lone server)"
+        ),
+    )
+    gateway_host: str = field(
+        default="127.0.0.1", metadata=flag("the gateways' listen address: 0.0.0.0 for phones on the LAN", name="host")
+    )
+    public_names: tuple[str, ...] = field(
+        default=(),
+        metadata=flag(
+            "a host name phones use for the gateways (repeatable); with --secure their certificate covers it, "
+            "besides this host's name and addresses",
+            name="public-name",
+        ),
+    )
+    state_dir: Path | None = field(
+        default=None,
+        metadata=flag(
+            f"where the gateways' CA is kept across runs (default: ${STATE_DIR_ENV}, else ~/.local/state/mvstylizer)"
+        ),
+    )
+
+    @property
+    def hub(self) -> Hub:
+        """The hub's servers (:data:`CLUSTER_HUB_SERVERS` unless set)."""
+        return Hub(CLUSTER_HUB_SERVERS if self.hub_servers is None else self.hub_servers)
 
     def __post_init__(self) -> None:
-        Hub(self.hub_servers)  # ValueError on a count out of range
+        self.hub_servers = self.hub.servers  # resolved, and a ValueError on a count out of range
         if self.federated:
-            federated_init(self.model)  # ValueError now rather than after NATS started
+            federated_init(self.worker.model)  # ValueError now rather than after NATS started
 
 
 @dataclass
@@ -180,7 +212,7 @@ class LocalDeployment:
 
     config: LocalConfig
     nats: NatsHubAndLeaves | None = None
-    sites: dict[str, LocalTopology] = field(default_factory=dict)
+    sites: dict[str, WorkerSite] = field(default_factory=dict)
     """Workers by region."""
     gateways: dict[str, Gateway] = field(default_factory=dict)
     aggregator: Aggregator | None = None
@@ -197,7 +229,7 @@ class LocalDeployment:
     async def start(self) -> None:
         """Start NATS, the aggregator (federated), every region's workers, then its gateway."""
         regions = self.config.regions
-        init = federated_init(self.config.model) if self.config.federated else None
+        init = federated_init(self.config.worker.model) if self.config.federated else None
         self.nats = NatsHubAndLeaves(
             [r.name for r in regions if r.nats == "leaf"],
             secure=self.config.secure,
@@ -205,7 +237,7 @@ class LocalDeployment:
             backhaul_delay_ms=self.config.backhaul_delay_ms,
             tls=self.config.secure,
             workers={r.name: r.workers + SPARE_WORKERS for r in regions},
-            hub_servers=self.config.hub_servers,
+            hub_servers=self.config.hub.servers,
         ).start()
         try:
             if self.config.secure:
@@ -281,7 +313,7 @@ class LocalDeployment:
         the browser never sends to the server."""
         host = self.config.gateway_host
         if _wildcard(host):
-            lan = [n for n in host_names() if _is_address(n) and not ipaddress.ip_address(n).is_loopback]
+            lan = [n for n in host_names() if is_address(n) and not ipaddress.ip_address(n).is_loopback]
             host = lan[0] if lan else LOOPBACK[0]
         fragment = f"#token={self.secrets.phone_token_file.read_text().strip()}" if self.secrets else ""
         return f"{_base_url(self.gateways[region], host)}/{fragment}"
@@ -335,20 +367,19 @@ class LocalDeployment:
                 self.say(f"aggregator: {len(aggregator.state.accepted)} of {need} delta(s) in for the next version")
             pending = len(aggregator.state.accepted)
 
-    def _start_workers(self, region: Region) -> LocalTopology:
-        site = LocalTopology(
+    def site(self, region: Region) -> WorkerSite:
+        """The workers of ``region`` (none started yet): :attr:`LocalConfig.worker` in the region, on its leaf."""
+        return WorkerSite(
             self.url(region.name, worker_user(spare_worker(region))),
-            region.name,
-            model=self.config.model,
-            worker_args=self.config.worker_args,
-            worker_threads=self.config.worker_threads,
-            log_level=self.config.log_level,
-            js_domain=HUB_DOMAIN,
+            dataclasses.replace(self.config.worker, region=region.name, js_domain=HUB_DOMAIN, nats_ca=self.nats_ca),
+            options=ServiceOptions(log_level=self.config.log_level),
             discovery_url=self.url(region.name, gateway_user(region.name)),
             federated_dir=Path(self._buffers.name) if self._buffers is not None else None,
             metrics=True,
-            nats_ca=self.nats_ca,
         )
+
+    def _start_workers(self, region: Region) -> WorkerSite:
+        site = self.site(region)
         for _ in range(region.workers):
             worker = site.next_worker_id()
             site.start_worker(worker, self.url(region.name, worker_user(worker)))
@@ -400,7 +431,7 @@ class LocalDeployment:
         for gateway in self.gateways.values():
             await gateway.stop()
         for site in self.sites.values():
-            site.stop()
+            await asyncio.to_thread(site.stop)  # waits for the workers' exits: off the event loop
         if self._rounds is not None:
             self._rounds.cancel()
             await asyncio.gather(self._rounds, return_exceptions=True)
@@ -427,20 +458,12 @@ def _base_url(gateway: Gateway, host: str) -> str:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{gateway.port}"
 
 
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 def ice_hosts_for(host: str) -> tuple[str, ...]:
     """ICE host candidates for a gateway listening on ``host``: loopback alone for a loopback address, every
     interface for a wildcard, else that address."""
     if _wildcard(host):
         return ()
-    if host == "localhost" or (_is_address(host) and ipaddress.ip_address(host).is_loopback):
+    if host == "localhost" or (is_address(host) and ipaddress.ip_address(host).is_loopback):
         return LOOPBACK
     return (host,)
 
@@ -456,8 +479,9 @@ async def run_local(config: LocalConfig) -> None:
         await deployment.stop()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """CLI of ``mvs local``."""
+def build_parser(worker_cls: type[WorkerConfig] = WorkerConfig) -> argparse.ArgumentParser:
+    """CLI of ``mvs local``: where the regions come from, then :class:`LocalConfig`'s flags and the workers' (those
+    of ``worker_cls``)."""
     p = argparse.ArgumentParser(
         prog="mvs local",
         formatter_class=DefaultsHelpFormatter,
@@ -476,56 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HTTP_PORT,
         help="gateway port of the first --region region, the next get the following ports (0: any free port)",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    p.add_argument(
-        "--secure",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="per-role NATS users and subject permissions, TLS on every NATS link, HTTPS and admission tokens at "
-        "the gateways (off: anyone may do anything)",
-    )
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="the gateways' listen address: 0.0.0.0 for phones on the LAN (default: %(default)s)",
-    )
-    p.add_argument(
-        "--public-name",
-        action="append",
-        default=[],
-        help="a host name phones use for the gateways (repeatable); with --secure their certificate covers it, "
-        "besides this host's name and addresses",
-    )
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help=f"where the gateways' CA is kept across runs (default: ${STATE_DIR_ENV}, else ~/.local/state/mvstylizer)",
-    )
-    p.add_argument("--federated", action="store_true", help="run the aggregator; workers retrain (trainable model)")
-    p.add_argument(
-        "--strategy",
-        default="fedavg",
-        choices=sorted(STRATEGIES),
-        help="the aggregator's rule: median or trimmed-mean resist a few poisoned deltas (default: %(default)s)",
-    )
-    p.add_argument(
-        "--hub-servers",
-        type=int,
-        default=None,
-        help=f"nats-server processes of the hub, one JetStream cluster (default: the regions file's [hub] servers, "
-        f"else {CLUSTER_HUB_SERVERS}; 1: a lone server)",
-    )
-    p.add_argument("--log-level", default="warning", help="debug, info, warning or error")
-    add_worker_model_arguments(p)
+    add_config_arguments(p, LocalConfig)
+    add_worker_arguments(p, worker_cls)
     return p
 
 
 def config_from_args(args: argparse.Namespace, worker: WorkerConfig | None = None) -> LocalConfig:
     """LocalConfig from parsed flags (regions from the file, or one leaf region per --region); ``worker``: the
-    workers' model settings (default: from the flags, unchecked)."""
-    worker = worker or service_config.config_from_args(WorkerConfig, args)
-    hub = Hub()
+    workers' settings (default: from the flags, unchecked)."""
+    hub: Hub | None = None
     if args.regions is not None:
         regions, hub = load_regions(args.regions), load_hub(args.regions)
     else:
@@ -534,19 +517,9 @@ def config_from_args(args: argparse.Namespace, worker: WorkerConfig | None = Non
         regions = [
             Region(name, gateway_port=port + i if port else 0, workers=args.workers) for i, name in enumerate(names)
         ]
-    return LocalConfig(
-        regions=regions,
-        model=worker.model,
-        worker_args=tuple(service_config.config_flags(worker, set(WORKER_MODEL_FIELDS) - {"model"})),
-        worker_threads=args.threads,
-        secure=args.secure,
-        federated=args.federated,
-        strategy=args.strategy,
-        log_level=args.log_level,
-        hub_servers=hub.servers if args.hub_servers is None else args.hub_servers,
-        gateway_host=args.host,
-        public_names=tuple(args.public_name),
-        state_dir=args.state_dir,
+    servers = args.hub_servers if args.hub_servers is not None else (hub or Hub()).servers
+    return service_config(
+        LocalConfig, args, regions=regions, worker=worker or service_config(WorkerConfig, args), hub_servers=servers
     )
 
 
@@ -554,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, json_lines=False)
-    worker = worker_model_config(args, "mvs local", trainable=args.federated)
+    worker = worker_config(args, "mvs local", trainable=args.federated)
     try:
         config = config_from_args(args, worker)
     except ValueError as exc:  # RegionsError included: the file and the problem, not a traceback
