@@ -296,7 +296,7 @@ class StylizerWorker:
         )
         js = self._nc.jetstream(domain=self.config.js_domain)
         self._style_store = await StyleStore.open(js)
-        probe = probe_subject(delta_bucket(self.config.region))  # a worker writes its region's deltas
+        probe = probe_subject(delta_bucket(self.config.region), self.config.worker_id)  # it writes its own deltas
         self.jetstream = JetStreamProbe(self._nc, js, probe, "worker", self.config.region)
         self._probing = asyncio.create_task(self.jetstream.run(), name="jetstream-probe")
         if self.config.federated is not None:

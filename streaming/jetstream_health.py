@@ -23,6 +23,7 @@ from nats.js.errors import APIError
 from prometheus_client import Gauge
 
 from streaming.buckets import chunk_subject
+from streaming.protocol import token
 from streaming.telemetry import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,10 @@ FAILURES_TO_REPORT = 2
 server died takes a moment; that is not an outage)."""
 
 
-def probe_subject(bucket: str) -> str:
-    """The subject a :class:`JetStreamProbe` publishes on: a chunk subject of ``bucket``, which its writers may use."""
-    return chunk_subject(bucket, "jetstream-probe")
+def probe_subject(bucket: str, owner: str | None = None) -> str:
+    """The subject a :class:`JetStreamProbe` publishes on: a chunk subject of ``bucket`` its writer may use (under
+    ``owner``'s token in a bucket whose writers each own their objects: a worker's in its region's deltas)."""
+    return chunk_subject(bucket, "jetstream-probe" if owner is None else f"{token(owner)}.jetstream-probe")
 
 
 class JetStreamStatus:
