@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock demo test test-fast lint bench mutate clean
+.PHONY: venv lock demo test test-fast lint bench soak-ci mutate clean
 
 # Installs exactly what requirements.lock pins (every distribution of .[dev], torch's CPU wheel included), then
 # the project itself without resolving anything: an upstream release changes nothing until `make lock`.
@@ -53,6 +53,11 @@ FEDERATED_FLAGS ?= --model edge_worker/model/weights/mvstylizer-small.pt --fresh
 bench: $(STAMP)
 	set -e; for name in $(CPU_BENCHES); do $(PY) -m bench.$$name; done
 	$(PY) -m bench.federated $(FEDERATED_FLAGS)
+
+# A 3-minute soak of the local deployment (bench.soak; CI's own step after `make test`): exits 1 if a process's
+# RSS, fds, tasks, sessions or JetStream storage grows without bound. Results in out/soak-ci (not committed).
+soak-ci: $(STAMP)
+	$(PY) -m bench.soak --minutes 3 --out out/soak-ci
 
 # Mutation testing of the pure cores (slow: minutes per module; not in CI). One module: make mutate MODULE=mobile_sim.warp
 MUTATE_MODULES := mobile_sim.warp mobile_sim.flow mobile_sim.keyframes streaming.gateway.frame_ids \

@@ -31,7 +31,11 @@ async def run(config: AggregatorConfig, initial: NamedArrays | None) -> None:
     itself). The endpoint is up from the start, so a slow start (NATS not there yet) reads unready, not dead."""
     aggregator = Aggregator(config)
     health = await start_health_server(
-        config.metrics_port, config.metrics_host, ready=aggregator.ready, live=aggregator.live
+        config.metrics_port,
+        config.metrics_host,
+        ready=aggregator.ready,
+        live=aggregator.live,
+        details=lambda: {"jetstream": aggregator.jetstream_available},
     )
     try:
         await aggregator.start(initial)

@@ -69,6 +69,7 @@ from aggregator.validation import (
 )
 from streaming.buckets import BucketMissingError, aggregator_stores, create_stores
 from streaming.config import flag
+from streaming.jetstream_health import JetStreamStatus
 from streaming.model_store import (
     DEFAULT_KEEP_VERSIONS,
     DeltaStore,
@@ -208,6 +209,7 @@ class Aggregator:
         self.rejections: dict[str, int] = {}
         self.jetstream_available = True
         """False from a JetStream call that failed (a hub cluster without a quorum) to the next that succeeds."""
+        self._jetstream_status = JetStreamStatus("aggregator")
         JETSTREAM_AVAILABLE.set(1)
         self.drops: dict[str, int] = {}
         """Accepted deltas dropped at the close of their round, by reason."""
@@ -249,12 +251,8 @@ class Aggregator:
         return connected and self.jetstream_available
 
     def _jetstream(self, available: bool, error: BaseException | None = None) -> None:
-        """Note whether JetStream answers; log each change (a warning when it stops)."""
-        if available != self.jetstream_available:
-            if available:
-                log.info("jetstream available again")
-            else:
-                log.warning("jetstream unavailable", extra={"error": f"{type(error).__name__}: {error}"})
+        """Note whether JetStream answers (both gauges); log each change (a warning when it stops, rate-limited)."""
+        self._jetstream_status.note(available, error)
         self.jetstream_available = available
         JETSTREAM_AVAILABLE.set(1 if available else 0)
 
@@ -383,16 +381,23 @@ class Aggregator:
         return {(r.worker_id, r.base_version) for r in refs}
 
     async def run(self) -> None:
-        """Serve until cancelled. A step that JetStream fails (a hub cluster electing leaders, or without a quorum)
-        is tried again after the reconnect wait: nothing is acked before it is persisted, so nothing is lost."""
+        """Serve until cancelled (:meth:`attempt` after :meth:`attempt`)."""
         while True:
-            try:
-                await self.step()
-            except (NatsError, asyncio.TimeoutError, BucketMissingError) as exc:  # no leader, no responder
-                _raise_if_cancelled()
-                self._jetstream(False, exc)
-                await asyncio.sleep(self.config.nats_reconnect_wait_s)
+            await self.attempt()
+
+    async def attempt(self) -> ModelVersion | None:
+        """One :meth:`step`; one that JetStream fails (a hub cluster electing leaders, or without a quorum) is noted
+        (:attr:`jetstream_available`) and waited out for the reconnect wait, to be tried again: nothing is acked
+        before it is persisted, so nothing is lost."""
+        try:
+            published = await self.step()
+        except (NatsError, asyncio.TimeoutError, BucketMissingError) as exc:  # no leader, no responder
             _raise_if_cancelled()
+            self._jetstream(False, exc)
+            await asyncio.sleep(self.config.nats_reconnect_wait_s)
+            published = None
+        _raise_if_cancelled()
+        return published
 
     async def step(self) -> ModelVersion | None:
         """Take what deltas are waiting, then close the round if it is due; return a new version if any. When none

@@ -13,9 +13,11 @@ phone streams beside it, whose keys and round-trip p95 are the row's figure agai
 connections, SDP bombs, a candidate flood, a style flood, sessions opened and closed in a loop) and the delta swap; a
 worker credential of one region attacking another (issue 22: streams, consumers and replies aimed at its subjects,
 deltas as other workers) while a phone of that region streams, against the generated accounts, against the same phone
-alone. Each row: frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS)
-after. Every step is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only
-NAME`` runs some steps.
+alone; one server of a three-server hub killed (-9) mid-round, during a new style's upload and as the meta leader
+(issue 26, :mod:`bench.chaos_hub`: deltas acked against counted, versions loading with their digest). Each row:
+frames out / captured, keys ok / failed, recovery seconds, sessions and this process's memory (RSS) after. Every step
+is bounded in time; nothing leaves loopback. JSON + Markdown under ``bench/results/``; ``--only NAME`` runs some
+steps.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import nats
 import numpy as np
 
 from aggregator.service import Aggregator, AggregatorConfig
+from bench.chaos_hub import kill_during_style_upload, kill_meta_leader, kill_mid_round
 from bench.common import machine, table, write_results
 from deploy.faults import (
     BarePhone,
@@ -872,6 +875,17 @@ async def signaling_attacks(site: Site) -> list[dict[str, Any]]:
     return rows
 
 
+def _hub_step(fault: Callable[[], Awaitable[dict[str, Any]]]) -> Callable[[Site], Awaitable[dict[str, Any]]]:
+    """A hub fault of :mod:`bench.chaos_hub` (its own three-server hub: the site is unused) as a row."""
+
+    async def step(site: Site) -> dict[str, Any]:
+        del site
+        found = await fault()
+        return _row(found.pop("fault"), found.pop("survived"), found.pop("report"), **found)
+
+    return step
+
+
 STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "bombs": ({}, bombs_and_echoes),
     "flood": (
@@ -891,6 +905,9 @@ STEPS: dict[str, tuple[dict[str, object], Callable[[Site], Awaitable[Any]]]] = {
     "phone-attacks": ({}, phone_attacks),
     "delta-swap": ({}, delta_swap),
     "signaling": ({"max_sessions": STYLE_FLOOD_OFFERS + 4}, signaling_attacks),
+    "hub-mid-round": ({}, _hub_step(kill_mid_round)),
+    "hub-style-upload": ({}, _hub_step(kill_during_style_upload)),
+    "hub-meta-leader": ({}, _hub_step(kill_meta_leader)),
 }
 """The campaign's steps by name (``--only``), in order."""
 

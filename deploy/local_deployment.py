@@ -345,15 +345,17 @@ class LocalDeployment:
             ready=self.aggregator.ready,
             live=self.aggregator.live,
             exposition=lambda: view_metrics(_aggregator_series),
+            details=lambda: {"jetstream": self.aggregator is not None and self.aggregator.jetstream_available},
         )
         self.aggregator_metrics_url = f"http://{METRICS_HOST}:{port}/metrics"
         self._buffers = tempfile.TemporaryDirectory(prefix="mvs-fl-")
 
     async def _run_rounds(self, aggregator: Aggregator) -> None:
-        """The aggregator's rounds (its ``run``), each step's progress said in a line: deltas in, versions out."""
+        """The aggregator's rounds (its ``run``), each step's progress said in a line: deltas in, versions out. A step
+        JetStream fails (a hub server restarting, no quorum) is waited out and tried again, as ``run`` does."""
         pending = len(aggregator.state.accepted)
         while True:
-            published = await aggregator.step()
+            published = await aggregator.attempt()
             if published is not None:
                 loss = f", loss {published.loss:.4f}" if math.isfinite(published.loss) else ""
                 self.say(

@@ -48,6 +48,7 @@ from edge_worker.model.serving import (
 from edge_worker.stylizers import load_stylizer
 from streaming.config import REGION_FLAG, flag
 from streaming.images import DEFAULT_JPEG_QUALITY, ImageDecodeError, check_image_size, image_size
+from streaming.jetstream_health import JetStreamProbe, probe_subject
 from streaming.nats_connect import NatsClientConfig, connect_nats
 from streaming.protocol import (
     DEFAULT_REGION,
@@ -61,6 +62,7 @@ from streaming.protocol import (
     WorkerInfo,
     check_result_size,
     decode,
+    delta_bucket,
     encode,
     stylize_subject,
     validate_request,
@@ -255,6 +257,9 @@ class StylizerWorker:
         self._subscriptions: list[Subscription] = []
         self.learner: FederatedLearner | None = None
         self._learning: asyncio.Task[None] | None = None
+        self.jetstream: JetStreamProbe | None = None
+        """Whether the hub's JetStream (the style store) answers, once started (streaming.jetstream_health)."""
+        self._probing: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = asyncio.Event()
@@ -289,7 +294,11 @@ class StylizerWorker:
             tls_ca=self.config.nats_ca,
             reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
-        self._style_store = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
+        js = self._nc.jetstream(domain=self.config.js_domain)
+        self._style_store = await StyleStore.open(js)
+        probe = probe_subject(delta_bucket(self.config.region), self.config.worker_id)  # it writes its own deltas
+        self.jetstream = JetStreamProbe(self._nc, js, probe, "worker", self.config.region)
+        self._probing = asyncio.create_task(self.jetstream.run(), name="jetstream-probe")
         if self.config.federated is not None:
             await self._start_learner(self.config.federated)
         if warming is not None:
@@ -357,7 +366,7 @@ class StylizerWorker:
                 await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
             except asyncio.TimeoutError:
                 log.warning("stopping with a request still running", extra={"worker_id": self.config.worker_id})
-        for task in (self._consumer, self._learning):
+        for task in (self._consumer, self._learning, self._probing):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -490,13 +499,18 @@ async def run(config: WorkerConfig) -> None:
     """Run a worker (and its health endpoint) until cancelled (SIGINT/SIGTERM in ``python -m edge_worker``).
 
     The endpoint comes up once the worker serves (warmed up, subscribed): ``/healthz`` is 200 while NATS is
-    connected (readiness), ``/livez`` while the connection is not closed for good (liveness: during an outage the
-    worker reconnects by itself, streaming.nats_connect), ``/metrics`` is Prometheus. A connection closed for good
+    connected (readiness; its ``jetstream`` field says whether the hub's JetStream answers), ``/livez`` while the
+    connection is not closed for good (liveness: during an outage the worker reconnects by itself,
+    streaming.nats_connect), ``/metrics`` is Prometheus. A connection closed for good
     returns (``python -m edge_worker`` then exits with status 1 for its orchestrator to restart it)."""
     worker = StylizerWorker(config)
     await worker.start()
     health = await start_health_server(
-        config.metrics_port, config.metrics_host, ready=worker.ready, live=lambda: not worker.closed.is_set()
+        config.metrics_port,
+        config.metrics_host,
+        ready=worker.ready,
+        live=lambda: not worker.closed.is_set(),
+        details=lambda: {"jetstream": worker.jetstream is not None and worker.jetstream.available},
     )
     try:
         await worker.closed.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -10,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.metrics_core import Metric
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -148,6 +149,14 @@ def region_metrics(region: str) -> bytes:
     return view_metrics(lambda name, labels: labels.get(REGION_LABEL, region) == region)
 
 
+TASKS = Gauge("mvs_asyncio_tasks", "Unfinished asyncio tasks of the process's event loop (a leak grows it)")
+
+
+def count_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Make :data:`TASKS` count ``loop``'s unfinished tasks when scraped (the loop serving the process)."""
+    TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
+
+
 DEFAULT_METRICS_HOST = "127.0.0.1"
 """Metrics listen on loopback unless told otherwise (``--metrics-host 0.0.0.0`` in a cluster)."""
 
@@ -156,11 +165,11 @@ Check = Callable[[], Awaitable[tuple[bool, Mapping[str, object]]]]
 """A probe: whether it passes, and what else its JSON answer says (``{"ok": ...}`` is always there)."""
 
 
-def check_of(condition: Callable[[], bool]) -> Check:
-    """The :data:`Check` of a plain condition (its answer is only ``{"ok": ...}``)."""
+def check_of(condition: Callable[[], bool], details: Callable[[], Mapping[str, object]] = dict) -> Check:
+    """The :data:`Check` of a plain condition (its answer is ``{"ok": ...}`` and ``details()``)."""
 
     async def check() -> tuple[bool, Mapping[str, object]]:
-        return condition(), {}
+        return condition(), details()
 
     return check
 
@@ -199,13 +208,16 @@ async def start_health_server(
     ready: Callable[[], bool],
     live: Callable[[], bool],
     exposition: Callable[[], bytes] = generate_latest,
+    details: Callable[[], Mapping[str, object]] = dict,
 ) -> web.AppRunner | None:
     """Serve :func:`add_health_routes` alone on ``http://host:port`` (None for port 0): a service without HTTP of
-    its own (worker, aggregator)."""
+    its own (worker, aggregator); ``details()`` adds fields to ``/healthz``'s answer (whether JetStream answers).
+    :data:`TASKS` counts the running loop's tasks."""
+    count_tasks(asyncio.get_running_loop())
     if not port:
         return None
     app = web.Application()
-    add_health_routes(app, check_of(ready), check_of(live), exposition)
+    add_health_routes(app, check_of(ready, details), check_of(live), exposition)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
+import aiohttp
 import nats
 import numpy as np
 import pytest
@@ -25,9 +27,13 @@ from prometheus_client import REGISTRY
 
 from aggregator.service import Aggregator, AggregatorConfig
 from deploy.local_deployment import build_parser, config_from_args
-from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer
+from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
 from deploy.regions import load_hub
+from edge_worker.service import WorkerConfig
+from edge_worker.service import run as run_worker
 from streaming.buckets import BucketMissingError, deployment_stores, stream_name
+from streaming.gateway.server import Gateway, GatewayConfig
+from streaming.ice import LOOPBACK
 from streaming.model_store import DeltaStore, ModelStore, submit_delta
 from streaming.protocol import FL_DELTA_STREAM, MODEL_BUCKET, STYLE_BUCKET, ModelVersion
 from streaming.style_store import StyleStore
@@ -276,3 +282,79 @@ async def _no_jetstream(aggregator: Aggregator) -> bool | None:
 
 async def _ready(aggregator: Aggregator) -> bool | None:
     return True if aggregator.ready() else None
+
+
+async def test_two_hub_servers_down_gateways_and_workers_say_so_and_recover(
+    cluster: NatsHubAndLeaves, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two of three hub servers killed: a region's gateway and worker (on its leaf node, which stays up) say JetStream
+    is unavailable (a ``jetstream`` field in ``/healthz``, the ``mvs_jetstream_available`` gauge, a warning) while
+    staying alive and, the gateway, ready (the worker still answers); both servers back, they say so by themselves."""
+    caplog.set_level(logging.INFO, logger="streaming.jetstream_health")
+    leaf = cluster.leaves["eu"].url
+    worker_port = free_port()
+    worker_config = WorkerConfig(
+        nats_url=leaf, region="eu", worker_id="eu-w", js_domain=HUB_DOMAIN, metrics_port=worker_port, threads=1
+    )
+    worker = asyncio.create_task(run_worker(worker_config))
+    gateway = Gateway(GatewayConfig(port=0, nats_url=leaf, region="eu", js_domain=HUB_DOMAIN, ice_hosts=LOOPBACK))
+    await gateway.start()
+    urls = {"gateway": gateway.url, "worker": f"http://127.0.0.1:{worker_port}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_until(
+                lambda: _health(http, urls, jetstream=True), WAIT_S, "gateway and worker up, JetStream answering"
+            )
+            down = [h for h in cluster.hubs if h is not cluster.hubs[cluster.wait_for_meta_leader(WAIT_S)]]
+            for hub in down:
+                hub.kill()
+            health = await wait_until(
+                lambda: _health(http, urls, jetstream=False), WAIT_S, "both saying JetStream is down"
+            )
+            assert health["gateway"][0] == 200 and health["gateway"][1]["workers"] == ["eu-w"]  # still takes phones
+            for service, url in urls.items():
+                assert await _gauge(http, url, service) == 0
+                async with http.get(f"{url}/livez") as response:
+                    assert response.status == 200  # alive: no orchestrator restarts it
+            warned = {r.service for r in caplog.records if r.getMessage() == "jetstream unavailable"}  # type: ignore[attr-defined]
+            assert warned == {"gateway", "worker"}
+            for hub in down:
+                hub.start()
+            cluster.wait_for_meta_leader(WAIT_S)
+            await wait_until(lambda: _health(http, urls, jetstream=True), WAIT_S, "both saying JetStream is back")
+            for service, url in urls.items():
+                assert await _gauge(http, url, service) == 1
+                assert await _series(http, url, "mvs_asyncio_tasks ") >= 1  # what bench.soak watches for leaks
+    finally:
+        await gateway.stop()
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    back = {r.service for r in caplog.records if r.getMessage() == "jetstream available again"}  # type: ignore[attr-defined]
+    assert back == {"gateway", "worker"}
+
+
+async def _health(
+    http: aiohttp.ClientSession, urls: dict[str, str], jetstream: bool
+) -> dict[str, tuple[int, dict[str, object]]] | None:
+    """Each service's /healthz (status, body) once every one says ``jetstream`` is ``jetstream``."""
+    found = {}
+    for service, url in urls.items():
+        try:
+            async with http.get(f"{url}/healthz") as response:
+                found[service] = (response.status, await response.json())
+        except aiohttp.ClientError:
+            return None  # the worker's endpoint is not up yet
+        if found[service][1].get("jetstream") is not jetstream:
+            return None
+    return found
+
+
+async def _gauge(http: aiohttp.ClientSession, url: str, service: str) -> float:
+    return await _series(http, url, f'mvs_jetstream_available{{region="eu",service="{service}"}} ')
+
+
+async def _series(http: aiohttp.ClientSession, url: str, series: str) -> float:
+    """The value of the series (its name and labels, then a space) at ``url``'s /metrics."""
+    async with http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    return float(next(line for line in text.splitlines() if line.startswith(series)).split()[1])

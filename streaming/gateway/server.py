@@ -60,9 +60,10 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from prometheus_client import Gauge
 
-from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S
+from streaming.buckets import MIB, STYLE_BUCKET_MAX_BYTES, STYLE_TTL_S, BucketMissingError
 from streaming.clock import ClockOffset
 from streaming.config import REGION_FLAG, flag
 from streaming.gateway.admission import (
@@ -79,12 +80,14 @@ from streaming.gateway.session import PhoneSession, SessionSettings
 from streaming.gateway.stylize_client import discover_workers
 from streaming.ice import RemoteCandidatePolicy, gathering_on, rtc_configuration
 from streaming.images import ImageDecodeError, check_image_size
+from streaming.jetstream_health import JetStreamProbe, probe_subject
 from streaming.nats_connect import NatsClientConfig, connect_nats
 from streaming.protocol import (
     DEFAULT_REGION,
     GATEWAY_INSTANCE_HEADER,
     MAX_FRAME_SIDE,
     MAX_STYLE_BYTES,
+    STYLE_BUCKET,
     Answer,
     Offer,
     ProtocolError,
@@ -102,7 +105,7 @@ from streaming.style_store import (
     style_id_of,
     upload_digest,
 )
-from streaming.telemetry import LogLimiter, add_health_routes, region_metrics
+from streaming.telemetry import LogLimiter, add_health_routes, count_tasks, region_metrics
 from streaming.tokens import TOKEN_SECRET_ENV, secret_from_env
 
 log = logging.getLogger(__name__)
@@ -309,6 +312,9 @@ class Gateway:
         self.candidates = RemoteCandidatePolicy.of(config.ice_hosts, config.ice_remote_networks)
         self._nc: NATS | None = None
         self._styles: StyleStore | None = None
+        self.jetstream: JetStreamProbe | None = None
+        """Whether the hub's JetStream (the style store) answers, once started (streaming.jetstream_health)."""
+        self._probing: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port = config.port
         self._background: set[asyncio.Future[None]] = set()
@@ -355,7 +361,11 @@ class Gateway:
             tls_ca=self.config.nats_ca,
             reconnect_wait_s=self.config.nats_reconnect_wait_s,
         )
-        self._styles = await StyleStore.open(self._nc.jetstream(domain=self.config.js_domain))
+        js = self._nc.jetstream(domain=self.config.js_domain)
+        self._styles = await StyleStore.open(js)
+        probe = probe_subject(STYLE_BUCKET)  # a gateway writes styles
+        self.jetstream = JetStreamProbe(self._nc, js, probe, "gateway", self.config.region)
+        self._probing = asyncio.create_task(self.jetstream.run(), name="jetstream-probe")
         self._runner = GuardedAppRunner(
             self.app(),
             self.connections,
@@ -366,6 +376,7 @@ class Gateway:
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._ssl_context()).start()
         self.port = int(self._runner.addresses[0][1])  # the real port when config.port is 0
+        count_tasks(asyncio.get_running_loop())  # its /metrics says how many tasks the process runs
         log.info("gateway listening", extra={"url": self.url, "region": self.config.region})
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -384,6 +395,9 @@ class Gateway:
     async def stop(self) -> None:
         """Close every session, the HTTP server and the NATS connection."""
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
@@ -447,6 +461,9 @@ class Gateway:
             return _refuse(429, str(exc))
         except (StyleStoreFull, StylesBusy) as exc:
             return _refuse(503, str(exc))
+        except (NatsError, asyncio.TimeoutError, BucketMissingError) as exc:  # a hub server down: no leader yet
+            self._bad_offer_log.log(log, logging.WARNING, "style-store", "style store unavailable", {"error": str(exc)})
+            return _refuse(503, "the style store does not answer (the hub is electing a leader): retry shortly")
         stream_id = uuid.uuid4().hex[:12]
         pc = RTCPeerConnection(rtc_configuration())
         session = PhoneSession(
@@ -561,7 +578,8 @@ class Gateway:
         return web.json_response({"error": error}, status=400)
 
     async def _readiness(self) -> tuple[bool, Mapping[str, object]]:
-        """``/healthz``: passes when this site can take a phone (NATS connected, a worker answers, a free slot)."""
+        """``/healthz``: passes when this site can take a phone (NATS connected, a worker answers, a free slot); its
+        answer also says whether the hub's JetStream answers (not the status: streaming.jetstream_health)."""
         nc = self._nc
         connected = nc is not None and nc.is_connected
         workers = await discover_workers(nc, self.config.region, HEALTH_DISCOVERY_S) if nc and connected else []
@@ -576,6 +594,7 @@ class Gateway:
             "unconnected": sum(1 for s in self.sessions.values() if not s.connected.is_set()),
             "full": full,
             "nats_connected": connected,
+            "jetstream": self.jetstream is not None and self.jetstream.available,
             "workers": sorted(w.worker_id for w in workers),
         }
 
