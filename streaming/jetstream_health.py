@@ -122,7 +122,11 @@ class JetStreamProbe:
             self.status.note(False, error)
 
     async def run(self) -> None:
-        """Probe until cancelled."""
+        """Probe until cancelled. nats-py swallows a cancellation that lands while it flushes a publish (the request
+        then times out as a NATS error), so a pending cancel request is honoured here after each probe."""
+        cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python >= 3.11
         while True:
             await self.probe()
+            if cancelling is not None and cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(self._every_s)

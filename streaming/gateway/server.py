@@ -625,10 +625,10 @@ def _refuse(status: int, error: str, retry_after_s: int = RETRY_AFTER_S) -> web.
 
 
 async def run(config: GatewayConfig) -> None:
-    """Run a gateway until cancelled."""
+    """Run a gateway until cancelled (a start that fails, e.g. on a port in use, closes what it had opened)."""
     gateway = Gateway(config)
-    await gateway.start()
     try:
+        await gateway.start()
         await asyncio.Event().wait()
     finally:
         await gateway.stop()
