@@ -44,9 +44,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # Every bench that runs on a CPU machine, each writing bench/results/<name>.{json,md,png}: over an hour on the 2-core
-# VM (chaos < 1 min, regions ~3 min, interpolation ~11 min, federated ~33 min with the settings of the README's
+# VM (chaos ~4 min, regions ~3 min, interpolation ~11 min, federated ~33 min with the settings of the README's
 # figures). Not here: bench.gpu needs CUDA (run `python -m bench.gpu` on a GPU machine; its `--device cpu --quick`
-# run is tests/test_bench_gpu.py).
+# run is tests/test_bench_gpu.py); bench.soak is a run of its own length (`make soak-ci` below; 30 minutes for the
+# README's figures).
 CPU_BENCHES := live cpu_path int8 interpolation stylize regions lite chaos scaling
 FEDERATED_FLAGS ?= --model edge_worker/model/weights/mvstylizer-small.pt --fresh-learned --scaled-server-lr \
 	--syncs 20 --sync-every 16

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "phone": ("mobile_sim.__main__", "simulated phone streaming to a gateway"),
     "aggregator": ("aggregator.__main__", "cloud aggregator: FedAvg rounds into versioned global models"),
     "export-weights": ("edge_worker.export_weights", "a model's learned weights as a tensor blob (aggregator --init)"),
-    "train": ("edge_worker.train", "offline training of the edge DNN (Eq. 5)"),
+    "train": ("edge_worker.train", "offline training of the DNN (Eq. 5) or the lite head"),
     "nats": ("deploy.nats_cli", "a local nats-server with JetStream"),
     "setup": ("deploy.nats_setup", "create a deployment's JetStream buckets and streams (the operator's setup)"),
     "token": ("streaming.tokens", "print an offer admission token (secret from $MVS_TOKEN_SECRET)"),

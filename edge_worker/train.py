@@ -1,5 +1,5 @@
-"""``python -m edge_worker.train`` / ``mvs train``: offline training of the edge DNN (Eq. 5) and, optionally, of its
-encoder as an autoencoder first.
+"""``python -m edge_worker.train`` / ``mvs train``: offline training of the edge DNN (Eq. 5; optionally its encoder as
+an autoencoder first) or of the lite head (``--model lite``, on colour looks).
 
 ``mvs train --config small --steps 20000 --out runs/small`` trains on the photographs bundled with
 scikit-image (or ``--data DIR``), heavily augmented; style images are other photographs with strong colour
