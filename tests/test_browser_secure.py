@@ -31,7 +31,9 @@ pytestmark = pytest.mark.slow  # real browsers
 
 
 MIN_KEYS_RETURNED = 0.95
-KEYS = 5  # stream until this many keys came back
+KEYS = 20
+"""Stream until this many keys came back. With 6, one key the gateway replaced by a newer one (latest wins, `dropped`,
+seen in CI while the first key was slow) failed the 95 % bound on its own."""
 KEY_INTERVAL = 5
 URL = re.compile(r"open on a phone: (https://\S+)")
 
