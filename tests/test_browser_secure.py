@@ -30,10 +30,8 @@ from tests.firefox_bidi import Firefox
 pytestmark = pytest.mark.slow  # real browsers
 
 
-MIN_KEYS_RETURNED = 0.95
 KEYS = 20
-"""Stream until this many keys came back. With 6, one key the gateway replaced by a newer one (latest wins, `dropped`,
-seen in CI while the first key was slow) failed the 95 % bound on its own."""
+"""Stream until this many keys came back."""
 KEY_INTERVAL = 5
 URL = re.compile(r"open on a phone: (https://\S+)")
 
@@ -86,5 +84,9 @@ async def test_browsers_trusting_the_kept_ca_open_the_printed_url_and_stream(
         firefox: Firefox | None = request.getfixturevalue("firefox") if engine == "firefox" else None
         async with open_browser(engine, None, firefox, home) as browser:
             stats = await _stream(await browser.new_page(1000, 600), url, token, typed=engine == "chromium")
-        failures = (stats["failures"], stats["errors"])  # the page's failed keys by code, its messages
-        assert stats["keysOk"] >= MIN_KEYS_RETURNED * stats["keysRequested"], (engine, failures, stats)  # type: ignore[operator]
+        # What this test holds is the trust, the URL and a stream of keys; the key rate is tests/test_browser.py's
+        # (its 95 % bound). Here a key may only fail as one the gateway's latest-wins queue replaced by a newer one
+        # (`dropped`, counted): in CI a slow early key (~0.35 s at a key every 0.17 s) makes one or two such drops.
+        failures: dict[str, int] = stats["failures"]  # type: ignore[assignment]
+        assert set(failures) <= {"dropped"} and not stats["errors"], (engine, failures, stats)
+        assert stats["keysOk"] >= KEYS, (engine, stats)
