@@ -194,7 +194,8 @@ async def _leader(site: HubSite, stream: str, other_than: str | None = None) -> 
     return await _until(check, f"a leader of {stream}")
 
 
-async def _version(store: ModelStore, version: int) -> ModelVersion | None:
+async def version_at_least(store: ModelStore, version: int) -> ModelVersion | None:
+    """The latest global version once it is ``version`` or newer (None before, or while the store does not answer)."""
     try:
         latest = await store.latest()
     except (NatsError, asyncio.TimeoutError):
@@ -246,7 +247,7 @@ async def kill_mid_round() -> dict[str, Any]:
         await _leader(site, FL_DELTA_STREAM, other_than=victim.name)
         recovery = round(time.monotonic() - killed, 2)
         await asyncio.gather(*in_flight)
-        meta = await _until(lambda: _version(store, 1), "the round's version")
+        meta = await _until(lambda: version_at_least(store, 1), "the round's version")
         weights = await _answered(lambda: store.weights(meta))  # checked against its digest
         whole_s = await _back(site, victim)
         report = (await asyncio.wait_for(phone, WAIT_S * 2)).report
@@ -305,7 +306,7 @@ async def kill_meta_leader() -> dict[str, Any]:
         leader = await asyncio.to_thread(site.cluster.wait_for_meta_leader, WAIT_S)
         recovery = round(time.monotonic() - killed, 2)
         await _answered(lambda: submit_delta(js, deltas, worker_id="eu-1", base_version=0, samples=4, delta=_delta(1)))
-        meta = await _until(lambda: _version(store, 1), "a version after the meta leader's death")
+        meta = await _until(lambda: version_at_least(store, 1), "a version after the meta leader's death")
         loads = await _loads(store, meta)
         second = await asyncio.wait_for(site.phone(site.new_style()).run(), WAIT_S * 2)
         whole_s = await _back(site, victim)

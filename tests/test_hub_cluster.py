@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
 from aggregator.service import Aggregator, AggregatorConfig
+from bench.chaos_hub import version_at_least
 from deploy.local_deployment import build_parser, config_from_args
 from deploy.nats_servers import HUB_DOMAIN, NatsHubAndLeaves, NatsServer, free_port
 from deploy.regions import load_hub
@@ -155,7 +156,7 @@ async def test_a_hub_server_killed_mid_round_loses_no_acknowledged_delta(cluster
         victim.kill()
         await asyncio.gather(*in_flight)
         store = await ModelStore.open(js)
-        meta = await wait_until(lambda: _version(store, 1), WAIT_S, "version 1 with one server down")
+        meta = await wait_until(lambda: version_at_least(store, 1), WAIT_S, "version 1 with one server down")
         assert victim.pid is None
         victim.start()
         cluster.wait_for_meta_leader(WAIT_S)
@@ -170,14 +171,6 @@ async def test_a_hub_server_killed_mid_round_loses_no_acknowledged_delta(cluster
         await wait_until(
             lambda s=stream: _caught_up(js, s, victim), WAIT_S, f"{victim.name}'s replica of {stream} current"
         )
-
-
-async def _version(store: ModelStore, version: int) -> ModelVersion | None:
-    try:
-        latest = await store.latest()
-    except (NatsError, asyncio.TimeoutError):
-        return None
-    return latest if latest is not None and latest.version >= version else None
 
 
 async def _caught_up(js: JetStreamContext, stream: str, server: NatsServer) -> bool | None:
@@ -248,7 +241,7 @@ async def test_the_meta_leader_killed_a_new_one_serves_and_two_down_is_said(
         await _answered(
             lambda: submit_delta(js, deltas, worker_id=worker, base_version=version - 1, samples=1, delta=_delta(1.0))
         )
-        return await wait_until(lambda: _version(store, version), WAIT_S, f"version {version}")
+        return await wait_until(lambda: version_at_least(store, version), WAIT_S, f"version {version}")
 
     try:
         leader = cluster.hubs[cluster.wait_for_meta_leader(WAIT_S)]
